@@ -1,0 +1,14 @@
+//! weft-core: storage, accounts, the event graph, streams and the notifier.
+//!
+//! Nothing here knows HTTP; the server and federation crates translate requests into calls on
+//! these modules and their errors into Matrix errors.
+
+pub mod accounts;
+pub mod db;
+pub mod error;
+pub mod storage;
+pub mod streams;
+pub mod util;
+
+pub use db::{Backend, Db, WriteTx};
+pub use error::{Error, Result};

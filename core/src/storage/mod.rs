@@ -1,0 +1,10 @@
+//! Table-level access, one module per area. Functions that take `&mut AnyConnection` run inside
+//! a caller's transaction; functions that take `&Db` read from the pool.
+
+pub mod account_data;
+pub mod devices;
+pub mod filters;
+pub mod registration_tokens;
+pub mod tokens;
+pub mod uia;
+pub mod users;

@@ -1,0 +1,52 @@
+//! User-interactive authentication sessions, kept in the database so that any process can
+//! continue a session another one started.
+
+use sqlx::AnyConnection;
+
+use crate::{util::now_ms, Db, Result};
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub completed: Vec<String>,
+    pub user_id: Option<String>,
+}
+
+pub async fn create(conn: &mut AnyConnection, session_id: &str, user_id: Option<&str>) -> Result<()> {
+    sqlx::query("INSERT INTO uia_sessions (session_id, completed, user_id, created_ts) VALUES ($1, '[]', $2, $3)")
+        .bind(session_id)
+        .bind(user_id)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, session_id: &str) -> Result<Option<Session>> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT completed, user_id FROM uia_sessions WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.map(|(completed, user_id)| Session {
+        completed: serde_json::from_str(&completed).unwrap_or_default(),
+        user_id,
+    }))
+}
+
+pub async fn set_completed(conn: &mut AnyConnection, session_id: &str, completed: &[String]) -> Result<()> {
+    let json = serde_json::to_string(completed).map_err(crate::Error::internal)?;
+    sqlx::query("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
+        .bind(session_id)
+        .bind(json)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete(conn: &mut AnyConnection, session_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM uia_sessions WHERE session_id = $1")
+        .bind(session_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

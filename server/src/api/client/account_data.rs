@@ -1,0 +1,78 @@
+//! Global and per-room account data.
+
+use ruma::{
+    api::client::config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
+    serde::Raw,
+    UserId,
+};
+use weft_core::storage::account_data;
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::{AuthUser, Ruma},
+    state::AppState,
+};
+
+fn check_own(sender: &AuthUser, target: &UserId) -> ApiResult<()> {
+    if sender.user_id != target {
+        return Err(MatrixError::forbidden("Cannot access other users' account data"));
+    }
+    Ok(())
+}
+
+/// Types the server manages itself may not be set through account data.
+fn check_settable(event_type: &str) -> ApiResult<()> {
+    if matches!(event_type, "m.fully_read" | "m.push_rules") {
+        return Err(MatrixError::bad_json(format!("Cannot set {event_type} through this API")));
+    }
+    Ok(())
+}
+
+fn body_object(req_json: &Option<serde_json::Value>) -> ApiResult<String> {
+    match req_json {
+        Some(v @ serde_json::Value::Object(_)) => Ok(v.to_string()),
+        _ => Err(MatrixError::bad_json("Account data must be a JSON object")),
+    }
+}
+
+pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> ApiResult<set_global_account_data::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    let event_type = req.event_type.to_string();
+    check_settable(&event_type)?;
+    let content = body_object(&req.json_body)?;
+    let mut tx = state.db.write().await?;
+    account_data::put(&mut tx, user.user_id.as_str(), "", &event_type, &content).await?;
+    tx.commit().await?;
+    Ok(set_global_account_data::v3::Response::new())
+}
+
+pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> ApiResult<get_global_account_data::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    let content = account_data::get(&state.db, user.user_id.as_str(), "", &req.event_type.to_string())
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
+    Ok(get_global_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
+}
+
+pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Request>) -> ApiResult<set_room_account_data::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    let event_type = req.event_type.to_string();
+    check_settable(&event_type)?;
+    let content = body_object(&req.json_body)?;
+    let mut tx = state.db.write().await?;
+    account_data::put(&mut tx, user.user_id.as_str(), req.room_id.as_str(), &event_type, &content).await?;
+    tx.commit().await?;
+    Ok(set_room_account_data::v3::Response::new())
+}
+
+pub async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> ApiResult<get_room_account_data::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    let content = account_data::get(&state.db, user.user_id.as_str(), req.room_id.as_str(), &req.event_type.to_string())
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
+    Ok(get_room_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
+}

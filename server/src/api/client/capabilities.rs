@@ -1,0 +1,32 @@
+//! `/capabilities`.
+
+use std::collections::BTreeMap;
+
+use ruma::{
+    api::client::discovery::get_capabilities::v3::{self as caps, Capabilities, RoomVersionStability, RoomVersionsCapability},
+    RoomVersionId,
+};
+
+use crate::{error::ApiResult, ruma_wrapper::Ruma, state::AppState};
+
+/// The room versions this server can host; new rooms default to v11, as Synapse's do.
+pub fn supported_room_versions() -> Vec<RoomVersionId> {
+    use RoomVersionId::*;
+    vec![V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12]
+}
+
+pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V11;
+
+#[allow(deprecated)] // set_displayname/set_avatar_url are what clients of the versions we advertise read
+pub async fn get_capabilities(_: AppState, req: Ruma<caps::Request>) -> ApiResult<caps::Response> {
+    req.sender()?;
+    let available: BTreeMap<RoomVersionId, RoomVersionStability> =
+        supported_room_versions().into_iter().map(|v| (v, RoomVersionStability::Stable)).collect();
+    let mut capabilities = Capabilities::new();
+    capabilities.room_versions = RoomVersionsCapability::new(DEFAULT_ROOM_VERSION, available);
+    capabilities.change_password.enabled = true;
+    capabilities.set_displayname.enabled = true;
+    capabilities.set_avatar_url.enabled = true;
+    capabilities.thirdparty_id_changes.enabled = false;
+    Ok(caps::Response::new(capabilities))
+}

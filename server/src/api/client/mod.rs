@@ -1,0 +1,48 @@
+//! The Client-Server API.
+
+pub mod account;
+pub mod account_data;
+pub mod capabilities;
+pub mod devices;
+pub mod discovery;
+pub mod filter;
+pub mod profile;
+pub mod register;
+pub mod session;
+
+use axum::Router;
+
+use crate::{ruma_wrapper::RumaRoute, state::AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .ruma(discovery::versions)
+        .ruma(discovery::client_well_known)
+        .ruma(capabilities::get_capabilities)
+        .ruma(register::register)
+        .ruma(register::available)
+        .ruma(session::login_types)
+        .ruma(session::login)
+        .ruma(session::logout)
+        .ruma(session::logout_all)
+        .ruma(session::refresh)
+        .ruma(account::whoami)
+        .ruma(account::change_password)
+        .ruma(account::deactivate)
+        .ruma(devices::list)
+        .ruma(devices::get)
+        .ruma(devices::update)
+        .ruma(devices::delete)
+        .ruma(devices::delete_many)
+        .ruma(profile::get_profile)
+        .ruma(profile::get_displayname)
+        .ruma(profile::set_displayname)
+        .ruma(profile::get_avatar_url)
+        .ruma(profile::set_avatar_url)
+        .ruma(filter::create)
+        .ruma(filter::get)
+        .ruma(account_data::get_global)
+        .ruma(account_data::set_global)
+        .ruma(account_data::get_room)
+        .ruma(account_data::set_room)
+}

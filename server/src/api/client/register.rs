@@ -1,0 +1,84 @@
+//! `/register` and `/register/available`.
+
+use ruma::{
+    api::client::account::{get_username_availability, register, register::RegistrationKind},
+    OwnedUserId,
+};
+use weft_core::{
+    accounts::{self, SessionRequest},
+    storage::{registration_tokens, users},
+    util::random_string,
+};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
+    state::AppState,
+    uia,
+};
+
+pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
+    let reg = &state.config.registration;
+    let is_guest = req.kind == RegistrationKind::Guest;
+    if is_guest && !reg.allow_guests {
+        return Err(MatrixError::forbidden("Guest access is disabled"));
+    }
+    if !is_guest && !reg.enabled {
+        return Err(MatrixError::forbidden("Registration has been disabled"));
+    }
+
+    let localpart = match (&req.username, is_guest) {
+        (Some(name), false) => name.clone(),
+        _ => format!("{}{}", if is_guest { "guest-" } else { "" }, random_string(12).to_lowercase()),
+    };
+    let user_id = accounts::user_id_for(&localpart, &state.config.server_name)?;
+    if users::get(&state.db, &user_id).await?.is_some() {
+        return Err(MatrixError::user_in_use("User ID already taken"));
+    }
+
+    // Guests skip UIA; everyone else completes the configured flow.
+    if !is_guest {
+        let flow: &[&str] = if reg.require_token { &[uia::REGISTRATION_TOKEN] } else { &[uia::DUMMY] };
+        let done = uia::check(&state, req.auth.as_ref(), &[flow], None).await?;
+        if let Some(token) = done.registration_token {
+            let mut tx = state.db.write().await?;
+            let consumed = registration_tokens::consume(&mut tx, &token).await?;
+            tx.commit().await?;
+            if !consumed {
+                return Err(MatrixError::unauthorized("Registration token has no uses left"));
+            }
+        }
+    }
+
+    let session = (!req.inhibit_login).then(|| SessionRequest {
+        device_id: req.device_id.as_ref().map(|d| d.to_string()),
+        display_name: req.initial_device_display_name.clone(),
+        ip: req.ip.clone(),
+        refreshable_lifetime_ms: req.refresh_token.then(|| state.config.access_token_lifetime.as_millis() as i64),
+    });
+    let issued = accounts::register(&state.db, &user_id, req.password.as_deref(), false, is_guest, Some(&localpart), session).await?;
+
+    let user_id: OwnedUserId = user_id.try_into().map_err(|_| MatrixError::invalid_username("Invalid user ID"))?;
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(s) = issued {
+        response.access_token = Some(s.access_token);
+        response.device_id = Some(s.device_id.into());
+        response.refresh_token = s.refresh_token;
+        response.expires_in = s.expires_in_ms.map(|ms| std::time::Duration::from_millis(ms as u64));
+    }
+    Ok(response)
+}
+
+pub async fn available(
+    state: AppState,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> ApiResult<get_username_availability::v3::Response> {
+    if !state.config.registration.enabled {
+        return Err(MatrixError::forbidden("Registration has been disabled"));
+    }
+    let user_id = accounts::user_id_for(&req.username, &state.config.server_name)?;
+    if users::get(&state.db, &user_id).await?.is_some() {
+        return Err(MatrixError::user_in_use("User ID already taken"));
+    }
+    Ok(get_username_availability::v3::Response::new(true))
+}

@@ -1,0 +1,133 @@
+//! The `weft` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use weft_core::{accounts, storage::users};
+
+use crate::{config::Config, server};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Weft, a Matrix homeserver")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ConfigArg),
+    /// Print a commented configuration file with every setting and its default.
+    GenerateConfig,
+    /// Apply database migrations and exit.
+    Migrate(ConfigArg),
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML). Without one, weft runs on defaults: SQLite under ./data,
+    /// server name localhost:8008, listening on 127.0.0.1:8008.
+    #[arg(short, long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        /// The localpart (`alice` for `@alice:server_name`).
+        name: String,
+        /// The password; a random one is generated and printed when omitted.
+        #[arg(long)]
+        password: Option<String>,
+        /// Make the user a server admin.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::GenerateConfig => {
+            print!("{EXAMPLE_CONFIG}");
+            Ok(())
+        }
+        Command::Serve(arg) => serve(load(&arg)?).await,
+        Command::Migrate(arg) => {
+            let config = load(&arg)?;
+            init_logging(&config);
+            server::open_db(&config).await?.close().await;
+            println!("database is up to date: {}", config.database.url);
+            Ok(())
+        }
+        Command::User { command: UserCommand::Create { name, password, admin, config } } => {
+            let config = load(&config)?;
+            let db = server::open_db(&config).await?;
+            let user_id = accounts::user_id_for(&name, &config.server_name)?;
+            let (password, generated) = match password {
+                Some(p) => (p, false),
+                None => (weft_core::util::random_string(20), true),
+            };
+            accounts::register(&db, &user_id, Some(&password), admin, false, Some(&name), None).await?;
+            db.close().await;
+            println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+            if generated {
+                println!("password: {password}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Config::load(arg.config.as_deref()).map_err(|e| anyhow::anyhow!(e))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let running = server::start(config.clone()).await?;
+    if users::count(&running.state.db).await? == 0 {
+        let config_hint = std::env::args().skip_while(|a| a != "--config" && a != "-c").take(2).collect::<Vec<_>>().join(" ");
+        println!(
+            "\nWeft is running as {} at {}\nNo users yet. Create the first one (an admin) with:\n    weft user create alice --admin {config_hint}\n",
+            config.server_name,
+            config.base_url()
+        );
+    }
+    let stop = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    running.wait().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn init_logging(config: &Config) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}

@@ -1,0 +1,285 @@
+//! Configuration: one TOML file, every key overridable by `WEFT_*` environment variables
+//! (`WEFT_DATABASE__URL`: a double underscore nests). Unknown keys are errors naming the key.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The domain in user IDs and room aliases (`@alice:server_name`).
+    pub server_name: String,
+    /// The URL clients reach this server at; served in `/.well-known/matrix/client`.
+    pub public_baseurl: String,
+    /// Where the server's ed25519 signing key lives; created on first start.
+    pub signing_key_path: PathBuf,
+    /// Largest accepted request body (bytes), media uploads excepted.
+    pub max_request_size: usize,
+    /// Lifetime of access tokens issued together with a refresh token.
+    #[serde(with = "humantime_serde")]
+    pub access_token_lifetime: Duration,
+    pub database: DatabaseConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub registration: RegistrationConfig,
+    pub rate_limits: RateLimitConfig,
+    pub media: MediaConfig,
+    pub federation: FederationConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Client,
+    Media,
+    Admin,
+    Federation,
+    Keys,
+    Metrics,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default = "default_apis")]
+    pub apis: Vec<Api>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_apis() -> Vec<Api> {
+    vec![Api::Client, Api::Media, Api::Admin]
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    pub enabled: bool,
+    pub require_token: bool,
+    /// Secret for Synapse-compatible `/_synapse/admin/v1/register`; empty disables it.
+    pub shared_secret: String,
+    pub allow_guests: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// Sustained requests per second to rate-limited endpoints, per user (or per IP when
+    /// unauthenticated).
+    pub per_second: f64,
+    /// How many requests may come at once before the sustained rate applies.
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    pub path: PathBuf,
+    /// Largest accepted upload in bytes.
+    pub max_upload_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    pub enabled: bool,
+    /// An extra trusted CA certificate (PEM) for outbound federation, for test deployments.
+    pub ca_file: String,
+    /// Allow private and loopback destinations (tests only).
+    pub allow_loopback: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter: `info`, `weft=debug,sqlx=warn`, ...
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server_name: "localhost:8008".into(),
+            public_baseurl: "http://localhost:8008/".into(),
+            signing_key_path: "data/signing.key".into(),
+            max_request_size: 1024 * 1024,
+            access_token_lifetime: Duration::from_secs(5 * 60),
+            database: DatabaseConfig::default(),
+            listeners: vec![ListenerConfig {
+                address: [127, 0, 0, 1].into(),
+                port: 8008,
+                apis: default_apis(),
+                tls_cert: None,
+                tls_key: None,
+            }],
+            registration: RegistrationConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            media: MediaConfig::default(),
+            federation: FederationConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: "sqlite://data/weft.db".into(), max_connections: 16 }
+    }
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig { enabled: false, require_token: false, shared_secret: String::new(), allow_guests: false }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { enabled: true, per_second: 10.0, burst: 50 }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig { path: "data/media".into(), max_upload_size: 50 * 1024 * 1024 }
+    }
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig { enabled: true, ca_file: String::new(), allow_loopback: false }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `WEFT_*` environment variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        // `WEFT_TEST_*` variables belong to the test suite, not to the server.
+        let env = Env::prefixed("WEFT_")
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with("test_"))
+            .split("__");
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|e| describe(&e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if ruma::ServerName::parse(&self.server_name).is_err() {
+            return Err(format!("server_name: {:?} is not a valid server name", self.server_name));
+        }
+        if !(self.public_baseurl.starts_with("http://") || self.public_baseurl.starts_with("https://")) {
+            return Err(format!("public_baseurl: {:?} must be an http(s) URL", self.public_baseurl));
+        }
+        if self.listeners.is_empty() {
+            return Err("listeners: at least one listener is needed".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.tls_cert.is_some() != l.tls_key.is_some() {
+                return Err(format!("listeners[{i}]: tls_cert and tls_key go together"));
+            }
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(format!("log.format: {:?} is neither \"text\" nor \"json\"", self.log.format));
+        }
+        if self.rate_limits.per_second <= 0.0 {
+            return Err("rate_limits.per_second must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.public_baseurl.trim_end_matches('/')
+    }
+}
+
+/// Turns figment's errors into one line per problem, each naming the key.
+fn describe(err: &figment::Error) -> String {
+    err.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                format!("config: {}", e.kind)
+            } else {
+                format!("config key `{key}`: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("weft-config-{}", weft_core::util::random_string(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("weft.toml");
+        std::fs::write(&path, toml).unwrap();
+        let result = Config::load(Some(&path));
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn example_config_is_the_default() {
+        let from_example = load_str(crate::cli::EXAMPLE_CONFIG).expect("example config loads");
+        let default = Config::default();
+        assert_eq!(toml::to_string(&from_example).unwrap(), toml::to_string(&default).unwrap());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load_str("server_name = \"a.b\"\n[database]\nurll = \"x\"\n").unwrap_err();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_named() {
+        let err = load_str("[[listeners]]\naddress = \"127.0.0.1\"\nport = \"eighty\"\n").unwrap_err();
+        assert!(err.contains("listeners") && err.contains("port"), "{err}");
+        let err = load_str("server_name = \"not a name!\"\n").unwrap_err();
+        assert!(err.contains("server_name"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        assert!(Config::load(Some(std::path::Path::new("/nonexistent/weft.toml"))).is_err());
+    }
+}

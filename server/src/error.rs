@@ -1,0 +1,115 @@
+//! Matrix errors: every failure a client sees is `{"errcode", "error"}` with the right status.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::{json, Value};
+
+#[derive(Debug)]
+pub struct MatrixError {
+    pub status: StatusCode,
+    pub errcode: &'static str,
+    pub message: String,
+    /// Extra top-level fields (`soft_logout`, `retry_after_ms`, UIA's `flows`...).
+    pub extra: Option<Value>,
+}
+
+pub type ApiResult<T> = Result<T, MatrixError>;
+
+macro_rules! constructors {
+    ($($name:ident => $status:ident, $code:literal;)*) => {
+        impl MatrixError {
+            $(pub fn $name(message: impl Into<String>) -> MatrixError {
+                MatrixError { status: StatusCode::$status, errcode: $code, message: message.into(), extra: None }
+            })*
+        }
+    };
+}
+
+constructors! {
+    forbidden => FORBIDDEN, "M_FORBIDDEN";
+    not_found => NOT_FOUND, "M_NOT_FOUND";
+    unrecognized => NOT_FOUND, "M_UNRECOGNIZED";
+    bad_json => BAD_REQUEST, "M_BAD_JSON";
+    not_json => BAD_REQUEST, "M_NOT_JSON";
+    invalid_param => BAD_REQUEST, "M_INVALID_PARAM";
+    missing_param => BAD_REQUEST, "M_MISSING_PARAM";
+    missing_token => UNAUTHORIZED, "M_MISSING_TOKEN";
+    unauthorized => UNAUTHORIZED, "M_UNAUTHORIZED";
+    user_in_use => BAD_REQUEST, "M_USER_IN_USE";
+    invalid_username => BAD_REQUEST, "M_INVALID_USERNAME";
+    too_large => PAYLOAD_TOO_LARGE, "M_TOO_LARGE";
+    user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
+    guest_access_forbidden => FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN";
+    unknown => INTERNAL_SERVER_ERROR, "M_UNKNOWN";
+}
+
+impl MatrixError {
+    pub fn unknown_token(soft_logout: bool) -> MatrixError {
+        MatrixError {
+            status: StatusCode::UNAUTHORIZED,
+            errcode: "M_UNKNOWN_TOKEN",
+            message: "Unknown or expired access token".into(),
+            extra: Some(json!({ "soft_logout": soft_logout })),
+        }
+    }
+
+    pub fn unrecognized_method() -> MatrixError {
+        MatrixError { status: StatusCode::METHOD_NOT_ALLOWED, ..MatrixError::unrecognized("Unrecognized request method") }
+    }
+
+    pub fn limit_exceeded(retry_after_ms: u64) -> MatrixError {
+        MatrixError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            errcode: "M_LIMIT_EXCEEDED",
+            message: "Too many requests".into(),
+            extra: Some(json!({ "retry_after_ms": retry_after_ms })),
+        }
+    }
+
+    /// A 401 carrying user-interactive-auth state (`flows`, `session`, `completed`...).
+    pub fn uia(info: Value) -> MatrixError {
+        MatrixError { status: StatusCode::UNAUTHORIZED, errcode: "", message: String::new(), extra: Some(info) }
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> MatrixError {
+        self.status = status;
+        self
+    }
+}
+
+impl IntoResponse for MatrixError {
+    fn into_response(self) -> Response {
+        if self.errcode.is_empty() {
+            // A user-interactive-auth challenge: the body is the UIA state alone.
+            return (self.status, Json(self.extra.unwrap_or_default())).into_response();
+        }
+        let mut body = json!({ "errcode": self.errcode, "error": self.message });
+        if let (Some(Value::Object(extra)), Value::Object(map)) = (self.extra, &mut body) {
+            map.extend(extra);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<weft_core::Error> for MatrixError {
+    fn from(err: weft_core::Error) -> MatrixError {
+        use weft_core::Error as E;
+        match err {
+            E::Forbidden(m) => MatrixError::forbidden(m),
+            E::NotFound(m) => MatrixError::not_found(m),
+            E::InvalidParam(m) => MatrixError::invalid_param(m),
+            E::BadJson(m) => MatrixError::bad_json(m),
+            E::UserInUse => MatrixError::user_in_use("User ID already taken"),
+            E::InvalidUsername(m) => MatrixError::invalid_username(m),
+            E::UnknownToken { soft_logout } => MatrixError::unknown_token(soft_logout),
+            E::UserDeactivated => MatrixError::user_deactivated("This account has been deactivated"),
+            other => {
+                tracing::error!(error = %other, "internal error");
+                MatrixError::unknown("Internal server error")
+            }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Per-user / per-IP token buckets for endpoints ruma marks as rate limited.
+//! Limits are per process, as with Synapse's workers.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::Instant,
+};
+
+use crate::config::RateLimitConfig;
+
+pub struct RateLimiter {
+    enabled: bool,
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(config: &RateLimitConfig) -> RateLimiter {
+        RateLimiter {
+            enabled: config.enabled,
+            per_second: config.per_second,
+            burst: config.burst.max(1) as f64,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket; `Err(ms)` says how long to wait.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget buckets that have refilled completely; they hold no information.
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - *tokens) / self.per_second) * 1000.0).ceil() as u64)
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The bridge between axum and ruma: `Ruma<T>` parses any ruma request type (authenticating
+//! and rate limiting it as its metadata says), and `RumaRoute` mounts a handler on every path
+//! the endpoint has ever had.
+
+use std::{future::Future, net::SocketAddr};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, FromRequest, Path, Request},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use bytes::BytesMut;
+use ruma::{
+    api::{
+        auth_scheme::{
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
+            NoAuthentication,
+        },
+        path_builder::PathBuilder,
+        IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
+    },
+    OwnedDeviceId, OwnedUserId,
+};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    state::AppState,
+};
+
+/// Whether an endpoint needs an access token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AuthNeed {
+    None,
+    Optional,
+    Required,
+}
+
+pub trait AuthRequirement {
+    const NEED: AuthNeed;
+}
+
+impl AuthRequirement for AccessToken {
+    const NEED: AuthNeed = AuthNeed::Required;
+}
+impl AuthRequirement for AccessTokenOptional {
+    const NEED: AuthNeed = AuthNeed::Optional;
+}
+impl AuthRequirement for AppserviceToken {
+    const NEED: AuthNeed = AuthNeed::Required;
+}
+impl AuthRequirement for AppserviceTokenOptional {
+    const NEED: AuthNeed = AuthNeed::Optional;
+}
+impl AuthRequirement for NoAuthentication {
+    const NEED: AuthNeed = AuthNeed::None;
+}
+impl AuthRequirement for NoAccessToken {
+    const NEED: AuthNeed = AuthNeed::None;
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug)]
+pub struct AuthUser {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    pub is_admin: bool,
+    pub is_guest: bool,
+}
+
+/// A parsed ruma request with its caller.
+pub struct Ruma<T> {
+    pub body: T,
+    pub user: Option<AuthUser>,
+    pub ip: Option<String>,
+    /// The raw JSON body, for endpoints that need fields ruma does not model.
+    pub json_body: Option<serde_json::Value>,
+}
+
+impl<T> Ruma<T> {
+    /// The caller; only endpoints with optional auth can lack one.
+    pub fn sender(&self) -> ApiResult<&AuthUser> {
+        self.user.as_ref().ok_or_else(|| MatrixError::missing_token("Missing access token"))
+    }
+}
+
+impl<T> std::ops::Deref for Ruma<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.body
+    }
+}
+
+/// Extracts the access token from `Authorization: Bearer` or the `access_token` query.
+pub fn access_token(parts: &http::request::Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
+    }
+    let query = parts.uri.query()?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+}
+
+/// Resolves the request's access token, if any, to its user.
+pub async fn authenticate(state: &AppState, parts: &http::request::Parts, need: AuthNeed) -> ApiResult<Option<AuthUser>> {
+    if need == AuthNeed::None {
+        return Ok(None);
+    }
+    let Some(token) = access_token(parts) else {
+        return match need {
+            AuthNeed::Required => Err(MatrixError::missing_token("Missing access token")),
+            _ => Ok(None),
+        };
+    };
+    let owner = weft_core::accounts::authenticate(&state.db, &token).await?;
+    let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| MatrixError::unknown_token(false))?;
+    Ok(Some(AuthUser { user_id, device_id: owner.device_id.into(), is_admin: owner.is_admin, is_guest: owner.is_guest }))
+}
+
+pub fn client_ip(parts: &http::request::Parts) -> Option<String> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with M_TOO_LARGE.
+pub async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| MatrixError::too_large(format!("Request body is larger than {limit} bytes")))
+}
+
+impl<T> FromRequest<AppState> for Ruma<T>
+where
+    T: IncomingRequest + Send + 'static,
+    T::Authentication: AuthRequirement,
+{
+    type Rejection = MatrixError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let path_args: Vec<String> = {
+            use axum::extract::FromRequestParts;
+            match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
+                Ok(Path(args)) => args,
+                Err(_) => Vec::new(),
+            }
+        };
+        let limit = body_limit::<T>(state);
+        let bytes = read_body(body, limit).await?;
+        let user = authenticate(state, &parts, T::Authentication::NEED).await?;
+        let ip = client_ip(&parts);
+
+        if T::RATE_LIMITED {
+            let key = match (&user, &ip) {
+                (Some(u), _) => u.user_id.to_string(),
+                (None, Some(ip)) => ip.clone(),
+                (None, None) => String::new(),
+            };
+            if let (Err(wait), false) = (state.rate_limiter.check(&key), user.as_ref().is_some_and(|u| u.is_admin)) {
+                return Err(MatrixError::limit_exceeded(wait));
+            }
+        }
+
+        let json_body = if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() };
+        let http_req = http::Request::from_parts(parts, &bytes[..]);
+        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        let body = T::try_from_http_request(http_req, &args).map_err(|err| {
+            if !bytes.is_empty() && json_body.is_none() && expects_json::<T>() {
+                MatrixError::not_json("Content not JSON")
+            } else {
+                MatrixError::bad_json(format!("Invalid request: {err}"))
+            }
+        })?;
+        Ok(Ruma { body, user, ip, json_body })
+    }
+}
+
+/// Media uploads carry raw bytes; every other endpoint takes JSON (or nothing).
+fn expects_json<T: Metadata>() -> bool {
+    !T::PATH_BUILDER.all_paths().any(|p| p.contains("/upload") || p.contains("/media/"))
+}
+
+fn body_limit<T: Metadata>(state: &AppState) -> usize {
+    if T::PATH_BUILDER.all_paths().any(|p| p.contains("/upload") || p.contains("/media/")) {
+        state.config.media.max_upload_size
+    } else {
+        state.config.max_request_size
+    }
+}
+
+/// Serialises a ruma response.
+pub struct RumaResponse<T>(pub T);
+
+impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
+    fn into_response(self) -> Response {
+        match self.0.try_into_http_response::<BytesMut>() {
+            Ok(res) => res.map(|body| Body::from(body.freeze())).into_response(),
+            Err(err) => {
+                tracing::error!(error = %err, "failed to serialise response");
+                MatrixError::unknown("Failed to serialise response").into_response()
+            }
+        }
+    }
+}
+
+/// Mounts a handler `async fn(AppState, Ruma<Req>) -> ApiResult<Req::OutgoingResponse>` on
+/// every path of `Req`.
+pub trait RumaRoute {
+    fn ruma<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthRequirement,
+        Req::OutgoingResponse: Send + 'static,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult<Req::OutgoingResponse>> + Send + 'static;
+}
+
+impl RumaRoute for Router<AppState> {
+    fn ruma<Req, F, Fut>(mut self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthRequirement,
+        Req::OutgoingResponse: Send + 'static,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult<Req::OutgoingResponse>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            self = self.route(
+                path,
+                on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                    handler(state, req).await.map(RumaResponse)
+                }),
+            );
+        }
+        self
+    }
+}

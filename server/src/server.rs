@@ -1,0 +1,73 @@
+//! Starting and stopping a server: database, migrations, listeners.
+
+use std::net::SocketAddr;
+
+use tokio::{net::TcpListener, sync::watch};
+use weft_core::Db;
+
+use crate::{config::Config, router, state::AppState};
+
+/// A running server; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, closes the database pool.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.state.db.close().await;
+    }
+
+    /// Resolves when every listener has stopped.
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+}
+
+/// Opens the database and runs its migrations.
+pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let db = open_db(&config).await?;
+    let state = AppState::new(config.clone(), db);
+    let (stop, stop_rx) = watch::channel(false);
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for listener in &config.listeners {
+        let app = router::build(state.clone(), &listener.apis);
+        let socket = TcpListener::bind((listener.address, listener.port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", listener.address, listener.port))?;
+        let addr = socket.local_addr()?;
+        addrs.push(addr);
+        let mut stop_rx = stop_rx.clone();
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(socket, service).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, %addr, "listener failed");
+            }
+        }));
+        tracing::info!(%addr, apis = ?listener.apis, "listening");
+    }
+    Ok(Running { addrs, state, stop, tasks })
+}

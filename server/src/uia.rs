@@ -1,0 +1,133 @@
+//! User-interactive authentication: the stages an endpoint demands, sessions that remember
+//! completed stages across requests, and the 401 challenges clients follow.
+
+use ruma::api::client::uiaa::{AuthData, UserIdentifier};
+use serde_json::json;
+use weft_core::{
+    accounts,
+    storage::{registration_tokens, uia},
+    util::random_string,
+};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    state::AppState,
+};
+
+pub const PASSWORD: &str = "m.login.password";
+pub const DUMMY: &str = "m.login.dummy";
+pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
+
+/// What a completed UIA tells the endpoint.
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// The registration token used, to be consumed when the account is created.
+    pub registration_token: Option<String>,
+}
+
+/// Runs one UIA step. `user_id` is the authenticated user for endpoints that re-authenticate
+/// an existing account (password stage checks that user's password).
+pub async fn check(
+    state: &AppState,
+    auth: Option<&AuthData>,
+    flows: &[&[&str]],
+    user_id: Option<&str>,
+) -> ApiResult<Completed> {
+    let Some(auth) = auth else {
+        let session = new_session(state, user_id).await?;
+        return Err(challenge(flows, &session, &[], None));
+    };
+    let session_id = match auth.session() {
+        Some(s) => s.to_owned(),
+        None => new_session(state, user_id).await?,
+    };
+    let Some(session) = uia::get(&state.db, &session_id).await? else {
+        return Err(MatrixError::not_found("Unknown UIA session").with_status(http::StatusCode::BAD_REQUEST));
+    };
+    if session.user_id.as_deref() != user_id {
+        return Err(MatrixError::forbidden("UIA session belongs to another user"));
+    }
+    let mut completed = session.completed.clone();
+    let mut result = Completed::default();
+
+    let stage_error = match auth {
+        AuthData::Dummy(_) => {
+            completed.push(DUMMY.to_owned());
+            None
+        }
+        AuthData::Password(p) => match password_stage(state, &p.identifier, &p.password, user_id).await? {
+            true => {
+                completed.push(PASSWORD.to_owned());
+                None
+            }
+            false => Some(MatrixError::forbidden("Invalid username or password")),
+        },
+        AuthData::RegistrationToken(t) => {
+            if registration_tokens::is_valid(&state.db, &t.token).await? {
+                completed.push(REGISTRATION_TOKEN.to_owned());
+                result.registration_token = Some(t.token.clone());
+                None
+            } else {
+                Some(MatrixError::unauthorized("Invalid registration token"))
+            }
+        }
+        // Acknowledging the fallback page re-checks what the session has completed.
+        AuthData::FallbackAcknowledgement(_) => None,
+        other => Some(MatrixError::unrecognized(format!("Unsupported auth type {}", other.auth_type().map(|t| t.to_string()).unwrap_or_default()))
+            .with_status(http::StatusCode::BAD_REQUEST)),
+    };
+    completed.dedup();
+    if let Some(err) = stage_error {
+        return Err(challenge(flows, &session_id, &completed, Some(err)));
+    }
+    let done = flows.iter().any(|flow| flow.iter().all(|stage| completed.iter().any(|c| c == stage)));
+    let mut tx = state.db.write().await?;
+    if done {
+        uia::delete(&mut tx, &session_id).await?;
+    } else {
+        uia::set_completed(&mut tx, &session_id, &completed).await?;
+    }
+    tx.commit().await?;
+    if done {
+        Ok(result)
+    } else {
+        Err(challenge(flows, &session_id, &completed, None))
+    }
+}
+
+async fn new_session(state: &AppState, user_id: Option<&str>) -> ApiResult<String> {
+    let session_id = random_string(24);
+    let mut tx = state.db.write().await?;
+    uia::create(&mut tx, &session_id, user_id).await?;
+    tx.commit().await?;
+    Ok(session_id)
+}
+
+async fn password_stage(state: &AppState, identifier: &UserIdentifier, password: &str, expected: Option<&str>) -> ApiResult<bool> {
+    let UserIdentifier::Matrix(id) = identifier else {
+        return Ok(false);
+    };
+    let user_id = crate::api::client::session::qualify_user(state, &id.user);
+    if expected.is_some_and(|e| e != user_id) {
+        return Ok(false);
+    }
+    match accounts::check_password(&state.db, &user_id, password).await {
+        Ok(ok) => Ok(ok),
+        Err(weft_core::Error::UserDeactivated) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn challenge(flows: &[&[&str]], session: &str, completed: &[String], error: Option<MatrixError>) -> MatrixError {
+    let mut info = json!({
+        "flows": flows.iter().map(|f| json!({ "stages": f })).collect::<Vec<_>>(),
+        "params": {},
+        "session": session,
+        "completed": completed,
+    });
+    if let Some(err) = error {
+        info["errcode"] = err.errcode.into();
+        info["error"] = err.message.into();
+    }
+    MatrixError::uia(info)
+}

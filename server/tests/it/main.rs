@@ -1,0 +1,6 @@
+//! Integration tests: real servers on loopback, on SQLite and PostgreSQL.
+
+mod harness;
+
+mod foundation;
+mod js_sdk;
