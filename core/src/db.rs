@@ -29,6 +29,15 @@ pub struct Db {
     /// write fails with SQLITE_BUSY instead of waiting. Writers therefore queue here first.
     /// PostgreSQL needs no such lock (`None`): row locks order its writers, also across processes.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    caches: Arc<Caches>,
+}
+
+/// In-memory caches of data that never changes once written.
+pub struct Caches {
+    /// State groups by ID (immutable once written).
+    pub state_groups: quick_cache::sync::Cache<i64, Arc<crate::events::StateMap>>,
+    /// Room versions by room ID (fixed at creation).
+    pub room_versions: quick_cache::sync::Cache<String, String>,
 }
 
 /// A write transaction. On SQLite it also holds the writer lock until it is dropped.
@@ -94,11 +103,24 @@ impl Db {
             .connect_with(options)
             .await?;
         let sqlite_writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Ok(Db { pool, backend, sqlite_writer })
+        let caches = Arc::new(Caches {
+            state_groups: quick_cache::sync::Cache::new(4096),
+            room_versions: quick_cache::sync::Cache::new(100_000),
+        });
+        Ok(Db { pool, backend, sqlite_writer, caches })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// A pooled connection for a sequence of reads.
+    pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.pool.acquire().await?)
     }
 
     pub fn pool(&self) -> &AnyPool {

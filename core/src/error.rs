@@ -25,6 +25,12 @@ pub enum Error {
     InvalidUsername(String),
     #[error("unknown or expired access token")]
     UnknownToken { soft_logout: bool },
+    #[error("unsupported room version {0}")]
+    UnsupportedRoomVersion(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    RoomInUse(String),
     #[error("user is deactivated")]
     UserDeactivated,
 }

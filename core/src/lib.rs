@@ -4,11 +4,17 @@
 //! these modules and their errors into Matrix errors.
 
 pub mod accounts;
+pub mod context;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod notifier;
+pub mod rooms;
+pub mod signing_key;
 pub mod storage;
 pub mod streams;
 pub mod util;
 
+pub use context::Core;
 pub use db::{Backend, Db, WriteTx};
 pub use error::{Error, Result};

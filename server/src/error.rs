@@ -44,6 +44,10 @@ constructors! {
     user_deactivated => FORBIDDEN, "M_USER_DEACTIVATED";
     guest_access_forbidden => FORBIDDEN, "M_GUEST_ACCESS_FORBIDDEN";
     unknown => INTERNAL_SERVER_ERROR, "M_UNKNOWN";
+    unsupported_room_version => BAD_REQUEST, "M_UNSUPPORTED_ROOM_VERSION";
+    room_in_use => BAD_REQUEST, "M_ROOM_IN_USE";
+    invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
+    bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
 }
 
 impl MatrixError {
@@ -105,6 +109,9 @@ impl From<weft_core::Error> for MatrixError {
             E::UserInUse => MatrixError::user_in_use("User ID already taken"),
             E::InvalidUsername(m) => MatrixError::invalid_username(m),
             E::UnknownToken { soft_logout } => MatrixError::unknown_token(soft_logout),
+            E::UnsupportedRoomVersion(v) => MatrixError::unsupported_room_version(format!("Room version {v} is not supported")),
+            E::TooLarge(m) => MatrixError::too_large(m),
+            E::RoomInUse(m) => MatrixError::room_in_use(m),
             E::UserDeactivated => MatrixError::user_deactivated("This account has been deactivated"),
             other => {
                 tracing::error!(error = %other, "internal error");

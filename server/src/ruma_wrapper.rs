@@ -138,13 +138,17 @@ where
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = req.into_parts();
-        let path_args: Vec<String> = {
+        let mut path_args: Vec<String> = {
             use axum::extract::FromRequestParts;
             match Path::<Vec<String>>::from_request_parts(&mut parts, state).await {
                 Ok(Path(args)) => args,
                 Err(_) => Vec::new(),
             }
         };
+        // `/state/{type}` and `/state/{type}/` address the empty state key.
+        while path_args.len() < T::_path_parameters().len() {
+            path_args.push(String::new());
+        }
         let limit = body_limit::<T>(state);
         let bytes = read_body(body, limit).await?;
         let user = authenticate(state, &parts, T::Authentication::NEED).await?;
@@ -226,13 +230,20 @@ impl RumaRoute for Router<AppState> {
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            self = self.route(
-                path,
-                on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
-                    handler(state, req).await.map(RumaResponse)
-                }),
-            );
+            let mut paths = vec![path.to_owned()];
+            if let Some(base) = path.strip_suffix("/{state_key}") {
+                paths.push(base.to_owned());
+                paths.push(format!("{base}/"));
+            }
+            for path in paths {
+                let handler = handler.clone();
+                self = self.route(
+                    &path,
+                    on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                        handler(state, req).await.map(RumaResponse)
+                    }),
+                );
+            }
         }
         self
     }

@@ -46,7 +46,9 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
 
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let db = open_db(&config).await?;
-    let state = AppState::new(config.clone(), db);
+    let key = weft_core::signing_key::load_or_create(&config.signing_key_path)?;
+    let server_name = ruma::ServerName::parse(&config.server_name)?;
+    let state = AppState::new(config.clone(), weft_core::Core::new(db, server_name, key));
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();

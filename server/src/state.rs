@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use weft_core::Db;
+use weft_core::{Core, Db};
 
 use crate::{config::Config, rate_limit::RateLimiter};
 
@@ -12,13 +12,14 @@ pub struct AppState(Arc<Inner>);
 pub struct Inner {
     pub config: Config,
     pub db: Db,
+    pub core: Core,
     pub rate_limiter: RateLimiter,
 }
 
 impl AppState {
-    pub fn new(config: Config, db: Db) -> AppState {
+    pub fn new(config: Config, core: Core) -> AppState {
         let rate_limiter = RateLimiter::new(&config.rate_limits);
-        AppState(Arc::new(Inner { config, db, rate_limiter }))
+        AppState(Arc::new(Inner { db: core.db.clone(), config, core, rate_limiter }))
     }
 }
 

@@ -6,9 +6,13 @@ pub mod capabilities;
 pub mod devices;
 pub mod discovery;
 pub mod filter;
+pub mod membership;
+pub mod message;
 pub mod profile;
 pub mod register;
+pub mod room;
 pub mod session;
+pub mod state;
 
 use axum::Router;
 
@@ -45,4 +49,21 @@ pub fn router() -> Router<AppState> {
         .ruma(account_data::set_global)
         .ruma(account_data::get_room)
         .ruma(account_data::set_room)
+        .ruma(room::create_room)
+        .ruma(room::joined_rooms)
+        .ruma(membership::join_by_id)
+        .ruma(membership::join_by_id_or_alias)
+        .ruma(membership::invite)
+        .ruma(membership::leave)
+        .ruma(membership::kick)
+        .ruma(membership::ban)
+        .ruma(membership::unban)
+        .ruma(membership::forget)
+        .ruma(membership::knock)
+        .ruma(message::send)
+        .ruma(message::redact)
+        .ruma(message::messages)
+        .ruma(state::get_all)
+        .ruma(state::get_one)
+        .ruma(state::put)
 }

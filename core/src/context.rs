@@ -1,0 +1,26 @@
+//! `Core`: the handle every layer above uses: database, server identity, notifier.
+
+use std::sync::Arc;
+
+use ruma::OwnedServerName;
+
+use crate::{notifier::Notifier, signing_key::ServerKey, Db};
+
+#[derive(Clone)]
+pub struct Core {
+    pub db: Db,
+    pub server_name: OwnedServerName,
+    pub key: Arc<ServerKey>,
+    pub notifier: Arc<Notifier>,
+}
+
+impl Core {
+    pub fn new(db: Db, server_name: OwnedServerName, key: ServerKey) -> Core {
+        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()) }
+    }
+
+    /// Whether a user ID belongs to this server.
+    pub fn is_local(&self, user_id: &ruma::UserId) -> bool {
+        user_id.server_name() == self.server_name
+    }
+}

@@ -1,0 +1,310 @@
+//! The one pipeline every PDU takes, local or remote, in the order of the spec's checks on
+//! receipt: format, signatures and hashes, auth against the event's auth events, auth against
+//! the state before the event, soft-fail against current state; then persistence of the event,
+//! its state, the forward extremities, current state and memberships, and last its stream
+//! position.
+
+use std::{collections::HashMap, sync::Arc};
+
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    room_version_rules::RoomVersionRules,
+    signatures::{PublicKeyMap, Verified},
+    state_res, EventId, OwnedEventId,
+};
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use super::{state::{resolve, state_before}, Pdu, StateMap};
+use crate::{
+    storage::{events, rooms, state as state_store},
+    streams, Core, Error, Result,
+};
+
+/// Where a PDU comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Origin<'a> {
+    /// Built here; `txn` is `(user, device, txn_id)` for idempotent sends.
+    Local { txn: Option<(&'a str, &'a str, &'a str)> },
+    Remote,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub pdu: Pdu,
+    /// The event's position in the timeline stream; `None` when rejected or soft-failed.
+    pub stream_pos: Option<i64>,
+    pub rejected: Option<String>,
+    pub soft_failed: bool,
+}
+
+/// Runs every check and persists the PDU inside the caller's transaction.
+pub async fn persist(
+    core: &Core,
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    mut pdu: Pdu,
+    keys: &PublicKeyMap,
+    origin: Origin<'_>,
+) -> Result<Outcome> {
+    let db = &core.db;
+    if let Some(existing) = events::get(conn, pdu.event_id.as_str()).await? {
+        return Ok(Outcome {
+            pdu,
+            stream_pos: existing.stream_pos,
+            rejected: existing.rejected.then(|| "previously rejected".to_owned()),
+            soft_failed: existing.soft_failed,
+        });
+    }
+
+    // 1. Format.
+    state_res::check_pdu_format(&pdu.json, &rules.event_format).map_err(|e| {
+        if e.contains("larger than maximum") { Error::TooLarge(e) } else { Error::BadJson(e) }
+    })?;
+
+    // 2. Signatures and hashes; a hash mismatch keeps the event, redacted.
+    match ruma::signatures::verify_event(keys, &pdu.json, rules) {
+        Ok(Verified::All) => {}
+        Ok(Verified::Signatures) => {
+            let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
+                .map_err(|e| Error::BadJson(e.to_string()))?;
+            pdu = Pdu::from_json(pdu.event_id.clone(), redacted, rules)?;
+        }
+        Err(e) => return Err(Error::Forbidden(format!("signature check failed: {e}"))),
+    }
+
+    // 3. Auth against the event's own auth events.
+    let auth_ids: Vec<String> = pdu.auth_events.iter().map(|e| e.to_string()).collect();
+    let mut auth_events: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    let mut to_load = auth_ids.clone();
+    if rules.authorization.room_create_event_id_as_room_id {
+        // From v12 the create event is not listed in auth_events; its ID is the room ID's.
+        to_load.push(format!("${}", &pdu.room_id.as_str()[1..]));
+    }
+    for stored in events::get_many(conn, &to_load).await? {
+        let mut p = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
+        p.rejected = stored.rejected;
+        auth_events.insert(p.event_id.clone(), p);
+    }
+    let mut rejected = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
+        auth_events.get(id).cloned()
+    })
+    .err();
+
+    // 4. State before the event.
+    let is_create = pdu.kind == TimelineEventType::RoomCreate;
+    let (before_group, before_state) = if is_create {
+        (None, Arc::new(StateMap::new()))
+    } else {
+        state_before(db, conn, rules, &pdu.prev_events).await?
+    };
+
+    // 5. Auth against the state before the event.
+    if rejected.is_none() && !is_create {
+        let relevant = load_relevant_state(conn, rules, &pdu, &before_state).await?;
+        rejected = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            relevant.get(&(t.to_string(), k.to_owned())).cloned()
+        })
+        .err();
+    }
+
+    // 6. Soft fail: a remote event that passes against its own history but not against the
+    //    current state is kept out of the timeline and the forward extremities.
+    let current_group = rooms::current_state_group(conn, pdu.room_id.as_str()).await?;
+    let mut soft_failed = false;
+    if rejected.is_none() && matches!(origin, Origin::Remote) && !is_create && current_group.is_some() && current_group != before_group {
+        let current = state_store::load(db, conn, current_group.unwrap_or_default()).await?;
+        let relevant = load_relevant_state(conn, rules, &pdu, &current).await?;
+        soft_failed = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+            relevant.get(&(t.to_string(), k.to_owned())).cloned()
+        })
+        .is_err();
+    }
+    pdu.rejected = rejected.is_some();
+
+    // State groups before and after.
+    let room_id = pdu.room_id.to_string();
+    let before_group = if is_create {
+        None
+    } else {
+        match before_group {
+            Some(g) if state_store::load(db, conn, g).await?.as_ref() == before_state.as_ref() => Some(g),
+            parent => Some(state_store::store(db, conn, &room_id, parent, &before_state).await?),
+        }
+    };
+    let after_group = match (&pdu.state_key, rejected.is_some()) {
+        (Some(key), false) => {
+            let mut after = (*before_state).clone();
+            after.insert((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
+            Some(state_store::store(db, conn, &room_id, before_group, &after).await?)
+        }
+        _ => before_group,
+    };
+
+    let json = serde_json::to_string(&pdu.json).map_err(Error::internal)?;
+    let txn = match origin {
+        Origin::Local { txn } => txn,
+        Origin::Remote => None,
+    };
+    events::insert(
+        conn,
+        &events::NewEventRow {
+            event_id: pdu.event_id.as_str(),
+            room_id: &room_id,
+            depth: pdu.depth,
+            event_type: &pdu.kind.to_string(),
+            state_key: pdu.state_key.as_deref(),
+            sender: pdu.sender.as_str(),
+            origin_server_ts: i64::from(pdu.origin_server_ts.0),
+            json: &json,
+            outlier: false,
+            rejected_reason: rejected.as_deref(),
+            soft_failed,
+            state_before: before_group,
+            state_after: after_group,
+            txn,
+        },
+    )
+    .await?;
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    events::insert_edges(conn, pdu.event_id.as_str(), &prev, &auth_ids).await?;
+
+    if rejected.is_some() || soft_failed {
+        return Ok(Outcome { pdu, stream_pos: None, rejected, soft_failed });
+    }
+
+    // Forward extremities and current state.
+    events::update_forward_extremities(conn, &room_id, pdu.event_id.as_str(), &prev).await?;
+    let old_current = match current_group {
+        Some(g) => state_store::load(db, conn, g).await?,
+        None => Arc::new(StateMap::new()),
+    };
+    let extremities = events::forward_extremities(conn, &room_id).await?;
+    let new_current_group = if extremities == [pdu.event_id.to_string()] {
+        after_group
+    } else {
+        let ext = events::get_many(conn, &extremities).await?;
+        let mut groups: Vec<i64> = ext.iter().filter_map(|e| e.state_after).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        if groups.len() <= 1 {
+            groups.first().copied().or(after_group)
+        } else {
+            let mut states = Vec::new();
+            for g in &groups {
+                states.push(state_store::load(db, conn, *g).await?);
+            }
+            let resolved = resolve(conn, rules, &states).await?;
+            Some(state_store::store(db, conn, &room_id, after_group, &resolved).await?)
+        }
+    };
+    let new_current = match new_current_group {
+        Some(g) => state_store::load(db, conn, g).await?,
+        None => Arc::new(StateMap::new()),
+    };
+    if let Some(g) = new_current_group {
+        rooms::set_current_state_group(conn, &room_id, g).await?;
+    }
+    rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
+
+    if pdu.kind == TimelineEventType::RoomRedaction {
+        apply_redaction(conn, rules, &pdu, &before_state).await?;
+    }
+    store_relation(conn, &pdu).await?;
+
+    // Last: the stream position (see streams.rs for why it must come last).
+    let pos = streams::next_pos(conn, "events").await?;
+    events::set_stream_pos(conn, pdu.event_id.as_str(), pos).await?;
+    rooms::set_last_stream_pos(conn, &room_id, pos).await?;
+    update_memberships(conn, &room_id, &old_current, &new_current, pos).await?;
+    Ok(Outcome { pdu, stream_pos: Some(pos), rejected: None, soft_failed: false })
+}
+
+/// Loads the state events the auth rules may consult for this event.
+async fn load_relevant_state(
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<HashMap<(String, String), Pdu>> {
+    let mut types = state_res::auth_types_for_event(&pdu.kind, &pdu.sender, pdu.state_key.as_deref(), &pdu.content, &rules.authorization)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(t, k)| (t.to_string(), k))
+        .collect::<Vec<_>>();
+    // The create event is consulted even where it is not an auth event (v12).
+    types.push(("m.room.create".into(), String::new()));
+    let ids: Vec<String> = types.iter().filter_map(|k| state.get(k).cloned()).collect();
+    let mut out = HashMap::new();
+    for stored in events::get_many(conn, &ids).await? {
+        let p = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
+        if let Some(key) = &p.state_key {
+            out.insert((p.kind.to_string(), key.clone()), p);
+        }
+    }
+    Ok(out)
+}
+
+/// Marks the target redacted when the redaction is allowed: same sender, or a sender with the
+/// power to redact others (checked against the state before the redaction).
+async fn apply_redaction(conn: &mut AnyConnection, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+    let Some(target_id) = &pdu.redacts else { return Ok(()) };
+    let Some(target) = events::get(conn, target_id.as_str()).await? else { return Ok(()) };
+    if target.room_id != pdu.room_id.as_str() {
+        return Ok(());
+    }
+    let allowed = target.sender == pdu.sender.as_str()
+        || crate::rooms::power::user_level(conn, rules, state, pdu.sender.as_str()).await?
+            >= crate::rooms::power::action_level(conn, rules, state, "redact").await?;
+    if allowed {
+        events::set_redacted_by(conn, target_id.as_str(), pdu.event_id.as_str()).await?;
+    }
+    Ok(())
+}
+
+async fn store_relation(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
+    let content = pdu.content_value();
+    let Some(rel) = content.get("m.relates_to") else { return Ok(()) };
+    let (Some(rel_type), Some(target)) = (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str)) else {
+        return Ok(());
+    };
+    let key = rel.get("key").and_then(Value::as_str);
+    sqlx::query(
+        "INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, aggregation_key) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(pdu.event_id.as_str())
+    .bind(pdu.room_id.as_str())
+    .bind(target)
+    .bind(rel_type)
+    .bind(key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Mirrors changed `m.room.member` state into `room_memberships`.
+async fn update_memberships(conn: &mut AnyConnection, room_id: &str, old: &StateMap, new: &StateMap, pos: i64) -> Result<()> {
+    let changed: Vec<(String, String)> = new
+        .iter()
+        .filter(|(k, id)| k.0 == "m.room.member" && old.get(*k) != Some(*id))
+        .map(|((_, user), id)| (user.clone(), id.clone()))
+        .collect();
+    for (user_id, event_id) in changed {
+        let Some(stored) = events::get(conn, &event_id).await? else { continue };
+        let content: Value = serde_json::from_str::<Value>(&stored.json).ok().map(|j| j["content"].clone()).unwrap_or_default();
+        let membership = content["membership"].as_str().unwrap_or("leave");
+        rooms::set_membership(
+            conn,
+            room_id,
+            &user_id,
+            membership,
+            &event_id,
+            pos,
+            content["displayname"].as_str(),
+            content["avatar_url"].as_str(),
+        )
+        .await?;
+    }
+    Ok(())
+}

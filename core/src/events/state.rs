@@ -1,0 +1,131 @@
+//! State before an event, and state resolution (v2, through ruma-state-res) when the prev
+//! events' states differ.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use ruma::{
+    events::StateEventType,
+    room_version_rules::{RoomVersionRules, StateResolutionV2Rules, StateResolutionVersion},
+    state_res, EventId, OwnedEventId,
+};
+use sqlx::AnyConnection;
+
+use super::{auth_chain::auth_chain, Pdu, StateMap};
+use crate::{
+    storage::{events, state as state_store},
+    Db, Error, Result,
+};
+
+/// The state before an event with these prev events: `(group to build on, state)`.
+/// With one distinct prev state, that group is reused; otherwise the states are resolved.
+pub async fn state_before(
+    db: &Db,
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    prev_events: &[OwnedEventId],
+) -> Result<(Option<i64>, Arc<StateMap>)> {
+    let ids: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
+    let prevs = events::get_many(conn, &ids).await?;
+    let mut groups: Vec<i64> = prevs.iter().filter(|e| !e.rejected).filter_map(|e| e.state_after).collect();
+    groups.sort_unstable();
+    groups.dedup();
+    match groups.as_slice() {
+        [] => Err(Error::NotFound("none of the prev events has known state".into())),
+        [one] => Ok((Some(*one), state_store::load(db, conn, *one).await?)),
+        many => {
+            let mut states = Vec::new();
+            for g in many {
+                states.push(state_store::load(db, conn, *g).await?);
+            }
+            let resolved = resolve(conn, rules, &states).await?;
+            Ok((Some(many[0]), Arc::new(resolved)))
+        }
+    }
+}
+
+/// Resolves several states of one room into one.
+pub async fn resolve(conn: &mut AnyConnection, rules: &RoomVersionRules, states: &[Arc<StateMap>]) -> Result<StateMap> {
+    // Room versions 1 uses state resolution v1, which ruma does not implement; v2 is a
+    // strict improvement and is what those rooms get here.
+    let v2_rules = match &rules.state_res {
+        StateResolutionVersion::V2(r) => r.clone(),
+        _ => StateResolutionV2Rules::V2_0,
+    };
+    let mut chains = Vec::new();
+    let mut needed: HashSet<String> = HashSet::new();
+    for state in states {
+        let chain = auth_chain(conn, state.values().cloned()).await?;
+        needed.extend(state.values().cloned());
+        needed.extend(chain.iter().cloned());
+        chains.push(chain.into_iter().filter_map(|id| EventId::parse(id).ok()).collect());
+    }
+    let needed: Vec<String> = needed.into_iter().collect();
+    let mut loaded: HashMap<OwnedEventId, Pdu> = HashMap::new();
+    for stored in events::get_many(conn, &needed).await? {
+        let mut pdu = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
+        pdu.rejected = stored.rejected;
+        loaded.insert(pdu.event_id.clone(), pdu);
+    }
+    let maps: Vec<state_res::StateMap<OwnedEventId>> = states.iter().map(|s| to_ruma(s)).collect();
+    let fetch = |id: &EventId| loaded.get(id).cloned();
+    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
+        Some(conflicted_subgraph(conflicted, &loaded))
+    };
+    let resolved = state_res::resolve(&rules.authorization, &v2_rules, maps.iter(), chains, fetch, subgraph)
+        .map_err(|e| Error::Internal(format!("state resolution failed: {e}")))?;
+    Ok(resolved.into_iter().map(|((t, k), id)| ((t.to_string(), k), id.to_string())).collect())
+}
+
+fn to_ruma(state: &StateMap) -> state_res::StateMap<OwnedEventId> {
+    state
+        .iter()
+        .filter_map(|((t, k), id)| Some(((StateEventType::from(t.as_str()), k.clone()), EventId::parse(id).ok()?)))
+        .collect()
+}
+
+/// The conflicted state subgraph (room v12): events on auth paths between conflicted events.
+fn conflicted_subgraph(
+    conflicted: &state_res::StateMap<Vec<OwnedEventId>>,
+    events: &HashMap<OwnedEventId, Pdu>,
+) -> ruma::state_res::utils::event_id_set::EventIdSet<OwnedEventId> {
+    let targets: HashSet<&OwnedEventId> = conflicted.values().flatten().collect();
+    // An event is in the subgraph when it reaches a conflicted event and is reached from one.
+    let mut reaches: HashMap<OwnedEventId, bool> = HashMap::new();
+    fn reaches_target(
+        id: &OwnedEventId,
+        events: &HashMap<OwnedEventId, Pdu>,
+        targets: &HashSet<&OwnedEventId>,
+        memo: &mut HashMap<OwnedEventId, bool>,
+    ) -> bool {
+        if let Some(r) = memo.get(id) {
+            return *r;
+        }
+        memo.insert(id.clone(), false);
+        let r = events.get(id).is_some_and(|pdu| {
+            pdu.auth_events.iter().any(|a| targets.contains(a) || reaches_target(a, events, targets, memo))
+        });
+        memo.insert(id.clone(), r);
+        r
+    }
+    let mut out = ruma::state_res::utils::event_id_set::EventIdSet::new();
+    let mut stack: Vec<OwnedEventId> = targets.iter().map(|t| (*t).clone()).collect();
+    let mut visited = HashSet::new();
+    while let Some(id) = stack.pop() {
+        if !visited.insert(id.clone()) {
+            continue;
+        }
+        if let Some(pdu) = events.get(&id) {
+            for a in &pdu.auth_events {
+                if targets.contains(a) || reaches_target(a, events, &targets, &mut reaches) {
+                    out.extend([a.clone()]);
+                    stack.push(a.clone());
+                }
+            }
+        }
+    }
+    out.extend(targets.into_iter().cloned());
+    out
+}

@@ -1,0 +1,166 @@
+//! `createRoom`: the initial events of a room, in the spec's order, in one transaction.
+
+use ruma::{OwnedUserId, RoomVersionId, UserId};
+use serde_json::{json, Map, Value};
+
+use super::own_keys;
+use crate::{
+    events::{builder::{self, EventTemplate}, pipeline, rules_for, StateMap},
+    storage::{rooms, users},
+    util::random_string,
+    Core, Error, Result,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preset {
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+#[derive(Clone, Debug)]
+pub struct CreateRoom {
+    pub version: RoomVersionId,
+    pub preset: Preset,
+    pub creation_content: Map<String, Value>,
+    pub power_level_override: Option<Map<String, Value>>,
+    pub name: Option<String>,
+    pub topic: Option<String>,
+    pub alias: Option<String>,
+    pub invite: Vec<OwnedUserId>,
+    pub is_direct: bool,
+    pub initial_state: Vec<EventTemplate>,
+    pub public: bool,
+}
+
+pub struct Created {
+    pub room_id: String,
+    pub last_stream_pos: i64,
+}
+
+pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Result<Created> {
+    let rules = rules_for(req.version.as_str())?;
+    let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
+    let mut tx = core.db.write().await?;
+    if let Some(alias) = &req.alias {
+        if rooms::alias_get(&mut tx, alias).await?.is_some() {
+            return Err(Error::RoomInUse("Room alias already taken".into()));
+        }
+    }
+
+    // The create event.
+    let mut create_content = req.creation_content.clone();
+    create_content.insert("room_version".into(), json!(req.version.as_str()));
+    if !rules.authorization.use_room_create_sender {
+        create_content.insert("creator".into(), json!(creator));
+    }
+    let create = EventTemplate::state("m.room.create", "", Value::Object(create_content));
+    let room_id = if rules.authorization.room_create_event_id_as_room_id {
+        None
+    } else {
+        Some(format!("!{}:{}", random_string(18), core.server_name))
+    };
+    let create_pdu = builder::build(core, &mut tx, &rules, room_id.as_deref(), creator, &create, &StateMap::new()).await?;
+    let room_id = create_pdu.room_id.to_string();
+    rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
+    rooms::lock(&mut tx, &room_id).await?;
+    let outcome = pipeline::persist(core, &mut tx, &rules, create_pdu, &own_keys(core), pipeline::Origin::Local { txn: None }).await?;
+    if let Some(reason) = outcome.rejected {
+        return Err(Error::BadJson(format!("invalid create event: {reason}")));
+    }
+
+    let profile = users::get(&core.db, creator.as_str()).await?;
+    let mut member = json!({ "membership": "join" });
+    if let Some(p) = &profile {
+        if let Some(name) = &p.displayname {
+            member["displayname"] = json!(name);
+        }
+        if let Some(url) = &p.avatar_url {
+            member["avatar_url"] = json!(url);
+        }
+    }
+
+    let mut templates = vec![EventTemplate::state("m.room.member", creator.as_str(), member)];
+
+    let mut users = Map::new();
+    if !privileged_creators {
+        users.insert(creator.to_string(), json!(100));
+    }
+    if req.preset == Preset::TrustedPrivateChat {
+        for invitee in &req.invite {
+            users.insert(invitee.to_string(), json!(100));
+        }
+    }
+    let mut power_levels = json!({
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.server_acl": 100, "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50, "kick": 50, "redact": 50,
+        "invite": 0,
+        "notifications": { "room": 50 },
+    });
+    if let Some(overrides) = &req.power_level_override {
+        for (k, v) in overrides {
+            power_levels[k] = v.clone();
+        }
+    }
+    templates.push(EventTemplate::state("m.room.power_levels", "", power_levels));
+    if let Some(alias) = &req.alias {
+        templates.push(EventTemplate::state("m.room.canonical_alias", "", json!({ "alias": alias })));
+    }
+    let (join_rule, history, guest) = match req.preset {
+        Preset::PublicChat => ("public", "shared", "forbidden"),
+        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "shared", "can_join"),
+    };
+    templates.push(EventTemplate::state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
+    templates.push(EventTemplate::state("m.room.history_visibility", "", json!({ "history_visibility": history })));
+    templates.push(EventTemplate::state("m.room.guest_access", "", json!({ "guest_access": guest })));
+    // initial_state overrides the preset's events of the same type and key.
+    for t in &req.initial_state {
+        templates.retain(|p| !(p.kind == t.kind && p.state_key == t.state_key && p.kind != "m.room.member"));
+        templates.push(t.clone());
+    }
+    if let Some(name) = &req.name {
+        templates.push(EventTemplate::state("m.room.name", "", json!({ "name": name })));
+    }
+    if let Some(topic) = &req.topic {
+        templates.push(EventTemplate::state(
+            "m.room.topic",
+            "",
+            json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] }),
+        ));
+    }
+    for invitee in &req.invite {
+        let mut content = json!({ "membership": "invite" });
+        if req.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        if let Some(p) = users::get(&core.db, invitee.as_str()).await? {
+            if let Some(name) = p.displayname {
+                content["displayname"] = json!(name);
+            }
+        }
+        templates.push(EventTemplate::state("m.room.member", invitee.as_str(), content));
+    }
+
+    let mut last = outcome.stream_pos.unwrap_or_default();
+    for t in &templates {
+        let (_, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t, None).await?;
+        last = pos;
+    }
+    if let Some(alias) = &req.alias {
+        rooms::alias_insert(&mut tx, alias, &room_id, creator.as_str()).await?;
+    }
+    if req.public {
+        rooms::set_public(&mut tx, &room_id, true).await?;
+    }
+    tx.commit().await?;
+    core.notifier.event_committed(last);
+    Ok(Created { room_id, last_stream_pos: last })
+}

@@ -1,0 +1,179 @@
+//! Membership changes: join, invite, leave, kick, ban, unban, knock, forget. The auth rules
+//! decide; the checks here only turn the common refusals into clear errors first.
+
+use ruma::UserId;
+use serde_json::{json, Value};
+
+use super::{current_state, power, room_rules, send, Sent};
+use crate::{
+    events::builder::EventTemplate,
+    storage::{rooms, users},
+    Core, Error, Result,
+};
+
+async fn membership_of(core: &Core, room_id: &str, user: &str) -> Result<Option<String>> {
+    let mut conn = core.db.conn().await?;
+    Ok(rooms::membership(&mut conn, room_id, user).await?.map(|m| m.membership))
+}
+
+async fn ensure_room(core: &Core, room_id: &str) -> Result<()> {
+    let mut conn = core.db.conn().await?;
+    room_rules(core, &mut conn, room_id).await.map(|_| ())
+}
+
+fn with_reason(mut content: Value, reason: Option<&str>) -> Value {
+    if let Some(r) = reason {
+        content["reason"] = json!(r);
+    }
+    content
+}
+
+async fn profile_content(core: &Core, user: &UserId, membership: &str) -> Result<Value> {
+    let mut content = json!({ "membership": membership });
+    if let Some(p) = users::get(&core.db, user.as_str()).await? {
+        if let Some(name) = p.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = p.avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    Ok(content)
+}
+
+async fn send_member(core: &Core, room_id: &str, sender: &UserId, target: &str, content: Value) -> Result<Sent> {
+    send(core, room_id, sender, EventTemplate::state("m.room.member", target, content), None).await
+}
+
+pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    if membership_of(core, room_id, user.as_str()).await?.as_deref() == Some("ban") {
+        return Err(Error::Forbidden("You are banned from this room".into()));
+    }
+    let mut content = with_reason(profile_content(core, user, "join").await?, reason);
+    if let Some(authoriser) = restricted_join_authoriser(core, room_id, user).await? {
+        content["join_authorised_via_users_server"] = json!(authoriser);
+    }
+    send_member(core, room_id, user, user.as_str(), content).await
+}
+
+/// For a restricted room the user may join through an allowed room, picks a local member who
+/// can invite to sign off the join (`join_authorised_via_users_server`).
+async fn restricted_join_authoriser(core: &Core, room_id: &str, user: &UserId) -> Result<Option<String>> {
+    let mut conn = core.db.conn().await?;
+    let Some(join_rules) = super::current_state_content(&mut conn, room_id, "m.room.join_rules", "").await? else {
+        return Ok(None);
+    };
+    let rule = join_rules["join_rule"].as_str().unwrap_or_default();
+    if rule != "restricted" && rule != "knock_restricted" {
+        return Ok(None);
+    }
+    // Invited or already joined users need no authorisation.
+    if let Some(m) = rooms::membership(&mut conn, room_id, user.as_str()).await? {
+        if m.membership == "invite" || m.membership == "join" {
+            return Ok(None);
+        }
+    }
+    let allowed_rooms: Vec<String> = join_rules["allow"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["type"] == "m.room_membership")
+                .filter_map(|e| e["room_id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut in_allowed = false;
+    for allowed in &allowed_rooms {
+        if rooms::membership(&mut conn, allowed, user.as_str()).await?.is_some_and(|m| m.membership == "join") {
+            in_allowed = true;
+            break;
+        }
+    }
+    if !in_allowed {
+        return Err(Error::Forbidden("You are not a member of a room that allows you to join".into()));
+    }
+    let (_, rules) = room_rules(core, &mut conn, room_id).await?;
+    let state = current_state(core, &mut conn, room_id).await?;
+    let invite_level = power::action_level(&mut conn, &rules, &state, "invite").await?;
+    for member in rooms::members(&mut conn, room_id, "join").await? {
+        let Ok(member_id) = UserId::parse(&member.user_id) else { continue };
+        if core.is_local(&member_id) && power::user_level(&mut conn, &rules, &state, &member.user_id).await? >= invite_level {
+            return Ok(Some(member.user_id));
+        }
+    }
+    Err(Error::Forbidden("No member of this room can authorise your join".into()))
+}
+
+pub async fn invite(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    match membership_of(core, room_id, target.as_str()).await?.as_deref() {
+        Some("join") => return Err(Error::Forbidden(format!("{target} is already in the room"))),
+        Some("ban") => return Err(Error::Forbidden(format!("{target} is banned from the room"))),
+        _ => {}
+    }
+    if users::get(&core.db, target.as_str()).await?.is_none_or(|u| u.deactivated) && core.is_local(target) {
+        return Err(Error::NotFound(format!("Unknown user {target}")));
+    }
+    let mut content = with_reason(profile_content(core, target, "invite").await?, reason);
+    if is_direct {
+        content["is_direct"] = json!(true);
+    }
+    send_member(core, room_id, sender, target.as_str(), content).await
+}
+
+pub async fn leave(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    match membership_of(core, room_id, user.as_str()).await?.as_deref() {
+        Some("join") | Some("invite") | Some("knock") => {}
+        _ => return Err(Error::Forbidden("You are not in this room".into())),
+    }
+    send_member(core, room_id, user, user.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+}
+
+pub async fn kick(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    match membership_of(core, room_id, target.as_str()).await?.as_deref() {
+        Some("join") | Some("invite") | Some("knock") => {}
+        _ => return Err(Error::Forbidden(format!("{target} is not in the room"))),
+    }
+    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+}
+
+pub async fn ban(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "ban" }), reason)).await
+}
+
+pub async fn unban(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    if membership_of(core, room_id, target.as_str()).await?.as_deref() != Some("ban") {
+        return Err(Error::Forbidden(format!("{target} is not banned")));
+    }
+    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+}
+
+pub async fn knock(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
+    ensure_room(core, room_id).await?;
+    match membership_of(core, room_id, user.as_str()).await?.as_deref() {
+        Some("ban") => return Err(Error::Forbidden("You are banned from this room".into())),
+        Some("join") => return Err(Error::Forbidden("You are already in this room".into())),
+        _ => {}
+    }
+    let content = with_reason(profile_content(core, user, "knock").await?, reason);
+    send_member(core, room_id, user, user.as_str(), content).await
+}
+
+pub async fn forget(core: &Core, room_id: &str, user: &UserId) -> Result<()> {
+    match membership_of(core, room_id, user.as_str()).await?.as_deref() {
+        Some("join") | Some("invite") | Some("knock") => {
+            Err(Error::InvalidParam("You must leave the room before forgetting it".into()))
+        }
+        None => Err(Error::NotFound("You were never in this room".into())),
+        _ => {
+            let mut tx = core.db.write().await?;
+            rooms::forget(&mut tx, room_id, user.as_str()).await?;
+            tx.commit().await
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Room logic on top of the event graph: sending local events (serialised per room), creating
+//! rooms, membership changes, visibility.
+
+pub mod client_format;
+pub mod create;
+pub mod filter;
+pub mod membership;
+pub mod power;
+pub mod timeline;
+pub mod visibility;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ruma::{room_version_rules::RoomVersionRules, serde::Base64, signatures::PublicKeyMap, UserId};
+use sqlx::AnyConnection;
+
+use crate::{
+    events::{builder::{self, EventTemplate}, pipeline, rules_for, Pdu, StateMap},
+    storage::{events, rooms, state as state_store},
+    Core, Error, Result,
+};
+
+/// A local event that was accepted and committed.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub event_id: String,
+    pub stream_pos: i64,
+}
+
+/// The public keys that verify this server's own events.
+pub fn own_keys(core: &Core) -> PublicKeyMap {
+    let mut set = BTreeMap::new();
+    set.insert(core.key.key_id.clone(), Base64::new(core.key.keypair.public_key().to_vec()));
+    let mut map = PublicKeyMap::new();
+    map.insert(core.server_name.to_string(), set);
+    map
+}
+
+/// The room version's rules, or NotFound for an unknown room.
+pub async fn room_rules(core: &Core, conn: &mut AnyConnection, room_id: &str) -> Result<(String, RoomVersionRules)> {
+    let version = rooms::version(&core.db, conn, room_id).await?.ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+    let rules = rules_for(&version)?;
+    Ok((version, rules))
+}
+
+/// The room's current state.
+pub async fn current_state(core: &Core, conn: &mut AnyConnection, room_id: &str) -> Result<Arc<StateMap>> {
+    match rooms::current_state_group(conn, room_id).await? {
+        Some(g) => state_store::load(&core.db, conn, g).await,
+        None => Ok(Arc::new(StateMap::new())),
+    }
+}
+
+/// Builds, checks and persists a local event in an existing room, inside `conn`'s transaction
+/// (which must have locked the room). A rejected event is an error and persists nothing.
+pub async fn send_in_tx(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    sender: &UserId,
+    template: &EventTemplate,
+    txn: Option<(&str, &str, &str)>,
+) -> Result<(Pdu, i64)> {
+    let (_, rules) = room_rules(core, conn, room_id).await?;
+    let current = current_state(core, conn, room_id).await?;
+    let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
+    let outcome = pipeline::persist(core, conn, &rules, pdu, &own_keys(core), pipeline::Origin::Local { txn }).await?;
+    if let Some(reason) = outcome.rejected {
+        return Err(Error::Forbidden(reason));
+    }
+    let pos = outcome.stream_pos.ok_or_else(|| Error::Internal("local event got no stream position".into()))?;
+    Ok((outcome.pdu, pos))
+}
+
+/// Sends one local event: serialised per room, idempotent per (device, transaction ID).
+pub async fn send(
+    core: &Core,
+    room_id: &str,
+    sender: &UserId,
+    template: EventTemplate,
+    txn: Option<(&str, &str, &str)>,
+) -> Result<Sent> {
+    if let Some((user, device, txn_id)) = txn {
+        let mut conn = core.db.conn().await?;
+        if let Some(event_id) = events::by_txn(&mut conn, user, device, txn_id, room_id).await? {
+            let pos = events::get(&mut conn, &event_id).await?.and_then(|e| e.stream_pos).unwrap_or_default();
+            return Ok(Sent { event_id, stream_pos: pos });
+        }
+    }
+    let mut tx = core.db.write().await?;
+    if !rooms::lock(&mut tx, room_id).await? {
+        return Err(Error::NotFound("Unknown room".into()));
+    }
+    // Re-check under the lock: a retry may have raced the first attempt.
+    if let Some((user, device, txn_id)) = txn {
+        if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
+            let pos = events::get(&mut tx, &event_id).await?.and_then(|e| e.stream_pos).unwrap_or_default();
+            return Ok(Sent { event_id, stream_pos: pos });
+        }
+    }
+    let (pdu, pos) = send_in_tx(core, &mut tx, room_id, sender, &template, txn).await?;
+    tx.commit().await?;
+    core.notifier.event_committed(pos);
+    Ok(Sent { event_id: pdu.event_id.to_string(), stream_pos: pos })
+}
+
+/// Loads a stored event as a PDU with its room's rules.
+pub async fn load_pdu(core: &Core, conn: &mut AnyConnection, event_id: &str) -> Result<Option<(events::StoredEvent, Pdu, RoomVersionRules)>> {
+    let Some(stored) = events::get(conn, event_id).await? else { return Ok(None) };
+    let (_, rules) = room_rules(core, conn, &stored.room_id).await?;
+    let pdu = Pdu::from_stored(&stored.event_id, &stored.json, &rules)?;
+    Ok(Some((stored, pdu, rules)))
+}
+
+/// Content of one piece of current state.
+pub async fn current_state_content(conn: &mut AnyConnection, room_id: &str, event_type: &str, state_key: &str) -> Result<Option<serde_json::Value>> {
+    let Some(id) = rooms::current_state_event(conn, room_id, event_type, state_key).await? else { return Ok(None) };
+    let Some(stored) = events::get(conn, &id).await? else { return Ok(None) };
+    let json: serde_json::Value = serde_json::from_str(&stored.json).unwrap_or_default();
+    Ok(Some(json["content"].clone()))
+}

@@ -1,0 +1,207 @@
+//! The `events` table and the graph's edges, auth references and forward extremities.
+
+use sqlx::AnyConnection;
+
+use crate::Result;
+
+/// An event row: the PDU JSON plus what the server knows about it.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub room_id: String,
+    pub stream_pos: Option<i64>,
+    pub depth: i64,
+    pub event_type: String,
+    pub state_key: Option<String>,
+    pub sender: String,
+    pub origin_server_ts: i64,
+    pub json: String,
+    pub outlier: bool,
+    pub rejected: bool,
+    pub soft_failed: bool,
+    pub state_before: Option<i64>,
+    pub state_after: Option<i64>,
+    pub redacted_by: Option<String>,
+    pub txn_device: Option<String>,
+    pub txn_id: Option<String>,
+}
+
+pub const COLUMNS: &str = "event_id, room_id, stream_pos, depth, event_type, state_key, sender, origin_server_ts, json, \
+     outlier, rejected_reason, soft_failed, state_before, state_after, redacted_by, txn_device, txn_id";
+
+pub fn from_row(r: &sqlx::any::AnyRow) -> std::result::Result<StoredEvent, sqlx::Error> {
+    use sqlx::Row;
+    Ok(StoredEvent {
+        event_id: r.try_get(0)?,
+        room_id: r.try_get(1)?,
+        stream_pos: r.try_get(2)?,
+        depth: r.try_get(3)?,
+        event_type: r.try_get(4)?,
+        state_key: r.try_get(5)?,
+        sender: r.try_get(6)?,
+        origin_server_ts: r.try_get(7)?,
+        json: r.try_get(8)?,
+        outlier: r.try_get::<i64, _>(9)? != 0,
+        rejected: r.try_get::<Option<String>, _>(10)?.is_some(),
+        soft_failed: r.try_get::<i64, _>(11)? != 0,
+        state_before: r.try_get(12)?,
+        state_after: r.try_get(13)?,
+        redacted_by: r.try_get(14)?,
+        txn_device: r.try_get(15)?,
+        txn_id: r.try_get(16)?,
+    })
+}
+
+/// Runs a `SELECT {COLUMNS} FROM events ...` query with string binds.
+pub async fn query(conn: &mut AnyConnection, tail: &str, binds: &[&str]) -> Result<Vec<StoredEvent>> {
+    let sql = format!("SELECT {COLUMNS} FROM events {tail}");
+    let mut q = sqlx::query(&sql);
+    for b in binds {
+        q = q.bind(*b);
+    }
+    let rows = q.fetch_all(conn).await?;
+    Ok(rows.iter().map(from_row).collect::<std::result::Result<_, _>>()?)
+}
+
+pub async fn get(conn: &mut AnyConnection, event_id: &str) -> Result<Option<StoredEvent>> {
+    Ok(query(conn, "WHERE event_id = $1", &[event_id]).await?.pop())
+}
+
+/// Fetches many events by ID (missing ones are simply absent).
+pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(200) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let tail = format!("WHERE event_id IN ({})", placeholders.join(","));
+        let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        out.extend(query(&mut *conn, &tail, &binds).await?);
+    }
+    Ok(out)
+}
+
+pub struct NewEventRow<'a> {
+    pub event_id: &'a str,
+    pub room_id: &'a str,
+    pub depth: i64,
+    pub event_type: &'a str,
+    pub state_key: Option<&'a str>,
+    pub sender: &'a str,
+    pub origin_server_ts: i64,
+    pub json: &'a str,
+    pub outlier: bool,
+    pub rejected_reason: Option<&'a str>,
+    pub soft_failed: bool,
+    pub state_before: Option<i64>,
+    pub state_after: Option<i64>,
+    pub txn: Option<(&'a str, &'a str, &'a str)>,
+}
+
+/// Inserts the event without a stream position; `set_stream_pos` gives it one last.
+pub async fn insert(conn: &mut AnyConnection, e: &NewEventRow<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender, origin_server_ts, json,
+            outlier, rejected_reason, soft_failed, state_before, state_after, txn_user, txn_device, txn_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(e.event_id)
+    .bind(e.room_id)
+    .bind(e.depth)
+    .bind(e.event_type)
+    .bind(e.state_key)
+    .bind(e.sender)
+    .bind(e.origin_server_ts)
+    .bind(e.json)
+    .bind(e.outlier as i64)
+    .bind(e.rejected_reason)
+    .bind(e.soft_failed as i64)
+    .bind(e.state_before)
+    .bind(e.state_after)
+    .bind(e.txn.map(|t| t.0))
+    .bind(e.txn.map(|t| t.1))
+    .bind(e.txn.map(|t| t.2))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[String], auth: &[String]) -> Result<()> {
+    for p in prev {
+        sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(p)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for a in auth {
+        sqlx::query("INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(a)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn set_stream_pos(conn: &mut AnyConnection, event_id: &str, pos: i64) -> Result<()> {
+    sqlx::query("UPDATE events SET stream_pos = $2 WHERE event_id = $1")
+        .bind(event_id)
+        .bind(pos)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_redacted_by(conn: &mut AnyConnection, event_id: &str, redaction_id: &str) -> Result<()> {
+    sqlx::query("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND redacted_by IS NULL")
+        .bind(event_id)
+        .bind(redaction_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn forward_extremities(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
+        .bind(room_id)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// The event replaces its prev events as a forward extremity.
+pub async fn update_forward_extremities(conn: &mut AnyConnection, room_id: &str, event_id: &str, prev: &[String]) -> Result<()> {
+    for p in prev {
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
+            .bind(room_id)
+            .bind(p)
+            .execute(&mut *conn)
+            .await?;
+    }
+    // An event that is already referenced by a known event is not an extremity.
+    let referenced: Option<(String,)> = sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
+        .bind(event_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if referenced.is_none() {
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(room_id)
+            .bind(event_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The event a device sent with this transaction ID, if any.
+pub async fn by_txn(conn: &mut AnyConnection, user: &str, device: &str, txn_id: &str, room_id: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT event_id FROM events WHERE txn_user = $1 AND txn_device = $2 AND txn_id = $3 AND room_id = $4",
+    )
+    .bind(user)
+    .bind(device)
+    .bind(txn_id)
+    .bind(room_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.0))
+}

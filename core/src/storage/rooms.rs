@@ -1,0 +1,257 @@
+//! Rooms, their current state (indexed), memberships and aliases.
+
+use sqlx::AnyConnection;
+
+use crate::{events::StateMap, util::now_ms, Db, Result};
+
+pub async fn insert(conn: &mut AnyConnection, room_id: &str, version: &str, creator: &str) -> Result<()> {
+    sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)")
+        .bind(room_id)
+        .bind(version)
+        .bind(creator)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks the room row for the rest of the transaction, serialising event creation per room
+/// (also across processes on PostgreSQL). Returns false when the room does not exist.
+pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<bool> {
+    let done = sqlx::query("UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1")
+        .bind(room_id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn version(db: &Db, conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
+    if let Some(v) = db.caches().room_versions.get(room_id) {
+        return Ok(Some(v));
+    }
+    let row: Option<(String,)> = sqlx::query_as("SELECT room_version FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(conn)
+        .await?;
+    if let Some((v,)) = &row {
+        db.caches().room_versions.insert(room_id.to_owned(), v.clone());
+    }
+    Ok(row.map(|r| r.0))
+}
+
+pub async fn current_state_group(conn: &mut AnyConnection, room_id: &str) -> Result<Option<i64>> {
+    let row: Option<(Option<i64>,)> = sqlx::query_as("SELECT current_state_group FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.and_then(|r| r.0))
+}
+
+pub async fn set_current_state_group(conn: &mut AnyConnection, room_id: &str, group: i64) -> Result<()> {
+    sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1")
+        .bind(room_id)
+        .bind(group)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_last_stream_pos(conn: &mut AnyConnection, room_id: &str, pos: i64) -> Result<()> {
+    sqlx::query("UPDATE rooms SET last_stream_pos = $2 WHERE room_id = $1")
+        .bind(room_id)
+        .bind(pos)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Applies the difference between two current states to the `current_state` table.
+pub async fn apply_current_state_delta(conn: &mut AnyConnection, room_id: &str, old: &StateMap, new: &StateMap) -> Result<()> {
+    for (key, _) in old.iter().filter(|(k, _)| !new.contains_key(*k)) {
+        sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+            .bind(room_id)
+            .bind(&key.0)
+            .bind(&key.1)
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (key, event_id) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
+        sqlx::query(
+            "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+        )
+        .bind(room_id)
+        .bind(&key.0)
+        .bind(&key.1)
+        .bind(event_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The event ID of one piece of current state.
+pub async fn current_state_event(conn: &mut AnyConnection, room_id: &str, event_type: &str, state_key: &str) -> Result<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+    )
+    .bind(room_id)
+    .bind(event_type)
+    .bind(state_key)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| r.0))
+}
+
+#[derive(Clone, Debug)]
+pub struct Membership {
+    pub room_id: String,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub stream_pos: i64,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+type MembershipRow = (String, String, String, String, i64, Option<String>, Option<String>);
+
+fn membership_from(r: MembershipRow) -> Membership {
+    Membership { room_id: r.0, user_id: r.1, membership: r.2, event_id: r.3, stream_pos: r.4, displayname: r.5, avatar_url: r.6 }
+}
+
+const MEMBERSHIP_COLUMNS: &str = "room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url";
+
+#[allow(clippy::too_many_arguments)]
+pub async fn set_membership(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+    membership: &str,
+    event_id: &str,
+    stream_pos: i64,
+    displayname: Option<&str>,
+    avatar_url: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url, forgotten)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0)
+         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id,
+           stream_pos = excluded.stream_pos, displayname = excluded.displayname, avatar_url = excluded.avatar_url,
+           forgotten = 0",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .bind(membership)
+    .bind(event_id)
+    .bind(stream_pos)
+    .bind(displayname)
+    .bind(avatar_url)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Option<Membership>> {
+    let row: Option<MembershipRow> = sqlx::query_as(&format!(
+        "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE room_id = $1 AND user_id = $2"
+    ))
+    .bind(room_id)
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(membership_from))
+}
+
+/// Current members of a room with the given membership.
+pub async fn members(conn: &mut AnyConnection, room_id: &str, membership: &str) -> Result<Vec<Membership>> {
+    let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
+        "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE room_id = $1 AND membership = $2 ORDER BY user_id"
+    ))
+    .bind(room_id)
+    .bind(membership)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(membership_from).collect())
+}
+
+/// Rooms in which the user currently has the given membership (forgotten rooms excluded).
+pub async fn rooms_of_user(conn: &mut AnyConnection, user_id: &str, membership: &str) -> Result<Vec<Membership>> {
+    let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
+        "SELECT {MEMBERSHIP_COLUMNS} FROM room_memberships WHERE user_id = $1 AND membership = $2 AND forgotten = 0
+         ORDER BY room_id"
+    ))
+    .bind(user_id)
+    .bind(membership)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(membership_from).collect())
+}
+
+pub async fn forget(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<()> {
+    sqlx::query("UPDATE room_memberships SET forgotten = 1 WHERE room_id = $1 AND user_id = $2")
+        .bind(room_id)
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn set_public(conn: &mut AnyConnection, room_id: &str, public: bool) -> Result<()> {
+    sqlx::query("UPDATE rooms SET is_public = $2 WHERE room_id = $1")
+        .bind(room_id)
+        .bind(public as i64)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn is_public(conn: &mut AnyConnection, room_id: &str) -> Result<Option<bool>> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT is_public FROM rooms WHERE room_id = $1")
+        .bind(room_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.0 != 0))
+}
+
+/// Public rooms ordered by joined members, then room ID: `(room_id, joined_count)`.
+pub async fn public_rooms(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT r.room_id, (SELECT COUNT(*) FROM room_memberships m WHERE m.room_id = r.room_id AND m.membership = 'join') AS n
+         FROM rooms r WHERE r.is_public = 1 ORDER BY n DESC, r.room_id",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+pub async fn alias_insert(conn: &mut AnyConnection, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
+    let done = sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING")
+        .bind(alias)
+        .bind(room_id)
+        .bind(creator)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// `(room_id, creator)` of an alias.
+pub async fn alias_get(conn: &mut AnyConnection, alias: &str) -> Result<Option<(String, String)>> {
+    Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .fetch_optional(conn)
+        .await?)
+}
+
+pub async fn alias_delete(conn: &mut AnyConnection, alias: &str) -> Result<()> {
+    sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn aliases_of_room(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT alias FROM room_aliases WHERE room_id = $1 ORDER BY alias")
+        .bind(room_id)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}

@@ -1,0 +1,96 @@
+//! Joining, inviting, leaving, kicking, banning, unbanning, knocking, forgetting.
+
+use ruma::{
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, invite_user, join_room_by_id, join_room_by_id_or_alias, kick_user, leave_room,
+            unban_user,
+        },
+    },
+    OwnedRoomId, RoomOrAliasId,
+};
+use weft_core::{rooms::membership, storage::rooms};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
+    state::AppState,
+};
+
+/// Resolves a room ID or a local alias to a room ID.
+pub async fn resolve_room(state: &AppState, id: &RoomOrAliasId) -> ApiResult<OwnedRoomId> {
+    match <&ruma::RoomId>::try_from(id) {
+        Ok(room_id) => Ok(room_id.to_owned()),
+        Err(alias) => {
+            let mut conn = state.db.conn().await?;
+            let (room_id, _) = rooms::alias_get(&mut conn, alias.as_str())
+                .await?
+                .ok_or_else(|| MatrixError::not_found(format!("Room alias {alias} not found")))?;
+            OwnedRoomId::try_from(room_id).map_err(|_| MatrixError::unknown("Invalid stored room ID"))
+        }
+    }
+}
+
+pub async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> ApiResult<join_room_by_id::v3::Response> {
+    let user = req.sender()?;
+    membership::join(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    Ok(join_room_by_id::v3::Response::new(req.room_id.clone()))
+}
+
+pub async fn join_by_id_or_alias(
+    state: AppState,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
+    let user = req.sender()?;
+    let room_id = resolve_room(&state, &req.room_id_or_alias).await?;
+    membership::join(&state.core, room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
+}
+
+pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> ApiResult<invite_user::v3::Response> {
+    let user = req.sender()?;
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
+        return Err(MatrixError::unrecognized("Third-party invites are not supported").with_status(http::StatusCode::BAD_REQUEST));
+    };
+    let is_direct = req.json_body.as_ref().is_some_and(|b| b["is_direct"] == true);
+    membership::invite(&state.core, req.room_id.as_str(), &user.user_id, &recipient.user_id, recipient.reason.as_deref(), is_direct).await?;
+    Ok(invite_user::v3::Response::new())
+}
+
+pub async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> ApiResult<leave_room::v3::Response> {
+    let user = req.sender()?;
+    membership::leave(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    Ok(leave_room::v3::Response::new())
+}
+
+pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> ApiResult<kick_user::v3::Response> {
+    let user = req.sender()?;
+    membership::kick(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    Ok(kick_user::v3::Response::new())
+}
+
+pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
+    let user = req.sender()?;
+    membership::ban(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    Ok(ban_user::v3::Response::new())
+}
+
+pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> ApiResult<unban_user::v3::Response> {
+    let user = req.sender()?;
+    membership::unban(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    Ok(unban_user::v3::Response::new())
+}
+
+pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> ApiResult<forget_room::v3::Response> {
+    let user = req.sender()?;
+    membership::forget(&state.core, req.room_id.as_str(), &user.user_id).await?;
+    Ok(forget_room::v3::Response::new())
+}
+
+pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
+    let user = req.sender()?;
+    let room_id = resolve_room(&state, &req.room_id_or_alias).await?;
+    membership::knock(&state.core, room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    Ok(knock_room::v3::Response::new(room_id))
+}

@@ -1,0 +1,175 @@
+//! Sending messages, redacting, and `/messages` pagination.
+
+use ruma::{
+    api::{
+        client::{message::{get_message_events, send_message_event}, redact::redact_event},
+        Direction,
+    },
+    serde::Raw,
+    OwnedEventId,
+};
+use serde_json::{json, Value};
+use weft_core::{
+    events::builder::EventTemplate,
+    rooms::{self, client_format::{self, Viewer}, filter, timeline, visibility},
+    storage::events,
+};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
+    state::AppState,
+};
+
+/// Content must be a JSON object; the spec's size limit applies to the whole PDU.
+pub fn content_object(json_body: &Option<Value>) -> ApiResult<Value> {
+    match json_body {
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(_) => Err(MatrixError::bad_json("Event content must be a JSON object")),
+        None => Ok(json!({})),
+    }
+}
+
+pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> ApiResult<send_message_event::v3::Response> {
+    let user = req.sender()?;
+    let content = content_object(&req.json_body)?;
+    let kind = req.event_type.to_string();
+    if kind == "m.room.redaction" {
+        // Redactions go through /redact so their target is checked.
+        let target = content["redacts"].as_str().ok_or_else(|| MatrixError::bad_json("m.room.redaction needs content.redacts"))?;
+        check_redaction_target(&state, req.room_id.as_str(), target).await?;
+    }
+    let mut template = EventTemplate::message(&kind, content);
+    if kind == "m.room.redaction" {
+        template.redacts = template.content["redacts"].as_str().map(str::to_owned);
+    }
+    let sent = rooms::send(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        template,
+        Some((user.user_id.as_str(), user.device_id.as_str(), req.txn_id.as_str())),
+    )
+    .await?;
+    Ok(send_message_event::v3::Response::new(parse_event_id(&sent.event_id)?))
+}
+
+pub fn parse_event_id(id: &str) -> ApiResult<OwnedEventId> {
+    OwnedEventId::try_from(id).map_err(|_| MatrixError::unknown("Invalid event ID"))
+}
+
+async fn check_redaction_target(state: &AppState, room_id: &str, target: &str) -> ApiResult<()> {
+    let mut conn = state.db.conn().await?;
+    match events::get(&mut conn, target).await? {
+        Some(e) if e.room_id == room_id => Ok(()),
+        _ => Err(MatrixError::not_found("Event not found")),
+    }
+}
+
+pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> ApiResult<redact_event::v3::Response> {
+    let user = req.sender()?;
+    check_redaction_target(&state, req.room_id.as_str(), req.event_id.as_str()).await?;
+    let mut content = json!({});
+    if let Some(reason) = &req.reason {
+        content["reason"] = json!(reason);
+    }
+    let template = EventTemplate { kind: "m.room.redaction".into(), state_key: None, content, redacts: Some(req.event_id.to_string()) };
+    let sent = rooms::send(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        template,
+        Some((user.user_id.as_str(), user.device_id.as_str(), req.txn_id.as_str())),
+    )
+    .await?;
+    Ok(redact_event::v3::Response::new(parse_event_id(&sent.event_id)?))
+}
+
+pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> ApiResult<get_message_events::v3::Response> {
+    let user = req.sender()?;
+    let room_id = req.room_id.as_str();
+    let core = &state.core;
+    let mut conn = state.db.conn().await?;
+    rooms::room_rules(core, &mut conn, room_id).await?;
+    let membership = weft_core::storage::rooms::membership(&mut conn, room_id, user.user_id.as_str()).await?;
+    if membership.is_none() && !visibility::can_read_room(core, &mut conn, user.user_id.as_str(), room_id).await? {
+        return Err(MatrixError::forbidden("You are not allowed to read this room"));
+    }
+    let dir = match req.dir {
+        Direction::Backward => timeline::Dir::Backward,
+        Direction::Forward => timeline::Dir::Forward,
+    };
+    let from = match &req.from {
+        Some(t) => timeline::parse_token(t)?,
+        None if dir == timeline::Dir::Backward => timeline::latest_pos(&mut conn, room_id).await?,
+        None => 0,
+    };
+    let to = req.to.as_deref().map(timeline::parse_token).transpose()?;
+    let limit = u64::from(req.limit).clamp(1, 1000) as usize;
+
+    // Fetch in batches until `limit` events pass visibility and the filter.
+    let mut chunk = Vec::new();
+    let mut cursor = from;
+    let mut exhausted = false;
+    while chunk.len() < limit && !exhausted {
+        let batch = timeline::page(&mut conn, room_id, cursor, to, dir, (limit * 2) as i64).await?;
+        exhausted = batch.len() < limit * 2;
+        let Some(last) = batch.last() else { break };
+        let last_pos = last.stream_pos.unwrap_or(cursor);
+        cursor = match dir {
+            timeline::Dir::Backward => last_pos - 1,
+            timeline::Dir::Forward => last_pos,
+        };
+        let visible = visibility::filter_visible(core, &mut conn, user.user_id.as_str(), room_id, batch).await?;
+        for e in visible {
+            if chunk.len() < limit && filter::event_matches(&req.filter, &e) {
+                chunk.push(e);
+            } else if chunk.len() >= limit {
+                // Stop right after the last returned event so the next page starts there.
+                exhausted = false;
+                break;
+            }
+        }
+        if chunk.len() >= limit {
+            let edge = chunk.last().and_then(|e| e.stream_pos).unwrap_or(cursor);
+            cursor = match dir {
+                timeline::Dir::Backward => edge - 1,
+                timeline::Dir::Forward => edge,
+            };
+        }
+    }
+
+    let viewer = Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) };
+    let formatted = client_format::format(core, &mut conn, &chunk, Some(viewer)).await?;
+    let mut response = get_message_events::v3::Response::new();
+    response.start = timeline::token(from);
+    // No `end` once the start (or end) of the visible timeline is reached.
+    response.end = if exhausted && chunk.len() < limit { None } else { Some(timeline::token(cursor)) };
+    response.chunk = formatted.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect();
+    if !req.filter.lazy_load_options.is_disabled() {
+        response.state = lazy_members(&state, &mut conn, room_id, &chunk, viewer).await?;
+    }
+    Ok(response)
+}
+
+/// The membership events of the senders in `chunk`, for lazy-loading clients.
+async fn lazy_members<T>(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    room_id: &str,
+    chunk: &[events::StoredEvent],
+    viewer: Viewer<'_>,
+) -> ApiResult<Vec<Raw<T>>> {
+    let mut senders: Vec<&str> = chunk.iter().map(|e| e.sender.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let mut ids = Vec::new();
+    for sender in senders {
+        if let Some(id) = weft_core::storage::rooms::current_state_event(conn, room_id, "m.room.member", sender).await? {
+            ids.push(id);
+        }
+    }
+    let member_events = events::get_many(conn, &ids).await?;
+    let formatted = client_format::format(&state.core, conn, &member_events, Some(viewer)).await?;
+    Ok(formatted.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect())
+}
