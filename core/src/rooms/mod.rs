@@ -1,12 +1,20 @@
 //! Room logic on top of the event graph: sending local events (serialised per room), creating
 //! rooms, membership changes, visibility.
 
+pub mod aliases;
 pub mod client_format;
 pub mod create;
+pub mod directory;
 pub mod filter;
+pub mod hierarchy;
 pub mod membership;
 pub mod power;
+pub mod relations;
+pub mod reports;
+pub mod search;
 pub mod timeline;
+pub mod upgrade;
+pub mod user_directory;
 pub mod visibility;
 
 use std::{collections::BTreeMap, sync::Arc};

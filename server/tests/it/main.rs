@@ -5,3 +5,7 @@ mod harness;
 mod foundation;
 mod js_sdk;
 mod rooms;
+mod read_endpoints;
+mod aliases_directory;
+mod relations_upgrade_spaces;
+mod search_directory_reports;

@@ -2,24 +2,43 @@
 
 pub mod account;
 pub mod account_data;
+pub mod alias;
 pub mod capabilities;
+pub mod context;
 pub mod devices;
+pub mod directory;
 pub mod discovery;
+pub mod event;
 pub mod filter;
+pub mod members;
 pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod register;
+pub mod relations;
+pub mod report;
 pub mod room;
+pub mod search;
 pub mod session;
+pub mod space;
 pub mod state;
+pub mod upgrade;
+pub mod user_directory;
 
 use axum::Router;
 
 use crate::{ruma_wrapper::RumaRoute, state::AppState};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let mut router = Router::new();
+    // Areas that mount their own routes.
+    for routes in [
+        alias::routes, context::routes, directory::routes, event::routes, members::routes, relations::routes,
+        report::routes, search::routes, space::routes, upgrade::routes, user_directory::routes,
+    ] {
+        router = routes(router);
+    }
+    router
         .ruma(discovery::versions)
         .ruma(discovery::client_well_known)
         .ruma(capabilities::get_capabilities)
