@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::OwnedServerName;
 
-use crate::{notifier::Notifier, signing_key::ServerKey, Db};
+use crate::{ephemeral::typing::Typing, notifier::Notifier, signing_key::ServerKey, Db};
 
 #[derive(Clone)]
 pub struct Core {
@@ -12,11 +12,12 @@ pub struct Core {
     pub server_name: OwnedServerName,
     pub key: Arc<ServerKey>,
     pub notifier: Arc<Notifier>,
+    pub typing: Arc<Typing>,
 }
 
 impl Core {
     pub fn new(db: Db, server_name: OwnedServerName, key: ServerKey) -> Core {
-        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()) }
+        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()), typing: Arc::new(Typing::default()) }
     }
 
     /// Whether a user ID belongs to this server.

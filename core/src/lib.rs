@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod context;
 pub mod db;
+pub mod ephemeral;
 pub mod error;
 pub mod events;
 pub mod notifier;
@@ -13,6 +14,7 @@ pub mod rooms;
 pub mod signing_key;
 pub mod storage;
 pub mod streams;
+pub mod sync;
 pub mod util;
 
 pub use context::Core;

@@ -30,3 +30,12 @@ pub async fn current_pos(db: &Db, stream: &str) -> Result<i64> {
         .await?;
     Ok(pos)
 }
+
+/// Like `current_pos`, for streams that a later migration may not have created yet.
+pub async fn current_pos_or_zero(db: &Db, stream: &str) -> Result<i64> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT pos FROM stream_positions WHERE stream = $1")
+        .bind(stream)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.map(|r| r.0).unwrap_or(0))
+}

@@ -219,6 +219,39 @@ pub trait RumaRoute {
         Fut: Future<Output = ApiResult<Req::OutgoingResponse>> + Send + 'static;
 }
 
+/// Mounts a handler that answers with its own JSON instead of the ruma response type (for
+/// responses the server builds directly, like `/sync`).
+pub trait RumaJsonRoute {
+    fn ruma_json<Req, F, Fut>(self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthRequirement,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult<serde_json::Value>> + Send + 'static;
+}
+
+impl RumaJsonRoute for Router<AppState> {
+    fn ruma_json<Req, F, Fut>(mut self, handler: F) -> Self
+    where
+        Req: IncomingRequest + Send + 'static,
+        Req::Authentication: AuthRequirement,
+        F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = ApiResult<serde_json::Value>> + Send + 'static,
+    {
+        let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+        for path in Req::PATH_BUILDER.all_paths() {
+            let handler = handler.clone();
+            self = self.route(
+                path,
+                on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                    handler(state, req).await.map(axum::Json)
+                }),
+            );
+        }
+        self
+    }
+}
+
 impl RumaRoute for Router<AppState> {
     fn ruma<Req, F, Fut>(mut self, handler: F) -> Self
     where

@@ -211,6 +211,7 @@ pub async fn persist(
         apply_redaction(conn, rules, &pdu, &before_state).await?;
     }
     store_relation(conn, &pdu).await?;
+    crate::rooms::search::index_event(conn, &pdu).await?;
 
     // Last: the stream position (see streams.rs for why it must come last).
     let pos = streams::next_pos(conn, "events").await?;

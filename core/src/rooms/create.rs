@@ -150,9 +150,11 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     }
 
     let mut last = outcome.stream_pos.unwrap_or_default();
+    let mut sent = Vec::new();
     for t in &templates {
-        let (_, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t, None).await?;
+        let (pdu, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t, None).await?;
         last = pos;
+        sent.push(pdu);
     }
     if let Some(alias) = &req.alias {
         rooms::alias_insert(&mut tx, alias, &room_id, creator.as_str()).await?;
@@ -161,6 +163,8 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         rooms::set_public(&mut tx, &room_id, true).await?;
     }
     tx.commit().await?;
-    core.notifier.event_committed(last);
+    for pdu in &sent {
+        super::notify_committed(core, pdu);
+    }
     Ok(Created { room_id, last_stream_pos: last })
 }

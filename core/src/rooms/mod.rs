@@ -108,8 +108,17 @@ pub async fn send(
     }
     let (pdu, pos) = send_in_tx(core, &mut tx, room_id, sender, &template, txn).await?;
     tx.commit().await?;
-    core.notifier.event_committed(pos);
+    notify_committed(core, &pdu);
     Ok(Sent { event_id: pdu.event_id.to_string(), stream_pos: pos })
+}
+
+/// Wakes syncs for a committed event: the room's members, and the target of a membership
+/// change (who may not be a member yet, e.g. an invitee).
+pub fn notify_committed(core: &Core, pdu: &Pdu) {
+    core.notifier.room_changed(pdu.room_id.as_str());
+    if let (ruma::events::TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
+        core.notifier.user_changed(target);
+    }
 }
 
 /// Loads a stored event as a PDU with its room's rules.

@@ -3,9 +3,17 @@
 //! A pagination token `s<N>` is the point just after stream position N: paginating backwards
 //! from it yields positions <= N, forwards yields positions > N.
 
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::api::client::filter::RoomEventFilter;
 use sqlx::AnyConnection;
 
-use crate::{storage::events::{self, StoredEvent}, Error, Result};
+use super::{filter as event_filter, visibility};
+use crate::{
+    events::StateMap,
+    storage::{events::{self, StoredEvent}, rooms as room_store, state as state_store},
+    Core, Error, Result,
+};
 
 pub fn token(pos: i64) -> String {
     format!("s{pos}")
@@ -55,4 +63,262 @@ pub async fn latest_pos(conn: &mut AnyConnection, room_id: &str) -> Result<i64> 
         .fetch_one(conn)
         .await?;
     Ok(pos.unwrap_or(0))
+}
+
+// ----- Windows of visible events, `/context`, member lists at a position, timestamp lookup -----
+
+/// Events scanned per query while looking for visible, filter-matching ones.
+const SCAN_BATCH: i64 = 100;
+
+/// Events a user may see and a filter keeps, read from a token position in one direction.
+#[derive(Debug)]
+pub struct Window {
+    /// In the direction's order (newest first when backwards).
+    pub events: Vec<StoredEvent>,
+    /// The token position where the next page in the same direction continues: right after
+    /// the last returned event, or after the last scanned one when the timeline ran out.
+    pub next: i64,
+}
+
+/// The token position just past `pos` when reading in `dir`.
+fn past(pos: i64, dir: Dir) -> i64 {
+    match dir {
+        Dir::Backward => pos - 1,
+        Dir::Forward => pos,
+    }
+}
+
+/// Up to `limit` events from token position `from` in `dir` that `user` may see and `filter`
+/// keeps. Hidden and filtered-out events are skipped, so a window may span many more.
+#[allow(clippy::too_many_arguments)]
+pub async fn visible_window(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    from: i64,
+    dir: Dir,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Window> {
+    let mut window = Window { events: Vec::new(), next: from };
+    while window.events.len() < limit {
+        let batch = page(conn, room_id, window.next, None, dir, SCAN_BATCH).await?;
+        let more = batch.len() as i64 == SCAN_BATCH;
+        let visible: HashSet<String> =
+            visibility::filter_visible(core, conn, user, room_id, batch.clone()).await?.into_iter().map(|e| e.event_id).collect();
+        for event in batch {
+            window.next = past(event.stream_pos.unwrap_or(window.next), dir);
+            if visible.contains(&event.event_id) && event_filter::event_matches(filter, &event) {
+                window.events.push(event);
+                if window.events.len() == limit {
+                    return Ok(window);
+                }
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(window)
+}
+
+/// An accepted timeline event of the room that `user` may see. Missing, foreign, rejected and
+/// hidden events are all the same NotFound, so a client cannot probe for hidden events.
+pub async fn visible_event(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, event_id: &str) -> Result<StoredEvent> {
+    super::room_rules(core, conn, room_id).await?;
+    let not_found = || Error::NotFound("Event not found".into());
+    let event = events::get(conn, event_id)
+        .await?
+        .filter(|e| e.room_id == room_id && e.stream_pos.is_some())
+        .ok_or_else(not_found)?;
+    visibility::filter_visible(core, conn, user, room_id, vec![event]).await?.pop().ok_or_else(not_found)
+}
+
+/// An event with the visible events around it (`/context`).
+#[derive(Debug)]
+pub struct Context {
+    pub event: StoredEvent,
+    /// Newest first; `before.next` continues backwards (`start`).
+    pub before: Window,
+    /// Oldest first; `after.next` continues forwards (`end`).
+    pub after: Window,
+    /// IDs of the state at the last returned event: all of it, or only the senders' member
+    /// events when the filter lazy-loads members.
+    pub state: Vec<String>,
+}
+
+/// The event and up to `limit` events around it: `limit / 2` before, the rest after (as
+/// Synapse splits it), both kept by `filter` and visible to `user`.
+pub async fn context(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    event_id: &str,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Context> {
+    let event = visible_event(core, conn, user, room_id, event_id).await?;
+    let pos = event.stream_pos.unwrap_or_default();
+    let before_limit = limit / 2;
+    let before = visible_window(core, conn, user, room_id, pos - 1, Dir::Backward, before_limit, filter).await?;
+    let after = visible_window(core, conn, user, room_id, pos, Dir::Forward, limit - before_limit, filter).await?;
+    let last = after.events.last().unwrap_or(&event);
+    let full = state_after(core, conn, last).await?;
+    let state = if filter.lazy_load_options.is_disabled() {
+        full.values().cloned().collect()
+    } else {
+        let senders: HashSet<&str> =
+            before.events.iter().chain([&event]).chain(after.events.iter()).map(|e| e.sender.as_str()).collect();
+        senders.into_iter().filter_map(|s| full.get(&("m.room.member".to_owned(), s.to_owned())).cloned()).collect()
+    };
+    Ok(Context { event, before, after, state })
+}
+
+async fn state_after(core: &Core, conn: &mut AnyConnection, event: &StoredEvent) -> Result<Arc<StateMap>> {
+    match event.state_after {
+        Some(group) => state_store::load(&core.db, conn, group).await,
+        None => Ok(Arc::new(StateMap::new())),
+    }
+}
+
+/// `content.membership` of a member event ("" when unreadable).
+pub fn membership_of(event: &StoredEvent) -> String {
+    serde_json::from_str::<serde_json::Value>(&event.json)
+        .ok()
+        .and_then(|j| j["content"]["membership"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// How far a user's view of the member list reaches.
+enum MemberView {
+    /// Joined, or the room is world-readable: up to now.
+    Current,
+    /// Left or banned after having been joined: up to this departure event.
+    Until(StoredEvent),
+}
+
+/// Membership changes walked back when checking whether a departed user was ever joined.
+const MAX_MEMBERSHIP_WALK: usize = 64;
+
+async fn member_view(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<MemberView> {
+    if visibility::can_read_room(core, conn, user, room_id).await? {
+        return Ok(MemberView::Current);
+    }
+    let forbidden = || Error::Forbidden("You are not a member of this room".into());
+    let membership = room_store::membership(conn, room_id, user).await?.ok_or_else(forbidden)?;
+    if membership.membership != "leave" && membership.membership != "ban" {
+        return Err(forbidden());
+    }
+    let departure = events::get(conn, &membership.event_id).await?.ok_or_else(forbidden)?;
+    if !was_joined_before(core, conn, user, &departure).await? {
+        // A rejected invite or a ban from outside: the user never saw the member list.
+        return Err(forbidden());
+    }
+    Ok(MemberView::Until(departure))
+}
+
+/// Whether one of the user's membership events before `event` was a join.
+async fn was_joined_before(core: &Core, conn: &mut AnyConnection, user: &str, event: &StoredEvent) -> Result<bool> {
+    let key = ("m.room.member".to_owned(), user.to_owned());
+    let mut group = event.state_before;
+    for _ in 0..MAX_MEMBERSHIP_WALK {
+        let Some(g) = group else { return Ok(false) };
+        let state = state_store::load(&core.db, conn, g).await?;
+        let Some(id) = state.get(&key) else { return Ok(false) };
+        let Some(prev) = events::get(conn, id).await? else { return Ok(false) };
+        if membership_of(&prev) == "join" {
+            return Ok(true);
+        }
+        group = prev.state_before;
+    }
+    Ok(false)
+}
+
+/// The room state whose member list `user` may read: the current state, or the state after the
+/// last event at or before token position `at`. Users who left see at most the state when they
+/// left; users who were never in a non-world-readable room are Forbidden.
+pub async fn member_list_state(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, at: Option<i64>) -> Result<Arc<StateMap>> {
+    super::room_rules(core, conn, room_id).await?;
+    let view = member_view(core, conn, user, room_id).await?;
+    let departure = match &view {
+        MemberView::Until(d) => Some(d),
+        MemberView::Current => None,
+    };
+    let Some(at) = at else {
+        return match departure {
+            Some(d) => state_after(core, conn, d).await,
+            None => super::current_state(core, conn, room_id).await,
+        };
+    };
+    let at = departure.and_then(|d| d.stream_pos).map_or(at, |p| at.min(p));
+    let last = page(conn, room_id, at, None, Dir::Backward, 1)
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound("The room has no state at this token".into()))?;
+    // The user's own departure is theirs to see, though they are no longer joined after it.
+    let own_departure = departure.is_some_and(|d| d.event_id == last.event_id);
+    if !own_departure && visibility::filter_visible(core, conn, user, room_id, vec![last.clone()]).await?.is_empty() {
+        return Err(Error::Forbidden("You may not see the room at this point".into()));
+    }
+    state_after(core, conn, &last).await
+}
+
+/// The member events of `state` whose membership is `membership` (when given) and is not
+/// `not_membership` (when given), ordered by user ID. Both together narrow the list, as every
+/// server implements it (the spec's "or" wording is matrix-org/matrix-spec#2308).
+pub async fn member_events(
+    conn: &mut AnyConnection,
+    state: &StateMap,
+    membership: Option<&str>,
+    not_membership: Option<&str>,
+) -> Result<Vec<StoredEvent>> {
+    let ids: Vec<String> = state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, id)| id.clone()).collect();
+    let mut list = events::get_many(conn, &ids).await?;
+    list.retain(|e| {
+        let m = membership_of(e);
+        membership.is_none_or(|want| m == want) && not_membership.is_none_or(|skip| m != skip)
+    });
+    list.sort_by(|a, b| a.state_key.cmp(&b.state_key));
+    Ok(list)
+}
+
+/// The closest event to `ts` that `user` may see: the first at or after it (forward) or the
+/// last at or before it (backward). Forbidden for users never in a non-world-readable room.
+pub async fn event_at_timestamp(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, ts: i64, dir: Dir) -> Result<StoredEvent> {
+    super::room_rules(core, conn, room_id).await?;
+    if room_store::membership(conn, room_id, user).await?.is_none() && !visibility::can_read_room(core, conn, user, room_id).await? {
+        return Err(Error::Forbidden("You are not allowed to read this room".into()));
+    }
+    let mut cursor = (ts, if dir == Dir::Forward { i64::MIN } else { i64::MAX });
+    loop {
+        let batch = by_timestamp(conn, room_id, cursor, dir, SCAN_BATCH).await?;
+        let more = batch.len() as i64 == SCAN_BATCH;
+        if let Some(last) = batch.last() {
+            cursor = (last.origin_server_ts, last.stream_pos.unwrap_or_default());
+        }
+        if let Some(found) = visibility::filter_visible(core, conn, user, room_id, batch).await?.into_iter().next() {
+            return Ok(found);
+        }
+        if !more {
+            return Err(Error::NotFound("No visible event found in that direction".into()));
+        }
+    }
+}
+
+/// Timeline events ordered by (origin_server_ts, stream_pos) strictly past `after` in `dir`
+/// (the events_room_ts index bounds the scan by timestamp).
+async fn by_timestamp(conn: &mut AnyConnection, room_id: &str, after: (i64, i64), dir: Dir, limit: i64) -> Result<Vec<StoredEvent>> {
+    let (cond, order) = match dir {
+        Dir::Forward => ("origin_server_ts >= $2 AND (origin_server_ts > $2 OR stream_pos > $3)", "ASC"),
+        Dir::Backward => ("origin_server_ts <= $2 AND (origin_server_ts < $2 OR stream_pos < $3)", "DESC"),
+    };
+    let sql = format!(
+        "SELECT {} FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL AND {cond}
+         ORDER BY origin_server_ts {order}, stream_pos {order} LIMIT $4",
+        events::COLUMNS
+    );
+    let rows = sqlx::query(&sql).bind(room_id).bind(after.0).bind(after.1).bind(limit).fetch_all(conn).await?;
+    rows.iter().map(|r| events::from_row(r).map_err(Error::from)).collect()
 }

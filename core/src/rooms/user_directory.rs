@@ -1,1 +1,123 @@
-//! (to be written)
+//! The user directory (`POST /user_directory/search`): users who share a room with the
+//! searcher, plus members of public rooms, matched by word prefixes of their user ID's
+//! localpart or display name. Deactivated users never appear.
+
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use crate::Result;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectoryUser {
+    pub user_id: String,
+    pub display_name: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+/// The most results one search returns, whatever the client asks for.
+pub const MAX_LIMIT: usize = 100;
+
+/// Lowercased alphanumeric words.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// Whether every word of the term starts a word of the localpart or display name; a term
+/// starting with `@` may also be a prefix of the full user ID.
+fn matches(term: &str, user: &DirectoryUser) -> bool {
+    let term = term.trim().to_lowercase();
+    if term.starts_with('@') && user.user_id.to_lowercase().starts_with(&term) {
+        return true;
+    }
+    let wanted = words(&term);
+    if wanted.is_empty() {
+        return false;
+    }
+    let localpart = user.user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+    let mut have = words(localpart);
+    have.push(localpart.to_lowercase());
+    have.extend(user.display_name.as_deref().map(words).unwrap_or_default());
+    wanted.iter().all(|w| have.iter().any(|h| h.starts_with(w.as_str())))
+}
+
+/// Rooms whose current join rule is `public`.
+async fn public_join_rule_rooms(conn: &mut AnyConnection) -> Result<Vec<String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT cs.room_id, e.json FROM current_state cs JOIN events e ON e.event_id = cs.event_id
+         WHERE cs.event_type = 'm.room.join_rules' AND cs.state_key = ''",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, json)| {
+            serde_json::from_str::<Value>(json).is_ok_and(|j| j["content"]["join_rule"] == "public")
+        })
+        .map(|(room, _)| room)
+        .collect())
+}
+
+/// Candidates: joined members of rooms the searcher is joined to or that are public, with
+/// their global profile, and whether they share a room with the searcher.
+async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(DirectoryUser, bool)>> {
+    let public = public_join_rule_rooms(conn).await?;
+    let public_cond = if public.is_empty() {
+        String::new()
+    } else {
+        let ph: Vec<String> = (2..2 + public.len()).map(|i| format!("${i}")).collect();
+        format!(" OR m.room_id IN ({})", ph.join(", "))
+    };
+    let sql = format!(
+        "SELECT m.user_id, u.displayname, u.avatar_url,
+                CAST(MAX(CASE WHEN mine.user_id IS NULL THEN 0 ELSE 1 END) AS BIGINT)
+         FROM room_memberships m
+         JOIN rooms r ON r.room_id = m.room_id
+         LEFT JOIN users u ON u.user_id = m.user_id
+         LEFT JOIN room_memberships mine ON mine.room_id = m.room_id AND mine.user_id = $1 AND mine.membership = 'join'
+         WHERE m.membership = 'join' AND (u.deactivated IS NULL OR u.deactivated = 0)
+           AND (mine.user_id IS NOT NULL OR r.is_public = 1{public_cond})
+         GROUP BY m.user_id, u.displayname, u.avatar_url"
+    );
+    let mut query = sqlx::query_as::<_, (String, Option<String>, Option<String>, i64)>(&sql).bind(searcher);
+    for room in &public {
+        query = query.bind(room.as_str());
+    }
+    let rows = query.fetch_all(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(user_id, display_name, avatar_url, shared)| (DirectoryUser { user_id, display_name, avatar_url }, shared != 0))
+        .collect())
+}
+
+/// Searches the directory; returns up to `limit` users and whether more matched. Users who
+/// share a room with the searcher come first.
+pub async fn search(conn: &mut AnyConnection, searcher: &str, term: &str, limit: usize) -> Result<(Vec<DirectoryUser>, bool)> {
+    let limit = limit.min(MAX_LIMIT);
+    let mut found: Vec<(DirectoryUser, bool)> = candidates(conn, searcher).await?.into_iter().filter(|(u, _)| matches(term, u)).collect();
+    found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.user_id.cmp(&b.0.user_id)));
+    let limited = found.len() > limit;
+    Ok((found.into_iter().take(limit).map(|(u, _)| u).collect(), limited))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(id: &str, name: Option<&str>) -> DirectoryUser {
+        DirectoryUser { user_id: id.into(), display_name: name.map(Into::into), avatar_url: None }
+    }
+
+    #[test]
+    fn prefix_of_words() {
+        let u = user("@alice.smith:example.org", Some("Alice Wonderland"));
+        assert!(matches("ali", &u));
+        assert!(matches("WONDER", &u));
+        assert!(matches("smi", &u));
+        assert!(matches("alice won", &u));
+        assert!(matches("@alice.sm", &u));
+        assert!(!matches("land", &u));
+        assert!(!matches("example", &u));
+        assert!(!matches("", &u));
+        assert!(!matches("bob", &u));
+    }
+}

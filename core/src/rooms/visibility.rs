@@ -27,6 +27,11 @@ pub async fn filter_visible(core: &Core, conn: &mut AnyConnection, user: &str, r
     let mut per_group: HashMap<i64, (String, String)> = HashMap::new();
     let mut out = Vec::with_capacity(list.len());
     for event in list {
+        // Users always see changes to their own membership (their kick, ban or invite).
+        if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user) {
+            out.push(event);
+            continue;
+        }
         let Some(group) = event.state_after else { continue };
         if !per_group.contains_key(&group) {
             let state = state_store::load(&core.db, conn, group).await?;

@@ -9,3 +9,4 @@ mod read_endpoints;
 mod aliases_directory;
 mod relations_upgrade_spaces;
 mod search_directory_reports;
+mod sync;

@@ -14,6 +14,7 @@ pub mod members;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod receipt;
 pub mod register;
 pub mod relations;
 pub mod report;
@@ -22,12 +23,14 @@ pub mod search;
 pub mod session;
 pub mod space;
 pub mod state;
+pub mod sync;
+pub mod typing;
 pub mod upgrade;
 pub mod user_directory;
 
 use axum::Router;
 
-use crate::{ruma_wrapper::RumaRoute, state::AppState};
+use crate::{ruma_wrapper::{RumaJsonRoute, RumaRoute}, state::AppState};
 
 pub fn router() -> Router<AppState> {
     let mut router = Router::new();
@@ -85,4 +88,8 @@ pub fn router() -> Router<AppState> {
         .ruma(state::get_all)
         .ruma(state::get_one)
         .ruma(state::put)
+        .ruma_json(sync::sync_v3)
+        .ruma(typing::set_typing)
+        .ruma(receipt::create)
+        .ruma(receipt::read_markers)
 }

@@ -1,0 +1,4 @@
+//! Ephemeral room data: typing notifications (in memory, they expire) and receipts (stored).
+
+pub mod receipts;
+pub mod typing;

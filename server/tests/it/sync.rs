@@ -1,0 +1,216 @@
+//! `/sync`: initial and incremental, gaps, state in gaps, invites and leaves, typing,
+//! receipts, long-polling, filters.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{
+    both_backends,
+    harness::*,
+    rooms::{create_room, send_text, urlencode},
+};
+
+pub async fn sync(client: &Client, since: Option<&str>, extra: &str) -> Value {
+    let mut q = String::from("timeout=0");
+    if let Some(s) = since {
+        q.push_str(&format!("&since={s}"));
+    }
+    if !extra.is_empty() {
+        q.push('&');
+        q.push_str(extra);
+    }
+    let (status, body) = client.get(&format!("/_matrix/client/v3/sync?{q}")).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn timeline_bodies(room: &Value) -> Vec<String> {
+    room["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+both_backends!(initial_and_incremental, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"name": "Sync room", "preset": "public_chat"})).await;
+    send_text(&alice, &room, "1", "first").await;
+
+    let initial = sync(&alice, None, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(joined), vec!["first"]);
+    let state_types: Vec<&str> = joined["state"]["events"].as_array().unwrap().iter().chain(joined["timeline"]["events"].as_array().unwrap()).map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(state_types.contains(&"m.room.create") && state_types.contains(&"m.room.name"), "{state_types:?}");
+    assert_eq!(joined["summary"]["m.joined_member_count"], 1);
+    let token = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // Nothing new: the room is absent.
+    let empty = sync(&alice, Some(&token), "").await;
+    assert!(empty["rooms"]["join"].get(&room).is_none(), "{empty}");
+
+    for i in 0..3 {
+        send_text(&alice, &room, &format!("m{i}"), &format!("msg {i}")).await;
+    }
+    let inc = sync(&alice, Some(&token), "").await;
+    let joined = &inc["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(joined), vec!["msg 0", "msg 1", "msg 2"]);
+    assert_eq!(joined["timeline"]["limited"], false);
+    assert_eq!(joined["timeline"]["events"][0]["unsigned"]["transaction_id"], "m0");
+    assert_eq!(joined["state"]["events"].as_array().unwrap().len(), 0);
+    // The same token again gives the same answer; the new token gives nothing.
+    let again = sync(&alice, Some(&token), "").await;
+    assert_eq!(timeline_bodies(&again["rooms"]["join"][&room]), vec!["msg 0", "msg 1", "msg 2"]);
+    let next = inc["next_batch"].as_str().unwrap();
+    assert!(sync(&alice, Some(next), "").await["rooms"]["join"].get(&room).is_none());
+    server.stop().await;
+});
+
+both_backends!(gaps_and_state_in_gaps, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"name": "Before", "preset": "public_chat"})).await;
+    let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    for i in 0..5 {
+        send_text(&alice, &room, &format!("a{i}"), &format!("early {i}")).await;
+    }
+    alice.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), json!({"name": "After"})).await;
+    for i in 0..15 {
+        send_text(&alice, &room, &format!("b{i}"), &format!("late {i}")).await;
+    }
+    let filter = urlencode(&json!({"room": {"timeline": {"limit": 5}}}).to_string());
+    let inc = sync(&alice, Some(&token), &format!("filter={filter}")).await;
+    let joined = &inc["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["limited"], true);
+    assert_eq!(timeline_bodies(joined), (10..15).map(|i| format!("late {i}")).collect::<Vec<_>>());
+    // The name changed inside the gap: it is in the state section.
+    let name = joined["state"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.room.name").expect("name change in state");
+    assert_eq!(name["content"]["name"], "After");
+    // prev_batch continues with /messages exactly where the timeline starts.
+    let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let (_, page) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={prev}")).await;
+    let bodies: Vec<&str> = page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
+    assert_eq!(bodies, vec!["late 9", "late 8", "late 7"]);
+    server.stop().await;
+});
+
+both_backends!(invites_leaves_and_lazy_members, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let bob_token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let room = create_room(&alice, json!({"name": "Invite me", "invite": ["@bob:weft.test"]})).await;
+    let inc = sync(&bob, Some(&bob_token), "").await;
+    let invite = &inc["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invite me"), "{inc}");
+    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite"));
+    let t2 = inc["next_batch"].as_str().unwrap().to_owned();
+
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let inc = sync(&bob, Some(&t2), "").await;
+    assert!(inc["rooms"]["join"].get(&room).is_some(), "joined room appears in join");
+    assert!(inc["rooms"]["invite"].get(&room).is_none());
+    // Newly joined: full state.
+    assert!(inc["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().iter().chain(inc["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap()).any(|e| e["type"] == "m.room.create"));
+    let t3 = inc["next_batch"].as_str().unwrap().to_owned();
+
+    // Lazy loading: state carries only the members of timeline senders.
+    let carol = server.register("carol", "pw").await;
+    alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await;
+    carol.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    send_text(&alice, &room, "x", "hello").await;
+    let lazy = urlencode(&json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}).to_string());
+    let initial = sync(&bob, None, &format!("filter={lazy}")).await;
+    let members: Vec<&str> = initial["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.member").map(|e| e["state_key"].as_str().unwrap()).collect();
+    assert!(members.contains(&"@alice:weft.test"), "{members:?}");
+    assert!(!members.contains(&"@carol:weft.test"), "carol sent nothing in the timeline: {members:?}");
+
+    alice.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), json!({"user_id": "@bob:weft.test"})).await;
+    let inc = sync(&bob, Some(&t3), "").await;
+    let left = &inc["rooms"]["leave"][&room];
+    assert!(left["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:weft.test" && e["content"]["membership"] == "leave"), "{inc}");
+    assert!(inc["rooms"]["join"].get(&room).is_none());
+    server.stop().await;
+});
+
+both_backends!(typing_and_receipts, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (_, sent) = send_text(&alice, &room, "1", "read me").await;
+    let event_id = sent["event_id"].as_str().unwrap().to_owned();
+    let token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let (status, _) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@alice:weft.test"), json!({"typing": true, "timeout": 1500})).await;
+    assert_eq!(status, 200);
+    let (status, _) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@bob:weft.test"), json!({"typing": true, "timeout": 1500})).await;
+    assert_eq!(status, 403, "cannot type for others");
+    let inc = sync(&bob, Some(&token), "").await;
+    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.typing").cloned().expect("typing event");
+    assert_eq!(typing["content"]["user_ids"], json!(["@alice:weft.test"]));
+    let t2 = inc["next_batch"].as_str().unwrap().to_owned();
+    // Typing expires on its own and the expiry is synced.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let inc = sync(&bob, Some(&t2), "").await;
+    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.typing").cloned().expect("typing expiry");
+    assert_eq!(typing["content"]["user_ids"], json!([]));
+    let t3 = inc["next_batch"].as_str().unwrap().to_owned();
+
+    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event_id}"), json!({})).await.0, 200);
+    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/$nope"), json!({})).await.0, 404);
+    let inc = sync(&alice, Some(&t3), "").await;
+    let receipt = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.receipt").cloned().expect("receipt");
+    assert!(receipt["content"][&event_id]["m.read"]["@bob:weft.test"]["ts"].is_number(), "{receipt}");
+    // Private receipts stay private.
+    let (_, sent) = send_text(&alice, &room, "2", "again").await;
+    let second = sent["event_id"].as_str().unwrap().to_owned();
+    let t4 = inc["next_batch"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/rooms/{room}/read_markers"), json!({"m.fully_read": second, "m.read.private": second})).await;
+    let inc = sync(&alice, Some(&t4), "").await;
+    let leaked = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().map(|a| a.iter().any(|e| e["content"][&second]["m.read.private"].is_object())).unwrap_or(false);
+    assert!(!leaked, "{inc}");
+    let own = sync(&bob, Some(&t4), "").await;
+    let room_json = &own["rooms"]["join"][&room];
+    assert!(room_json["ephemeral"]["events"].as_array().unwrap().iter().any(|e| e["content"][&second]["m.read.private"]["@bob:weft.test"].is_object()), "{own}");
+    assert!(room_json["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == second));
+    server.stop().await;
+});
+
+both_backends!(long_poll_wakes_on_send, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
+
+    let poller = bob.clone();
+    let path = format!("/_matrix/client/v3/sync?timeout=20000&since={token}");
+    let handle = tokio::spawn(async move {
+        let (status, body) = poller.get(&path).await;
+        (status, body, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!handle.is_finished(), "long-poll returned before anything happened");
+    let sent_at = Instant::now();
+    send_text(&alice, &room, "1", "wake up").await;
+    let (status, body, returned_at) = tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(timeline_bodies(&body["rooms"]["join"][&room]), vec!["wake up"]);
+    let waited = returned_at.duration_since(sent_at);
+    assert!(waited < Duration::from_millis(1000), "long-poll took {waited:?} after the send");
+
+    // A timeout with nothing to report returns empty after the timeout.
+    let t2 = body["next_batch"].as_str().unwrap();
+    let start = Instant::now();
+    let (_, empty) = bob.get(&format!("/_matrix/client/v3/sync?timeout=300&since={t2}")).await;
+    assert!(start.elapsed() >= Duration::from_millis(290));
+    assert!(empty["rooms"]["join"].as_object().unwrap().is_empty());
+    server.stop().await;
+});
