@@ -10,6 +10,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod events;
 pub mod notifier;
+pub mod push;
 pub mod rooms;
 pub mod signing_key;
 pub mod storage;

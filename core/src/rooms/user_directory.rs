@@ -58,7 +58,8 @@ async fn public_join_rule_rooms(conn: &mut AnyConnection) -> Result<Vec<String>>
 }
 
 /// Candidates: joined members of rooms the searcher is joined to or that are public, with
-/// their global profile, and whether they share a room with the searcher.
+/// their global profile, and whether they share a room with the searcher. The searcher is
+/// left out, as Synapse does for private rooms: nobody looks themselves up.
 async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(DirectoryUser, bool)>> {
     let public = public_join_rule_rooms(conn).await?;
     let public_cond = if public.is_empty() {
@@ -74,7 +75,7 @@ async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(Dir
          JOIN rooms r ON r.room_id = m.room_id
          LEFT JOIN users u ON u.user_id = m.user_id
          LEFT JOIN room_memberships mine ON mine.room_id = m.room_id AND mine.user_id = $1 AND mine.membership = 'join'
-         WHERE m.membership = 'join' AND (u.deactivated IS NULL OR u.deactivated = 0)
+         WHERE m.membership = 'join' AND m.user_id <> $1 AND (u.deactivated IS NULL OR u.deactivated = 0)
            AND (mine.user_id IS NOT NULL OR r.is_public = 1{public_cond})
          GROUP BY m.user_id, u.displayname, u.avatar_url"
     );

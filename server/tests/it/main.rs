@@ -10,3 +10,5 @@ mod aliases_directory;
 mod relations_upgrade_spaces;
 mod search_directory_reports;
 mod sync;
+mod push;
+mod js_sdk_rooms;

@@ -198,3 +198,63 @@ both_backends!(every_room_version, |backend| async move {
     }
     server.stop().await;
 });
+
+both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
+    let Some(mut server) = TestServer::start(backend).await else { return };
+    let owner = server.register("owner", "pw").await;
+    let room = create_room(&owner, json!({"preset": "public_chat"})).await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let c = server.register(&format!("sender{i}"), "pw").await;
+        assert_eq!(c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0, 200);
+        clients.push(c);
+    }
+    // 10 clients x 20 sends, all at once.
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let (c, room) = (c.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for j in 0..20 {
+                let (status, body) = send_text(&c, &room, &format!("c{i}-{j}"), &format!("{i}-{j}")).await;
+                assert_eq!(status, 200, "{body}");
+                acked.push(body["event_id"].as_str().unwrap().to_owned());
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    assert_eq!(acked.len(), 200);
+
+    async fn history(c: &Client, room: &str) -> Vec<String> {
+        let (status, body) = messages(c, room, "dir=f&limit=1000").await;
+        assert_eq!(status, 200);
+        body["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+    }
+    let seen = history(&clients[0], &room).await;
+    assert_eq!(seen.len(), 200, "every acknowledged event exactly once");
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 200);
+    for id in &acked {
+        assert!(unique.contains(id), "acknowledged {id} missing");
+    }
+    // Every reader sees the same order, and each sender's own messages keep their order.
+    for c in &clients[1..] {
+        assert_eq!(history(c, &room).await, seen);
+    }
+    // The graph is linear: one forward extremity.
+    let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
+    let extremities = weft_core::storage::events::forward_extremities(&mut conn, &room).await.unwrap();
+    assert_eq!(extremities.len(), 1, "{extremities:?}");
+    drop(conn);
+
+    // Restart: nothing acknowledged is lost.
+    server.restart().await;
+    let reader = server.client().with_token(clients[3].token.as_deref().unwrap());
+    assert_eq!(history(&reader, &room).await, seen);
+    assert_eq!(send_text(&reader, &room, "after-restart", "still works").await.0, 200);
+    server.stop().await;
+});

@@ -14,6 +14,7 @@ pub mod members;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod push;
 pub mod receipt;
 pub mod register;
 pub mod relations;
@@ -36,7 +37,7 @@ pub fn router() -> Router<AppState> {
     let mut router = Router::new();
     // Areas that mount their own routes.
     for routes in [
-        alias::routes, context::routes, directory::routes, event::routes, members::routes, relations::routes,
+        alias::routes, context::routes, directory::routes, event::routes, members::routes, push::routes, relations::routes,
         report::routes, search::routes, space::routes, upgrade::routes, user_directory::routes,
     ] {
         router = routes(router);

@@ -1,0 +1,1 @@
+//! Push rules, their evaluation for every new event and member, and notification counts.
