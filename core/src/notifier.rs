@@ -68,6 +68,12 @@ impl Notifier {
         self.tick.send_modify(|t| *t = t.wrapping_add(1));
     }
 
+    /// Every change ticks this receiver; for background workers (the pusher) that re-check
+    /// the database whenever anything moved instead of polling in a loop.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.tick.subscribe()
+    }
+
     pub fn interest(&self, user_id: &str, rooms: Vec<String>) -> Interest {
         let c = self.counters.read().unwrap_or_else(|e| e.into_inner());
         let seen = rooms.iter().map(|r| c.rooms.get(r).copied().unwrap_or(0)).collect();

@@ -27,6 +27,9 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
             .merge(api::client::router())
             .route("/.well-known/matrix/server", get(server_well_known));
     }
+    if apis.contains(&Api::Media) {
+        router = router.merge(api::media::router());
+    }
     if apis.contains(&Api::Admin) {
         router = router.merge(api::admin::router());
     }

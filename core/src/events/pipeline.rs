@@ -218,6 +218,7 @@ pub async fn persist(
     events::set_stream_pos(conn, pdu.event_id.as_str(), pos).await?;
     rooms::set_last_stream_pos(conn, &room_id, pos).await?;
     update_memberships(conn, &room_id, &old_current, &new_current, pos).await?;
+    crate::push::evaluate(core, conn, rules, &pdu, pos, &new_current).await?;
     Ok(Outcome { pdu, stream_pos: Some(pos), rejected: None, soft_failed: false })
 }
 

@@ -153,7 +153,7 @@ async fn children_of(conn: &mut AnyConnection, state: &StateMap, suggested_only:
     for key in keys {
         let Some(event) = state_event(conn, state, "m.space.child", &key).await? else { continue };
         let content = &event["content"];
-        if !content["via"].as_array().is_some_and(|v| !v.is_empty()) {
+        if content["via"].as_array().is_none_or(|v| v.is_empty()) {
             continue;
         }
         if suggested_only && content["suggested"] != true {

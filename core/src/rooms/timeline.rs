@@ -196,7 +196,7 @@ enum MemberView {
     /// Joined, or the room is world-readable: up to now.
     Current,
     /// Left or banned after having been joined: up to this departure event.
-    Until(StoredEvent),
+    Until(Box<StoredEvent>),
 }
 
 /// Membership changes walked back when checking whether a departed user was ever joined.
@@ -216,7 +216,7 @@ async fn member_view(core: &Core, conn: &mut AnyConnection, user: &str, room_id:
         // A rejected invite or a ban from outside: the user never saw the member list.
         return Err(forbidden());
     }
-    Ok(MemberView::Until(departure))
+    Ok(MemberView::Until(Box::new(departure)))
 }
 
 /// Whether one of the user's membership events before `event` was a join.
@@ -243,7 +243,7 @@ pub async fn member_list_state(core: &Core, conn: &mut AnyConnection, user: &str
     super::room_rules(core, conn, room_id).await?;
     let view = member_view(core, conn, user, room_id).await?;
     let departure = match &view {
-        MemberView::Until(d) => Some(d),
+        MemberView::Until(d) => Some(d.as_ref()),
         MemberView::Current => None,
     };
     let Some(at) = at else {

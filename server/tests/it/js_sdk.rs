@@ -63,7 +63,7 @@ fn ensure_node_modules() {
 
 /// Runs one node:test file in tests/js against `server`: `Err` (with node's output) unless
 /// every test in it passed.
-async fn run_node_test(server: &TestServer, file: &str) -> Result<String, String> {
+pub(crate) async fn run_node_test(server: &TestServer, file: &str) -> Result<String, String> {
     let dir = js_dir();
     let child = tokio::process::Command::new("node")
         .args(["--test", file])
@@ -92,7 +92,7 @@ async fn run_node_test(server: &TestServer, file: &str) -> Result<String, String
 
 /// Checks for node and npm and installs tests/js's dependencies; call it before starting a
 /// server, so that a failure here leaves no test database behind.
-async fn prepare_js() {
+pub(crate) async fn prepare_js() {
     if let Err(panic) = tokio::task::spawn_blocking(ensure_node_modules).await {
         std::panic::resume_unwind(panic.into_panic());
     }

@@ -12,3 +12,5 @@ mod search_directory_reports;
 mod sync;
 mod push;
 mod js_sdk_rooms;
+mod e2ee;
+mod media;

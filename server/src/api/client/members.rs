@@ -42,7 +42,7 @@ pub async fn get_joined_members(state: AppState, req: Ruma<joined_members::v3::R
     let mut conn = state.db.conn().await?;
     rooms::room_rules(&state.core, &mut conn, room_id).await?;
     let own = room_store::membership(&mut conn, room_id, user.user_id.as_str()).await?;
-    if !own.is_some_and(|m| m.membership == "join") {
+    if own.is_none_or(|m| m.membership != "join") {
         return Err(MatrixError::forbidden("You are not joined to this room"));
     }
     // The membership table keeps each member's display name and avatar from their member event.

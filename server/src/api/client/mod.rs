@@ -2,14 +2,17 @@
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
 pub mod alias;
 pub mod capabilities;
 pub mod context;
+pub mod dehydrated_device;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
 pub mod event;
 pub mod filter;
+pub mod keys;
 pub mod members;
 pub mod membership;
 pub mod message;
@@ -25,6 +28,7 @@ pub mod session;
 pub mod space;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 pub mod upgrade;
 pub mod user_directory;
@@ -37,7 +41,7 @@ pub fn router() -> Router<AppState> {
     let mut router = Router::new();
     // Areas that mount their own routes.
     for routes in [
-        alias::routes, context::routes, directory::routes, event::routes, members::routes, push::routes, relations::routes,
+        alias::routes, backup::routes, context::routes, dehydrated_device::routes, keys::routes, to_device::routes, directory::routes, event::routes, members::routes, push::routes, relations::routes,
         report::routes, search::routes, space::routes, upgrade::routes, user_directory::routes,
     ] {
         router = routes(router);

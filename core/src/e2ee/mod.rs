@@ -1,0 +1,1 @@
+//! End-to-end encryption support: device keys, one-time and fallback keys, cross-signing, to-device messages, key backup.

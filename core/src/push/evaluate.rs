@@ -1,0 +1,145 @@
+//! Push rule evaluation for a new event, inside the transaction that persists it: for every
+//! local member who should hear about it, the actions their rules give, stored in
+//! `event_push_actions` (which `/sync` counts and `/notifications` and the pusher read).
+
+use ruma::{
+    events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    room_version_rules::RoomVersionRules,
+    serde::Raw,
+    OwnedUserId, UInt,
+};
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use super::rules;
+use crate::{events::{Pdu, StateMap}, storage::events, util::now_ms, Core, Error, Result};
+
+/// One local user the event may notify.
+struct Recipient {
+    user_id: OwnedUserId,
+    display_name: String,
+    stored_rules: Option<String>,
+}
+
+/// What evaluation decided for one recipient.
+struct Decision {
+    user_id: OwnedUserId,
+    highlight: bool,
+    actions: Vec<Action>,
+}
+
+/// Evaluates `pdu` (already at stream position `pos`) for every joined local member except
+/// the sender, and for the invitee of an invite, and stores the notifying outcomes.
+pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersionRules, pdu: &Pdu, pos: i64, state: &StateMap) -> Result<()> {
+    let (recipients, member_count) = recipients(core, conn, pdu).await?;
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    let event = pdu.client_json(rules, None);
+    let raw: Raw<Value> = Raw::new(&event).map_err(Error::internal)?;
+    let power_levels = power_levels(conn, rules, state).await?;
+    let member_count = UInt::try_from(member_count).unwrap_or_default();
+
+    let mut decisions = Vec::new();
+    for r in recipients {
+        let ruleset = rules::parsed(&r.user_id, r.stored_rules.as_deref());
+        let ctx = PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, r.user_id.clone(), r.display_name)
+            .with_power_levels(power_levels.clone());
+        let actions = ruleset.get_actions(&raw, &ctx).await;
+        if actions.iter().any(Action::should_notify) {
+            decisions.push(Decision { user_id: r.user_id, highlight: actions.iter().any(Action::is_highlight), actions: actions.to_vec() });
+        }
+    }
+    store(conn, pdu, pos, &thread_id(&event), &decisions).await
+}
+
+/// Local joined members (with their display names and stored rules, in one query) other than
+/// the sender, plus a local invitee; and the room's joined member count.
+async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
+    let invitee = match (pdu.kind.to_string().as_str(), &pdu.state_key) {
+        ("m.room.member", Some(target)) if pdu.content_value()["membership"] == "invite" => target.clone(),
+        _ => String::new(),
+    };
+    let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
+         LEFT JOIN push_rules p ON p.user_id = m.user_id
+         WHERE m.room_id = $1 AND (m.membership = 'join' OR (m.membership = 'invite' AND m.user_id = $2))",
+    )
+    .bind(pdu.room_id.as_str())
+    .bind(&invitee)
+    .fetch_all(&mut *conn)
+    .await?;
+    let member_count = rows.iter().filter(|r| r.1 == "join").count() as u64;
+    let recipients = rows
+        .into_iter()
+        .filter(|r| r.0 != pdu.sender.as_str())
+        .filter_map(|(user_id, _, display_name, stored_rules)| {
+            let user_id = OwnedUserId::try_from(user_id).ok()?;
+            core.is_local(&user_id).then(|| Recipient {
+                display_name: display_name.unwrap_or_else(|| user_id.localpart().to_owned()),
+                user_id,
+                stored_rules,
+            })
+        })
+        .collect();
+    Ok((recipients, member_count))
+}
+
+/// The power levels context (for `sender_notification_permission`), from the room state.
+async fn power_levels(conn: &mut AnyConnection, rules: &RoomVersionRules, state: &StateMap) -> Result<PushConditionPowerLevelsCtx> {
+    let ids: Vec<String> = ["m.room.power_levels", "m.room.create"]
+        .iter()
+        .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
+        .collect();
+    let mut content: Option<RoomPowerLevelsEventContent> = None;
+    let mut creators: Vec<OwnedUserId> = Vec::new();
+    for stored in events::get_many(conn, &ids).await? {
+        let json: Value = serde_json::from_str(&stored.json).unwrap_or_default();
+        if stored.event_type == "m.room.power_levels" {
+            content = serde_json::from_value(json["content"].clone()).ok();
+        } else {
+            creators.extend(OwnedUserId::try_from(stored.sender.clone()).ok());
+            if rules.authorization.additional_room_creators {
+                let extra = json["content"]["additional_creators"].as_array().cloned().unwrap_or_default();
+                creators.extend(extra.iter().filter_map(|c| c.as_str()).filter_map(|c| OwnedUserId::try_from(c).ok()));
+            }
+        }
+    }
+    let source = content.map(RoomPowerLevelsSource::Original).unwrap_or_default();
+    Ok(RoomPowerLevels::new(source, &rules.authorization, creators).into())
+}
+
+/// `main`, or the thread root for an event in a thread.
+fn thread_id(event: &Value) -> String {
+    let rel = &event["content"]["m.relates_to"];
+    match (rel["rel_type"].as_str(), rel["event_id"].as_str()) {
+        (Some("m.thread"), Some(root)) => root.to_owned(),
+        _ => "main".to_owned(),
+    }
+}
+
+/// Inserts the decisions, many rows per statement.
+async fn store(conn: &mut AnyConnection, pdu: &Pdu, pos: i64, thread_id: &str, decisions: &[Decision]) -> Result<()> {
+    let ts = now_ms();
+    for chunk in decisions.chunks(100) {
+        let placeholders: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = 6 + i * 3;
+                format!("($1, $2, ${}, $3, $4, 1, ${}, ${}, $5)", b, b + 1, b + 2)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO event_push_actions (room_id, event_id, user_id, stream_pos, thread_id, notify, highlight, actions, ts)
+             VALUES {} ON CONFLICT (user_id, event_id) DO NOTHING",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(pdu.room_id.as_str()).bind(pdu.event_id.as_str()).bind(pos).bind(thread_id).bind(ts);
+        for d in chunk {
+            let actions = serde_json::to_string(&d.actions).map_err(Error::internal)?;
+            q = q.bind(d.user_id.as_str()).bind(i64::from(d.highlight)).bind(actions);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
