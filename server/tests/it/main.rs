@@ -14,3 +14,4 @@ mod push;
 mod js_sdk_rooms;
 mod e2ee;
 mod media;
+mod durability;
