@@ -13,11 +13,13 @@ pub struct Core {
     pub key: Arc<ServerKey>,
     pub notifier: Arc<Notifier>,
     pub typing: Arc<Typing>,
+    /// Sliding sync connections of this process.
+    pub sliding: Arc<crate::sync::sliding::Connections>,
 }
 
 impl Core {
     pub fn new(db: Db, server_name: OwnedServerName, key: ServerKey) -> Core {
-        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()), typing: Arc::new(Typing::default()) }
+        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()), typing: Arc::new(Typing::default()), sliding: Arc::default() }
     }
 
     /// Whether a user ID belongs to this server.

@@ -31,6 +31,8 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     RoomInUse(String),
+    #[error("unknown sliding sync position")]
+    UnknownPos,
     #[error("user is deactivated")]
     UserDeactivated,
 }

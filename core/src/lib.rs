@@ -12,6 +12,7 @@ pub mod e2ee;
 pub mod events;
 pub mod media;
 pub mod notifier;
+pub mod presence;
 pub mod push;
 pub mod rooms;
 pub mod signing_key;

@@ -88,7 +88,18 @@ impl Notifier {
     }
 
     /// Waits until something in `interest` changes or `timeout` passes; true if it changed.
-    pub async fn wait(&self, interest: &Interest, timeout: Duration) -> bool {
+    /// The interest then records the new counters, so waiting again waits for the next change.
+    pub async fn wait(&self, interest: &mut Interest, timeout: Duration) -> bool {
+        let changed = self.wait_inner(interest, timeout).await;
+        if changed {
+            let c = self.counters.read().unwrap_or_else(|e| e.into_inner());
+            interest.seen = interest.rooms.iter().map(|r| c.rooms.get(r).copied().unwrap_or(0)).collect();
+            interest.seen_user = c.users.get(&interest.user_id).copied().unwrap_or(0);
+        }
+        changed
+    }
+
+    async fn wait_inner(&self, interest: &Interest, timeout: Duration) -> bool {
         let mut rx = self.tick.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -95,6 +95,39 @@ pub struct MediaConfig {
     pub path: PathBuf,
     /// Largest accepted upload in bytes.
     pub max_upload_size: usize,
+    /// Bytes of uploads each user may store in total; 0 is unlimited.
+    pub max_user_storage: u64,
+    /// Media uploaded while this is on is served only by the authenticated endpoints
+    /// (`/_matrix/client/v1/media/*`); the legacy `/_matrix/media/v3/download` and `/thumbnail`
+    /// answer 404 for it (Synapse's `enable_authenticated_media`).
+    pub enable_authenticated_media: bool,
+    /// How long a media ID from `/_matrix/media/v1/create` waits for its upload.
+    #[serde(with = "humantime_serde")]
+    pub unused_expiration_time: Duration,
+    /// How many such media IDs one user may have waiting at once.
+    pub max_pending_media_uploads: u32,
+    /// Serve `/preview_url` (the server then fetches URLs on users' behalf).
+    pub url_preview_enabled: bool,
+    /// Address ranges (CIDR) never fetched for previews, on top of the built-in private ones.
+    pub url_preview_ip_blocklist: Vec<String>,
+    /// Address ranges (CIDR) fetched even though blocked (trusted internal sites, tests).
+    pub url_preview_ip_allowlist: Vec<String>,
+    /// Largest page or image fetched for a preview, in bytes.
+    pub url_preview_max_size: u64,
+    /// Time limit of one preview (page, redirects and image).
+    #[serde(with = "humantime_serde")]
+    pub url_preview_timeout: Duration,
+}
+
+impl MediaConfig {
+    fn validate(&self) -> Result<(), String> {
+        for (key, list) in [("url_preview_ip_blocklist", &self.url_preview_ip_blocklist), ("url_preview_ip_allowlist", &self.url_preview_ip_allowlist)] {
+            for range in list {
+                range.parse::<weft_core::media::preview::IpRange>().map_err(|e| format!("media.{key}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -161,7 +194,19 @@ impl Default for RateLimitConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        MediaConfig { path: "data/media".into(), max_upload_size: 50 * 1024 * 1024 }
+        MediaConfig {
+            path: "data/media".into(),
+            max_upload_size: 50 * 1024 * 1024,
+            max_user_storage: 0,
+            enable_authenticated_media: true,
+            unused_expiration_time: Duration::from_secs(24 * 60 * 60),
+            max_pending_media_uploads: 5,
+            url_preview_enabled: false,
+            url_preview_ip_blocklist: Vec::new(),
+            url_preview_ip_allowlist: Vec::new(),
+            url_preview_max_size: 10 * 1024 * 1024,
+            url_preview_timeout: Duration::from_secs(10),
+        }
     }
 }
 
@@ -218,6 +263,7 @@ impl Config {
         if self.rate_limits.per_second <= 0.0 {
             return Err("rate_limits.per_second must be positive".into());
         }
+        self.media.validate()?;
         Ok(())
     }
 

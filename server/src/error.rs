@@ -48,6 +48,7 @@ constructors! {
     room_in_use => BAD_REQUEST, "M_ROOM_IN_USE";
     invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
     bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
+    unknown_pos => BAD_REQUEST, "M_UNKNOWN_POS";
 }
 
 impl MatrixError {
@@ -112,6 +113,7 @@ impl From<weft_core::Error> for MatrixError {
             E::UnsupportedRoomVersion(v) => MatrixError::unsupported_room_version(format!("Room version {v} is not supported")),
             E::TooLarge(m) => MatrixError::too_large(m),
             E::RoomInUse(m) => MatrixError::room_in_use(m),
+            E::UnknownPos => MatrixError::unknown_pos("Unknown position; start a new sliding sync connection"),
             E::UserDeactivated => MatrixError::user_deactivated("This account has been deactivated"),
             other => {
                 tracing::error!(error = %other, "internal error");

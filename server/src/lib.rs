@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod pusher;
 pub mod rate_limit;
 pub mod router;
 pub mod ruma_wrapper;

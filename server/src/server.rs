@@ -71,5 +71,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }));
         tracing::info!(%addr, apis = ?listener.apis, "listening");
     }
+    tasks.push(crate::pusher::spawn(state.clone(), stop_rx.clone()));
     Ok(Running { addrs, state, stop, tasks })
 }

@@ -12,7 +12,7 @@ use ruma::{
 use serde_json::Value;
 use sqlx::AnyConnection;
 
-use super::rules;
+use super::rules as user_rules;
 use crate::{events::{Pdu, StateMap}, storage::events, util::now_ms, Core, Error, Result};
 
 /// One local user the event may notify.
@@ -30,8 +30,10 @@ struct Decision {
 }
 
 /// Evaluates `pdu` (already at stream position `pos`) for every joined local member except
-/// the sender, and for the invitee of an invite, and stores the notifying outcomes.
+/// the sender, and for the invitee of an invite, and stores the notifying outcomes. Only
+/// outcomes that notify are stored: they are all `/sync` counts and the pusher needs.
 pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersionRules, pdu: &Pdu, pos: i64, state: &StateMap) -> Result<()> {
+    settle_on_join(core, conn, pdu, pos).await?;
     let (recipients, member_count) = recipients(core, conn, pdu).await?;
     if recipients.is_empty() {
         return Ok(());
@@ -43,7 +45,7 @@ pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersion
 
     let mut decisions = Vec::new();
     for r in recipients {
-        let ruleset = rules::parsed(&r.user_id, r.stored_rules.as_deref());
+        let ruleset = user_rules::parsed(&r.user_id, r.stored_rules.as_deref());
         let ctx = PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, r.user_id.clone(), r.display_name)
             .with_power_levels(power_levels.clone());
         let actions = ruleset.get_actions(&raw, &ctx).await;
@@ -52,6 +54,26 @@ pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersion
         }
     }
     store(conn, pdu, pos, &thread_id(&event), &decisions).await
+}
+
+/// When a local user joins, what notified them before (their invite, an earlier membership)
+/// stops counting as unread: counts start at the join, as in other servers. The rows stay for
+/// `/notifications`.
+async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i64) -> Result<()> {
+    let Some(target) = pdu.state_key.as_deref() else { return Ok(()) };
+    if pdu.kind.to_string() != "m.room.member" || pdu.content_value()["membership"] != "join" {
+        return Ok(());
+    }
+    if !OwnedUserId::try_from(target).is_ok_and(|u| core.is_local(&u)) {
+        return Ok(());
+    }
+    sqlx::query("UPDATE event_push_actions SET notify = 0 WHERE user_id = $1 AND room_id = $2 AND stream_pos < $3 AND notify = 1")
+        .bind(target)
+        .bind(pdu.room_id.as_str())
+        .bind(pos)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Local joined members (with their display names and stored rules, in one query) other than

@@ -41,7 +41,9 @@ pub struct Query<'a> {
 
 type Row = (String, String, i64, String, i64);
 
-/// One page of the user's notifications.
+/// One page of the user's notifications. Every stored row notified when it was stored (only
+/// notifying outcomes are stored); `notify` may since have been cleared by a later join, which
+/// only stops it counting as unread.
 pub async fn list(core: &Core, q: &Query<'_>) -> Result<Page> {
     let before = match q.from {
         Some(t) => t.parse::<i64>().map_err(|_| Error::InvalidParam("Invalid 'from' token".into()))?,
@@ -51,7 +53,7 @@ pub async fn list(core: &Core, q: &Query<'_>) -> Result<Page> {
     let highlight_only = if q.only_highlight { "AND highlight = 1" } else { "" };
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT room_id, event_id, stream_pos, actions, ts FROM event_push_actions
-         WHERE user_id = $1 AND notify = 1 AND stream_pos < $2 {highlight_only}
+         WHERE user_id = $1 AND stream_pos < $2 {highlight_only}
          ORDER BY stream_pos DESC LIMIT $3"
     ))
     .bind(q.user_id)

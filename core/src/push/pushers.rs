@@ -231,7 +231,7 @@ async fn full_fields(conn: &mut AnyConnection, n: &mut Value, stored: &events::S
 
 /// Removes the pushers a gateway said are no longer valid.
 pub async fn delete_rejected(db: &Db, pusher: &PusherKey, rejected: &[String]) -> Result<bool> {
-    if !rejected.iter().any(|k| *k == pusher.pushkey) {
+    if !rejected.contains(&pusher.pushkey) {
         return Ok(false);
     }
     delete(db, &pusher.user_id, &pusher.app_id, &pusher.pushkey).await?;

@@ -10,7 +10,7 @@ use std::{
 
 use ruma::{
     push::{
-        Action, AnyPushRuleRef, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData,
+        Action, AnyPushRule, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData,
         HighlightTweakValue, InsertPushRuleError, NewPushRule, PatternedPushRule, PatternedPushRuleInit, PushCondition,
         RemovePushRuleError, RuleKind, Ruleset, SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
     },
@@ -194,11 +194,11 @@ fn check_kind(kind: &RuleKind) -> Result<()> {
 }
 
 /// One rule, or 404.
-pub async fn get_rule<T>(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &str, read: impl FnOnce(AnyPushRuleRef<'_>) -> T) -> Result<T> {
+pub async fn get_rule(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &str) -> Result<AnyPushRule> {
     check_kind(kind)?;
     let mut conn = db.conn().await?;
     let ruleset = load(&mut conn, user_id).await?;
-    ruleset.get(kind.clone(), rule_id).map(read).ok_or_else(not_found)
+    ruleset.get(kind.clone(), rule_id).map(|r| r.to_owned()).ok_or_else(not_found)
 }
 
 /// Creates or replaces a user-defined rule, optionally placed relative to another one.

@@ -109,7 +109,7 @@ pub async fn visible_window(
             visibility::filter_visible(core, conn, user, room_id, batch.clone()).await?.into_iter().map(|e| e.event_id).collect();
         for event in batch {
             window.next = past(event.stream_pos.unwrap_or(window.next), dir);
-            if (true || visible.contains(&event.event_id)) && event_filter::event_matches(filter, &event) {
+            if visible.contains(&event.event_id) && event_filter::event_matches(filter, &event) {
                 window.events.push(event);
                 if window.events.len() == limit {
                     return Ok(window);

@@ -106,7 +106,7 @@ pub async fn delete(conn: &mut AnyConnection, user_id: &str, device_id: &str) ->
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    crate::e2ee::device_lists::forget_device(conn, user_id, device_id).await
 }
 
 /// Deletes every device of the user except `keep`, with their tokens.
@@ -119,5 +119,5 @@ pub async fn delete_all_except(conn: &mut AnyConnection, user_id: &str, keep: Op
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    crate::e2ee::device_lists::forget_devices_except(conn, user_id, keep).await
 }

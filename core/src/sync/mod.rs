@@ -1,6 +1,7 @@
 //! `/sync` (v3): what changed for a user between a token and now, per stream, with long-polling
 //! that waits on the notifier rather than polling the database.
 
+pub mod sliding;
 pub mod token;
 
 use std::{
@@ -37,25 +38,29 @@ pub struct SyncRequest {
 
 /// Answers one `/sync`, waiting up to `timeout` for something to report.
 pub async fn sync(core: &Core, req: &SyncRequest) -> Result<Value> {
+    // A `since` token proves the device received the to-device messages up to its position.
+    if let Some(since) = &req.since {
+        crate::e2ee::to_device::acknowledge(core, &req.user_id, &req.device_id, since.to_device).await?;
+    }
     // Register interest before reading positions: a change that lands after this point wakes
     // us, one that landed before is below the positions we read next.
     let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
     drop(conn);
-    let interest = core.notifier.interest(&req.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
-    let now = SyncToken::current(core).await?;
-    let mut response = build(core, req, now).await?;
-    if req.since.is_some() && !req.full_state && !req.timeout.is_zero() && is_empty(&response) {
-        if core.notifier.wait(&interest, req.timeout).await {
-            let now = SyncToken::current(core).await?;
-            response = build(core, req, now).await?;
-            response["next_batch"] = json!(now.to_string());
+    let mut interest = core.notifier.interest(&req.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    loop {
+        let now = SyncToken::current(core).await?;
+        let response = build(core, req, now).await?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // A wake-up for something this filter leaves out gives an empty answer: keep waiting.
+        if req.since.is_none() || req.full_state || !is_empty(&response) || remaining.is_zero() || !core.notifier.wait(&mut interest, remaining).await {
+            return Ok(response);
         }
     }
-    Ok(response)
 }
 
-async fn user_memberships(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<Membership>> {
+pub(crate) async fn user_memberships(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<Membership>> {
     let rows: Vec<(String, String, String, String, i64, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url FROM room_memberships
          WHERE user_id = $1 AND forgotten = 0 ORDER BY room_id",
@@ -165,16 +170,25 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": [] },
-        "to_device": { "events": [] },
-        "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
-        "device_unused_fallback_key_types": [],
+        "presence": { "events": presence_events(&mut conn, req, since, now).await? },
+        "to_device": { "events": crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await? },
+        "device_lists": crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?,
+        "device_one_time_keys_count": crate::e2ee::keys::counts_for_sync(core, &req.user_id, &req.device_id).await?,
+        "device_unused_fallback_key_types": crate::e2ee::keys::fallback_types_for_sync(core, &req.user_id, &req.device_id).await?,
     }))
 }
 
+/// Presence of users sharing a room with the user, changed since the token.
+async fn presence_events(conn: &mut AnyConnection, req: &SyncRequest, since: SyncToken, now: SyncToken) -> Result<Vec<Value>> {
+    if req.filter.presence.not_types.iter().any(|t| t == "*" || t == "m.presence") || req.filter.presence.limit.is_some_and(|l| u64::from(l) == 0) {
+        return Ok(Vec::new());
+    }
+    let changes = crate::presence::changes_for(conn, &req.user_id, since.presence, now.presence).await?;
+    Ok(changes.iter().map(|p| p.to_event()).collect())
+}
+
 /// The state after the room's last event at or before `pos`.
-async fn state_at_pos(core: &Core, conn: &mut AnyConnection, room_id: &str, pos: i64) -> Result<Arc<StateMap>> {
+pub(crate) async fn state_at_pos(core: &Core, conn: &mut AnyConnection, room_id: &str, pos: i64) -> Result<Arc<StateMap>> {
     let row: Option<(Option<i64>,)> = sqlx::query_as(
         "SELECT state_after FROM events WHERE room_id = $1 AND stream_pos <= $2 AND stream_pos IS NOT NULL
          ORDER BY stream_pos DESC LIMIT 1",
@@ -303,7 +317,7 @@ async fn joined_room(
 }
 
 /// `m.receipt` content; private receipts only for their owner.
-fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Option<Value> {
+pub(crate) fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Option<Value> {
     let mut content: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for r in list {
         if r.receipt_type == "m.read.private" && r.user_id != user_id {
@@ -320,7 +334,7 @@ fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Option<Value> {
     (!content.is_empty()).then(|| json!(content))
 }
 
-async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Value> {
+pub(crate) async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Value> {
     let joined = room_store::members(conn, room_id, "join").await?;
     let invited = room_store::members(conn, room_id, "invite").await?;
     let heroes: Vec<&str> = joined.iter().chain(invited.iter()).map(|m| m.user_id.as_str()).filter(|u| *u != user_id).take(5).collect();
@@ -333,7 +347,7 @@ async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Resu
 
 /// Stripped state for invites and knocks: the room's identifying state plus the user's own
 /// membership event.
-async fn stripped_state(core: &Core, conn: &mut AnyConnection, room_id: &str, member_event: &str) -> Result<Vec<Value>> {
+pub(crate) async fn stripped_state(core: &Core, conn: &mut AnyConnection, room_id: &str, member_event: &str) -> Result<Vec<Value>> {
     let state = crate::rooms::current_state(core, conn, room_id).await?;
     let mut ids: Vec<String> = [
         "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",

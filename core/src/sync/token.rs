@@ -1,4 +1,5 @@
-//! Sync tokens: one position per stream, `s<events>_<account_data>_<receipts>_<typing>_<to_device>_<device_lists>`.
+//! Sync tokens: one position per stream,
+//! `s<events>_<account_data>_<receipts>_<typing>_<to_device>_<device_lists>_<presence>`.
 //! The first part is also a valid `/messages` token, so `next_batch` can be paginated from.
 
 use crate::{streams, Core, Error, Result};
@@ -11,14 +12,15 @@ pub struct SyncToken {
     pub typing: i64,
     pub to_device: i64,
     pub device_lists: i64,
+    pub presence: i64,
 }
 
 impl std::fmt::Display for SyncToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "s{}_{}_{}_{}_{}_{}",
-            self.events, self.account_data, self.receipts, self.typing, self.to_device, self.device_lists
+            "s{}_{}_{}_{}_{}_{}_{}",
+            self.events, self.account_data, self.receipts, self.typing, self.to_device, self.device_lists, self.presence
         )
     }
 }
@@ -36,6 +38,7 @@ impl SyncToken {
             typing: next()?,
             to_device: next()?,
             device_lists: next()?,
+            presence: next()?,
         })
     }
 
@@ -50,6 +53,7 @@ impl SyncToken {
             typing: core.typing.serial(),
             to_device: streams::current_pos_or_zero(db, "to_device").await?,
             device_lists: streams::current_pos_or_zero(db, "device_lists").await?,
+            presence: streams::current_pos_or_zero(db, "presence").await?,
         })
     }
 }
@@ -60,7 +64,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_short_tokens() {
-        let t = SyncToken { events: 5, account_data: 2, receipts: 9, typing: 1700000000000, to_device: 3, device_lists: 4 };
+        let t = SyncToken { events: 5, account_data: 2, receipts: 9, typing: 1700000000000, to_device: 3, device_lists: 4, presence: 7 };
         assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
         // A bare timeline token is a valid sync token with zeroed other streams.
         assert_eq!(SyncToken::parse("s42").unwrap(), SyncToken { events: 42, ..Default::default() });

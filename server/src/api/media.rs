@@ -1,9 +1,444 @@
-//! The media repository API (`/_matrix/media/*` and `/_matrix/client/v1/media/*`). (to be written)
+//! The media repository API: uploads (`/_matrix/media/v3/upload`, `/v1/create`), the
+//! authenticated `/_matrix/client/v1/media/*` endpoints and the legacy `/_matrix/media/v3/*`
+//! ones. Logic lives in `weft_core::media`.
+//!
+//! Uploads are streamed to disk (never held in memory whole) and files are streamed back.
+//! Only local media exists: an MXC URI of another server is 404 until federation exists.
 
-use axum::Router;
+// The legacy `/_matrix/media/v3/*` endpoints are deprecated since Matrix 1.11 but still served.
+#![allow(deprecated)]
 
-use crate::state::AppState;
+use std::{future::Future, time::Duration};
+
+use axum::{
+    body::Body,
+    extract::{FromRequestParts, Path, Request, State},
+    http::{header, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter},
+    Router,
+};
+use futures::StreamExt;
+use ruma::{
+    api::{
+        client::{authenticated_media as v1, media as legacy},
+        path_builder::PathBuilder,
+        IncomingRequest, IncomingRequestExt,
+    },
+    http_headers::{ContentDisposition, ContentDispositionType},
+    MilliSecondsSinceUnixEpoch, OwnedMxcUri, UInt,
+};
+use tokio::io::AsyncReadExt;
+use weft_core::media::{
+    preview::PreviewSettings,
+    thumbnail::{Method, Spec, Thumbnail},
+    MediaError, MediaRecord, Repo, Settings, Target, Upload,
+};
+
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::{authenticate, AuthRequirement, AuthUser, Ruma, RumaResponse, RumaRoute},
+    state::AppState,
+};
 
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
+        .ruma(create_mxc)
+        .ruma(config_v1)
+        .ruma(config_legacy)
+        .ruma(preview_v1)
+        .ruma(preview_legacy);
+    let router = upload_route::<legacy::create_content::v3::Request, _, _>(router, upload_new);
+    let router = upload_route::<legacy::create_content_async::v3::Request, _, _>(router, upload_pending);
+    let router = raw_route(router, download_v1);
+    let router = raw_route(router, download_as_v1);
+    let router = raw_route(router, thumbnail_v1);
+    let router = raw_route(router, download_legacy);
+    let router = raw_route(router, download_as_legacy);
+    raw_route(router, thumbnail_legacy)
+}
+
+/// The media repository as configured.
+fn repo(state: &AppState) -> Repo {
+    let c = &state.config.media;
+    // Validated at startup, so no range fails to parse here.
+    let ranges = |list: &[String]| list.iter().filter_map(|r| r.parse().ok()).collect();
+    let settings = Settings {
+        path: c.path.clone(),
+        max_upload_size: c.max_upload_size as u64,
+        max_user_storage: c.max_user_storage,
+        enable_authenticated_media: c.enable_authenticated_media,
+        unused_expiration: c.unused_expiration_time,
+        max_pending_uploads: c.max_pending_media_uploads,
+        preview: PreviewSettings {
+            enabled: c.url_preview_enabled,
+            extra_blocklist: ranges(&c.url_preview_ip_blocklist),
+            allowlist: ranges(&c.url_preview_ip_allowlist),
+            max_size: c.url_preview_max_size,
+            timeout: c.url_preview_timeout,
+        },
+    };
+    Repo::new(state.db.clone(), state.core.server_name.clone(), settings)
+}
+
+impl From<MediaError> for MatrixError {
+    fn from(err: MediaError) -> MatrixError {
+        let custom = |status, errcode, message: String| MatrixError { status, errcode, message, extra: None };
+        match err {
+            MediaError::Core(e) => e.into(),
+            MediaError::NotFound(m) => MatrixError::not_found(m),
+            MediaError::Forbidden(m) => MatrixError::forbidden(m),
+            MediaError::TooLarge(m) => MatrixError::too_large(m),
+            MediaError::InvalidParam(m) => MatrixError::invalid_param(m),
+            // Synapse's answer to its media upload limits.
+            MediaError::QuotaExceeded(m) => custom(StatusCode::BAD_REQUEST, "M_RESOURCE_LIMIT_EXCEEDED", m),
+            MediaError::TooManyPending(m) => custom(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", m),
+            e @ MediaError::CannotOverwrite => custom(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", e.to_string()),
+            e @ MediaError::NotYetUploaded => custom(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", e.to_string()),
+            // The spec's answer when "the server cannot thumbnail the content".
+            MediaError::CannotThumbnail(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_REQUEST),
+            MediaError::Upstream(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_GATEWAY),
+        }
+    }
+}
+
+fn mxc(state: &AppState, media_id: &str) -> OwnedMxcUri {
+    OwnedMxcUri::from(format!("mxc://{}/{media_id}", state.core.server_name))
+}
+
+// ----- Uploads -----
+
+/// Mounts an upload handler on every path of `Req`. Uploads bypass `Ruma<T>` so that the
+/// body is streamed to disk instead of buffered.
+fn upload_route<Req, F, Fut>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthRequirement,
+    F: Fn(AppState, Req, AuthUser, Request) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<Response>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    for path in Req::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            on(filter, move |State(state): State<AppState>, req: Request| async move {
+                let (mut parts, body) = req.into_parts();
+                let (parsed, user) = parse_head::<Req>(&state, &mut parts).await?;
+                handler(state, parsed, user, Request::from_parts(parts, body)).await
+            }),
+        );
+    }
+    router
+}
+
+/// Authenticates, rate limits and parses an upload's path, query and headers with ruma,
+/// leaving its body unread.
+async fn parse_head<Req>(state: &AppState, parts: &mut http::request::Parts) -> ApiResult<(Req, AuthUser)>
+where
+    Req: IncomingRequest,
+    Req::Authentication: AuthRequirement,
+{
+    let args: Vec<String> = Path::<Vec<String>>::from_request_parts(parts, state).await.map(|p| p.0).unwrap_or_default();
+    let user = authenticate(state, parts, Req::Authentication::NEED)
+        .await?
+        .ok_or_else(|| MatrixError::missing_token("Missing access token"))?;
+    if Req::RATE_LIMITED && !user.is_admin {
+        state.rate_limiter.check(user.user_id.as_str()).map_err(MatrixError::limit_exceeded)?;
+    }
+    let mut head = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+    for (name, value) in &parts.headers {
+        head = head.header(name, value);
+    }
+    let head = head.body(&[][..]).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parsed = Req::try_from_http_request(head, &args).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
+    Ok((parsed, user))
+}
+
+/// `POST /_matrix/media/v3/upload`.
+async fn upload_new(
+    state: AppState,
+    req: legacy::create_content::v3::Request,
+    user: AuthUser,
+    http: Request,
+) -> ApiResult<Response> {
+    let repo = repo(&state);
+    let upload = receive(&repo, &user, http).await?;
+    let media_id = repo
+        .finish_upload(user.user_id.as_str(), upload, Target::New, req.content_type.as_deref(), req.filename.as_deref())
+        .await?;
+    Ok(RumaResponse(legacy::create_content::v3::Response::new(mxc(&state, &media_id))).into_response())
+}
+
+/// `PUT /_matrix/media/v3/upload/{serverName}/{mediaId}`: content for a `/create` ID.
+async fn upload_pending(
+    state: AppState,
+    req: legacy::create_content_async::v3::Request,
+    user: AuthUser,
+    http: Request,
+) -> ApiResult<Response> {
+    let repo = repo(&state);
+    // Refused before any byte is read: someone else's ID, already uploaded, expired.
+    repo.check_pending(req.server_name.as_str(), &req.media_id, user.user_id.as_str()).await?;
+    let upload = receive(&repo, &user, http).await?;
+    repo.finish_upload(
+        user.user_id.as_str(),
+        upload,
+        Target::Pending(&req.media_id),
+        req.content_type.as_deref(),
+        req.filename.as_deref(),
+    )
+    .await?;
+    // ruma's response type here is an empty struct without a public constructor.
+    Ok(axum::Json(serde_json::json!({})).into_response())
+}
+
+/// Streams the body into a temporary file. A body cut short (the connection dropped before
+/// Content-Length bytes came) is an error, and the temporary file goes away with it.
+async fn receive(repo: &Repo, user: &AuthUser, http: Request) -> ApiResult<Upload> {
+    let announced = http
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    repo.check_upload_size(user.user_id.as_str(), announced).await?;
+    let mut upload = repo.begin_upload().await?;
+    let mut body = http.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| MatrixError::unknown(format!("Upload interrupted: {e}")).with_status(StatusCode::BAD_REQUEST))?;
+        upload.write(&chunk).await?;
+    }
+    Ok(upload)
+}
+
+/// `POST /_matrix/media/v1/create`.
+async fn create_mxc(
+    state: AppState,
+    req: Ruma<legacy::create_mxc_uri::v1::Request>,
+) -> ApiResult<legacy::create_mxc_uri::v1::Response> {
+    let user = req.sender()?;
+    let (media_id, expires) = repo(&state).create_pending(user.user_id.as_str()).await?;
+    let mut res = legacy::create_mxc_uri::v1::Response::new(mxc(&state, &media_id));
+    res.unused_expires_at = UInt::try_from(expires).ok().map(MilliSecondsSinceUnixEpoch);
+    Ok(res)
+}
+
+// ----- Config and previews -----
+
+fn upload_size(state: &AppState) -> UInt {
+    UInt::try_from(state.config.media.max_upload_size as u64).unwrap_or(UInt::MAX)
+}
+
+async fn config_v1(state: AppState, _req: Ruma<v1::get_media_config::v1::Request>) -> ApiResult<v1::get_media_config::v1::Response> {
+    Ok(v1::get_media_config::v1::Response::new(upload_size(&state)))
+}
+
+async fn config_legacy(
+    state: AppState,
+    _req: Ruma<legacy::get_media_config::v3::Request>,
+) -> ApiResult<legacy::get_media_config::v3::Response> {
+    Ok(legacy::get_media_config::v3::Response::new(upload_size(&state)))
+}
+
+async fn preview(state: &AppState, user: &AuthUser, url: &str) -> ApiResult<serde_json::Value> {
+    if !state.config.media.url_preview_enabled {
+        // As Synapse: the endpoint does not exist while previews are off.
+        return Err(MatrixError::unrecognized("URL previews are disabled on this server"));
+    }
+    Ok(repo(state).preview_url(user.user_id.as_str(), url).await?)
+}
+
+async fn preview_v1(state: AppState, req: Ruma<v1::get_media_preview::v1::Request>) -> ApiResult<v1::get_media_preview::v1::Response> {
+    let og = preview(&state, req.sender()?, &req.url).await?;
+    v1::get_media_preview::v1::Response::from_serialize(&og).map_err(|e| MatrixError::unknown(e.to_string()))
+}
+
+async fn preview_legacy(
+    state: AppState,
+    req: Ruma<legacy::get_media_preview::v3::Request>,
+) -> ApiResult<legacy::get_media_preview::v3::Response> {
+    let og = preview(&state, req.sender()?, &req.url).await?;
+    legacy::get_media_preview::v3::Response::from_serialize(&og).map_err(|e| MatrixError::unknown(e.to_string()))
+}
+
+// ----- Downloads and thumbnails -----
+
+/// Mounts a handler answering with its own `Response` (a file) on every path of `Req`.
+fn raw_route<Req, F, Fut>(mut router: Router<AppState>, handler: F) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthRequirement,
+    F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<Response>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    for path in Req::PATH_BUILDER.all_paths() {
+        let handler = handler.clone();
+        router = router.route(
+            path,
+            on(filter, move |State(state): State<AppState>, req: Ruma<Req>| async move { handler(state, req).await }),
+        );
+    }
+    router
+}
+
+/// Which family of endpoints a download came through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    Authenticated,
+    /// `/_matrix/media/v3/*`: no access token; refuses media uploaded under authenticated media.
+    Legacy,
+}
+
+/// Finds uploaded local media for a download through `api`.
+async fn find(repo: &Repo, server_name: &str, media_id: &str, timeout: Duration, api: Api) -> ApiResult<MediaRecord> {
+    let record = repo.uploaded(server_name, media_id, timeout).await?;
+    if api == Api::Legacy && repo.settings.enable_authenticated_media && record.authenticated {
+        return Err(MatrixError::not_found("Media not found (use the authenticated media endpoints)"));
+    }
+    Ok(record)
+}
+
+async fn download(
+    state: &AppState,
+    server_name: &str,
+    media_id: &str,
+    filename: Option<String>,
+    timeout: Duration,
+    api: Api,
+) -> ApiResult<Response> {
+    let repo = repo(state);
+    let record = find(&repo, server_name, media_id, timeout, api).await?;
+    let file = repo.open(&record).await?;
+    let content_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
+    let filename = filename.or(record.filename.clone());
+    Ok(file_response(file, record.size as u64, content_type, filename, api))
+}
+
+async fn download_v1(state: AppState, req: Ruma<v1::get_content::v1::Request>) -> ApiResult<Response> {
+    download(&state, req.server_name.as_str(), &req.media_id, None, req.timeout_ms, Api::Authenticated).await
+}
+
+async fn download_as_v1(state: AppState, req: Ruma<v1::get_content_as_filename::v1::Request>) -> ApiResult<Response> {
+    let name = Some(req.filename.clone());
+    download(&state, req.server_name.as_str(), &req.media_id, name, req.timeout_ms, Api::Authenticated).await
+}
+
+async fn download_legacy(state: AppState, req: Ruma<legacy::get_content::v3::Request>) -> ApiResult<Response> {
+    download(&state, req.server_name.as_str(), &req.media_id, None, req.timeout_ms, Api::Legacy).await
+}
+
+async fn download_as_legacy(state: AppState, req: Ruma<legacy::get_content_as_filename::v3::Request>) -> ApiResult<Response> {
+    let name = Some(req.filename.clone());
+    download(&state, req.server_name.as_str(), &req.media_id, name, req.timeout_ms, Api::Legacy).await
+}
+
+/// The parts of a thumbnail request both endpoint families share.
+struct ThumbnailQuery<'a> {
+    server_name: &'a str,
+    media_id: &'a str,
+    width: UInt,
+    height: UInt,
+    method: Option<&'a ruma::media::Method>,
+    animated: Option<bool>,
+    timeout: Duration,
+}
+
+async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResult<Response> {
+    let method = match q.method {
+        None | Some(ruma::media::Method::Scale) => Method::Scale,
+        Some(ruma::media::Method::Crop) => Method::Crop,
+        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown thumbnail method {:?}", other.as_str()))),
+    };
+    let dim = |v: UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
+    let spec = Spec { width: dim(q.width), height: dim(q.height), method, animated: q.animated.unwrap_or(false) };
+    let repo = repo(state);
+    let record = find(&repo, q.server_name, q.media_id, q.timeout, api).await?;
+    match repo.thumbnail(&record, spec).await? {
+        Thumbnail::Stored(thumb) => {
+            let file = repo.open_blob(&thumb.sha256).await?;
+            Ok(file_response(file, thumb.size as u64, &thumb.content_type, None, api))
+        }
+        Thumbnail::Original => {
+            let file = repo.open(&record).await?;
+            let content_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
+            Ok(file_response(file, record.size as u64, content_type, None, api))
+        }
+    }
+}
+
+async fn thumbnail_v1(state: AppState, req: Ruma<v1::get_content_thumbnail::v1::Request>) -> ApiResult<Response> {
+    let q = ThumbnailQuery {
+        server_name: req.server_name.as_str(),
+        media_id: &req.media_id,
+        width: req.width,
+        height: req.height,
+        method: req.method.as_ref(),
+        animated: req.animated,
+        timeout: req.timeout_ms,
+    };
+    thumbnail(&state, q, Api::Authenticated).await
+}
+
+async fn thumbnail_legacy(state: AppState, req: Ruma<legacy::get_content_thumbnail::v3::Request>) -> ApiResult<Response> {
+    let q = ThumbnailQuery {
+        server_name: req.server_name.as_str(),
+        media_id: &req.media_id,
+        width: req.width,
+        height: req.height,
+        method: req.method.as_ref(),
+        animated: req.animated,
+        timeout: req.timeout_ms,
+    };
+    thumbnail(&state, q, Api::Legacy).await
+}
+
+/// Content that a browser must never run as part of the homeserver's origin.
+const MEDIA_CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; \
+                         style-src 'unsafe-inline'; media-src 'self'; object-src 'self';";
+
+/// A stored file as a response, with the headers that make serving user content safe:
+/// `inline` only for the spec's safe types, `attachment` otherwise, a sandboxing CSP, and no
+/// content sniffing.
+fn file_response(file: tokio::fs::File, size: u64, content_type: &str, filename: Option<String>, api: Api) -> Response {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let disposition_type = if ruma::api::client::media::is_safe_inline_content_type(&essence) {
+        ContentDispositionType::Inline
+    } else {
+        ContentDispositionType::Attachment
+    };
+    let disposition = ContentDisposition::new(disposition_type.clone()).with_filename(filename.filter(|f| !f.is_empty()));
+    let disposition = HeaderValue::from_str(&disposition.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_str(&ContentDisposition::new(disposition_type).to_string()).expect("a bare type is valid"));
+    let content_type =
+        HeaderValue::from_str(content_type).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    // Media never changes once uploaded; authenticated media is not for shared caches.
+    let cache = match api {
+        Api::Authenticated => "private, max-age=86400",
+        Api::Legacy => "public, max-age=86400",
+    };
+    let mut response = Response::new(Body::from_stream(file_stream(file)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    headers.insert(header::CONTENT_DISPOSITION, disposition);
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(MEDIA_CSP));
+    headers.insert(HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// A file as a stream of chunks, read as the client takes them.
+fn file_stream(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.truncate(n);
+        Ok(Some((bytes::Bytes::from(buf), file)))
+    })
 }

@@ -48,7 +48,8 @@ fn ensure_node_modules() {
     }
     require_tool("node");
     let dir = js_dir();
-    if !dir.join("node_modules/matrix-js-sdk/package.json").exists() {
+    // Re-install when a dependency added to package.json later is missing.
+    if ["matrix-js-sdk", "fake-indexeddb"].iter().any(|p| !dir.join(format!("node_modules/{p}/package.json")).exists()) {
         require_tool("npm");
         let output = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])

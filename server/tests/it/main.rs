@@ -13,5 +13,8 @@ mod sync;
 mod push;
 mod js_sdk_rooms;
 mod e2ee;
+mod js_sdk_e2ee;
 mod media;
+mod js_sdk_media;
 mod durability;
+mod sliding_sync;

@@ -90,6 +90,14 @@ both_backends!(search_finds_visible_messages, |backend| async move {
     assert_eq!(results[0]["result"]["type"], "m.room.name");
     let (_, body) = search(&alice, json!({"search_term": "fox", "keys": ["content.name"]})).await;
     assert_eq!(result_bodies(&body), Vec::<String>::new());
+    // After leaving, bob still finds what he saw, but nothing sent later.
+    let (status, body) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    send_ok(&alice, &room, "5", "a fox after bob left").await;
+    let (_, body) = search(&bob, json!({"search_term": "fox", "order_by": "recent"})).await;
+    assert_eq!(result_bodies(&body), vec!["another fox appears", "the quick brown fox"], "{body}");
+    let (_, body) = search(&alice, json!({"search_term": "fox", "order_by": "recent"})).await;
+    assert_eq!(result_bodies(&body)[0], "a fox after bob left");
     // Query syntax is text, never an error.
     let (status, body) = search(&alice, json!({"search_term": "fox NEAR( \" * OR -"})).await;
     assert_eq!(status, 200, "{body}");

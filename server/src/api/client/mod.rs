@@ -16,6 +16,7 @@ pub mod keys;
 pub mod members;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
 pub mod push;
 pub mod receipt;
@@ -25,6 +26,7 @@ pub mod report;
 pub mod room;
 pub mod search;
 pub mod session;
+pub mod sliding_sync;
 pub mod space;
 pub mod state;
 pub mod sync;
@@ -94,7 +96,10 @@ pub fn router() -> Router<AppState> {
         .ruma(state::get_one)
         .ruma(state::put)
         .ruma_json(sync::sync_v3)
+        .ruma_json(sliding_sync::sync_v5)
         .ruma(typing::set_typing)
+        .ruma(presence::set)
+        .ruma(presence::get)
         .ruma(receipt::create)
         .ruma(receipt::read_markers)
 }

@@ -44,7 +44,7 @@ fn check_categories(json_body: &Option<Value>) -> ApiResult<()> {
 fn parse_keys(criteria: &Criteria) -> ApiResult<Vec<&'static str>> {
     match &criteria.keys {
         None => Ok(search::KEYS.to_vec()),
-        Some(keys) => keys.iter().map(|k: &SearchKeys| Ok(search::parse_key(k.as_str())?)).collect(),
+        Some(keys) => keys.iter().map(|k: &SearchKeys| search::parse_key(k.as_str()).map_err(MatrixError::from)).collect(),
     }
 }
 

@@ -33,6 +33,15 @@ pub async fn sync_v3(state: AppState, req: Ruma<sync_events::v3::Request>) -> Ap
         Some(_) => FilterDefinition::default(),
     };
     let since = req.since.as_deref().map(SyncToken::parse).transpose()?;
+    // Syncing is activity: it marks the user online unless the client says otherwise.
+    let presence = match &req.set_presence {
+        ruma::presence::PresenceState::Offline => None,
+        ruma::presence::PresenceState::Unavailable => Some("unavailable"),
+        _ => Some("online"),
+    };
+    if let Some(p) = presence {
+        weft_core::presence::set(&state.core, user.user_id.as_str(), p, None).await?;
+    }
     let request = SyncRequest {
         user_id: user.user_id.to_string(),
         device_id: user.device_id.to_string(),

@@ -21,7 +21,7 @@ async fn search(state: AppState, req: Ruma<search_users::v3::Request>) -> ApiRes
             let mut out = search_users::v3::User::new(OwnedUserId::try_from(u.user_id).ok()?);
             out.display_name = u.display_name;
             // A malformed stored avatar URL is left out rather than failing the search.
-            out.avatar_url = u.avatar_url.and_then(|a| Some(OwnedMxcUri::from(a)).filter(|m| m.is_valid()));
+            out.avatar_url = u.avatar_url.map(OwnedMxcUri::from).filter(|m| m.is_valid());
             Some(out)
         })
         .collect();

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Weft and Synapse on one machine (loopback only).
+#
+#   bench/run.sh [--db sqlite|postgres] [--quick] [-- extra weft-bench run args]
+#
+# Installs Synapse into a virtualenv ($HOME/.cache/weft-bench-venv) if missing, starts Synapse
+# and Weft with fresh databases and rate limits off, runs every weft-bench scenario against
+# each with the same parameters, stops both, and prints a comparison table. See bench/README.md.
+set -euo pipefail
+
+DB=sqlite
+QUICK=()
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --db) DB="$2"; shift 2 ;;
+        --db=*) DB="${1#--db=}"; shift ;;
+        --quick) QUICK=(--quick); shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case "$DB" in sqlite|postgres) ;; *) echo "--db must be sqlite or postgres" >&2; exit 2 ;; esac
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft-target}"
+VENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-venv}"
+PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
+SECRET="bench-secret-$RANDOM$RANDOM"
+export WEFT_BENCH_SECRET="$SECRET"
+WORK="$(mktemp -d /tmp/weft-bench.XXXXXX)"
+RESULTS="${WEFT_BENCH_RESULTS:-$HOME/.cache/weft-bench-results}/$(date -u +%Y%m%dT%H%M%SZ)-$DB${QUICK:+-quick}"
+mkdir -p "$RESULTS"
+SYN_PID=""
+WEFT_PID=""
+SYN_DB=weft_bench_synapse
+WEFT_DB=weft_bench_weft
+
+log() { echo "== $*" >&2; }
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qtAc "$1"; }
+
+stop_pid() {
+    local pid="$1" name="$2"
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
+}
+
+cleanup() {
+    stop_pid "$WEFT_PID" weft
+    stop_pid "$SYN_PID" synapse
+    if [ "$DB" = postgres ]; then
+        psql_admin "DROP DATABASE IF EXISTS $SYN_DB WITH (FORCE)" || true
+        psql_admin "DROP DATABASE IF EXISTS $WEFT_DB WITH (FORCE)" || true
+    fi
+    # Keep the server logs with the results; drop the databases and the rest.
+    cp "$WORK"/synapse/homeserver.log "$RESULTS/synapse.log" 2>/dev/null || true
+    cp "$WORK"/weft/weft.log "$RESULTS/weft.log" 2>/dev/null || true
+    cp "$WORK"/synapse/stderr.log "$RESULTS/synapse.stderr.log" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- Synapse install (once) -------------------------------------------------------------------
+if ! "$VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
+    log "installing matrix-synapse into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --upgrade pip
+    "$VENV/bin/pip" install --quiet matrix-synapse psycopg2-binary
+fi
+SYN_VERSION="$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
+log "Synapse $SYN_VERSION"
+
+# --- Build Weft and the load generator ---------------------------------------------------------
+log "building weft and weft-bench (release)"
+(cd "$ROOT" && cargo build --release -p weft -p weft-bench)
+WEFT_BIN="$CARGO_TARGET_DIR/release/weft"
+BENCH_BIN="$CARGO_TARGET_DIR/release/weft-bench"
+
+# --- Fresh databases ---------------------------------------------------------------------------
+mkdir -p "$WORK/synapse/data" "$WORK/weft"
+if [ "$DB" = postgres ]; then
+    for d in "$SYN_DB" "$WEFT_DB"; do psql_admin "DROP DATABASE IF EXISTS $d WITH (FORCE)"; done
+    psql_admin "CREATE DATABASE $SYN_DB LC_COLLATE='C' LC_CTYPE='C' ENCODING 'UTF8' TEMPLATE template0"
+    psql_admin "CREATE DATABASE $WEFT_DB"
+    SYN_DB_ARG="$SYN_DB"
+    WEFT_DB_URL="$PG_URL_BASE/$WEFT_DB"
+else
+    SYN_DB_ARG="$WORK/synapse/data/homeserver.db"
+    WEFT_DB_URL="sqlite://$WORK/weft/weft.db"
+fi
+
+# --- Synapse -----------------------------------------------------------------------------------
+SYN_PORT="$(free_port)"
+log "generating Synapse config in $WORK/synapse"
+(cd "$WORK/synapse" && "$VENV/bin/python" -m synapse.app.homeserver \
+    --server-name synapse.bench \
+    --config-path "$WORK/synapse/homeserver.yaml" \
+    --data-directory "$WORK/synapse/data" \
+    --generate-config --report-stats=no >/dev/null)
+"$VENV/bin/python" "$ROOT/bench/synapse_config.py" "$WORK/synapse/homeserver.yaml" "$SYN_PORT" "$SECRET" "$DB" "$SYN_DB_ARG"
+log "starting Synapse on 127.0.0.1:$SYN_PORT ($DB)"
+(cd "$WORK/synapse" && exec "$VENV/bin/python" -m synapse.app.homeserver -c "$WORK/synapse/homeserver.yaml" \
+    >"$WORK/synapse/stderr.log" 2>&1) &
+SYN_PID=$!
+
+# --- Weft --------------------------------------------------------------------------------------
+WEFT_PORT="$(free_port)"
+cat >"$WORK/weft/weft.toml" <<EOF
+server_name = "weft.bench"
+public_baseurl = "http://127.0.0.1:$WEFT_PORT/"
+signing_key_path = "$WORK/weft/signing.key"
+
+[database]
+url = "$WEFT_DB_URL"
+
+[[listeners]]
+address = "127.0.0.1"
+port = $WEFT_PORT
+apis = ["client", "media", "admin"]
+
+[registration]
+enabled = false
+shared_secret = "$SECRET"
+
+[rate_limits]
+enabled = false
+
+[media]
+path = "$WORK/weft/media"
+
+[federation]
+enabled = false
+EOF
+log "starting Weft on 127.0.0.1:$WEFT_PORT ($DB)"
+(cd "$WORK/weft" && exec "$WEFT_BIN" serve --config "$WORK/weft/weft.toml" >"$WORK/weft/weft.log" 2>&1) &
+WEFT_PID=$!
+
+wait_up() {
+    local name="$1" port="$2" pid="$3"
+    for _ in $(seq 1 300); do
+        if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
+            log "$name is up"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited during start-up; its logs:" >&2
+            tail -n 40 "$WORK/synapse/stderr.log" "$WORK/synapse/homeserver.log" "$WORK/weft/weft.log" 2>/dev/null >&2 || true
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "$name did not answer /_matrix/client/versions within 150 s" >&2
+    return 1
+}
+wait_up weft "$WEFT_PORT" "$WEFT_PID"
+wait_up synapse "$SYN_PORT" "$SYN_PID"
+
+# --- Scenarios ---------------------------------------------------------------------------------
+run_one() {
+    local name="$1" port="$2" pid="$3"
+    log "running scenarios against $name"
+    "$BENCH_BIN" run --base "http://127.0.0.1:$port" --server "$name" --pid "$pid" \
+        ${QUICK[@]+"${QUICK[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} | tee "$RESULTS/$name.jsonl"
+}
+run_one weft "$WEFT_PORT" "$WEFT_PID"
+run_one synapse "$SYN_PORT" "$SYN_PID"
+
+stop_pid "$WEFT_PID" weft; WEFT_PID=""
+stop_pid "$SYN_PID" synapse; SYN_PID=""
+
+# --- Table -------------------------------------------------------------------------------------
+{
+    echo "Weft ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')) vs Synapse $SYN_VERSION, database $DB${QUICK:+, quick}"
+    echo
+    "$BENCH_BIN" compare "$RESULTS/weft.jsonl" "$RESULTS/synapse.jsonl"
+} | tee "$RESULTS/table.md"
+log "results in $RESULTS"

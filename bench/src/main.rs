@@ -1,0 +1,191 @@
+//! `weft-bench`: a Client-Server API load generator for comparing homeservers (Weft and
+//! Synapse) on the same workload. Loopback targets only.
+//!
+//! `weft-bench run --base http://127.0.0.1:PORT --server NAME --secret S [--pid PID] [--quick]`
+//! prints one JSON line per scenario; `weft-bench compare A.jsonl B.jsonl` prints a table.
+
+mod client;
+mod compare;
+mod scenarios;
+mod stats;
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "weft-bench", about = "Client-Server API load generator (Weft vs Synapse)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the scenarios against one server; one JSON line per scenario on stdout.
+    Run(RunArgs),
+    /// Compare two result files (JSON lines): a table with A/B ratios.
+    Compare {
+        /// Results of the server under study (e.g. Weft).
+        a: PathBuf,
+        /// Results of the reference server (e.g. Synapse).
+        b: PathBuf,
+    },
+}
+
+const ALL: &str = "send,fanout,initial_sync,join,messages,sliding_sync";
+
+#[derive(Args)]
+struct RunArgs {
+    /// Base URL of the server (loopback only), e.g. http://127.0.0.1:8008
+    #[arg(long)]
+    base: String,
+    /// Name written in the results ("weft", "synapse").
+    #[arg(long)]
+    server: String,
+    /// The server's registration shared secret.
+    #[arg(long, env = "WEFT_BENCH_SECRET")]
+    secret: String,
+    /// PID of the server process: its peak RSS (VmHWM) is printed after the scenarios.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Small parameters (a few minutes for both servers).
+    #[arg(long)]
+    quick: bool,
+    /// Comma-separated scenarios to run.
+    #[arg(long, default_value = ALL)]
+    scenarios: String,
+    /// Upper bound on each scenario's timed part, in seconds.
+    #[arg(long)]
+    scenario_timeout: Option<u64>,
+    /// Timeout of one HTTP request, in seconds.
+    #[arg(long, default_value_t = 60)]
+    request_timeout: u64,
+    #[arg(long)]
+    send_concurrency: Option<usize>,
+    #[arg(long)]
+    send_total: Option<usize>,
+    #[arg(long)]
+    fanout_receivers: Option<usize>,
+    #[arg(long)]
+    fanout_messages: Option<usize>,
+    #[arg(long)]
+    fanout_gap_ms: Option<u64>,
+    #[arg(long)]
+    isync_rooms: Option<usize>,
+    #[arg(long)]
+    isync_messages: Option<usize>,
+    #[arg(long)]
+    isync_reps: Option<usize>,
+    #[arg(long)]
+    join_users: Option<usize>,
+    #[arg(long)]
+    messages_events: Option<usize>,
+    #[arg(long)]
+    sliding_reps: Option<usize>,
+}
+
+/// Resolved scenario parameters.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub scenario_timeout: u64,
+    pub send_concurrency: usize,
+    pub send_total: usize,
+    pub fanout_receivers: usize,
+    pub fanout_messages: usize,
+    pub fanout_gap_ms: u64,
+    pub isync_rooms: usize,
+    pub isync_messages: usize,
+    pub isync_reps: usize,
+    pub join_users: usize,
+    pub messages_events: usize,
+    pub sliding_reps: usize,
+}
+
+impl RunArgs {
+    fn params(&self) -> Params {
+        let qf = |explicit: Option<usize>, quick: usize, full: usize| explicit.unwrap_or(if self.quick { quick } else { full }).max(1);
+        Params {
+            scenario_timeout: self.scenario_timeout.unwrap_or(if self.quick { 120 } else { 300 }),
+            send_concurrency: qf(self.send_concurrency, 4, 10),
+            send_total: qf(self.send_total, 300, 2000),
+            fanout_receivers: qf(self.fanout_receivers, 10, 50),
+            fanout_messages: qf(self.fanout_messages, 20, 50),
+            fanout_gap_ms: self.fanout_gap_ms.unwrap_or(100),
+            isync_rooms: qf(self.isync_rooms, 20, 50),
+            isync_messages: qf(self.isync_messages, 10, 20),
+            isync_reps: qf(self.isync_reps, 3, 5),
+            join_users: qf(self.join_users, 50, 200),
+            messages_events: qf(self.messages_events, 500, 2000),
+            sliding_reps: qf(self.sliding_reps, 3, 5),
+        }
+    }
+}
+
+fn emit(v: &serde_json::Value) {
+    println!("{v}");
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let srv = client::Server::new(&args.base, &args.secret, Duration::from_secs(args.request_timeout))?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let run_id = format!("{:x}", nanos % 0xffff_ffff);
+    let ctx = scenarios::Ctx { srv, server: args.server.clone(), run_id, p: args.params() };
+    eprintln!("[{}] params: {:?}", ctx.server, ctx.p);
+    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let mut many = None;
+    for name in wanted {
+        eprintln!("[{}] scenario {name} ...", ctx.server);
+        let t = std::time::Instant::now();
+        let result = match name {
+            "send" => {
+                match scenarios::send(&ctx, false).await {
+                    Ok(l) => emit(&l),
+                    Err(e) => emit(&failed("send", &ctx.server, &e)),
+                }
+                scenarios::send(&ctx, true).await
+            }
+            "fanout" => scenarios::fanout(&ctx).await,
+            "initial_sync" | "sliding_sync" => {
+                if many.is_none() {
+                    match scenarios::many_rooms(&ctx).await {
+                        Ok(m) => many = Some(m),
+                        Err(e) => {
+                            emit(&failed(name, &ctx.server, &e));
+                            continue;
+                        }
+                    }
+                }
+                let m = many.as_ref().expect("set above");
+                if name == "initial_sync" { scenarios::initial_sync(&ctx, m).await } else { scenarios::sliding_sync(&ctx, m).await }
+            }
+            "join" => scenarios::join(&ctx).await,
+            "messages" => scenarios::messages(&ctx).await,
+            other => Err(anyhow::anyhow!("unknown scenario {other} (known: {ALL})")),
+        };
+        match result {
+            Ok(l) => emit(&l),
+            Err(e) => emit(&failed(name, &ctx.server, &e)),
+        }
+        eprintln!("[{}] scenario {name} done in {:.1}s", ctx.server, t.elapsed().as_secs_f64());
+    }
+    if let Some(pid) = args.pid {
+        emit(&scenarios::peak_rss(&ctx.server, pid));
+    }
+    Ok(())
+}
+
+/// A scenario that could not run (its setup failed): still one line, with the reason.
+fn failed(scenario: &str, server: &str, e: &anyhow::Error) -> serde_json::Value {
+    json!({ "scenario": scenario, "server": server, "failed": format!("{e:#}"), "errors": 1 })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(args) => run(args).await,
+        Cmd::Compare { a, b } => compare::compare(&a, &b),
+    }
+}

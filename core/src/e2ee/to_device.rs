@@ -1,0 +1,159 @@
+//! Send-to-device messages: stored per recipient device at a position of the `to_device`
+//! stream, delivered by sync in order, and deleted only once a later sync's `since` token shows
+//! the device received them.
+
+use serde_json::{json, Value};
+use sqlx::AnyConnection;
+
+use crate::{streams, util::now_ms, Core, Result};
+
+/// Where one message goes: one device, or every device of the user (`*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Device(String),
+    AllDevices,
+}
+
+/// One `/sendToDevice`: `(recipient user, target, content)`.
+pub struct Send<'a> {
+    pub sender: &'a str,
+    pub sender_device: &'a str,
+    pub txn_id: &'a str,
+    pub event_type: &'a str,
+    pub messages: Vec<(String, Target, Value)>,
+}
+
+/// Stores the messages of one send, once per (sender device, txn ID); returns whether this
+/// call stored them (false for a retried transaction). Recipients on other servers are
+/// skipped (no federation yet), as are devices that do not exist.
+pub async fn send(core: &Core, send: &Send<'_>) -> Result<bool> {
+    let mut tx = core.db.write().await?;
+    let fresh = sqlx::query(
+        "INSERT INTO to_device_txns (user_id, device_id, txn_id, created_ts) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (user_id, device_id, txn_id) DO NOTHING",
+    )
+    .bind(send.sender)
+    .bind(send.sender_device)
+    .bind(send.txn_id)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    let mut deliveries = Vec::new();
+    for (user, target, content) in &send.messages {
+        for device in target_devices(&mut tx, user, target).await? {
+            deliveries.push((user.as_str(), device, content));
+        }
+    }
+    if !deliveries.is_empty() {
+        let pos = streams::next_pos(&mut tx, "to_device").await?;
+        for (seq, (user, device, content)) in deliveries.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO to_device_messages (recipient_user, recipient_device, stream_pos, seq, sender, event_type, content)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(*user)
+            .bind(device)
+            .bind(pos)
+            .bind(seq as i64)
+            .bind(send.sender)
+            .bind(send.event_type)
+            .bind(content.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    let mut users: Vec<&str> = deliveries.iter().map(|d| d.0).collect();
+    users.sort_unstable();
+    users.dedup();
+    for user in users {
+        core.notifier.user_changed(user);
+    }
+    Ok(true)
+}
+
+async fn target_devices(conn: &mut AnyConnection, user_id: &str, target: &Target) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = match target {
+        Target::AllDevices => {
+            sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id").bind(user_id).fetch_all(conn).await?
+        }
+        Target::Device(d) => {
+            sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(d)
+                .fetch_all(conn)
+                .await?
+        }
+    };
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// A stored message with its position.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub stream_pos: i64,
+    pub event: Value,
+}
+
+/// The device's undelivered-or-unacknowledged messages in `(after, up_to]`, oldest first, at
+/// most `limit`.
+pub async fn pending(conn: &mut AnyConnection, user_id: &str, device_id: &str, after: i64, up_to: i64, limit: i64) -> Result<Vec<Message>> {
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        "SELECT stream_pos, sender, event_type, content FROM to_device_messages
+         WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos > $3 AND stream_pos <= $4
+         ORDER BY stream_pos, seq LIMIT $5",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(after)
+    .bind(up_to)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(pos, sender, kind, content)| Message {
+            stream_pos: pos,
+            event: json!({ "sender": sender, "type": kind, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() }),
+        })
+        .collect())
+}
+
+/// Deletes the device's messages at or below `up_to`: the client has shown it received them.
+/// Reads first, so that a sync with nothing to acknowledge takes no write lock.
+pub async fn acknowledge(core: &Core, user_id: &str, device_id: &str, up_to: i64) -> Result<()> {
+    let mut conn = core.db.conn().await?;
+    let any: Option<(i64,)> = sqlx::query_as(
+        "SELECT stream_pos FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3 LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(up_to)
+    .fetch_optional(&mut *conn)
+    .await?;
+    drop(conn);
+    if any.is_none() {
+        return Ok(());
+    }
+    let mut tx = core.db.write().await?;
+    sqlx::query("DELETE FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(up_to)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The `to_device` events of a sync: every message not yet acknowledged up to `now`. All of
+/// them, since the sync token's to_device position (which acknowledges them) is `now`.
+pub async fn for_sync(core: &Core, user_id: &str, device_id: &str, now: i64) -> Result<Vec<Value>> {
+    let mut conn = core.db.conn().await?;
+    Ok(pending(&mut conn, user_id, device_id, 0, now, i64::MAX).await?.into_iter().map(|m| m.event).collect())
+}

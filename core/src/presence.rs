@@ -1,0 +1,124 @@
+//! Presence: online / unavailable / offline with a status message, on the `presence` stream.
+//! Activity (requests, syncs) keeps a user online; a user idle for `IDLE_MS` reads as
+//! unavailable and one not seen for `OFFLINE_MS` as offline.
+
+use sqlx::AnyConnection;
+
+use crate::{streams, util::now_ms, Core, Result};
+
+const IDLE_MS: i64 = 5 * 60 * 1000;
+const OFFLINE_MS: i64 = 30 * 60 * 1000;
+/// Activity is written at most this often per user; presence is advisory.
+const WRITE_INTERVAL_MS: i64 = 60 * 1000;
+
+#[derive(Clone, Debug)]
+pub struct Presence {
+    pub user_id: String,
+    pub state: String,
+    pub status_msg: Option<String>,
+    pub last_active_ts: i64,
+}
+
+impl Presence {
+    /// The state as others should see it now, decaying with inactivity.
+    pub fn effective_state(&self) -> &str {
+        let idle = now_ms() - self.last_active_ts;
+        match self.state.as_str() {
+            "online" if idle > OFFLINE_MS => "offline",
+            "online" if idle > IDLE_MS => "unavailable",
+            s => s,
+        }
+    }
+
+    pub fn to_event(&self) -> serde_json::Value {
+        let state = self.effective_state();
+        let mut content = serde_json::json!({
+            "presence": state,
+            "last_active_ago": (now_ms() - self.last_active_ts).max(0),
+            "currently_active": state == "online",
+        });
+        if let Some(msg) = &self.status_msg {
+            content["status_msg"] = serde_json::json!(msg);
+        }
+        serde_json::json!({ "type": "m.presence", "sender": self.user_id, "content": content })
+    }
+}
+
+type Row = (String, String, Option<String>, i64);
+
+pub async fn get(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Presence>> {
+    let row: Option<Row> = sqlx::query_as("SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }))
+}
+
+/// Sets a user's presence (`status_msg: None` keeps the current message).
+pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Option<&str>>) -> Result<()> {
+    let mut conn = core.db.conn().await?;
+    let current = get(&mut conn, user_id).await?;
+    drop(conn);
+    let msg = match status_msg {
+        Some(m) => m.map(str::to_owned),
+        None => current.as_ref().and_then(|c| c.status_msg.clone()),
+    };
+    let now = now_ms();
+    let unchanged = current.as_ref().is_some_and(|c| {
+        c.state == state && c.status_msg == msg && now - c.last_active_ts < WRITE_INTERVAL_MS
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let mut tx = core.db.write().await?;
+    let pos = streams::next_pos(&mut tx, "presence").await?;
+    sqlx::query(
+        "INSERT INTO presence (user_id, state, status_msg, last_active_ts, stream_pos) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,
+           last_active_ts = excluded.last_active_ts, stream_pos = excluded.stream_pos",
+    )
+    .bind(user_id)
+    .bind(state)
+    .bind(&msg)
+    .bind(now)
+    .bind(pos)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    core.notifier.user_changed(user_id);
+    // Everyone sharing a room with the user may be waiting for this.
+    let mut conn = core.db.conn().await?;
+    for peer in users_sharing_rooms(&mut conn, user_id).await? {
+        core.notifier.user_changed(&peer);
+    }
+    Ok(())
+}
+
+/// Users who share at least one joined room with `user_id` (including the user).
+pub async fn users_sharing_rooms(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT b.user_id FROM room_memberships a JOIN room_memberships b ON a.room_id = b.room_id
+         WHERE a.user_id = $1 AND a.membership = 'join' AND b.membership = 'join'",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Presence changes in `(since, until]` of users sharing a room with `user_id`.
+pub async fn changes_for(conn: &mut AnyConnection, user_id: &str, since: i64, until: i64) -> Result<Vec<Presence>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts FROM presence p
+         WHERE p.stream_pos > $2 AND p.stream_pos <= $3 AND p.user_id IN (
+             SELECT b.user_id FROM room_memberships a JOIN room_memberships b ON a.room_id = b.room_id
+             WHERE a.user_id = $1 AND a.membership = 'join' AND b.membership = 'join')
+         ORDER BY p.stream_pos",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(until)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }).collect())
+}
