@@ -258,3 +258,19 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     assert_eq!(send_text(&reader, &room, "after-restart", "still works").await.0, 200);
     server.stop().await;
 });
+
+both_backends!(guests_follow_guest_access, |backend| async move {
+    let Some(server) = TestServer::start_with(backend, |c| c.registration.allow_guests = true).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let open = create_room(&alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.guest_access", "content": {"guest_access": "can_join"}}]})).await;
+    let closed = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let (status, body) = server.client().post("/_matrix/client/v3/register?kind=guest", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let guest = server.client().with_token(body["access_token"].as_str().unwrap());
+    let (_, whoami) = guest.get("/_matrix/client/v3/account/whoami").await;
+    assert_eq!(whoami["is_guest"], true);
+    assert_eq!(guest.post(&format!("/_matrix/client/v3/join/{open}"), json!({})).await.0, 200);
+    let (status, body) = guest.post(&format!("/_matrix/client/v3/join/{closed}"), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
+    server.stop().await;
+});

@@ -32,8 +32,23 @@ pub async fn resolve_room(state: &AppState, id: &RoomOrAliasId) -> ApiResult<Own
     }
 }
 
+/// Guests may only join rooms whose `m.room.guest_access` is `can_join`.
+async fn check_guest_access(state: &AppState, user: &crate::ruma_wrapper::AuthUser, room_id: &str) -> ApiResult<()> {
+    if !user.is_guest {
+        return Ok(());
+    }
+    let mut conn = state.db.conn().await?;
+    let access = weft_core::rooms::current_state_content(&mut conn, room_id, "m.room.guest_access", "").await?;
+    if access.is_some_and(|c| c["guest_access"] == "can_join") {
+        Ok(())
+    } else {
+        Err(MatrixError::guest_access_forbidden("Guests may not join this room"))
+    }
+}
+
 pub async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.sender()?;
+    check_guest_access(&state, user, req.room_id.as_str()).await?;
     membership::join(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id.clone()))
 }
@@ -44,6 +59,7 @@ pub async fn join_by_id_or_alias(
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.sender()?;
     let room_id = resolve_room(&state, &req.room_id_or_alias).await?;
+    check_guest_access(&state, user, room_id.as_str()).await?;
     membership::join(&state.core, room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
