@@ -28,7 +28,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft-target}"
 VENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-venv}"
 PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
 SECRET="bench-secret-$RANDOM$RANDOM"
-export WEFT_BENCH_SECRET="$SECRET"
 WORK="$(mktemp -d /tmp/weft-bench.XXXXXX)"
 RESULTS="${WEFT_BENCH_RESULTS:-$HOME/.cache/weft-bench-results}/$(date -u +%Y%m%dT%H%M%SZ)-$DB${QUICK:+-quick}"
 mkdir -p "$RESULTS"
@@ -145,7 +144,10 @@ path = "$WORK/weft/media"
 enabled = false
 EOF
 log "starting Weft on 127.0.0.1:$WEFT_PORT ($DB)"
-(cd "$WORK/weft" && exec "$WEFT_BIN" serve --config "$WORK/weft/weft.toml" >"$WORK/weft/weft.log" 2>&1) &
+# Weft reads every WEFT_* variable as configuration: start it without any from this shell.
+UNSET_WEFT=()
+for v in $(compgen -e | grep '^WEFT_' || true); do UNSET_WEFT+=(-u "$v"); done
+(cd "$WORK/weft" && exec env ${UNSET_WEFT[@]+"${UNSET_WEFT[@]}"} "$WEFT_BIN" serve --config "$WORK/weft/weft.toml" >"$WORK/weft/weft.log" 2>&1) &
 WEFT_PID=$!
 
 wait_up() {
@@ -157,7 +159,7 @@ wait_up() {
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "$name exited during start-up; its logs:" >&2
-            tail -n 40 "$WORK/synapse/stderr.log" "$WORK/synapse/homeserver.log" "$WORK/weft/weft.log" 2>/dev/null >&2 || true
+            tail -n 40 "$WORK/synapse/stderr.log" "$WORK/synapse/homeserver.log" "$WORK/weft/weft.log" >&2 2>/dev/null || true
             return 1
         fi
         sleep 0.5
@@ -172,7 +174,7 @@ wait_up synapse "$SYN_PORT" "$SYN_PID"
 run_one() {
     local name="$1" port="$2" pid="$3"
     log "running scenarios against $name"
-    "$BENCH_BIN" run --base "http://127.0.0.1:$port" --server "$name" --pid "$pid" \
+    BENCH_SHARED_SECRET="$SECRET" "$BENCH_BIN" run --base "http://127.0.0.1:$port" --server "$name" --pid "$pid" \
         ${QUICK[@]+"${QUICK[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} | tee "$RESULTS/$name.jsonl"
 }
 run_one weft "$WEFT_PORT" "$WEFT_PID"

@@ -46,7 +46,7 @@ struct RunArgs {
     #[arg(long)]
     server: String,
     /// The server's registration shared secret.
-    #[arg(long, env = "WEFT_BENCH_SECRET")]
+    #[arg(long, env = "BENCH_SHARED_SECRET")]
     secret: String,
     /// PID of the server process: its peak RSS (VmHWM) is printed after the scenarios.
     #[arg(long)]

@@ -112,8 +112,8 @@ async function until(emitter, names, check, what, describe = () => "", ms = WAIT
  * A client for `account`, started with its sync loop, once the first sync is PREPARED. It is
  * added to `running` first, so that it is stopped at the end even when it never gets there.
  */
-async function startClient(account, initialSyncLimit, running) {
-    const client = sdk.createClient({ baseUrl, ...account });
+async function startClient(account, initialSyncLimit, running, options = {}) {
+    const client = sdk.createClient({ baseUrl, ...account, ...options });
     running.add(client);
     // Keep every sync error, so a failed wait can say why the sync loop was stuck.
     client.syncErrors = [];
@@ -263,12 +263,18 @@ test("room flows through matrix-js-sdk's sync loop", { timeout: 120_000 }, async
         assert.equal(bob.getRoom(roomId).getMember(aliceAccount.userId).typing, false);
     });
 
+    const question = "alice: did you read this?";
+
     await t.test("bob's read receipt reaches alice", async () => {
-        const target = messages(bob.getRoom(roomId)).at(-2); // alice's last message
-        assert.equal(target.getSender(), aliceAccount.userId);
-        const targetId = target.getId();
+        // Bob reads Alice's newest message (the SDK keeps a receipt on an older event hidden
+        // behind the implicit one on Bob's own later message).
+        const { event_id: targetId } = await alice.sendTextMessage(roomId, question);
+        const target = await until(bob, [sdk.RoomEvent.Timeline], () => bob.getRoom(roomId).findEventById(targetId),
+            "bob to receive alice's question", () => describeTimeline(bob.getRoom(roomId)));
+        const aliceCopy = await until(alice, [sdk.RoomEvent.Timeline], () => alice.getRoom(roomId).findEventById(targetId),
+            "the remote echo of alice's question", () => describeTimeline(alice.getRoom(roomId)));
         const hasBobsReceipt = () =>
-            alice.getRoom(roomId).getReceiptsForEvent(alice.getRoom(roomId).findEventById(targetId))
+            alice.getRoom(roomId).getReceiptsForEvent(aliceCopy)
                 .some((r) => r.userId === bobAccount.userId && r.type === sdk.ReceiptType.Read);
         assert.equal(hasBobsReceipt(), false, "no receipt from bob before he sends one");
         const received = nextEvent(alice, sdk.RoomEvent.Receipt, (event, room) =>
@@ -307,21 +313,23 @@ test("room flows through matrix-js-sdk's sync loop", { timeout: 120_000 }, async
         assert.equal(events[0].getType(), "m.room.create", `timeline starts at the creation: ${describeTimeline(room)}`);
         const ids = events.map((e) => e.getId());
         assert.equal(new Set(ids).size, ids.length, `no event twice: ${describeTimeline(room)}`);
-        assert.deepEqual(messages(room).map((e) => e.getContent().body), [...conversation, ...backlog]);
+        assert.deepEqual(messages(room).map((e) => e.getContent().body), [...conversation, question, ...backlog]);
         const memberships = events.filter((e) => e.getType() === "m.room.member").map((e) => e.getStateKey());
         assert.deepEqual(memberships, [aliceAccount.userId, bobAccount.userId], "alice's join, then bob's");
         assert.equal(room.name, roomName, "room state survives the fresh start");
     });
 
+    let editedId, editId, redactedId;
+
     await t.test("an edit replaces the content in the other client", async () => {
         const original = messages(alice.getRoom(roomId)).find((e) => e.getContent().body === backlog[3]);
-        const originalId = original.getId();
-        const { event_id: editId } = await alice.sendMessage(roomId, {
+        const originalId = (editedId = original.getId());
+        ({ event_id: editId } = await alice.sendMessage(roomId, {
             msgtype: "m.text",
             body: `* ${backlog[3]} (edited)`,
             "m.new_content": { msgtype: "m.text", body: `${backlog[3]} (edited)` },
             "m.relates_to": { rel_type: "m.replace", event_id: originalId },
-        });
+        }));
         const seen = await until(
             bob,
             [sdk.RoomEvent.Timeline],
@@ -337,12 +345,12 @@ test("room flows through matrix-js-sdk's sync loop", { timeout: 120_000 }, async
         assert.equal(seen.replacingEvent().getId(), editId);
         // The edit itself is no new message: the timeline reads as before, with the new text.
         const edited = backlog.map((line, i) => (i === 3 ? `${line} (edited)` : line));
-        assert.deepEqual(messages(bob.getRoom(roomId)).map((e) => e.getContent().body), [...conversation, ...edited]);
+        assert.deepEqual(messages(bob.getRoom(roomId)).map((e) => e.getContent().body), [...conversation, question, ...edited]);
     });
 
     await t.test("a redaction empties the message in the other client", async () => {
         const target = messages(alice.getRoom(roomId)).find((e) => e.getContent().body === backlog[7]);
-        const targetId = target.getId();
+        const targetId = (redactedId = target.getId());
         const untouched = bob.getRoom(roomId).findEventById(targetId);
         assert.equal(untouched?.isRedacted(), false, "bob has the message, not yet redacted");
         const { event_id: redactionId } = await alice.redactEvent(roomId, targetId, undefined, { reason: "oops" });
@@ -360,7 +368,38 @@ test("room flows through matrix-js-sdk's sync loop", { timeout: 120_000 }, async
         assert.equal(redacted.getUnsigned().redacted_because?.event_id, redactionId);
         assert.equal(redacted.getUnsigned().redacted_because?.content?.reason, "oops");
         // Neighbours are untouched.
-        const neighbour = bob.getRoom(roomId).findEventById(messages(bob.getRoom(roomId)).find((e) => e.getContent().body === backlog[8]).getId());
-        assert.equal(neighbour.isRedacted(), false);
+        assert.equal(messages(bob.getRoom(roomId)).find((e) => e.getContent().body === backlog[8])?.isRedacted(), false);
+    });
+
+    await t.test("a fresh client jumping to the messages sees the edit and the redaction", async () => {
+        // As Element does for a permalink: /context around the edited message, with only the
+        // redaction in the initial sync, so the edit itself is never loaded: the new content
+        // can only come from the server's bundled m.replace, the empty one from its redaction.
+        bob.stopClient();
+        running.delete(bob);
+        bob = await startClient(bobAccount, 1, running, { timelineSupport: true });
+        const room = bob.getRoom(roomId);
+        assert.ok(!room.findEventById(editId), `the edit is not in the initial sync: ${describeTimeline(room)}`);
+        const step = deadline("/context around the edited message", WAIT_MS);
+        const timeline = await Promise.race([bob.getEventTimeline(room.getUnfilteredTimelineSet(), editedId), step.promise])
+            .finally(step.cancel);
+        const events = timeline.getEvents();
+        const describe = JSON.stringify(events.map((e) => [e.getId(), e.getContent().body]));
+        const edited = events.find((e) => e.getId() === editedId);
+        assert.ok(edited, `the message is in its context: ${describe}`);
+        assert.equal(edited.replacingEventId(), editId, `bundled edit of ${JSON.stringify(edited.getUnsigned())}`);
+        assert.equal(edited.getContent().body, `${backlog[3]} (edited)`);
+        assert.equal(edited.getOriginalContent().body, backlog[3]);
+        const redacted = events.find((e) => e.getId() === redactedId);
+        assert.ok(redacted, `the redacted message is in the context: ${describe}`);
+        assert.ok(redacted.isRedacted(), `redacted: ${JSON.stringify(redacted.toJSON())}`);
+        assert.deepEqual(redacted.getContent(), {});
+        // Context is in timeline order around the message.
+        assert.deepEqual(
+            events.filter((e) => e.getType() === "m.room.message").map((e) => e.getId() === redactedId ? null : e.getContent().body),
+            messages(alice.getRoom(roomId))
+                .filter((e) => events.some((x) => x.getId() === e.getId()))
+                .map((e) => e.getId() === redactedId ? null : e.getContent().body),
+        );
     });
 });

@@ -1,0 +1,1 @@
+//! Empty stand-in for matrix-sdk-sqlite; see Cargo.toml.

@@ -1,0 +1,333 @@
+//! matrix-rust-sdk (what Element X is built on) against an in-process weft: the room list
+//! through simplified sliding sync (MSC4186) with matrix-sdk-ui's `RoomListService`, as Element X
+//! drives it, and a new message arriving through it.
+//!
+//! Runs on SQLite always and on PostgreSQL when `WEFT_TEST_POSTGRES` is set (a URL with rights to
+//! create databases), like the `it` test crate's harness.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use futures::{pin_mut, Stream, StreamExt};
+use matrix_sdk::{
+    ruma::{
+        api::client::room::create_room::v3::Request as CreateRoomRequest,
+        events::room::message::{MessageType, OriginalSyncRoomMessageEvent},
+        OwnedRoomId, OwnedUserId,
+    },
+    Client, Room, RoomState,
+};
+use matrix_sdk_ui::{
+    eyeball_im::{Vector, VectorDiff},
+    room_list_service::{filters::new_filter_non_left, RoomListItem},
+    RoomListService,
+};
+use serde_json::{json, Value};
+use tokio::{sync::mpsc, time::timeout};
+use weft::config::{Api, Config, ListenerConfig};
+
+/// Every wait in this test is bounded by this.
+const WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_list_and_new_message_sqlite() {
+    scenario(Backend::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_list_and_new_message_postgres() {
+    scenario(Backend::Postgres).await
+}
+
+async fn scenario(backend: Backend) {
+    init_logging();
+    let Some(db) = TestDb::new(backend).await else { return };
+    let running = weft::server::start(config(&db)).await.expect("weft starts");
+    let base = format!("http://{}", running.addrs[0]);
+
+    register(&base, "alice", "alice-password").await;
+    let bob = register(&base, "bob", "bob-password").await;
+    let bob_id: OwnedUserId = "@bob:weft.test".try_into().unwrap();
+
+    // Alice is the SDK client, as Element X would be: in-memory stores, password login.
+    let client = Client::builder().homeserver_url(&base).build().await.expect("client builds");
+    client
+        .matrix_auth()
+        .login_username("alice", "alice-password")
+        .initial_device_display_name("weft element-x test")
+        .await
+        .expect("alice logs in");
+
+    // Three named rooms; bob is invited to the first and joins it.
+    let mut rooms: Vec<(OwnedRoomId, &str)> = Vec::new();
+    for name in ["Alpha", "Beta", "Gamma"] {
+        let mut request = CreateRoomRequest::new();
+        request.name = Some(name.to_owned());
+        if name == "Alpha" {
+            request.invite = vec![bob_id.clone()];
+        }
+        let room = client.create_room(request).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+        rooms.push((room.room_id().to_owned(), name));
+    }
+    let shared = rooms[0].0.clone();
+    let (status, body) = http(&base, Some(&bob), "POST", &format!("/_matrix/client/v3/join/{shared}"), json!({})).await;
+    assert_eq!(status, 200, "bob joins: {body}");
+
+    // New messages reach event handlers through the sliding sync responses.
+    let (message_tx, mut message_rx) = mpsc::unbounded_channel::<(OwnedRoomId, String, String)>();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+        let tx = message_tx.clone();
+        async move {
+            if let MessageType::Text(text) = ev.content.msgtype {
+                let _ = tx.send((room.room_id().to_owned(), ev.sender.to_string(), text.body));
+            }
+        }
+    });
+
+    // The room list service, as Element X runs it: one sliding sync connection ("room-list"),
+    // one list ("all_rooms") growing over the whole room list, then long-polling.
+    let service = Arc::new(RoomListService::new(client.clone()).await.expect("room list service"));
+    let (error_tx, mut error_rx) = mpsc::unbounded_channel::<String>();
+    let sync_task = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let sync = service.sync();
+            pin_mut!(sync);
+            while let Some(result) = sync.next().await {
+                if let Err(e) = result {
+                    let _ = error_tx.send(format!("{e:?}"));
+                    break;
+                }
+            }
+        })
+    };
+
+    let all_rooms = service.all_rooms().await.expect("all_rooms list");
+    let (entries, controller) = all_rooms.entries_with_dynamic_adapters(50);
+    assert!(controller.set_filter(Box::new(new_filter_non_left())));
+    pin_mut!(entries);
+    let mut list: Vector<RoomListItem> = Vector::new();
+
+    // The list shows the three rooms, with the names sent by the server.
+    let expected: Vec<(String, String)> = rooms.iter().map(|(id, name)| (id.to_string(), name.to_string())).collect();
+    wait_for_list(&mut entries, &mut list, &mut error_rx, "three named rooms", |list| {
+        let mut shown: Vec<(String, String)> = list
+            .iter()
+            .map(|r| (r.room_id().to_string(), r.cached_display_name().map(|n| n.to_string()).unwrap_or_default()))
+            .collect();
+        shown.sort();
+        let mut want = expected.clone();
+        want.sort();
+        shown == want
+    })
+    .await;
+    for (id, name) in &rooms {
+        let room = client.get_room(id).expect("room known to the client");
+        assert_eq!(room.state(), RoomState::Joined);
+        assert_eq!(room.name().as_deref(), Some(*name), "m.room.name of {id}");
+        assert_eq!(room.display_name().await.expect("display name").to_string(), *name);
+    }
+    let alpha = client.get_room(&shared).unwrap();
+    assert_eq!(alpha.joined_members_count(), 2, "alice and bob in Alpha");
+    assert_eq!(
+        service.all_rooms().await.unwrap().loading_state().get(),
+        matrix_sdk_ui::room_list_service::RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(3) }
+    );
+
+    // Let the service settle into long-polling, then bob speaks in the shared room.
+    wait_for_state(&service, &mut error_rx).await;
+    let (status, body) = http(
+        &base,
+        Some(&bob),
+        "PUT",
+        &format!("/_matrix/client/v3/rooms/{shared}/send/m.room.message/txn1"),
+        json!({"msgtype": "m.text", "body": "hello from bob"}),
+    )
+    .await;
+    assert_eq!(status, 200, "bob sends: {body}");
+
+    let received = timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                Some(message) = message_rx.recv() => {
+                    if message.2 == "hello from bob" {
+                        return message;
+                    }
+                }
+                Some(error) = error_rx.recv() => panic!("sliding sync failed: {error}"),
+            }
+        }
+    })
+    .await
+    .expect("alice's SDK receives bob's message through sliding sync within 10 s");
+    assert_eq!(received, (shared.clone(), bob_id.to_string(), "hello from bob".to_owned()));
+
+    // The room with the new message moves to the top of the list.
+    wait_for_list(&mut entries, &mut list, &mut error_rx, "Alpha first after bob's message", |list| {
+        list.len() == 3 && list[0].room_id() == shared
+    })
+    .await;
+
+    service.stop_sync().expect("stop sync");
+    let _ = timeout(WAIT, sync_task).await;
+    running.shutdown().await;
+    db.drop_db().await;
+}
+
+/// Applies room list diffs until `done` holds for the list, failing after `WAIT` or on a sync error.
+async fn wait_for_list(
+    entries: &mut (impl Stream<Item = Vec<VectorDiff<RoomListItem>>> + Unpin),
+    list: &mut Vector<RoomListItem>,
+    errors: &mut mpsc::UnboundedReceiver<String>,
+    what: &str,
+    done: impl Fn(&Vector<RoomListItem>) -> bool,
+) {
+    let result = timeout(WAIT, async {
+        while !done(list) {
+            tokio::select! {
+                diffs = entries.next() => {
+                    for diff in diffs.expect("room list stream ended") {
+                        diff.apply(list);
+                    }
+                }
+                Some(error) = errors.recv() => panic!("sliding sync failed: {error}"),
+            }
+        }
+    })
+    .await;
+    if result.is_err() {
+        let shown: Vec<String> =
+            list.iter().map(|r| format!("{} {:?}", r.room_id(), r.cached_display_name().map(|n| n.to_string()))).collect();
+        panic!("room list did not show {what} within {WAIT:?}: {shown:?}");
+    }
+}
+
+/// Waits until the room list service is running (its list fully loaded, long-polling).
+async fn wait_for_state(service: &RoomListService, errors: &mut mpsc::UnboundedReceiver<String>) {
+    use matrix_sdk_ui::room_list_service::State;
+    let mut state = service.state();
+    let result = timeout(WAIT, async {
+        loop {
+            if matches!(state.get(), State::Running) {
+                return;
+            }
+            tokio::select! {
+                _ = state.next() => {}
+                Some(error) = errors.recv() => panic!("sliding sync failed: {error}"),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "room list service not running within {WAIT:?}: {:?}", state.get());
+}
+
+/// Open registration through UIA with `m.login.dummy`; returns the access token.
+async fn register(base: &str, user: &str, password: &str) -> String {
+    let path = "/_matrix/client/v3/register";
+    let (status, body) = http(base, None, "POST", path, json!({"username": user, "password": password})).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().expect("UIA session").to_owned();
+    let auth = json!({"type": "m.login.dummy", "session": session});
+    let (status, body) = http(base, None, "POST", path, json!({"username": user, "password": password, "auth": auth})).await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("access token").to_owned()
+}
+
+async fn http(base: &str, token: Option<&str>, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = reqwest::Client::new().request(method, format!("{base}{path}")).json(&body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn config(db: &TestDb) -> Config {
+    let mut config = Config::default();
+    config.server_name = "weft.test".into();
+    config.public_baseurl = "http://127.0.0.1/".into();
+    config.database.url = db.url.clone();
+    config.database.max_connections = 8;
+    config.signing_key_path = db.dir.join("signing.key");
+    config.media.path = db.dir.join("media");
+    config.listeners = vec![ListenerConfig {
+        address: [127, 0, 0, 1].into(),
+        port: 0,
+        apis: vec![Api::Client, Api::Media],
+        tls_cert: None,
+        tls_key: None,
+    }];
+    config.registration.enabled = true;
+    config.rate_limits.enabled = false;
+    config.log.level = "warn".into();
+    config
+}
+
+/// `RUST_LOG=matrix_sdk=debug,tower_http=debug` shows the SDK's requests and weft's answers.
+fn init_logging() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    }
+}
+
+/// A fresh database: a SQLite file in a temporary directory, or a new database on the
+/// PostgreSQL server named by `WEFT_TEST_POSTGRES` (`None`, said loudly, when it is not set).
+struct TestDb {
+    url: String,
+    dir: PathBuf,
+    admin: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn new(backend: Backend) -> Option<TestDb> {
+        let dir = std::env::temp_dir().join(format!("weft-element-x-{}", weft_core::util::random_string(12)));
+        std::fs::create_dir_all(&dir).unwrap();
+        match backend {
+            Backend::Sqlite => Some(TestDb { url: format!("sqlite://{}/weft.db", dir.display()), dir, admin: None }),
+            Backend::Postgres => {
+                let Ok(base) = std::env::var("WEFT_TEST_POSTGRES") else {
+                    eprintln!("!!! WEFT_TEST_POSTGRES is not set: the PostgreSQL half of this test was SKIPPED !!!");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return None;
+                };
+                let name = format!("weft_test_{}", weft_core::util::random_string(12).to_lowercase());
+                let db = weft_core::Db::connect(&base, 1).await.expect("connect to WEFT_TEST_POSTGRES");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.expect("create test database");
+                db.close().await;
+                let url = replace_db_name(&base, &name);
+                Some(TestDb { url, dir, admin: Some((base, name)) })
+            }
+        }
+    }
+
+    async fn drop_db(&self) {
+        if let Some((base, name)) = &self.admin {
+            if let Ok(db) = weft_core::Db::connect(base, 1).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(db.pool()).await;
+                db.close().await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn replace_db_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    format!("{host_part}/{name}{query}")
+}
