@@ -3,7 +3,9 @@
 // edits and redactions, each seen by the other user's client.
 //
 // Run by server/tests/it/js_sdk_rooms.rs with WEFT_URL set to the server's base URL. By hand:
-//   WEFT_URL=http://127.0.0.1:8008 node --test rooms.test.mjs
+//   WEFT_URL=http://127.0.0.1:8008 node --test --test-force-exit rooms.test.mjs
+// (--test-force-exit: the SDK leaves a timer armed per request, ~110 s for a /sync, after
+// stopClient; without it node idles that long after the last test.)
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -118,7 +120,8 @@ async function startClient(account, initialSyncLimit, running, options = {}) {
     // Keep every sync error, so a failed wait can say why the sync loop was stuck.
     client.syncErrors = [];
     client.on(sdk.ClientEvent.Sync, (state, _prev, data) => {
-        if (state === sdk.SyncState.Error) client.syncErrors.push(String(data?.error?.data ? JSON.stringify(data.error.data) : data?.error));
+        const err = data?.error;
+        if (state === sdk.SyncState.Error) client.syncErrors.push(err?.url ? `${err.httpStatus} ${err.url}: ${JSON.stringify(err.data)}` : String(err));
     });
     const prepared = until(
         client,
@@ -134,7 +137,7 @@ async function startClient(account, initialSyncLimit, running, options = {}) {
     return client;
 }
 
-/** The room's live timeline as [type, body-or-state_key] pairs, for failure messages. */
+/** The room's live timeline as [type, body or state_key, event ID], for failure messages. */
 function describeTimeline(room) {
     if (!room) return "no room";
     return JSON.stringify(
@@ -220,11 +223,14 @@ test("room flows through matrix-js-sdk's sync loop", { timeout: 120_000 }, async
 
     await t.test("messages from both arrive in both clients' timelines in the same order", async () => {
         const arrivals = { alice: [], bob: [] };
-        for (const [name, client] of [["alice", alice], ["bob", bob]]) {
-            client.on(sdk.RoomEvent.Timeline, (event, room, toStart) => {
+        const listeners = [["alice", alice], ["bob", bob]].map(([name, client]) => {
+            const listener = (event, room, toStart) => {
                 if (room?.roomId === roomId && !toStart && event.getType() === "m.room.message") arrivals[name].push(event);
-            });
-        }
+            };
+            client.on(sdk.RoomEvent.Timeline, listener);
+            return () => client.off(sdk.RoomEvent.Timeline, listener);
+        });
+        t.after(() => listeners.forEach((off) => off()));
         for (const line of conversation) {
             const client = line.startsWith("alice") ? alice : bob;
             await client.sendTextMessage(roomId, line);

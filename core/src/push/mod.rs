@@ -3,6 +3,7 @@
 //! notifications list and unread counts (`notifications`), and pushers with the data the HTTP
 //! pusher sends (`pushers`). Sending itself is HTTP and lives in the server crate.
 
+pub mod counts;
 pub mod evaluate;
 pub mod notifications;
 pub mod pushers;

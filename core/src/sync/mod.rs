@@ -131,6 +131,14 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         }
     }
 
+    // An initial sync always carries the push rules, changed or not.
+    if initial && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
+        if let Ok(user) = ruma::UserId::parse(&req.user_id) {
+            let ruleset = crate::push::rules::load(&mut conn, &user).await?;
+            global_account_data.push(json!({ "type": "m.push_rules", "content": crate::push::rules::account_data_content(&ruleset) }));
+        }
+    }
+
     let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
     for m in &memberships {
         if !room_allowed(&req.filter, &m.room_id) || m.stream_pos > now.events {
@@ -294,16 +302,9 @@ async fn joined_room(
         ephemeral.push(json!({ "type": "m.receipt", "content": content }));
     }
 
-    let read_pos = receipts::read_up_to(conn, &m.room_id, &req.user_id).await?;
-    let (notifications, highlights): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM event_push_actions
-         WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3 AND notify = 1",
-    )
-    .bind(&req.user_id)
-    .bind(&m.room_id)
-    .bind(read_pos)
-    .fetch_one(&mut *conn)
-    .await?;
+    let by_thread = req.filter.room.timeline.unread_thread_notifications;
+    let (counts, thread_counts) = crate::push::counts::unread(conn, &m.room_id, &req.user_id, by_thread).await?;
+    let thread_counts: Map<String, Value> = thread_counts.into_iter().map(|(t, c)| (t, c.to_json())).collect();
 
     Ok(json!({
         "timeline": { "events": timeline_json, "limited": limited, "prev_batch": prev_batch },
@@ -311,8 +312,8 @@ async fn joined_room(
         "ephemeral": { "events": ephemeral },
         "account_data": { "events": account_data },
         "summary": summary(conn, &m.room_id, &req.user_id).await?,
-        "unread_notifications": { "notification_count": notifications, "highlight_count": highlights },
-        "unread_thread_notifications": {},
+        "unread_notifications": counts.to_json(),
+        "unread_thread_notifications": thread_counts,
     }))
 }
 

@@ -406,18 +406,9 @@ async fn room_data(
     if let Some(n) = num_live {
         room["num_live"] = json!(n);
     }
-    let read_pos = receipts::read_up_to(conn, room_id, session.user_id).await?;
-    let (notifications, highlights): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(CASE WHEN highlight = 1 THEN 1 END) FROM event_push_actions
-         WHERE user_id = $1 AND room_id = $2 AND stream_pos > $3 AND notify = 1",
-    )
-    .bind(session.user_id)
-    .bind(room_id)
-    .bind(read_pos)
-    .fetch_one(&mut *conn)
-    .await?;
-    room["notification_count"] = json!(notifications);
-    room["highlight_count"] = json!(highlights);
+    let (counts, _) = crate::push::counts::unread(conn, room_id, session.user_id, false).await?;
+    room["notification_count"] = json!(counts.notifications);
+    room["highlight_count"] = json!(counts.highlights);
     Ok(room)
 }
 

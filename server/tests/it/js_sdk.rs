@@ -67,7 +67,10 @@ fn ensure_node_modules() {
 pub(crate) async fn run_node_test(server: &TestServer, file: &str) -> Result<String, String> {
     let dir = js_dir();
     let child = tokio::process::Command::new("node")
-        .args(["--test", file])
+        // matrix-js-sdk arms a timer for every request's local timeout (80 s past a /sync
+        // long-poll) and never clears it: without --test-force-exit a file that started a
+        // client idles that long after its last test.
+        .args(["--test", "--test-force-exit", file])
         .current_dir(&dir)
         .env("WEFT_URL", server.url())
         .env("WEFT_SERVER_NAME", &server.config.server_name)

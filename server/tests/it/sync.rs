@@ -214,3 +214,30 @@ both_backends!(long_poll_wakes_on_send, |backend| async move {
     assert!(empty["rooms"]["join"].as_object().unwrap().is_empty());
     server.stop().await;
 });
+
+both_backends!(unread_counts_per_thread, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (_, root) = send_text(&bob, &room, "root", "thread root").await;
+    let root = root["event_id"].as_str().unwrap().to_owned();
+    for i in 0..2 {
+        bob.put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t{i}"),
+            json!({"msgtype": "m.text", "body": format!("in thread {i}"), "m.relates_to": {"rel_type": "m.thread", "event_id": root}}),
+        )
+        .await;
+    }
+    let threaded = urlencode(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
+    let body = sync(&alice, None, &format!("filter={threaded}")).await;
+    let joined = &body["rooms"]["join"][&room];
+    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "only the root counts for the room: {joined}");
+    assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2);
+    // Without the filter flag everything counts for the room.
+    let plain = sync(&alice, None, "").await;
+    assert_eq!(plain["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3);
+    assert!(plain["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"), "initial sync carries push rules");
+    server.stop().await;
+});

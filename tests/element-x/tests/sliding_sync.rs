@@ -55,7 +55,8 @@ async fn scenario(backend: Backend) {
     let bob_id: OwnedUserId = "@bob:weft.test".try_into().unwrap();
 
     // Alice is the SDK client, as Element X would be: in-memory stores, password login.
-    let client = Client::builder().homeserver_url(&base).build().await.expect("client builds");
+    let sdk_base = match std::env::var("EX_PROXY") { Ok(port) => { let target = base.trim_start_matches("http://").to_owned(); std::process::Command::new("python3").args(["/tmp/proxy.py", &port, &target, "/tmp/proxy.log"]).spawn().unwrap(); tokio::time::sleep(Duration::from_millis(500)).await; format!("http://127.0.0.1:{port}") } Err(_) => base.clone() };
+    let client = Client::builder().homeserver_url(&sdk_base).build().await.expect("client builds");
     client
         .matrix_auth()
         .login_username("alice", "alice-password")
