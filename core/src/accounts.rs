@@ -33,8 +33,18 @@ pub struct SessionRequest {
     pub refreshable_lifetime_ms: Option<i64>,
 }
 
+/// Argon2 takes ~19 MiB per hash by design; hashing at most one per core keeps a burst of
+/// registrations or logins from multiplying that (and the allocator keeping it afterwards).
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    })
+}
+
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
+    let _permit = hashing_permits().acquire().await.map_err(Error::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -48,6 +58,7 @@ pub async fn hash_password(password: &str) -> Result<String> {
 
 pub async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
+    let Ok(_permit) = hashing_permits().acquire().await else { return false };
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())

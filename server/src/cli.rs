@@ -127,7 +127,12 @@ async fn shutdown_signal() {
 
 pub fn init_logging(config: &Config) {
     use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // ruma's auth checks log every event at info; keep them quiet unless asked for by name.
+    let mut directives = config.log.level.clone();
+    if !directives.contains("ruma_state_res") {
+        directives.push_str(",ruma_state_res=warn");
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }

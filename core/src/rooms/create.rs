@@ -41,6 +41,13 @@ pub struct Created {
 pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Result<Created> {
     let rules = rules_for(req.version.as_str())?;
     let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
+    // Profiles are read before the transaction: never wait for a second pooled connection
+    // while holding one.
+    let profile = users::get(&core.db, creator.as_str()).await?;
+    let mut invitee_names = Vec::new();
+    for invitee in &req.invite {
+        invitee_names.push(users::get(&core.db, invitee.as_str()).await?.and_then(|p| p.displayname));
+    }
     let mut tx = core.db.write().await?;
     if let Some(alias) = &req.alias {
         if rooms::alias_get(&mut tx, alias).await?.is_some() {
@@ -69,7 +76,6 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         return Err(Error::BadJson(format!("invalid create event: {reason}")));
     }
 
-    let profile = users::get(&core.db, creator.as_str()).await?;
     let mut member = json!({ "membership": "join" });
     if let Some(p) = &profile {
         if let Some(name) = &p.displayname {
@@ -136,15 +142,13 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
             json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] }),
         ));
     }
-    for invitee in &req.invite {
+    for (invitee, name) in req.invite.iter().zip(invitee_names) {
         let mut content = json!({ "membership": "invite" });
         if req.is_direct {
             content["is_direct"] = json!(true);
         }
-        if let Some(p) = users::get(&core.db, invitee.as_str()).await? {
-            if let Some(name) = p.displayname {
-                content["displayname"] = json!(name);
-            }
+        if let Some(name) = name {
+            content["displayname"] = json!(name);
         }
         templates.push(EventTemplate::state("m.room.member", invitee.as_str(), content));
     }

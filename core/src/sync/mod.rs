@@ -91,10 +91,18 @@ fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
 
 /// Builds the response for changes in `(since, now]`.
 async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> {
-    let mut conn = core.db.conn().await?;
     let since = req.since.unwrap_or_default();
     let initial = req.since.is_none();
+    // Everything that takes its own pooled connection runs before this request holds one:
+    // holding one while waiting for another deadlocks once the pool is shared by many syncs.
+    let to_device = crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await?;
+    let device_lists = crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?;
+    let otk_counts = crate::e2ee::keys::counts_for_sync(core, &req.user_id, &req.device_id).await?;
+    let fallback_types = crate::e2ee::keys::fallback_types_for_sync(core, &req.user_id, &req.device_id).await?;
+
+    let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
+    let changed_account_data = account_data::changed_since(&mut conn, &req.user_id, since.account_data).await?;
 
     // Rooms with new timeline events or receipts since the token: one query each.
     let rooms_with_events: HashSet<String> = if initial {
@@ -119,7 +127,6 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     .into_iter()
     .map(|r| r.0)
     .collect();
-    let changed_account_data = account_data::changed_since(&core.db, &req.user_id, since.account_data).await?;
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
     let mut global_account_data = Vec::new();
     for (room_id, data_type, content) in changed_account_data {
@@ -179,10 +186,10 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
         "presence": { "events": presence_events(&mut conn, req, since, now).await? },
-        "to_device": { "events": crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await? },
-        "device_lists": crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?,
-        "device_one_time_keys_count": crate::e2ee::keys::counts_for_sync(core, &req.user_id, &req.device_id).await?,
-        "device_unused_fallback_key_types": crate::e2ee::keys::fallback_types_for_sync(core, &req.user_id, &req.device_id).await?,
+        "to_device": { "events": to_device },
+        "device_lists": device_lists,
+        "device_one_time_keys_count": otk_counts,
+        "device_unused_fallback_key_types": fallback_types,
     }))
 }
 

@@ -185,8 +185,8 @@ fn is_empty(response: &Value) -> bool {
 }
 
 /// Direct-message rooms, from the user's `m.direct` account data.
-async fn dm_rooms(core: &Core, user_id: &str) -> Result<HashSet<String>> {
-    let content = account_data::get(&core.db, user_id, "", "m.direct").await?;
+async fn dm_rooms(conn: &mut AnyConnection, user_id: &str) -> Result<HashSet<String>> {
+    let content = account_data::get(conn, user_id, "", "m.direct").await?;
     let value: Value = content.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
     Ok(value
         .as_object()
@@ -239,7 +239,7 @@ async fn build(
         .collect();
     let room_ids: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
     let stamps = bump_stamps(&mut conn, &room_ids, now.events).await?;
-    let dms = dm_rooms(core, session.user_id).await?;
+    let dms = dm_rooms(&mut conn, session.user_id).await?;
     let by_room: HashMap<&str, &Membership> = memberships.iter().map(|m| (m.room_id.as_str(), m)).collect();
 
     // Sort by bump stamp (latest first), then room ID for stability.
@@ -296,7 +296,9 @@ async fn build(
         conn_state.rooms.insert(room_id.clone(), now.events);
     }
 
-    let extensions = extensions(core, &mut conn, session, req, &wanted, since, now).await?;
+    // The extensions take connections of their own; never hold one while they do.
+    drop(conn);
+    let extensions = extensions(core, session, req, &wanted, since, now).await?;
     Ok(json!({ "pos": "", "lists": lists_json, "rooms": rooms_json, "extensions": extensions }))
 }
 
@@ -414,7 +416,6 @@ async fn room_data(
 
 async fn extensions(
     core: &Core,
-    conn: &mut AnyConnection,
     session: &Session<'_>,
     req: &Request,
     rooms: &BTreeMap<String, RoomConfig>,
@@ -441,10 +442,12 @@ async fn extensions(
             }),
         );
     }
+    let mut conn = core.db.conn().await?;
+    let conn = &mut *conn;
     if req.extensions.account_data.on() {
         let mut global = Vec::new();
         let mut per_room: Map<String, Value> = Map::new();
-        for (room_id, data_type, content) in account_data::changed_since(&core.db, session.user_id, since_token.account_data).await? {
+        for (room_id, data_type, content) in account_data::changed_since(conn, session.user_id, since_token.account_data).await? {
             let event = json!({ "type": data_type, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
             if room_id.is_empty() {
                 global.push(event);

@@ -28,8 +28,8 @@ pub async fn sync(client: &Client, since: Option<&str>, extra: &str) -> Value {
 fn timeline_bodies(room: &Value) -> Vec<String> {
     room["timeline"]["events"]
         .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
+        .flatten()
         .filter(|e| e["type"] == "m.room.message")
         .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
         .collect()
@@ -239,5 +239,47 @@ both_backends!(unread_counts_per_thread, |backend| async move {
     let plain = sync(&alice, None, "").await;
     assert_eq!(plain["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3);
     assert!(plain["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"), "initial sync carries push rules");
+    server.stop().await;
+});
+
+both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
+    // More waiting syncs than pooled connections: each must still answer, none may starve the
+    // sender (a sync that held one connection while waiting for another would deadlock here).
+    let Some(server) = TestServer::start_with(backend, |c| c.database.max_connections = 3).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let mut receivers = Vec::new();
+    for i in 0..12 {
+        let c = server.register(&format!("r{i}"), "pw").await;
+        c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+        let token = sync(&c, None, "").await["next_batch"].as_str().unwrap().to_owned();
+        receivers.push((c, token));
+    }
+    let mut polls = Vec::new();
+    for (c, token) in receivers {
+        let room = room.clone();
+        polls.push(tokio::spawn(async move {
+            // Other users' presence may wake a poll first; follow next_batch like a client.
+            let mut since = token;
+            for _ in 0..20 {
+                let (status, body) = c.get(&format!("/_matrix/client/v3/sync?timeout=15000&since={since}")).await;
+                assert_eq!(status, 200, "{body}");
+                let bodies = timeline_bodies(&body["rooms"]["join"][&room]);
+                if !bodies.is_empty() {
+                    return bodies;
+                }
+                since = body["next_batch"].as_str().unwrap().to_owned();
+            }
+            Vec::new()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    assert_eq!(send_text(&alice, &room, "x", "to everyone").await.0, 200);
+    for p in polls {
+        let bodies = tokio::time::timeout(Duration::from_secs(10), p).await.expect("sync answered").unwrap();
+        assert_eq!(bodies, vec!["to everyone"]);
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "fan-out took {:?}", start.elapsed());
     server.stop().await;
 });

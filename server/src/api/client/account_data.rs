@@ -50,7 +50,7 @@ pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::
 pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> ApiResult<get_global_account_data::v3::Response> {
     let user = req.sender()?;
     check_own(user, &req.user_id)?;
-    let content = account_data::get(&state.db, user.user_id.as_str(), "", &req.event_type.to_string())
+    let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), "", &req.event_type.to_string())
         .await?
         .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
     Ok(get_global_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
@@ -71,7 +71,7 @@ pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Requ
 pub async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> ApiResult<get_room_account_data::v3::Response> {
     let user = req.sender()?;
     check_own(user, &req.user_id)?;
-    let content = account_data::get(&state.db, user.user_id.as_str(), req.room_id.as_str(), &req.event_type.to_string())
+    let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), req.room_id.as_str(), &req.event_type.to_string())
         .await?
         .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
     Ok(get_room_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
