@@ -283,3 +283,26 @@ both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
     assert!(start.elapsed() < Duration::from_secs(5), "fan-out took {:?}", start.elapsed());
     server.stop().await;
 });
+
+both_backends!(account_data_in_sync_wakes_long_poll, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({})).await;
+    let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let poller = alice.clone();
+    let path = format!("/_matrix/client/v3/sync?timeout=20000&since={token}");
+    let handle = tokio::spawn(async move { poller.get(&path).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    alice.put("/_matrix/client/v3/user/@alice:weft.test/account_data/org.example.theme", json!({"dark": true})).await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert!(start.elapsed() < Duration::from_secs(2), "woke after {:?}", start.elapsed());
+    assert!(body["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "org.example.theme" && e["content"]["dark"] == true), "{body}");
+    let next = body["next_batch"].as_str().unwrap().to_owned();
+    alice.put(&format!("/_matrix/client/v3/user/@alice:weft.test/rooms/{room}/account_data/m.tag"), json!({"tags": {"u.work": {}}})).await;
+    let inc = sync(&alice, Some(&next), "").await;
+    let events = inc["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap().clone();
+    assert!(events.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"].is_object()), "{inc}");
+    server.stop().await;
+});

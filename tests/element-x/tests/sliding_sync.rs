@@ -1,11 +1,11 @@
 //! matrix-rust-sdk (what Element X is built on) against an in-process weft: the room list
-//! through simplified sliding sync (MSC4186) with matrix-sdk-ui's `RoomListService`, as Element X
-//! drives it, and a new message arriving through it.
+//! through simplified sliding sync (MSC4186) with matrix-sdk-ui's `SyncService` and
+//! `RoomListService`, as Element X drives them, and a new message arriving through it.
 //!
 //! Runs on SQLite always and on PostgreSQL when `WEFT_TEST_POSTGRES` is set (a URL with rights to
 //! create databases), like the `it` test crate's harness.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use futures::{pin_mut, Stream, StreamExt};
 use matrix_sdk::{
@@ -18,7 +18,8 @@ use matrix_sdk::{
 };
 use matrix_sdk_ui::{
     eyeball_im::{Vector, VectorDiff},
-    room_list_service::{filters::new_filter_non_left, RoomListItem},
+    room_list_service::{filters::new_filter_non_left, RoomListItem, RoomListLoadingState, State},
+    sync_service::{State as SyncServiceState, SyncService},
     RoomListService,
 };
 use serde_json::{json, Value};
@@ -90,23 +91,21 @@ async fn scenario(backend: Backend) {
         }
     });
 
-    // The room list service, as Element X runs it: one sliding sync connection ("room-list"),
-    // one list ("all_rooms") growing over the whole room list, then long-polling.
-    let service = Arc::new(RoomListService::new(client.clone()).await.expect("room list service"));
+    // The sync service, as Element X runs it: a room list sliding sync connection ("room-list",
+    // one list "all_rooms" growing over the whole room list, then long-polling) and an encryption
+    // connection (to-device and e2ee extensions), each in a task of its own.
+    let sync_service = SyncService::builder(client.clone()).build().await.expect("sync service");
+    let service = sync_service.room_list_service();
     let (error_tx, mut error_rx) = mpsc::unbounded_channel::<String>();
-    let sync_task = {
-        let service = service.clone();
-        tokio::spawn(async move {
-            let sync = service.sync();
-            pin_mut!(sync);
-            while let Some(result) = sync.next().await {
-                if let Err(e) = result {
-                    let _ = error_tx.send(format!("{e:?}"));
-                    break;
-                }
+    let mut sync_state = sync_service.state();
+    let watcher = tokio::spawn(async move {
+        while let Some(state) = sync_state.next().await {
+            if let SyncServiceState::Error(e) = state {
+                let _ = error_tx.send(format!("{e:?}"));
             }
-        })
-    };
+        }
+    });
+    sync_service.start().await;
 
     let all_rooms = service.all_rooms().await.expect("all_rooms list");
     let (entries, controller) = all_rooms.entries_with_dynamic_adapters(50);
@@ -135,10 +134,18 @@ async fn scenario(backend: Backend) {
     }
     let alpha = client.get_room(&shared).unwrap();
     assert_eq!(alpha.joined_members_count(), 2, "alice and bob in Alpha");
-    assert_eq!(
-        service.all_rooms().await.unwrap().loading_state().get(),
-        matrix_sdk_ui::room_list_service::RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(3) }
-    );
+    // The list's count from the server reaches the loading state (updated by a task of its own).
+    let mut loading = all_rooms.loading_state();
+    let loaded = RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(3) };
+    let result = timeout(WAIT, async {
+        while loading.get() != loaded {
+            if loading.next().await.is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "loading state is {:?}, not {loaded:?}", loading.get());
 
     // Let the service settle into long-polling, then bob speaks in the shared room.
     wait_for_state(&service, &mut error_rx).await;
@@ -174,8 +181,8 @@ async fn scenario(backend: Backend) {
     })
     .await;
 
-    service.stop_sync().expect("stop sync");
-    let _ = timeout(WAIT, sync_task).await;
+    timeout(WAIT, sync_service.stop()).await.expect("sync service stops");
+    watcher.abort();
     running.shutdown().await;
     db.drop_db().await;
 }
@@ -210,7 +217,6 @@ async fn wait_for_list(
 
 /// Waits until the room list service is running (its list fully loaded, long-polling).
 async fn wait_for_state(service: &RoomListService, errors: &mut mpsc::UnboundedReceiver<String>) {
-    use matrix_sdk_ui::room_list_service::State;
     let mut state = service.state();
     let result = timeout(WAIT, async {
         loop {
@@ -218,7 +224,7 @@ async fn wait_for_state(service: &RoomListService, errors: &mut mpsc::UnboundedR
                 return;
             }
             tokio::select! {
-                _ = state.next() => {}
+                next = state.next() => if next.is_none() { return },
                 Some(error) = errors.recv() => panic!("sliding sync failed: {error}"),
             }
         }

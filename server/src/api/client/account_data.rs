@@ -35,44 +35,42 @@ fn body_object(req_json: &Option<serde_json::Value>) -> ApiResult<String> {
     }
 }
 
-pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> ApiResult<set_global_account_data::v3::Response> {
-    let user = req.sender()?;
-    check_own(user, &req.user_id)?;
-    let event_type = req.event_type.to_string();
-    check_settable(&event_type)?;
-    let content = body_object(&req.json_body)?;
+/// Stores one piece of account data (`room_id` "" for global) and wakes the user's syncs.
+async fn store(state: &AppState, user: &AuthUser, target: &UserId, room_id: &str, event_type: &str, body: &Option<serde_json::Value>) -> ApiResult<()> {
+    check_own(user, target)?;
+    check_settable(event_type)?;
+    let content = body_object(body)?;
     let mut tx = state.db.write().await?;
-    account_data::put(&mut tx, user.user_id.as_str(), "", &event_type, &content).await?;
+    account_data::put(&mut tx, user.user_id.as_str(), room_id, event_type, &content).await?;
     tx.commit().await?;
+    state.core.notifier.user_changed(user.user_id.as_str());
+    Ok(())
+}
+
+async fn load<T>(state: &AppState, user: &AuthUser, target: &UserId, room_id: &str, event_type: &str) -> ApiResult<Raw<T>> {
+    check_own(user, target)?;
+    let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), room_id, event_type)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
+    Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))
+}
+
+pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> ApiResult<set_global_account_data::v3::Response> {
+    store(&state, req.sender()?, &req.user_id, "", &req.event_type.to_string(), &req.json_body).await?;
     Ok(set_global_account_data::v3::Response::new())
 }
 
 pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> ApiResult<get_global_account_data::v3::Response> {
-    let user = req.sender()?;
-    check_own(user, &req.user_id)?;
-    let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), "", &req.event_type.to_string())
-        .await?
-        .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
-    Ok(get_global_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
+    let raw = load(&state, req.sender()?, &req.user_id, "", &req.event_type.to_string()).await?;
+    Ok(get_global_account_data::v3::Response::new(raw))
 }
 
 pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Request>) -> ApiResult<set_room_account_data::v3::Response> {
-    let user = req.sender()?;
-    check_own(user, &req.user_id)?;
-    let event_type = req.event_type.to_string();
-    check_settable(&event_type)?;
-    let content = body_object(&req.json_body)?;
-    let mut tx = state.db.write().await?;
-    account_data::put(&mut tx, user.user_id.as_str(), req.room_id.as_str(), &event_type, &content).await?;
-    tx.commit().await?;
+    store(&state, req.sender()?, &req.user_id, req.room_id.as_str(), &req.event_type.to_string(), &req.json_body).await?;
     Ok(set_room_account_data::v3::Response::new())
 }
 
 pub async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> ApiResult<get_room_account_data::v3::Response> {
-    let user = req.sender()?;
-    check_own(user, &req.user_id)?;
-    let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), req.room_id.as_str(), &req.event_type.to_string())
-        .await?
-        .ok_or_else(|| MatrixError::not_found("Account data not found"))?;
-    Ok(get_room_account_data::v3::Response::new(Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))?))
+    let raw = load(&state, req.sender()?, &req.user_id, req.room_id.as_str(), &req.event_type.to_string()).await?;
+    Ok(get_room_account_data::v3::Response::new(raw))
 }

@@ -17,7 +17,7 @@ use weft_core::{
 
 use crate::{
     error::{ApiResult, MatrixError},
-    ruma_wrapper::Ruma,
+    ruma_wrapper::{AuthUser, Ruma},
     state::AppState,
 };
 
@@ -43,15 +43,15 @@ pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -
     if kind == "m.room.redaction" {
         template.redacts = template.content["redacts"].as_str().map(str::to_owned);
     }
-    let sent = rooms::send(
-        &state.core,
-        req.room_id.as_str(),
-        &user.user_id,
-        template,
-        Some((user.user_id.as_str(), user.device_id.as_str(), req.txn_id.as_str())),
-    )
-    .await?;
-    Ok(send_message_event::v3::Response::new(parse_event_id(&sent.event_id)?))
+    let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// Sends as the user's device, idempotent per transaction ID.
+async fn send_with_txn(state: &AppState, user: &AuthUser, room_id: &str, template: EventTemplate, txn_id: &str) -> ApiResult<OwnedEventId> {
+    let txn = Some((user.user_id.as_str(), user.device_id.as_str(), txn_id));
+    let sent = rooms::send(&state.core, room_id, &user.user_id, template, txn).await?;
+    parse_event_id(&sent.event_id)
 }
 
 pub fn parse_event_id(id: &str) -> ApiResult<OwnedEventId> {
@@ -74,15 +74,8 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Ap
         content["reason"] = json!(reason);
     }
     let template = EventTemplate { kind: "m.room.redaction".into(), state_key: None, content, redacts: Some(req.event_id.to_string()) };
-    let sent = rooms::send(
-        &state.core,
-        req.room_id.as_str(),
-        &user.user_id,
-        template,
-        Some((user.user_id.as_str(), user.device_id.as_str(), req.txn_id.as_str())),
-    )
-    .await?;
-    Ok(redact_event::v3::Response::new(parse_event_id(&sent.event_id)?))
+    let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
+    Ok(redact_event::v3::Response::new(event_id))
 }
 
 pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> ApiResult<get_message_events::v3::Response> {
