@@ -274,3 +274,20 @@ both_backends!(guests_follow_guest_access, |backend| async move {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
     server.stop().await;
 });
+
+both_backends!(restricted_join_through_an_allowed_room, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let space = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let restricted = create_room(&alice, json!({"room_version": "10", "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]})).await;
+    assert_eq!(bob.post(&format!("/_matrix/client/v3/join/{space}"), json!({})).await.0, 200);
+    let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{restricted}"), json!({})).await;
+    assert_eq!(status, 200, "a member of the allowed room may join: {body}");
+    let (_, member) = alice.get(&format!("/_matrix/client/v3/rooms/{restricted}/state/m.room.member/@bob:weft.test")).await;
+    assert_eq!(member["join_authorised_via_users_server"], "@alice:weft.test");
+    let (status, body) = carol.post(&format!("/_matrix/client/v3/join/{restricted}"), json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
+    server.stop().await;
+});
