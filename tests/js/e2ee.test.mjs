@@ -152,8 +152,17 @@ test("end-to-end encryption through matrix-js-sdk's Rust crypto", { timeout: 240
             alice.getCrypto().bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: async (makeRequest) => makeRequest(null) }),
             (err) => err.httpStatus === 401,
         );
+        const before = await alice.getCrypto().getCrossSigningKeyId();
         await alice.getCrypto().bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordAuth(aliceAccount) });
-        assert.ok(await alice.getCrypto().isCrossSigningReady());
+        // Ready again once the client has re-read its own (new) keys from /keys/query.
+        await until(() => alice.getCrypto().isCrossSigningReady(), "cross-signing to be ready with the new keys");
+        const after = await alice.getCrypto().getCrossSigningKeyId();
+        assert.notEqual(after, before, "the master key was replaced");
+        const published = await alice.downloadKeysForUsers([aliceAccount.userId]);
+        assert.ok(
+            Object.keys(published.master_keys?.[aliceAccount.userId]?.keys ?? {}).includes(`ed25519:${after}`),
+            `the server has the new master key: ${JSON.stringify(published.master_keys)}`,
+        );
 
         await bob.getCrypto().bootstrapCrossSigning({ authUploadDeviceSigningKeys: passwordAuth(bobAccount) });
     });

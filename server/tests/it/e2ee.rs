@@ -531,3 +531,59 @@ both_backends!(key_backup_lifecycle, |backend| async move {
     assert_eq!(status, 404);
     server.stop().await;
 });
+
+both_backends!(dehydrated_device, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (alice_id, _) = whoami(&alice).await;
+    let base = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+    let (status, _) = alice.get(base).await;
+    assert_eq!(status, 404);
+
+    let key = Key::named("DEHYDRATED1");
+    let mut keys = json!({
+        "user_id": alice_id, "device_id": "DEHYDRATED1", "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "dehydrated": true,
+        "keys": { "curve25519:DEHYDRATED1": "Y3VydmU", "ed25519:DEHYDRATED1": key.public },
+    });
+    key.sign(&alice_id, &mut keys);
+    let data = json!({ "algorithm": "org.matrix.msc3814.v2", "device_pickle": "pickle", "nonce": "nonce" });
+    let mut bad = keys.clone();
+    bad["keys"]["curve25519:DEHYDRATED1"] = json!("b3RoZXI");
+    let (status, _) = alice.put(base, json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": bad })).await;
+    assert_eq!(status, 400, "badly signed device keys are refused");
+    let (status, body) = alice
+        .put(base, json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": keys, "one_time_keys": otks("D", 1) }))
+        .await;
+    assert_eq!((status, body["device_id"].as_str()), (200, Some("DEHYDRATED1")), "{body}");
+    let (_, body) = alice.get(base).await;
+    assert_eq!(body["device_data"]["device_pickle"], "pickle", "{body}");
+    let (_, q) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    assert_eq!(q["device_keys"][&alice_id]["DEHYDRATED1"]["dehydrated"], true, "{q}");
+    assert_eq!(claim(&bob, &alice_id, "DEHYDRATED1").await["signed_curve25519:D000"]["key"], "otk-D-0");
+
+    // To-device messages wait for it and page with next_batch; a page acknowledges the last.
+    for (txn, n) in [("a", 1), ("b", 2)] {
+        let (status, _) = bob
+            .put(&format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"), json!({ "messages": { &alice_id: { "DEHYDRATED1": { "n": n } } } }))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let events = format!("{base}/DEHYDRATED1/events");
+    let (status, page) = alice.post(&events, json!({})).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"].as_array().unwrap().len(), 2, "{page}");
+    let next = page["next_batch"].as_str().unwrap().to_owned();
+    let (_, page) = alice.post(&events, json!({ "next_batch": next })).await;
+    assert_eq!(page["events"], json!([]), "{page}");
+    let (status, _) = alice.post(&format!("{base}/OTHERDEVICE/events"), json!({})).await;
+    assert_eq!(status, 403);
+
+    let (status, body) = alice.delete(base, json!({})).await;
+    assert_eq!((status, body["device_id"].as_str()), (200, Some("DEHYDRATED1")));
+    let (status, _) = alice.get(base).await;
+    assert_eq!(status, 404);
+    let (_, q) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    assert!(q["device_keys"][&alice_id].get("DEHYDRATED1").is_none(), "{q}");
+    server.stop().await;
+});

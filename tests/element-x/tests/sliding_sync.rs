@@ -11,7 +11,7 @@ use futures::{pin_mut, Stream, StreamExt};
 use matrix_sdk::{
     ruma::{
         api::client::room::create_room::v3::Request as CreateRoomRequest,
-        events::room::message::{MessageType, OriginalSyncRoomMessageEvent},
+        events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent},
         OwnedRoomId, OwnedUserId,
     },
     Client, Room, RoomState,
@@ -20,6 +20,7 @@ use matrix_sdk_ui::{
     eyeball_im::{Vector, VectorDiff},
     room_list_service::{filters::new_filter_non_left, RoomListItem, RoomListLoadingState, State},
     sync_service::{State as SyncServiceState, SyncService},
+    timeline::{LatestEventValue, RoomExt, TimelineItemContent},
     RoomListService,
 };
 use serde_json::{json, Value};
@@ -147,6 +148,10 @@ async fn scenario(backend: Backend) {
     .await;
     assert!(result.is_ok(), "loading state is {:?}, not {loaded:?}", loading.get());
 
+    // Element X subscribes to the rooms on screen: Alpha gets a room subscription (more timeline,
+    // more state) and its latest event is tracked for the list.
+    service.subscribe_to_rooms(&[&shared]).await;
+
     // Let the service settle into long-polling, then bob speaks in the shared room.
     wait_for_state(&service, &mut error_rx).await;
     let (status, body) = http(
@@ -158,28 +163,69 @@ async fn scenario(backend: Backend) {
     )
     .await;
     assert_eq!(status, 200, "bob sends: {body}");
-
-    let received = timeout(WAIT, async {
-        loop {
-            tokio::select! {
-                Some(message) = message_rx.recv() => {
-                    if message.2 == "hello from bob" {
-                        return message;
-                    }
-                }
-                Some(error) = error_rx.recv() => panic!("sliding sync failed: {error}"),
-            }
-        }
-    })
-    .await
-    .expect("alice's SDK receives bob's message through sliding sync within 10 s");
+    let received = wait_for_message(&mut message_rx, &mut error_rx, "hello from bob").await;
     assert_eq!(received, (shared.clone(), bob_id.to_string(), "hello from bob".to_owned()));
 
-    // The room with the new message moves to the top of the list.
+    // The room with the new message moves to the top of the list, and the message becomes the
+    // room's latest event (what the list shows under the room's name).
     wait_for_list(&mut entries, &mut list, &mut error_rx, "Alpha first after bob's message", |list| {
         list.len() == 3 && list[0].room_id() == shared
     })
     .await;
+    let latest = timeout(WAIT, async {
+        loop {
+            if let LatestEventValue::Remote { sender, content, .. } = alpha.latest_event().await {
+                if sender == bob_id && content.as_message().is_some_and(|m| m.body() == "hello from bob") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(latest.is_ok(), "Alpha's latest event is not bob's message: {:?}", alpha.latest_event().await);
+
+    // Alice answers through the SDK and sees her message come back through sliding sync.
+    alpha.send(RoomMessageEventContent::text_plain("hi bob")).await.expect("alice sends");
+    let received = wait_for_message(&mut message_rx, &mut error_rx, "hi bob").await;
+    assert_eq!(received.1, "@alice:weft.test");
+
+    // Opening the room: a timeline paginated back to the room's creation from the sliding sync
+    // `prev_batch` (through /messages) shows the whole conversation in order.
+    let timeline = alpha.timeline().await.expect("timeline");
+    let reached_start = timeout(WAIT, async {
+        loop {
+            if timeline.paginate_backwards(20).await.expect("back-pagination") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(reached_start.is_ok(), "back-pagination did not reach the room's start within {WAIT:?}");
+    let items = timeline.items().await;
+    let events: Vec<String> = items
+        .iter()
+        .filter_map(|item| item.as_event())
+        .map(|event| match event.content() {
+            TimelineItemContent::MsgLike(_) => {
+                format!("{}: {}", event.sender(), event.content().as_message().map(|m| m.body().to_owned()).unwrap_or_default())
+            }
+            TimelineItemContent::MembershipChange(change) => format!("{} {:?}", change.user_id(), change.change()),
+            TimelineItemContent::OtherState(state) => format!("state {}", state.content().event_type()),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    // In order, each once (pagination overlapping the sliding sync timeline would duplicate).
+    let wanted = [
+        "state m.room.create",
+        "state m.room.name",
+        "@bob:weft.test Some(Invited)",
+        "@bob:weft.test Some(InvitationAccepted)",
+        "@bob:weft.test: hello from bob",
+        "@alice:weft.test: hi bob",
+    ];
+    let found: Vec<&str> = events.iter().map(String::as_str).filter(|e| wanted.contains(e)).collect();
+    assert_eq!(found, wanted, "timeline out of order, incomplete or with duplicates: {events:#?}");
 
     timeout(WAIT, sync_service.stop()).await.expect("sync service stops");
     watcher.abort();
@@ -213,6 +259,28 @@ async fn wait_for_list(
             list.iter().map(|r| format!("{} {:?}", r.room_id(), r.cached_display_name().map(|n| n.to_string()))).collect();
         panic!("room list did not show {what} within {WAIT:?}: {shown:?}");
     }
+}
+
+/// Waits for a text message with this body to reach the event handler; returns (room, sender, body).
+async fn wait_for_message(
+    messages: &mut mpsc::UnboundedReceiver<(OwnedRoomId, String, String)>,
+    errors: &mut mpsc::UnboundedReceiver<String>,
+    body: &str,
+) -> (OwnedRoomId, String, String) {
+    timeout(WAIT, async {
+        loop {
+            tokio::select! {
+                Some(message) = messages.recv() => {
+                    if message.2 == body {
+                        return message;
+                    }
+                }
+                Some(error) = errors.recv() => panic!("sliding sync failed: {error}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("alice's SDK did not receive {body:?} through sliding sync within {WAIT:?}"))
 }
 
 /// Waits until the room list service is running (its list fully loaded, long-polling).
