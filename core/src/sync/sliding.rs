@@ -92,11 +92,11 @@ impl Toggle {
     }
 }
 
-/// What one connection has been sent: the token of each response it was given, and per room
-/// the events position it has seen.
+/// What one connection has been sent: per room the events position it has seen, and for each
+/// recent response its id (the `pos` handed out), its token and the rooms map as of it.
 #[derive(Default, Clone)]
 struct Connection {
-    tokens: Vec<(u64, SyncToken)>,
+    tokens: Vec<(u64, SyncToken, HashMap<String, i64>)>,
     rooms: HashMap<String, i64>,
     next_id: u64,
 }
@@ -127,9 +127,13 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
             None => (Connection::default(), None),
             Some(pos) => {
                 let id: u64 = pos.parse().map_err(|_| Error::UnknownPos)?;
-                let state = map.get(&key).ok_or(Error::UnknownPos)?.clone();
-                let token = state.tokens.iter().find(|(i, _)| *i == id).map(|(_, t)| *t).ok_or(Error::UnknownPos)?;
-                // A client that retries an older pos gets the rooms state as of that response.
+                let mut state = map.get(&key).ok_or(Error::UnknownPos)?.clone();
+                let (token, rooms) =
+                    state.tokens.iter().find(|(i, _, _)| *i == id).map(|(_, t, r)| (*t, r.clone())).ok_or(Error::UnknownPos)?;
+                // A client that retries an older pos (it cancelled the request, or lost the
+                // response) gets the rooms state as of that response: what later responses
+                // carried is sent again.
+                state.rooms = rooms;
                 (state, Some(token))
             }
         }
@@ -153,16 +157,20 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
     }
 }
 
-fn remember(connections: &Connections, key: (String, String, String), mut state: Connection, now: SyncToken, response: &mut Value) {
+fn remember(connections: &Connections, key: (String, String, String), state: Connection, now: SyncToken, response: &mut Value) {
     let mut map = connections.map.lock().unwrap_or_else(|e| e.into_inner());
-    state.next_id += 1;
-    let id = state.next_id;
-    state.tokens.push((id, now));
+    // Ids and positions come from the stored connection, not from the copy this request
+    // started with: a cancelled request can still be answering while its retry is, and each
+    // response must get its own id.
+    let stored = map.entry(key).or_default();
+    stored.next_id += 1;
+    let id = stored.next_id;
+    stored.tokens.push((id, now, state.rooms.clone()));
     // Keep a few recent positions so a retried request still works.
-    if state.tokens.len() > 4 {
-        state.tokens.remove(0);
+    if stored.tokens.len() > 4 {
+        stored.tokens.remove(0);
     }
-    map.insert(key, state);
+    stored.rooms = state.rooms;
     response["pos"] = json!(id.to_string());
 }
 

@@ -124,3 +124,30 @@ both_backends!(room_subscriptions_and_typing, |backend| async move {
     assert_eq!(res["extensions"]["typing"]["rooms"][&room]["content"]["user_ids"], json!(["@alice:weft.test"]), "{res}");
     server.stop().await;
 });
+
+// A response the client never got (a cancelled request, a dropped connection) must not count as
+// seen: Element X's SDK cancels in-flight requests when its subscriptions change and retries the
+// same pos, which has to carry the data again.
+both_backends!(retried_pos_resends_lost_response, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"name": "retry", "preset": "public_chat"})).await;
+    let (status, res) = sliding(&alice, None, 0, list_body(5, json!([[0, 9]]))).await;
+    assert_eq!(status, 200, "{res}");
+    let pos = res["pos"].as_str().unwrap().to_owned();
+    send_text(&alice, &room, "1", "maybe lost").await;
+    let bodies = |res: &Value| -> Vec<String> {
+        res["rooms"][&room]["timeline"].as_array().into_iter().flatten().filter_map(|e| e["content"]["body"].as_str().map(str::to_owned)).collect()
+    };
+    let (_, lost) = sliding(&alice, Some(&pos), 0, list_body(5, json!([[0, 9]]))).await;
+    assert_eq!(bodies(&lost), vec!["maybe lost"], "{lost}");
+    // The same pos again: the message comes again.
+    let (status, retried) = sliding(&alice, Some(&pos), 0, list_body(5, json!([[0, 9]]))).await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(bodies(&retried), vec!["maybe lost"], "{retried}");
+    // Going on from the newest pos, it is not sent a third time.
+    let next = retried["pos"].as_str().unwrap().to_owned();
+    let (_, res) = sliding(&alice, Some(&next), 0, list_body(5, json!([[0, 9]]))).await;
+    assert!(bodies(&res).is_empty(), "{res}");
+    server.stop().await;
+});

@@ -1,6 +1,8 @@
 //! matrix-rust-sdk (what Element X is built on) against an in-process weft: the room list
 //! through simplified sliding sync (MSC4186) with matrix-sdk-ui's `SyncService` and
-//! `RoomListService`, as Element X drives them, and a new message arriving through it.
+//! `RoomListService`, as Element X drives them; a new message arriving through it (event
+//! handler, list order, the room's latest event); and opening the room, a timeline paginated
+//! back from the sliding sync `prev_batch` to the room's creation.
 //!
 //! Runs on SQLite always and on PostgreSQL when `WEFT_TEST_POSTGRES` is set (a URL with rights to
 //! create databases), like the `it` test crate's harness.
@@ -20,7 +22,7 @@ use matrix_sdk_ui::{
     eyeball_im::{Vector, VectorDiff},
     room_list_service::{filters::new_filter_non_left, RoomListItem, RoomListLoadingState, State},
     sync_service::{State as SyncServiceState, SyncService},
-    timeline::{LatestEventValue, RoomExt, TimelineItemContent},
+    timeline::{LatestEventValue, RoomExt, Timeline, TimelineItemContent},
     RoomListService,
 };
 use serde_json::{json, Value};
@@ -57,8 +59,13 @@ async fn scenario(backend: Backend) {
     let bob_id: OwnedUserId = "@bob:weft.test".try_into().unwrap();
 
     // Alice is the SDK client, as Element X would be: in-memory stores, password login.
-    let sdk_base = match std::env::var("EX_PROXY") { Ok(port) => { let target = base.trim_start_matches("http://").to_owned(); std::process::Command::new("python3").args(["/tmp/proxy.py", &port, &target, "/tmp/proxy.log"]).spawn().unwrap(); tokio::time::sleep(Duration::from_millis(500)).await; format!("http://127.0.0.1:{port}") } Err(_) => base.clone() };
-    let client = Client::builder().homeserver_url(&sdk_base).build().await.expect("client builds");
+    // Like Element X: discover sliding sync support from /versions.
+    let client = Client::builder()
+        .homeserver_url(&base)
+        .sliding_sync_version_builder(matrix_sdk::sliding_sync::VersionBuilder::DiscoverNative)
+        .build()
+        .await
+        .expect("client builds (the server must announce simplified sliding sync)");
     client
         .matrix_auth()
         .login_username("alice", "alice-password")
@@ -186,9 +193,19 @@ async fn scenario(backend: Backend) {
     assert!(latest.is_ok(), "Alpha's latest event is not bob's message: {:?}", alpha.latest_event().await);
 
     // Alice answers through the SDK and sees her message come back through sliding sync.
-    alpha.send(RoomMessageEventContent::text_plain("hi bob")).await.expect("alice sends");
+    let sent = alpha.send(RoomMessageEventContent::text_plain("hi bob")).await.expect("alice sends");
     let received = wait_for_message(&mut message_rx, &mut error_rx, "hi bob").await;
     assert_eq!(received.1, "@alice:weft.test");
+    // The event cache takes sync responses in a task of its own: let it catch up before opening
+    // the timeline, as a person tapping the room would (the SDK races otherwise, not weft).
+    let (room_cache, _handles) = alpha.event_cache().await.expect("room event cache");
+    let cached = timeout(WAIT, async {
+        while !room_cache.events().await.expect("cached events").iter().any(|e| e.event_id().as_deref() == Some(&*sent.response.event_id)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(cached.is_ok(), "alice's message did not reach the event cache within {WAIT:?}");
 
     // Opening the room: a timeline paginated back to the room's creation from the sliding sync
     // `prev_batch` (through /messages) shows the whole conversation in order.
@@ -202,8 +219,41 @@ async fn scenario(backend: Backend) {
     })
     .await;
     assert!(reached_start.is_ok(), "back-pagination did not reach the room's start within {WAIT:?}");
-    let items = timeline.items().await;
-    let events: Vec<String> = items
+    // In order, each once (pagination overlapping the sliding sync timeline would duplicate). The
+    // timeline takes the paginated events from the event cache in a task of its own: poll.
+    let wanted = [
+        "state m.room.create",
+        "state m.room.name",
+        "@bob:weft.test Some(Invited)",
+        "@bob:weft.test Some(InvitationAccepted)",
+        "@bob:weft.test: hello from bob",
+        "@alice:weft.test: hi bob",
+    ];
+    let mut events = Vec::new();
+    let complete = timeout(WAIT, async {
+        loop {
+            events = timeline_summary(&timeline).await;
+            if events.iter().map(String::as_str).filter(|e| wanted.contains(e)).eq(wanted) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(complete.is_ok(), "timeline out of order, incomplete or with duplicates: {events:#?}");
+
+    timeout(WAIT, sync_service.stop()).await.expect("sync service stops");
+    watcher.abort();
+    running.shutdown().await;
+    db.drop_db().await;
+}
+
+/// The timeline's events, one line each: "sender: body" for messages, "user change" for
+/// memberships, "state type" for other state.
+async fn timeline_summary(timeline: &Timeline) -> Vec<String> {
+    timeline
+        .items()
+        .await
         .iter()
         .filter_map(|item| item.as_event())
         .map(|event| match event.content() {
@@ -214,23 +264,7 @@ async fn scenario(backend: Backend) {
             TimelineItemContent::OtherState(state) => format!("state {}", state.content().event_type()),
             other => format!("{other:?}"),
         })
-        .collect();
-    // In order, each once (pagination overlapping the sliding sync timeline would duplicate).
-    let wanted = [
-        "state m.room.create",
-        "state m.room.name",
-        "@bob:weft.test Some(Invited)",
-        "@bob:weft.test Some(InvitationAccepted)",
-        "@bob:weft.test: hello from bob",
-        "@alice:weft.test: hi bob",
-    ];
-    let found: Vec<&str> = events.iter().map(String::as_str).filter(|e| wanted.contains(e)).collect();
-    assert_eq!(found, wanted, "timeline out of order, incomplete or with duplicates: {events:#?}");
-
-    timeout(WAIT, sync_service.stop()).await.expect("sync service stops");
-    watcher.abort();
-    running.shutdown().await;
-    db.drop_db().await;
+        .collect()
 }
 
 /// Applies room list diffs until `done` holds for the list, failing after `WAIT` or on a sync error.

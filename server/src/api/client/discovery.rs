@@ -16,6 +16,8 @@ pub async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> 
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
     response.unstable_features = BTreeMap::from([
         ("org.matrix.msc2918.refresh_token".to_owned(), true),
+        // Simplified sliding sync: Element X only uses a server that announces it.
+        ("org.matrix.simplified_msc3575".to_owned(), true),
     ]);
     Ok(response)
 }
