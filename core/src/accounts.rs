@@ -33,19 +33,43 @@ pub struct SessionRequest {
     pub refreshable_lifetime_ms: Option<i64>,
 }
 
-/// Argon2 takes ~19 MiB per hash by design; hashing at most one per core keeps a burst of
-/// registrations or logins from multiplying that (and the allocator keeping it afterwards).
-fn hashing_permits() -> &'static tokio::sync::Semaphore {
-    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
-    PERMITS.get_or_init(|| {
-        tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
-    })
+/// Argon2 takes ~19 MiB per hash by design. Hashing runs on a few dedicated threads (one
+/// per core) rather than tokio's growing blocking pool: the allocator keeps freed memory per
+/// thread, so a burst of registrations on dozens of threads would leave hundreds of MiB behind.
+fn run_hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> tokio::sync::oneshot::Receiver<T> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static QUEUE: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let queue = QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new().name(format!("weft-hash-{i}")).spawn(move || loop {
+                let job = match rx.lock() {
+                    Ok(rx) => rx.recv(),
+                    Err(_) => return,
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+        }
+        std::sync::Mutex::new(tx)
+    });
+    let (done, result) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = done.send(job());
+    });
+    if let Ok(queue) = queue.lock() {
+        let _ = queue.send(job);
+    }
+    result
 }
 
 pub async fn hash_password(password: &str) -> Result<String> {
     let password = password.to_owned();
-    let _permit = hashing_permits().acquire().await.map_err(Error::internal)?;
-    tokio::task::spawn_blocking(move || {
+    run_hashing(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -58,8 +82,7 @@ pub async fn hash_password(password: &str) -> Result<String> {
 
 pub async fn verify_password(password: &str, hash: &str) -> bool {
     let (password, hash) = (password.to_owned(), hash.to_owned());
-    let Ok(_permit) = hashing_permits().acquire().await else { return false };
-    tokio::task::spawn_blocking(move || {
+    run_hashing(move || {
         PasswordHash::new(&hash)
             .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
             .unwrap_or(false)

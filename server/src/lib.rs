@@ -11,4 +11,5 @@ pub mod router;
 pub mod ruma_wrapper;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod uia;

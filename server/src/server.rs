@@ -61,11 +61,35 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addrs.push(addr);
         let mut stop_rx = stop_rx.clone();
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let tls = match (&listener.tls_cert, &listener.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
         tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
+            let result = match tls {
+                None => {
+                    let shutdown = async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    };
+                    axum::serve(socket, service).with_graceful_shutdown(shutdown).await
+                }
+                Some(tls) => {
+                    let handle = axum_server::Handle::new();
+                    let stopper = handle.clone();
+                    tokio::spawn(async move {
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+                    });
+                    match socket.into_std() {
+                        Ok(std_socket) => axum_server::from_tcp_rustls(std_socket, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+                            .handle(handle)
+                            .serve(service)
+                            .await,
+                        Err(e) => Err(e),
+                    }
+                }
             };
-            if let Err(e) = axum::serve(socket, service).with_graceful_shutdown(shutdown).await {
+            if let Err(e) = result {
                 tracing::error!(error = %e, %addr, "listener failed");
             }
         }));

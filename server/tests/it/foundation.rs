@@ -410,3 +410,28 @@ both_backends!(everything_survives_restart, |backend| async move {
     assert_eq!(body["devices"].as_array().unwrap().len(), 2);
     server.stop().await;
 });
+
+both_backends!(tls_listener, |backend| async move {
+    let Some(db) = TestDb::new(backend).await else { return };
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (db.dir.join("tls.crt"), db.dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let mut config = test_config(&db);
+    config.listeners[0].tls_cert = Some(cert_path);
+    config.listeners[0].tls_key = Some(key_path);
+    let running = weft::server::start(config).await.expect("starts with TLS");
+    let port = running.addrs[0].port();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .build()
+        .unwrap();
+    let res = client.get(format!("https://localhost:{port}/_matrix/client/versions")).send().await.expect("TLS request");
+    assert_eq!(res.status(), 200);
+    // Plain HTTP to a TLS listener does not get an answer.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/_matrix/client/versions")).await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    running.shutdown().await;
+    db.drop_db().await;
+});
