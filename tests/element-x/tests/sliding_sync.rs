@@ -7,6 +7,9 @@
 //! Runs on SQLite always and on PostgreSQL when `WEFT_TEST_POSTGRES` is set (a URL with rights to
 //! create databases), like the `it` test crate's harness.
 
+// The SDK's sync futures nest deeply; the default limit is too small for their layout.
+#![recursion_limit = "256"]
+
 use std::{path::PathBuf, time::Duration};
 
 use futures::{pin_mut, Stream, StreamExt};
