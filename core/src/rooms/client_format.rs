@@ -1,6 +1,12 @@
 //! Events as clients see them: the client format, redacted content for redacted events, and
 //! `unsigned` with age, transaction ID, prev_content and the server-side aggregations
 //! (latest edit `m.replace`, thread summary `m.thread`).
+//!
+//! A list is formatted with a fixed number of queries whatever its length: redactions,
+//! replaced state and both aggregations are each fetched for the whole list at once, so an
+//! initial sync or a page of history costs no query per event.
+
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 use sqlx::AnyConnection;
@@ -22,87 +28,138 @@ pub struct Viewer<'a> {
 
 /// One event in client format, without aggregations (used inside aggregations themselves).
 pub async fn format_plain(core: &Core, conn: &mut AnyConnection, stored: &StoredEvent, viewer: Option<Viewer<'_>>) -> Result<Value> {
-    let (_, rules) = room_rules(core, conn, &stored.room_id).await?;
-    let pdu = Pdu::from_stored(&stored.event_id, &stored.json, &rules)?;
-    let because = match &stored.redacted_by {
-        Some(id) => match events::get(conn, id).await? {
-            Some(r) => Some(Pdu::from_stored(&r.event_id, &r.json, &rules)?.client_json(&rules, None)),
-            None => None,
-        },
-        None => None,
-    };
-    let mut out = pdu.client_json(&rules, because.as_ref());
-    let mut unsigned = out.get("unsigned").cloned().unwrap_or_else(|| json!({}));
-    unsigned["age"] = json!((now_ms() - stored.origin_server_ts).max(0));
-    if let (Some(viewer), Some(txn_id)) = (viewer, &stored.txn_id) {
-        if viewer.user_id == stored.sender && viewer.device_id.is_some() && viewer.device_id == stored.txn_device.as_deref() {
-            unsigned["transaction_id"] = json!(txn_id);
-        }
-    }
-    if let Some(because) = because {
-        unsigned["redacted_because"] = because;
-    }
-    if let (Some(key), Some(before)) = (&stored.state_key, stored.state_before) {
-        let state = state_store::load(&core.db, conn, before).await?;
-        if let Some(prev_id) = state.get(&(stored.event_type.clone(), key.clone())) {
-            if let Some(prev) = events::get(conn, prev_id).await? {
-                let prev_pdu = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?;
-                let prev_json = prev_pdu.client_json(&rules, None);
-                unsigned["prev_content"] = prev_json["content"].clone();
-                unsigned["replaces_state"] = json!(prev.event_id);
-                unsigned["prev_sender"] = json!(prev.sender);
-            }
-        }
-    }
-    out["unsigned"] = unsigned;
-    Ok(out)
+    Ok(format_list(core, conn, std::slice::from_ref(stored), viewer, &HashMap::new()).await?.pop().unwrap_or_default())
 }
 
 /// Events in client format with aggregations.
 pub async fn format(core: &Core, conn: &mut AnyConnection, list: &[StoredEvent], viewer: Option<Viewer<'_>>) -> Result<Vec<Value>> {
-    let mut out = Vec::with_capacity(list.len());
-    for stored in list {
-        let mut event = format_plain(core, conn, stored, viewer).await?;
-        if stored.redacted_by.is_none() {
-            let relations = aggregations(core, conn, stored, viewer).await?;
-            if !relations.as_object().is_some_and(|o| o.is_empty()) {
-                event["unsigned"]["m.relations"] = relations;
+    let aggregations = aggregations(core, conn, list, viewer).await?;
+    format_list(core, conn, list, viewer, &aggregations).await
+}
+
+/// Formats a list; `aggregations` holds `unsigned.m.relations` by event ID.
+async fn format_list(
+    core: &Core,
+    conn: &mut AnyConnection,
+    list: &[StoredEvent],
+    viewer: Option<Viewer<'_>>,
+    aggregations: &HashMap<String, Value>,
+) -> Result<Vec<Value>> {
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The redaction events, and the state each state event replaced, in one query.
+    let mut extra_ids: Vec<String> = list.iter().filter_map(|e| e.redacted_by.clone()).collect();
+    let mut replaced: HashMap<&str, String> = HashMap::new();
+    for e in list {
+        if let (Some(key), Some(before)) = (&e.state_key, e.state_before) {
+            let state = state_store::load(&core.db, conn, before).await?;
+            if let Some(prev) = state.get(&(e.event_type.clone(), key.clone())) {
+                replaced.insert(e.event_id.as_str(), prev.clone());
+                extra_ids.push(prev.clone());
             }
         }
+    }
+    extra_ids.sort();
+    extra_ids.dedup();
+    let extra: HashMap<String, StoredEvent> =
+        events::get_many(conn, &extra_ids).await?.into_iter().map(|e| (e.event_id.clone(), e)).collect();
+
+    let mut out = Vec::with_capacity(list.len());
+    for stored in list {
+        let (_, rules) = room_rules(core, conn, &stored.room_id).await?;
+        let pdu = Pdu::from_stored(&stored.event_id, &stored.json, &rules)?;
+        let because = match stored.redacted_by.as_ref().and_then(|id| extra.get(id)) {
+            Some(r) => Some(Pdu::from_stored(&r.event_id, &r.json, &rules)?.client_json(&rules, None)),
+            None => None,
+        };
+        let mut event = pdu.client_json(&rules, because.as_ref());
+        let mut unsigned = event.get("unsigned").cloned().unwrap_or_else(|| json!({}));
+        unsigned["age"] = json!((now_ms() - stored.origin_server_ts).max(0));
+        if let (Some(viewer), Some(txn_id)) = (viewer, &stored.txn_id) {
+            if viewer.user_id == stored.sender && viewer.device_id.is_some() && viewer.device_id == stored.txn_device.as_deref() {
+                unsigned["transaction_id"] = json!(txn_id);
+            }
+        }
+        if let Some(because) = because {
+            unsigned["redacted_because"] = because;
+        }
+        if let Some(prev) = replaced.get(stored.event_id.as_str()).and_then(|id| extra.get(id)) {
+            let prev_json = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?.client_json(&rules, None);
+            unsigned["prev_content"] = prev_json["content"].clone();
+            unsigned["replaces_state"] = json!(prev.event_id);
+            unsigned["prev_sender"] = json!(prev.sender);
+        }
+        if let Some(relations) = aggregations.get(stored.event_id.as_str()).filter(|_| stored.redacted_by.is_none()) {
+            unsigned["m.relations"] = relations.clone();
+        }
+        event["unsigned"] = unsigned;
         out.push(event);
     }
     Ok(out)
 }
 
-async fn aggregations(core: &Core, conn: &mut AnyConnection, target: &StoredEvent, viewer: Option<Viewer<'_>>) -> Result<Value> {
-    let mut relations = json!({});
-    // Latest edit by the original sender (m.replace); redacted edits do not count.
-    let edits = events::query(
-        conn,
-        "WHERE event_id IN (SELECT event_id FROM event_relations WHERE relates_to = $1 AND rel_type = 'm.replace')
-           AND sender = $2 AND redacted_by IS NULL AND stream_pos IS NOT NULL
-         ORDER BY origin_server_ts DESC, event_id DESC LIMIT 1",
-        &[&target.event_id, &target.sender],
-    )
-    .await?;
-    if let Some(edit) = edits.first() {
-        relations["m.replace"] = format_plain(core, conn, edit, viewer).await?;
+/// Related events of `rel_type` pointing at any of `targets`: `(target, event)`, newest first.
+async fn related(conn: &mut AnyConnection, targets: &[&str], rel_type: &str) -> Result<Vec<(String, StoredEvent)>> {
+    let mut out = Vec::new();
+    for chunk in targets.chunks(200) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT r.relates_to, {} FROM event_relations r JOIN events ON events.event_id = r.event_id
+             WHERE r.rel_type = $1 AND r.relates_to IN ({}) AND events.stream_pos IS NOT NULL
+             ORDER BY events.stream_pos DESC",
+            events::COLUMNS.split(", ").map(|c| format!("events.{c}")).collect::<Vec<_>>().join(", "),
+            placeholders.join(",")
+        );
+        let mut q = sqlx::query(&sql).bind(rel_type);
+        for t in chunk {
+            q = q.bind(*t);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            use sqlx::Row;
+            let target: String = row.try_get(0)?;
+            out.push((target, events::from_row_at(&row, 1)?));
+        }
     }
-    // Thread summary.
-    let thread = events::query(
-        conn,
-        "WHERE event_id IN (SELECT event_id FROM event_relations WHERE relates_to = $1 AND rel_type = 'm.thread')
-           AND stream_pos IS NOT NULL ORDER BY stream_pos DESC",
-        &[&target.event_id],
-    )
-    .await?;
-    if let Some(latest) = thread.first() {
-        let participated = viewer.is_some_and(|v| v.user_id == target.sender || thread.iter().any(|e| e.sender == v.user_id));
-        relations["m.thread"] = json!({
-            "latest_event": format_plain(core, conn, latest, viewer).await?,
-            "count": thread.len(),
+    Ok(out)
+}
+
+/// `unsigned.m.relations` per event ID for events that have edits or thread replies.
+async fn aggregations(core: &Core, conn: &mut AnyConnection, list: &[StoredEvent], viewer: Option<Viewer<'_>>) -> Result<HashMap<String, Value>> {
+    let targets: Vec<&str> = list.iter().filter(|e| e.redacted_by.is_none()).map(|e| e.event_id.as_str()).collect();
+    let senders: HashMap<&str, &str> = list.iter().map(|e| (e.event_id.as_str(), e.sender.as_str())).collect();
+    let mut result: HashMap<String, Value> = HashMap::new();
+
+    // Latest edit by the original sender (m.replace); redacted edits do not count.
+    let mut edits: HashMap<String, StoredEvent> = HashMap::new();
+    for (target, edit) in related(conn, &targets, "m.replace").await? {
+        let newer = |old: &StoredEvent| (edit.origin_server_ts, &edit.event_id) > (old.origin_server_ts, &old.event_id);
+        if edit.redacted_by.is_none() && senders.get(target.as_str()) == Some(&edit.sender.as_str()) && edits.get(&target).is_none_or(newer) {
+            edits.insert(target, edit);
+        }
+    }
+    let (targets_of_edits, edit_events): (Vec<String>, Vec<StoredEvent>) = edits.into_iter().unzip();
+    let formatted = format_list(core, conn, &edit_events, viewer, &HashMap::new()).await?;
+    for (target, edit) in targets_of_edits.into_iter().zip(formatted) {
+        result.entry(target).or_insert_with(|| json!({}))["m.replace"] = edit;
+    }
+
+    // Thread summaries: count, latest reply, whether the viewer took part.
+    let mut threads: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+    for (target, reply) in related(conn, &targets, "m.thread").await? {
+        threads.entry(target).or_default().push(reply);
+    }
+    let latest: Vec<StoredEvent> = threads.values().map(|replies| replies[0].clone()).collect();
+    let latest = format_list(core, conn, &latest, viewer, &HashMap::new()).await?;
+    for ((target, replies), latest) in threads.into_iter().zip(latest) {
+        let participated = viewer.is_some_and(|v| {
+            senders.get(target.as_str()) == Some(&v.user_id) || replies.iter().any(|e| e.sender == v.user_id)
+        });
+        result.entry(target).or_insert_with(|| json!({}))["m.thread"] = json!({
+            "latest_event": latest,
+            "count": replies.len(),
             "current_user_participated": participated,
         });
     }
-    Ok(relations)
+    Ok(result)
 }

@@ -30,25 +30,30 @@ pub const COLUMNS: &str = "event_id, room_id, stream_pos, depth, event_type, sta
      outlier, rejected_reason, soft_failed, state_before, state_after, redacted_by, txn_device, txn_id";
 
 pub fn from_row(r: &sqlx::any::AnyRow) -> std::result::Result<StoredEvent, sqlx::Error> {
+    from_row_at(r, 0)
+}
+
+/// Reads the `COLUMNS` of an event starting at column `at` (for queries that select more).
+pub fn from_row_at(r: &sqlx::any::AnyRow, at: usize) -> std::result::Result<StoredEvent, sqlx::Error> {
     use sqlx::Row;
     Ok(StoredEvent {
-        event_id: r.try_get(0)?,
-        room_id: r.try_get(1)?,
-        stream_pos: r.try_get(2)?,
-        depth: r.try_get(3)?,
-        event_type: r.try_get(4)?,
-        state_key: r.try_get(5)?,
-        sender: r.try_get(6)?,
-        origin_server_ts: r.try_get(7)?,
-        json: r.try_get(8)?,
-        outlier: r.try_get::<i64, _>(9)? != 0,
-        rejected: r.try_get::<Option<String>, _>(10)?.is_some(),
-        soft_failed: r.try_get::<i64, _>(11)? != 0,
-        state_before: r.try_get(12)?,
-        state_after: r.try_get(13)?,
-        redacted_by: r.try_get(14)?,
-        txn_device: r.try_get(15)?,
-        txn_id: r.try_get(16)?,
+        event_id: r.try_get(at)?,
+        room_id: r.try_get(at + 1)?,
+        stream_pos: r.try_get(at + 2)?,
+        depth: r.try_get(at + 3)?,
+        event_type: r.try_get(at + 4)?,
+        state_key: r.try_get(at + 5)?,
+        sender: r.try_get(at + 6)?,
+        origin_server_ts: r.try_get(at + 7)?,
+        json: r.try_get(at + 8)?,
+        outlier: r.try_get::<i64, _>(at + 9)? != 0,
+        rejected: r.try_get::<Option<String>, _>(at + 10)?.is_some(),
+        soft_failed: r.try_get::<i64, _>(at + 11)? != 0,
+        state_before: r.try_get(at + 12)?,
+        state_after: r.try_get(at + 13)?,
+        redacted_by: r.try_get(at + 14)?,
+        txn_device: r.try_get(at + 15)?,
+        txn_id: r.try_get(at + 16)?,
     })
 }
 
