@@ -587,3 +587,32 @@ both_backends!(dehydrated_device, |backend| async move {
     assert!(q["device_keys"][&alice_id].get("DEHYDRATED1").is_none(), "{q}");
     server.stop().await;
 });
+
+both_backends!(deleting_a_device_wakes_peers, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let (_, room) = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"})).await;
+    let room = room["room_id"].as_str().unwrap().to_owned();
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let (_, body) = server
+        .client()
+        .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw"}))
+        .await;
+    let second = server.client().with_token(body["access_token"].as_str().unwrap());
+    // Only devices with published keys matter to other users' encryption.
+    upload_device_keys(&second).await;
+    let (_, synced) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+    let token = synced["next_batch"].as_str().unwrap().to_owned();
+    let poller = alice.clone();
+    let path = format!("/_matrix/client/v3/sync?timeout=20000&since={token}");
+    let handle = tokio::spawn(async move { poller.get(&path).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    assert_eq!(second.post("/_matrix/client/v3/logout", json!({})).await.0, 200);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await.unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "alice's sync woke after {:?}", start.elapsed());
+    assert!(body["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == "@bob:weft.test"), "{body}");
+    server.stop().await;
+});

@@ -33,6 +33,9 @@ pub async fn change_password(state: AppState, req: Ruma<change_password::v3::Req
         Some(user.device_id.as_str()),
     )
     .await?;
+    if req.logout_devices {
+        weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
+    }
     Ok(change_password::v3::Response::new())
 }
 
@@ -40,5 +43,6 @@ pub async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> 
     let user = req.sender()?;
     uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
     accounts::deactivate(&state.db, user.user_id.as_str()).await?;
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))
 }

@@ -55,6 +55,8 @@ pub async fn delete(state: AppState, req: Ruma<delete_device::v3::Request>) -> A
     let mut tx = state.db.write().await?;
     devices::delete(&mut tx, user.user_id.as_str(), req.device_id.as_str()).await?;
     tx.commit().await?;
+    // Other users' clients must learn the device is gone.
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(delete_device::v3::Response::new())
 }
 
@@ -66,5 +68,6 @@ pub async fn delete_many(state: AppState, req: Ruma<delete_devices::v3::Request>
         devices::delete(&mut tx, user.user_id.as_str(), device_id.as_str()).await?;
     }
     tx.commit().await?;
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(delete_devices::v3::Response::new())
 }

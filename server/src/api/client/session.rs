@@ -64,12 +64,14 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> ApiResult<
 pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {
     let user = req.sender()?;
     accounts::logout(&state.db, user.user_id.as_str(), user.device_id.as_str()).await?;
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(logout::v3::Response::new())
 }
 
 pub async fn logout_all(state: AppState, req: Ruma<logout_all::v3::Request>) -> ApiResult<logout_all::v3::Response> {
     let user = req.sender()?;
     accounts::logout_all(&state.db, user.user_id.as_str()).await?;
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(logout_all::v3::Response::new())
 }
 
