@@ -51,7 +51,7 @@ fn validate(pusher: &Value) -> Result<()> {
 /// Creates or updates a pusher. Without `append`, the same app ID and pushkey registered by
 /// other users is removed (the device now belongs to this user). A new pusher starts at the
 /// current stream position: it is not sent what happened before it existed.
-pub async fn set(db: &Db, user_id: &str, mut pusher: Value, append: bool) -> Result<()> {
+pub async fn set(db: &Db, user_id: &str, device_id: &str, mut pusher: Value, append: bool) -> Result<()> {
     validate(&pusher)?;
     if let Some(obj) = pusher.as_object_mut() {
         obj.remove("append");
@@ -60,10 +60,10 @@ pub async fn set(db: &Db, user_id: &str, mut pusher: Value, append: bool) -> Res
     let start = streams::current_pos(db, "events").await?;
     let mut tx = db.write().await?;
     sqlx::query(
-        "INSERT INTO pushers (user_id, app_id, pushkey, kind, data, created_ts, last_stream_pos)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO pushers (user_id, app_id, pushkey, kind, data, created_ts, last_stream_pos, device_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET kind = excluded.kind, data = excluded.data,
-           created_ts = excluded.created_ts",
+           created_ts = excluded.created_ts, device_id = excluded.device_id",
     )
     .bind(user_id)
     .bind(&app_id)
@@ -72,6 +72,7 @@ pub async fn set(db: &Db, user_id: &str, mut pusher: Value, append: bool) -> Res
     .bind(pusher.to_string())
     .bind(now_ms())
     .bind(start)
+    .bind(device_id)
     .execute(&mut *tx)
     .await?;
     if !append {

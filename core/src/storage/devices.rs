@@ -99,7 +99,8 @@ pub async fn touch(db: &Db, user_id: &str, device_id: &str, ip: Option<&str>) ->
 
 /// Deletes one device with its tokens.
 pub async fn delete(conn: &mut AnyConnection, user_id: &str, device_id: &str) -> Result<()> {
-    for table in ["access_tokens", "refresh_tokens", "devices"] {
+    // A deleted device's pushers stop too: no notifications to a phone that logged out.
+    for table in ["access_tokens", "refresh_tokens", "pushers", "devices"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
             .bind(user_id)
             .bind(device_id)
@@ -112,7 +113,7 @@ pub async fn delete(conn: &mut AnyConnection, user_id: &str, device_id: &str) ->
 /// Deletes every device of the user except `keep`, with their tokens.
 pub async fn delete_all_except(conn: &mut AnyConnection, user_id: &str, keep: Option<&str>) -> Result<()> {
     let keep = keep.unwrap_or("");
-    for table in ["access_tokens", "refresh_tokens", "devices"] {
+    for table in ["access_tokens", "refresh_tokens", "pushers", "devices"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
             .bind(user_id)
             .bind(keep)

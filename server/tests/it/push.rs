@@ -436,3 +436,26 @@ both_backends!(pushers_and_gateway, |backend| async move {
     gateway.task.abort();
     server.stop().await;
 });
+
+both_backends!(pushers_go_with_their_device, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else { return };
+    let phone = server.register("alice", "pw").await;
+    let (_, body) = server
+        .client()
+        .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}))
+        .await;
+    let laptop = server.client().with_token(body["access_token"].as_str().unwrap());
+    let pusher = json!({
+        "kind": "http", "app_id": "org.example.app", "pushkey": "phone-key", "app_display_name": "App",
+        "device_display_name": "Phone", "lang": "en", "data": {"url": "https://push.example.org/_matrix/push/v1/notify"},
+    });
+    assert_eq!(phone.post("/_matrix/client/v3/pushers/set", pusher).await.0, 200);
+    let (_, list) = laptop.get("/_matrix/client/v3/pushers").await;
+    assert_eq!(list["pushers"].as_array().unwrap().len(), 1, "{list}");
+    // Logging the phone out removes its pusher; the laptop's session is untouched.
+    assert_eq!(phone.post("/_matrix/client/v3/logout", json!({})).await.0, 200);
+    let (status, list) = laptop.get("/_matrix/client/v3/pushers").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["pushers"], json!([]), "a logged-out device keeps no pusher");
+    server.stop().await;
+});

@@ -105,7 +105,7 @@ async fn set_pusher_handler(state: AppState, req: Ruma<set_pusher::v3::Request>)
             // Store what the client sent (ruma already checked its shape), so fields ruma does
             // not model survive.
             let body = req.json_body.clone().ok_or_else(|| MatrixError::bad_json("Missing pusher"))?;
-            pushers::set(&state.db, user.user_id.as_str(), body, post.append).await?;
+            pushers::set(&state.db, user.user_id.as_str(), user.device_id.as_str(), body, post.append).await?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
             pushers::delete(&state.db, user.user_id.as_str(), &ids.app_id, &ids.pushkey).await?;
