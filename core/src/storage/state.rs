@@ -92,5 +92,9 @@ pub async fn store(
             .execute(&mut *conn)
             .await?;
     }
+    // The new group is usually read right away (it becomes current state); cache it now rather
+    // than re-reading its whole chain. Should the transaction roll back, the entry is unused
+    // garbage: random IDs are never handed out again.
+    db.caches().state_groups.insert(group, Arc::new(state.clone()));
     Ok(group)
 }
