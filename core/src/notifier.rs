@@ -63,11 +63,6 @@ impl Notifier {
         self.bump(|c| *c.users.entry(user_id.to_owned()).or_default() += 1);
     }
 
-    /// Kept for callers that only know a stream moved; wakes everyone to re-check.
-    pub fn event_committed(&self, _pos: i64) {
-        self.tick.send_modify(|t| *t = t.wrapping_add(1));
-    }
-
     /// Every change ticks this receiver; for background workers (the pusher) that re-check
     /// the database whenever anything moved instead of polling in a loop.
     pub fn subscribe(&self) -> watch::Receiver<u64> {

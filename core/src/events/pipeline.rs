@@ -15,7 +15,7 @@ use ruma::{
 use serde_json::Value;
 use sqlx::AnyConnection;
 
-use super::{state::{resolve, state_before}, Pdu, StateMap};
+use super::{state::{resolve, state_before, StateBefore}, Pdu, StateMap};
 use crate::{
     storage::{events, rooms, state as state_store},
     streams, Core, Error, Result,
@@ -93,11 +93,12 @@ pub async fn persist(
 
     // 4. State before the event.
     let is_create = pdu.kind == TimelineEventType::RoomCreate;
-    let (before_group, before_state) = if is_create {
-        (None, Arc::new(StateMap::new()))
+    let before = if is_create {
+        StateBefore { group: None, parent: None, state: Arc::new(StateMap::new()) }
     } else {
         state_before(db, conn, rules, &pdu.prev_events).await?
     };
+    let before_state = before.state.clone();
 
     // 5. Auth against the state before the event.
     if rejected.is_none() && !is_create {
@@ -112,7 +113,7 @@ pub async fn persist(
     //    current state is kept out of the timeline and the forward extremities.
     let current_group = rooms::current_state_group(conn, pdu.room_id.as_str()).await?;
     let mut soft_failed = false;
-    if rejected.is_none() && matches!(origin, Origin::Remote) && !is_create && current_group.is_some() && current_group != before_group {
+    if rejected.is_none() && matches!(origin, Origin::Remote) && !is_create && current_group.is_some() && current_group != before.group {
         let current = state_store::load(db, conn, current_group.unwrap_or_default()).await?;
         let relevant = load_relevant_state(conn, rules, &pdu, &current).await?;
         soft_failed = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
@@ -124,13 +125,11 @@ pub async fn persist(
 
     // State groups before and after.
     let room_id = pdu.room_id.to_string();
-    let before_group = if is_create {
-        None
-    } else {
-        match before_group {
-            Some(g) if state_store::load(db, conn, g).await?.as_ref() == before_state.as_ref() => Some(g),
-            parent => Some(state_store::store(db, conn, &room_id, parent, &before_state).await?),
-        }
+    // A resolved state before the event is stored once; an agreed one is reused as it is.
+    let before_group = match (is_create, before.group) {
+        (true, _) => None,
+        (false, Some(g)) => Some(g),
+        (false, None) => Some(state_store::store(db, conn, &room_id, before.parent, &before_state).await?),
     };
     let after_group = match (&pdu.state_key, rejected.is_some()) {
         (Some(key), false) => {

@@ -19,14 +19,22 @@ use crate::{
     Db, Error, Result,
 };
 
-/// The state before an event with these prev events: `(group to build on, state)`.
+/// The state before an event with these prev events.
+pub struct StateBefore {
+    /// The stored group that is exactly this state, when the prev events agree on one.
+    pub group: Option<i64>,
+    /// A group to store a resolved state as a delta of.
+    pub parent: Option<i64>,
+    pub state: Arc<StateMap>,
+}
+
 /// With one distinct prev state, that group is reused; otherwise the states are resolved.
 pub async fn state_before(
     db: &Db,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
     prev_events: &[OwnedEventId],
-) -> Result<(Option<i64>, Arc<StateMap>)> {
+) -> Result<StateBefore> {
     let ids: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
     let prevs = events::get_many(conn, &ids).await?;
     let mut groups: Vec<i64> = prevs.iter().filter(|e| !e.rejected).filter_map(|e| e.state_after).collect();
@@ -34,14 +42,14 @@ pub async fn state_before(
     groups.dedup();
     match groups.as_slice() {
         [] => Err(Error::NotFound("none of the prev events has known state".into())),
-        [one] => Ok((Some(*one), state_store::load(db, conn, *one).await?)),
+        [one] => Ok(StateBefore { group: Some(*one), parent: Some(*one), state: state_store::load(db, conn, *one).await? }),
         many => {
             let mut states = Vec::new();
             for g in many {
                 states.push(state_store::load(db, conn, *g).await?);
             }
             let resolved = resolve(conn, rules, &states).await?;
-            Ok((Some(many[0]), Arc::new(resolved)))
+            Ok(StateBefore { group: None, parent: Some(many[0]), state: Arc::new(resolved) })
         }
     }
 }

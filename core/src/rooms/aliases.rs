@@ -91,9 +91,9 @@ async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, se
     };
     let Some(updated) = without_alias(content, alias.as_str()) else { return Ok(()) };
     let template = EventTemplate::state("m.room.canonical_alias", "", Value::Object(updated));
-    let (_, pos) = send_in_tx(core, &mut tx, room_id, sender, &template, None).await?;
+    let (pdu, _) = send_in_tx(core, &mut tx, room_id, sender, &template, None).await?;
     tx.commit().await?;
-    core.notifier.event_committed(pos);
+    super::notify_committed(core, &pdu);
     Ok(())
 }
 
@@ -120,7 +120,7 @@ fn without_alias(mut content: Map<String, Value>, alias: &str) -> Option<Map<Str
 pub async fn of_room(core: &Core, room_id: &str, actor: Actor<'_>) -> Result<Vec<String>> {
     let mut conn = core.db.conn().await?;
     room_rules(core, &mut conn, room_id).await?;
-    if !actor.is_admin && !visibility::can_read_room(core, &mut conn, actor.user.as_str(), room_id).await? {
+    if !actor.is_admin && !visibility::can_read_room(&mut conn, actor.user.as_str(), room_id).await? {
         return Err(Error::Forbidden("You are not allowed to see this room's aliases".into()));
     }
     rooms::aliases_of_room(&mut conn, room_id).await

@@ -173,7 +173,7 @@ pub struct ThreadsPage {
 pub async fn threads(core: &Core, conn: &mut AnyConnection, viewer: Viewer<'_>, q: &ThreadsQuery<'_>) -> Result<ThreadsPage> {
     room_rules(core, conn, q.room_id).await?;
     let member = rooms::membership(conn, q.room_id, viewer.user_id).await?.is_some();
-    if !member && !visibility::can_read_room(core, conn, viewer.user_id, q.room_id).await? {
+    if !member && !visibility::can_read_room(conn, viewer.user_id, q.room_id).await? {
         return Err(Error::Forbidden("You are not allowed to read this room".into()));
     }
     // A token is the latest activity of the last thread returned; the next page is older.

@@ -57,7 +57,7 @@ pub async fn report_room(core: &Core, reporter: &str, room_id: &str, reason: Opt
     let mut conn = core.db.conn().await?;
     rooms::version(&core.db, &mut conn, room_id).await?.ok_or_else(not_found)?;
     let known = rooms::membership(&mut conn, room_id, reporter).await?.is_some()
-        || visibility::can_read_room(core, &mut conn, reporter, room_id).await?;
+        || visibility::can_read_room(&mut conn, reporter, room_id).await?;
     if !known {
         return Err(not_found());
     }

@@ -393,7 +393,7 @@ pub async fn profiles(conn: &mut AnyConnection, room_id: &str, users: &[&str]) -
 
 /// The room's current state for `include_state`, when the user may read it.
 pub async fn readable_state(core: &Core, conn: &mut AnyConnection, user_id: &str, room_id: &str) -> Result<Option<Vec<StoredEvent>>> {
-    if !visibility::can_read_room(core, conn, user_id, room_id).await? {
+    if !visibility::can_read_room(conn, user_id, room_id).await? {
         return Ok(None);
     }
     let state = super::current_state(core, conn, room_id).await?;

@@ -203,7 +203,7 @@ enum MemberView {
 const MAX_MEMBERSHIP_WALK: usize = 64;
 
 async fn member_view(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<MemberView> {
-    if visibility::can_read_room(core, conn, user, room_id).await? {
+    if visibility::can_read_room(conn, user, room_id).await? {
         return Ok(MemberView::Current);
     }
     let forbidden = || Error::Forbidden("You are not a member of this room".into());
@@ -288,7 +288,7 @@ pub async fn member_events(
 /// last at or before it (backward). Forbidden for users never in a non-world-readable room.
 pub async fn event_at_timestamp(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, ts: i64, dir: Dir) -> Result<StoredEvent> {
     super::room_rules(core, conn, room_id).await?;
-    if room_store::membership(conn, room_id, user).await?.is_none() && !visibility::can_read_room(core, conn, user, room_id).await? {
+    if room_store::membership(conn, room_id, user).await?.is_none() && !visibility::can_read_room(conn, user, room_id).await? {
         return Err(Error::Forbidden("You are not allowed to read this room".into()));
     }
     let mut cursor = (ts, if dir == Dir::Forward { i64::MIN } else { i64::MAX });

@@ -217,9 +217,9 @@ async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<
     if !changed {
         return Ok(());
     }
-    let (_, pos) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.power_levels", "", pl), None).await?;
+    let (pdu, _) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.power_levels", "", pl), None).await?;
     tx.commit().await?;
-    core.notifier.event_committed(pos);
+    super::notify_committed(core, &pdu);
     Ok(())
 }
 
@@ -253,8 +253,8 @@ async fn clear_old_canonical_alias(core: &Core, user: &UserId, room_id: &str) ->
     if current.as_ref().and_then(Value::as_object).is_none_or(|o| o.is_empty()) {
         return Ok(());
     }
-    let (_, pos) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.canonical_alias", "", json!({})), None).await?;
+    let (pdu, _) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.canonical_alias", "", json!({})), None).await?;
     tx.commit().await?;
-    core.notifier.event_committed(pos);
+    super::notify_committed(core, &pdu);
     Ok(())
 }

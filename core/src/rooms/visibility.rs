@@ -61,11 +61,10 @@ pub async fn filter_visible(core: &Core, conn: &mut AnyConnection, user: &str, r
 
 /// Whether the user may read the room's current state and timeline at all (joined, or the
 /// room is world-readable, or previously joined for what they saw).
-pub async fn can_read_room(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<bool> {
+pub async fn can_read_room(conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<bool> {
     if rooms::membership(conn, room_id, user).await?.is_some_and(|m| m.membership == "join") {
         return Ok(true);
     }
     let hv = super::current_state_content(conn, room_id, "m.room.history_visibility", "").await?;
-    let _ = core;
     Ok(hv.is_some_and(|c| c["history_visibility"] == "world_readable"))
 }

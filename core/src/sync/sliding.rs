@@ -202,25 +202,28 @@ async fn dm_rooms(conn: &mut AnyConnection, user_id: &str) -> Result<HashSet<Str
         .unwrap_or_default())
 }
 
-async fn bump_stamps(conn: &mut AnyConnection, rooms: &[String], up_to: i64) -> Result<HashMap<String, i64>> {
+/// Per room: `(bump stamp, latest position)` up to `up_to`, for all rooms in one query each
+/// 200 rooms. The bump stamp counts only the bump event types; the latest position any event.
+async fn positions(conn: &mut AnyConnection, rooms: &[String], up_to: i64) -> Result<HashMap<String, (i64, i64)>> {
     let mut out = HashMap::new();
     for chunk in rooms.chunks(200) {
         let room_ph: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
         let type_ph: Vec<String> = (0..BUMP_TYPES.len()).map(|i| format!("${}", i + 2 + chunk.len())).collect();
         let sql = format!(
-            "SELECT room_id, MAX(stream_pos) FROM events WHERE stream_pos <= $1 AND room_id IN ({}) AND event_type IN ({}) GROUP BY room_id",
-            room_ph.join(","),
-            type_ph.join(",")
+            "SELECT room_id, MAX(CASE WHEN event_type IN ({}) THEN stream_pos END), MAX(stream_pos) FROM events
+             WHERE stream_pos <= $1 AND room_id IN ({}) GROUP BY room_id",
+            type_ph.join(","),
+            room_ph.join(",")
         );
-        let mut q = sqlx::query_as::<_, (String, Option<i64>)>(&sql).bind(up_to);
+        let mut q = sqlx::query_as::<_, (String, Option<i64>, Option<i64>)>(&sql).bind(up_to);
         for r in chunk {
             q = q.bind(r);
         }
         for t in BUMP_TYPES {
             q = q.bind(*t);
         }
-        for (room, pos) in q.fetch_all(&mut *conn).await? {
-            out.insert(room, pos.unwrap_or(0));
+        for (room, bump, latest) in q.fetch_all(&mut *conn).await? {
+            out.insert(room, (bump.unwrap_or(0), latest.unwrap_or(0)));
         }
     }
     Ok(out)
@@ -246,7 +249,8 @@ async fn build(
         .filter(|m| matches!(m.membership.as_str(), "join" | "invite" | "knock") && m.stream_pos <= now.events)
         .collect();
     let room_ids: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
-    let stamps = bump_stamps(&mut conn, &room_ids, now.events).await?;
+    let positions = positions(&mut conn, &room_ids, now.events).await?;
+    let stamps: HashMap<String, i64> = positions.iter().filter(|(_, (b, _))| *b > 0).map(|(r, (b, _))| (r.clone(), *b)).collect();
     let dms = dm_rooms(&mut conn, session.user_id).await?;
     let by_room: HashMap<&str, &Membership> = memberships.iter().map(|m| (m.room_id.as_str(), m)).collect();
 
@@ -295,7 +299,7 @@ async fn build(
     for (room_id, config) in &wanted {
         let m = by_room[room_id.as_str()];
         let seen = conn_state.rooms.get(room_id).copied();
-        let latest = stamps.get(room_id).copied().unwrap_or(0).max(crate::rooms::timeline::latest_pos(&mut conn, room_id).await?.min(now.events));
+        let latest = positions.get(room_id).map(|(_, latest)| *latest).unwrap_or(0);
         if seen.is_some_and(|s| s >= latest) && !(m.stream_pos > since.map(|s| s.events).unwrap_or(0)) {
             continue;
         }

@@ -85,7 +85,7 @@ pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request
     let mut conn = state.db.conn().await?;
     rooms::room_rules(core, &mut conn, room_id).await?;
     let membership = weft_core::storage::rooms::membership(&mut conn, room_id, user.user_id.as_str()).await?;
-    if membership.is_none() && !visibility::can_read_room(core, &mut conn, user.user_id.as_str(), room_id).await? {
+    if membership.is_none() && !visibility::can_read_room(&mut conn, user.user_id.as_str(), room_id).await? {
         return Err(MatrixError::forbidden("You are not allowed to read this room"));
     }
     let dir = match req.dir {

@@ -74,71 +74,38 @@ fn parts<T>(page: RelationsPage) -> Parts<T> {
     }
 }
 
-pub async fn relating(state: AppState, req: Ruma<get_relating_events::v1::Request>) -> ApiResult<get_relating_events::v1::Response> {
-    let user = req.sender()?;
-    let q = RelationsQuery {
-        room_id: req.room_id.as_str(),
-        event_id: req.event_id.as_str(),
-        rel_type: None,
-        event_type: None,
-        from: req.from.as_deref(),
-        to: req.to.as_deref(),
-        dir: dir(&req.dir),
-        limit: limit(req.limit, MAX_RELATIONS_LIMIT),
-        recurse: req.recurse,
+/// The three `/relations` endpoints differ only in which filters their path carries.
+macro_rules! relations_handler {
+    ($name:ident, $endpoint:ident, |$req:ident| ($rel_type:expr, $event_type:expr)) => {
+        pub async fn $name(state: AppState, $req: Ruma<$endpoint::v1::Request>) -> ApiResult<$endpoint::v1::Response> {
+            let user = $req.sender()?;
+            let (rel_type, event_type): (Option<String>, Option<String>) = ($rel_type, $event_type);
+            let q = RelationsQuery {
+                room_id: $req.room_id.as_str(),
+                event_id: $req.event_id.as_str(),
+                rel_type: rel_type.as_deref(),
+                event_type: event_type.as_deref(),
+                from: $req.from.as_deref(),
+                to: $req.to.as_deref(),
+                dir: dir(&$req.dir),
+                limit: limit($req.limit, MAX_RELATIONS_LIMIT),
+                recurse: $req.recurse,
+            };
+            let p = parts(page(&state, user, q).await?);
+            let mut res = $endpoint::v1::Response::new(p.chunk);
+            (res.next_batch, res.prev_batch, res.recursion_depth) = (p.next_batch, p.prev_batch, p.recursion_depth);
+            Ok(res)
+        }
     };
-    let p = parts(page(&state, user, q).await?);
-    let mut res = get_relating_events::v1::Response::new(p.chunk);
-    (res.next_batch, res.prev_batch, res.recursion_depth) = (p.next_batch, p.prev_batch, p.recursion_depth);
-    Ok(res)
 }
 
-pub async fn relating_with_rel_type(
-    state: AppState,
-    req: Ruma<get_relating_events_with_rel_type::v1::Request>,
-) -> ApiResult<get_relating_events_with_rel_type::v1::Response> {
-    let user = req.sender()?;
-    let rel_type = req.rel_type.to_string();
-    let q = RelationsQuery {
-        room_id: req.room_id.as_str(),
-        event_id: req.event_id.as_str(),
-        rel_type: Some(&rel_type),
-        event_type: None,
-        from: req.from.as_deref(),
-        to: req.to.as_deref(),
-        dir: dir(&req.dir),
-        limit: limit(req.limit, MAX_RELATIONS_LIMIT),
-        recurse: req.recurse,
-    };
-    let p = parts(page(&state, user, q).await?);
-    let mut res = get_relating_events_with_rel_type::v1::Response::new(p.chunk);
-    (res.next_batch, res.prev_batch, res.recursion_depth) = (p.next_batch, p.prev_batch, p.recursion_depth);
-    Ok(res)
-}
-
-pub async fn relating_with_rel_type_and_event_type(
-    state: AppState,
-    req: Ruma<get_relating_events_with_rel_type_and_event_type::v1::Request>,
-) -> ApiResult<get_relating_events_with_rel_type_and_event_type::v1::Response> {
-    let user = req.sender()?;
-    let rel_type = req.rel_type.to_string();
-    let event_type = req.event_type.to_string();
-    let q = RelationsQuery {
-        room_id: req.room_id.as_str(),
-        event_id: req.event_id.as_str(),
-        rel_type: Some(&rel_type),
-        event_type: Some(&event_type),
-        from: req.from.as_deref(),
-        to: req.to.as_deref(),
-        dir: dir(&req.dir),
-        limit: limit(req.limit, MAX_RELATIONS_LIMIT),
-        recurse: req.recurse,
-    };
-    let p = parts(page(&state, user, q).await?);
-    let mut res = get_relating_events_with_rel_type_and_event_type::v1::Response::new(p.chunk);
-    (res.next_batch, res.prev_batch, res.recursion_depth) = (p.next_batch, p.prev_batch, p.recursion_depth);
-    Ok(res)
-}
+relations_handler!(relating, get_relating_events, |req| (None, None));
+relations_handler!(relating_with_rel_type, get_relating_events_with_rel_type, |req| (Some(req.rel_type.to_string()), None));
+relations_handler!(
+    relating_with_rel_type_and_event_type,
+    get_relating_events_with_rel_type_and_event_type,
+    |req| (Some(req.rel_type.to_string()), Some(req.event_type.to_string()))
+);
 
 pub async fn threads(state: AppState, req: Ruma<get_threads::v1::Request>) -> ApiResult<get_threads::v1::Response> {
     let user = req.sender()?;

@@ -27,7 +27,7 @@ async fn readable_state(
     room_id: &str,
 ) -> ApiResult<std::sync::Arc<weft_core::events::StateMap>> {
     rooms::room_rules(&state.core, conn, room_id).await?;
-    if visibility::can_read_room(&state.core, conn, user.user_id.as_str(), room_id).await? {
+    if visibility::can_read_room(conn, user.user_id.as_str(), room_id).await? {
         return Ok(rooms::current_state(&state.core, conn, room_id).await?);
     }
     let membership = room_store::membership(conn, room_id, user.user_id.as_str()).await?;
