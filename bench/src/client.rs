@@ -64,9 +64,14 @@ pub fn seg(s: &str) -> String {
 impl Server {
     pub fn new(base: &str, secret: &str, request_timeout: Duration) -> Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
-        let host_ok = ["http://127.0.0.1:", "http://127.0.0.1/", "http://localhost:", "http://[::1]:"]
-            .iter()
-            .any(|p| base.starts_with(p) || base == p.trim_end_matches([':', '/']));
+        let host_ok = [
+            "http://127.0.0.1:",
+            "http://127.0.0.1/",
+            "http://localhost:",
+            "http://[::1]:",
+        ]
+        .iter()
+        .any(|p| base.starts_with(p) || base == p.trim_end_matches([':', '/']));
         if !host_ok {
             bail!("refusing to load a non-loopback server: {base} (use http://127.0.0.1:PORT)");
         }
@@ -74,11 +79,21 @@ impl Server {
             .timeout(request_timeout)
             .pool_max_idle_per_host(256)
             .build()?;
-        Ok(Server { http, base, secret: secret.to_owned() })
+        Ok(Server {
+            http,
+            base,
+            secret: secret.to_owned(),
+        })
     }
 
     /// One request; a non-2xx answer is an `ApiError`.
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Result<Value, ApiError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, ApiError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -88,17 +103,29 @@ impl Server {
         }
         let resp = req.send().await.map_err(|e| ApiError {
             status: 0,
-            errcode: if e.is_timeout() { "TIMEOUT".into() } else { "TRANSPORT".into() },
+            errcode: if e.is_timeout() {
+                "TIMEOUT".into()
+            } else {
+                "TRANSPORT".into()
+            },
             message: e.to_string(),
         })?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| ApiError { status, errcode: "BODY".into(), message: e.to_string() })?;
+        let text = resp.text().await.map_err(|e| ApiError {
+            status,
+            errcode: "BODY".into(),
+            message: e.to_string(),
+        })?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if !(200..300).contains(&status) {
             let errcode = value["errcode"].as_str().unwrap_or("-").to_owned();
             let mut message = value["error"].as_str().map(str::to_owned).unwrap_or(text);
             message.truncate(200);
-            return Err(ApiError { status, errcode, message });
+            return Err(ApiError {
+                status,
+                errcode,
+                message,
+            });
         }
         Ok(value)
     }
@@ -119,7 +146,10 @@ impl Server {
     pub async fn register(&self, username: &str) -> Result<User> {
         let path = "/_synapse/admin/v1/register";
         let nonce = self.call(Method::GET, path, None, None).await?;
-        let nonce = nonce["nonce"].as_str().ok_or_else(|| anyhow!("no nonce in answer"))?.to_owned();
+        let nonce = nonce["nonce"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no nonce in answer"))?
+            .to_owned();
         let password = format!("pw-{username}");
         let mut mac = Hmac::<Sha1>::new_from_slice(self.secret.as_bytes())?;
         mac.update(nonce.as_bytes());
@@ -131,10 +161,19 @@ impl Server {
         mac.update(b"notadmin");
         let mac = hex::encode(mac.finalize().into_bytes());
         let body = json!({ "nonce": nonce, "username": username, "password": password, "admin": false, "mac": mac });
-        let resp = self.call(Method::POST, path, None, Some(&body)).await.with_context(|| format!("register {username}"))?;
+        let resp = self
+            .call(Method::POST, path, None, Some(&body))
+            .await
+            .with_context(|| format!("register {username}"))?;
         Ok(User {
-            user_id: resp["user_id"].as_str().ok_or_else(|| anyhow!("no user_id"))?.to_owned(),
-            token: resp["access_token"].as_str().ok_or_else(|| anyhow!("no access_token"))?.to_owned(),
+            user_id: resp["user_id"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no user_id"))?
+                .to_owned(),
+            token: resp["access_token"]
+                .as_str()
+                .ok_or_else(|| anyhow!("no access_token"))?
+                .to_owned(),
         })
     }
 
@@ -153,17 +192,32 @@ impl Server {
     pub async fn create_room(&self, user: &User, name: &str) -> Result<String> {
         let body = json!({ "preset": "public_chat", "name": name });
         let resp = self.post("/_matrix/client/v3/createRoom", &user.token, &body).await?;
-        Ok(resp["room_id"].as_str().ok_or_else(|| anyhow!("no room_id"))?.to_owned())
+        Ok(resp["room_id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no room_id"))?
+            .to_owned())
     }
 
     pub async fn join(&self, user: &User, room_id: &str) -> Result<(), ApiError> {
-        self.post(&format!("/_matrix/client/v3/join/{}", seg(room_id)), &user.token, &json!({})).await.map(|_| ())
+        self.post(
+            &format!("/_matrix/client/v3/join/{}", seg(room_id)),
+            &user.token,
+            &json!({}),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Sends one text message; returns the event ID.
     pub async fn send_text(&self, user: &User, room_id: &str, txn: &str, body: &str) -> Result<String, ApiError> {
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", seg(room_id), seg(txn));
-        let resp = self.put(&path, &user.token, &json!({ "msgtype": "m.text", "body": body })).await?;
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+            seg(room_id),
+            seg(txn)
+        );
+        let resp = self
+            .put(&path, &user.token, &json!({ "msgtype": "m.text", "body": body }))
+            .await?;
         resp["event_id"].as_str().map(str::to_owned).ok_or_else(|| ApiError {
             status: 200,
             errcode: "NO_EVENT_ID".into(),

@@ -29,7 +29,11 @@ const METRICS: &[(&str, &str, Better)] = &[
 
 fn load(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text.lines().filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok()).filter(|v| v["scenario"].is_string()).collect())
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+        .filter(|v| v["scenario"].is_string())
+        .collect())
 }
 
 fn key(v: &Value) -> String {
@@ -58,7 +62,12 @@ fn fmt(v: &Value) -> String {
 
 pub fn compare(a: &Path, b: &Path) -> Result<()> {
     let (ra, rb) = (load(a)?, load(b)?);
-    let name = |rows: &[Value], fallback: &str| rows.first().and_then(|r| r["server"].as_str()).unwrap_or(fallback).to_owned();
+    let name = |rows: &[Value], fallback: &str| {
+        rows.first()
+            .and_then(|r| r["server"].as_str())
+            .unwrap_or(fallback)
+            .to_owned()
+    };
     let (na, nb) = (name(&ra, "A"), name(&rb, "B"));
     let bmap: HashMap<String, &Value> = rb.iter().map(|r| (key(r), r)).collect();
     let mut keys: Vec<String> = ra.iter().map(key).collect();
@@ -77,19 +86,26 @@ pub fn compare(a: &Path, b: &Path) -> Result<()> {
             if v["unsupported"] == true {
                 Some("unsupported".into())
             } else {
-                v["failed"].as_str().map(|f| format!("failed: {}", f.chars().take(60).collect::<String>()))
+                v["failed"]
+                    .as_str()
+                    .map(|f| format!("failed: {}", f.chars().take(60).collect::<String>()))
             }
         };
         let (sa, sb) = (special(va), special(vb));
         if sa.is_some() || sb.is_some() || va.is_none() || vb.is_none() {
-            let cell = |s: Option<String>, v: Option<&Value>| s.unwrap_or_else(|| if v.is_some() { "ok".into() } else { "not run".into() });
+            let cell = |s: Option<String>, v: Option<&Value>| {
+                s.unwrap_or_else(|| if v.is_some() { "ok".into() } else { "not run".into() })
+            };
             println!("| {k} | status | - | {} | {} | - | - |", cell(sa, va), cell(sb, vb));
             if va.is_none() || vb.is_none() || (special(va).is_some() && special(vb).is_some()) {
                 continue;
             }
         }
         for (field, label, better) in METRICS {
-            let (xa, xb) = (va.map_or(&Value::Null, |v| &v[*field]), vb.map_or(&Value::Null, |v| &v[*field]));
+            let (xa, xb) = (
+                va.map_or(&Value::Null, |v| &v[*field]),
+                vb.map_or(&Value::Null, |v| &v[*field]),
+            );
             if xa.is_null() && xb.is_null() {
                 continue;
             }
@@ -106,13 +122,23 @@ pub fn compare(a: &Path, b: &Path) -> Result<()> {
                 (Some(x), Some(y)) => {
                     let a_better = if *better == Better::Higher { x > y } else { x < y };
                     let close = ratio.is_some_and(|r| (0.95..=1.05).contains(&r));
-                    if close { "≈".to_owned() } else if a_better { format!("{na} better") } else { format!("{nb} better") }
+                    if close {
+                        "≈".to_owned()
+                    } else if a_better {
+                        format!("{na} better")
+                    } else {
+                        format!("{nb} better")
+                    }
                 }
                 _ => "-".to_owned(),
             };
             let dir = if *better == Better::Higher { "higher" } else { "lower" };
             let ratio = ratio.map_or("-".to_owned(), |r| format!("{r:.2}"));
-            println!("| {k} | {label} | {dir} | {} | {} | {ratio} | {verdict} |", fmt(xa), fmt(xb));
+            println!(
+                "| {k} | {label} | {dir} | {} | {} | {ratio} | {verdict} |",
+                fmt(xa),
+                fmt(xb)
+            );
         }
     }
     Ok(())

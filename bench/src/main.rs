@@ -106,7 +106,9 @@ pub struct Params {
 
 impl RunArgs {
     fn params(&self) -> Params {
-        let qf = |explicit: Option<usize>, quick: usize, full: usize| explicit.unwrap_or(if self.quick { quick } else { full }).max(1);
+        let qf = |explicit: Option<usize>, quick: usize, full: usize| {
+            explicit.unwrap_or(if self.quick { quick } else { full }).max(1)
+        };
         Params {
             scenario_timeout: self.scenario_timeout.unwrap_or(if self.quick { 120 } else { 300 }),
             send_concurrency: qf(self.send_concurrency, 4, 10),
@@ -130,11 +132,23 @@ fn emit(v: &serde_json::Value) {
 
 async fn run(args: RunArgs) -> Result<()> {
     let srv = client::Server::new(&args.base, &args.secret, Duration::from_secs(args.request_timeout))?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
     let run_id = format!("{:x}", nanos % 0xffff_ffff);
-    let ctx = scenarios::Ctx { srv, server: args.server.clone(), run_id, p: args.params() };
+    let ctx = scenarios::Ctx {
+        srv,
+        server: args.server.clone(),
+        run_id,
+        p: args.params(),
+    };
     eprintln!("[{}] params: {:?}", ctx.server, ctx.p);
-    let wanted: Vec<&str> = args.scenarios.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let wanted: Vec<&str> = args
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut many = None;
     for name in wanted {
         eprintln!("[{}] scenario {name} ...", ctx.server);
@@ -159,7 +173,11 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                 }
                 let m = many.as_ref().expect("set above");
-                if name == "initial_sync" { scenarios::initial_sync(&ctx, m).await } else { scenarios::sliding_sync(&ctx, m).await }
+                if name == "initial_sync" {
+                    scenarios::initial_sync(&ctx, m).await
+                } else {
+                    scenarios::sliding_sync(&ctx, m).await
+                }
             }
             "join" => scenarios::join(&ctx).await,
             "messages" => scenarios::messages(&ctx).await,
@@ -169,7 +187,11 @@ async fn run(args: RunArgs) -> Result<()> {
             Ok(l) => emit(&l),
             Err(e) => emit(&failed(name, &ctx.server, &e)),
         }
-        eprintln!("[{}] scenario {name} done in {:.1}s", ctx.server, t.elapsed().as_secs_f64());
+        eprintln!(
+            "[{}] scenario {name} done in {:.1}s",
+            ctx.server,
+            t.elapsed().as_secs_f64()
+        );
     }
     if let Some(pid) = args.pid {
         emit(&scenarios::peak_rss(&ctx.server, pid));

@@ -40,7 +40,11 @@ impl Ctx {
         let results: Vec<_> = stream::iter(0..n)
             .map(|i| {
                 let txn = format!("{}-{tag}-fill-{i}", self.run_id);
-                async move { self.srv.send_text(user, room, &txn, &format!("filler {i} lorem ipsum dolor sit amet")).await }
+                async move {
+                    self.srv
+                        .send_text(user, room, &txn, &format!("filler {i} lorem ipsum dolor sit amet"))
+                        .await
+                }
             })
             .buffer_unordered(4)
             .collect()
@@ -56,7 +60,10 @@ impl Ctx {
 pub async fn send(ctx: &Ctx, room_each: bool) -> Result<Value> {
     let (c, n) = (ctx.p.send_concurrency, ctx.p.send_total);
     let variant = if room_each { "room_each" } else { "one_room" };
-    let users = ctx.srv.register_many(&ctx.users(&format!("s{}", &variant[..1])), c).await?;
+    let users = ctx
+        .srv
+        .register_many(&ctx.users(&format!("s{}", &variant[..1])), c)
+        .await?;
     let mut rooms = Vec::new();
     if room_each {
         for u in &users {
@@ -82,7 +89,11 @@ pub async fn send(ctx: &Ctx, room_each: bool) -> Result<Value> {
                 }
                 let txn = format!("{}-{variant}-{k}-{i}", ctx.run_id);
                 let t = Instant::now();
-                match ctx.srv.send_text(u, room, &txn, &format!("message {i} from sender {k}")).await {
+                match ctx
+                    .srv
+                    .send_text(u, room, &txn, &format!("message {i} from sender {k}"))
+                    .await
+                {
                     Ok(_) => rec.ok(t.elapsed()),
                     Err(e) => rec.err(&e),
                 }
@@ -96,11 +107,23 @@ pub async fn send(ctx: &Ctx, room_each: bool) -> Result<Value> {
     }
     let elapsed = start.elapsed();
     let ops = rec.lat_ms.len() as u64;
-    Ok(line("send", Some(variant), &ctx.server, json!({ "senders": c, "messages": n }), &rec, ops, elapsed, json!({})))
+    Ok(line(
+        "send",
+        Some(variant),
+        &ctx.server,
+        json!({ "senders": c, "messages": n }),
+        &rec,
+        ops,
+        elapsed,
+        json!({}),
+    ))
 }
 
 fn timeline_events<'a>(sync: &'a Value, room: &str) -> impl Iterator<Item = &'a Value> {
-    sync["rooms"]["join"][room]["timeline"]["events"].as_array().into_iter().flatten()
+    sync["rooms"]["join"][room]["timeline"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
 }
 
 /// `fanout`: `R` receivers long-poll /sync in one room; one sender sends `M` messages; the
@@ -113,7 +136,10 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     for u in &users[1..] {
         ctx.srv.join(u, &room).await?;
     }
-    let filter = q(&json!({ "room": { "rooms": [room], "timeline": { "limit": 100 } }, "presence": { "not_types": ["*"] } }).to_string());
+    let filter = q(
+        &json!({ "room": { "rooms": [room], "timeline": { "limit": 100 } }, "presence": { "not_types": ["*"] } })
+            .to_string(),
+    );
     let deadline = ctx.deadline();
     let ready = Arc::new(Barrier::new(r + 1));
     let mut handles = Vec::new();
@@ -130,14 +156,21 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
                 }
             };
             ready.wait().await;
-            let Some(mut token) = since.take() else { return (rec, seen) };
+            let Some(mut token) = since.take() else {
+                return (rec, seen);
+            };
             let mut failures = 0;
             while seen.len() < m && Instant::now() < deadline && failures < 20 {
-                match srv.sync(&u, &format!("filter={filter}&timeout=10000&since={}", q(&token))).await {
+                match srv
+                    .sync(&u, &format!("filter={filter}&timeout=10000&since={}", q(&token)))
+                    .await
+                {
                     Ok(s) => {
                         let now = Instant::now();
                         for ev in timeline_events(&s, &room) {
-                            if ev["type"] == "m.room.message" && ev["content"]["body"].as_str().is_some_and(|b| b.starts_with("fanout ")) {
+                            if ev["type"] == "m.room.message"
+                                && ev["content"]["body"].as_str().is_some_and(|b| b.starts_with("fanout "))
+                            {
                                 if let Some(id) = ev["event_id"].as_str() {
                                     seen.entry(id.to_owned()).or_insert(now);
                                 }
@@ -194,7 +227,10 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     }
     let elapsed = start.elapsed();
     if missing > 0 {
-        rec.err_msg("missing", &format!("{missing} (receiver, event) deliveries never arrived"));
+        rec.err_msg(
+            "missing",
+            &format!("{missing} (receiver, event) deliveries never arrived"),
+        );
         rec.errors += missing - 1;
     }
     let extra = json!({ "delivered": delivered, "expected": (r * sent.len()) as u64, "missing": missing, "ops_note": "deliveries per second over the whole send window" });
@@ -243,7 +279,11 @@ pub async fn initial_sync(ctx: &Ctx, setup: &ManyRooms) -> Result<Value> {
         // A filter unique to each repetition, so no server answers from a response cache.
         let filter = json!({ "room": { "timeline": { "limit": 10, "not_types": [format!("bench.rep.{rep}")] } } });
         let t = Instant::now();
-        match ctx.srv.sync(&setup.user, &format!("filter={}", q(&filter.to_string()))).await {
+        match ctx
+            .srv
+            .sync(&setup.user, &format!("filter={}", q(&filter.to_string())))
+            .await
+        {
             Ok(s) => {
                 let d = t.elapsed();
                 first.get_or_insert(d.as_secs_f64() * 1000.0);
@@ -255,7 +295,13 @@ pub async fn initial_sync(ctx: &Ctx, setup: &ManyRooms) -> Result<Value> {
     }
     let elapsed = start.elapsed();
     if rooms_seen != setup.rooms.len() {
-        rec.err_msg("rooms", &format!("initial sync listed {rooms_seen} joined rooms, expected {}", setup.rooms.len()));
+        rec.err_msg(
+            "rooms",
+            &format!(
+                "initial sync listed {rooms_seen} joined rooms, expected {}",
+                setup.rooms.len()
+            ),
+        );
     }
     let ops = rec.lat_ms.len() as u64;
     Ok(line(
@@ -410,7 +456,16 @@ pub async fn sliding_sync(ctx: &Ctx, setup: &ManyRooms) -> Result<Value> {
                     .unwrap_or_else(|| v["rooms"].as_object().map_or(0, |o| o.len()));
             }
             Err(e) if e.status == 404 || e.errcode == "M_UNRECOGNIZED" => {
-                let mut l = line("sliding_sync", None, &ctx.server, params, &Rec::default(), 0, Duration::ZERO, json!({}));
+                let mut l = line(
+                    "sliding_sync",
+                    None,
+                    &ctx.server,
+                    params,
+                    &Rec::default(),
+                    0,
+                    Duration::ZERO,
+                    json!({}),
+                );
                 l["unsupported"] = json!(true);
                 l["status"] = json!(e.status);
                 l["errcode"] = json!(e.errcode);
@@ -425,14 +480,27 @@ pub async fn sliding_sync(ctx: &Ctx, setup: &ManyRooms) -> Result<Value> {
         rec.err_msg("rooms", &format!("room list had {listed} rooms, expected {expect}"));
     }
     let ops = rec.lat_ms.len() as u64;
-    Ok(line("sliding_sync", None, &ctx.server, params, &rec, ops, elapsed, json!({ "first_ms": round2(first), "rooms_listed": listed, "unsupported": false })))
+    Ok(line(
+        "sliding_sync",
+        None,
+        &ctx.server,
+        params,
+        &rec,
+        ops,
+        elapsed,
+        json!({ "first_ms": round2(first), "rooms_listed": listed, "unsupported": false }),
+    ))
 }
 
 /// Peak RSS (VmHWM) and current RSS of the server process.
 pub fn peak_rss(server: &str, pid: u32) -> Value {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| -> Option<u64> {
-        status.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok())
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
     };
     let (hwm, rss) = (kb("VmHWM:"), kb("VmRSS:"));
     json!({

@@ -42,7 +42,12 @@ impl Rec {
     }
 
     fn error_samples(&self) -> Value {
-        Value::Array(self.kinds.iter().map(|(k, (n, m))| json!({ "kind": k, "count": n, "first": m })).collect())
+        Value::Array(
+            self.kinds
+                .iter()
+                .map(|(k, (n, m))| json!({ "kind": k, "count": n, "first": m }))
+                .collect(),
+        )
     }
 }
 
@@ -70,7 +75,16 @@ fn r(x: Option<f64>) -> Value {
 
 /// The result line: `ops` operations done in `elapsed`, latencies and errors from `rec`, plus
 /// `extra` fields.
-pub fn line(scenario: &str, variant: Option<&str>, server: &str, params: Value, rec: &Rec, ops: u64, elapsed: Duration, extra: Value) -> Value {
+pub fn line(
+    scenario: &str,
+    variant: Option<&str>,
+    server: &str,
+    params: Value,
+    rec: &Rec,
+    ops: u64,
+    elapsed: Duration,
+    extra: Value,
+) -> Value {
     let mut m = Map::new();
     m.insert("scenario".into(), json!(scenario));
     if let Some(v) = variant {

@@ -44,16 +44,18 @@ fn run_hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> t
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for i in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) {
             let rx = rx.clone();
-            let _ = std::thread::Builder::new().name(format!("weft-hash-{i}")).spawn(move || loop {
-                let job = match rx.lock() {
-                    Ok(rx) => rx.recv(),
-                    Err(_) => return,
-                };
-                match job {
-                    Ok(job) => job(),
-                    Err(_) => return,
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name(format!("weft-hash-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
         }
         std::sync::Mutex::new(tx)
     });
@@ -96,7 +98,10 @@ pub fn validate_localpart(localpart: &str) -> Result<()> {
     if localpart.is_empty() {
         return Err(Error::InvalidUsername("user ID localpart is empty".into()));
     }
-    if !localpart.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')) {
+    if !localpart
+        .bytes()
+        .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
+    {
         return Err(Error::InvalidUsername(
             "user ID may only contain a-z, 0-9, and . _ = - / +".into(),
         ));
@@ -142,7 +147,9 @@ pub async fn register(
 
 /// Checks a password for `user_id`; deactivated accounts never pass.
 pub async fn check_password(db: &Db, user_id: &str, password: &str) -> Result<bool> {
-    let Some(user) = users::get(db, user_id).await? else { return Ok(false) };
+    let Some(user) = users::get(db, user_id).await? else {
+        return Ok(false);
+    };
     if user.deactivated {
         return Err(Error::UserDeactivated);
     }
@@ -162,7 +169,14 @@ pub async fn login(db: &Db, user_id: &str, req: SessionRequest) -> Result<Sessio
 
 async fn issue_session(tx: &mut sqlx::AnyConnection, user_id: &str, req: SessionRequest) -> Result<Session> {
     let device_id = req.device_id.unwrap_or_else(random_device_id);
-    devices::upsert(&mut *tx, user_id, &device_id, req.display_name.as_deref(), req.ip.as_deref()).await?;
+    devices::upsert(
+        &mut *tx,
+        user_id,
+        &device_id,
+        req.display_name.as_deref(),
+        req.ip.as_deref(),
+    )
+    .await?;
     // A login with an existing device ID replaces that device's old tokens.
     tokens::delete_device_access(&mut *tx, user_id, &device_id).await?;
     issue_tokens(tx, user_id, &device_id, req.refreshable_lifetime_ms).await

@@ -19,7 +19,14 @@ pub struct Core {
 
 impl Core {
     pub fn new(db: Db, server_name: OwnedServerName, key: ServerKey) -> Core {
-        Core { db, server_name, key: Arc::new(key), notifier: Arc::new(Notifier::new()), typing: Arc::new(Typing::default()), sliding: Arc::default() }
+        Core {
+            db,
+            server_name,
+            key: Arc::new(key),
+            notifier: Arc::new(Notifier::new()),
+            typing: Arc::new(Typing::default()),
+            sliding: Arc::default(),
+        }
     }
 
     /// Whether a user ID belongs to this server.

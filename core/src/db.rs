@@ -107,7 +107,12 @@ impl Db {
             state_groups: quick_cache::sync::Cache::new(4096),
             room_versions: quick_cache::sync::Cache::new(100_000),
         });
-        Ok(Db { pool, backend, sqlite_writer, caches })
+        Ok(Db {
+            pool,
+            backend,
+            sqlite_writer,
+            caches,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -166,10 +171,13 @@ fn sqlite_url_with_create(url: &str) -> Result<String> {
     }
     if let Some(parent) = std::path::Path::new(path).parent() {
         if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                crate::Error::Config(format!("cannot create database directory {parent:?}: {e}"))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| crate::Error::Config(format!("cannot create database directory {parent:?}: {e}")))?;
         }
     }
-    Ok(if url.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") })
+    Ok(if url.contains('?') {
+        url.to_owned()
+    } else {
+        format!("{url}?mode=rwc")
+    })
 }

@@ -6,9 +6,9 @@
 pub mod accounts;
 pub mod context;
 pub mod db;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod error;
-pub mod e2ee;
 pub mod events;
 pub mod media;
 pub mod notifier;

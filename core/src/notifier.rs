@@ -6,11 +6,7 @@
 //! Processes sharing one PostgreSQL relay their changes to each other through LISTEN/NOTIFY
 //! (see `relay`), which feeds the same counters.
 
-use std::{
-    collections::HashMap,
-    sync::RwLock,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::RwLock, time::Duration};
 
 use tokio::sync::watch;
 
@@ -42,7 +38,10 @@ pub struct Interest {
 
 impl Notifier {
     pub fn new() -> Notifier {
-        Notifier { tick: watch::channel(0).0, counters: RwLock::new(Counters::default()) }
+        Notifier {
+            tick: watch::channel(0).0,
+            counters: RwLock::new(Counters::default()),
+        }
     }
 
     fn bump(&self, f: impl FnOnce(&mut Counters)) {
@@ -73,13 +72,22 @@ impl Notifier {
         let c = self.counters.read().unwrap_or_else(|e| e.into_inner());
         let seen = rooms.iter().map(|r| c.rooms.get(r).copied().unwrap_or(0)).collect();
         let seen_user = c.users.get(user_id).copied().unwrap_or(0);
-        Interest { user_id: user_id.to_owned(), rooms, seen, seen_user }
+        Interest {
+            user_id: user_id.to_owned(),
+            rooms,
+            seen,
+            seen_user,
+        }
     }
 
     fn changed(&self, interest: &Interest) -> bool {
         let c = self.counters.read().unwrap_or_else(|e| e.into_inner());
         c.users.get(&interest.user_id).copied().unwrap_or(0) != interest.seen_user
-            || interest.rooms.iter().zip(&interest.seen).any(|(r, s)| c.rooms.get(r).copied().unwrap_or(0) != *s)
+            || interest
+                .rooms
+                .iter()
+                .zip(&interest.seen)
+                .any(|(r, s)| c.rooms.get(r).copied().unwrap_or(0) != *s)
     }
 
     /// Waits until something in `interest` changes or `timeout` passes; true if it changed.
@@ -88,7 +96,11 @@ impl Notifier {
         let changed = self.wait_inner(interest, timeout).await;
         if changed {
             let c = self.counters.read().unwrap_or_else(|e| e.into_inner());
-            interest.seen = interest.rooms.iter().map(|r| c.rooms.get(r).copied().unwrap_or(0)).collect();
+            interest.seen = interest
+                .rooms
+                .iter()
+                .map(|r| c.rooms.get(r).copied().unwrap_or(0))
+                .collect();
             interest.seen_user = c.users.get(&interest.user_id).copied().unwrap_or(0);
         }
         changed

@@ -47,11 +47,17 @@ impl Presence {
 type Row = (String, String, Option<String>, i64);
 
 pub async fn get(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Presence>> {
-    let row: Option<Row> = sqlx::query_as("SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await?;
-    Ok(row.map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }))
+    let row: Option<Row> =
+        sqlx::query_as("SELECT user_id, state, status_msg, last_active_ts FROM presence WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row.map(|r| Presence {
+        user_id: r.0,
+        state: r.1,
+        status_msg: r.2,
+        last_active_ts: r.3,
+    }))
 }
 
 /// Sets a user's presence (`status_msg: None` keeps the current message).
@@ -64,9 +70,9 @@ pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Opt
         None => current.as_ref().and_then(|c| c.status_msg.clone()),
     };
     let now = now_ms();
-    let unchanged = current.as_ref().is_some_and(|c| {
-        c.state == state && c.status_msg == msg && now - c.last_active_ts < WRITE_INTERVAL_MS
-    });
+    let unchanged = current
+        .as_ref()
+        .is_some_and(|c| c.state == state && c.status_msg == msg && now - c.last_active_ts < WRITE_INTERVAL_MS);
     if unchanged {
         return Ok(());
     }
@@ -120,5 +126,13 @@ pub async fn changes_for(conn: &mut AnyConnection, user_id: &str, since: i64, un
     .bind(until)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().map(|r| Presence { user_id: r.0, state: r.1, status_msg: r.2, last_active_ts: r.3 }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| Presence {
+            user_id: r.0,
+            state: r.1,
+            status_msg: r.2,
+            last_active_ts: r.3,
+        })
+        .collect())
 }

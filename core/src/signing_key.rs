@@ -22,8 +22,9 @@ impl ServerKey {
 }
 
 /// PKCS#8 v1 prefix of an ed25519 private key; the 32-byte seed follows.
-const PKCS8_ED25519_PREFIX: [u8; 16] =
-    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
 
 fn keypair_from_seed(seed: &[u8], version: &str) -> Result<Ed25519KeyPair> {
     let mut der = PKCS8_ED25519_PREFIX.to_vec();
@@ -42,17 +43,23 @@ pub fn load_or_create(path: &Path) -> Result<ServerKey> {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| Error::Config(format!("cannot create {dir:?}: {e}")))?;
             }
-            std::fs::write(path, &text).map_err(|e| Error::Config(format!("cannot write signing key {path:?}: {e}")))?;
+            std::fs::write(path, &text)
+                .map_err(|e| Error::Config(format!("cannot write signing key {path:?}: {e}")))?;
             text
         }
         Err(e) => return Err(Error::Config(format!("cannot read signing key {path:?}: {e}"))),
     };
     let mut parts = text.split_whitespace();
     let (Some("ed25519"), Some(version), Some(seed)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(Error::Config(format!("signing key {path:?}: expected `ed25519 <version> <base64 seed>`")));
+        return Err(Error::Config(format!(
+            "signing key {path:?}: expected `ed25519 <version> <base64 seed>`"
+        )));
     };
     let seed = STANDARD_NO_PAD
         .decode(seed.trim_end_matches('='))
         .map_err(|e| Error::Config(format!("signing key {path:?}: {e}")))?;
-    Ok(ServerKey { keypair: keypair_from_seed(&seed, version)?, key_id: format!("ed25519:{version}") })
+    Ok(ServerKey {
+        keypair: keypair_from_seed(&seed, version)?,
+        key_id: format!("ed25519:{version}"),
+    })
 }

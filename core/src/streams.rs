@@ -13,12 +13,10 @@ use crate::{Db, Result};
 
 /// Allocates the next position of `stream`; call it last in the writing transaction.
 pub async fn next_pos(conn: &mut AnyConnection, stream: &str) -> Result<i64> {
-    let (pos,): (i64,) = sqlx::query_as(
-        "UPDATE stream_positions SET pos = pos + 1 WHERE stream = $1 RETURNING pos",
-    )
-    .bind(stream)
-    .fetch_one(conn)
-    .await?;
+    let (pos,): (i64,) = sqlx::query_as("UPDATE stream_positions SET pos = pos + 1 WHERE stream = $1 RETURNING pos")
+        .bind(stream)
+        .fetch_one(conn)
+        .await?;
     Ok(pos)
 }
 

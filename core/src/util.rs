@@ -13,7 +13,11 @@ pub fn now_ms() -> i64 {
 
 /// A random alphanumeric string of `len` characters.
 pub fn random_string(len: usize) -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// Device IDs look like Synapse's: ten upper-case letters.

@@ -70,7 +70,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database is up to date: {}", config.database.url);
             Ok(())
         }
-        Command::User { command: UserCommand::Create { name, password, admin, config } } => {
+        Command::User {
+            command:
+                UserCommand::Create {
+                    name,
+                    password,
+                    admin,
+                    config,
+                },
+        } => {
             let config = load(&config)?;
             let db = server::open_db(&config).await?;
             let user_id = accounts::user_id_for(&name, &config.server_name)?;
@@ -97,7 +105,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     init_logging(&config);
     let running = server::start(config.clone()).await?;
     if users::count(&running.state.db).await? == 0 {
-        let config_hint = std::env::args().skip_while(|a| a != "--config" && a != "-c").take(2).collect::<Vec<_>>().join(" ");
+        let config_hint = std::env::args()
+            .skip_while(|a| a != "--config" && a != "-c")
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
         println!(
             "\nWeft is running as {} at {}\nNo users yet. Create the first one (an admin) with:\n    weft user create alice --admin {config_hint}\n",
             config.server_name,
@@ -118,7 +130,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -134,5 +147,9 @@ pub fn init_logging(config: &Config) {
     }
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }

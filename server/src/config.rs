@@ -121,9 +121,14 @@ pub struct MediaConfig {
 
 impl MediaConfig {
     fn validate(&self) -> Result<(), String> {
-        for (key, list) in [("url_preview_ip_blocklist", &self.url_preview_ip_blocklist), ("url_preview_ip_allowlist", &self.url_preview_ip_allowlist)] {
+        for (key, list) in [
+            ("url_preview_ip_blocklist", &self.url_preview_ip_blocklist),
+            ("url_preview_ip_allowlist", &self.url_preview_ip_allowlist),
+        ] {
             for range in list {
-                range.parse::<weft_core::media::preview::IpRange>().map_err(|e| format!("media.{key}: {e}"))?;
+                range
+                    .parse::<weft_core::media::preview::IpRange>()
+                    .map_err(|e| format!("media.{key}: {e}"))?;
             }
         }
         Ok(())
@@ -176,19 +181,31 @@ impl Default for Config {
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: "sqlite://data/weft.db".into(), max_connections: 16 }
+        DatabaseConfig {
+            url: "sqlite://data/weft.db".into(),
+            max_connections: 16,
+        }
     }
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
-        RegistrationConfig { enabled: false, require_token: false, shared_secret: String::new(), allow_guests: false }
+        RegistrationConfig {
+            enabled: false,
+            require_token: false,
+            shared_secret: String::new(),
+            allow_guests: false,
+        }
     }
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
-        RateLimitConfig { enabled: true, per_second: 10.0, burst: 50 }
+        RateLimitConfig {
+            enabled: true,
+            per_second: 10.0,
+            burst: 50,
+        }
     }
 }
 
@@ -212,13 +229,20 @@ impl Default for MediaConfig {
 
 impl Default for FederationConfig {
     fn default() -> Self {
-        FederationConfig { enabled: true, ca_file: String::new(), allow_loopback: false }
+        FederationConfig {
+            enabled: true,
+            ca_file: String::new(),
+            allow_loopback: false,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), level: "info".into() }
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -244,10 +268,16 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         if ruma::ServerName::parse(&self.server_name).is_err() {
-            return Err(format!("server_name: {:?} is not a valid server name", self.server_name));
+            return Err(format!(
+                "server_name: {:?} is not a valid server name",
+                self.server_name
+            ));
         }
         if !(self.public_baseurl.starts_with("http://") || self.public_baseurl.starts_with("https://")) {
-            return Err(format!("public_baseurl: {:?} must be an http(s) URL", self.public_baseurl));
+            return Err(format!(
+                "public_baseurl: {:?} must be an http(s) URL",
+                self.public_baseurl
+            ));
         }
         if self.listeners.is_empty() {
             return Err("listeners: at least one listener is needed".into());
@@ -258,7 +288,10 @@ impl Config {
             }
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {
-            return Err(format!("log.format: {:?} is neither \"text\" nor \"json\"", self.log.format));
+            return Err(format!(
+                "log.format: {:?} is neither \"text\" nor \"json\"",
+                self.log.format
+            ));
         }
         if self.rate_limits.per_second <= 0.0 {
             return Err("rate_limits.per_second must be positive".into());
@@ -307,7 +340,10 @@ mod tests {
     fn example_config_is_the_default() {
         let from_example = load_str(crate::cli::EXAMPLE_CONFIG).expect("example config loads");
         let default = Config::default();
-        assert_eq!(toml::to_string(&from_example).unwrap(), toml::to_string(&default).unwrap());
+        assert_eq!(
+            toml::to_string(&from_example).unwrap(),
+            toml::to_string(&default).unwrap()
+        );
     }
 
     #[test]

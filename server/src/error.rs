@@ -62,7 +62,10 @@ impl MatrixError {
     }
 
     pub fn unrecognized_method() -> MatrixError {
-        MatrixError { status: StatusCode::METHOD_NOT_ALLOWED, ..MatrixError::unrecognized("Unrecognized request method") }
+        MatrixError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            ..MatrixError::unrecognized("Unrecognized request method")
+        }
     }
 
     pub fn limit_exceeded(retry_after_ms: u64) -> MatrixError {
@@ -76,7 +79,12 @@ impl MatrixError {
 
     /// A 401 carrying user-interactive-auth state (`flows`, `session`, `completed`...).
     pub fn uia(info: Value) -> MatrixError {
-        MatrixError { status: StatusCode::UNAUTHORIZED, errcode: "", message: String::new(), extra: Some(info) }
+        MatrixError {
+            status: StatusCode::UNAUTHORIZED,
+            errcode: "",
+            message: String::new(),
+            extra: Some(info),
+        }
     }
 
     pub fn with_status(mut self, status: StatusCode) -> MatrixError {
@@ -110,7 +118,9 @@ impl From<weft_core::Error> for MatrixError {
             E::UserInUse => MatrixError::user_in_use("User ID already taken"),
             E::InvalidUsername(m) => MatrixError::invalid_username(m),
             E::UnknownToken { soft_logout } => MatrixError::unknown_token(soft_logout),
-            E::UnsupportedRoomVersion(v) => MatrixError::unsupported_room_version(format!("Room version {v} is not supported")),
+            E::UnsupportedRoomVersion(v) => {
+                MatrixError::unsupported_room_version(format!("Room version {v} is not supported"))
+            }
             E::TooLarge(m) => MatrixError::too_large(m),
             E::RoomInUse(m) => MatrixError::room_in_use(m),
             E::UnknownPos => MatrixError::unknown_pos("Unknown position; start a new sliding sync connection"),

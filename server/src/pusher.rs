@@ -9,11 +9,7 @@
 //! backoff a few times and then dropped; a gateway that rejects a pushkey gets that pusher
 //! deleted.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use serde_json::Value;
 use tokio::{
@@ -86,7 +82,9 @@ async fn round(
     let jobs = pushers::pending(&state.db, BATCH).await?;
     let more = jobs.len() as i64 == BATCH;
     for (key, jobs) in pushers::by_pusher(jobs) {
-        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else { continue };
+        let (Some(first), Some(last)) = (jobs.first(), jobs.last()) else {
+            continue;
+        };
         if !pushers::claim(&state.db, &key, first.pusher_pos, last.stream_pos).await? {
             continue; // another process took it
         }
@@ -105,7 +103,9 @@ async fn round(
 /// dropped too: the gateway is down and the claim already moved past them.
 async fn send_batch(state: &AppState, client: &reqwest::Client, jobs: Vec<Job>) {
     for job in &jobs {
-        let Some(url) = job.pusher_json["data"]["url"].as_str() else { return };
+        let Some(url) = job.pusher_json["data"]["url"].as_str() else {
+            return;
+        };
         let body = match pushers::notify_body(&state.core, job).await {
             Ok(Some(body)) => body,
             Ok(None) => continue,
@@ -114,7 +114,9 @@ async fn send_batch(state: &AppState, client: &reqwest::Client, jobs: Vec<Job>) 
                 continue;
             }
         };
-        let Some(rejected) = send_with_retry(client, url, &body).await else { return };
+        let Some(rejected) = send_with_retry(client, url, &body).await else {
+            return;
+        };
         match pushers::delete_rejected(&state.db, &job.pusher, &rejected).await {
             Ok(true) => {
                 tracing::info!(user_id = %job.pusher.user_id, app_id = %job.pusher.app_id, "push gateway rejected pushkey; pusher removed");
@@ -134,7 +136,11 @@ async fn send_with_retry(client: &reqwest::Client, url: &str, body: &Value) -> O
         match client.post(url).json(body).send().await {
             Ok(res) if res.status().is_success() => {
                 let answer: Value = res.json().await.unwrap_or_default();
-                let rejected = answer["rejected"].as_array().into_iter().flatten().filter_map(|k| k.as_str().map(str::to_owned));
+                let rejected = answer["rejected"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| k.as_str().map(str::to_owned));
                 return Some(rejected.collect());
             }
             Ok(res) if res.status().is_client_error() && res.status() != reqwest::StatusCode::TOO_MANY_REQUESTS => {

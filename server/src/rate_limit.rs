@@ -1,11 +1,7 @@
 //! Per-user / per-IP token buckets for endpoints ruma marks as rate limited.
 //! Limits are per process, as with Synapse's workers.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use crate::config::RateLimitConfig;
 

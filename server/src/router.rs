@@ -13,12 +13,7 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::{
-    api,
-    config::Api,
-    error::MatrixError,
-    state::AppState,
-};
+use crate::{api, config::Api, error::MatrixError, state::AppState};
 
 pub fn build(state: AppState, apis: &[Api]) -> Router {
     let mut router = Router::new();
@@ -36,7 +31,9 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
     router
         .fallback(|| async { MatrixError::unrecognized("Unrecognized request") })
         .method_not_allowed_fallback(|| async { MatrixError::unrecognized_method() })
-        .layer(CatchPanicLayer::custom(|_| MatrixError::unknown("Internal server error").into_response()))
+        .layer(CatchPanicLayer::custom(|_| {
+            MatrixError::unknown("Internal server error").into_response()
+        }))
         .layer(cors())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -46,7 +43,14 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
 fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::HeaderName::from_static("x-requested-with"),
             header::CONTENT_TYPE,
@@ -58,6 +62,10 @@ fn cors() -> CorsLayer {
 async fn server_well_known(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
     let server = &state.config.server_name;
     // A server name without a port delegates to port 443 of the same host.
-    let delegated = if server.contains(':') && !server.ends_with(']') { server.clone() } else { format!("{server}:443") };
+    let delegated = if server.contains(':') && !server.ends_with(']') {
+        server.clone()
+    } else {
+        format!("{server}:443")
+    };
     Json(json!({ "m.server": delegated }))
 }

@@ -15,8 +15,7 @@ use bytes::BytesMut;
 use ruma::{
     api::{
         auth_scheme::{
-            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken,
-            NoAuthentication,
+            AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
         },
         path_builder::PathBuilder,
         IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
@@ -81,7 +80,9 @@ pub struct Ruma<T> {
 impl<T> Ruma<T> {
     /// The caller; only endpoints with optional auth can lack one.
     pub fn sender(&self) -> ApiResult<&AuthUser> {
-        self.user.as_ref().ok_or_else(|| MatrixError::missing_token("Missing access token"))
+        self.user
+            .as_ref()
+            .ok_or_else(|| MatrixError::missing_token("Missing access token"))
     }
 }
 
@@ -99,11 +100,17 @@ pub fn access_token(parts: &http::request::Parts) -> Option<String> {
         return value.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
     }
     let query = parts.uri.query()?;
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Resolves the request's access token, if any, to its user.
-pub async fn authenticate(state: &AppState, parts: &http::request::Parts, need: AuthNeed) -> ApiResult<Option<AuthUser>> {
+pub async fn authenticate(
+    state: &AppState,
+    parts: &http::request::Parts,
+    need: AuthNeed,
+) -> ApiResult<Option<AuthUser>> {
     if need == AuthNeed::None {
         return Ok(None);
     }
@@ -115,11 +122,19 @@ pub async fn authenticate(state: &AppState, parts: &http::request::Parts, need: 
     };
     let owner = weft_core::accounts::authenticate(&state.db, &token).await?;
     let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| MatrixError::unknown_token(false))?;
-    Ok(Some(AuthUser { user_id, device_id: owner.device_id.into(), is_admin: owner.is_admin, is_guest: owner.is_guest }))
+    Ok(Some(AuthUser {
+        user_id,
+        device_id: owner.device_id.into(),
+        is_admin: owner.is_admin,
+        is_guest: owner.is_guest,
+    }))
 }
 
 pub fn client_ip(parts: &http::request::Parts) -> Option<String> {
-    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string())
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with M_TOO_LARGE.
@@ -160,12 +175,19 @@ where
                 (None, Some(ip)) => ip.clone(),
                 (None, None) => String::new(),
             };
-            if let (Err(wait), false) = (state.rate_limiter.check(&key), user.as_ref().is_some_and(|u| u.is_admin)) {
+            if let (Err(wait), false) = (
+                state.rate_limiter.check(&key),
+                user.as_ref().is_some_and(|u| u.is_admin),
+            ) {
                 return Err(MatrixError::limit_exceeded(wait));
             }
         }
 
-        let json_body = if bytes.is_empty() { None } else { serde_json::from_slice(&bytes).ok() };
+        let json_body = if bytes.is_empty() {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
         let http_req = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
         let body = T::try_from_http_request(http_req, &args).map_err(|err| {
@@ -175,17 +197,27 @@ where
                 MatrixError::bad_json(format!("Invalid request: {err}"))
             }
         })?;
-        Ok(Ruma { body, user, ip, json_body })
+        Ok(Ruma {
+            body,
+            user,
+            ip,
+            json_body,
+        })
     }
 }
 
 /// Media uploads carry raw bytes; every other endpoint takes JSON (or nothing).
 fn expects_json<T: Metadata>() -> bool {
-    !T::PATH_BUILDER.all_paths().any(|p| p.contains("/upload") || p.contains("/media/"))
+    !T::PATH_BUILDER
+        .all_paths()
+        .any(|p| p.contains("/upload") || p.contains("/media/"))
 }
 
 fn body_limit<T: Metadata>(state: &AppState) -> usize {
-    if T::PATH_BUILDER.all_paths().any(|p| p.contains("/upload") || p.contains("/media/")) {
+    if T::PATH_BUILDER
+        .all_paths()
+        .any(|p| p.contains("/upload") || p.contains("/media/"))
+    {
         state.config.media.max_upload_size
     } else {
         state.config.max_request_size
@@ -243,9 +275,12 @@ impl RumaJsonRoute for Router<AppState> {
             let handler = handler.clone();
             self = self.route(
                 path,
-                on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
-                    handler(state, req).await.map(axum::Json)
-                }),
+                on(
+                    filter,
+                    move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                        handler(state, req).await.map(axum::Json)
+                    },
+                ),
             );
         }
         self
@@ -272,9 +307,12 @@ impl RumaRoute for Router<AppState> {
                 let handler = handler.clone();
                 self = self.route(
                     &path,
-                    on(filter, move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
-                        handler(state, req).await.map(RumaResponse)
-                    }),
+                    on(
+                        filter,
+                        move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                            handler(state, req).await.map(RumaResponse)
+                        },
+                    ),
                 );
             }
         }

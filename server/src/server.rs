@@ -81,10 +81,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                         stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
                     });
                     match socket.into_std() {
-                        Ok(std_socket) => axum_server::from_tcp_rustls(std_socket, axum_server::tls_rustls::RustlsConfig::from_config(tls))
+                        Ok(std_socket) => {
+                            axum_server::from_tcp_rustls(
+                                std_socket,
+                                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+                            )
                             .handle(handle)
                             .serve(service)
-                            .await,
+                            .await
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -96,5 +101,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, apis = ?listener.apis, "listening");
     }
     tasks.push(crate::pusher::spawn(state.clone(), stop_rx.clone()));
-    Ok(Running { addrs, state, stop, tasks })
+    Ok(Running {
+        addrs,
+        state,
+        stop,
+        tasks,
+    })
 }

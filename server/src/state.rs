@@ -19,7 +19,12 @@ pub struct Inner {
 impl AppState {
     pub fn new(config: Config, core: Core) -> AppState {
         let rate_limiter = RateLimiter::new(&config.rate_limits);
-        AppState(Arc::new(Inner { db: core.db.clone(), config, core, rate_limiter }))
+        AppState(Arc::new(Inner {
+            db: core.db.clone(),
+            config,
+            core,
+            rate_limiter,
+        }))
     }
 }
 

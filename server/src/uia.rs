@@ -73,14 +73,21 @@ pub async fn check(
         }
         // Acknowledging the fallback page re-checks what the session has completed.
         AuthData::FallbackAcknowledgement(_) => None,
-        other => Some(MatrixError::unrecognized(format!("Unsupported auth type {}", other.auth_type().map(|t| t.to_string()).unwrap_or_default()))
-            .with_status(http::StatusCode::BAD_REQUEST)),
+        other => Some(
+            MatrixError::unrecognized(format!(
+                "Unsupported auth type {}",
+                other.auth_type().map(|t| t.to_string()).unwrap_or_default()
+            ))
+            .with_status(http::StatusCode::BAD_REQUEST),
+        ),
     };
     completed.dedup();
     if let Some(err) = stage_error {
         return Err(challenge(flows, &session_id, &completed, Some(err)));
     }
-    let done = flows.iter().any(|flow| flow.iter().all(|stage| completed.iter().any(|c| c == stage)));
+    let done = flows
+        .iter()
+        .any(|flow| flow.iter().all(|stage| completed.iter().any(|c| c == stage)));
     let mut tx = state.db.write().await?;
     if done {
         uia::delete(&mut tx, &session_id).await?;
@@ -103,7 +110,12 @@ async fn new_session(state: &AppState, user_id: Option<&str>) -> ApiResult<Strin
     Ok(session_id)
 }
 
-async fn password_stage(state: &AppState, identifier: &UserIdentifier, password: &str, expected: Option<&str>) -> ApiResult<bool> {
+async fn password_stage(
+    state: &AppState,
+    identifier: &UserIdentifier,
+    password: &str,
+    expected: Option<&str>,
+) -> ApiResult<bool> {
     let UserIdentifier::Matrix(id) = identifier else {
         return Ok(false);
     };

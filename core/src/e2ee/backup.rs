@@ -13,7 +13,9 @@ use crate::{Core, Error, Result};
 pub enum BackupError {
     Core(Error),
     /// Keys may only go into the current version (the spec's M_WRONG_ROOM_KEYS_VERSION).
-    WrongVersion { current: String },
+    WrongVersion {
+        current: String,
+    },
     NotFound,
 }
 
@@ -53,11 +55,17 @@ pub struct SessionKey {
 impl SessionKey {
     /// Parses a client's KeyBackupData.
     pub fn from_json(v: &Value) -> Result<SessionKey> {
-        let int = |f: &str| v[f].as_i64().filter(|n| *n >= 0).ok_or_else(|| Error::BadJson(format!("key backup data needs a non-negative {f}")));
+        let int = |f: &str| {
+            v[f].as_i64()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| Error::BadJson(format!("key backup data needs a non-negative {f}")))
+        };
         Ok(SessionKey {
             first_message_index: int("first_message_index")?,
             forwarded_count: int("forwarded_count")?,
-            is_verified: v["is_verified"].as_bool().ok_or_else(|| Error::BadJson("key backup data needs is_verified".into()))?,
+            is_verified: v["is_verified"]
+                .as_bool()
+                .ok_or_else(|| Error::BadJson("key backup data needs is_verified".into()))?,
             session_data: match &v["session_data"] {
                 s @ Value::Object(_) => s.clone(),
                 _ => return Err(Error::BadJson("key backup data needs a session_data object".into())),
@@ -92,21 +100,23 @@ fn parse_version(version: &str) -> Option<i64> {
 }
 
 async fn current_version(conn: &mut AnyConnection, user_id: &str) -> Result<Option<i64>> {
-    let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM backup_versions WHERE user_id = $1 AND deleted = 0")
-        .bind(user_id)
-        .fetch_one(conn)
-        .await?;
+    let row: (Option<i64>,) =
+        sqlx::query_as("SELECT MAX(version) FROM backup_versions WHERE user_id = $1 AND deleted = 0")
+            .bind(user_id)
+            .fetch_one(conn)
+            .await?;
     Ok(row.0)
 }
 
 /// Checks that `version` exists and is not deleted; returns it as a number.
 async fn existing_version(conn: &mut AnyConnection, user_id: &str, version: &str) -> BackupResult<i64> {
     let v = parse_version(version).ok_or(BackupError::NotFound)?;
-    let row: Option<(i64,)> = sqlx::query_as("SELECT version FROM backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
-        .bind(user_id)
-        .bind(v)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT version FROM backup_versions WHERE user_id = $1 AND version = $2 AND deleted = 0")
+            .bind(user_id)
+            .bind(v)
+            .fetch_optional(conn)
+            .await?;
     row.map(|r| r.0).ok_or(BackupError::NotFound)
 }
 
@@ -132,17 +142,20 @@ pub async fn version_info(core: &Core, user_id: &str, version: Option<&str>) -> 
     let mut conn = core.db.conn().await?;
     let v = match version {
         Some(v) => existing_version(&mut conn, user_id, v).await?,
-        None => current_version(&mut conn, user_id).await?.ok_or(BackupError::NotFound)?,
+        None => current_version(&mut conn, user_id)
+            .await?
+            .ok_or(BackupError::NotFound)?,
     };
     info(&mut conn, user_id, v).await
 }
 
 async fn info(conn: &mut AnyConnection, user_id: &str, version: i64) -> BackupResult<VersionInfo> {
-    let (algorithm, etag): (String, i64) = sqlx::query_as("SELECT algorithm, etag FROM backup_versions WHERE user_id = $1 AND version = $2")
-        .bind(user_id)
-        .bind(version)
-        .fetch_one(&mut *conn)
-        .await?;
+    let (algorithm, etag): (String, i64) =
+        sqlx::query_as("SELECT algorithm, etag FROM backup_versions WHERE user_id = $1 AND version = $2")
+            .bind(user_id)
+            .bind(version)
+            .fetch_one(&mut *conn)
+            .await?;
     Ok(VersionInfo {
         version: version.to_string(),
         algorithm: serde_json::from_str(&algorithm).unwrap_or_default(),
@@ -187,8 +200,16 @@ pub async fn update_version(core: &Core, user_id: &str, version: &str, algorithm
 pub async fn delete_version(core: &Core, user_id: &str, version: &str) -> BackupResult<()> {
     let mut tx = core.db.write().await?;
     let v = existing_version(&mut tx, user_id, version).await?;
-    sqlx::query("UPDATE backup_versions SET deleted = 1 WHERE user_id = $1 AND version = $2").bind(user_id).bind(v).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2").bind(user_id).bind(v).execute(&mut *tx).await?;
+    sqlx::query("UPDATE backup_versions SET deleted = 1 WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2")
+        .bind(user_id)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -198,11 +219,18 @@ pub type Summary = (String, i64);
 
 /// Stores keys (room -> session -> key) into the current version, keeping a stored key when it
 /// is better than the new one.
-pub async fn put_keys(core: &Core, user_id: &str, version: &str, keys: &BTreeMap<String, BTreeMap<String, SessionKey>>) -> BackupResult<Summary> {
+pub async fn put_keys(
+    core: &Core,
+    user_id: &str,
+    version: &str,
+    keys: &BTreeMap<String, BTreeMap<String, SessionKey>>,
+) -> BackupResult<Summary> {
     let mut tx = core.db.write().await?;
     let current = current_version(&mut tx, user_id).await?.ok_or(BackupError::NotFound)?;
     if parse_version(version) != Some(current) {
-        return Err(BackupError::WrongVersion { current: current.to_string() });
+        return Err(BackupError::WrongVersion {
+            current: current.to_string(),
+        });
     }
     let mut changed = false;
     for (room_id, sessions) in keys {
@@ -254,7 +282,13 @@ async fn finish_change(conn: &mut AnyConnection, user_id: &str, version: i64, ch
     Ok((etag.to_string(), count(conn, user_id, version).await?))
 }
 
-async fn get_one(conn: &mut AnyConnection, user_id: &str, version: i64, room_id: &str, session_id: &str) -> Result<Option<SessionKey>> {
+async fn get_one(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    version: i64,
+    room_id: &str,
+    session_id: &str,
+) -> Result<Option<SessionKey>> {
     let row: Option<(i64, i64, i64, String)> = sqlx::query_as(
         "SELECT first_message_index, forwarded_count, is_verified, session_data FROM backup_keys
          WHERE user_id = $1 AND version = $2 AND room_id = $3 AND session_id = $4",
@@ -304,7 +338,12 @@ fn bind_scope<'q>(
 }
 
 /// Keys of an existing version: room -> session -> key.
-pub async fn get_keys(core: &Core, user_id: &str, version: &str, scope: Scope<'_>) -> BackupResult<BTreeMap<String, BTreeMap<String, SessionKey>>> {
+pub async fn get_keys(
+    core: &Core,
+    user_id: &str,
+    version: &str,
+    scope: Scope<'_>,
+) -> BackupResult<BTreeMap<String, BTreeMap<String, SessionKey>>> {
     let mut conn = core.db.conn().await?;
     let v = existing_version(&mut conn, user_id, version).await?;
     let sql = format!(
@@ -312,7 +351,9 @@ pub async fn get_keys(core: &Core, user_id: &str, version: &str, scope: Scope<'_
          WHERE user_id = $1 AND version = $2{} ORDER BY room_id, session_id",
         scope.clause()
     );
-    let rows = bind_scope(sqlx::query_as(&sql).bind(user_id).bind(v), scope).fetch_all(&mut *conn).await?;
+    let rows = bind_scope(sqlx::query_as(&sql).bind(user_id).bind(v), scope)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut out: BTreeMap<String, BTreeMap<String, SessionKey>> = BTreeMap::new();
     for (room, session, f, c, verified, data) in rows {
         let key = SessionKey {
@@ -330,7 +371,10 @@ pub async fn get_keys(core: &Core, user_id: &str, version: &str, scope: Scope<'_
 pub async fn delete_keys(core: &Core, user_id: &str, version: &str, scope: Scope<'_>) -> BackupResult<Summary> {
     let mut tx = core.db.write().await?;
     let v = existing_version(&mut tx, user_id, version).await?;
-    let sql = format!("DELETE FROM backup_keys WHERE user_id = $1 AND version = $2{}", scope.clause());
+    let sql = format!(
+        "DELETE FROM backup_keys WHERE user_id = $1 AND version = $2{}",
+        scope.clause()
+    );
     let mut q = sqlx::query(&sql).bind(user_id).bind(v);
     match scope {
         Scope::All => {}

@@ -19,9 +19,13 @@ pub struct SigningKeys {
 
 impl SigningKeys {
     fn entries(&self) -> impl Iterator<Item = (&'static str, &Value)> {
-        [("master", &self.master), ("self_signing", &self.self_signing), ("user_signing", &self.user_signing)]
-            .into_iter()
-            .filter_map(|(t, k)| k.as_ref().map(|k| (t, k)))
+        [
+            ("master", &self.master),
+            ("self_signing", &self.self_signing),
+            ("user_signing", &self.user_signing),
+        ]
+        .into_iter()
+        .filter_map(|(t, k)| k.as_ref().map(|k| (t, k)))
     }
 }
 
@@ -33,11 +37,18 @@ pub async fn keys_of(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<(Str
     .bind(user_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().filter_map(|(t, p, k)| Some((t, p, serde_json::from_str(&k).ok()?))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(t, p, k)| Some((t, p, serde_json::from_str(&k).ok()?)))
+        .collect())
 }
 
 async fn key_of(conn: &mut AnyConnection, user_id: &str, key_type: &str) -> Result<Option<(String, Value)>> {
-    Ok(keys_of(conn, user_id).await?.into_iter().find(|(t, _, _)| t == key_type).map(|(_, p, k)| (p, k)))
+    Ok(keys_of(conn, user_id)
+        .await?
+        .into_iter()
+        .find(|(t, _, _)| t == key_type)
+        .map(|(_, p, k)| (p, k)))
 }
 
 /// Checks one key's owner, usage and single ed25519 key; returns its public key.
@@ -50,7 +61,9 @@ fn validate_key(key: &Value, user_id: &str, usage: &str) -> Result<String> {
     }
     match single_ed25519_key(key) {
         Some((name, public)) if name == public => Ok(public),
-        _ => Err(Error::InvalidParam(format!("{usage} key must have exactly one ed25519 key, named by its public key"))),
+        _ => Err(Error::InvalidParam(format!(
+            "{usage} key must have exactly one ed25519 key, named by its public key"
+        ))),
     }
 }
 
@@ -69,11 +82,15 @@ pub async fn check_upload(core: &Core, user_id: &str, upload: &SigningKeys) -> R
             return Err(Error::InvalidParam("upload a master key first".into()));
         };
         if !has_valid_signature(key, user_id, master, master) {
-            return Err(Error::InvalidParam(format!("{usage} key is not signed by the master key")));
+            return Err(Error::InvalidParam(format!(
+                "{usage} key is not signed by the master key"
+            )));
         }
     }
     let has_master = stored.iter().any(|(t, _, _)| t == "master");
-    let replay = upload.entries().all(|(t, k)| stored.iter().any(|(st, _, sk)| st == t && sk == k));
+    let replay = upload
+        .entries()
+        .all(|(t, k)| stored.iter().any(|(st, _, sk)| st == t && sk == k));
     Ok(has_master && !replay)
 }
 
@@ -106,7 +123,10 @@ pub struct SignatureFailure {
 }
 
 fn failure(errcode: &'static str, error: impl Into<String>) -> SignatureFailure {
-    SignatureFailure { errcode, error: error.into() }
+    SignatureFailure {
+        errcode,
+        error: error.into(),
+    }
 }
 
 /// A signature that checked out: `(target user, target key, signer key, signature)`.
@@ -127,7 +147,10 @@ pub async fn upload_signatures(
         match check_signed_object(&mut conn, signer, target_user, key_id, object).await? {
             Ok(mut found) => valid.append(&mut found),
             Err(f) => {
-                failures.entry(target_user.clone()).or_default().insert(key_id.clone(), f);
+                failures
+                    .entry(target_user.clone())
+                    .or_default()
+                    .insert(key_id.clone(), f);
             }
         }
     }
@@ -173,9 +196,17 @@ async fn check_signed_object(
     // Which stored object is being signed, and which of the signer's keys may sign it.
     let (stored, signing_keys): (Value, Vec<(String, String)>) = if target_user == signer {
         let own = keys_of(conn, signer).await?;
-        let find = |t: &str| own.iter().find(|(kt, _, _)| kt == t).map(|(_, p, k)| (p.clone(), k.clone()));
+        let find = |t: &str| {
+            own.iter()
+                .find(|(kt, _, _)| kt == t)
+                .map(|(_, p, k)| (p.clone(), k.clone()))
+        };
         if let Some((device_keys, _)) = keys::device_ed25519(conn, signer, key_id).await? {
-            let signers = [find("self_signing"), find("master")].into_iter().flatten().map(|(p, _)| (p.clone(), p)).collect();
+            let signers = [find("self_signing"), find("master")]
+                .into_iter()
+                .flatten()
+                .map(|(p, _)| (p.clone(), p))
+                .collect();
             (device_keys, signers)
         } else if let Some((_, master)) = find("master").filter(|(p, _)| p == key_id) {
             let mut signers = Vec::new();
@@ -195,7 +226,10 @@ async fn check_signed_object(
             return Ok(Err(failure("M_NOT_FOUND", format!("{target_user} has no master key"))));
         };
         if public != key_id {
-            return Ok(Err(failure("M_NOT_FOUND", format!("{key_id} is not the master key of {target_user}"))));
+            return Ok(Err(failure(
+                "M_NOT_FOUND",
+                format!("{key_id} is not the master key of {target_user}"),
+            )));
         }
         let Some((usk, _)) = key_of(conn, signer, "user_signing").await? else {
             return Ok(Err(failure("M_INVALID_SIGNATURE", "upload a user-signing key first")));
@@ -203,19 +237,35 @@ async fn check_signed_object(
         (signable(&master), vec![(usk.clone(), usk)])
     };
     if signable(object) != signable(&stored) {
-        return Ok(Err(failure("M_INVALID_SIGNATURE", "the signed object does not match the stored key")));
+        return Ok(Err(failure(
+            "M_INVALID_SIGNATURE",
+            "the signed object does not match the stored key",
+        )));
     }
     let mut found = Vec::new();
     for (name, public) in &signing_keys {
         let signer_key = format!("ed25519:{name}");
-        let Some(signature) = object["signatures"][signer][&signer_key].as_str() else { continue };
+        let Some(signature) = object["signatures"][signer][&signer_key].as_str() else {
+            continue;
+        };
         if !has_valid_signature(object, signer, name, public) {
-            return Ok(Err(failure("M_INVALID_SIGNATURE", format!("invalid signature by {signer_key}"))));
+            return Ok(Err(failure(
+                "M_INVALID_SIGNATURE",
+                format!("invalid signature by {signer_key}"),
+            )));
         }
-        found.push((target_user.to_owned(), key_id.to_owned(), signer_key, signature.to_owned()));
+        found.push((
+            target_user.to_owned(),
+            key_id.to_owned(),
+            signer_key,
+            signature.to_owned(),
+        ));
     }
     if found.is_empty() {
-        return Ok(Err(failure("M_INVALID_SIGNATURE", "no signature by a key allowed to sign this object")));
+        return Ok(Err(failure(
+            "M_INVALID_SIGNATURE",
+            "no signature by a key allowed to sign this object",
+        )));
     }
     Ok(Ok(found))
 }

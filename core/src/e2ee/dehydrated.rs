@@ -22,11 +22,12 @@ pub async fn put(core: &Core, user_id: &str, req: &Dehydrate) -> Result<()> {
     };
     keys::validate_device_keys(device_keys, user_id, &req.device_id)?;
     let mut tx = core.db.write().await?;
-    let existing: Option<(String,)> = sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id = $2")
-        .bind(user_id)
-        .bind(&req.device_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(&req.device_id)
+            .fetch_optional(&mut *tx)
+            .await?;
     let old = current(core, &mut tx, user_id).await?;
     if existing.is_some() && old.as_ref().map(|o| &o.0) != Some(&req.device_id) {
         return Err(Error::InvalidParam("device ID is in use by another device".into()));
@@ -50,10 +51,11 @@ pub async fn put(core: &Core, user_id: &str, req: &Dehydrate) -> Result<()> {
 }
 
 async fn current(_core: &Core, conn: &mut sqlx::AnyConnection, user_id: &str) -> Result<Option<(String, Value)>> {
-    let row: Option<(String, String)> = sqlx::query_as("SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = $1")
-        .bind(user_id)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<(String, String)> =
+        sqlx::query_as("SELECT device_id, device_data FROM dehydrated_devices WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(|(d, data)| (d, serde_json::from_str(&data).unwrap_or_default())))
 }
 
@@ -66,7 +68,9 @@ pub async fn get(core: &Core, user_id: &str) -> Result<Option<(String, Value)>> 
 /// Deletes the dehydrated device; returns its ID.
 pub async fn delete(core: &Core, user_id: &str) -> Result<Option<String>> {
     let mut tx = core.db.write().await?;
-    let Some((device_id, _)) = current(core, &mut tx, user_id).await? else { return Ok(None) };
+    let Some((device_id, _)) = current(core, &mut tx, user_id).await? else {
+        return Ok(None);
+    };
     devices::delete(&mut tx, user_id, &device_id).await?;
     tx.commit().await?;
     device_lists::notify(core, user_id).await?;
@@ -78,13 +82,20 @@ const PAGE: i64 = 100;
 /// The dehydrated device's to-device messages after `next_batch` (a to-device position),
 /// deleting those at or below it: the client got them in the previous page. Returns the
 /// events and the token for the next page.
-pub async fn events(core: &Core, user_id: &str, device_id: &str, next_batch: Option<&str>) -> Result<(Vec<Value>, String)> {
+pub async fn events(
+    core: &Core,
+    user_id: &str,
+    device_id: &str,
+    next_batch: Option<&str>,
+) -> Result<(Vec<Value>, String)> {
     match get(core, user_id).await? {
         Some((id, _)) if id == device_id => {}
         _ => return Err(Error::Forbidden("not your dehydrated device".into())),
     }
     let after = match next_batch {
-        Some(t) => t.parse::<i64>().map_err(|_| Error::InvalidParam("invalid next_batch".into()))?,
+        Some(t) => t
+            .parse::<i64>()
+            .map_err(|_| Error::InvalidParam("invalid next_batch".into()))?,
         None => 0,
     };
     if after > 0 {

@@ -78,18 +78,22 @@ async fn forget(conn: &mut AnyConnection, user_id: &str, device_op: &str, device
         ("to_device_messages", "recipient_user", "recipient_device"),
         ("dehydrated_devices", "user_id", "device_id"),
     ] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE {user_col} = $1 AND {device_col} {device_op} $2"))
-            .bind(user_id)
-            .bind(device)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let had_keys = sqlx::query(&format!("DELETE FROM e2e_device_keys WHERE user_id = $1 AND device_id {device_op} $2"))
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE {user_col} = $1 AND {device_col} {device_op} $2"
+        ))
         .bind(user_id)
         .bind(device)
         .execute(&mut *conn)
-        .await?
-        .rows_affected()
+        .await?;
+    }
+    let had_keys = sqlx::query(&format!(
+        "DELETE FROM e2e_device_keys WHERE user_id = $1 AND device_id {device_op} $2"
+    ))
+    .bind(user_id)
+    .bind(device)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
         > 0;
     if had_keys {
         record_changes(conn, &[user_id]).await?;
@@ -110,16 +114,20 @@ pub async fn forget_devices_except(conn: &mut AnyConnection, user_id: &str, keep
 /// What changed for `user_id` between two sync tokens: key changes of users sharing a room
 /// (and the user's own), users who newly share a room (`changed`), and users who no longer
 /// share any (`left`). Empty when `from` is the beginning (an initial sync).
-pub async fn changes(conn: &mut AnyConnection, user_id: &str, from: &SyncToken, to: &SyncToken) -> Result<DeviceListChanges> {
+pub async fn changes(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    from: &SyncToken,
+    to: &SyncToken,
+) -> Result<DeviceListChanges> {
     let sharing = sharing_users(conn, user_id).await?;
     let mut changed = BTreeSet::new();
-    let key_changes: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2",
-    )
-    .bind(from.device_lists)
-    .bind(to.device_lists)
-    .fetch_all(&mut *conn)
-    .await?;
+    let key_changes: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2")
+            .bind(from.device_lists)
+            .bind(to.device_lists)
+            .fetch_all(&mut *conn)
+            .await?;
     changed.extend(key_changes.into_iter().map(|r| r.0));
 
     let mut gone = BTreeSet::new();
@@ -136,8 +144,15 @@ pub async fn changes(conn: &mut AnyConnection, user_id: &str, from: &SyncToken, 
     for (room_id, member, membership) in membership_changes {
         if member == user_id {
             // Our own join makes everyone there new to us; our leave may part us from them.
-            let others = joined_members(conn, &room_id).await?.into_iter().filter(|u| u != user_id);
-            if membership == "join" { changed.extend(others) } else { gone.extend(others) }
+            let others = joined_members(conn, &room_id)
+                .await?
+                .into_iter()
+                .filter(|u| u != user_id);
+            if membership == "join" {
+                changed.extend(others)
+            } else {
+                gone.extend(others)
+            }
         } else if membership == "join" {
             changed.insert(member);
         } else {
@@ -146,20 +161,31 @@ pub async fn changes(conn: &mut AnyConnection, user_id: &str, from: &SyncToken, 
     }
     changed.retain(|u| u == user_id || sharing.contains(u));
     gone.retain(|u| u != user_id && !sharing.contains(u));
-    Ok(DeviceListChanges { changed: changed.into_iter().collect(), left: gone.into_iter().collect() })
+    Ok(DeviceListChanges {
+        changed: changed.into_iter().collect(),
+        left: gone.into_iter().collect(),
+    })
 }
 
 async fn joined_members(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT user_id FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
-        .bind(room_id)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
+            .bind(room_id)
+            .fetch_all(conn)
+            .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 /// The `device_lists` part of a sync from `since` (none for an initial sync) to `now`.
-pub async fn for_sync(core: &Core, user_id: &str, since: Option<&SyncToken>, now: &SyncToken) -> Result<DeviceListChanges> {
-    let Some(since) = since else { return Ok(DeviceListChanges::default()) };
+pub async fn for_sync(
+    core: &Core,
+    user_id: &str,
+    since: Option<&SyncToken>,
+    now: &SyncToken,
+) -> Result<DeviceListChanges> {
+    let Some(since) = since else {
+        return Ok(DeviceListChanges::default());
+    };
     let mut conn = core.db.conn().await?;
     changes(&mut conn, user_id, since, now).await
 }

@@ -22,10 +22,14 @@ pub struct Upload {
 /// device's ed25519 key.
 pub fn validate_device_keys(keys: &Value, user_id: &str, device_id: &str) -> Result<()> {
     if keys["user_id"].as_str() != Some(user_id) || keys["device_id"].as_str() != Some(device_id) {
-        return Err(Error::InvalidParam("device_keys must be for the uploading user and device".into()));
+        return Err(Error::InvalidParam(
+            "device_keys must be for the uploading user and device".into(),
+        ));
     }
     let Some(ed25519) = keys["keys"][format!("ed25519:{device_id}")].as_str() else {
-        return Err(Error::InvalidParam(format!("device_keys lack the key ed25519:{device_id}")));
+        return Err(Error::InvalidParam(format!(
+            "device_keys lack the key ed25519:{device_id}"
+        )));
     };
     if !has_valid_signature(keys, user_id, device_id, ed25519) {
         return Err(Error::InvalidParam("device_keys are not correctly self-signed".into()));
@@ -36,7 +40,9 @@ pub fn validate_device_keys(keys: &Value, user_id: &str, device_id: &str) -> Res
 fn algorithm_of(key_id: &str) -> Result<&str> {
     match key_id.split_once(':') {
         Some((alg, id)) if !alg.is_empty() && !id.is_empty() => Ok(alg),
-        _ => Err(Error::InvalidParam(format!("key ID {key_id:?} is not <algorithm>:<id>"))),
+        _ => Err(Error::InvalidParam(format!(
+            "key ID {key_id:?} is not <algorithm>:<id>"
+        ))),
     }
 }
 
@@ -68,11 +74,12 @@ pub async fn upload(core: &Core, user_id: &str, device_id: &str, upload: &Upload
 
 /// Stores device keys; true when they differ from what was stored.
 pub async fn store_device_keys(conn: &mut AnyConnection, user_id: &str, device_id: &str, keys: &Value) -> Result<bool> {
-    let existing: Option<(String,)> = sqlx::query_as("SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2")
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     let old: Option<Value> = existing.and_then(|r| serde_json::from_str(&r.0).ok());
     if old.as_ref() == Some(keys) {
         return Ok(false);
@@ -99,7 +106,12 @@ pub async fn store_device_keys(conn: &mut AnyConnection, user_id: &str, device_i
 
 /// Adds one-time keys; re-uploading a key ID with other content is refused (as Synapse does),
 /// since a client that does so has lost track of which keys the server holds.
-pub async fn store_one_time_keys(conn: &mut AnyConnection, user_id: &str, device_id: &str, keys: &[(String, Value)]) -> Result<()> {
+pub async fn store_one_time_keys(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    keys: &[(String, Value)],
+) -> Result<()> {
     for (key_id, key) in keys {
         let algorithm = algorithm_of(key_id)?;
         let existing: Option<(String,)> = sqlx::query_as(
@@ -115,7 +127,9 @@ pub async fn store_one_time_keys(conn: &mut AnyConnection, user_id: &str, device
             if serde_json::from_str::<Value>(&old).ok().as_ref() == Some(key) {
                 continue;
             }
-            return Err(Error::InvalidParam(format!("one-time key {key_id} already exists with different content")));
+            return Err(Error::InvalidParam(format!(
+                "one-time key {key_id} already exists with different content"
+            )));
         }
         sqlx::query("INSERT INTO e2e_one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES ($1, $2, $3, $4, $5)")
             .bind(user_id)
@@ -130,7 +144,12 @@ pub async fn store_one_time_keys(conn: &mut AnyConnection, user_id: &str, device
 }
 
 /// Replaces the fallback key per algorithm; the same key uploaded again keeps its `used` flag.
-pub async fn store_fallback_keys(conn: &mut AnyConnection, user_id: &str, device_id: &str, keys: &[(String, Value)]) -> Result<()> {
+pub async fn store_fallback_keys(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    keys: &[(String, Value)],
+) -> Result<()> {
     for (key_id, key) in keys {
         let algorithm = algorithm_of(key_id)?;
         sqlx::query(
@@ -153,7 +172,11 @@ pub async fn store_fallback_keys(conn: &mut AnyConnection, user_id: &str, device
 
 /// Unclaimed one-time keys per algorithm. `signed_curve25519` is always present (0 when
 /// none), as clients read a missing count as "no need to upload".
-pub async fn one_time_key_counts(conn: &mut AnyConnection, user_id: &str, device_id: &str) -> Result<BTreeMap<String, i64>> {
+pub async fn one_time_key_counts(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+) -> Result<BTreeMap<String, i64>> {
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
     )
@@ -167,7 +190,11 @@ pub async fn one_time_key_counts(conn: &mut AnyConnection, user_id: &str, device
 }
 
 /// Algorithms whose fallback key has not been handed out yet.
-pub async fn unused_fallback_key_types(conn: &mut AnyConnection, user_id: &str, device_id: &str) -> Result<Vec<String>> {
+pub async fn unused_fallback_key_types(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+) -> Result<Vec<String>> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
     )
@@ -263,11 +290,17 @@ async fn device_keys_of(conn: &mut AnyConnection, user_id: &str) -> Result<Vec<(
     .bind(user_id)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().filter_map(|(d, k, n)| Some((d, serde_json::from_str(&k).ok()?, n))).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|(d, k, n)| Some((d, serde_json::from_str(&k).ok()?, n)))
+        .collect())
 }
 
 /// Signatures uploaded for the user's keys: target key -> `(signer, signer key, signature)`.
-async fn uploaded_signatures(conn: &mut AnyConnection, user_id: &str) -> Result<BTreeMap<String, Vec<(String, String, String)>>> {
+async fn uploaded_signatures(
+    conn: &mut AnyConnection,
+    user_id: &str,
+) -> Result<BTreeMap<String, Vec<(String, String, String)>>> {
     let rows: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT target_key, signer_user, signer_key, signature FROM e2e_signatures WHERE target_user = $1",
     )
@@ -287,7 +320,10 @@ pub type Claimed = BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>>;
 /// Hands out one one-time key per requested (user, device, algorithm), or the fallback key
 /// (marked used) when none is left. No key is ever given out twice, also under concurrent
 /// claims: see `take_one_time_key`.
-pub async fn claim(core: &Core, requested: &BTreeMap<String, BTreeMap<String, String>>) -> Result<(Claimed, BTreeMap<String, Value>)> {
+pub async fn claim(
+    core: &Core,
+    requested: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<(Claimed, BTreeMap<String, Value>)> {
     let mut claimed = Claimed::new();
     let mut failures = BTreeMap::new();
     let mut tx = core.db.write().await?;
@@ -303,7 +339,12 @@ pub async fn claim(core: &Core, requested: &BTreeMap<String, BTreeMap<String, St
                 None => use_fallback_key(&mut tx, user_id, device_id, algorithm).await?,
             };
             if let Some((key_id, key)) = key {
-                claimed.entry(user_id.clone()).or_default().entry(device_id.clone()).or_default().insert(key_id, key);
+                claimed
+                    .entry(user_id.clone())
+                    .or_default()
+                    .entry(device_id.clone())
+                    .or_default()
+                    .insert(key_id, key);
             }
         }
     }
@@ -314,7 +355,12 @@ pub async fn claim(core: &Core, requested: &BTreeMap<String, BTreeMap<String, St
 /// Deletes and returns one one-time key. The row is chosen and deleted in one statement; on
 /// PostgreSQL a concurrent claim that picked the same row finds it gone after waiting for its
 /// lock and deletes nothing, so we pick again while keys remain.
-async fn take_one_time_key(conn: &mut AnyConnection, user_id: &str, device_id: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
+async fn take_one_time_key(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<(String, Value)>> {
     loop {
         let row: Option<(String, String)> = sqlx::query_as(
             "DELETE FROM e2e_one_time_keys
@@ -346,7 +392,12 @@ async fn take_one_time_key(conn: &mut AnyConnection, user_id: &str, device_id: &
 }
 
 /// The fallback key, which stays in place and is marked used.
-async fn use_fallback_key(conn: &mut AnyConnection, user_id: &str, device_id: &str, algorithm: &str) -> Result<Option<(String, Value)>> {
+async fn use_fallback_key(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    algorithm: &str,
+) -> Result<Option<(String, Value)>> {
     let row: Option<(String, String)> = sqlx::query_as(
         "UPDATE e2e_fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
          RETURNING key_id, key_json",
@@ -360,13 +411,20 @@ async fn use_fallback_key(conn: &mut AnyConnection, user_id: &str, device_id: &s
 }
 
 /// Whether the user's device has published keys, and its ed25519 key.
-pub async fn device_ed25519(conn: &mut AnyConnection, user_id: &str, device_id: &str) -> Result<Option<(Value, String)>> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2")
-        .bind(user_id)
-        .bind(device_id)
-        .fetch_optional(conn)
-        .await?;
-    let Some(keys) = row.and_then(|r| serde_json::from_str::<Value>(&r.0).ok()) else { return Ok(None) };
+pub async fn device_ed25519(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+) -> Result<Option<(Value, String)>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2")
+            .bind(user_id)
+            .bind(device_id)
+            .fetch_optional(conn)
+            .await?;
+    let Some(keys) = row.and_then(|r| serde_json::from_str::<Value>(&r.0).ok()) else {
+        return Ok(None);
+    };
     let ed = keys["keys"][format!("ed25519:{device_id}")].as_str().map(str::to_owned);
     Ok(ed.map(|ed| (signable(&keys), ed)))
 }

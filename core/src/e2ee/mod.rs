@@ -22,7 +22,9 @@ use crate::{Error, Result};
 /// Clients send unpadded base64; accept padded too rather than fail on a detail.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_encode_padding(false).with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
 /// A JSON object from a raw request part, or M_BAD_JSON.
@@ -38,15 +40,23 @@ pub fn parse_object(raw: &str, what: &str) -> Result<Value> {
 /// are the canonical JSON without `signatures` and `unsigned`.
 pub fn has_valid_signature(object: &Value, signer_user: &str, key_name: &str, public_key: &str) -> bool {
     let key_id = format!("ed25519:{key_name}");
-    let Some(signature) = object["signatures"][signer_user][&key_id].as_str() else { return false };
+    let Some(signature) = object["signatures"][signer_user][&key_id].as_str() else {
+        return false;
+    };
     verify_signature(object, signature, public_key)
 }
 
 /// Checks one detached signature (unpadded base64) over `object`'s signable form.
 pub fn verify_signature(object: &Value, signature: &str, public_key: &str) -> bool {
-    let (Ok(sig), Ok(key)) = (BASE64.decode(signature), BASE64.decode(public_key)) else { return false };
-    let Ok(canonical) = serde_json::from_value::<CanonicalJsonObject>(object.clone()) else { return false };
-    let Ok(bytes) = ruma::signatures::to_canonical_json_string_for_signing(&canonical) else { return false };
+    let (Ok(sig), Ok(key)) = (BASE64.decode(signature), BASE64.decode(public_key)) else {
+        return false;
+    };
+    let Ok(canonical) = serde_json::from_value::<CanonicalJsonObject>(object.clone()) else {
+        return false;
+    };
+    let Ok(bytes) = ruma::signatures::to_canonical_json_string_for_signing(&canonical) else {
+        return false;
+    };
     ruma::signatures::verify_canonical_json_bytes(&SigningKeyAlgorithm::Ed25519, &key, &sig, bytes.as_bytes()).is_ok()
 }
 

@@ -81,7 +81,10 @@ pub async fn send(core: &Core, send: &Send<'_>) -> Result<bool> {
 async fn target_devices(conn: &mut AnyConnection, user_id: &str, target: &Target) -> Result<Vec<String>> {
     let rows: Vec<(String,)> = match target {
         Target::AllDevices => {
-            sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id").bind(user_id).fetch_all(conn).await?
+            sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 ORDER BY device_id")
+                .bind(user_id)
+                .fetch_all(conn)
+                .await?
         }
         Target::Device(d) => {
             sqlx::query_as("SELECT device_id FROM devices WHERE user_id = $1 AND device_id = $2")
@@ -103,7 +106,14 @@ pub struct Message {
 
 /// The device's undelivered-or-unacknowledged messages in `(after, up_to]`, oldest first, at
 /// most `limit`.
-pub async fn pending(conn: &mut AnyConnection, user_id: &str, device_id: &str, after: i64, up_to: i64, limit: i64) -> Result<Vec<Message>> {
+pub async fn pending(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    device_id: &str,
+    after: i64,
+    up_to: i64,
+    limit: i64,
+) -> Result<Vec<Message>> {
     let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
         "SELECT stream_pos, sender, event_type, content FROM to_device_messages
          WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos > $3 AND stream_pos <= $4
@@ -142,12 +152,14 @@ pub async fn acknowledge(core: &Core, user_id: &str, device_id: &str, up_to: i64
         return Ok(());
     }
     let mut tx = core.db.write().await?;
-    sqlx::query("DELETE FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3")
-        .bind(user_id)
-        .bind(device_id)
-        .bind(up_to)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "DELETE FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3",
+    )
+    .bind(user_id)
+    .bind(device_id)
+    .bind(up_to)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -155,5 +167,9 @@ pub async fn acknowledge(core: &Core, user_id: &str, device_id: &str, up_to: i64
 /// them, since the sync token's to_device position (which acknowledges them) is `now`.
 pub async fn for_sync(core: &Core, user_id: &str, device_id: &str, now: i64) -> Result<Vec<Value>> {
     let mut conn = core.db.conn().await?;
-    Ok(pending(&mut conn, user_id, device_id, 0, now, i64::MAX).await?.into_iter().map(|m| m.event).collect())
+    Ok(pending(&mut conn, user_id, device_id, 0, now, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|m| m.event)
+        .collect())
 }

@@ -64,7 +64,15 @@ pub async fn room_since(conn: &mut AnyConnection, room_id: &str, since: i64) -> 
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Receipt { room_id: r.0, receipt_type: r.1, user_id: r.2, thread_id: r.3, event_id: r.4, event_stream_pos: r.5, ts: r.6 })
+        .map(|r| Receipt {
+            room_id: r.0,
+            receipt_type: r.1,
+            user_id: r.2,
+            thread_id: r.3,
+            event_id: r.4,
+            event_stream_pos: r.5,
+            ts: r.6,
+        })
         .collect())
 }
 

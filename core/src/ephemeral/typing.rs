@@ -58,7 +58,9 @@ impl Typing {
     fn expire(&self, room_id: &str) -> bool {
         let now = now_ms();
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(room) = rooms.get_mut(room_id) else { return false };
+        let Some(room) = rooms.get_mut(room_id) else {
+            return false;
+        };
         let before = room.users.len();
         room.users.retain(|_, expiry| *expiry > now);
         if room.users.len() != before {

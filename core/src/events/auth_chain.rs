@@ -15,7 +15,10 @@ pub async fn auth_chain(conn: &mut AnyConnection, start: impl IntoIterator<Item 
         let mut next = Vec::new();
         for chunk in frontier.chunks(200) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("SELECT auth_event_id FROM event_auth WHERE event_id IN ({})", placeholders.join(","));
+            let sql = format!(
+                "SELECT auth_event_id FROM event_auth WHERE event_id IN ({})",
+                placeholders.join(",")
+            );
             let mut q = sqlx::query_as::<_, (String,)>(&sql);
             for id in chunk {
                 q = q.bind(id);

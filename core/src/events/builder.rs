@@ -11,7 +11,11 @@ use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
 use super::{Pdu, StateMap};
-use crate::{storage::events, util::{now_ms, random_string}, Core, Error, Result};
+use crate::{
+    storage::events,
+    util::{now_ms, random_string},
+    Core, Error, Result,
+};
 
 /// What a local user wants to send.
 #[derive(Clone, Debug)]
@@ -24,11 +28,21 @@ pub struct EventTemplate {
 
 impl EventTemplate {
     pub fn message(kind: &str, content: Value) -> EventTemplate {
-        EventTemplate { kind: kind.into(), state_key: None, content, redacts: None }
+        EventTemplate {
+            kind: kind.into(),
+            state_key: None,
+            content,
+            redacts: None,
+        }
     }
 
     pub fn state(kind: &str, state_key: &str, content: Value) -> EventTemplate {
-        EventTemplate { kind: kind.into(), state_key: Some(state_key.into()), content, redacts: None }
+        EventTemplate {
+            kind: kind.into(),
+            state_key: Some(state_key.into()),
+            content,
+            redacts: None,
+        }
     }
 }
 
@@ -126,11 +140,16 @@ pub async fn build(
         Ok(_) => return Err(Error::BadJson("event is not an object".into())),
         Err(e) => return Err(Error::BadJson(format!("event is not canonical JSON: {e}"))),
     };
-    ruma::signatures::hash_and_sign_event(core.server_name.as_str(), &core.key.keypair, &mut object, &rules.redaction)
-        .map_err(|e| match e {
-            ruma::signatures::JsonError::PduTooLarge => Error::TooLarge("event exceeds 65536 bytes".into()),
-            other => Error::BadJson(other.to_string()),
-        })?;
+    ruma::signatures::hash_and_sign_event(
+        core.server_name.as_str(),
+        &core.key.keypair,
+        &mut object,
+        &rules.redaction,
+    )
+    .map_err(|e| match e {
+        ruma::signatures::JsonError::PduTooLarge => Error::TooLarge("event exceeds 65536 bytes".into()),
+        other => Error::BadJson(other.to_string()),
+    })?;
     let event_id = Pdu::compute_event_id(&object, rules)?;
     Pdu::from_json(event_id, object, rules)
 }

@@ -143,7 +143,8 @@ impl Pdu {
 
     /// Parses a stored PDU.
     pub fn from_stored(event_id: &str, json: &str, rules: &RoomVersionRules) -> Result<Pdu> {
-        let object: CanonicalJsonObject = serde_json::from_str(json).map_err(|e| Error::internal(format!("stored event {event_id}: {e}")))?;
+        let object: CanonicalJsonObject =
+            serde_json::from_str(json).map_err(|e| Error::internal(format!("stored event {event_id}: {e}")))?;
         let event_id = EventId::parse(event_id).map_err(Error::internal)?;
         Pdu::from_json(event_id, object, rules)
     }
@@ -162,7 +163,11 @@ impl Pdu {
         let mut object = self.json.clone();
         if let Some(because) = redacted_because {
             let because_obj: Option<CanonicalJsonObject> = serde_json::from_value(because.clone()).ok();
-            if let Ok(redacted) = redact(object.clone(), &rules.redaction, because_obj.map(RedactedBecause::from_json)) {
+            if let Ok(redacted) = redact(
+                object.clone(),
+                &rules.redaction,
+                because_obj.map(RedactedBecause::from_json),
+            ) {
                 object = redacted;
             }
         }

@@ -15,7 +15,10 @@ use ruma::{
 use serde_json::Value;
 use sqlx::AnyConnection;
 
-use super::{state::{resolve, state_before, StateBefore}, Pdu, StateMap};
+use super::{
+    state::{resolve, state_before, StateBefore},
+    Pdu, StateMap,
+};
 use crate::{
     storage::{events, rooms, state as state_store},
     streams, Core, Error, Result,
@@ -25,7 +28,9 @@ use crate::{
 #[derive(Clone, Copy, Debug)]
 pub enum Origin<'a> {
     /// Built here; `txn` is `(user, device, txn_id)` for idempotent sends.
-    Local { txn: Option<(&'a str, &'a str, &'a str)> },
+    Local {
+        txn: Option<(&'a str, &'a str, &'a str)>,
+    },
     Remote,
 }
 
@@ -59,7 +64,11 @@ pub async fn persist(
 
     // 1. Format.
     state_res::check_pdu_format(&pdu.json, &rules.event_format).map_err(|e| {
-        if e.contains("larger than maximum") { Error::TooLarge(e) } else { Error::BadJson(e) }
+        if e.contains("larger than maximum") {
+            Error::TooLarge(e)
+        } else {
+            Error::BadJson(e)
+        }
     })?;
 
     // 2. Signatures and hashes; a hash mismatch keeps the event, redacted.
@@ -94,7 +103,11 @@ pub async fn persist(
     // 4. State before the event.
     let is_create = pdu.kind == TimelineEventType::RoomCreate;
     let before = if is_create {
-        StateBefore { group: None, parent: None, state: Arc::new(StateMap::new()) }
+        StateBefore {
+            group: None,
+            parent: None,
+            state: Arc::new(StateMap::new()),
+        }
     } else {
         state_before(db, conn, rules, &pdu.prev_events).await?
     };
@@ -103,23 +116,30 @@ pub async fn persist(
     // 5. Auth against the state before the event.
     if rejected.is_none() && !is_create {
         let relevant = load_relevant_state(conn, rules, &pdu, &before_state).await?;
-        rejected = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-            relevant.get(&(t.to_string(), k.to_owned())).cloned()
-        })
-        .err();
+        rejected =
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                relevant.get(&(t.to_string(), k.to_owned())).cloned()
+            })
+            .err();
     }
 
     // 6. Soft fail: a remote event that passes against its own history but not against the
     //    current state is kept out of the timeline and the forward extremities.
     let current_group = rooms::current_state_group(conn, pdu.room_id.as_str()).await?;
     let mut soft_failed = false;
-    if rejected.is_none() && matches!(origin, Origin::Remote) && !is_create && current_group.is_some() && current_group != before.group {
+    if rejected.is_none()
+        && matches!(origin, Origin::Remote)
+        && !is_create
+        && current_group.is_some()
+        && current_group != before.group
+    {
         let current = state_store::load(db, conn, current_group.unwrap_or_default()).await?;
         let relevant = load_relevant_state(conn, rules, &pdu, &current).await?;
-        soft_failed = state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
-            relevant.get(&(t.to_string(), k.to_owned())).cloned()
-        })
-        .is_err();
+        soft_failed =
+            state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
+                relevant.get(&(t.to_string(), k.to_owned())).cloned()
+            })
+            .is_err();
     }
     pdu.rejected = rejected.is_some();
 
@@ -169,7 +189,12 @@ pub async fn persist(
     events::insert_edges(conn, pdu.event_id.as_str(), &prev, &auth_ids).await?;
 
     if rejected.is_some() || soft_failed {
-        return Ok(Outcome { pdu, stream_pos: None, rejected, soft_failed });
+        return Ok(Outcome {
+            pdu,
+            stream_pos: None,
+            rejected,
+            soft_failed,
+        });
     }
 
     // Forward extremities and current state.
@@ -218,7 +243,12 @@ pub async fn persist(
     rooms::set_last_stream_pos(conn, &room_id, pos).await?;
     update_memberships(conn, &room_id, &old_current, &new_current, pos).await?;
     crate::push::evaluate(core, conn, rules, &pdu, pos, &new_current).await?;
-    Ok(Outcome { pdu, stream_pos: Some(pos), rejected: None, soft_failed: false })
+    Ok(Outcome {
+        pdu,
+        stream_pos: Some(pos),
+        rejected: None,
+        soft_failed: false,
+    })
 }
 
 /// Loads the state events the auth rules may consult for this event.
@@ -228,11 +258,17 @@ async fn load_relevant_state(
     pdu: &Pdu,
     state: &StateMap,
 ) -> Result<HashMap<(String, String), Pdu>> {
-    let mut types = state_res::auth_types_for_event(&pdu.kind, &pdu.sender, pdu.state_key.as_deref(), &pdu.content, &rules.authorization)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(t, k)| (t.to_string(), k))
-        .collect::<Vec<_>>();
+    let mut types = state_res::auth_types_for_event(
+        &pdu.kind,
+        &pdu.sender,
+        pdu.state_key.as_deref(),
+        &pdu.content,
+        &rules.authorization,
+    )
+    .unwrap_or_default()
+    .into_iter()
+    .map(|(t, k)| (t.to_string(), k))
+    .collect::<Vec<_>>();
     // The create event is consulted even where it is not an auth event (v12).
     types.push(("m.room.create".into(), String::new()));
     let ids: Vec<String> = types.iter().filter_map(|k| state.get(k).cloned()).collect();
@@ -248,9 +284,16 @@ async fn load_relevant_state(
 
 /// Marks the target redacted when the redaction is allowed: same sender, or a sender with the
 /// power to redact others (checked against the state before the redaction).
-async fn apply_redaction(conn: &mut AnyConnection, rules: &RoomVersionRules, pdu: &Pdu, state: &StateMap) -> Result<()> {
+async fn apply_redaction(
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    state: &StateMap,
+) -> Result<()> {
     let Some(target_id) = &pdu.redacts else { return Ok(()) };
-    let Some(target) = events::get(conn, target_id.as_str()).await? else { return Ok(()) };
+    let Some(target) = events::get(conn, target_id.as_str()).await? else {
+        return Ok(());
+    };
     if target.room_id != pdu.room_id.as_str() {
         return Ok(());
     }
@@ -265,8 +308,13 @@ async fn apply_redaction(conn: &mut AnyConnection, rules: &RoomVersionRules, pdu
 
 async fn store_relation(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
     let content = pdu.content_value();
-    let Some(rel) = content.get("m.relates_to") else { return Ok(()) };
-    let (Some(rel_type), Some(target)) = (rel.get("rel_type").and_then(Value::as_str), rel.get("event_id").and_then(Value::as_str)) else {
+    let Some(rel) = content.get("m.relates_to") else {
+        return Ok(());
+    };
+    let (Some(rel_type), Some(target)) = (
+        rel.get("rel_type").and_then(Value::as_str),
+        rel.get("event_id").and_then(Value::as_str),
+    ) else {
         return Ok(());
     };
     let key = rel.get("key").and_then(Value::as_str);
@@ -285,15 +333,26 @@ async fn store_relation(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
 }
 
 /// Mirrors changed `m.room.member` state into `room_memberships`.
-async fn update_memberships(conn: &mut AnyConnection, room_id: &str, old: &StateMap, new: &StateMap, pos: i64) -> Result<()> {
+async fn update_memberships(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    old: &StateMap,
+    new: &StateMap,
+    pos: i64,
+) -> Result<()> {
     let changed: Vec<(String, String)> = new
         .iter()
         .filter(|(k, id)| k.0 == "m.room.member" && old.get(*k) != Some(*id))
         .map(|((_, user), id)| (user.clone(), id.clone()))
         .collect();
     for (user_id, event_id) in changed {
-        let Some(stored) = events::get(conn, &event_id).await? else { continue };
-        let content: Value = serde_json::from_str::<Value>(&stored.json).ok().map(|j| j["content"].clone()).unwrap_or_default();
+        let Some(stored) = events::get(conn, &event_id).await? else {
+            continue;
+        };
+        let content: Value = serde_json::from_str::<Value>(&stored.json)
+            .ok()
+            .map(|j| j["content"].clone())
+            .unwrap_or_default();
         let membership = content["membership"].as_str().unwrap_or("leave");
         rooms::set_membership(
             conn,

@@ -37,19 +37,31 @@ pub async fn state_before(
 ) -> Result<StateBefore> {
     let ids: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
     let prevs = events::get_many(conn, &ids).await?;
-    let mut groups: Vec<i64> = prevs.iter().filter(|e| !e.rejected).filter_map(|e| e.state_after).collect();
+    let mut groups: Vec<i64> = prevs
+        .iter()
+        .filter(|e| !e.rejected)
+        .filter_map(|e| e.state_after)
+        .collect();
     groups.sort_unstable();
     groups.dedup();
     match groups.as_slice() {
         [] => Err(Error::NotFound("none of the prev events has known state".into())),
-        [one] => Ok(StateBefore { group: Some(*one), parent: Some(*one), state: state_store::load(db, conn, *one).await? }),
+        [one] => Ok(StateBefore {
+            group: Some(*one),
+            parent: Some(*one),
+            state: state_store::load(db, conn, *one).await?,
+        }),
         many => {
             let mut states = Vec::new();
             for g in many {
                 states.push(state_store::load(db, conn, *g).await?);
             }
             let resolved = resolve(conn, rules, &states).await?;
-            Ok(StateBefore { group: None, parent: Some(many[0]), state: Arc::new(resolved) })
+            Ok(StateBefore {
+                group: None,
+                parent: Some(many[0]),
+                state: Arc::new(resolved),
+            })
         }
     }
 }
@@ -79,12 +91,13 @@ pub async fn resolve(conn: &mut AnyConnection, rules: &RoomVersionRules, states:
     }
     let maps: Vec<state_res::StateMap<OwnedEventId>> = states.iter().map(|s| to_ruma(s)).collect();
     let fetch = |id: &EventId| loaded.get(id).cloned();
-    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| {
-        Some(conflicted_subgraph(conflicted, &loaded))
-    };
+    let subgraph = |conflicted: &state_res::StateMap<Vec<OwnedEventId>>| Some(conflicted_subgraph(conflicted, &loaded));
     let resolved = state_res::resolve(&rules.authorization, &v2_rules, maps.iter(), chains, fetch, subgraph)
         .map_err(|e| Error::Internal(format!("state resolution failed: {e}")))?;
-    Ok(resolved.into_iter().map(|((t, k), id)| ((t.to_string(), k), id.to_string())).collect())
+    Ok(resolved
+        .into_iter()
+        .map(|((t, k), id)| ((t.to_string(), k), id.to_string()))
+        .collect())
 }
 
 fn to_ruma(state: &StateMap) -> state_res::StateMap<OwnedEventId> {
@@ -113,7 +126,9 @@ fn conflicted_subgraph(
         }
         memo.insert(id.clone(), false);
         let r = events.get(id).is_some_and(|pdu| {
-            pdu.auth_events.iter().any(|a| targets.contains(a) || reaches_target(a, events, targets, memo))
+            pdu.auth_events
+                .iter()
+                .any(|a| targets.contains(a) || reaches_target(a, events, targets, memo))
         });
         memo.insert(id.clone(), r);
         r

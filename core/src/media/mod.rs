@@ -91,7 +91,12 @@ pub struct Repo {
 impl Repo {
     pub fn new(db: Db, server_name: OwnedServerName, settings: Settings) -> Repo {
         let blobs = BlobStore::new(settings.path.clone());
-        Repo { db, server_name, settings, blobs }
+        Repo {
+            db,
+            server_name,
+            settings,
+            blobs,
+        }
     }
 
     /// Refuses an upload up front when its announced length already breaks a limit.
@@ -160,7 +165,9 @@ impl Repo {
             return Err(MediaError::CannotOverwrite);
         }
         if record.uploader != user_id {
-            return Err(MediaError::Forbidden("Only the creator of this media ID may upload to it".into()));
+            return Err(MediaError::Forbidden(
+                "Only the creator of this media ID may upload to it".into(),
+            ));
         }
         if record.unused_expires_ts.is_some_and(|ts| ts <= util::now_ms()) {
             return Err(MediaError::NotFound("This media ID has expired".into()));
@@ -246,7 +253,9 @@ impl Repo {
     /// until federation exists.
     pub async fn local(&self, server_name: &str, media_id: &str) -> MediaResult<MediaRecord> {
         if server_name != self.server_name.as_str() {
-            return Err(MediaError::NotFound("Remote media is not available (no federation yet)".into()));
+            return Err(MediaError::NotFound(
+                "Remote media is not available (no federation yet)".into(),
+            ));
         }
         let record = store::get(&self.db, media_id).await?;
         match record {

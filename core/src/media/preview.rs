@@ -56,10 +56,18 @@ impl FromStr for IpRange {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let net: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
+        let net: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
             None => max,
         };
         Ok(IpRange { net, prefix })
@@ -69,7 +77,9 @@ impl FromStr for IpRange {
 impl IpRange {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.net, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(u32::from(net) as u128, u32::from(ip) as u128, self.prefix, 32),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(u32::from(net) as u128, u32::from(ip) as u128, self.prefix, 32)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(u128::from(net), u128::from(ip), self.prefix, 128),
             _ => false,
         }
@@ -126,7 +136,10 @@ impl PreviewSettings {
         if self.allowlist.iter().any(|r| r.contains(ip)) {
             return false;
         }
-        DEFAULT_BLOCKLIST.iter().filter_map(|r| r.parse::<IpRange>().ok()).any(|r| r.contains(ip))
+        DEFAULT_BLOCKLIST
+            .iter()
+            .filter_map(|r| r.parse::<IpRange>().ok())
+            .any(|r| r.contains(ip))
             || self.extra_blocklist.iter().any(|r| r.contains(ip))
     }
 }
@@ -165,13 +178,23 @@ impl Repo {
             return Ok(Value::Object(og));
         }
         if !is_html(&page.content_type) {
-            return Err(MediaError::Upstream(format!("Cannot preview content of type {:?}", page.content_type)));
+            return Err(MediaError::Upstream(format!(
+                "Cannot preview content of type {:?}",
+                page.content_type
+            )));
         }
         let html = String::from_utf8_lossy(&page.body);
         let mut og = opengraph(&html);
         og.entry("og:url").or_insert_with(|| json!(page.url.as_str()));
-        let image_url = og.remove("og:image").and_then(|v| v.as_str().and_then(|s| page.url.join(s).ok()));
-        for key in ["og:image:width", "og:image:height", "og:image:type", "og:image:secure_url"] {
+        let image_url = og
+            .remove("og:image")
+            .and_then(|v| v.as_str().and_then(|s| page.url.join(s).ok()));
+        for key in [
+            "og:image:width",
+            "og:image:height",
+            "og:image:type",
+            "og:image:secure_url",
+        ] {
             og.remove(key);
         }
         if let Some(image_url) = image_url {
@@ -189,12 +212,19 @@ impl Repo {
     async fn add_image(&self, user_id: &str, og: &mut Map<String, Value>, image: &Fetched) -> MediaResult<()> {
         let content_type = essence(&image.content_type);
         let media_id = self.store_fetched(user_id, &image.body, &content_type).await?;
-        og.insert("og:image".into(), json!(format!("mxc://{}/{media_id}", self.server_name)));
+        og.insert(
+            "og:image".into(),
+            json!(format!("mxc://{}/{media_id}", self.server_name)),
+        );
         og.insert("og:image:type".into(), json!(content_type));
         og.insert("matrix:image:size".into(), json!(image.body.len()));
         let body = image.body.clone();
         let dims = tokio::task::spawn_blocking(move || {
-            image::ImageReader::new(std::io::Cursor::new(body)).with_guessed_format().ok()?.into_dimensions().ok()
+            image::ImageReader::new(std::io::Cursor::new(body))
+                .with_guessed_format()
+                .ok()?
+                .into_dimensions()
+                .ok()
         })
         .await
         .ok()
@@ -208,11 +238,12 @@ impl Repo {
 
     async fn cached_preview(&self, url: &str) -> MediaResult<Option<Value>> {
         let since = util::now_ms() - CACHE_FOR.as_millis() as i64;
-        let row: Option<(String,)> = sqlx::query_as("SELECT og FROM media_url_previews WHERE url = $1 AND fetched_ts > $2")
-            .bind(url)
-            .bind(since)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT og FROM media_url_previews WHERE url = $1 AND fetched_ts > $2")
+                .bind(url)
+                .bind(since)
+                .fetch_optional(self.db.pool())
+                .await?;
         Ok(row.and_then(|(og,)| serde_json::from_str(&og).ok()))
     }
 
@@ -233,7 +264,12 @@ impl Repo {
 }
 
 fn essence(content_type: &str) -> String {
-    content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 fn is_image(content_type: &str) -> bool {
@@ -254,7 +290,9 @@ async fn fetch(settings: &PreviewSettings, mut url: Url) -> MediaResult<Fetched>
                 .get(header::LOCATION)
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| MediaError::Upstream("Redirect without a Location".into()))?;
-            url = url.join(location).map_err(|_| MediaError::Upstream("Redirect to an invalid URL".into()))?;
+            url = url
+                .join(location)
+                .map_err(|_| MediaError::Upstream("Redirect to an invalid URL".into()))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(MediaError::Upstream("Redirect to a non-http(s) URL".into()));
             }
@@ -263,17 +301,27 @@ async fn fetch(settings: &PreviewSettings, mut url: Url) -> MediaResult<Fetched>
         if response.status() != StatusCode::OK {
             return Err(MediaError::Upstream(format!("The URL answered {}", response.status())));
         }
-        let content_type =
-            response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let body = read_limited(response, settings.max_size).await?;
-        return Ok(Fetched { url, content_type, body });
+        return Ok(Fetched {
+            url,
+            content_type,
+            body,
+        });
     }
     Err(MediaError::Upstream("Too many redirects".into()))
 }
 
 /// One request, to addresses resolved and checked here.
 async fn fetch_one(settings: &PreviewSettings, url: &Url) -> MediaResult<reqwest::Response> {
-    let host = url.host_str().ok_or_else(|| MediaError::InvalidParam("URL has no host".into()))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| MediaError::InvalidParam("URL has no host".into()))?;
     let port = url.port_or_known_default().unwrap_or(80);
     let addrs = resolve(settings, host, port).await?;
     let mut builder = reqwest::Client::builder()
@@ -282,14 +330,23 @@ async fn fetch_one(settings: &PreviewSettings, url: &Url) -> MediaResult<reqwest
         // Any name not pinned below (there should be none) fails to resolve.
         .dns_resolver(Arc::new(RefuseResolver))
         .user_agent("Weft URL preview");
-    let is_ip_literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+    let is_ip_literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok();
     if !is_ip_literal {
         builder = builder.resolve_to_addrs(host, &addrs);
     }
-    let client = builder.build().map_err(|e| crate::Error::internal(format!("HTTP client: {e}")))?;
+    let client = builder
+        .build()
+        .map_err(|e| crate::Error::internal(format!("HTTP client: {e}")))?;
     client
         .get(url.clone())
-        .header(header::ACCEPT, "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1")
+        .header(
+            header::ACCEPT,
+            "text/html, application/xhtml+xml, image/*;q=0.9, */*;q=0.1",
+        )
         .send()
         .await
         .map_err(|e| MediaError::Upstream(format!("Failed to fetch the URL: {e}")))
@@ -311,7 +368,10 @@ async fn resolve(settings: &PreviewSettings, host: &str, port: u16) -> MediaResu
     // One bad address refuses the host: a name pointing at both a public and an internal
     // address is an attack, not a misconfiguration.
     if let Some(bad) = addrs.iter().find(|a| settings.is_blocked(a.ip())) {
-        return Err(MediaError::Forbidden(format!("URL previews of {} are not allowed (IP address blocked)", bad.ip())));
+        return Err(MediaError::Forbidden(format!(
+            "URL previews of {} are not allowed (IP address blocked)",
+            bad.ip()
+        )));
     }
     Ok(addrs)
 }
@@ -328,12 +388,20 @@ impl reqwest::dns::Resolve for RefuseResolver {
 /// Reads a body, refusing more than `limit` bytes.
 async fn read_limited(mut response: reqwest::Response, limit: u64) -> MediaResult<Vec<u8>> {
     if response.content_length().is_some_and(|len| len > limit) {
-        return Err(MediaError::Upstream(format!("The content is larger than {limit} bytes")));
+        return Err(MediaError::Upstream(format!(
+            "The content is larger than {limit} bytes"
+        )));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| MediaError::Upstream(format!("Failed to read the URL: {e}")))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| MediaError::Upstream(format!("Failed to read the URL: {e}")))?
+    {
         if body.len() as u64 + chunk.len() as u64 > limit {
-            return Err(MediaError::Upstream(format!("The content is larger than {limit} bytes")));
+            return Err(MediaError::Upstream(format!(
+                "The content is larger than {limit} bytes"
+            )));
         }
         body.extend_from_slice(&chunk);
     }
@@ -394,7 +462,10 @@ fn scan_html(html: &str) -> Scan {
             continue;
         }
         let name_start = start + 1;
-        let name_len = lower[name_start..].bytes().take_while(|b| b.is_ascii_alphanumeric()).count();
+        let name_len = lower[name_start..]
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
         if name_len == 0 {
             // `</x>`, `<!doctype>`, `<?xml>`, or a stray `<`.
             i = name_start;
@@ -405,7 +476,10 @@ fn scan_html(html: &str) -> Scan {
         i = end;
         match name {
             "meta" => {
-                let key = attrs.iter().find(|(k, _)| k == "property" || k == "name").map(|(_, v)| v.clone());
+                let key = attrs
+                    .iter()
+                    .find(|(k, _)| k == "property" || k == "name")
+                    .map(|(_, v)| v.clone());
                 let content = attrs.iter().find(|(k, _)| k == "content").map(|(_, v)| v.clone());
                 if let (Some(key), Some(content)) = (key, content) {
                     scan.metas.push((key, content.trim().to_owned()));
@@ -460,7 +534,10 @@ fn parse_attributes(html: &str, mut pos: usize) -> (Vec<(String, String)>, usize
             if pos < bytes.len() && (bytes[pos] == b'"' || bytes[pos] == b'\'') {
                 let quote = bytes[pos];
                 let value_start = pos + 1;
-                let value_end = bytes[value_start..].iter().position(|b| *b == quote).map_or(bytes.len(), |e| value_start + e);
+                let value_end = bytes[value_start..]
+                    .iter()
+                    .position(|b| *b == quote)
+                    .map_or(bytes.len(), |e| value_start + e);
                 value = decode_entities(&html[value_start..value_end]);
                 pos = (value_end + 1).min(bytes.len());
             } else {
@@ -531,13 +608,27 @@ mod tests {
     use super::*;
 
     fn settings(allow: &[&str]) -> PreviewSettings {
-        PreviewSettings { allowlist: allow.iter().map(|r| r.parse().unwrap()).collect(), ..Default::default() }
+        PreviewSettings {
+            allowlist: allow.iter().map(|r| r.parse().unwrap()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn blocklist_covers_internal_ranges() {
         let s = settings(&[]);
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.20.0.1", "169.254.169.254", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.20.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(s.is_blocked(ip.parse().unwrap()), "{ip} should be blocked");
         }
         for ip in ["93.184.216.34", "2606:2800:220:1::1", "1.1.1.1"] {
@@ -553,7 +644,10 @@ mod tests {
     fn ranges_parse_strictly() {
         assert!("10.0.0.0/33".parse::<IpRange>().is_err());
         assert!("nonsense".parse::<IpRange>().is_err());
-        assert!("::/0".parse::<IpRange>().unwrap().contains("2001:db8::1".parse().unwrap()));
+        assert!("::/0"
+            .parse::<IpRange>()
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
     }
 
     #[test]
@@ -574,7 +668,15 @@ mod tests {
         assert_eq!(og["og:title"], "Only a title");
         assert_eq!(og["og:description"], "d");
         // Broken markup never panics.
-        for junk in ["<", "<meta", "<meta content=\"", "<title>", "&#xFFFFFFFF;", "<a =>", "<meta =x content=y>"] {
+        for junk in [
+            "<",
+            "<meta",
+            "<meta content=\"",
+            "<title>",
+            "&#xFFFFFFFF;",
+            "<a =>",
+            "<meta =x content=y>",
+        ] {
             let _ = opengraph(junk);
         }
     }

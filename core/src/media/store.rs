@@ -39,7 +39,12 @@ impl BlobStore {
         if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::internal(format!("invalid content hash {sha256:?}")));
         }
-        Ok(self.root.join("content").join(&sha256[0..2]).join(&sha256[2..4]).join(sha256))
+        Ok(self
+            .root
+            .join("content")
+            .join(&sha256[0..2])
+            .join(&sha256[2..4])
+            .join(sha256))
     }
 
     /// Starts writing a new file of at most `limit` bytes.
@@ -48,7 +53,15 @@ impl BlobStore {
         tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
         let temp = dir.join(format!("upload-{}", util::random_string(24)));
         let file = tokio::fs::File::create(&temp).await.map_err(io_error)?;
-        Ok(Upload { store: self.clone(), file, temp, hasher: Sha256::new(), size: 0, limit, finished: false })
+        Ok(Upload {
+            store: self.clone(),
+            file,
+            temp,
+            hasher: Sha256::new(),
+            size: 0,
+            limit,
+            finished: false,
+        })
     }
 
     /// Stores bytes already in memory (thumbnails, preview images).
@@ -79,7 +92,9 @@ impl BlobStore {
     /// Reads the first `n` bytes of a stored file (to sniff its format).
     pub async fn read_prefix(&self, sha256: &str, n: usize) -> Result<Vec<u8>> {
         use tokio::io::AsyncReadExt;
-        let Some(file) = self.open(sha256).await? else { return Ok(Vec::new()) };
+        let Some(file) = self.open(sha256).await? else {
+            return Ok(Vec::new());
+        };
         let mut buf = Vec::with_capacity(n);
         file.take(n as u64).read_to_end(&mut buf).await.map_err(io_error)?;
         Ok(buf)
@@ -102,7 +117,10 @@ impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), MediaError> {
         self.size += chunk.len() as u64;
         if self.size > self.limit {
-            return Err(MediaError::TooLarge(format!("Upload is larger than {} bytes", self.limit)));
+            return Err(MediaError::TooLarge(format!(
+                "Upload is larger than {} bytes",
+                self.limit
+            )));
         }
         self.hasher.update(chunk);
         self.file.write_all(chunk).await.map_err(io_error)?;
@@ -122,7 +140,10 @@ impl Upload {
         let target = self.store.path_of(&sha256)?;
         if tokio::fs::try_exists(&target).await.map_err(io_error)? {
             // Identical content is stored once; the temp file goes with `self`.
-            return Ok(Blob { sha256, size: self.size });
+            return Ok(Blob {
+                sha256,
+                size: self.size,
+            });
         }
         let dir = target.parent().expect("content paths have a parent").to_owned();
         tokio::fs::create_dir_all(&dir).await.map_err(io_error)?;
@@ -130,7 +151,10 @@ impl Upload {
         tokio::fs::rename(&self.temp, &target).await.map_err(io_error)?;
         self.finished = true;
         sync_dir(&dir).await;
-        Ok(Blob { sha256, size: self.size })
+        Ok(Blob {
+            sha256,
+            size: self.size,
+        })
     }
 }
 
@@ -171,7 +195,17 @@ pub struct MediaRecord {
     pub authenticated: bool,
 }
 
-type MediaRow = (String, Option<String>, Option<String>, Option<String>, i64, String, i64, Option<i64>, i64);
+type MediaRow = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    i64,
+);
 
 const MEDIA_COLUMNS: &str =
     "media_id, sha256, content_type, filename, size, uploader, created_ts, unused_expires_ts, authenticated";
@@ -274,13 +308,12 @@ pub async fn user_usage(conn: &mut AnyConnection, user_id: &str) -> Result<u64> 
 
 /// IDs made by `/create` that still wait for their upload and have not expired.
 pub async fn pending_count(conn: &mut AnyConnection, user_id: &str, now: i64) -> Result<i64> {
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM media WHERE uploader = $1 AND sha256 IS NULL AND unused_expires_ts > $2",
-    )
-    .bind(user_id)
-    .bind(now)
-    .fetch_one(conn)
-    .await?;
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM media WHERE uploader = $1 AND sha256 IS NULL AND unused_expires_ts > $2")
+            .bind(user_id)
+            .bind(now)
+            .fetch_one(conn)
+            .await?;
     Ok(n)
 }
 
@@ -314,7 +347,11 @@ pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> Result<Option<Thu
     .bind(key.animated as i64)
     .fetch_optional(db.pool())
     .await?;
-    Ok(row.map(|(sha256, content_type, size)| ThumbnailRecord { sha256, content_type, size }))
+    Ok(row.map(|(sha256, content_type, size)| ThumbnailRecord {
+        sha256,
+        content_type,
+        size,
+    }))
 }
 
 /// Records a generated thumbnail; a concurrent request that made the same one first wins.

@@ -60,7 +60,11 @@ impl Repo {
         if spec.width == 0 || spec.height == 0 {
             return Err(MediaError::InvalidParam("width and height must be positive".into()));
         }
-        let spec = Spec { width: spec.width.min(MAX_DIMENSION), height: spec.height.min(MAX_DIMENSION), ..spec };
+        let spec = Spec {
+            width: spec.width.min(MAX_DIMENSION),
+            height: spec.height.min(MAX_DIMENSION),
+            ..spec
+        };
         let sha256 = record.sha256.as_deref().ok_or(MediaError::NotYetUploaded)?;
         let key = ThumbnailKey {
             media_id: &record.media_id,
@@ -75,10 +79,18 @@ impl Repo {
         if spec.animated && self.is_small_animatable(record, sha256).await? {
             return Ok(Thumbnail::Original);
         }
-        if !record.content_type.as_deref().is_some_and(|t| t.to_ascii_lowercase().starts_with("image/")) {
+        if !record
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("image/"))
+        {
             return Err(MediaError::CannotThumbnail("Only images can be thumbnailed".into()));
         }
-        let original = self.blobs.read(sha256).await?.ok_or_else(|| MediaError::NotFound("Media content is missing".into()))?;
+        let original = self
+            .blobs
+            .read(sha256)
+            .await?
+            .ok_or_else(|| MediaError::NotFound("Media content is missing".into()))?;
         let (bytes, content_type) = tokio::task::spawn_blocking(move || render(&original, spec))
             .await
             .map_err(|e| crate::Error::internal(format!("thumbnail task: {e}")))??;
@@ -100,7 +112,10 @@ impl Repo {
             return Ok(false);
         }
         let prefix = self.blobs.read_prefix(sha256, 16).await?;
-        Ok(matches!(image::guess_format(&prefix), Ok(ImageFormat::Gif | ImageFormat::WebP)))
+        Ok(matches!(
+            image::guess_format(&prefix),
+            Ok(ImageFormat::Gif | ImageFormat::WebP)
+        ))
     }
 }
 
@@ -111,13 +126,17 @@ fn render(original: &[u8], spec: Spec) -> MediaResult<(Vec<u8>, &'static str)> {
         .with_guessed_format()
         .map_err(|e| MediaError::CannotThumbnail(format!("Cannot read image: {e}")))?;
     let Some(format) = reader.format().filter(|f| SUPPORTED.contains(f)) else {
-        return Err(MediaError::CannotThumbnail("Not an image format this server can thumbnail".into()));
+        return Err(MediaError::CannotThumbnail(
+            "Not an image format this server can thumbnail".into(),
+        ));
     };
     let (w, h) = ImageReader::with_format(Cursor::new(original), format)
         .into_dimensions()
         .map_err(|e| MediaError::CannotThumbnail(format!("Cannot read image: {e}")))?;
     if w as u64 * h as u64 > MAX_PIXELS {
-        return Err(MediaError::TooLarge(format!("Image of {w}x{h} pixels is too large to thumbnail")));
+        return Err(MediaError::TooLarge(format!(
+            "Image of {w}x{h} pixels is too large to thumbnail"
+        )));
     }
     let mut reader = ImageReader::with_format(Cursor::new(original), format);
     let mut limits = Limits::default();
@@ -126,7 +145,9 @@ fn render(original: &[u8], spec: Spec) -> MediaResult<(Vec<u8>, &'static str)> {
     limits.max_alloc = Some(MAX_PIXELS * 8);
     reader.limits(limits);
     // GIF (and animated WebP) decode to their first frame.
-    let image = reader.decode().map_err(|e| MediaError::CannotThumbnail(format!("Cannot decode image: {e}")))?;
+    let image = reader
+        .decode()
+        .map_err(|e| MediaError::CannotThumbnail(format!("Cannot decode image: {e}")))?;
     let thumb = resize(&image, spec);
     encode(thumb, format == ImageFormat::Jpeg)
 }
@@ -173,7 +194,10 @@ pub fn crop_dimensions(w: u32, h: u32, want_w: u32, want_h: u32) -> (u32, u32) {
         return (want_w, want_h);
     }
     let factor = (w as f64 / want_w as f64).min(h as f64 / want_h as f64);
-    (((want_w as f64 * factor) as u32).max(1), ((want_h as f64 * factor) as u32).max(1))
+    (
+        ((want_w as f64 * factor) as u32).max(1),
+        ((want_h as f64 * factor) as u32).max(1),
+    )
 }
 
 fn encode(image: DynamicImage, as_jpeg: bool) -> MediaResult<(Vec<u8>, &'static str)> {
@@ -181,7 +205,9 @@ fn encode(image: DynamicImage, as_jpeg: bool) -> MediaResult<(Vec<u8>, &'static 
     let failed = |e: image::ImageError| MediaError::CannotThumbnail(format!("Cannot encode thumbnail: {e}"));
     if as_jpeg {
         let rgb = DynamicImage::ImageRgb8(image.to_rgb8());
-        JpegEncoder::new_with_quality(&mut out, 80).encode_image(&rgb).map_err(failed)?;
+        JpegEncoder::new_with_quality(&mut out, 80)
+            .encode_image(&rgb)
+            .map_err(failed)?;
         Ok((out, "image/jpeg"))
     } else {
         let image = if image.color().has_alpha() {
@@ -189,7 +215,9 @@ fn encode(image: DynamicImage, as_jpeg: bool) -> MediaResult<(Vec<u8>, &'static 
         } else {
             DynamicImage::ImageRgb8(image.to_rgb8())
         };
-        image.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).map_err(failed)?;
+        image
+            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .map_err(failed)?;
         Ok((out, "image/png"))
     }
 }

@@ -23,7 +23,12 @@ impl Counts {
 /// Counts for the room. With `by_thread`, events in threads are counted per thread root
 /// (the second value) and left out of the room's counts, as clients that asked for
 /// `unread_thread_notifications` expect.
-pub async fn unread(conn: &mut AnyConnection, room_id: &str, user_id: &str, by_thread: bool) -> Result<(Counts, BTreeMap<String, Counts>)> {
+pub async fn unread(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user_id: &str,
+    by_thread: bool,
+) -> Result<(Counts, BTreeMap<String, Counts>)> {
     let read_pos = receipts::read_up_to(conn, room_id, user_id).await?;
     let rows: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT thread_id, stream_pos, highlight FROM event_push_actions
@@ -55,7 +60,11 @@ pub async fn unread(conn: &mut AnyConnection, room_id: &str, user_id: &str, by_t
         if by_thread && thread_receipts.get(&thread).is_some_and(|read| pos <= *read) {
             continue;
         }
-        let target = if by_thread && thread != "main" { threads.entry(thread).or_default() } else { &mut room };
+        let target = if by_thread && thread != "main" {
+            threads.entry(thread).or_default()
+        } else {
+            &mut room
+        };
         target.notifications += 1;
         target.highlights += highlight;
     }

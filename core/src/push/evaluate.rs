@@ -13,7 +13,12 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::rules as user_rules;
-use crate::{events::{Pdu, StateMap}, storage::events, util::now_ms, Core, Error, Result};
+use crate::{
+    events::{Pdu, StateMap},
+    storage::events,
+    util::now_ms,
+    Core, Error, Result,
+};
 
 /// One local user the event may notify.
 struct Recipient {
@@ -32,7 +37,14 @@ struct Decision {
 /// Evaluates `pdu` (already at stream position `pos`) for every joined local member except
 /// the sender, and for the invitee of an invite, and stores the notifying outcomes. Only
 /// outcomes that notify are stored: they are all `/sync` counts and the pusher needs.
-pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersionRules, pdu: &Pdu, pos: i64, state: &StateMap) -> Result<()> {
+pub async fn evaluate(
+    core: &Core,
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    pos: i64,
+    state: &StateMap,
+) -> Result<()> {
     settle_on_join(core, conn, pdu, pos).await?;
     let (recipients, member_count) = recipients(core, conn, pdu).await?;
     if recipients.is_empty() {
@@ -50,7 +62,11 @@ pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersion
             .with_power_levels(power_levels.clone());
         let actions = ruleset.get_actions(&raw, &ctx).await;
         if actions.iter().any(Action::should_notify) {
-            decisions.push(Decision { user_id: r.user_id, highlight: actions.iter().any(Action::is_highlight), actions: actions.to_vec() });
+            decisions.push(Decision {
+                user_id: r.user_id,
+                highlight: actions.iter().any(Action::is_highlight),
+                actions: actions.to_vec(),
+            });
         }
     }
     store(conn, pdu, pos, &thread_id(&event), &decisions).await
@@ -60,7 +76,9 @@ pub async fn evaluate(core: &Core, conn: &mut AnyConnection, rules: &RoomVersion
 /// stops counting as unread: counts start at the join, as in other servers. The rows stay for
 /// `/notifications`.
 async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i64) -> Result<()> {
-    let Some(target) = pdu.state_key.as_deref() else { return Ok(()) };
+    let Some(target) = pdu.state_key.as_deref() else {
+        return Ok(());
+    };
     if pdu.kind.to_string() != "m.room.member" || pdu.content_value()["membership"] != "join" {
         return Ok(());
     }
@@ -109,7 +127,11 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
 }
 
 /// The power levels context (for `sender_notification_permission`), from the room state.
-async fn power_levels(conn: &mut AnyConnection, rules: &RoomVersionRules, state: &StateMap) -> Result<PushConditionPowerLevelsCtx> {
+async fn power_levels(
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    state: &StateMap,
+) -> Result<PushConditionPowerLevelsCtx> {
     let ids: Vec<String> = ["m.room.power_levels", "m.room.create"]
         .iter()
         .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
@@ -123,8 +145,16 @@ async fn power_levels(conn: &mut AnyConnection, rules: &RoomVersionRules, state:
         } else {
             creators.extend(OwnedUserId::try_from(stored.sender.clone()).ok());
             if rules.authorization.additional_room_creators {
-                let extra = json["content"]["additional_creators"].as_array().cloned().unwrap_or_default();
-                creators.extend(extra.iter().filter_map(|c| c.as_str()).filter_map(|c| OwnedUserId::try_from(c).ok()));
+                let extra = json["content"]["additional_creators"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                creators.extend(
+                    extra
+                        .iter()
+                        .filter_map(|c| c.as_str())
+                        .filter_map(|c| OwnedUserId::try_from(c).ok()),
+                );
             }
         }
     }
@@ -156,7 +186,12 @@ async fn store(conn: &mut AnyConnection, pdu: &Pdu, pos: i64, thread_id: &str, d
              VALUES {} ON CONFLICT (user_id, event_id) DO NOTHING",
             placeholders.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(pdu.room_id.as_str()).bind(pdu.event_id.as_str()).bind(pos).bind(thread_id).bind(ts);
+        let mut q = sqlx::query(&sql)
+            .bind(pdu.room_id.as_str())
+            .bind(pdu.event_id.as_str())
+            .bind(pos)
+            .bind(thread_id)
+            .bind(ts);
         for d in chunk {
             let actions = serde_json::to_string(&d.actions).map_err(Error::internal)?;
             q = q.bind(d.user_id.as_str()).bind(i64::from(d.highlight)).bind(actions);

@@ -8,7 +8,10 @@ use sqlx::AnyConnection;
 
 use crate::{
     ephemeral::receipts,
-    rooms::{client_format::{self, Viewer}, visibility},
+    rooms::{
+        client_format::{self, Viewer},
+        visibility,
+    },
     storage::events,
     Core, Error, Result,
 };
@@ -46,7 +49,9 @@ type Row = (String, String, i64, String, i64);
 /// only stops it counting as unread.
 pub async fn list(core: &Core, q: &Query<'_>) -> Result<Page> {
     let before = match q.from {
-        Some(t) => t.parse::<i64>().map_err(|_| Error::InvalidParam("Invalid 'from' token".into()))?,
+        Some(t) => t
+            .parse::<i64>()
+            .map_err(|_| Error::InvalidParam("Invalid 'from' token".into()))?,
         None => i64::MAX,
     };
     let mut conn = core.db.conn().await?;
@@ -61,21 +66,39 @@ pub async fn list(core: &Core, q: &Query<'_>) -> Result<Page> {
     .bind(q.limit as i64)
     .fetch_all(&mut *conn)
     .await?;
-    let next_token = (rows.len() == q.limit).then(|| rows.last().map(|r| r.2.to_string())).flatten();
+    let next_token = (rows.len() == q.limit)
+        .then(|| rows.last().map(|r| r.2.to_string()))
+        .flatten();
 
     let ids: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
-    let mut stored: HashMap<String, events::StoredEvent> =
-        events::get_many(&mut conn, &ids).await?.into_iter().map(|e| (e.event_id.clone(), e)).collect();
+    let mut stored: HashMap<String, events::StoredEvent> = events::get_many(&mut conn, &ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
     let mut read_pos: HashMap<String, i64> = HashMap::new();
-    let viewer = Viewer { user_id: q.user_id, device_id: q.device_id };
+    let viewer = Viewer {
+        user_id: q.user_id,
+        device_id: q.device_id,
+    };
     let mut notifications = Vec::with_capacity(rows.len());
     for (room_id, event_id, pos, actions, ts) in rows {
-        let Some(event) = stored.remove(&event_id) else { continue };
-        let Some(event) = visible(core, &mut conn, q.user_id, &room_id, event).await? else { continue };
+        let Some(event) = stored.remove(&event_id) else {
+            continue;
+        };
+        let Some(event) = visible(core, &mut conn, q.user_id, &room_id, event).await? else {
+            continue;
+        };
         if !read_pos.contains_key(&room_id) {
-            read_pos.insert(room_id.clone(), receipts::read_up_to(&mut conn, &room_id, q.user_id).await?);
+            read_pos.insert(
+                room_id.clone(),
+                receipts::read_up_to(&mut conn, &room_id, q.user_id).await?,
+            );
         }
-        let event = client_format::format(core, &mut conn, std::slice::from_ref(&event), Some(viewer)).await?.pop().unwrap_or_default();
+        let event = client_format::format(core, &mut conn, std::slice::from_ref(&event), Some(viewer))
+            .await?
+            .pop()
+            .unwrap_or_default();
         notifications.push(Notification {
             actions: serde_json::from_str(&actions).unwrap_or_else(|_| Value::Array(Vec::new())),
             event,
@@ -84,11 +107,22 @@ pub async fn list(core: &Core, q: &Query<'_>) -> Result<Page> {
             ts,
         });
     }
-    Ok(Page { notifications, next_token })
+    Ok(Page {
+        notifications,
+        next_token,
+    })
 }
 
-async fn visible(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, event: events::StoredEvent) -> Result<Option<events::StoredEvent>> {
-    Ok(visibility::filter_visible(core, conn, user, room_id, vec![event]).await?.pop())
+async fn visible(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    event: events::StoredEvent,
+) -> Result<Option<events::StoredEvent>> {
+    Ok(visibility::filter_visible(core, conn, user, room_id, vec![event])
+        .await?
+        .pop())
 }
 
 /// The number of unread notifying events across all the user's rooms (each room counted from

@@ -18,15 +18,21 @@ pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
 /// A pusher exactly as its client set it (`pushkey`, `app_id`, `kind`, `data`, ...).
 pub async fn list(db: &Db, user_id: &str) -> Result<Vec<Value>> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT data FROM pushers WHERE user_id = $1 ORDER BY created_ts, app_id, pushkey")
-        .bind(user_id)
-        .fetch_all(db.pool())
-        .await?;
-    Ok(rows.into_iter().filter_map(|r| serde_json::from_str(&r.0).ok()).collect())
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT data FROM pushers WHERE user_id = $1 ORDER BY created_ts, app_id, pushkey")
+            .bind(user_id)
+            .fetch_all(db.pool())
+            .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| serde_json::from_str(&r.0).ok())
+        .collect())
 }
 
 fn field<'a>(pusher: &'a Value, key: &str) -> Result<&'a str> {
-    pusher[key].as_str().ok_or_else(|| Error::BadJson(format!("Pusher field '{key}' must be a string")))
+    pusher[key]
+        .as_str()
+        .ok_or_else(|| Error::BadJson(format!("Pusher field '{key}' must be a string")))
 }
 
 /// Checks what the spec and the pusher need: sizes, a supported kind, a push gateway URL.
@@ -40,10 +46,14 @@ fn validate(pusher: &Value) -> Result<()> {
     if field(pusher, "kind")? != "http" {
         return Err(Error::InvalidParam("Only 'http' pushers are supported".into()));
     }
-    let url = pusher["data"]["url"].as_str().ok_or_else(|| Error::InvalidParam("HTTP pushers need data.url".into()))?;
+    let url = pusher["data"]["url"]
+        .as_str()
+        .ok_or_else(|| Error::InvalidParam("HTTP pushers need data.url".into()))?;
     let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
     if !scheme_ok || !url.ends_with(NOTIFY_PATH) || url.contains(char::is_whitespace) {
-        return Err(Error::InvalidParam(format!("data.url must be an http(s) URL ending in {NOTIFY_PATH}")));
+        return Err(Error::InvalidParam(format!(
+            "data.url must be an http(s) URL ending in {NOTIFY_PATH}"
+        )));
     }
     Ok(())
 }
@@ -56,7 +66,10 @@ pub async fn set(db: &Db, user_id: &str, device_id: &str, mut pusher: Value, app
     if let Some(obj) = pusher.as_object_mut() {
         obj.remove("append");
     }
-    let (app_id, pushkey) = (field(&pusher, "app_id")?.to_owned(), field(&pusher, "pushkey")?.to_owned());
+    let (app_id, pushkey) = (
+        field(&pusher, "app_id")?.to_owned(),
+        field(&pusher, "pushkey")?.to_owned(),
+    );
     let start = streams::current_pos(db, "events").await?;
     let mut tx = db.write().await?;
     sqlx::query(
@@ -137,7 +150,11 @@ pub async fn pending(db: &Db, limit: i64) -> Result<Vec<Job>> {
     Ok(rows
         .into_iter()
         .map(|r| Job {
-            pusher: PusherKey { user_id: r.0, app_id: r.1, pushkey: r.2 },
+            pusher: PusherKey {
+                user_id: r.0,
+                app_id: r.1,
+                pushkey: r.2,
+            },
             pusher_json: serde_json::from_str(&r.3).unwrap_or_default(),
             pushkey_ts_ms: r.4,
             pusher_pos: r.5,
@@ -181,10 +198,14 @@ fn tweaks(actions: &Value) -> Map<String, Value> {
 /// The Push Gateway API `/notify` body for one job; `None` when the event is gone.
 pub async fn notify_body(core: &Core, job: &Job) -> Result<Option<Value>> {
     let mut conn = core.db.conn().await?;
-    let Some(stored) = events::get(&mut conn, &job.event_id).await? else { return Ok(None) };
+    let Some(stored) = events::get(&mut conn, &job.event_id).await? else {
+        return Ok(None);
+    };
     let event: Value = serde_json::from_str(&stored.json).unwrap_or_default();
     let tweaks = tweaks(&job.actions);
-    let high = stored.event_type == "m.room.encrypted" || tweaks.contains_key("sound") || tweaks.get("highlight") == Some(&Value::Bool(true));
+    let high = stored.event_type == "m.room.encrypted"
+        || tweaks.contains_key("sound")
+        || tweaks.get("highlight") == Some(&Value::Bool(true));
     let mut data = job.pusher_json["data"].as_object().cloned().unwrap_or_default();
     data.remove("url");
     let device = json!({
@@ -208,16 +229,28 @@ pub async fn notify_body(core: &Core, job: &Job) -> Result<Option<Value>> {
 }
 
 /// What the full format adds: the event's type, sender and content, names for display.
-async fn full_fields(conn: &mut AnyConnection, n: &mut Value, stored: &events::StoredEvent, event: &Value, user_id: &str) -> Result<()> {
+async fn full_fields(
+    conn: &mut AnyConnection,
+    n: &mut Value,
+    stored: &events::StoredEvent,
+    event: &Value,
+    user_id: &str,
+) -> Result<()> {
     n["type"] = json!(stored.event_type);
     n["sender"] = json!(stored.sender);
     if stored.redacted_by.is_none() {
         n["content"] = event["content"].clone();
     }
-    if let Some(name) = rooms::current_state_content(conn, &stored.room_id, "m.room.name", "").await?.and_then(|c| c["name"].as_str().map(str::to_owned)) {
+    if let Some(name) = rooms::current_state_content(conn, &stored.room_id, "m.room.name", "")
+        .await?
+        .and_then(|c| c["name"].as_str().map(str::to_owned))
+    {
         n["room_name"] = json!(name);
     }
-    if let Some(alias) = rooms::current_state_content(conn, &stored.room_id, "m.room.canonical_alias", "").await?.and_then(|c| c["alias"].as_str().map(str::to_owned)) {
+    if let Some(alias) = rooms::current_state_content(conn, &stored.room_id, "m.room.canonical_alias", "")
+        .await?
+        .and_then(|c| c["alias"].as_str().map(str::to_owned))
+    {
         n["room_alias"] = json!(alias);
     }
     let sender = crate::storage::rooms::membership(conn, &stored.room_id, &stored.sender).await?;

@@ -9,12 +9,12 @@ use std::{
 };
 
 use ruma::{
+    power_levels::NotificationPowerLevelsKey,
     push::{
         Action, AnyPushRule, ConditionalPushRule, ConditionalPushRuleInit, EventMatchConditionData,
         HighlightTweakValue, InsertPushRuleError, NewPushRule, PatternedPushRule, PatternedPushRuleInit, PushCondition,
         RemovePushRuleError, RuleKind, Ruleset, SenderNotificationPermissionConditionData, SoundTweakValue, Tweak,
     },
-    power_levels::NotificationPowerLevelsKey,
     UserId,
 };
 use serde_json::{json, Value};
@@ -48,7 +48,11 @@ pub fn server_default(user_id: &UserId) -> Ruleset {
 }
 
 fn mention_actions() -> Vec<Action> {
-    vec![Action::Notify, Action::SetTweak(Tweak::Sound(SoundTweakValue::Default)), Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))]
+    vec![
+        Action::Notify,
+        Action::SetTweak(Tweak::Sound(SoundTweakValue::Default)),
+        Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+    ]
 }
 
 #[allow(deprecated)]
@@ -65,13 +69,18 @@ fn contains_display_name() -> ConditionalPushRule {
 
 fn roomnotif() -> ConditionalPushRule {
     ConditionalPushRuleInit {
-        actions: vec![Action::Notify, Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes))],
+        actions: vec![
+            Action::Notify,
+            Action::SetTweak(Tweak::Highlight(HighlightTweakValue::Yes)),
+        ],
         default: true,
         enabled: true,
         rule_id: ".m.rule.roomnotif".into(),
         conditions: vec![
             PushCondition::EventMatch(EventMatchConditionData::new("content.body".into(), "@room".into())),
-            PushCondition::SenderNotificationPermission(SenderNotificationPermissionConditionData::new(NotificationPowerLevelsKey::Room)),
+            PushCondition::SenderNotificationPermission(SenderNotificationPermissionConditionData::new(
+                NotificationPowerLevelsKey::Room,
+            )),
         ],
     }
     .into()
@@ -91,7 +100,9 @@ fn contains_user_name(user_id: &UserId) -> PatternedPushRule {
 /// Parses a stored ruleset and refreshes its server-default rules (keeping the user's
 /// enabled flags and actions for them), so new defaults reach existing users.
 fn from_stored(user_id: &UserId, stored: Option<&str>) -> Ruleset {
-    let Some(text) = stored else { return server_default(user_id) };
+    let Some(text) = stored else {
+        return server_default(user_id);
+    };
     match serde_json::from_str::<Ruleset>(text) {
         Ok(mut ruleset) => {
             ruleset.update_with_server_default(server_default(user_id));
@@ -198,21 +209,38 @@ pub async fn get_rule(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &str)
     check_kind(kind)?;
     let mut conn = db.conn().await?;
     let ruleset = load(&mut conn, user_id).await?;
-    ruleset.get(kind.clone(), rule_id).map(|r| r.to_owned()).ok_or_else(not_found)
+    ruleset
+        .get(kind.clone(), rule_id)
+        .map(|r| r.to_owned())
+        .ok_or_else(not_found)
 }
 
 /// Creates or replaces a user-defined rule, optionally placed relative to another one.
-pub async fn set_rule(db: &Db, user_id: &UserId, rule: NewPushRule, before: Option<&str>, after: Option<&str>) -> Result<()> {
+pub async fn set_rule(
+    db: &Db,
+    user_id: &UserId,
+    rule: NewPushRule,
+    before: Option<&str>,
+    after: Option<&str>,
+) -> Result<()> {
     if rule.rule_id().is_empty() {
         return Err(Error::InvalidParam("Push rule IDs must not be empty".into()));
     }
     update(db, user_id, |ruleset| {
         ruleset.insert(rule, after, before).map_err(|e| match e {
-            InsertPushRuleError::ServerDefaultRuleId => Error::InvalidParam("Rule IDs starting with '.' are reserved for server-default rules".into()),
+            InsertPushRuleError::ServerDefaultRuleId => {
+                Error::InvalidParam("Rule IDs starting with '.' are reserved for server-default rules".into())
+            }
             InsertPushRuleError::InvalidRuleId => Error::InvalidParam("Invalid push rule ID".into()),
-            InsertPushRuleError::RelativeToServerDefaultRule => Error::InvalidParam("Rules cannot be placed relative to server-default rules".into()),
-            InsertPushRuleError::UnknownRuleId => Error::InvalidParam("The 'before' or 'after' rule does not exist".into()),
-            InsertPushRuleError::BeforeHigherThanAfter => Error::InvalidParam("'before' has a higher priority than 'after'".into()),
+            InsertPushRuleError::RelativeToServerDefaultRule => {
+                Error::InvalidParam("Rules cannot be placed relative to server-default rules".into())
+            }
+            InsertPushRuleError::UnknownRuleId => {
+                Error::InvalidParam("The 'before' or 'after' rule does not exist".into())
+            }
+            InsertPushRuleError::BeforeHigherThanAfter => {
+                Error::InvalidParam("'before' has a higher priority than 'after'".into())
+            }
             other => Error::InvalidParam(other.to_string()),
         })
     })
@@ -224,7 +252,9 @@ pub async fn delete_rule(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &s
     check_kind(kind)?;
     update(db, user_id, |ruleset| {
         ruleset.remove(kind.clone(), rule_id).map_err(|e| match e {
-            RemovePushRuleError::ServerDefault => Error::InvalidParam("Server-default push rules cannot be deleted".into()),
+            RemovePushRuleError::ServerDefault => {
+                Error::InvalidParam("Server-default push rules cannot be deleted".into())
+            }
             _ => not_found(),
         })
     })
@@ -233,10 +263,26 @@ pub async fn delete_rule(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &s
 
 pub async fn set_enabled(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &str, enabled: bool) -> Result<()> {
     check_kind(kind)?;
-    update(db, user_id, |ruleset| ruleset.set_enabled(kind.clone(), rule_id, enabled).map_err(|_| not_found())).await
+    update(db, user_id, |ruleset| {
+        ruleset
+            .set_enabled(kind.clone(), rule_id, enabled)
+            .map_err(|_| not_found())
+    })
+    .await
 }
 
-pub async fn set_actions(db: &Db, user_id: &UserId, kind: &RuleKind, rule_id: &str, actions: Vec<Action>) -> Result<()> {
+pub async fn set_actions(
+    db: &Db,
+    user_id: &UserId,
+    kind: &RuleKind,
+    rule_id: &str,
+    actions: Vec<Action>,
+) -> Result<()> {
     check_kind(kind)?;
-    update(db, user_id, |ruleset| ruleset.set_actions(kind.clone(), rule_id, actions).map_err(|_| not_found())).await
+    update(db, user_id, |ruleset| {
+        ruleset
+            .set_actions(kind.clone(), rule_id, actions)
+            .map_err(|_| not_found())
+    })
+    .await
 }

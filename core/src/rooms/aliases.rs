@@ -30,7 +30,9 @@ pub async fn create(core: &Core, alias: &RoomAliasId, room_id: &str, actor: Acto
     room_rules(core, &mut tx, room_id).await?;
     // Admins may name rooms they are not in; anyone else must be joined.
     if !actor.is_admin && !is_joined(&mut tx, room_id, actor.user).await? {
-        return Err(Error::Forbidden("You must be joined to the room to give it an alias".into()));
+        return Err(Error::Forbidden(
+            "You must be joined to the room to give it an alias".into(),
+        ));
     }
     if !rooms::alias_insert(&mut tx, alias.as_str(), room_id, actor.user.as_str()).await? {
         return Ok(false);
@@ -40,14 +42,18 @@ pub async fn create(core: &Core, alias: &RoomAliasId, room_id: &str, actor: Acto
 }
 
 async fn is_joined(conn: &mut AnyConnection, room_id: &str, user: &UserId) -> Result<bool> {
-    Ok(rooms::membership(conn, room_id, user.as_str()).await?.is_some_and(|m| m.membership == "join"))
+    Ok(rooms::membership(conn, room_id, user.as_str())
+        .await?
+        .is_some_and(|m| m.membership == "join"))
 }
 
 /// The room a local alias points at; NotFound when it is unknown or belongs to another server
 /// (resolving those needs federation, which is not there yet).
 pub async fn resolve(core: &Core, alias: &RoomAliasId) -> Result<String> {
     if alias.server_name() != core.server_name {
-        return Err(Error::NotFound(format!("Room alias {alias} is not on this server, and federation is not supported yet")));
+        return Err(Error::NotFound(format!(
+            "Room alias {alias} is not on this server, and federation is not supported yet"
+        )));
     }
     let mut conn = core.db.conn().await?;
     match rooms::alias_get(&mut conn, alias.as_str()).await? {
@@ -86,10 +92,13 @@ async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, se
     if !rooms::lock(&mut tx, room_id).await? {
         return Ok(());
     }
-    let Some(Value::Object(content)) = current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await? else {
+    let Some(Value::Object(content)) = current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await?
+    else {
         return Ok(());
     };
-    let Some(updated) = without_alias(content, alias.as_str()) else { return Ok(()) };
+    let Some(updated) = without_alias(content, alias.as_str()) else {
+        return Ok(());
+    };
     let template = EventTemplate::state("m.room.canonical_alias", "", Value::Object(updated));
     let (pdu, _) = send_in_tx(core, &mut tx, room_id, sender, &template, None).await?;
     tx.commit().await?;
@@ -121,7 +130,9 @@ pub async fn of_room(core: &Core, room_id: &str, actor: Actor<'_>) -> Result<Vec
     let mut conn = core.db.conn().await?;
     room_rules(core, &mut conn, room_id).await?;
     if !actor.is_admin && !visibility::can_read_room(&mut conn, actor.user.as_str(), room_id).await? {
-        return Err(Error::Forbidden("You are not allowed to see this room's aliases".into()));
+        return Err(Error::Forbidden(
+            "You are not allowed to see this room's aliases".into(),
+        ));
     }
     rooms::aliases_of_room(&mut conn, room_id).await
 }
@@ -139,9 +150,15 @@ mod tests {
     #[test]
     fn removes_main_and_alt() {
         let c = obj(json!({"alias": "#a:x", "alt_aliases": ["#a:x", "#b:x"]}));
-        assert_eq!(Value::Object(without_alias(c, "#a:x").unwrap()), json!({"alt_aliases": ["#b:x"]}));
+        assert_eq!(
+            Value::Object(without_alias(c, "#a:x").unwrap()),
+            json!({"alt_aliases": ["#b:x"]})
+        );
         let c = obj(json!({"alias": "#b:x", "alt_aliases": ["#a:x"]}));
-        assert_eq!(Value::Object(without_alias(c, "#a:x").unwrap()), json!({"alias": "#b:x"}));
+        assert_eq!(
+            Value::Object(without_alias(c, "#a:x").unwrap()),
+            json!({"alias": "#b:x"})
+        );
         assert!(without_alias(obj(json!({"alias": "#b:x"})), "#a:x").is_none());
     }
 }

@@ -14,7 +14,10 @@ use sqlx::AnyConnection;
 use super::room_rules;
 use crate::{
     events::Pdu,
-    storage::{events::{self, StoredEvent}, state as state_store},
+    storage::{
+        events::{self, StoredEvent},
+        state as state_store,
+    },
     util::now_ms,
     Core, Result,
 };
@@ -27,12 +30,27 @@ pub struct Viewer<'a> {
 }
 
 /// One event in client format, without aggregations (used inside aggregations themselves).
-pub async fn format_plain(core: &Core, conn: &mut AnyConnection, stored: &StoredEvent, viewer: Option<Viewer<'_>>) -> Result<Value> {
-    Ok(format_list(core, conn, std::slice::from_ref(stored), viewer, &HashMap::new()).await?.pop().unwrap_or_default())
+pub async fn format_plain(
+    core: &Core,
+    conn: &mut AnyConnection,
+    stored: &StoredEvent,
+    viewer: Option<Viewer<'_>>,
+) -> Result<Value> {
+    Ok(
+        format_list(core, conn, std::slice::from_ref(stored), viewer, &HashMap::new())
+            .await?
+            .pop()
+            .unwrap_or_default(),
+    )
 }
 
 /// Events in client format with aggregations.
-pub async fn format(core: &Core, conn: &mut AnyConnection, list: &[StoredEvent], viewer: Option<Viewer<'_>>) -> Result<Vec<Value>> {
+pub async fn format(
+    core: &Core,
+    conn: &mut AnyConnection,
+    list: &[StoredEvent],
+    viewer: Option<Viewer<'_>>,
+) -> Result<Vec<Value>> {
     let aggregations = aggregations(core, conn, list, viewer).await?;
     format_list(core, conn, list, viewer, &aggregations).await
 }
@@ -62,8 +80,11 @@ async fn format_list(
     }
     extra_ids.sort();
     extra_ids.dedup();
-    let extra: HashMap<String, StoredEvent> =
-        events::get_many(conn, &extra_ids).await?.into_iter().map(|e| (e.event_id.clone(), e)).collect();
+    let extra: HashMap<String, StoredEvent> = events::get_many(conn, &extra_ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
 
     let mut out = Vec::with_capacity(list.len());
     for stored in list {
@@ -77,7 +98,10 @@ async fn format_list(
         let mut unsigned = event.get("unsigned").cloned().unwrap_or_else(|| json!({}));
         unsigned["age"] = json!((now_ms() - stored.origin_server_ts).max(0));
         if let (Some(viewer), Some(txn_id)) = (viewer, &stored.txn_id) {
-            if viewer.user_id == stored.sender && viewer.device_id.is_some() && viewer.device_id == stored.txn_device.as_deref() {
+            if viewer.user_id == stored.sender
+                && viewer.device_id.is_some()
+                && viewer.device_id == stored.txn_device.as_deref()
+            {
                 unsigned["transaction_id"] = json!(txn_id);
             }
         }
@@ -90,7 +114,10 @@ async fn format_list(
             unsigned["replaces_state"] = json!(prev.event_id);
             unsigned["prev_sender"] = json!(prev.sender);
         }
-        if let Some(relations) = aggregations.get(stored.event_id.as_str()).filter(|_| stored.redacted_by.is_none()) {
+        if let Some(relations) = aggregations
+            .get(stored.event_id.as_str())
+            .filter(|_| stored.redacted_by.is_none())
+        {
             unsigned["m.relations"] = relations.clone();
         }
         event["unsigned"] = unsigned;
@@ -108,7 +135,11 @@ async fn related(conn: &mut AnyConnection, targets: &[&str], rel_type: &str) -> 
             "SELECT r.relates_to, {} FROM event_relations r JOIN events ON events.event_id = r.event_id
              WHERE r.rel_type = $1 AND r.relates_to IN ({}) AND events.stream_pos IS NOT NULL
              ORDER BY events.stream_pos DESC",
-            events::COLUMNS.split(", ").map(|c| format!("events.{c}")).collect::<Vec<_>>().join(", "),
+            events::COLUMNS
+                .split(", ")
+                .map(|c| format!("events.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             placeholders.join(",")
         );
         let mut q = sqlx::query(&sql).bind(rel_type);
@@ -125,8 +156,17 @@ async fn related(conn: &mut AnyConnection, targets: &[&str], rel_type: &str) -> 
 }
 
 /// `unsigned.m.relations` per event ID for events that have edits or thread replies.
-async fn aggregations(core: &Core, conn: &mut AnyConnection, list: &[StoredEvent], viewer: Option<Viewer<'_>>) -> Result<HashMap<String, Value>> {
-    let targets: Vec<&str> = list.iter().filter(|e| e.redacted_by.is_none()).map(|e| e.event_id.as_str()).collect();
+async fn aggregations(
+    core: &Core,
+    conn: &mut AnyConnection,
+    list: &[StoredEvent],
+    viewer: Option<Viewer<'_>>,
+) -> Result<HashMap<String, Value>> {
+    let targets: Vec<&str> = list
+        .iter()
+        .filter(|e| e.redacted_by.is_none())
+        .map(|e| e.event_id.as_str())
+        .collect();
     let senders: HashMap<&str, &str> = list.iter().map(|e| (e.event_id.as_str(), e.sender.as_str())).collect();
     let mut result: HashMap<String, Value> = HashMap::new();
 
@@ -134,7 +174,10 @@ async fn aggregations(core: &Core, conn: &mut AnyConnection, list: &[StoredEvent
     let mut edits: HashMap<String, StoredEvent> = HashMap::new();
     for (target, edit) in related(conn, &targets, "m.replace").await? {
         let newer = |old: &StoredEvent| (edit.origin_server_ts, &edit.event_id) > (old.origin_server_ts, &old.event_id);
-        if edit.redacted_by.is_none() && senders.get(target.as_str()) == Some(&edit.sender.as_str()) && edits.get(&target).is_none_or(newer) {
+        if edit.redacted_by.is_none()
+            && senders.get(target.as_str()) == Some(&edit.sender.as_str())
+            && edits.get(&target).is_none_or(newer)
+        {
             edits.insert(target, edit);
         }
     }

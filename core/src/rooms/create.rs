@@ -5,7 +5,10 @@ use serde_json::{json, Map, Value};
 
 use super::own_keys;
 use crate::{
-    events::{builder::{self, EventTemplate}, pipeline, rules_for, StateMap},
+    events::{
+        builder::{self, EventTemplate},
+        pipeline, rules_for, StateMap,
+    },
     storage::{rooms, users},
     util::random_string,
     Core, Error, Result,
@@ -46,7 +49,11 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     let profile = users::get(&core.db, creator.as_str()).await?;
     let mut invitee_names = Vec::new();
     for invitee in &req.invite {
-        invitee_names.push(users::get(&core.db, invitee.as_str()).await?.and_then(|p| p.displayname));
+        invitee_names.push(
+            users::get(&core.db, invitee.as_str())
+                .await?
+                .and_then(|p| p.displayname),
+        );
     }
     let mut tx = core.db.write().await?;
     if let Some(alias) = &req.alias {
@@ -67,11 +74,28 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     } else {
         Some(format!("!{}:{}", random_string(18), core.server_name))
     };
-    let create_pdu = builder::build(core, &mut tx, &rules, room_id.as_deref(), creator, &create, &StateMap::new()).await?;
+    let create_pdu = builder::build(
+        core,
+        &mut tx,
+        &rules,
+        room_id.as_deref(),
+        creator,
+        &create,
+        &StateMap::new(),
+    )
+    .await?;
     let room_id = create_pdu.room_id.to_string();
     rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
     rooms::lock(&mut tx, &room_id).await?;
-    let outcome = pipeline::persist(core, &mut tx, &rules, create_pdu, &own_keys(core), pipeline::Origin::Local { txn: None }).await?;
+    let outcome = pipeline::persist(
+        core,
+        &mut tx,
+        &rules,
+        create_pdu,
+        &own_keys(core),
+        pipeline::Origin::Local { txn: None },
+    )
+    .await?;
     if let Some(reason) = outcome.rejected {
         return Err(Error::BadJson(format!("invalid create event: {reason}")));
     }
@@ -118,15 +142,31 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     }
     templates.push(EventTemplate::state("m.room.power_levels", "", power_levels));
     if let Some(alias) = &req.alias {
-        templates.push(EventTemplate::state("m.room.canonical_alias", "", json!({ "alias": alias })));
+        templates.push(EventTemplate::state(
+            "m.room.canonical_alias",
+            "",
+            json!({ "alias": alias }),
+        ));
     }
     let (join_rule, history, guest) = match req.preset {
         Preset::PublicChat => ("public", "shared", "forbidden"),
         Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "shared", "can_join"),
     };
-    templates.push(EventTemplate::state("m.room.join_rules", "", json!({ "join_rule": join_rule })));
-    templates.push(EventTemplate::state("m.room.history_visibility", "", json!({ "history_visibility": history })));
-    templates.push(EventTemplate::state("m.room.guest_access", "", json!({ "guest_access": guest })));
+    templates.push(EventTemplate::state(
+        "m.room.join_rules",
+        "",
+        json!({ "join_rule": join_rule }),
+    ));
+    templates.push(EventTemplate::state(
+        "m.room.history_visibility",
+        "",
+        json!({ "history_visibility": history }),
+    ));
+    templates.push(EventTemplate::state(
+        "m.room.guest_access",
+        "",
+        json!({ "guest_access": guest }),
+    ));
     // initial_state overrides the preset's events of the same type and key.
     for t in &req.initial_state {
         templates.retain(|p| !(p.kind == t.kind && p.state_key == t.state_key && p.kind != "m.room.member"));
@@ -170,5 +210,8 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     for pdu in &sent {
         super::notify_committed(core, pdu);
     }
-    Ok(Created { room_id, last_stream_pos: last })
+    Ok(Created {
+        room_id,
+        last_stream_pos: last,
+    })
 }

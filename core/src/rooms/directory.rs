@@ -2,10 +2,9 @@
 //! `/publicRooms` listing (paginated by offset, searchable) built from current state.
 
 use ruma::{
-    UInt,
     directory::{PublicRoomsChunk, PublicRoomsChunkInit},
     room::{JoinRuleKind, RoomType},
-    OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, UserId,
+    OwnedMxcUri, OwnedRoomAliasId, OwnedRoomId, UInt, UserId,
 };
 use serde_json::Value;
 use sqlx::AnyConnection;
@@ -16,12 +15,20 @@ use crate::{storage::rooms, Core, Error, Result};
 /// Whether the user may change what the directory says about a room (its visibility, and
 /// aliases they did not create): server admins, and joined users with the power to send
 /// `m.room.canonical_alias`, as that is the room's own notion of "who curates its addresses".
-pub async fn may_curate(core: &Core, conn: &mut AnyConnection, room_id: &str, user: &UserId, is_admin: bool) -> Result<bool> {
+pub async fn may_curate(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    user: &UserId,
+    is_admin: bool,
+) -> Result<bool> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
     if is_admin {
         return Ok(true);
     }
-    let joined = rooms::membership(conn, room_id, user.as_str()).await?.is_some_and(|m| m.membership == "join");
+    let joined = rooms::membership(conn, room_id, user.as_str())
+        .await?
+        .is_some_and(|m| m.membership == "join");
     if !joined {
         return Ok(false);
     }
@@ -33,14 +40,18 @@ pub async fn may_curate(core: &Core, conn: &mut AnyConnection, room_id: &str, us
 /// Whether the room is published in the directory; NotFound for an unknown room.
 pub async fn is_published(core: &Core, room_id: &str) -> Result<bool> {
     let mut conn = core.db.conn().await?;
-    rooms::is_public(&mut conn, room_id).await?.ok_or_else(|| Error::NotFound("Unknown room".into()))
+    rooms::is_public(&mut conn, room_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("Unknown room".into()))
 }
 
 /// Publishes or unpublishes a room, if the user may curate it.
 pub async fn set_published(core: &Core, room_id: &str, user: &UserId, is_admin: bool, public: bool) -> Result<()> {
     let mut tx = core.db.write().await?;
     if !may_curate(core, &mut tx, room_id, user, is_admin).await? {
-        return Err(Error::Forbidden("You do not have permission to change this room's directory visibility".into()));
+        return Err(Error::Forbidden(
+            "You do not have permission to change this room's directory visibility".into(),
+        ));
     }
     rooms::set_public(&mut tx, room_id, public).await?;
     tx.commit().await?;
@@ -87,7 +98,12 @@ pub async fn public_rooms(core: &Core, query: &Query) -> Result<Page> {
     let limit = query.limit.filter(|l| *l > 0);
     let mut conn = core.db.conn().await?;
     let listed = rooms::public_rooms(&mut conn).await?;
-    let search = query.search.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_lowercase);
+    let search = query
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_lowercase);
 
     // Without a filter the page can be cut before reading any state; with one, every room's
     // state decides whether it counts.
@@ -102,7 +118,14 @@ pub async fn public_rooms(core: &Core, query: &Query) -> Result<Page> {
             }
         }
         let total = matching.len();
-        (total, matching.into_iter().skip(offset).take(limit.unwrap_or(usize::MAX)).collect())
+        (
+            total,
+            matching
+                .into_iter()
+                .skip(offset)
+                .take(limit.unwrap_or(usize::MAX))
+                .collect(),
+        )
     } else {
         let mut chunk = Vec::new();
         for (room_id, joined) in listed.iter().skip(offset).take(limit.unwrap_or(usize::MAX)) {
@@ -120,17 +143,28 @@ pub async fn public_rooms(core: &Core, query: &Query) -> Result<Page> {
         ),
         None => (None, None),
     };
-    Ok(Page { chunk, next_batch, prev_batch, total })
+    Ok(Page {
+        chunk,
+        next_batch,
+        prev_batch,
+        total,
+    })
 }
 
 fn matches(entry: &PublicRoomsChunk, search: Option<&str>, room_types: &[Option<String>]) -> bool {
     let type_ok = room_types.is_empty()
-        || room_types.iter().any(|t| t.as_deref() == entry.room_type.as_ref().map(|r| r.as_str()));
+        || room_types
+            .iter()
+            .any(|t| t.as_deref() == entry.room_type.as_ref().map(|r| r.as_str()));
     let search_ok = search.is_none_or(|term| {
-        [entry.name.as_deref(), entry.topic.as_deref(), entry.canonical_alias.as_ref().map(|a| a.as_str())]
-            .into_iter()
-            .flatten()
-            .any(|field| field.to_lowercase().contains(term))
+        [
+            entry.name.as_deref(),
+            entry.topic.as_deref(),
+            entry.canonical_alias.as_ref().map(|a| a.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|field| field.to_lowercase().contains(term))
     });
     type_ok && search_ok
 }
@@ -138,12 +172,18 @@ fn matches(entry: &PublicRoomsChunk, search: Option<&str>, room_types: &[Option<
 /// A string field of one piece of current state's content.
 async fn state_str(conn: &mut AnyConnection, room_id: &str, event_type: &str, field: &str) -> Result<Option<String>> {
     let content = current_state_content(conn, room_id, event_type, "").await?;
-    Ok(content.as_ref().and_then(|c| c.get(field)).and_then(Value::as_str).map(str::to_owned))
+    Ok(content
+        .as_ref()
+        .and_then(|c| c.get(field))
+        .and_then(Value::as_str)
+        .map(str::to_owned))
 }
 
 /// The directory entry of a room, from its current state; `None` if its ID is unusable.
 async fn summary(conn: &mut AnyConnection, room_id: &str, joined: i64) -> Result<Option<PublicRoomsChunk>> {
-    let Ok(id) = OwnedRoomId::try_from(room_id) else { return Ok(None) };
+    let Ok(id) = OwnedRoomId::try_from(room_id) else {
+        return Ok(None);
+    };
     let history = state_str(conn, room_id, "m.room.history_visibility", "history_visibility").await?;
     let guests = state_str(conn, room_id, "m.room.guest_access", "guest_access").await?;
     let mut entry: PublicRoomsChunk = PublicRoomsChunkInit {
@@ -163,6 +203,8 @@ async fn summary(conn: &mut AnyConnection, room_id: &str, joined: i64) -> Result
     if let Some(rule) = state_str(conn, room_id, "m.room.join_rules", "join_rule").await? {
         entry.join_rule = JoinRuleKind::from(rule.as_str());
     }
-    entry.room_type = state_str(conn, room_id, "m.room.create", "type").await?.map(|t| RoomType::from(t.as_str()));
+    entry.room_type = state_str(conn, room_id, "m.room.create", "type")
+        .await?
+        .map(|t| RoomType::from(t.as_str()));
     Ok(Some(entry))
 }

@@ -10,7 +10,9 @@ pub fn type_matches(pattern: &str, event_type: &str) -> bool {
         None => pattern == event_type,
         Some((prefix, rest)) => {
             event_type.starts_with(prefix)
-                && (rest.is_empty() || (0..=event_type.len() - prefix.len()).any(|i| type_matches(rest, &event_type[prefix.len() + i..])))
+                && (rest.is_empty()
+                    || (0..=event_type.len() - prefix.len())
+                        .any(|i| type_matches(rest, &event_type[prefix.len() + i..])))
         }
     }
 }

@@ -97,7 +97,9 @@ fn parse_token(t: &str, q: &HierarchyQuery<'_>) -> Result<usize> {
         .and_then(|o| o.parse().ok())
         .ok_or_else(|| Error::InvalidParam(format!("invalid pagination token {t:?}")))?;
     if token(offset, q) != t {
-        return Err(Error::InvalidParam("The pagination token was made for other parameters".into()));
+        return Err(Error::InvalidParam(
+            "The pagination token was made for other parameters".into(),
+        ));
     }
     Ok(offset)
 }
@@ -109,21 +111,31 @@ pub async fn is_accessible(core: &Core, conn: &mut AnyConnection, user: &str, ro
     if rooms::version(&core.db, conn, room_id).await?.is_none() {
         return Ok(false);
     }
-    let join_rules = current_state_content(conn, room_id, "m.room.join_rules", "").await?.unwrap_or_default();
+    let join_rules = current_state_content(conn, room_id, "m.room.join_rules", "")
+        .await?
+        .unwrap_or_default();
     let join_rule = join_rules["join_rule"].as_str().unwrap_or("invite");
     if matches!(join_rule, "public" | "knock" | "knock_restricted") {
         return Ok(true);
     }
-    let hv = current_state_content(conn, room_id, "m.room.history_visibility", "").await?.unwrap_or_default();
+    let hv = current_state_content(conn, room_id, "m.room.history_visibility", "")
+        .await?
+        .unwrap_or_default();
     if hv["history_visibility"] == "world_readable" {
         return Ok(true);
     }
-    if rooms::membership(conn, room_id, user).await?.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
+    if rooms::membership(conn, room_id, user)
+        .await?
+        .is_some_and(|m| m.membership == "join" || m.membership == "invite")
+    {
         return Ok(true);
     }
     if join_rule == "restricted" {
         for allowed in allowed_room_ids(&join_rules) {
-            if rooms::membership(conn, &allowed, user).await?.is_some_and(|m| m.membership == "join") {
+            if rooms::membership(conn, &allowed, user)
+                .await?
+                .is_some_and(|m| m.membership == "join")
+            {
                 return Ok(true);
             }
         }
@@ -148,10 +160,16 @@ async fn children_of(conn: &mut AnyConnection, state: &StateMap, suggested_only:
     if create.as_ref().is_none_or(|c| c["content"]["type"] != "m.space") {
         return Ok(Vec::new());
     }
-    let keys: Vec<String> = state.keys().filter(|(t, _)| t == "m.space.child").map(|(_, k)| k.clone()).collect();
+    let keys: Vec<String> = state
+        .keys()
+        .filter(|(t, _)| t == "m.space.child")
+        .map(|(_, k)| k.clone())
+        .collect();
     let mut children = Vec::new();
     for key in keys {
-        let Some(event) = state_event(conn, state, "m.space.child", &key).await? else { continue };
+        let Some(event) = state_event(conn, state, "m.space.child", &key).await? else {
+            continue;
+        };
         let content = &event["content"];
         if content["via"].as_array().is_none_or(|v| v.is_empty()) {
             continue;
@@ -169,10 +187,20 @@ async fn children_of(conn: &mut AnyConnection, state: &StateMap, suggested_only:
         children.push((key, stripped));
     }
     children.sort_by(|(a_id, a), (b_id, b)| {
-        let order = |e: &Value| e["content"]["order"].as_str().filter(|o| valid_order(o)).map(str::to_owned);
+        let order = |e: &Value| {
+            e["content"]["order"]
+                .as_str()
+                .filter(|o| valid_order(o))
+                .map(str::to_owned)
+        };
         // Children with an order come first.
         let (ao, bo) = (order(a), order(b));
-        (ao.is_none(), ao, a["origin_server_ts"].as_i64(), a_id).cmp(&(bo.is_none(), bo, b["origin_server_ts"].as_i64(), b_id))
+        (ao.is_none(), ao, a["origin_server_ts"].as_i64(), a_id).cmp(&(
+            bo.is_none(),
+            bo,
+            b["origin_server_ts"].as_i64(),
+            b_id,
+        ))
     });
     Ok(children)
 }
@@ -183,17 +211,30 @@ fn valid_order(order: &str) -> bool {
 }
 
 async fn state_event(conn: &mut AnyConnection, state: &StateMap, event_type: &str, key: &str) -> Result<Option<Value>> {
-    let Some(id) = state.get(&(event_type.to_owned(), key.to_owned())) else { return Ok(None) };
-    let Some(stored) = events::get(conn, id).await? else { return Ok(None) };
+    let Some(id) = state.get(&(event_type.to_owned(), key.to_owned())) else {
+        return Ok(None);
+    };
+    let Some(stored) = events::get(conn, id).await? else {
+        return Ok(None);
+    };
     Ok(serde_json::from_str(&stored.json).ok())
 }
 
 async fn state_content(conn: &mut AnyConnection, state: &StateMap, event_type: &str) -> Result<Value> {
-    Ok(state_event(conn, state, event_type, "").await?.map(|e| e["content"].clone()).unwrap_or_default())
+    Ok(state_event(conn, state, event_type, "")
+        .await?
+        .map(|e| e["content"].clone())
+        .unwrap_or_default())
 }
 
 /// The room's summary in the spec's `SpaceHierarchyRoomsChunk` shape.
-async fn summary(core: &Core, conn: &mut AnyConnection, room_id: &str, state: &StateMap, children_state: Vec<Value>) -> Result<Value> {
+async fn summary(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    state: &StateMap,
+    children_state: Vec<Value>,
+) -> Result<Value> {
     let create = state_content(conn, state, "m.room.create").await?;
     let join_rules = state_content(conn, state, "m.room.join_rules").await?;
     let name = state_content(conn, state, "m.room.name").await?;

@@ -42,7 +42,14 @@ async fn profile_content(core: &Core, user: &UserId, membership: &str) -> Result
 }
 
 async fn send_member(core: &Core, room_id: &str, sender: &UserId, target: &str, content: Value) -> Result<Sent> {
-    send(core, room_id, sender, EventTemplate::state("m.room.member", target, content), None).await
+    send(
+        core,
+        room_id,
+        sender,
+        EventTemplate::state("m.room.member", target, content),
+        None,
+    )
+    .await
 }
 
 pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
@@ -85,34 +92,56 @@ async fn restricted_join_authoriser(core: &Core, room_id: &str, user: &UserId) -
         .unwrap_or_default();
     let mut in_allowed = false;
     for allowed in &allowed_rooms {
-        if rooms::membership(&mut conn, allowed, user.as_str()).await?.is_some_and(|m| m.membership == "join") {
+        if rooms::membership(&mut conn, allowed, user.as_str())
+            .await?
+            .is_some_and(|m| m.membership == "join")
+        {
             in_allowed = true;
             break;
         }
     }
     if !in_allowed {
-        return Err(Error::Forbidden("You are not a member of a room that allows you to join".into()));
+        return Err(Error::Forbidden(
+            "You are not a member of a room that allows you to join".into(),
+        ));
     }
     let (_, rules) = room_rules(core, &mut conn, room_id).await?;
     let state = current_state(core, &mut conn, room_id).await?;
     let invite_level = power::action_level(&mut conn, &rules, &state, "invite").await?;
     for member in rooms::members(&mut conn, room_id, "join").await? {
-        let Ok(member_id) = UserId::parse(&member.user_id) else { continue };
-        if core.is_local(&member_id) && power::user_level(&mut conn, &rules, &state, &member.user_id).await? >= invite_level {
+        let Ok(member_id) = UserId::parse(&member.user_id) else {
+            continue;
+        };
+        if core.is_local(&member_id)
+            && power::user_level(&mut conn, &rules, &state, &member.user_id).await? >= invite_level
+        {
             return Ok(Some(member.user_id));
         }
     }
-    Err(Error::Forbidden("No member of this room can authorise your join".into()))
+    Err(Error::Forbidden(
+        "No member of this room can authorise your join".into(),
+    ))
 }
 
-pub async fn invite(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>, is_direct: bool) -> Result<Sent> {
+pub async fn invite(
+    core: &Core,
+    room_id: &str,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<Sent> {
     ensure_room(core, room_id).await?;
     match membership_of(core, room_id, target.as_str()).await?.as_deref() {
         Some("join") => return Err(Error::Forbidden(format!("{target} is already in the room"))),
         Some("ban") => return Err(Error::Forbidden(format!("{target} is banned from the room"))),
         _ => {}
     }
-    if users::get(&core.db, target.as_str()).await?.is_none_or(|u| u.deactivated) && core.is_local(target) {
+    if users::get(&core.db, target.as_str())
+        .await?
+        .is_none_or(|u| u.deactivated)
+        && core.is_local(target)
+    {
         return Err(Error::NotFound(format!("Unknown user {target}")));
     }
     let mut content = with_reason(profile_content(core, target, "invite").await?, reason);
@@ -128,7 +157,14 @@ pub async fn leave(core: &Core, room_id: &str, user: &UserId, reason: Option<&st
         Some("join") | Some("invite") | Some("knock") => {}
         _ => return Err(Error::Forbidden("You are not in this room".into())),
     }
-    send_member(core, room_id, user, user.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+    send_member(
+        core,
+        room_id,
+        user,
+        user.as_str(),
+        with_reason(json!({ "membership": "leave" }), reason),
+    )
+    .await
 }
 
 pub async fn kick(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
@@ -137,12 +173,26 @@ pub async fn kick(core: &Core, room_id: &str, sender: &UserId, target: &UserId, 
         Some("join") | Some("invite") | Some("knock") => {}
         _ => return Err(Error::Forbidden(format!("{target} is not in the room"))),
     }
-    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+    send_member(
+        core,
+        room_id,
+        sender,
+        target.as_str(),
+        with_reason(json!({ "membership": "leave" }), reason),
+    )
+    .await
 }
 
 pub async fn ban(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
     ensure_room(core, room_id).await?;
-    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "ban" }), reason)).await
+    send_member(
+        core,
+        room_id,
+        sender,
+        target.as_str(),
+        with_reason(json!({ "membership": "ban" }), reason),
+    )
+    .await
 }
 
 pub async fn unban(core: &Core, room_id: &str, sender: &UserId, target: &UserId, reason: Option<&str>) -> Result<Sent> {
@@ -150,7 +200,14 @@ pub async fn unban(core: &Core, room_id: &str, sender: &UserId, target: &UserId,
     if membership_of(core, room_id, target.as_str()).await?.as_deref() != Some("ban") {
         return Err(Error::Forbidden(format!("{target} is not banned")));
     }
-    send_member(core, room_id, sender, target.as_str(), with_reason(json!({ "membership": "leave" }), reason)).await
+    send_member(
+        core,
+        room_id,
+        sender,
+        target.as_str(),
+        with_reason(json!({ "membership": "leave" }), reason),
+    )
+    .await
 }
 
 pub async fn knock(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
@@ -166,9 +223,9 @@ pub async fn knock(core: &Core, room_id: &str, user: &UserId, reason: Option<&st
 
 pub async fn forget(core: &Core, room_id: &str, user: &UserId) -> Result<()> {
     match membership_of(core, room_id, user.as_str()).await?.as_deref() {
-        Some("join") | Some("invite") | Some("knock") => {
-            Err(Error::InvalidParam("You must leave the room before forgetting it".into()))
-        }
+        Some("join") | Some("invite") | Some("knock") => Err(Error::InvalidParam(
+            "You must leave the room before forgetting it".into(),
+        )),
         None => Err(Error::NotFound("You were never in this room".into())),
         _ => {
             let mut tx = core.db.write().await?;

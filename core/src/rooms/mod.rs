@@ -23,7 +23,10 @@ use ruma::{room_version_rules::RoomVersionRules, serde::Base64, signatures::Publ
 use sqlx::AnyConnection;
 
 use crate::{
-    events::{builder::{self, EventTemplate}, pipeline, rules_for, Pdu, StateMap},
+    events::{
+        builder::{self, EventTemplate},
+        pipeline, rules_for, Pdu, StateMap,
+    },
     storage::{events, rooms, state as state_store},
     Core, Error, Result,
 };
@@ -38,7 +41,10 @@ pub struct Sent {
 /// The public keys that verify this server's own events.
 pub fn own_keys(core: &Core) -> PublicKeyMap {
     let mut set = BTreeMap::new();
-    set.insert(core.key.key_id.clone(), Base64::new(core.key.keypair.public_key().to_vec()));
+    set.insert(
+        core.key.key_id.clone(),
+        Base64::new(core.key.keypair.public_key().to_vec()),
+    );
     let mut map = PublicKeyMap::new();
     map.insert(core.server_name.to_string(), set);
     map
@@ -46,7 +52,9 @@ pub fn own_keys(core: &Core) -> PublicKeyMap {
 
 /// The room version's rules, or NotFound for an unknown room.
 pub async fn room_rules(core: &Core, conn: &mut AnyConnection, room_id: &str) -> Result<(String, RoomVersionRules)> {
-    let version = rooms::version(&core.db, conn, room_id).await?.ok_or_else(|| Error::NotFound("Unknown room".into()))?;
+    let version = rooms::version(&core.db, conn, room_id)
+        .await?
+        .ok_or_else(|| Error::NotFound("Unknown room".into()))?;
     let rules = rules_for(&version)?;
     Ok((version, rules))
 }
@@ -72,11 +80,21 @@ pub async fn send_in_tx(
     let (_, rules) = room_rules(core, conn, room_id).await?;
     let current = current_state(core, conn, room_id).await?;
     let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
-    let outcome = pipeline::persist(core, conn, &rules, pdu, &own_keys(core), pipeline::Origin::Local { txn }).await?;
+    let outcome = pipeline::persist(
+        core,
+        conn,
+        &rules,
+        pdu,
+        &own_keys(core),
+        pipeline::Origin::Local { txn },
+    )
+    .await?;
     if let Some(reason) = outcome.rejected {
         return Err(Error::Forbidden(reason));
     }
-    let pos = outcome.stream_pos.ok_or_else(|| Error::Internal("local event got no stream position".into()))?;
+    let pos = outcome
+        .stream_pos
+        .ok_or_else(|| Error::Internal("local event got no stream position".into()))?;
     Ok((outcome.pdu, pos))
 }
 
@@ -91,8 +109,14 @@ pub async fn send(
     if let Some((user, device, txn_id)) = txn {
         let mut conn = core.db.conn().await?;
         if let Some(event_id) = events::by_txn(&mut conn, user, device, txn_id, room_id).await? {
-            let pos = events::get(&mut conn, &event_id).await?.and_then(|e| e.stream_pos).unwrap_or_default();
-            return Ok(Sent { event_id, stream_pos: pos });
+            let pos = events::get(&mut conn, &event_id)
+                .await?
+                .and_then(|e| e.stream_pos)
+                .unwrap_or_default();
+            return Ok(Sent {
+                event_id,
+                stream_pos: pos,
+            });
         }
     }
     let mut tx = core.db.write().await?;
@@ -102,14 +126,23 @@ pub async fn send(
     // Re-check under the lock: a retry may have raced the first attempt.
     if let Some((user, device, txn_id)) = txn {
         if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
-            let pos = events::get(&mut tx, &event_id).await?.and_then(|e| e.stream_pos).unwrap_or_default();
-            return Ok(Sent { event_id, stream_pos: pos });
+            let pos = events::get(&mut tx, &event_id)
+                .await?
+                .and_then(|e| e.stream_pos)
+                .unwrap_or_default();
+            return Ok(Sent {
+                event_id,
+                stream_pos: pos,
+            });
         }
     }
     let (pdu, pos) = send_in_tx(core, &mut tx, room_id, sender, &template, txn).await?;
     tx.commit().await?;
     notify_committed(core, &pdu);
-    Ok(Sent { event_id: pdu.event_id.to_string(), stream_pos: pos })
+    Ok(Sent {
+        event_id: pdu.event_id.to_string(),
+        stream_pos: pos,
+    })
 }
 
 /// Wakes syncs for a committed event: the room's members, and the target of a membership
@@ -122,17 +155,32 @@ pub fn notify_committed(core: &Core, pdu: &Pdu) {
 }
 
 /// Loads a stored event as a PDU with its room's rules.
-pub async fn load_pdu(core: &Core, conn: &mut AnyConnection, event_id: &str) -> Result<Option<(events::StoredEvent, Pdu, RoomVersionRules)>> {
-    let Some(stored) = events::get(conn, event_id).await? else { return Ok(None) };
+pub async fn load_pdu(
+    core: &Core,
+    conn: &mut AnyConnection,
+    event_id: &str,
+) -> Result<Option<(events::StoredEvent, Pdu, RoomVersionRules)>> {
+    let Some(stored) = events::get(conn, event_id).await? else {
+        return Ok(None);
+    };
     let (_, rules) = room_rules(core, conn, &stored.room_id).await?;
     let pdu = Pdu::from_stored(&stored.event_id, &stored.json, &rules)?;
     Ok(Some((stored, pdu, rules)))
 }
 
 /// Content of one piece of current state.
-pub async fn current_state_content(conn: &mut AnyConnection, room_id: &str, event_type: &str, state_key: &str) -> Result<Option<serde_json::Value>> {
-    let Some(id) = rooms::current_state_event(conn, room_id, event_type, state_key).await? else { return Ok(None) };
-    let Some(stored) = events::get(conn, &id).await? else { return Ok(None) };
+pub async fn current_state_content(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+) -> Result<Option<serde_json::Value>> {
+    let Some(id) = rooms::current_state_event(conn, room_id, event_type, state_key).await? else {
+        return Ok(None);
+    };
+    let Some(stored) = events::get(conn, &id).await? else {
+        return Ok(None);
+    };
     let json: serde_json::Value = serde_json::from_str(&stored.json).unwrap_or_default();
     Ok(Some(json["content"].clone()))
 }

@@ -14,7 +14,10 @@ use super::{
     visibility,
 };
 use crate::{
-    storage::{events::{self, StoredEvent}, rooms},
+    storage::{
+        events::{self, StoredEvent},
+        rooms,
+    },
     Core, Error, Result,
 };
 
@@ -45,7 +48,12 @@ pub struct RelationsPage {
 }
 
 /// The events relating to `q.event_id` that the viewer may see, newest first by default.
-pub async fn relating_events(core: &Core, conn: &mut AnyConnection, viewer: Viewer<'_>, q: &RelationsQuery<'_>) -> Result<RelationsPage> {
+pub async fn relating_events(
+    core: &Core,
+    conn: &mut AnyConnection,
+    viewer: Viewer<'_>,
+    q: &RelationsQuery<'_>,
+) -> Result<RelationsPage> {
     room_rules(core, conn, q.room_id).await?;
     ensure_parent_visible(core, conn, viewer.user_id, q.room_id, q.event_id).await?;
     let depth = if q.recurse { MAX_RECURSION_DEPTH } else { 1 };
@@ -67,7 +75,9 @@ pub async fn relating_events(core: &Core, conn: &mut AnyConnection, viewer: View
     loop {
         let batch = related_page(conn, q, depth, cursor, bound, batch_size).await?;
         let fetched = batch.len() as i64;
-        let Some(last_pos) = batch.last().and_then(|e| e.stream_pos) else { break };
+        let Some(last_pos) = batch.last().and_then(|e| e.stream_pos) else {
+            break;
+        };
         found.extend(visibility::filter_visible(core, conn, viewer.user_id, q.room_id, batch).await?);
         if found.len() > q.limit || fetched < batch_size {
             break;
@@ -98,13 +108,22 @@ fn after(dir: Dir, pos: i64) -> i64 {
 }
 
 /// Unknown and invisible parents look the same, so their existence does not leak.
-async fn ensure_parent_visible(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, event_id: &str) -> Result<()> {
+async fn ensure_parent_visible(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    event_id: &str,
+) -> Result<()> {
     let not_found = || Error::NotFound("Event not found".into());
     let parent = events::get(conn, event_id).await?.ok_or_else(not_found)?;
     if parent.room_id != room_id || parent.stream_pos.is_none() {
         return Err(not_found());
     }
-    if visibility::filter_visible(core, conn, user, room_id, vec![parent]).await?.is_empty() {
+    if visibility::filter_visible(core, conn, user, room_id, vec![parent])
+        .await?
+        .is_empty()
+    {
         return Err(not_found());
     }
     Ok(())
@@ -112,7 +131,14 @@ async fn ensure_parent_visible(core: &Core, conn: &mut AnyConnection, user: &str
 
 /// Up to `limit` events relating to the parent within `depth` levels, in the page's direction
 /// from `cursor` to `bound`. Redacted relations no longer count, as with aggregations.
-async fn related_page(conn: &mut AnyConnection, q: &RelationsQuery<'_>, depth: i64, cursor: i64, bound: i64, limit: i64) -> Result<Vec<StoredEvent>> {
+async fn related_page(
+    conn: &mut AnyConnection,
+    q: &RelationsQuery<'_>,
+    depth: i64,
+    cursor: i64,
+    bound: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
     let (range, order) = match q.dir {
         Dir::Backward => ("stream_pos <= $4 AND stream_pos > $5", "DESC"),
         Dir::Forward => ("stream_pos > $4 AND stream_pos <= $5", "ASC"),
@@ -142,7 +168,13 @@ async fn related_page(conn: &mut AnyConnection, q: &RelationsQuery<'_>, depth: i
          ORDER BY stream_pos {order} LIMIT $6",
         events::COLUMNS
     );
-    let mut query = sqlx::query(&sql).bind(q.event_id).bind(q.room_id).bind(depth).bind(cursor).bind(bound).bind(limit);
+    let mut query = sqlx::query(&sql)
+        .bind(q.event_id)
+        .bind(q.room_id)
+        .bind(depth)
+        .bind(cursor)
+        .bind(bound)
+        .bind(limit);
     if let Some(rel_type) = q.rel_type {
         query = query.bind(rel_type);
     }
@@ -150,7 +182,10 @@ async fn related_page(conn: &mut AnyConnection, q: &RelationsQuery<'_>, depth: i
         query = query.bind(event_type);
     }
     let rows = query.fetch_all(conn).await?;
-    Ok(rows.iter().map(events::from_row).collect::<std::result::Result<_, _>>()?)
+    Ok(rows
+        .iter()
+        .map(events::from_row)
+        .collect::<std::result::Result<_, _>>()?)
 }
 
 /// A `/threads` request.
@@ -170,7 +205,12 @@ pub struct ThreadsPage {
 }
 
 /// The room's thread roots the viewer may see, most recently active first.
-pub async fn threads(core: &Core, conn: &mut AnyConnection, viewer: Viewer<'_>, q: &ThreadsQuery<'_>) -> Result<ThreadsPage> {
+pub async fn threads(
+    core: &Core,
+    conn: &mut AnyConnection,
+    viewer: Viewer<'_>,
+    q: &ThreadsQuery<'_>,
+) -> Result<ThreadsPage> {
     room_rules(core, conn, q.room_id).await?;
     let member = rooms::membership(conn, q.room_id, viewer.user_id).await?.is_some();
     if !member && !visibility::can_read_room(conn, viewer.user_id, q.room_id).await? {
@@ -200,12 +240,21 @@ pub async fn threads(core: &Core, conn: &mut AnyConnection, viewer: Viewer<'_>, 
         _ => None,
     };
     let roots: Vec<StoredEvent> = found.into_iter().map(|(e, _)| e).collect();
-    Ok(ThreadsPage { chunk: client_format::format(core, conn, &roots, Some(viewer)).await?, next_batch })
+    Ok(ThreadsPage {
+        chunk: client_format::format(core, conn, &roots, Some(viewer)).await?,
+        next_batch,
+    })
 }
 
 /// `(root event ID, stream position of the thread's latest event)`, latest activity below
 /// `cursor` first.
-async fn thread_roots_page(conn: &mut AnyConnection, q: &ThreadsQuery<'_>, user: &str, cursor: i64, limit: i64) -> Result<Vec<(String, i64)>> {
+async fn thread_roots_page(
+    conn: &mut AnyConnection,
+    q: &ThreadsQuery<'_>,
+    user: &str,
+    cursor: i64,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
     // Participation: the user sent the root or a reply in the thread.
     let participated = if q.participated_only {
         " AND (r.relates_to IN (SELECT r2.relates_to FROM event_relations r2 JOIN events e2 ON e2.event_id = r2.event_id
@@ -228,7 +277,13 @@ async fn thread_roots_page(conn: &mut AnyConnection, q: &ThreadsQuery<'_>, user:
 }
 
 /// The roots of `batch` that exist in the room and that the user may see, in batch order.
-async fn visible_roots(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, batch: Vec<(String, i64)>) -> Result<Vec<(StoredEvent, i64)>> {
+async fn visible_roots(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    batch: Vec<(String, i64)>,
+) -> Result<Vec<(StoredEvent, i64)>> {
     let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
     let mut by_id: HashMap<String, StoredEvent> = events::get_many(conn, &ids)
         .await?

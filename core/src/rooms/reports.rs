@@ -4,7 +4,11 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::visibility;
-use crate::{storage::{events, rooms}, util::now_ms, Core, Error, Result};
+use crate::{
+    storage::{events, rooms},
+    util::now_ms,
+    Core, Error, Result,
+};
 
 /// The optional `score` of an event report: an integer from -100 (most offensive) to 0.
 pub fn parse_score(score: Option<&Value>) -> Result<Option<i64>> {
@@ -12,12 +16,21 @@ pub fn parse_score(score: Option<&Value>) -> Result<Option<i64>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_i64() {
             Some(n) if (-100..=0).contains(&n) => Ok(Some(n)),
-            _ => Err(Error::InvalidParam("score must be an integer between -100 and 0".into())),
+            _ => Err(Error::InvalidParam(
+                "score must be an integer between -100 and 0".into(),
+            )),
         },
     }
 }
 
-async fn insert(conn: &mut AnyConnection, room_id: &str, event_id: Option<&str>, reporter: &str, reason: Option<&str>, score: Option<i64>) -> Result<()> {
+async fn insert(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    event_id: Option<&str>,
+    reporter: &str,
+    reason: Option<&str>,
+    score: Option<i64>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO event_reports (room_id, event_id, reporter, reason, score, created_ts) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -34,14 +47,24 @@ async fn insert(conn: &mut AnyConnection, room_id: &str, event_id: Option<&str>,
 
 /// Reports an event. Events the reporter cannot see are "not found", so reporting does not
 /// reveal whether an event exists.
-pub async fn report_event(core: &Core, reporter: &str, room_id: &str, event_id: &str, reason: Option<&str>, score: Option<i64>) -> Result<()> {
+pub async fn report_event(
+    core: &Core,
+    reporter: &str,
+    room_id: &str,
+    event_id: &str,
+    reason: Option<&str>,
+    score: Option<i64>,
+) -> Result<()> {
     let not_found = || Error::NotFound("Event not found".into());
     let mut conn = core.db.conn().await?;
     let event = events::get(&mut conn, event_id).await?.ok_or_else(not_found)?;
     if event.room_id != room_id || event.stream_pos.is_none() {
         return Err(not_found());
     }
-    if visibility::filter_visible(core, &mut conn, reporter, room_id, vec![event]).await?.is_empty() {
+    if visibility::filter_visible(core, &mut conn, reporter, room_id, vec![event])
+        .await?
+        .is_empty()
+    {
         return Err(not_found());
     }
     drop(conn);
@@ -55,7 +78,9 @@ pub async fn report_event(core: &Core, reporter: &str, room_id: &str, event_id: 
 pub async fn report_room(core: &Core, reporter: &str, room_id: &str, reason: Option<&str>) -> Result<()> {
     let not_found = || Error::NotFound("Room not found".into());
     let mut conn = core.db.conn().await?;
-    rooms::version(&core.db, &mut conn, room_id).await?.ok_or_else(not_found)?;
+    rooms::version(&core.db, &mut conn, room_id)
+        .await?
+        .ok_or_else(not_found)?;
     let known = rooms::membership(&mut conn, room_id, reporter).await?.is_some()
         || visibility::can_read_room(&mut conn, reporter, room_id).await?;
     if !known {

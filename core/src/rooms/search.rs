@@ -17,7 +17,10 @@ use sqlx::{AnyConnection, Row};
 use super::{filter, timeline, visibility};
 use crate::{
     events::Pdu,
-    storage::{events::{self, StoredEvent}, rooms},
+    storage::{
+        events::{self, StoredEvent},
+        rooms,
+    },
     Backend, Core, Error, Result,
 };
 
@@ -46,7 +49,9 @@ pub async fn index_event(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
     if pdu.rejected {
         return Ok(());
     }
-    let Some((key, text)) = indexed_text(pdu) else { return Ok(()) };
+    let Some((key, text)) = indexed_text(pdu) else {
+        return Ok(());
+    };
     sqlx::query(
         "INSERT INTO event_search (event_id, room_id, search_key, body) VALUES ($1, $2, $3, $4)
          ON CONFLICT (event_id) DO NOTHING",
@@ -69,7 +74,10 @@ struct ParsedTerm {
 }
 
 fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 fn parse_term(term: &str) -> ParsedTerm {
@@ -114,8 +122,13 @@ fn parse_term(term: &str) -> ParsedTerm {
 impl ParsedTerm {
     /// The words a client should highlight: every word that must (or may) match.
     fn highlights(&self) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.groups.iter().flatten().filter(|(neg, _)| !neg).flat_map(|(_, p)| p.iter().cloned()).collect();
+        let mut out: Vec<String> = self
+            .groups
+            .iter()
+            .flatten()
+            .filter(|(neg, _)| !neg)
+            .flat_map(|(_, p)| p.iter().cloned())
+            .collect();
         out.sort();
         out.dedup();
         out
@@ -130,7 +143,11 @@ impl ParsedTerm {
             .iter()
             .map(|g| {
                 let pos: Vec<String> = g.iter().filter(|(n, _)| !n).map(|(_, p)| quote(p)).collect();
-                let neg: Vec<String> = g.iter().filter(|(n, _)| *n).map(|(_, p)| format!(" NOT {}", quote(p))).collect();
+                let neg: Vec<String> = g
+                    .iter()
+                    .filter(|(n, _)| *n)
+                    .map(|(_, p)| format!(" NOT {}", quote(p)))
+                    .collect();
                 format!("({}{})", pos.join(" AND "), neg.concat())
             })
             .collect();
@@ -234,13 +251,25 @@ pub struct Page {
 
 /// Rooms the user may search: those they are in or have been in (history visibility decides
 /// what they see of the latter), narrowed by the filter's rooms and not_rooms.
-pub async fn searchable_rooms(conn: &mut AnyConnection, user_id: &str, filter: &RoomEventFilter) -> Result<Vec<String>> {
+pub async fn searchable_rooms(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    filter: &RoomEventFilter,
+) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for membership in ["join", "leave", "ban"] {
-        out.extend(rooms::rooms_of_user(conn, user_id, membership).await?.into_iter().map(|m| m.room_id));
+        out.extend(
+            rooms::rooms_of_user(conn, user_id, membership)
+                .await?
+                .into_iter()
+                .map(|m| m.room_id),
+        );
     }
     out.retain(|r| {
-        filter.rooms.as_ref().is_none_or(|only| only.iter().any(|o| o.as_str() == r))
+        filter
+            .rooms
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o.as_str() == r))
             && !filter.not_rooms.iter().any(|n| n.as_str() == r)
     });
     out.sort();
@@ -249,7 +278,10 @@ pub async fn searchable_rooms(conn: &mut AnyConnection, user_id: &str, filter: &
 }
 
 fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The shared conditions after the match clause, with binds from `$2` on: rooms, then keys.
@@ -261,7 +293,11 @@ fn conditions(q: &Query<'_>) -> String {
     )
 }
 
-fn bind_common<'q>(mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, d: &'q Dialect, q: &'q Query<'_>) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn bind_common<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    d: &'q Dialect,
+    q: &'q Query<'_>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     query = query.bind(d.term.as_str());
     for r in &q.rooms {
         query = query.bind(r.as_str());
@@ -290,9 +326,19 @@ async fn fetch(conn: &mut AnyConnection, d: &Dialect, q: &Query<'_>, cursor: Cur
         next + 1,
         next + 2,
     );
-    let rows = bind_common(sqlx::query(&sql), d, q).bind(bound).bind(n).bind(offset).fetch_all(conn).await?;
+    let rows = bind_common(sqlx::query(&sql), d, q)
+        .bind(bound)
+        .bind(n)
+        .bind(offset)
+        .fetch_all(conn)
+        .await?;
     rows.iter()
-        .map(|r| Ok(Hit { event: events::from_row(r)?, rank: r.try_get::<f64, _>(17)? }))
+        .map(|r| {
+            Ok(Hit {
+                event: events::from_row(r)?,
+                rank: r.try_get::<f64, _>(17)?,
+            })
+        })
         .collect()
 }
 
@@ -306,11 +352,19 @@ async fn count(conn: &mut AnyConnection, d: &Dialect, q: &Query<'_>) -> Result<u
 async fn visible_ids(core: &Core, conn: &mut AnyConnection, user_id: &str, batch: &[Hit]) -> Result<HashSet<String>> {
     let mut by_room: HashMap<&str, Vec<StoredEvent>> = HashMap::new();
     for hit in batch {
-        by_room.entry(hit.event.room_id.as_str()).or_default().push(hit.event.clone());
+        by_room
+            .entry(hit.event.room_id.as_str())
+            .or_default()
+            .push(hit.event.clone());
     }
     let mut out = HashSet::new();
     for (room_id, list) in by_room {
-        out.extend(visibility::filter_visible(core, conn, user_id, room_id, list).await?.into_iter().map(|e| e.event_id));
+        out.extend(
+            visibility::filter_visible(core, conn, user_id, room_id, list)
+                .await?
+                .into_iter()
+                .map(|e| e.event_id),
+        );
     }
     Ok(out)
 }
@@ -320,7 +374,10 @@ pub async fn search(core: &Core, conn: &mut AnyConnection, q: &Query<'_>) -> Res
     let parsed = parse_term(q.term);
     let highlights = parsed.highlights();
     if parsed.groups.is_empty() || q.rooms.is_empty() || q.keys.is_empty() {
-        return Ok(Page { highlights, ..Page::default() });
+        return Ok(Page {
+            highlights,
+            ..Page::default()
+        });
     }
     let d = dialect(core.db.backend(), q.term, &parsed);
     let count = count(conn, &d, q).await?;
@@ -342,11 +399,21 @@ pub async fn search(core: &Core, conn: &mut AnyConnection, q: &Query<'_>) -> Res
             }
             if hits.len() == q.limit {
                 let more = !(exhausted && i + 1 == total);
-                return Ok(Page { hits, next: more.then_some(cursor), count, highlights });
+                return Ok(Page {
+                    hits,
+                    next: more.then_some(cursor),
+                    count,
+                    highlights,
+                });
             }
         }
         if exhausted {
-            return Ok(Page { hits, next: None, count, highlights });
+            return Ok(Page {
+                hits,
+                next: None,
+                count,
+                highlights,
+            });
         }
     }
 }
@@ -359,7 +426,14 @@ pub struct Context {
     pub end: String,
 }
 
-pub async fn context(core: &Core, conn: &mut AnyConnection, user_id: &str, event: &StoredEvent, before: usize, after: usize) -> Result<Context> {
+pub async fn context(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user_id: &str,
+    event: &StoredEvent,
+    before: usize,
+    after: usize,
+) -> Result<Context> {
     let pos = event.stream_pos.unwrap_or_default();
     let room_id = event.room_id.as_str();
     let mut before_events = Vec::new();
@@ -374,11 +448,20 @@ pub async fn context(core: &Core, conn: &mut AnyConnection, user_id: &str, event
     }
     let start = before_events.last().and_then(|e| e.stream_pos).unwrap_or(pos) - 1;
     let end = after_events.last().and_then(|e| e.stream_pos).unwrap_or(pos);
-    Ok(Context { before: before_events, after: after_events, start: timeline::token(start), end: timeline::token(end) })
+    Ok(Context {
+        before: before_events,
+        after: after_events,
+        start: timeline::token(start),
+        end: timeline::token(end),
+    })
 }
 
 /// Display names and avatars of the given users in a room (from their membership).
-pub async fn profiles(conn: &mut AnyConnection, room_id: &str, users: &[&str]) -> Result<BTreeMap<String, (Option<String>, Option<String>)>> {
+pub async fn profiles(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    users: &[&str],
+) -> Result<BTreeMap<String, (Option<String>, Option<String>)>> {
     let mut out = BTreeMap::new();
     for user in users {
         if out.contains_key(*user) {
@@ -392,7 +475,12 @@ pub async fn profiles(conn: &mut AnyConnection, room_id: &str, users: &[&str]) -
 }
 
 /// The room's current state for `include_state`, when the user may read it.
-pub async fn readable_state(core: &Core, conn: &mut AnyConnection, user_id: &str, room_id: &str) -> Result<Option<Vec<StoredEvent>>> {
+pub async fn readable_state(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user_id: &str,
+    room_id: &str,
+) -> Result<Option<Vec<StoredEvent>>> {
     if !visibility::can_read_room(conn, user_id, room_id).await? {
         return Ok(None);
     }
@@ -403,7 +491,10 @@ pub async fn readable_state(core: &Core, conn: &mut AnyConnection, user_id: &str
 
 /// A search key as the spec names it, or InvalidParam.
 pub fn parse_key(key: &str) -> Result<&'static str> {
-    KEYS.iter().find(|k| **k == key).copied().ok_or_else(|| Error::InvalidParam(format!("unknown search key {key:?}")))
+    KEYS.iter()
+        .find(|k| **k == key)
+        .copied()
+        .ok_or_else(|| Error::InvalidParam(format!("unknown search key {key:?}")))
 }
 
 #[cfg(test)]
@@ -419,7 +510,10 @@ mod tests {
 
     #[test]
     fn operators_in_input_are_text() {
-        assert_eq!(parse_term("NEAR(a b) AND*").fts5(), "(\"near\" AND \"a\" AND \"b\" AND \"and\")");
+        assert_eq!(
+            parse_term("NEAR(a b) AND*").fts5(),
+            "(\"near\" AND \"a\" AND \"b\" AND \"and\")"
+        );
         assert!(parse_term("-only -negative").groups.is_empty());
         assert!(parse_term("  !!! ").groups.is_empty());
         assert!(parse_term("\"unterminated").groups.len() == 1);

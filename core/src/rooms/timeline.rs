@@ -11,7 +11,10 @@ use sqlx::AnyConnection;
 use super::{filter as event_filter, visibility};
 use crate::{
     events::StateMap,
-    storage::{events::{self, StoredEvent}, rooms as room_store, state as state_store},
+    storage::{
+        events::{self, StoredEvent},
+        rooms as room_store, state as state_store,
+    },
     Core, Error, Result,
 };
 
@@ -37,7 +40,14 @@ pub enum Dir {
 
 /// Up to `limit` timeline events of the room after (forward) or at-and-before (backward) the
 /// token position, bounded by `to` when given, in the direction's order.
-pub async fn page(conn: &mut AnyConnection, room_id: &str, from: i64, to: Option<i64>, dir: Dir, limit: i64) -> Result<Vec<StoredEvent>> {
+pub async fn page(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    from: i64,
+    to: Option<i64>,
+    dir: Dir,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
     let (cond, order) = match dir {
         Dir::Backward => ("stream_pos <= $2 AND stream_pos > $3", "DESC"),
         Dir::Forward => ("stream_pos > $2 AND stream_pos <= $3", "ASC"),
@@ -52,7 +62,13 @@ pub async fn page(conn: &mut AnyConnection, room_id: &str, from: i64, to: Option
         "SELECT {} FROM events WHERE room_id = $1 AND {cond} AND stream_pos IS NOT NULL ORDER BY stream_pos {order} LIMIT $4",
         events::COLUMNS
     );
-    let rows = sqlx::query(&sql).bind(room_id).bind(from).bind(bound).bind(limit).fetch_all(conn).await?;
+    let rows = sqlx::query(&sql)
+        .bind(room_id)
+        .bind(from)
+        .bind(bound)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(|r| events::from_row(r).map_err(Error::from)).collect()
 }
 
@@ -101,12 +117,18 @@ pub async fn visible_window(
     limit: usize,
     filter: &RoomEventFilter,
 ) -> Result<Window> {
-    let mut window = Window { events: Vec::new(), next: from };
+    let mut window = Window {
+        events: Vec::new(),
+        next: from,
+    };
     while window.events.len() < limit {
         let batch = page(conn, room_id, window.next, None, dir, SCAN_BATCH).await?;
         let more = batch.len() as i64 == SCAN_BATCH;
-        let visible: HashSet<String> =
-            visibility::filter_visible(core, conn, user, room_id, batch.clone()).await?.into_iter().map(|e| e.event_id).collect();
+        let visible: HashSet<String> = visibility::filter_visible(core, conn, user, room_id, batch.clone())
+            .await?
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect();
         for event in batch {
             window.next = past(event.stream_pos.unwrap_or(window.next), dir);
             if visible.contains(&event.event_id) && event_filter::event_matches(filter, &event) {
@@ -125,14 +147,23 @@ pub async fn visible_window(
 
 /// An accepted timeline event of the room that `user` may see. Missing, foreign, rejected and
 /// hidden events are all the same NotFound, so a client cannot probe for hidden events.
-pub async fn visible_event(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, event_id: &str) -> Result<StoredEvent> {
+pub async fn visible_event(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    event_id: &str,
+) -> Result<StoredEvent> {
     super::room_rules(core, conn, room_id).await?;
     let not_found = || Error::NotFound("Event not found".into());
     let event = events::get(conn, event_id)
         .await?
         .filter(|e| e.room_id == room_id && e.stream_pos.is_some())
         .ok_or_else(not_found)?;
-    visibility::filter_visible(core, conn, user, room_id, vec![event]).await?.pop().ok_or_else(not_found)
+    visibility::filter_visible(core, conn, user, room_id, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(not_found)
 }
 
 /// An event with the visible events around it (`/context`).
@@ -163,17 +194,40 @@ pub async fn context(
     let pos = event.stream_pos.unwrap_or_default();
     let before_limit = limit / 2;
     let before = visible_window(core, conn, user, room_id, pos - 1, Dir::Backward, before_limit, filter).await?;
-    let after = visible_window(core, conn, user, room_id, pos, Dir::Forward, limit - before_limit, filter).await?;
+    let after = visible_window(
+        core,
+        conn,
+        user,
+        room_id,
+        pos,
+        Dir::Forward,
+        limit - before_limit,
+        filter,
+    )
+    .await?;
     let last = after.events.last().unwrap_or(&event);
     let full = state_after(core, conn, last).await?;
     let state = if filter.lazy_load_options.is_disabled() {
         full.values().cloned().collect()
     } else {
-        let senders: HashSet<&str> =
-            before.events.iter().chain([&event]).chain(after.events.iter()).map(|e| e.sender.as_str()).collect();
-        senders.into_iter().filter_map(|s| full.get(&("m.room.member".to_owned(), s.to_owned())).cloned()).collect()
+        let senders: HashSet<&str> = before
+            .events
+            .iter()
+            .chain([&event])
+            .chain(after.events.iter())
+            .map(|e| e.sender.as_str())
+            .collect();
+        senders
+            .into_iter()
+            .filter_map(|s| full.get(&("m.room.member".to_owned(), s.to_owned())).cloned())
+            .collect()
     };
-    Ok(Context { event, before, after, state })
+    Ok(Context {
+        event,
+        before,
+        after,
+        state,
+    })
 }
 
 async fn state_after(core: &Core, conn: &mut AnyConnection, event: &StoredEvent) -> Result<Arc<StateMap>> {
@@ -207,7 +261,9 @@ async fn member_view(core: &Core, conn: &mut AnyConnection, user: &str, room_id:
         return Ok(MemberView::Current);
     }
     let forbidden = || Error::Forbidden("You are not a member of this room".into());
-    let membership = room_store::membership(conn, room_id, user).await?.ok_or_else(forbidden)?;
+    let membership = room_store::membership(conn, room_id, user)
+        .await?
+        .ok_or_else(forbidden)?;
     if membership.membership != "leave" && membership.membership != "ban" {
         return Err(forbidden());
     }
@@ -227,7 +283,9 @@ async fn was_joined_before(core: &Core, conn: &mut AnyConnection, user: &str, ev
         let Some(g) = group else { return Ok(false) };
         let state = state_store::load(&core.db, conn, g).await?;
         let Some(id) = state.get(&key) else { return Ok(false) };
-        let Some(prev) = events::get(conn, id).await? else { return Ok(false) };
+        let Some(prev) = events::get(conn, id).await? else {
+            return Ok(false);
+        };
         if membership_of(&prev) == "join" {
             return Ok(true);
         }
@@ -239,7 +297,13 @@ async fn was_joined_before(core: &Core, conn: &mut AnyConnection, user: &str, ev
 /// The room state whose member list `user` may read: the current state, or the state after the
 /// last event at or before token position `at`. Users who left see at most the state when they
 /// left; users who were never in a non-world-readable room are Forbidden.
-pub async fn member_list_state(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, at: Option<i64>) -> Result<Arc<StateMap>> {
+pub async fn member_list_state(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    at: Option<i64>,
+) -> Result<Arc<StateMap>> {
     super::room_rules(core, conn, room_id).await?;
     let view = member_view(core, conn, user, room_id).await?;
     let departure = match &view {
@@ -259,7 +323,11 @@ pub async fn member_list_state(core: &Core, conn: &mut AnyConnection, user: &str
         .ok_or_else(|| Error::NotFound("The room has no state at this token".into()))?;
     // The user's own departure is theirs to see, though they are no longer joined after it.
     let own_departure = departure.is_some_and(|d| d.event_id == last.event_id);
-    if !own_departure && visibility::filter_visible(core, conn, user, room_id, vec![last.clone()]).await?.is_empty() {
+    if !own_departure
+        && visibility::filter_visible(core, conn, user, room_id, vec![last.clone()])
+            .await?
+            .is_empty()
+    {
         return Err(Error::Forbidden("You may not see the room at this point".into()));
     }
     state_after(core, conn, &last).await
@@ -274,7 +342,11 @@ pub async fn member_events(
     membership: Option<&str>,
     not_membership: Option<&str>,
 ) -> Result<Vec<StoredEvent>> {
-    let ids: Vec<String> = state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, id)| id.clone()).collect();
+    let ids: Vec<String> = state
+        .iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .map(|(_, id)| id.clone())
+        .collect();
     let mut list = events::get_many(conn, &ids).await?;
     list.retain(|e| {
         let m = membership_of(e);
@@ -286,9 +358,18 @@ pub async fn member_events(
 
 /// The closest event to `ts` that `user` may see: the first at or after it (forward) or the
 /// last at or before it (backward). Forbidden for users never in a non-world-readable room.
-pub async fn event_at_timestamp(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, ts: i64, dir: Dir) -> Result<StoredEvent> {
+pub async fn event_at_timestamp(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    ts: i64,
+    dir: Dir,
+) -> Result<StoredEvent> {
     super::room_rules(core, conn, room_id).await?;
-    if room_store::membership(conn, room_id, user).await?.is_none() && !visibility::can_read_room(conn, user, room_id).await? {
+    if room_store::membership(conn, room_id, user).await?.is_none()
+        && !visibility::can_read_room(conn, user, room_id).await?
+    {
         return Err(Error::Forbidden("You are not allowed to read this room".into()));
     }
     let mut cursor = (ts, if dir == Dir::Forward { i64::MIN } else { i64::MAX });
@@ -298,7 +379,11 @@ pub async fn event_at_timestamp(core: &Core, conn: &mut AnyConnection, user: &st
         if let Some(last) = batch.last() {
             cursor = (last.origin_server_ts, last.stream_pos.unwrap_or_default());
         }
-        if let Some(found) = visibility::filter_visible(core, conn, user, room_id, batch).await?.into_iter().next() {
+        if let Some(found) = visibility::filter_visible(core, conn, user, room_id, batch)
+            .await?
+            .into_iter()
+            .next()
+        {
             return Ok(found);
         }
         if !more {
@@ -309,16 +394,34 @@ pub async fn event_at_timestamp(core: &Core, conn: &mut AnyConnection, user: &st
 
 /// Timeline events ordered by (origin_server_ts, stream_pos) strictly past `after` in `dir`
 /// (the events_room_ts index bounds the scan by timestamp).
-async fn by_timestamp(conn: &mut AnyConnection, room_id: &str, after: (i64, i64), dir: Dir, limit: i64) -> Result<Vec<StoredEvent>> {
+async fn by_timestamp(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    after: (i64, i64),
+    dir: Dir,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
     let (cond, order) = match dir {
-        Dir::Forward => ("origin_server_ts >= $2 AND (origin_server_ts > $2 OR stream_pos > $3)", "ASC"),
-        Dir::Backward => ("origin_server_ts <= $2 AND (origin_server_ts < $2 OR stream_pos < $3)", "DESC"),
+        Dir::Forward => (
+            "origin_server_ts >= $2 AND (origin_server_ts > $2 OR stream_pos > $3)",
+            "ASC",
+        ),
+        Dir::Backward => (
+            "origin_server_ts <= $2 AND (origin_server_ts < $2 OR stream_pos < $3)",
+            "DESC",
+        ),
     };
     let sql = format!(
         "SELECT {} FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL AND {cond}
          ORDER BY origin_server_ts {order}, stream_pos {order} LIMIT $4",
         events::COLUMNS
     );
-    let rows = sqlx::query(&sql).bind(room_id).bind(after.0).bind(after.1).bind(limit).fetch_all(conn).await?;
+    let rows = sqlx::query(&sql)
+        .bind(room_id)
+        .bind(after.0)
+        .bind(after.1)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(|r| events::from_row(r).map_err(Error::from)).collect()
 }

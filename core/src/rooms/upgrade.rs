@@ -47,14 +47,20 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
     let old_state = current_state(core, &mut conn, room_id).await?;
     check_may_upgrade(core, &mut conn, user, room_id, &old_state).await?;
 
-    let create_content = state_content(&mut conn, &old_state, "m.room.create", "").await?.unwrap_or_default();
+    let create_content = state_content(&mut conn, &old_state, "m.room.create", "")
+        .await?
+        .unwrap_or_default();
     let mut creation_content = Map::new();
     // The predecessor names the last event known in the old room (optional since v12, whose
     // room IDs are hashes of the create event and so cannot refer to the tombstone).
-    let last_event = events::query(&mut conn, "WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT 1", &[room_id])
-        .await?
-        .pop()
-        .map(|e| e.event_id);
+    let last_event = events::query(
+        &mut conn,
+        "WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT 1",
+        &[room_id],
+    )
+    .await?
+    .pop()
+    .map(|e| e.event_id);
     let mut predecessor = json!({ "room_id": room_id });
     if let Some(event_id) = last_event {
         predecessor["event_id"] = json!(event_id);
@@ -74,9 +80,15 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
     let mut initial_state = transferred_state(&mut conn, &old_state, &create_content).await?;
     if let Some(pl) = state_content(&mut conn, &old_state, "m.room.power_levels", "").await? {
         let old_creators = privileged_creators(core, &mut conn, room_id, &old_state).await?;
-        initial_state.push(EventTemplate::state("m.room.power_levels", "", new_power_levels(pl, privileged, &creators, &old_creators)));
+        initial_state.push(EventTemplate::state(
+            "m.room.power_levels",
+            "",
+            new_power_levels(pl, privileged, &creators, &old_creators),
+        ));
     }
-    let join_rule = state_content(&mut conn, &old_state, "m.room.join_rules", "").await?.unwrap_or_default();
+    let join_rule = state_content(&mut conn, &old_state, "m.room.join_rules", "")
+        .await?
+        .unwrap_or_default();
     let was_public = rooms::is_public(&mut conn, room_id).await?.unwrap_or(false);
     drop(conn);
 
@@ -85,7 +97,11 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
         user,
         CreateRoom {
             version: req.new_version,
-            preset: if join_rule["join_rule"] == "public" { Preset::PublicChat } else { Preset::PrivateChat },
+            preset: if join_rule["join_rule"] == "public" {
+                Preset::PublicChat
+            } else {
+                Preset::PrivateChat
+            },
             creation_content,
             power_level_override: None,
             name: None,
@@ -101,7 +117,14 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
     let new_room = created.room_id;
 
     let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
-    send(core, room_id, user, EventTemplate::state("m.room.tombstone", "", tombstone), None).await?;
+    send(
+        core,
+        room_id,
+        user,
+        EventTemplate::state("m.room.tombstone", "", tombstone),
+        None,
+    )
+    .await?;
     // Like Synapse, what follows is best effort: the upgrade itself has happened.
     if let Err(err) = restrict_old_room(core, user, room_id).await {
         tracing::info!(%room_id, error = %err, "could not restrict the old room's power levels");
@@ -113,29 +136,52 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
 }
 
 /// Only a joined user with the power to send `m.room.tombstone` may upgrade.
-async fn check_may_upgrade(core: &Core, conn: &mut AnyConnection, user: &UserId, room_id: &str, state: &StateMap) -> Result<()> {
+async fn check_may_upgrade(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &UserId,
+    room_id: &str,
+    state: &StateMap,
+) -> Result<()> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
-    let joined = rooms::membership(conn, room_id, user.as_str()).await?.is_some_and(|m| m.membership == "join");
+    let joined = rooms::membership(conn, room_id, user.as_str())
+        .await?
+        .is_some_and(|m| m.membership == "join");
     if !joined {
         return Err(Error::Forbidden("You must be joined to the room to upgrade it".into()));
     }
     let level = power::user_level(conn, &rules, state, user.as_str()).await?;
     let needed = power::event_level(conn, &rules, state, "m.room.tombstone", true).await?;
     if level < needed {
-        return Err(Error::Forbidden("You do not have the power to upgrade this room".into()));
+        return Err(Error::Forbidden(
+            "You do not have the power to upgrade this room".into(),
+        ));
     }
     Ok(())
 }
 
-async fn state_content(conn: &mut AnyConnection, state: &StateMap, event_type: &str, key: &str) -> Result<Option<Value>> {
-    let Some(id) = state.get(&(event_type.to_owned(), key.to_owned())) else { return Ok(None) };
-    let Some(stored) = events::get(conn, id).await? else { return Ok(None) };
+async fn state_content(
+    conn: &mut AnyConnection,
+    state: &StateMap,
+    event_type: &str,
+    key: &str,
+) -> Result<Option<Value>> {
+    let Some(id) = state.get(&(event_type.to_owned(), key.to_owned())) else {
+        return Ok(None);
+    };
+    let Some(stored) = events::get(conn, id).await? else {
+        return Ok(None);
+    };
     let json: Value = serde_json::from_str(&stored.json).unwrap_or_default();
     Ok(Some(json["content"].clone()).filter(|c| c.is_object()))
 }
 
 /// Templates for the transferred state; a space also keeps its children.
-async fn transferred_state(conn: &mut AnyConnection, state: &StateMap, create_content: &Value) -> Result<Vec<EventTemplate>> {
+async fn transferred_state(
+    conn: &mut AnyConnection,
+    state: &StateMap,
+    create_content: &Value,
+) -> Result<Vec<EventTemplate>> {
     let mut out = Vec::new();
     for kind in TRANSFERRED {
         if let Some(content) = state_content(conn, state, kind, "").await? {
@@ -146,7 +192,11 @@ async fn transferred_state(conn: &mut AnyConnection, state: &StateMap, create_co
         }
     }
     if create_content["type"] == "m.space" {
-        let children: Vec<String> = state.keys().filter(|(t, _)| t == "m.space.child").map(|(_, k)| k.clone()).collect();
+        let children: Vec<String> = state
+            .keys()
+            .filter(|(t, _)| t == "m.space.child")
+            .map(|(_, k)| k.clone())
+            .collect();
         for child in children {
             if let Some(content) = state_content(conn, state, "m.space.child", &child).await? {
                 if content["via"].as_array().is_some_and(|v| !v.is_empty()) {
@@ -159,13 +209,22 @@ async fn transferred_state(conn: &mut AnyConnection, state: &StateMap, create_co
 }
 
 /// The old room's creators when its version gives them unlimited power (v12), else none.
-async fn privileged_creators(core: &Core, conn: &mut AnyConnection, room_id: &str, state: &StateMap) -> Result<Vec<String>> {
+async fn privileged_creators(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    state: &StateMap,
+) -> Result<Vec<String>> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
     if !rules.authorization.explicitly_privilege_room_creators {
         return Ok(Vec::new());
     }
-    let Some(id) = state.get(&("m.room.create".to_owned(), String::new())) else { return Ok(Vec::new()) };
-    let Some(create) = events::get(conn, id).await? else { return Ok(Vec::new()) };
+    let Some(id) = state.get(&("m.room.create".to_owned(), String::new())) else {
+        return Ok(Vec::new());
+    };
+    let Some(create) = events::get(conn, id).await? else {
+        return Ok(Vec::new());
+    };
     let json: Value = serde_json::from_str(&create.json).unwrap_or_default();
     let mut out = vec![create.sender];
     for c in json["content"]["additional_creators"].as_array().into_iter().flatten() {
@@ -183,7 +242,9 @@ fn new_power_levels(mut pl: Value, privileged: bool, new_creators: &[String], ol
     if !pl["users"].is_object() {
         pl["users"] = json!({});
     }
-    let Some(users) = pl["users"].as_object_mut() else { return pl };
+    let Some(users) = pl["users"].as_object_mut() else {
+        return pl;
+    };
     if privileged {
         for c in new_creators {
             users.remove(c);
@@ -203,7 +264,9 @@ async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<
     if !rooms::lock(&mut tx, room_id).await? {
         return Ok(());
     }
-    let Some(mut pl) = super::current_state_content(&mut tx, room_id, "m.room.power_levels", "").await? else { return Ok(()) };
+    let Some(mut pl) = super::current_state_content(&mut tx, room_id, "m.room.power_levels", "").await? else {
+        return Ok(());
+    };
     let users_default = level(&pl["users_default"]).unwrap_or(0);
     let restricted = RESTRICTED_LEVEL.max(users_default + 1);
     let mut changed = false;
@@ -217,7 +280,15 @@ async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<
     if !changed {
         return Ok(());
     }
-    let (pdu, _) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.power_levels", "", pl), None).await?;
+    let (pdu, _) = send_in_tx(
+        core,
+        &mut tx,
+        room_id,
+        user,
+        &EventTemplate::state("m.room.power_levels", "", pl),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     super::notify_committed(core, &pdu);
     Ok(())
@@ -233,7 +304,10 @@ async fn move_aliases(core: &Core, user: &UserId, old_room: &str, new_room: &str
     let mut tx = core.db.write().await?;
     let aliases = rooms::aliases_of_room(&mut tx, old_room).await?;
     for alias in &aliases {
-        let creator = rooms::alias_get(&mut tx, alias).await?.map(|(_, c)| c).unwrap_or_else(|| user.to_string());
+        let creator = rooms::alias_get(&mut tx, alias)
+            .await?
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| user.to_string());
         rooms::alias_delete(&mut tx, alias).await?;
         rooms::alias_insert(&mut tx, alias, new_room, &creator).await?;
     }
@@ -253,7 +327,15 @@ async fn clear_old_canonical_alias(core: &Core, user: &UserId, room_id: &str) ->
     if current.as_ref().and_then(Value::as_object).is_none_or(|o| o.is_empty()) {
         return Ok(());
     }
-    let (pdu, _) = send_in_tx(core, &mut tx, room_id, user, &EventTemplate::state("m.room.canonical_alias", "", json!({})), None).await?;
+    let (pdu, _) = send_in_tx(
+        core,
+        &mut tx,
+        room_id,
+        user,
+        &EventTemplate::state("m.room.canonical_alias", "", json!({})),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     super::notify_committed(core, &pdu);
     Ok(())

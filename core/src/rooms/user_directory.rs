@@ -19,7 +19,10 @@ pub const MAX_LIMIT: usize = 100;
 
 /// Lowercased alphanumeric words.
 fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// Whether every word of the term starts a word of the localpart or display name; a term
@@ -33,7 +36,12 @@ fn matches(term: &str, user: &DirectoryUser) -> bool {
     if wanted.is_empty() {
         return false;
     }
-    let localpart = user.user_id.trim_start_matches('@').split(':').next().unwrap_or_default();
+    let localpart = user
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default();
     let mut have = words(localpart);
     have.push(localpart.to_lowercase());
     have.extend(user.display_name.as_deref().map(words).unwrap_or_default());
@@ -50,9 +58,7 @@ async fn public_join_rule_rooms(conn: &mut AnyConnection) -> Result<Vec<String>>
     .await?;
     Ok(rows
         .into_iter()
-        .filter(|(_, json)| {
-            serde_json::from_str::<Value>(json).is_ok_and(|j| j["content"]["join_rule"] == "public")
-        })
+        .filter(|(_, json)| serde_json::from_str::<Value>(json).is_ok_and(|j| j["content"]["join_rule"] == "public"))
         .map(|(room, _)| room)
         .collect())
 }
@@ -86,15 +92,33 @@ async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(Dir
     let rows = query.fetch_all(conn).await?;
     Ok(rows
         .into_iter()
-        .map(|(user_id, display_name, avatar_url, shared)| (DirectoryUser { user_id, display_name, avatar_url }, shared != 0))
+        .map(|(user_id, display_name, avatar_url, shared)| {
+            (
+                DirectoryUser {
+                    user_id,
+                    display_name,
+                    avatar_url,
+                },
+                shared != 0,
+            )
+        })
         .collect())
 }
 
 /// Searches the directory; returns up to `limit` users and whether more matched. Users who
 /// share a room with the searcher come first.
-pub async fn search(conn: &mut AnyConnection, searcher: &str, term: &str, limit: usize) -> Result<(Vec<DirectoryUser>, bool)> {
+pub async fn search(
+    conn: &mut AnyConnection,
+    searcher: &str,
+    term: &str,
+    limit: usize,
+) -> Result<(Vec<DirectoryUser>, bool)> {
     let limit = limit.min(MAX_LIMIT);
-    let mut found: Vec<(DirectoryUser, bool)> = candidates(conn, searcher).await?.into_iter().filter(|(u, _)| matches(term, u)).collect();
+    let mut found: Vec<(DirectoryUser, bool)> = candidates(conn, searcher)
+        .await?
+        .into_iter()
+        .filter(|(u, _)| matches(term, u))
+        .collect();
     found.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.user_id.cmp(&b.0.user_id)));
     let limited = found.len() > limit;
     Ok((found.into_iter().take(limit).map(|(u, _)| u).collect(), limited))
@@ -105,7 +129,11 @@ mod tests {
     use super::*;
 
     fn user(id: &str, name: Option<&str>) -> DirectoryUser {
-        DirectoryUser { user_id: id.into(), display_name: name.map(Into::into), avatar_url: None }
+        DirectoryUser {
+            user_id: id.into(),
+            display_name: name.map(Into::into),
+            avatar_url: None,
+        }
     }
 
     #[test]

@@ -6,12 +6,17 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 
 use crate::{
-    storage::{events::{self, StoredEvent}, rooms, state as state_store},
+    storage::{
+        events::{self, StoredEvent},
+        rooms, state as state_store,
+    },
     Core, Result,
 };
 
 async fn content_of(conn: &mut AnyConnection, event_id: Option<&String>) -> Result<serde_json::Value> {
-    let Some(id) = event_id else { return Ok(serde_json::Value::Null) };
+    let Some(id) = event_id else {
+        return Ok(serde_json::Value::Null);
+    };
     Ok(events::get(conn, id)
         .await?
         .and_then(|e| serde_json::from_str::<serde_json::Value>(&e.json).ok())
@@ -20,7 +25,13 @@ async fn content_of(conn: &mut AnyConnection, event_id: Option<&String>) -> Resu
 }
 
 /// Keeps the events `user` may see, in order.
-pub async fn filter_visible(core: &Core, conn: &mut AnyConnection, user: &str, room_id: &str, list: Vec<StoredEvent>) -> Result<Vec<StoredEvent>> {
+pub async fn filter_visible(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    list: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>> {
     let current = rooms::membership(conn, room_id, user).await?.map(|m| m.membership);
     let currently_joined = current.as_deref() == Some("join");
     // (history_visibility, membership) per state group, computed once per group.
@@ -62,7 +73,10 @@ pub async fn filter_visible(core: &Core, conn: &mut AnyConnection, user: &str, r
 /// Whether the user may read the room's current state and timeline at all (joined, or the
 /// room is world-readable, or previously joined for what they saw).
 pub async fn can_read_room(conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<bool> {
-    if rooms::membership(conn, room_id, user).await?.is_some_and(|m| m.membership == "join") {
+    if rooms::membership(conn, room_id, user)
+        .await?
+        .is_some_and(|m| m.membership == "join")
+    {
         return Ok(true);
     }
     let hv = super::current_state_content(conn, room_id, "m.room.history_visibility", "").await?;

@@ -15,7 +15,12 @@ pub struct Device {
 type DeviceRow = (String, Option<String>, Option<i64>, Option<String>);
 
 fn from_row(r: DeviceRow) -> Device {
-    Device { device_id: r.0, display_name: r.1, last_seen_ts: r.2, last_seen_ip: r.3 }
+    Device {
+        device_id: r.0,
+        display_name: r.1,
+        last_seen_ts: r.2,
+        last_seen_ip: r.3,
+    }
 }
 
 /// Creates the device, or keeps an existing one of that ID (logging in again with a known
@@ -85,15 +90,13 @@ pub async fn set_display_name(
 }
 
 pub async fn touch(db: &Db, user_id: &str, device_id: &str, ip: Option<&str>) -> Result<()> {
-    sqlx::query(
-        "UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(now_ms())
-    .bind(ip)
-    .execute(db.pool())
-    .await?;
+    sqlx::query("UPDATE devices SET last_seen_ts = $3, last_seen_ip = $4 WHERE user_id = $1 AND device_id = $2")
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now_ms())
+        .bind(ip)
+        .execute(db.pool())
+        .await?;
     Ok(())
 }
 

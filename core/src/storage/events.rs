@@ -26,7 +26,8 @@ pub struct StoredEvent {
     pub txn_id: Option<String>,
 }
 
-pub const COLUMNS: &str = "event_id, room_id, stream_pos, depth, event_type, state_key, sender, origin_server_ts, json, \
+pub const COLUMNS: &str =
+    "event_id, room_id, stream_pos, depth, event_type, state_key, sender, origin_server_ts, json, \
      outlier, rejected_reason, soft_failed, state_before, state_after, redacted_by, txn_device, txn_id";
 
 pub fn from_row(r: &sqlx::any::AnyRow) -> std::result::Result<StoredEvent, sqlx::Error> {
@@ -166,15 +167,21 @@ pub async fn set_redacted_by(conn: &mut AnyConnection, event_id: &str, redaction
 }
 
 pub async fn forward_extremities(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
-        .bind(room_id)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
+            .bind(room_id)
+            .fetch_all(conn)
+            .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 /// The event replaces its prev events as a forward extremity.
-pub async fn update_forward_extremities(conn: &mut AnyConnection, room_id: &str, event_id: &str, prev: &[String]) -> Result<()> {
+pub async fn update_forward_extremities(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    event_id: &str,
+    prev: &[String],
+) -> Result<()> {
     for p in prev {
         sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
             .bind(room_id)
@@ -183,10 +190,11 @@ pub async fn update_forward_extremities(conn: &mut AnyConnection, room_id: &str,
             .await?;
     }
     // An event that is already referenced by a known event is not an extremity.
-    let referenced: Option<(String,)> = sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
-        .bind(event_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let referenced: Option<(String,)> =
+        sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     if referenced.is_none() {
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(room_id)
@@ -198,7 +206,13 @@ pub async fn update_forward_extremities(conn: &mut AnyConnection, room_id: &str,
 }
 
 /// The event a device sent with this transaction ID, if any.
-pub async fn by_txn(conn: &mut AnyConnection, user: &str, device: &str, txn_id: &str, room_id: &str) -> Result<Option<String>> {
+pub async fn by_txn(
+    conn: &mut AnyConnection,
+    user: &str,
+    device: &str,
+    txn_id: &str,
+    room_id: &str,
+) -> Result<Option<String>> {
     let row: Option<(String,)> = sqlx::query_as(
         "SELECT event_id FROM events WHERE txn_user = $1 AND txn_device = $2 AND txn_id = $3 AND room_id = $4",
     )

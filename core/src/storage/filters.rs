@@ -17,11 +17,10 @@ pub async fn create(conn: &mut AnyConnection, user_id: &str, content: &str) -> R
 }
 
 pub async fn get(db: &Db, user_id: &str, filter_id: i64) -> Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT content FROM filters WHERE user_id = $1 AND filter_id = $2")
-            .bind(user_id)
-            .bind(filter_id)
-            .fetch_optional(db.pool())
-            .await?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT content FROM filters WHERE user_id = $1 AND filter_id = $2")
+        .bind(user_id)
+        .bind(filter_id)
+        .fetch_optional(db.pool())
+        .await?;
     Ok(row.map(|r| r.0))
 }

@@ -13,7 +13,12 @@ pub struct RegistrationToken {
     pub expiry_time: Option<i64>,
 }
 
-pub async fn create(conn: &mut AnyConnection, token: &str, uses_allowed: Option<i64>, expiry_ts: Option<i64>) -> Result<bool> {
+pub async fn create(
+    conn: &mut AnyConnection,
+    token: &str,
+    uses_allowed: Option<i64>,
+    expiry_ts: Option<i64>,
+) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO registration_tokens (token, uses_allowed, expiry_ts, created_ts)
          VALUES ($1, $2, $3, $4) ON CONFLICT (token) DO NOTHING",
@@ -28,30 +33,32 @@ pub async fn create(conn: &mut AnyConnection, token: &str, uses_allowed: Option<
 }
 
 pub async fn list(db: &Db) -> Result<Vec<RegistrationToken>> {
-    let rows: Vec<(String, Option<i64>, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY created_ts",
-    )
-    .fetch_all(db.pool())
-    .await?;
+    let rows: Vec<(String, Option<i64>, i64, Option<i64>)> =
+        sqlx::query_as("SELECT token, uses_allowed, completed, expiry_ts FROM registration_tokens ORDER BY created_ts")
+            .fetch_all(db.pool())
+            .await?;
     Ok(rows
         .into_iter()
-        .map(|r| RegistrationToken { token: r.0, uses_allowed: r.1, pending: 0, completed: r.2, expiry_time: r.3 })
+        .map(|r| RegistrationToken {
+            token: r.0,
+            uses_allowed: r.1,
+            pending: 0,
+            completed: r.2,
+            expiry_time: r.3,
+        })
         .collect())
 }
 
 /// Whether the token exists, is unexpired and has uses left.
 pub async fn is_valid(db: &Db, token: &str) -> Result<bool> {
-    let row: Option<(Option<i64>, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = $1",
-    )
-    .bind(token)
-    .fetch_optional(db.pool())
-    .await?;
+    let row: Option<(Option<i64>, i64, Option<i64>)> =
+        sqlx::query_as("SELECT uses_allowed, completed, expiry_ts FROM registration_tokens WHERE token = $1")
+            .bind(token)
+            .fetch_optional(db.pool())
+            .await?;
     Ok(match row {
         None => false,
-        Some((uses, completed, expiry)) => {
-            uses.is_none_or(|u| completed < u) && expiry.is_none_or(|e| e > now_ms())
-        }
+        Some((uses, completed, expiry)) => uses.is_none_or(|u| completed < u) && expiry.is_none_or(|e| e > now_ms()),
     })
 }
 

@@ -66,7 +66,12 @@ pub async fn set_last_stream_pos(conn: &mut AnyConnection, room_id: &str, pos: i
 }
 
 /// Applies the difference between two current states to the `current_state` table.
-pub async fn apply_current_state_delta(conn: &mut AnyConnection, room_id: &str, old: &StateMap, new: &StateMap) -> Result<()> {
+pub async fn apply_current_state_delta(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    old: &StateMap,
+    new: &StateMap,
+) -> Result<()> {
     for (key, _) in old.iter().filter(|(k, _)| !new.contains_key(*k)) {
         sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
             .bind(room_id)
@@ -91,15 +96,19 @@ pub async fn apply_current_state_delta(conn: &mut AnyConnection, room_id: &str, 
 }
 
 /// The event ID of one piece of current state.
-pub async fn current_state_event(conn: &mut AnyConnection, room_id: &str, event_type: &str, state_key: &str) -> Result<Option<String>> {
-    let row: Option<(String,)> = sqlx::query_as(
-        "SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
-    )
-    .bind(room_id)
-    .bind(event_type)
-    .bind(state_key)
-    .fetch_optional(conn)
-    .await?;
+pub async fn current_state_event(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    event_type: &str,
+    state_key: &str,
+) -> Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT event_id FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+            .bind(room_id)
+            .bind(event_type)
+            .bind(state_key)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(|r| r.0))
 }
 
@@ -117,7 +126,15 @@ pub struct Membership {
 type MembershipRow = (String, String, String, String, i64, Option<String>, Option<String>);
 
 fn membership_from(r: MembershipRow) -> Membership {
-    Membership { room_id: r.0, user_id: r.1, membership: r.2, event_id: r.3, stream_pos: r.4, displayname: r.5, avatar_url: r.6 }
+    Membership {
+        room_id: r.0,
+        user_id: r.1,
+        membership: r.2,
+        event_id: r.3,
+        stream_pos: r.4,
+        displayname: r.5,
+        avatar_url: r.6,
+    }
 }
 
 const MEMBERSHIP_COLUMNS: &str = "room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url";
@@ -226,25 +243,32 @@ pub async fn public_rooms(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>
 }
 
 pub async fn alias_insert(conn: &mut AnyConnection, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
-    let done = sqlx::query("INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING")
-        .bind(alias)
-        .bind(room_id)
-        .bind(creator)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query(
+        "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING",
+    )
+    .bind(alias)
+    .bind(room_id)
+    .bind(creator)
+    .execute(conn)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// `(room_id, creator)` of an alias.
 pub async fn alias_get(conn: &mut AnyConnection, alias: &str) -> Result<Option<(String, String)>> {
-    Ok(sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
-        .bind(alias)
-        .fetch_optional(conn)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT room_id, creator FROM room_aliases WHERE alias = $1")
+            .bind(alias)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 pub async fn alias_delete(conn: &mut AnyConnection, alias: &str) -> Result<()> {
-    sqlx::query("DELETE FROM room_aliases WHERE alias = $1").bind(alias).execute(conn).await?;
+    sqlx::query("DELETE FROM room_aliases WHERE alias = $1")
+        .bind(alias)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -3,7 +3,6 @@
 //! reading a state costs one recursive query of bounded depth. Groups never change once
 //! written, so they are cached by ID.
 
-
 use std::sync::Arc;
 
 use sqlx::AnyConnection;
@@ -68,10 +67,19 @@ pub async fn store(
                 .filter(|(k, v)| parent_state.get(*k) != Some(*v))
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
                 .collect();
-            delta.extend(parent_state.keys().filter(|k| !state.contains_key(*k)).map(|k| (k.clone(), None)));
+            delta.extend(
+                parent_state
+                    .keys()
+                    .filter(|k| !state.contains_key(*k))
+                    .map(|k| (k.clone(), None)),
+            );
             (Some(p), len + 1, delta)
         }
-        None => (None, 0, state.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect()),
+        None => (
+            None,
+            0,
+            state.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
+        ),
     };
     // Random IDs are never reused, not even after a rolled-back transaction, so the cache of
     // groups by ID can never hold a stale entry.
@@ -84,13 +92,15 @@ pub async fn store(
         .execute(&mut *conn)
         .await?;
     for ((event_type, state_key), event_id) in delta {
-        sqlx::query("INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)")
-            .bind(group)
-            .bind(event_type)
-            .bind(state_key)
-            .bind(event_id)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(group)
+        .bind(event_type)
+        .bind(state_key)
+        .bind(event_id)
+        .execute(&mut *conn)
+        .await?;
     }
     // The new group is usually read right away (it becomes current state); cache it now rather
     // than re-reading its whole chain. Should the transaction roll back, the entry is unused

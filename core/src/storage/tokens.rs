@@ -37,15 +37,13 @@ pub async fn insert_access(
 }
 
 pub async fn insert_refresh(conn: &mut AnyConnection, token_hash: &str, user_id: &str, device_id: &str) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO refresh_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(token_hash)
-    .bind(user_id)
-    .bind(device_id)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO refresh_tokens (token_hash, user_id, device_id, created_ts) VALUES ($1, $2, $3, $4)")
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(device_id)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -69,12 +67,11 @@ pub async fn find_access(db: &Db, token_hash: &str) -> Result<Option<TokenOwner>
 
 /// Removes a refresh token and returns its owner `(user_id, device_id)`, if it existed.
 pub async fn take_refresh(conn: &mut AnyConnection, token_hash: &str) -> Result<Option<(String, String)>> {
-    let row: Option<(String, String)> = sqlx::query_as(
-        "DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id",
-    )
-    .bind(token_hash)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<(String, String)> =
+        sqlx::query_as("DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING user_id, device_id")
+            .bind(token_hash)
+            .fetch_optional(conn)
+            .await?;
     Ok(row)
 }
 

@@ -102,6 +102,8 @@ pub async fn set_avatar_url(conn: &mut AnyConnection, user_id: &str, url: Option
 }
 
 pub async fn count(db: &Db) -> Result<i64> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users").fetch_one(db.pool()).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users")
+        .fetch_one(db.pool())
+        .await?;
     Ok(n)
 }

@@ -22,7 +22,12 @@ use crate::{
         client_format::{self, Viewer},
         filter, timeline, visibility,
     },
-    storage::{account_data, events::{self, StoredEvent}, rooms::{self as room_store, Membership}, state as state_store},
+    storage::{
+        account_data,
+        events::{self, StoredEvent},
+        rooms::{self as room_store, Membership},
+        state as state_store,
+    },
     Core, Result,
 };
 
@@ -47,14 +52,21 @@ pub async fn sync(core: &Core, req: &SyncRequest) -> Result<Value> {
     let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
     drop(conn);
-    let mut interest = core.notifier.interest(&req.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
+    let mut interest = core
+        .notifier
+        .interest(&req.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
     let deadline = tokio::time::Instant::now() + req.timeout;
     loop {
         let now = SyncToken::current(core).await?;
         let response = build(core, req, now).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // A wake-up for something this filter leaves out gives an empty answer: keep waiting.
-        if req.since.is_none() || req.full_state || !is_empty(&response) || remaining.is_zero() || !core.notifier.wait(&mut interest, remaining).await {
+        if req.since.is_none()
+            || req.full_state
+            || !is_empty(&response)
+            || remaining.is_zero()
+            || !core.notifier.wait(&mut interest, remaining).await
+        {
             return Ok(response);
         }
     }
@@ -70,23 +82,41 @@ pub(crate) async fn user_memberships(conn: &mut AnyConnection, user_id: &str) ->
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Membership { room_id: r.0, user_id: r.1, membership: r.2, event_id: r.3, stream_pos: r.4, displayname: r.5, avatar_url: r.6 })
+        .map(|r| Membership {
+            room_id: r.0,
+            user_id: r.1,
+            membership: r.2,
+            event_id: r.3,
+            stream_pos: r.4,
+            displayname: r.5,
+            avatar_url: r.6,
+        })
         .collect())
 }
 
 fn is_empty(response: &Value) -> bool {
     let rooms = &response["rooms"];
-    ["join", "invite", "leave", "knock"].iter().all(|k| rooms[k].as_object().is_none_or(|o| o.is_empty()))
-        && response["account_data"]["events"].as_array().is_none_or(|a| a.is_empty())
+    ["join", "invite", "leave", "knock"]
+        .iter()
+        .all(|k| rooms[k].as_object().is_none_or(|o| o.is_empty()))
+        && response["account_data"]["events"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
         && response["to_device"]["events"].as_array().is_none_or(|a| a.is_empty())
-        && response["device_lists"]["changed"].as_array().is_none_or(|a| a.is_empty())
+        && response["device_lists"]["changed"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
         && response["device_lists"]["left"].as_array().is_none_or(|a| a.is_empty())
         && response["presence"]["events"].as_array().is_none_or(|a| a.is_empty())
 }
 
 fn room_allowed(filter: &FilterDefinition, room_id: &str) -> bool {
     let room = &filter.room;
-    !room.not_rooms.iter().any(|r| r.as_str() == room_id) && room.rooms.as_ref().is_none_or(|rs| rs.iter().any(|r| r.as_str() == room_id))
+    !room.not_rooms.iter().any(|r| r.as_str() == room_id)
+        && room
+            .rooms
+            .as_ref()
+            .is_none_or(|rs| rs.iter().any(|r| r.as_str() == room_id))
 }
 
 /// Builds the response for changes in `(since, now]`.
@@ -130,7 +160,8 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
     let mut global_account_data = Vec::new();
     for (room_id, data_type, content) in changed_account_data {
-        let event = json!({ "type": data_type, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
+        let event =
+            json!({ "type": data_type, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
         if room_id.is_empty() {
             global_account_data.push(event);
         } else {
@@ -142,7 +173,8 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     if initial && !global_account_data.iter().any(|e| e["type"] == "m.push_rules") {
         if let Ok(user) = ruma::UserId::parse(&req.user_id) {
             let ruleset = crate::push::rules::load(&mut conn, &user).await?;
-            global_account_data.push(json!({ "type": "m.push_rules", "content": crate::push::rules::account_data_content(&ruleset) }));
+            global_account_data
+                .push(json!({ "type": "m.push_rules", "content": crate::push::rules::account_data_content(&ruleset) }));
         }
     }
 
@@ -154,7 +186,9 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         let changed_membership = m.stream_pos > since.events;
         match m.membership.as_str() {
             "join" => {
-                let typing = core.typing.changed_since(&m.room_id, if initial { 0 } else { since.typing });
+                let typing = core
+                    .typing
+                    .changed_since(&m.room_id, if initial { 0 } else { since.typing });
                 let has_changes = initial
                     || req.full_state
                     || changed_membership
@@ -174,7 +208,10 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
             "knock" if initial || changed_membership => {
                 knock.insert(m.room_id.clone(), json!({ "knock_state": { "events": stripped_state(core, &mut conn, &m.room_id, &m.event_id).await? } }));
             }
-            "leave" | "ban" if (changed_membership && !initial) || (req.filter.room.include_leave && (initial || changed_membership)) => {
+            "leave" | "ban"
+                if (changed_membership && !initial)
+                    || (req.filter.room.include_leave && (initial || changed_membership)) =>
+            {
                 leave.insert(m.room_id.clone(), left_room(core, &mut conn, req, m, since).await?);
             }
             _ => {}
@@ -194,8 +231,20 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
 }
 
 /// Presence of users sharing a room with the user, changed since the token.
-async fn presence_events(conn: &mut AnyConnection, req: &SyncRequest, since: SyncToken, now: SyncToken) -> Result<Vec<Value>> {
-    if req.filter.presence.not_types.iter().any(|t| t == "*" || t == "m.presence") || req.filter.presence.limit.is_some_and(|l| u64::from(l) == 0) {
+async fn presence_events(
+    conn: &mut AnyConnection,
+    req: &SyncRequest,
+    since: SyncToken,
+    now: SyncToken,
+) -> Result<Vec<Value>> {
+    if req
+        .filter
+        .presence
+        .not_types
+        .iter()
+        .any(|t| t == "*" || t == "m.presence")
+        || req.filter.presence.limit.is_some_and(|l| u64::from(l) == 0)
+    {
         return Ok(Vec::new());
     }
     let changes = crate::presence::changes_for(conn, &req.user_id, since.presence, now.presence).await?;
@@ -203,7 +252,12 @@ async fn presence_events(conn: &mut AnyConnection, req: &SyncRequest, since: Syn
 }
 
 /// The state after the room's last event at or before `pos`.
-pub(crate) async fn state_at_pos(core: &Core, conn: &mut AnyConnection, room_id: &str, pos: i64) -> Result<Arc<StateMap>> {
+pub(crate) async fn state_at_pos(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    pos: i64,
+) -> Result<Arc<StateMap>> {
     let row: Option<(Option<i64>,)> = sqlx::query_as(
         "SELECT state_after FROM events WHERE room_id = $1 AND stream_pos <= $2 AND stream_pos IS NOT NULL
          ORDER BY stream_pos DESC LIMIT 1",
@@ -233,12 +287,26 @@ async fn timeline_events(
     to_pos: i64,
 ) -> Result<(Vec<StoredEvent>, bool)> {
     let limit = timeline_limit(&req.filter.room.timeline);
-    let mut batch = timeline::page(conn, room_id, to_pos, Some(from_pos), timeline::Dir::Backward, limit + 1).await?;
+    let mut batch = timeline::page(
+        conn,
+        room_id,
+        to_pos,
+        Some(from_pos),
+        timeline::Dir::Backward,
+        limit + 1,
+    )
+    .await?;
     let limited = batch.len() as i64 > limit;
     batch.truncate(limit as usize);
     batch.reverse();
     let visible = visibility::filter_visible(core, conn, &req.user_id, room_id, batch).await?;
-    Ok((visible.into_iter().filter(|e| filter::event_matches(&req.filter.room.timeline, e)).collect(), limited))
+    Ok((
+        visible
+            .into_iter()
+            .filter(|e| filter::event_matches(&req.filter.room.timeline, e))
+            .collect(),
+        limited,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -254,7 +322,15 @@ async fn joined_room(
     newly_joined: bool,
 ) -> Result<Value> {
     let initial = req.since.is_none();
-    let (timeline, limited) = timeline_events(core, conn, req, &m.room_id, if initial { 0 } else { since.events }, now.events).await?;
+    let (timeline, limited) = timeline_events(
+        core,
+        conn,
+        req,
+        &m.room_id,
+        if initial { 0 } else { since.events },
+        now.events,
+    )
+    .await?;
     let first_pos = timeline.first().and_then(|e| e.stream_pos);
     let prev_batch = timeline::token(first_pos.map(|p| p - 1).unwrap_or(now.events));
 
@@ -270,7 +346,11 @@ async fn joined_room(
         start_state.values().cloned().collect()
     } else if limited {
         let at_since = state_at_pos(core, conn, &m.room_id, since.events).await?;
-        start_state.iter().filter(|(k, v)| at_since.get(*k) != Some(*v)).map(|(_, v)| v.clone()).collect()
+        start_state
+            .iter()
+            .filter(|(k, v)| at_since.get(*k) != Some(*v))
+            .map(|(_, v)| v.clone())
+            .collect()
     } else {
         Vec::new()
     };
@@ -283,8 +363,11 @@ async fn joined_room(
             .filter(|((t, k), _)| t == "m.room.member" && wanted.contains(k.as_str()))
             .map(|(_, v)| v.clone())
             .collect();
-        let all_members: HashSet<&String> =
-            start_state.iter().filter(|((t, _), _)| t == "m.room.member").map(|(_, v)| v).collect();
+        let all_members: HashSet<&String> = start_state
+            .iter()
+            .filter(|((t, _), _)| t == "m.room.member")
+            .map(|(_, v)| v)
+            .collect();
         state_ids.retain(|id| !all_members.contains(id) || members.contains(id));
         state_ids.extend(members.into_iter());
         state_ids.sort();
@@ -296,7 +379,10 @@ async fn joined_room(
     state_events.retain(|e| filter::event_matches(state_filter, e));
     state_events.sort_by_key(|e| e.stream_pos);
 
-    let viewer = Viewer { user_id: &req.user_id, device_id: Some(&req.device_id) };
+    let viewer = Viewer {
+        user_id: &req.user_id,
+        device_id: Some(&req.device_id),
+    };
     let timeline_json = client_format::format(core, conn, &timeline, Some(viewer)).await?;
     let state_json = client_format::format(core, conn, &state_events, Some(viewer)).await?;
 
@@ -345,7 +431,13 @@ pub(crate) fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Opti
 pub(crate) async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Value> {
     let joined = room_store::members(conn, room_id, "join").await?;
     let invited = room_store::members(conn, room_id, "invite").await?;
-    let heroes: Vec<&str> = joined.iter().chain(invited.iter()).map(|m| m.user_id.as_str()).filter(|u| *u != user_id).take(5).collect();
+    let heroes: Vec<&str> = joined
+        .iter()
+        .chain(invited.iter())
+        .map(|m| m.user_id.as_str())
+        .filter(|u| *u != user_id)
+        .take(5)
+        .collect();
     Ok(json!({
         "m.heroes": heroes,
         "m.joined_member_count": joined.len(),
@@ -355,11 +447,21 @@ pub(crate) async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &s
 
 /// Stripped state for invites and knocks: the room's identifying state plus the user's own
 /// membership event.
-pub(crate) async fn stripped_state(core: &Core, conn: &mut AnyConnection, room_id: &str, member_event: &str) -> Result<Vec<Value>> {
+pub(crate) async fn stripped_state(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    member_event: &str,
+) -> Result<Vec<Value>> {
     let state = crate::rooms::current_state(core, conn, room_id).await?;
     let mut ids: Vec<String> = [
-        "m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias",
-        "m.room.encryption", "m.room.topic",
+        "m.room.create",
+        "m.room.join_rules",
+        "m.room.name",
+        "m.room.avatar",
+        "m.room.canonical_alias",
+        "m.room.encryption",
+        "m.room.topic",
     ]
     .iter()
     .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
@@ -375,10 +477,19 @@ pub(crate) async fn stripped_state(core: &Core, conn: &mut AnyConnection, room_i
         .collect())
 }
 
-async fn left_room(core: &Core, conn: &mut AnyConnection, req: &SyncRequest, m: &Membership, since: SyncToken) -> Result<Value> {
+async fn left_room(
+    core: &Core,
+    conn: &mut AnyConnection,
+    req: &SyncRequest,
+    m: &Membership,
+    since: SyncToken,
+) -> Result<Value> {
     let (timeline, limited) = timeline_events(core, conn, req, &m.room_id, since.events, m.stream_pos).await?;
     let first_pos = timeline.first().and_then(|e| e.stream_pos);
-    let viewer = Viewer { user_id: &req.user_id, device_id: Some(&req.device_id) };
+    let viewer = Viewer {
+        user_id: &req.user_id,
+        device_id: Some(&req.device_id),
+    };
     let timeline_json = client_format::format(core, conn, &timeline, Some(viewer)).await?;
     Ok(json!({
         "timeline": { "events": timeline_json, "limited": limited, "prev_batch": timeline::token(first_pos.map(|p| p - 1).unwrap_or(m.stream_pos)) },

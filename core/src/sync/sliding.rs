@@ -20,8 +20,15 @@ use sqlx::AnyConnection;
 use super::{receipt_content, state_at_pos, stripped_state, summary, user_memberships, SyncToken};
 use crate::{
     ephemeral::receipts,
-    rooms::{client_format::{self, Viewer}, timeline, visibility},
-    storage::{account_data, events::{self, StoredEvent}, rooms::Membership},
+    rooms::{
+        client_format::{self, Viewer},
+        timeline, visibility,
+    },
+    storage::{
+        account_data,
+        events::{self, StoredEvent},
+        rooms::Membership,
+    },
     Core, Error, Result,
 };
 
@@ -108,7 +115,13 @@ pub struct Connections {
 
 /// Events that move a room up the list (MSC4186's bump event types).
 const BUMP_TYPES: &[&str] = &[
-    "m.room.create", "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start", "m.beacon_info",
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
 ];
 
 pub struct Session<'a> {
@@ -120,7 +133,11 @@ pub struct Session<'a> {
 }
 
 pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, req: &Request) -> Result<Value> {
-    let key = (session.user_id.to_owned(), session.device_id.to_owned(), session.conn_id.to_owned());
+    let key = (
+        session.user_id.to_owned(),
+        session.device_id.to_owned(),
+        session.conn_id.to_owned(),
+    );
     let (conn_state, since) = {
         let map = connections.map.lock().unwrap_or_else(|e| e.into_inner());
         match session.pos {
@@ -128,8 +145,12 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
             Some(pos) => {
                 let id: u64 = pos.parse().map_err(|_| Error::UnknownPos)?;
                 let mut state = map.get(&key).ok_or(Error::UnknownPos)?.clone();
-                let (token, rooms) =
-                    state.tokens.iter().find(|(i, _, _)| *i == id).map(|(_, t, r)| (*t, r.clone())).ok_or(Error::UnknownPos)?;
+                let (token, rooms) = state
+                    .tokens
+                    .iter()
+                    .find(|(i, _, _)| *i == id)
+                    .map(|(_, t, r)| (*t, r.clone()))
+                    .ok_or(Error::UnknownPos)?;
                 // A client that retries an older pos (it cancelled the request, or lost the
                 // response) gets the rooms state as of that response: what later responses
                 // carried is sent again.
@@ -142,7 +163,9 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
     let mut db_conn = core.db.conn().await?;
     let memberships = user_memberships(&mut db_conn, session.user_id).await?;
     drop(db_conn);
-    let mut interest = core.notifier.interest(session.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
+    let mut interest = core
+        .notifier
+        .interest(session.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
     let deadline = tokio::time::Instant::now() + session.timeout;
     loop {
         let now = SyncToken::current(core).await?;
@@ -150,14 +173,24 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
         let mut response = build(core, &session, req, &mut attempt, since, now).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Wake-ups for changes outside the requested windows give empty answers: keep waiting.
-        if since.is_none() || !is_empty(&response) || remaining.is_zero() || !core.notifier.wait(&mut interest, remaining).await {
+        if since.is_none()
+            || !is_empty(&response)
+            || remaining.is_zero()
+            || !core.notifier.wait(&mut interest, remaining).await
+        {
             remember(connections, key, attempt, now, &mut response);
             return Ok(response);
         }
     }
 }
 
-fn remember(connections: &Connections, key: (String, String, String), state: Connection, now: SyncToken, response: &mut Value) {
+fn remember(
+    connections: &Connections,
+    key: (String, String, String),
+    state: Connection,
+    now: SyncToken,
+    response: &mut Value,
+) {
     let mut map = connections.map.lock().unwrap_or_else(|e| e.into_inner());
     // Ids and positions come from the stored connection, not from the copy this request
     // started with: a cancelled request can still be answering while its retry is, and each
@@ -198,7 +231,12 @@ async fn dm_rooms(conn: &mut AnyConnection, user_id: &str) -> Result<HashSet<Str
     let value: Value = content.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default();
     Ok(value
         .as_object()
-        .map(|o| o.values().flat_map(|rooms| rooms.as_array().cloned().unwrap_or_default()).filter_map(|r| r.as_str().map(str::to_owned)).collect())
+        .map(|o| {
+            o.values()
+                .flat_map(|rooms| rooms.as_array().cloned().unwrap_or_default())
+                .filter_map(|r| r.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -208,7 +246,9 @@ async fn positions(conn: &mut AnyConnection, rooms: &[String], up_to: i64) -> Re
     let mut out = HashMap::new();
     for chunk in rooms.chunks(200) {
         let room_ph: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-        let type_ph: Vec<String> = (0..BUMP_TYPES.len()).map(|i| format!("${}", i + 2 + chunk.len())).collect();
+        let type_ph: Vec<String> = (0..BUMP_TYPES.len())
+            .map(|i| format!("${}", i + 2 + chunk.len()))
+            .collect();
         let sql = format!(
             "SELECT room_id, MAX(CASE WHEN event_type IN ({}) THEN stream_pos END), MAX(stream_pos) FROM events
              WHERE stream_pos <= $1 AND room_id IN ({}) GROUP BY room_id",
@@ -250,14 +290,21 @@ async fn build(
         .collect();
     let room_ids: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
     let positions = positions(&mut conn, &room_ids, now.events).await?;
-    let stamps: HashMap<String, i64> = positions.iter().filter(|(_, (b, _))| *b > 0).map(|(r, (b, _))| (r.clone(), *b)).collect();
+    let stamps: HashMap<String, i64> = positions
+        .iter()
+        .filter(|(_, (b, _))| *b > 0)
+        .map(|(r, (b, _))| (r.clone(), *b))
+        .collect();
     let dms = dm_rooms(&mut conn, session.user_id).await?;
     let by_room: HashMap<&str, &Membership> = memberships.iter().map(|m| (m.room_id.as_str(), m)).collect();
 
     // Sort by bump stamp (latest first), then room ID for stability.
     let mut sorted: Vec<&Membership> = memberships.iter().collect();
     sorted.sort_by(|a, b| {
-        let (sa, sb) = (stamps.get(&a.room_id).copied().unwrap_or(a.stream_pos), stamps.get(&b.room_id).copied().unwrap_or(b.stream_pos));
+        let (sa, sb) = (
+            stamps.get(&a.room_id).copied().unwrap_or(a.stream_pos),
+            stamps.get(&b.room_id).copied().unwrap_or(b.stream_pos),
+        );
         sb.cmp(&sa).then_with(|| a.room_id.cmp(&b.room_id))
     });
 
@@ -284,7 +331,11 @@ async fn build(
         }
         lists_json.insert(name.clone(), json!({ "count": members.len() }));
         for (start, end) in &list.ranges {
-            for room in members.iter().skip(*start as usize).take((end.saturating_sub(*start) + 1) as usize) {
+            for room in members
+                .iter()
+                .skip(*start as usize)
+                .take((end.saturating_sub(*start) + 1) as usize)
+            {
                 merge_config(wanted.entry(room.clone()).or_default(), &list.room);
             }
         }
@@ -303,7 +354,19 @@ async fn build(
         if seen.is_some_and(|s| s >= latest) && !(m.stream_pos > since.map(|s| s.events).unwrap_or(0)) {
             continue;
         }
-        let room = room_data(core, &mut conn, session, room_id, m, config, seen, now, stamps.get(room_id).copied(), dms.contains(room_id)).await?;
+        let room = room_data(
+            core,
+            &mut conn,
+            session,
+            room_id,
+            m,
+            config,
+            seen,
+            now,
+            stamps.get(room_id).copied(),
+            dms.contains(room_id),
+        )
+        .await?;
         rooms_json.insert(room_id.clone(), room);
         conn_state.rooms.insert(room_id.clone(), now.events);
     }
@@ -327,10 +390,19 @@ fn merge_config(into: &mut RoomConfig, from: &RoomConfig) {
 }
 
 /// Whether a state key matches a required_state entry (`*`, `$ME`, `$LAZY` handled by the caller).
-fn required(config: &RoomConfig, event_type: &str, state_key: &str, user_id: &str, lazy_senders: &HashSet<&str>) -> bool {
+fn required(
+    config: &RoomConfig,
+    event_type: &str,
+    state_key: &str,
+    user_id: &str,
+    lazy_senders: &HashSet<&str>,
+) -> bool {
     config.required_state.iter().any(|(t, k)| {
         (t == "*" || t == event_type)
-            && (k == "*" || k == state_key || (k == "$ME" && state_key == user_id) || (k == "$LAZY" && event_type == "m.room.member" && lazy_senders.contains(state_key)))
+            && (k == "*"
+                || k == state_key
+                || (k == "$ME" && state_key == user_id)
+                || (k == "$LAZY" && event_type == "m.room.member" && lazy_senders.contains(state_key)))
     })
 }
 
@@ -347,7 +419,10 @@ async fn room_data(
     bump_stamp: Option<i64>,
     is_dm: bool,
 ) -> Result<Value> {
-    let viewer = Viewer { user_id: session.user_id, device_id: Some(session.device_id) };
+    let viewer = Viewer {
+        user_id: session.user_id,
+        device_id: Some(session.device_id),
+    };
     let mut room = json!({ "bump_stamp": bump_stamp.unwrap_or(m.stream_pos) });
     if seen.is_none() {
         room["initial"] = json!(true);
@@ -357,18 +432,36 @@ async fn room_data(
     }
     if m.membership != "join" {
         let stripped = stripped_state(core, conn, room_id, &m.event_id).await?;
-        room[if m.membership == "invite" { "invite_state" } else { "knock_state" }] = json!(stripped);
+        room[if m.membership == "invite" {
+            "invite_state"
+        } else {
+            "knock_state"
+        }] = json!(stripped);
         return Ok(room);
     }
 
     let limit = config.timeline_limit.unwrap_or(0).clamp(0, 100);
     let from = seen.unwrap_or(0);
-    let mut batch = timeline::page(conn, room_id, now.events, Some(from), timeline::Dir::Backward, limit + 1).await?;
+    let mut batch = timeline::page(
+        conn,
+        room_id,
+        now.events,
+        Some(from),
+        timeline::Dir::Backward,
+        limit + 1,
+    )
+    .await?;
     let limited = batch.len() as i64 > limit;
     batch.truncate(limit as usize);
     batch.reverse();
-    let timeline_events: Vec<StoredEvent> = visibility::filter_visible(core, conn, session.user_id, room_id, batch).await?;
-    let num_live = seen.map(|s| timeline_events.iter().filter(|e| e.stream_pos.is_some_and(|p| p > s)).count());
+    let timeline_events: Vec<StoredEvent> =
+        visibility::filter_visible(core, conn, session.user_id, room_id, batch).await?;
+    let num_live = seen.map(|s| {
+        timeline_events
+            .iter()
+            .filter(|e| e.stream_pos.is_some_and(|p| p > s))
+            .count()
+    });
 
     let current = state_at_pos(core, conn, room_id, now.events).await?;
     let lazy: HashSet<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
@@ -380,13 +473,20 @@ async fn room_data(
     let mut state_events = events::get_many(conn, &state_ids).await?;
     if let Some(seen) = seen {
         // Only state that changed since the client last saw the room.
-        state_events.retain(|e| e.stream_pos.is_some_and(|p| p > seen) || e.event_type == "m.room.member" && lazy.contains(e.state_key.as_deref().unwrap_or("")));
+        state_events.retain(|e| {
+            e.stream_pos.is_some_and(|p| p > seen)
+                || e.event_type == "m.room.member" && lazy.contains(e.state_key.as_deref().unwrap_or(""))
+        });
     }
     state_ids.clear();
     state_events.sort_by_key(|e| e.stream_pos);
 
-    let name = crate::rooms::current_state_content(conn, room_id, "m.room.name", "").await?.and_then(|c| c["name"].as_str().map(str::to_owned));
-    let avatar = crate::rooms::current_state_content(conn, room_id, "m.room.avatar", "").await?.and_then(|c| c["url"].as_str().map(str::to_owned));
+    let name = crate::rooms::current_state_content(conn, room_id, "m.room.name", "")
+        .await?
+        .and_then(|c| c["name"].as_str().map(str::to_owned));
+    let avatar = crate::rooms::current_state_content(conn, room_id, "m.room.avatar", "")
+        .await?
+        .and_then(|c| c["url"].as_str().map(str::to_owned));
     let summary = summary(conn, room_id, session.user_id).await?;
     if let Some(name) = name {
         room["name"] = json!(name);
@@ -394,7 +494,9 @@ async fn room_data(
         let mut heroes = Vec::new();
         for hero in summary["m.heroes"].as_array().cloned().unwrap_or_default() {
             let user = hero.as_str().unwrap_or_default().to_owned();
-            let member = crate::rooms::current_state_content(conn, room_id, "m.room.member", &user).await?.unwrap_or_default();
+            let member = crate::rooms::current_state_content(conn, room_id, "m.room.member", &user)
+                .await?
+                .unwrap_or_default();
             let mut h = json!({ "user_id": user });
             if let Some(n) = member["displayname"].as_str() {
                 h["displayname"] = json!(n);
@@ -438,11 +540,20 @@ async fn extensions(
     let mut ext = Map::new();
     if req.extensions.to_device.on() {
         // The extension has its own token: messages up to it were received and can go.
-        if let Some(acked) = req.extensions.to_device.since.as_deref().and_then(|s| s.parse::<i64>().ok()) {
+        if let Some(acked) = req
+            .extensions
+            .to_device
+            .since
+            .as_deref()
+            .and_then(|s| s.parse::<i64>().ok())
+        {
             crate::e2ee::to_device::acknowledge(core, session.user_id, session.device_id, acked).await?;
         }
         let events = crate::e2ee::to_device::for_sync(core, session.user_id, session.device_id, now.to_device).await?;
-        ext.insert("to_device".into(), json!({ "next_batch": now.to_device.to_string(), "events": events }));
+        ext.insert(
+            "to_device".into(),
+            json!({ "next_batch": now.to_device.to_string(), "events": events }),
+        );
     }
     if req.extensions.e2ee.on() {
         ext.insert(
@@ -459,12 +570,19 @@ async fn extensions(
     if req.extensions.account_data.on() {
         let mut global = Vec::new();
         let mut per_room: Map<String, Value> = Map::new();
-        for (room_id, data_type, content) in account_data::changed_since(conn, session.user_id, since_token.account_data).await? {
-            let event = json!({ "type": data_type, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
+        for (room_id, data_type, content) in
+            account_data::changed_since(conn, session.user_id, since_token.account_data).await?
+        {
+            let event =
+                json!({ "type": data_type, "content": serde_json::from_str::<Value>(&content).unwrap_or_default() });
             if room_id.is_empty() {
                 global.push(event);
             } else if rooms.contains_key(&room_id) {
-                per_room.entry(room_id).or_insert_with(|| json!([])).as_array_mut().map(|a| a.push(event));
+                per_room
+                    .entry(room_id)
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+                    .map(|a| a.push(event));
             }
         }
         ext.insert("account_data".into(), json!({ "global": global, "rooms": per_room }));
@@ -482,8 +600,14 @@ async fn extensions(
     if req.extensions.typing.on() {
         let mut per_room = Map::new();
         for room_id in rooms.keys() {
-            if let Some(users) = core.typing.changed_since(room_id, if since.is_some() { since_token.typing } else { 0 }) {
-                per_room.insert(room_id.clone(), json!({ "type": "m.typing", "content": { "user_ids": users } }));
+            if let Some(users) = core
+                .typing
+                .changed_since(room_id, if since.is_some() { since_token.typing } else { 0 })
+            {
+                per_room.insert(
+                    room_id.clone(),
+                    json!({ "type": "m.typing", "content": { "user_ids": users } }),
+                );
             }
         }
         ext.insert("typing".into(), json!({ "rooms": per_room }));

@@ -20,7 +20,13 @@ impl std::fmt::Display for SyncToken {
         write!(
             f,
             "s{}_{}_{}_{}_{}_{}_{}",
-            self.events, self.account_data, self.receipts, self.typing, self.to_device, self.device_lists, self.presence
+            self.events,
+            self.account_data,
+            self.receipts,
+            self.typing,
+            self.to_device,
+            self.device_lists,
+            self.presence
         )
     }
 }
@@ -64,10 +70,24 @@ mod tests {
 
     #[test]
     fn round_trip_and_short_tokens() {
-        let t = SyncToken { events: 5, account_data: 2, receipts: 9, typing: 1700000000000, to_device: 3, device_lists: 4, presence: 7 };
+        let t = SyncToken {
+            events: 5,
+            account_data: 2,
+            receipts: 9,
+            typing: 1700000000000,
+            to_device: 3,
+            device_lists: 4,
+            presence: 7,
+        };
         assert_eq!(SyncToken::parse(&t.to_string()).unwrap(), t);
         // A bare timeline token is a valid sync token with zeroed other streams.
-        assert_eq!(SyncToken::parse("s42").unwrap(), SyncToken { events: 42, ..Default::default() });
+        assert_eq!(
+            SyncToken::parse("s42").unwrap(),
+            SyncToken {
+                events: 42,
+                ..Default::default()
+            }
+        );
         assert!(SyncToken::parse("garbage").is_err());
         assert!(SyncToken::parse("s1_x").is_err());
     }

@@ -83,7 +83,12 @@ fn repo(state: &AppState) -> Repo {
 
 impl From<MediaError> for MatrixError {
     fn from(err: MediaError) -> MatrixError {
-        let custom = |status, errcode, message: String| MatrixError { status, errcode, message, extra: None };
+        let custom = |status, errcode, message: String| MatrixError {
+            status,
+            errcode,
+            message,
+            extra: None,
+        };
         match err {
             MediaError::Core(e) => e.into(),
             MediaError::NotFound(m) => MatrixError::not_found(m),
@@ -139,20 +144,31 @@ where
     Req: IncomingRequest,
     Req::Authentication: AuthRequirement,
 {
-    let args: Vec<String> = Path::<Vec<String>>::from_request_parts(parts, state).await.map(|p| p.0).unwrap_or_default();
+    let args: Vec<String> = Path::<Vec<String>>::from_request_parts(parts, state)
+        .await
+        .map(|p| p.0)
+        .unwrap_or_default();
     let user = authenticate(state, parts, Req::Authentication::NEED)
         .await?
         .ok_or_else(|| MatrixError::missing_token("Missing access token"))?;
     if Req::RATE_LIMITED && !user.is_admin {
-        state.rate_limiter.check(user.user_id.as_str()).map_err(MatrixError::limit_exceeded)?;
+        state
+            .rate_limiter
+            .check(user.user_id.as_str())
+            .map_err(MatrixError::limit_exceeded)?;
     }
-    let mut head = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+    let mut head = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone());
     for (name, value) in &parts.headers {
         head = head.header(name, value);
     }
-    let head = head.body(&[][..]).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
+    let head = head
+        .body(&[][..])
+        .map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let parsed = Req::try_from_http_request(head, &args).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
+    let parsed =
+        Req::try_from_http_request(head, &args).map_err(|e| MatrixError::bad_json(format!("Invalid request: {e}")))?;
     Ok((parsed, user))
 }
 
@@ -166,7 +182,13 @@ async fn upload_new(
     let repo = repo(&state);
     let upload = receive(&repo, &user, http).await?;
     let media_id = repo
-        .finish_upload(user.user_id.as_str(), upload, Target::New, req.content_type.as_deref(), req.filename.as_deref())
+        .finish_upload(
+            user.user_id.as_str(),
+            upload,
+            Target::New,
+            req.content_type.as_deref(),
+            req.filename.as_deref(),
+        )
         .await?;
     Ok(RumaResponse(legacy::create_content::v3::Response::new(mxc(&state, &media_id))).into_response())
 }
@@ -180,7 +202,8 @@ async fn upload_pending(
 ) -> ApiResult<Response> {
     let repo = repo(&state);
     // Refused before any byte is read: someone else's ID, already uploaded, expired.
-    repo.check_pending(req.server_name.as_str(), &req.media_id, user.user_id.as_str()).await?;
+    repo.check_pending(req.server_name.as_str(), &req.media_id, user.user_id.as_str())
+        .await?;
     let upload = receive(&repo, &user, http).await?;
     repo.finish_upload(
         user.user_id.as_str(),
@@ -206,7 +229,9 @@ async fn receive(repo: &Repo, user: &AuthUser, http: Request) -> ApiResult<Uploa
     let mut upload = repo.begin_upload().await?;
     let mut body = http.into_body().into_data_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| MatrixError::unknown(format!("Upload interrupted: {e}")).with_status(StatusCode::BAD_REQUEST))?;
+        let chunk = chunk.map_err(|e| {
+            MatrixError::unknown(format!("Upload interrupted: {e}")).with_status(StatusCode::BAD_REQUEST)
+        })?;
         upload.write(&chunk).await?;
     }
     Ok(upload)
@@ -230,7 +255,10 @@ fn upload_size(state: &AppState) -> UInt {
     UInt::try_from(state.config.media.max_upload_size as u64).unwrap_or(UInt::MAX)
 }
 
-async fn config_v1(state: AppState, _req: Ruma<v1::get_media_config::v1::Request>) -> ApiResult<v1::get_media_config::v1::Response> {
+async fn config_v1(
+    state: AppState,
+    _req: Ruma<v1::get_media_config::v1::Request>,
+) -> ApiResult<v1::get_media_config::v1::Response> {
     Ok(v1::get_media_config::v1::Response::new(upload_size(&state)))
 }
 
@@ -249,7 +277,10 @@ async fn preview(state: &AppState, user: &AuthUser, url: &str) -> ApiResult<serd
     Ok(repo(state).preview_url(user.user_id.as_str(), url).await?)
 }
 
-async fn preview_v1(state: AppState, req: Ruma<v1::get_media_preview::v1::Request>) -> ApiResult<v1::get_media_preview::v1::Response> {
+async fn preview_v1(
+    state: AppState,
+    req: Ruma<v1::get_media_preview::v1::Request>,
+) -> ApiResult<v1::get_media_preview::v1::Response> {
     let og = preview(&state, req.sender()?, &req.url).await?;
     v1::get_media_preview::v1::Response::from_serialize(&og).map_err(|e| MatrixError::unknown(e.to_string()))
 }
@@ -277,7 +308,10 @@ where
         let handler = handler.clone();
         router = router.route(
             path,
-            on(filter, move |State(state): State<AppState>, req: Ruma<Req>| async move { handler(state, req).await }),
+            on(
+                filter,
+                move |State(state): State<AppState>, req: Ruma<Req>| async move { handler(state, req).await },
+            ),
         );
     }
     router
@@ -295,7 +329,9 @@ enum Api {
 async fn find(repo: &Repo, server_name: &str, media_id: &str, timeout: Duration, api: Api) -> ApiResult<MediaRecord> {
     let record = repo.uploaded(server_name, media_id, timeout).await?;
     if api == Api::Legacy && repo.settings.enable_authenticated_media && record.authenticated {
-        return Err(MatrixError::not_found("Media not found (use the authenticated media endpoints)"));
+        return Err(MatrixError::not_found(
+            "Media not found (use the authenticated media endpoints)",
+        ));
     }
     Ok(record)
 }
@@ -317,21 +353,56 @@ async fn download(
 }
 
 async fn download_v1(state: AppState, req: Ruma<v1::get_content::v1::Request>) -> ApiResult<Response> {
-    download(&state, req.server_name.as_str(), &req.media_id, None, req.timeout_ms, Api::Authenticated).await
+    download(
+        &state,
+        req.server_name.as_str(),
+        &req.media_id,
+        None,
+        req.timeout_ms,
+        Api::Authenticated,
+    )
+    .await
 }
 
 async fn download_as_v1(state: AppState, req: Ruma<v1::get_content_as_filename::v1::Request>) -> ApiResult<Response> {
     let name = Some(req.filename.clone());
-    download(&state, req.server_name.as_str(), &req.media_id, name, req.timeout_ms, Api::Authenticated).await
+    download(
+        &state,
+        req.server_name.as_str(),
+        &req.media_id,
+        name,
+        req.timeout_ms,
+        Api::Authenticated,
+    )
+    .await
 }
 
 async fn download_legacy(state: AppState, req: Ruma<legacy::get_content::v3::Request>) -> ApiResult<Response> {
-    download(&state, req.server_name.as_str(), &req.media_id, None, req.timeout_ms, Api::Legacy).await
+    download(
+        &state,
+        req.server_name.as_str(),
+        &req.media_id,
+        None,
+        req.timeout_ms,
+        Api::Legacy,
+    )
+    .await
 }
 
-async fn download_as_legacy(state: AppState, req: Ruma<legacy::get_content_as_filename::v3::Request>) -> ApiResult<Response> {
+async fn download_as_legacy(
+    state: AppState,
+    req: Ruma<legacy::get_content_as_filename::v3::Request>,
+) -> ApiResult<Response> {
     let name = Some(req.filename.clone());
-    download(&state, req.server_name.as_str(), &req.media_id, name, req.timeout_ms, Api::Legacy).await
+    download(
+        &state,
+        req.server_name.as_str(),
+        &req.media_id,
+        name,
+        req.timeout_ms,
+        Api::Legacy,
+    )
+    .await
 }
 
 /// The parts of a thumbnail request both endpoint families share.
@@ -349,10 +420,20 @@ async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResu
     let method = match q.method {
         None | Some(ruma::media::Method::Scale) => Method::Scale,
         Some(ruma::media::Method::Crop) => Method::Crop,
-        Some(other) => return Err(MatrixError::invalid_param(format!("Unknown thumbnail method {:?}", other.as_str()))),
+        Some(other) => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown thumbnail method {:?}",
+                other.as_str()
+            )))
+        }
     };
     let dim = |v: UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
-    let spec = Spec { width: dim(q.width), height: dim(q.height), method, animated: q.animated.unwrap_or(false) };
+    let spec = Spec {
+        width: dim(q.width),
+        height: dim(q.height),
+        method,
+        animated: q.animated.unwrap_or(false),
+    };
     let repo = repo(state);
     let record = find(&repo, q.server_name, q.media_id, q.timeout, api).await?;
     match repo.thumbnail(&record, spec).await? {
@@ -381,7 +462,10 @@ async fn thumbnail_v1(state: AppState, req: Ruma<v1::get_content_thumbnail::v1::
     thumbnail(&state, q, Api::Authenticated).await
 }
 
-async fn thumbnail_legacy(state: AppState, req: Ruma<legacy::get_content_thumbnail::v3::Request>) -> ApiResult<Response> {
+async fn thumbnail_legacy(
+    state: AppState,
+    req: Ruma<legacy::get_content_thumbnail::v3::Request>,
+) -> ApiResult<Response> {
     let q = ThumbnailQuery {
         server_name: req.server_name.as_str(),
         media_id: &req.media_id,
@@ -402,15 +486,22 @@ const MEDIA_CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-
 /// `inline` only for the spec's safe types, `attachment` otherwise, a sandboxing CSP, and no
 /// content sniffing.
 fn file_response(file: tokio::fs::File, size: u64, content_type: &str, filename: Option<String>, api: Api) -> Response {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let disposition_type = if ruma::api::client::media::is_safe_inline_content_type(&essence) {
         ContentDispositionType::Inline
     } else {
         ContentDispositionType::Attachment
     };
-    let disposition = ContentDisposition::new(disposition_type.clone()).with_filename(filename.filter(|f| !f.is_empty()));
-    let disposition = HeaderValue::from_str(&disposition.to_string())
-        .unwrap_or_else(|_| HeaderValue::from_str(&ContentDisposition::new(disposition_type).to_string()).expect("a bare type is valid"));
+    let disposition =
+        ContentDisposition::new(disposition_type.clone()).with_filename(filename.filter(|f| !f.is_empty()));
+    let disposition = HeaderValue::from_str(&disposition.to_string()).unwrap_or_else(|_| {
+        HeaderValue::from_str(&ContentDisposition::new(disposition_type).to_string()).expect("a bare type is valid")
+    });
     let content_type =
         HeaderValue::from_str(content_type).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
     // Media never changes once uploaded; authenticated media is not for shared caches.
@@ -424,7 +515,10 @@ fn file_response(file: tokio::fs::File, size: u64, content_type: &str, filename:
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(header::CONTENT_DISPOSITION, disposition);
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(MEDIA_CSP));
-    headers.insert(HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin"));
+    headers.insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("cross-origin"),
+    );
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response

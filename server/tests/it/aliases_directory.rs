@@ -13,7 +13,9 @@ fn alias_path(alias: &str) -> String {
 }
 
 async fn join(client: &Client, room: &str) {
-    let (status, body) = client.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    let (status, body) = client
+        .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -31,20 +33,27 @@ async fn register_admin(server: &TestServer, user: &str) -> Client {
     mac.update(format!("{nonce}\0{user}\0pw\0admin").as_bytes());
     let mac = hex::encode(mac.finalize().into_bytes());
     let (status, body) = c
-        .post("/_synapse/admin/v1/register", json!({"nonce": nonce, "username": user, "password": "pw", "admin": true, "mac": mac}))
+        .post(
+            "/_synapse/admin/v1/register",
+            json!({"nonce": nonce, "username": user, "password": "pw", "admin": true, "mac": mac}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     c.with_token(body["access_token"].as_str().unwrap())
 }
 
 both_backends!(alias_create_resolve_delete, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "private_chat"})).await;
     let other_room = create_room(&alice, json!({"preset": "private_chat"})).await;
 
-    let (status, body) = alice.put(&alias_path("#lounge:weft.test"), json!({"room_id": room})).await;
+    let (status, body) = alice
+        .put(&alias_path("#lounge:weft.test"), json!({"room_id": room}))
+        .await;
     assert_eq!(status, 200, "{body}");
     // Resolving needs no access token.
     let (status, body) = server.client().get(&alias_path("#lounge:weft.test")).await;
@@ -52,15 +61,21 @@ both_backends!(alias_create_resolve_delete, |backend| async move {
     assert_eq!(body, json!({"room_id": room, "servers": ["weft.test"]}));
 
     // Taken, even for another room: 409 M_UNKNOWN as the spec says; the mapping is unchanged.
-    let (status, body) = alice.put(&alias_path("#lounge:weft.test"), json!({"room_id": other_room})).await;
+    let (status, body) = alice
+        .put(&alias_path("#lounge:weft.test"), json!({"room_id": other_room}))
+        .await;
     assert_eq!((status, errcode(&body)), (409, Some("M_UNKNOWN")), "{body}");
     let (_, body) = alice.get(&alias_path("#lounge:weft.test")).await;
     assert_eq!(body["room_id"], room);
 
     // Another server's alias, an unknown room, a non-member: refused, nothing created.
-    let (status, body) = alice.put(&alias_path("#lounge:other.test"), json!({"room_id": room})).await;
+    let (status, body) = alice
+        .put(&alias_path("#lounge:other.test"), json!({"room_id": room}))
+        .await;
     assert_eq!((status, errcode(&body)), (400, Some("M_INVALID_PARAM")), "{body}");
-    let (status, body) = alice.put(&alias_path("#ghost:weft.test"), json!({"room_id": "!nope:weft.test"})).await;
+    let (status, body) = alice
+        .put(&alias_path("#ghost:weft.test"), json!({"room_id": "!nope:weft.test"}))
+        .await;
     assert_eq!((status, errcode(&body)), (404, Some("M_NOT_FOUND")), "{body}");
     let (status, body) = bob.put(&alias_path("#bobs:weft.test"), json!({"room_id": room})).await;
     assert_eq!((status, errcode(&body)), (403, Some("M_FORBIDDEN")), "{body}");
@@ -73,13 +88,21 @@ both_backends!(alias_create_resolve_delete, |backend| async move {
     assert_eq!((status, errcode(&body)), (400, Some("M_BAD_JSON")), "{body}");
 
     // The room's local aliases, for members only (the room is not world-readable).
-    assert_eq!(alice.put(&alias_path("#annex:weft.test"), json!({"room_id": room})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(&alias_path("#annex:weft.test"), json!({"room_id": room}))
+            .await
+            .0,
+        200
+    );
     let (status, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/aliases")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["aliases"], json!(["#annex:weft.test", "#lounge:weft.test"]));
     let (status, body) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/aliases")).await;
     assert_eq!((status, errcode(&body)), (403, Some("M_FORBIDDEN")), "{body}");
-    let (_, body) = alice.get(&format!("/_matrix/client/v3/rooms/{other_room}/aliases")).await;
+    let (_, body) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{other_room}/aliases"))
+        .await;
     assert_eq!(body["aliases"], json!([]));
 
     // Delete: gone afterwards, and a second delete is 404.
@@ -92,12 +115,20 @@ both_backends!(alias_create_resolve_delete, |backend| async move {
     let (_, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/aliases")).await;
     assert_eq!(body["aliases"], json!(["#annex:weft.test"]));
     // The freed alias can be taken again.
-    assert_eq!(alice.put(&alias_path("#lounge:weft.test"), json!({"room_id": other_room})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(&alias_path("#lounge:weft.test"), json!({"room_id": other_room}))
+            .await
+            .0,
+        200
+    );
     server.stop().await;
 });
 
 both_backends!(alias_delete_permissions_and_canonical_alias, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -106,13 +137,24 @@ both_backends!(alias_delete_permissions_and_canonical_alias, |backend| async mov
     join(&carol, &room).await;
 
     // Bob (power 0, but joined) may create an alias and delete his own; carol may not delete it.
-    assert_eq!(bob.put(&alias_path("#bobs:weft.test"), json!({"room_id": room})).await.0, 200);
+    assert_eq!(
+        bob.put(&alias_path("#bobs:weft.test"), json!({"room_id": room}))
+            .await
+            .0,
+        200
+    );
     let (status, body) = carol.delete(&alias_path("#bobs:weft.test"), json!({})).await;
     assert_eq!((status, errcode(&body)), (403, Some("M_FORBIDDEN")), "{body}");
     assert_eq!(carol.get(&alias_path("#bobs:weft.test")).await.0, 200);
 
     // Alice (power 100) may delete anyone's alias in her room; carol's is the example.
-    assert_eq!(carol.put(&alias_path("#carols:weft.test"), json!({"room_id": room})).await.0, 200);
+    assert_eq!(
+        carol
+            .put(&alias_path("#carols:weft.test"), json!({"room_id": room}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(alice.delete(&alias_path("#carols:weft.test"), json!({})).await.0, 200);
     assert_eq!(alice.get(&alias_path("#carols:weft.test")).await.0, 404);
 
@@ -142,7 +184,13 @@ both_backends!(alias_delete_permissions_and_canonical_alias, |backend| async mov
     assert_eq!(body, json!({"alt_aliases": ["#bobs:weft.test"]}));
 
     // A server admin outside the room may delete any local alias.
-    assert_eq!(alice.put(&alias_path("#spam:weft.test"), json!({"room_id": room})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(&alias_path("#spam:weft.test"), json!({"room_id": room}))
+            .await
+            .0,
+        200
+    );
     let admin = register_admin(&server, "root").await;
     assert_eq!(admin.delete(&alias_path("#spam:weft.test"), json!({})).await.0, 200);
     assert_eq!(alice.get(&alias_path("#spam:weft.test")).await.0, 404);
@@ -153,7 +201,9 @@ both_backends!(alias_delete_permissions_and_canonical_alias, |backend| async mov
 });
 
 both_backends!(aliases_of_world_readable_room, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(
@@ -163,7 +213,13 @@ both_backends!(aliases_of_world_readable_room, |backend| async move {
         ]}),
     )
     .await;
-    assert_eq!(alice.put(&alias_path("#open:weft.test"), json!({"room_id": room})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(&alias_path("#open:weft.test"), json!({"room_id": room}))
+            .await
+            .0,
+        200
+    );
     let (status, body) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/aliases")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["aliases"], json!(["#open:weft.test"]));
@@ -173,7 +229,9 @@ both_backends!(aliases_of_world_readable_room, |backend| async move {
 });
 
 both_backends!(directory_visibility, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat", "name": "Quiet"})).await;
@@ -223,11 +281,18 @@ async fn listed(client: &Client) -> Vec<String> {
 }
 
 fn room_ids(page: &Value) -> Vec<String> {
-    page["chunk"].as_array().unwrap().iter().map(|r| r["room_id"].as_str().unwrap().to_owned()).collect()
+    page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["room_id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 both_backends!(public_rooms_listing_search_and_pagination, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let mut rooms = Vec::new();
@@ -264,9 +329,19 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     // An absent join_rule means public (the spec's default).
     assert!(first.get("join_rule").is_none_or(|r| r == "public"), "{first}");
     assert!(body.get("next_batch").is_none(), "{body}");
-    let cats = body["chunk"].as_array().unwrap().iter().find(|r| r["room_id"] == rooms[3].as_str()).unwrap();
+    let cats = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == rooms[3].as_str())
+        .unwrap();
     assert_eq!(cats["canonical_alias"], "#cats:weft.test");
-    let knock = body["chunk"].as_array().unwrap().iter().find(|r| r["room_id"] == rooms[1].as_str()).unwrap();
+    let knock = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["room_id"] == rooms[1].as_str())
+        .unwrap();
     assert_eq!(knock["join_rule"], "knock");
 
     // Pages of 2 with GET: 3 pages, every room once, tokens both ways.
@@ -274,7 +349,10 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     let mut since: Option<String> = None;
     let mut pages = 0;
     loop {
-        let q = match &since { Some(s) => format!("?limit=2&since={}", urlencode(s)), None => "?limit=2".into() };
+        let q = match &since {
+            Some(s) => format!("?limit=2&since={}", urlencode(s)),
+            None => "?limit=2".into(),
+        };
         let (status, body) = alice.get(&format!("/_matrix/client/v3/publicRooms{q}")).await;
         assert_eq!(status, 200, "{body}");
         pages += 1;
@@ -290,9 +368,19 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     assert_eq!(pages, 3);
     assert_eq!(seen, ids);
     // prev_batch of the last page leads back to the second one.
-    let (_, last) = alice.get(&format!("/_matrix/client/v3/publicRooms?limit=2&since={}", urlencode(since.as_deref().unwrap()))).await;
+    let (_, last) = alice
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?limit=2&since={}",
+            urlencode(since.as_deref().unwrap())
+        ))
+        .await;
     let prev = last["prev_batch"].as_str().unwrap();
-    let (_, second) = alice.get(&format!("/_matrix/client/v3/publicRooms?limit=2&since={}", urlencode(prev))).await;
+    let (_, second) = alice
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?limit=2&since={}",
+            urlencode(prev)
+        ))
+        .await;
     assert_eq!(room_ids(&second), ids[2..4].to_vec());
 
     // The same with POST.
@@ -300,7 +388,9 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     assert_eq!(status, 200, "{body}");
     assert_eq!(room_ids(&body), ids[..2].to_vec());
     let next = body["next_batch"].as_str().unwrap();
-    let (_, body) = alice.post("/_matrix/client/v3/publicRooms", json!({"limit": 2, "since": next})).await;
+    let (_, body) = alice
+        .post("/_matrix/client/v3/publicRooms", json!({"limit": 2, "since": next}))
+        .await;
     assert_eq!(room_ids(&body), ids[2..4].to_vec());
 
     // Search, case-insensitively, in the topic, the name and the canonical alias.
@@ -312,14 +402,26 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     assert_eq!(room_ids(&body), vec![rooms[3].clone()]);
     let (_, body) = alice.post("/_matrix/client/v3/publicRooms", search("room 1")).await;
     assert_eq!(room_ids(&body), vec![rooms[1].clone()]);
-    let (_, body) = alice.post("/_matrix/client/v3/publicRooms", search("nothing like this")).await;
+    let (_, body) = alice
+        .post("/_matrix/client/v3/publicRooms", search("nothing like this"))
+        .await;
     assert_eq!(room_ids(&body), Vec::<String>::new());
     // A search that matches all of them paginates over the matches.
-    let (_, body) = alice.post("/_matrix/client/v3/publicRooms", json!({"limit": 4, "filter": {"generic_search_term": "room"}})).await;
+    let (_, body) = alice
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            json!({"limit": 4, "filter": {"generic_search_term": "room"}}),
+        )
+        .await;
     assert_eq!(room_ids(&body).len(), 4);
     assert_eq!(body["total_room_count_estimate"], 5);
     // Spaces only: none of these is one.
-    let (_, body) = alice.post("/_matrix/client/v3/publicRooms", json!({"filter": {"room_types": ["m.space"]}})).await;
+    let (_, body) = alice
+        .post(
+            "/_matrix/client/v3/publicRooms",
+            json!({"filter": {"room_types": ["m.space"]}}),
+        )
+        .await;
     assert_eq!(room_ids(&body), Vec::<String>::new());
 
     // Errors: POST needs a token, tokens must be ours, other servers are not reachable yet.
@@ -327,7 +429,9 @@ both_backends!(public_rooms_listing_search_and_pagination, |backend| async move 
     assert_eq!(status, 401);
     let (status, body) = alice.get("/_matrix/client/v3/publicRooms?since=garbage").await;
     assert_eq!((status, errcode(&body)), (400, Some("M_INVALID_PARAM")), "{body}");
-    let (status, body) = alice.get("/_matrix/client/v3/publicRooms?server=weft.test&limit=1").await;
+    let (status, body) = alice
+        .get("/_matrix/client/v3/publicRooms?server=weft.test&limit=1")
+        .await;
     assert_eq!((status, room_ids(&body)), (200, vec![rooms[4].clone()]), "{body}");
     let (status, body) = alice.get("/_matrix/client/v3/publicRooms?server=other.test").await;
     assert_eq!((status, errcode(&body)), (404, Some("M_NOT_FOUND")), "{body}");

@@ -17,7 +17,11 @@ use crate::{
 };
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_weft(config_path: &std::path::Path) -> Child {
@@ -59,23 +63,40 @@ both_backends!(sigkill_mid_load_loses_nothing, |backend| async move {
     wait_ready(&base).await;
 
     // Register through the real binary (the harness helper needs a TestServer, so do it here).
-    let anon = Client { base: base.clone(), token: None, http: reqwest::Client::new() };
+    let anon = Client {
+        base: base.clone(),
+        token: None,
+        http: reqwest::Client::new(),
+    };
     let mut clients = Vec::new();
     for i in 0..4 {
         let name = format!("user{i}");
-        let (_, body) = anon.post("/_matrix/client/v3/register", json!({"username": name, "password": "pw"})).await;
+        let (_, body) = anon
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": name, "password": "pw"}),
+            )
+            .await;
         let session = body["session"].as_str().unwrap().to_owned();
         let (status, body) = anon
-            .post("/_matrix/client/v3/register", json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}))
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         clients.push(anon.with_token(body["access_token"].as_str().unwrap()));
     }
-    let (status, body) = clients[0].post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"})).await;
+    let (status, body) = clients[0]
+        .post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let room = body["room_id"].as_str().unwrap().to_owned();
     for c in &clients[1..] {
-        assert_eq!(c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0, 200);
+        assert_eq!(
+            c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0,
+            200
+        );
     }
     for i in 0..5 {
         send_text(&clients[0], &room, &format!("pre{i}"), "before").await;
@@ -94,7 +115,10 @@ both_backends!(sigkill_mid_load_loses_nothing, |backend| async move {
                 if status != 200 {
                     break;
                 }
-                acked.lock().unwrap().push(body["event_id"].as_str().unwrap().to_owned());
+                acked
+                    .lock()
+                    .unwrap()
+                    .push(body["event_id"].as_str().unwrap().to_owned());
             }
         }));
     }
@@ -116,9 +140,17 @@ both_backends!(sigkill_mid_load_loses_nothing, |backend| async move {
     let mut child = spawn_weft(&config_path);
     wait_ready(&base).await;
     let reader = &clients[2];
-    let (status, body) = reader.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000")).await;
+    let (status, body) = reader
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000"))
+        .await;
     assert_eq!(status, 200);
-    let history: Vec<String> = body["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+    let history: Vec<String> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
     let unique: std::collections::HashSet<&String> = history.iter().collect();
     assert_eq!(unique.len(), history.len(), "an event appears twice");
     for id in &acked {
@@ -127,13 +159,27 @@ both_backends!(sigkill_mid_load_loses_nothing, |backend| async move {
 
     // Incremental sync from before the kill: exactly the events after the token, no gap.
     let filter = urlencode(&json!({"room": {"timeline": {"limit": 1000}}}).to_string());
-    let (status, inc) = clients[1].get(&format!("/_matrix/client/v3/sync?timeout=0&since={token_before}&filter={filter}")).await;
+    let (status, inc) = clients[1]
+        .get(&format!(
+            "/_matrix/client/v3/sync?timeout=0&since={token_before}&filter={filter}"
+        ))
+        .await;
     assert_eq!(status, 200);
     let timeline = &inc["rooms"]["join"][&room]["timeline"];
     assert_eq!(timeline["limited"], false);
-    let synced: Vec<String> = timeline["events"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+    let synced: Vec<String> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
     let loaded: Vec<&String> = history.iter().skip(5).collect();
-    assert_eq!(synced.iter().collect::<Vec<_>>(), loaded, "sync after restart must deliver exactly the events after the token");
+    assert_eq!(
+        synced.iter().collect::<Vec<_>>(),
+        loaded,
+        "sync after restart must deliver exactly the events after the token"
+    );
     for id in &acked {
         assert!(synced.contains(id), "sync missed acknowledged {id}");
     }

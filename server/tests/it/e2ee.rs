@@ -35,7 +35,10 @@ impl Key {
         let der = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&der, String::new()).unwrap();
         let public = Base64::<Standard>::new(probe.public_key().to_vec()).encode();
-        Key { pair: Ed25519KeyPair::from_der(&der, public.clone()).unwrap(), public }
+        Key {
+            pair: Ed25519KeyPair::from_der(&der, public.clone()).unwrap(),
+            public,
+        }
     }
 
     fn sign(&self, user: &str, object: &mut Value) {
@@ -47,7 +50,10 @@ impl Key {
 
 async fn whoami(client: &Client) -> (String, String) {
     let (_, me) = client.get("/_matrix/client/v3/account/whoami").await;
-    (me["user_id"].as_str().unwrap().to_owned(), me["device_id"].as_str().unwrap().to_owned())
+    (
+        me["user_id"].as_str().unwrap().to_owned(),
+        me["device_id"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn login(server: &TestServer, user: &str, password: &str) -> Client {
@@ -77,7 +83,9 @@ async fn device_keys(client: &Client) -> (Value, Key) {
 
 async fn upload_device_keys(client: &Client) -> (Value, Key) {
     let (keys, key) = device_keys(client).await;
-    let (status, body) = client.post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys })).await;
+    let (status, body) = client
+        .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
+        .await;
     assert_eq!(status, 200, "{body}");
     (keys, key)
 }
@@ -85,21 +93,29 @@ async fn upload_device_keys(client: &Client) -> (Value, Key) {
 fn otks(prefix: &str, n: usize) -> Value {
     let mut map = serde_json::Map::new();
     for i in 0..n {
-        map.insert(format!("signed_curve25519:{prefix}{i:03}"), json!({ "key": format!("otk-{prefix}-{i}"), "signatures": {} }));
+        map.insert(
+            format!("signed_curve25519:{prefix}{i:03}"),
+            json!({ "key": format!("otk-{prefix}-{i}"), "signatures": {} }),
+        );
     }
     Value::Object(map)
 }
 
 async fn claim(client: &Client, user: &str, device: &str) -> Value {
     let (status, body) = client
-        .post("/_matrix/client/v3/keys/claim", json!({ "one_time_keys": { user: { device: "signed_curve25519" } } }))
+        .post(
+            "/_matrix/client/v3/keys/claim",
+            json!({ "one_time_keys": { user: { device: "signed_curve25519" } } }),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     body["one_time_keys"][user][device].clone()
 }
 
 both_backends!(device_keys_upload_query_and_counts, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_id, alice_dev) = whoami(&alice).await;
@@ -107,30 +123,69 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     // A broken self-signature, and keys claiming another device, are refused.
     let (mut keys, _) = device_keys(&alice).await;
     keys["keys"][format!("curve25519:{alice_dev}")] = json!("dGFtcGVyZWQ");
-    let (status, body) = alice.post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys })).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = alice
+        .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (mut keys, key) = device_keys(&alice).await;
     keys["device_id"] = json!("OTHERDEVICE");
     key.sign(&alice_id, &mut keys);
-    let (status, _) = alice.post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys })).await;
+    let (status, _) = alice
+        .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
+        .await;
     assert_eq!(status, 400);
-    let (_, body) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
-    assert_eq!(body["device_keys"][&alice_id], json!({}), "nothing stored after refusals: {body}");
+    let (_, body) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
+    assert_eq!(
+        body["device_keys"][&alice_id],
+        json!({}),
+        "nothing stored after refusals: {body}"
+    );
 
     let (keys, _) = upload_device_keys(&alice).await;
-    let (status, body) = alice.post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": otks("A", 5) })).await;
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": otks("A", 5) }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 5);
     // The same keys again change nothing; a known key ID with other content is an error.
-    let (status, body) = alice.post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": otks("A", 5) })).await;
-    assert_eq!((status, body["one_time_key_counts"]["signed_curve25519"].as_i64()), (200, Some(5)), "{body}");
     let (status, body) = alice
-        .post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": { "signed_curve25519:A000": { "key": "different" } } }))
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": otks("A", 5) }),
+        )
+        .await;
+    assert_eq!(
+        (status, body["one_time_key_counts"]["signed_curve25519"].as_i64()),
+        (200, Some(5)),
+        "{body}"
+    );
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": { "signed_curve25519:A000": { "key": "different" } } }),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
 
     // Bob sees Alice's keys as uploaded, with her device's display name.
-    let (status, body) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    let (status, body) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let got = &body["device_keys"][&alice_id][&alice_dev];
     assert_eq!(got["keys"], keys["keys"]);
@@ -138,7 +193,10 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     assert!(got["unsigned"].is_object(), "{got}");
     // Asking for a device that does not exist gives nothing for it; remote users fail.
     let (_, body) = bob
-        .post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: ["NOPE"], "@x:remote.example": [] } }))
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: ["NOPE"], "@x:remote.example": [] } }),
+        )
         .await;
     assert_eq!(body["device_keys"][&alice_id], json!({}));
     assert!(body["failures"]["remote.example"].is_object(), "{body}");
@@ -153,26 +211,45 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     // Deleting the device removes its keys.
     let (_, body) = alice.post("/_matrix/client/v3/logout", json!({})).await;
     assert!(body.is_object());
-    let (_, body) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    let (_, body) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
     assert_eq!(body["device_keys"][&alice_id], json!({}), "{body}");
     server.stop().await;
 });
 
 both_backends!(claim_then_fallback, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_id, alice_dev) = whoami(&alice).await;
     upload_device_keys(&alice).await;
     let fallback = json!({ "signed_curve25519:FB1": { "key": "fallback-1", "fallback": true, "signatures": {} } });
-    let (status, body) = alice.post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": otks("C", 2), "fallback_keys": fallback })).await;
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": otks("C", 2), "fallback_keys": fallback }),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let s = sync(&alice, None, "").await;
-    assert_eq!(s["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{s}");
+    assert_eq!(
+        s["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"]),
+        "{s}"
+    );
 
     let first = claim(&bob, &alice_id, &alice_dev).await;
     let second = claim(&bob, &alice_id, &alice_dev).await;
-    let ids: Vec<String> = [&first, &second].iter().map(|k| k.as_object().unwrap().keys().next().unwrap().clone()).collect();
+    let ids: Vec<String> = [&first, &second]
+        .iter()
+        .map(|k| k.as_object().unwrap().keys().next().unwrap().clone())
+        .collect();
     assert_eq!(ids, vec!["signed_curve25519:C000", "signed_curve25519:C001"]);
     assert_eq!(first["signed_curve25519:C000"]["key"], "otk-C-0");
     // Exhausted: the fallback key, which stays and is marked used.
@@ -185,7 +262,9 @@ both_backends!(claim_then_fallback, |backend| async move {
     assert_eq!(s["device_unused_fallback_key_types"], json!([]), "{s}");
     // A new fallback key is unused again; claiming for an unknown device gives nothing.
     let fallback = json!({ "signed_curve25519:FB2": { "key": "fallback-2", "fallback": true, "signatures": {} } });
-    alice.post("/_matrix/client/v3/keys/upload", json!({ "fallback_keys": fallback })).await;
+    alice
+        .post("/_matrix/client/v3/keys/upload", json!({ "fallback_keys": fallback }))
+        .await;
     let s = sync(&alice, None, "").await;
     assert_eq!(s["device_unused_fallback_key_types"], json!(["signed_curve25519"]));
     assert_eq!(claim(&bob, &alice_id, "NODEVICE").await, Value::Null);
@@ -193,13 +272,20 @@ both_backends!(claim_then_fallback, |backend| async move {
 });
 
 both_backends!(concurrent_claims_never_share_a_key, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_id, alice_dev) = whoami(&alice).await;
     upload_device_keys(&alice).await;
     let fallback = json!({ "signed_curve25519:FALLBACK": { "key": "fb", "signatures": {} } });
-    alice.post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": otks("K", 10), "fallback_keys": fallback })).await;
+    alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": otks("K", 10), "fallback_keys": fallback }),
+        )
+        .await;
 
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -212,7 +298,11 @@ both_backends!(concurrent_claims_never_share_a_key, |backend| async move {
     for t in tasks {
         let got = t.await.unwrap();
         let id = got.as_object().unwrap().keys().next().unwrap().clone();
-        if id == "signed_curve25519:FALLBACK" { fallbacks += 1 } else { otk_ids.push(id) }
+        if id == "signed_curve25519:FALLBACK" {
+            fallbacks += 1
+        } else {
+            otk_ids.push(id)
+        }
     }
     let unique: HashSet<&String> = otk_ids.iter().collect();
     assert_eq!(otk_ids.len(), 10, "{otk_ids:?}");
@@ -222,7 +312,9 @@ both_backends!(concurrent_claims_never_share_a_key, |backend| async move {
 });
 
 both_backends!(device_list_changes, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -240,7 +332,9 @@ both_backends!(device_list_changes, |backend| async move {
         let (bob, from) = (bob.clone(), from.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let (_, body) = bob.get(&format!("/_matrix/client/v3/sync?timeout=10000&since={from}")).await;
+            let (_, body) = bob
+                .get(&format!("/_matrix/client/v3/sync?timeout=10000&since={from}"))
+                .await;
             (body, started.elapsed())
         })
     };
@@ -248,25 +342,36 @@ both_backends!(device_list_changes, |backend| async move {
     upload_device_keys(&alice2).await;
     upload_device_keys(&carol).await; // shares no room with Bob
     let (body, waited) = poller.await.unwrap();
-    assert!(waited < Duration::from_secs(8), "sync was not woken ({waited:?}): {body}");
+    assert!(
+        waited < Duration::from_secs(8),
+        "sync was not woken ({waited:?}): {body}"
+    );
     let s = sync(&bob, Some(&from), "").await;
     let changed = s["device_lists"]["changed"].as_array().unwrap();
     assert!(changed.contains(&json!(alice_id)), "{s}");
     assert!(!changed.contains(&json!(carol_id)), "{s}");
     let to = s["next_batch"].as_str().unwrap().to_owned();
 
-    let (status, body) = bob.get(&format!("/_matrix/client/v3/keys/changes?from={from}&to={to}")).await;
+    let (status, body) = bob
+        .get(&format!("/_matrix/client/v3/keys/changes?from={from}&to={to}"))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changed"], json!([alice_id]));
-    let (_, body) = bob.get(&format!("/_matrix/client/v3/keys/changes?from={to}&to={to}")).await;
+    let (_, body) = bob
+        .get(&format!("/_matrix/client/v3/keys/changes?from={to}&to={to}"))
+        .await;
     assert_eq!(body["changed"], json!([]));
-    let (status, _) = bob.get(&format!("/_matrix/client/v3/keys/changes?from=garbage&to={to}")).await;
+    let (status, _) = bob
+        .get(&format!("/_matrix/client/v3/keys/changes?from=garbage&to={to}"))
+        .await;
     assert_eq!(status, 400);
 
     // Carol joining makes her new to Bob; Alice leaving (no other shared room) puts her in `left`.
     let (status, _) = carol.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
     assert_eq!(status, 200);
-    let (status, _) = alice.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await;
+    let (status, _) = alice
+        .post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({}))
+        .await;
     assert_eq!(status, 200);
     let s = sync(&bob, Some(&to), "").await;
     assert_eq!(s["device_lists"]["changed"], json!([carol_id]), "{s}");
@@ -276,7 +381,9 @@ both_backends!(device_list_changes, |backend| async move {
 });
 
 both_backends!(to_device_messages, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let alice2 = login(&server, "alice", "pw").await;
     let bob = server.register("bob", "pw").await;
@@ -298,7 +405,14 @@ both_backends!(to_device_messages, |backend| async move {
     // A retried transaction is not delivered twice.
     assert_eq!(send("t1", 1, &alice_dev).await.0, 200);
 
-    let ns = |s: &Value| -> Vec<i64> { s["to_device"]["events"].as_array().unwrap().iter().map(|e| e["content"]["n"].as_i64().unwrap()).collect() };
+    let ns = |s: &Value| -> Vec<i64> {
+        s["to_device"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["content"]["n"].as_i64().unwrap())
+            .collect()
+    };
     let s = sync(&alice, Some(&start1), "").await;
     assert_eq!(ns(&s), vec![1, 2], "{s}");
     assert_eq!(s["to_device"]["events"][0]["sender"], json!(bob_id));
@@ -311,7 +425,11 @@ both_backends!(to_device_messages, |backend| async move {
     let after = sync(&alice, Some(&next), "").await;
     assert_eq!(ns(&after), Vec::<i64>::new(), "{after}");
     let after = sync(&alice, Some(&start1), "").await;
-    assert_eq!(ns(&after), Vec::<i64>::new(), "acknowledged messages came back: {after}");
+    assert_eq!(
+        ns(&after),
+        Vec::<i64>::new(),
+        "acknowledged messages came back: {after}"
+    );
     // The other device got only the `*` message, and still has it.
     let s = sync(&alice2, Some(&start2), "").await;
     assert_eq!(ns(&s), vec![2], "{s}");
@@ -323,7 +441,9 @@ both_backends!(to_device_messages, |backend| async move {
         let alice2 = alice2.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let (_, body) = alice2.get(&format!("/_matrix/client/v3/sync?timeout=10000&since={token}")).await;
+            let (_, body) = alice2
+                .get(&format!("/_matrix/client/v3/sync?timeout=10000&since={token}"))
+                .await;
             (body, started.elapsed())
         })
     };
@@ -348,7 +468,9 @@ fn cross_signing_keys(user: &str) -> (Value, Key, Key, Key) {
 }
 
 both_backends!(cross_signing_and_signatures, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_id, alice_dev) = whoami(&alice).await;
@@ -363,71 +485,165 @@ both_backends!(cross_signing_and_signatures, |backend| async move {
 
     // The first upload needs no UIA.
     let (body, master, ssk, _usk) = cross_signing_keys(&alice_id);
-    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body.clone()).await;
+    let (status, res) = alice
+        .post("/_matrix/client/v3/keys/device_signing/upload", body.clone())
+        .await;
     assert_eq!(status, 200, "{res}");
     // Replacing them does: password UIA.
     let (body2, ..) = cross_signing_keys(&alice_id);
-    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body2.clone()).await;
+    let (status, res) = alice
+        .post("/_matrix/client/v3/keys/device_signing/upload", body2.clone())
+        .await;
     assert_eq!(status, 401, "{res}");
     let session = res["session"].as_str().unwrap().to_owned();
     let mut wrong = body2.clone();
     wrong["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "bad", "session": session});
     let (status, _) = alice.post("/_matrix/client/v3/keys/device_signing/upload", wrong).await;
     assert_eq!(status, 401);
-    let (_, keys) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
-    assert_eq!(keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"], "unchanged without UIA");
+    let (_, keys) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
+    assert_eq!(
+        keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"],
+        "unchanged without UIA"
+    );
     // Back to the first keys, authenticated.
     let mut authed = body.clone();
     authed["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "session": session});
-    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body2.clone()).await;
+    let (status, res) = alice
+        .post("/_matrix/client/v3/keys/device_signing/upload", body2.clone())
+        .await;
     assert_eq!(status, 401, "{res}");
-    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", authed).await;
+    let (status, res) = alice
+        .post("/_matrix/client/v3/keys/device_signing/upload", authed)
+        .await;
     assert_eq!(status, 200, "{res}");
 
     // Bob sees the master and self-signing keys, not the user-signing key; Alice sees all.
-    let (_, keys) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
-    assert_eq!(keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"], "{keys}");
-    assert_eq!(keys["self_signing_keys"][&alice_id]["keys"], body["self_signing_key"]["keys"]);
+    let (_, keys) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
+    assert_eq!(
+        keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"],
+        "{keys}"
+    );
+    assert_eq!(
+        keys["self_signing_keys"][&alice_id]["keys"],
+        body["self_signing_key"]["keys"]
+    );
     assert!(keys["user_signing_keys"].get(&alice_id).is_none(), "{keys}");
-    let (_, keys) = alice.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
-    assert_eq!(keys["user_signing_keys"][&alice_id]["keys"], body["user_signing_key"]["keys"]);
+    let (_, keys) = alice
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
+    assert_eq!(
+        keys["user_signing_keys"][&alice_id]["keys"],
+        body["user_signing_key"]["keys"]
+    );
 
     // Alice's self-signing key signs her device: valid, and shown to others.
     let mut signed_device = device.clone();
     ssk.sign(&alice_id, &mut signed_device);
     // A bad signature: a different key pretending to be the self-signing key.
     let mut forged = device.clone();
-    let fake = Key { pair: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), ssk.public.clone()).unwrap(), public: ssk.public.clone() };
+    let fake = Key {
+        pair: Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), ssk.public.clone()).unwrap(),
+        public: ssk.public.clone(),
+    };
     fake.sign(&alice_id, &mut forged);
-    let (status, res) = alice.post("/_matrix/client/v3/keys/signatures/upload", json!({ &alice_id: { &alice_dev: forged } })).await;
+    let (status, res) = alice
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ &alice_id: { &alice_dev: forged } }),
+        )
+        .await;
     assert_eq!(status, 200, "{res}");
-    assert_eq!(res["failures"][&alice_id][&alice_dev]["errcode"], "M_INVALID_SIGNATURE", "{res}");
-    let (status, res) = alice.post("/_matrix/client/v3/keys/signatures/upload", json!({ &alice_id: { &alice_dev: signed_device } })).await;
+    assert_eq!(
+        res["failures"][&alice_id][&alice_dev]["errcode"], "M_INVALID_SIGNATURE",
+        "{res}"
+    );
+    let (status, res) = alice
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ &alice_id: { &alice_dev: signed_device } }),
+        )
+        .await;
     assert_eq!(status, 200, "{res}");
     assert!(res["failures"].as_object().is_none_or(|f| f.is_empty()), "{res}");
-    let (_, keys) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    let (_, keys) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
     let sigs = &keys["device_keys"][&alice_id][&alice_dev]["signatures"][&alice_id];
     assert!(sigs.get(format!("ed25519:{}", ssk.public)).is_some(), "{keys}");
     assert!(sigs.get(format!("ed25519:{alice_dev}")).is_some());
 
     // Bob's master key signed by Alice's user-signing key: seen by Alice only.
     let (bob_body, ..) = cross_signing_keys(&bob_id);
-    let (status, _) = bob.post("/_matrix/client/v3/keys/device_signing/upload", bob_body.clone()).await;
+    let (status, _) = bob
+        .post("/_matrix/client/v3/keys/device_signing/upload", bob_body.clone())
+        .await;
     assert_eq!(status, 200);
     let mut bob_master = bob_body["master_key"].clone();
     let usk = _usk;
     usk.sign(&alice_id, &mut bob_master);
-    let bob_master_id = bob_master["keys"].as_object().unwrap().values().next().unwrap().as_str().unwrap().to_owned();
-    let (status, res) = alice.post("/_matrix/client/v3/keys/signatures/upload", json!({ &bob_id: { &bob_master_id: bob_master } })).await;
+    let bob_master_id = bob_master["keys"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, res) = alice
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ &bob_id: { &bob_master_id: bob_master } }),
+        )
+        .await;
     assert_eq!(status, 200, "{res}");
     assert!(res["failures"].as_object().is_none_or(|f| f.is_empty()), "{res}");
-    let (_, keys) = alice.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &bob_id: [] } })).await;
-    assert!(keys["master_keys"][&bob_id]["signatures"][&alice_id].get(format!("ed25519:{}", usk.public)).is_some(), "{keys}");
+    let (_, keys) = alice
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &bob_id: [] } }),
+        )
+        .await;
+    assert!(
+        keys["master_keys"][&bob_id]["signatures"][&alice_id]
+            .get(format!("ed25519:{}", usk.public))
+            .is_some(),
+        "{keys}"
+    );
     let carol = server.register("carol", "pw").await;
-    let (_, keys) = carol.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &bob_id: [] } })).await;
-    assert!(keys["master_keys"][&bob_id]["signatures"].get(&alice_id).is_none(), "{keys}");
+    let (_, keys) = carol
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &bob_id: [] } }),
+        )
+        .await;
+    assert!(
+        keys["master_keys"][&bob_id]["signatures"].get(&alice_id).is_none(),
+        "{keys}"
+    );
     // Signing an unknown key fails per key.
-    let (_, res) = alice.post("/_matrix/client/v3/keys/signatures/upload", json!({ &alice_id: { "NOSUCHKEY": { "keys": {} } } })).await;
+    let (_, res) = alice
+        .post(
+            "/_matrix/client/v3/keys/signatures/upload",
+            json!({ &alice_id: { "NOSUCHKEY": { "keys": {} } } }),
+        )
+        .await;
     assert!(res["failures"][&alice_id]["NOSUCHKEY"]["errcode"].is_string(), "{res}");
     let _ = master;
     server.stop().await;
@@ -441,18 +657,28 @@ fn backup_key(index: i64, forwarded: i64, verified: bool, tag: &str) -> Value {
 }
 
 both_backends!(key_backup_lifecycle, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let algorithm = json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "cHVibGlja2V5", "signatures": {} } });
     let (status, body) = alice.get("/_matrix/client/v3/room_keys/version").await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
-    let (status, body) = alice.put("/_matrix/client/v3/room_keys/keys?version=1", json!({ "rooms": {} })).await;
+    let (status, body) = alice
+        .put("/_matrix/client/v3/room_keys/keys?version=1", json!({ "rooms": {} }))
+        .await;
     assert_eq!(status, 404, "{body}");
 
-    let (status, body) = alice.post("/_matrix/client/v3/room_keys/version", algorithm.clone()).await;
+    let (status, body) = alice
+        .post("/_matrix/client/v3/room_keys/version", algorithm.clone())
+        .await;
     assert_eq!((status, body["version"].as_str()), (200, Some("1")), "{body}");
     let (_, body) = alice.get("/_matrix/client/v3/room_keys/version").await;
-    assert_eq!((body["version"].as_str(), body["count"].as_i64()), (Some("1"), Some(0)), "{body}");
+    assert_eq!(
+        (body["version"].as_str(), body["count"].as_i64()),
+        (Some("1"), Some(0)),
+        "{body}"
+    );
     assert_eq!(body["auth_data"], algorithm["auth_data"]);
     let etag0 = body["etag"].as_str().unwrap().to_owned();
 
@@ -475,7 +701,11 @@ both_backends!(key_backup_lifecycle, |backend| async move {
     alice.put(&path("1"), backup_key(7, 3, true, "c")).await;
     alice.put(&path("1"), backup_key(0, 0, false, "d")).await;
     let (_, got) = alice.get(&path("1")).await;
-    assert_eq!((got["session_data"]["ciphertext"].as_str(), got["is_verified"].as_bool()), (Some("c"), Some(true)), "{got}");
+    assert_eq!(
+        (got["session_data"]["ciphertext"].as_str(), got["is_verified"].as_bool()),
+        (Some("c"), Some(true)),
+        "{got}"
+    );
 
     // Bulk and per-room uploads, reads, counts.
     let (status, body) = alice
@@ -487,16 +717,26 @@ both_backends!(key_backup_lifecycle, |backend| async move {
     assert_eq!((status, body["count"].as_i64()), (200, Some(3)), "{body}");
     let (_, all) = alice.get("/_matrix/client/v3/room_keys/keys?version=1").await;
     assert_eq!(all["rooms"][room]["sessions"].as_object().unwrap().len(), 2, "{all}");
-    let (_, one_room) = alice.get(&format!("/_matrix/client/v3/room_keys/keys/{room}?version=1")).await;
+    let (_, one_room) = alice
+        .get(&format!("/_matrix/client/v3/room_keys/keys/{room}?version=1"))
+        .await;
     assert_eq!(one_room["sessions"]["sess2"]["session_data"]["ciphertext"], "e");
-    let (status, _) = alice.get(&format!("/_matrix/client/v3/room_keys/keys/{room}/nosuch?version=1")).await;
+    let (status, _) = alice
+        .get(&format!("/_matrix/client/v3/room_keys/keys/{room}/nosuch?version=1"))
+        .await;
     assert_eq!(status, 404);
 
     // A new version becomes current; writing to the old one is the wrong version.
-    let (_, body) = alice.post("/_matrix/client/v3/room_keys/version", algorithm.clone()).await;
+    let (_, body) = alice
+        .post("/_matrix/client/v3/room_keys/version", algorithm.clone())
+        .await;
     assert_eq!(body["version"], "2");
     let (status, body) = alice.put(&path("1"), backup_key(0, 0, true, "x")).await;
-    assert_eq!((status, body["errcode"].as_str(), body["current_version"].as_str()), (403, Some("M_WRONG_ROOM_KEYS_VERSION"), Some("2")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str(), body["current_version"].as_str()),
+        (403, Some("M_WRONG_ROOM_KEYS_VERSION"), Some("2")),
+        "{body}"
+    );
     let (_, body) = alice.get("/_matrix/client/v3/room_keys/version/1").await;
     assert_eq!(body["count"], 3, "old version still readable: {body}");
 
@@ -507,13 +747,20 @@ both_backends!(key_backup_lifecycle, |backend| async move {
     assert_eq!(status, 400);
     let mut updated = algorithm.clone();
     updated["auth_data"]["public_key"] = json!("bmV3a2V5");
-    let (status, body) = alice.put("/_matrix/client/v3/room_keys/version/2", updated.clone()).await;
+    let (status, body) = alice
+        .put("/_matrix/client/v3/room_keys/version/2", updated.clone())
+        .await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = alice.get("/_matrix/client/v3/room_keys/version/2").await;
     assert_eq!(body["auth_data"]["public_key"], "bmV3a2V5");
 
     // Deleting keys and versions.
-    let (_, body) = alice.delete(&format!("/_matrix/client/v3/room_keys/keys/{room}?version=1"), json!({})).await;
+    let (_, body) = alice
+        .delete(
+            &format!("/_matrix/client/v3/room_keys/keys/{room}?version=1"),
+            json!({}),
+        )
+        .await;
     assert_eq!(body["count"], 1, "{body}");
     let (status, _) = alice.delete("/_matrix/client/v3/room_keys/version/2", json!({})).await;
     assert_eq!(status, 200);
@@ -533,7 +780,9 @@ both_backends!(key_backup_lifecycle, |backend| async move {
 });
 
 both_backends!(dehydrated_device, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let (alice_id, _) = whoami(&alice).await;
@@ -550,22 +799,42 @@ both_backends!(dehydrated_device, |backend| async move {
     let data = json!({ "algorithm": "org.matrix.msc3814.v2", "device_pickle": "pickle", "nonce": "nonce" });
     let mut bad = keys.clone();
     bad["keys"]["curve25519:DEHYDRATED1"] = json!("b3RoZXI");
-    let (status, _) = alice.put(base, json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": bad })).await;
+    let (status, _) = alice
+        .put(
+            base,
+            json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": bad }),
+        )
+        .await;
     assert_eq!(status, 400, "badly signed device keys are refused");
     let (status, body) = alice
         .put(base, json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": keys, "one_time_keys": otks("D", 1) }))
         .await;
-    assert_eq!((status, body["device_id"].as_str()), (200, Some("DEHYDRATED1")), "{body}");
+    assert_eq!(
+        (status, body["device_id"].as_str()),
+        (200, Some("DEHYDRATED1")),
+        "{body}"
+    );
     let (_, body) = alice.get(base).await;
     assert_eq!(body["device_data"]["device_pickle"], "pickle", "{body}");
-    let (_, q) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    let (_, q) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
     assert_eq!(q["device_keys"][&alice_id]["DEHYDRATED1"]["dehydrated"], true, "{q}");
-    assert_eq!(claim(&bob, &alice_id, "DEHYDRATED1").await["signed_curve25519:D000"]["key"], "otk-D-0");
+    assert_eq!(
+        claim(&bob, &alice_id, "DEHYDRATED1").await["signed_curve25519:D000"]["key"],
+        "otk-D-0"
+    );
 
     // To-device messages wait for it and page with next_batch; a page acknowledges the last.
     for (txn, n) in [("a", 1), ("b", 2)] {
         let (status, _) = bob
-            .put(&format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"), json!({ "messages": { &alice_id: { "DEHYDRATED1": { "n": n } } } }))
+            .put(
+                &format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"),
+                json!({ "messages": { &alice_id: { "DEHYDRATED1": { "n": n } } } }),
+            )
             .await;
         assert_eq!(status, 200);
     }
@@ -583,21 +852,33 @@ both_backends!(dehydrated_device, |backend| async move {
     assert_eq!((status, body["device_id"].as_str()), (200, Some("DEHYDRATED1")));
     let (status, _) = alice.get(base).await;
     assert_eq!(status, 404);
-    let (_, q) = bob.post("/_matrix/client/v3/keys/query", json!({ "device_keys": { &alice_id: [] } })).await;
+    let (_, q) = bob
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { &alice_id: [] } }),
+        )
+        .await;
     assert!(q["device_keys"][&alice_id].get("DEHYDRATED1").is_none(), "{q}");
     server.stop().await;
 });
 
 both_backends!(deleting_a_device_wakes_peers, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    let (_, room) = alice.post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"})).await;
+    let (_, room) = alice
+        .post("/_matrix/client/v3/createRoom", json!({"preset": "public_chat"}))
+        .await;
     let room = room["room_id"].as_str().unwrap().to_owned();
     bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
     let (_, body) = server
         .client()
-        .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw"}))
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "pw"}),
+        )
         .await;
     let second = server.client().with_token(body["access_token"].as_str().unwrap());
     // Only devices with published keys matter to other users' encryption.
@@ -610,9 +891,23 @@ both_backends!(deleting_a_device_wakes_peers, |backend| async move {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let start = std::time::Instant::now();
     assert_eq!(second.post("/_matrix/client/v3/logout", json!({})).await.0, 200);
-    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), handle).await.unwrap().unwrap();
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
-    assert!(start.elapsed() < std::time::Duration::from_secs(5), "alice's sync woke after {:?}", start.elapsed());
-    assert!(body["device_lists"]["changed"].as_array().unwrap().iter().any(|u| u == "@bob:weft.test"), "{body}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "alice's sync woke after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        body["device_lists"]["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == "@bob:weft.test"),
+        "{body}"
+    );
     server.stop().await;
 });

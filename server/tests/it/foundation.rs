@@ -25,11 +25,16 @@ async fn login(client: &Client, user: &str, password: &str) -> (u16, Value) {
 }
 
 both_backends!(discovery, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let (status, body) = c.get("/_matrix/client/versions").await;
     assert_eq!(status, 200);
-    assert!(body["versions"].as_array().unwrap().iter().any(|v| v == "v1.3"), "{body}");
+    assert!(
+        body["versions"].as_array().unwrap().iter().any(|v| v == "v1.3"),
+        "{body}"
+    );
     let (status, body) = c.get("/.well-known/matrix/client").await;
     assert_eq!(status, 200);
     assert_eq!(body["m.homeserver"]["base_url"], "http://127.0.0.1");
@@ -38,7 +43,10 @@ both_backends!(discovery, |backend| async move {
     assert_eq!(body["m.server"], "weft.test:443");
     // CORS for Element Web.
     let res = reqwest::Client::new()
-        .request(reqwest::Method::OPTIONS, format!("{}/_matrix/client/v3/login", server.url()))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/_matrix/client/v3/login", server.url()),
+        )
         .header("Origin", "https://app.element.io")
         .header("Access-Control-Request-Method", "POST")
         .send()
@@ -49,22 +57,39 @@ both_backends!(discovery, |backend| async move {
 });
 
 both_backends!(register_and_login, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let (status, body) = c.get("/_matrix/client/v3/register/available?username=alice").await;
     assert_eq!((status, &body["available"]), (200, &json!(true)));
 
     // First request: the UIA challenge offers m.login.dummy.
-    let (status, body) = c.post("/_matrix/client/v3/register", json!({"username": "alice", "password": "pw1"})).await;
+    let (status, body) = c
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "alice", "password": "pw1"}),
+        )
+        .await;
     assert_eq!(status, 401);
     assert_eq!(body["flows"][0]["stages"], json!(["m.login.dummy"]));
     let alice = server.register("alice", "pw1").await;
 
     let (status, body) = c.get("/_matrix/client/v3/register/available?username=alice").await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
-    let (status, body) = c.post("/_matrix/client/v3/register", json!({"username": "alice", "password": "x"})).await;
+    let (status, body) = c
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "alice", "password": "x"}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_USER_IN_USE")));
-    let (status, body) = c.post("/_matrix/client/v3/register", json!({"username": "Bad Name!", "password": "x"})).await;
+    let (status, body) = c
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "Bad Name!", "password": "x"}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_USERNAME")));
     // Guests are off by default.
     let (status, body) = c.post("/_matrix/client/v3/register?kind=guest", json!({})).await;
@@ -89,25 +114,48 @@ both_backends!(register_and_login, |backend| async move {
 });
 
 both_backends!(registration_disabled_and_tokens, |backend| async move {
-    let Some(server) = TestServer::start_with(backend, |c| c.registration.enabled = false).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.registration.enabled = false).await else {
+        return;
+    };
     let c = server.client();
-    let (status, body) = c.post("/_matrix/client/v3/register", json!({"username": "x", "password": "x"})).await;
+    let (status, body) = c
+        .post("/_matrix/client/v3/register", json!({"username": "x", "password": "x"}))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     server.stop().await;
 
-    let Some(server) = TestServer::start_with(backend, |c| c.registration.require_token = true).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.registration.require_token = true).await else {
+        return;
+    };
     let c = server.client();
     let admin = admin_register(&server, "root", true).await;
-    let (status, body) = admin.post("/_synapse/admin/v1/registration_tokens/new", json!({"token": "letmein", "uses_allowed": 1})).await;
+    let (status, body) = admin
+        .post(
+            "/_synapse/admin/v1/registration_tokens/new",
+            json!({"token": "letmein", "uses_allowed": 1}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
 
-    let session = uia_session(&c, "/_matrix/client/v3/register", json!({"username": "bob", "password": "pw"})).await;
+    let session = uia_session(
+        &c,
+        "/_matrix/client/v3/register",
+        json!({"username": "bob", "password": "pw"}),
+    )
+    .await;
     let (status, body) = c
         .post("/_matrix/client/v3/register", json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "nope", "session": session}}))
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{body}"
+    );
     let (status, body) = c
-        .post("/_matrix/client/v3/register", json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}))
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "bob", "password": "pw", "auth": {"type": "m.login.dummy", "session": session}}),
+        )
         .await;
     assert_eq!(status, 401, "dummy must not satisfy a token flow: {body}");
     let (status, body) = c
@@ -115,7 +163,12 @@ both_backends!(registration_disabled_and_tokens, |backend| async move {
         .await;
     assert_eq!(status, 200, "{body}");
     // The token had one use.
-    let session = uia_session(&c, "/_matrix/client/v3/register", json!({"username": "carol", "password": "pw"})).await;
+    let session = uia_session(
+        &c,
+        "/_matrix/client/v3/register",
+        json!({"username": "carol", "password": "pw"}),
+    )
+    .await;
     let (status, _) = c
         .post("/_matrix/client/v3/register", json!({"username": "carol", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "letmein", "session": session}}))
         .await;
@@ -135,14 +188,19 @@ async fn admin_register(server: &TestServer, user: &str, admin: bool) -> Client 
     mac.update(format!("{nonce}\0{user}\0pw\0{admin_flag}").as_bytes());
     let mac = hex::encode(mac.finalize().into_bytes());
     let (status, body) = c
-        .post("/_synapse/admin/v1/register", json!({"nonce": nonce, "username": user, "password": "pw", "admin": admin, "mac": mac}))
+        .post(
+            "/_synapse/admin/v1/register",
+            json!({"nonce": nonce, "username": user, "password": "pw", "admin": admin, "mac": mac}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     c.with_token(body["access_token"].as_str().unwrap())
 }
 
 both_backends!(shared_secret_registration, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let admin = admin_register(&server, "admin", true).await;
     let (_, body) = admin.get("/_matrix/client/v3/account/whoami").await;
@@ -163,7 +221,9 @@ both_backends!(shared_secret_registration, |backend| async move {
 });
 
 both_backends!(logout_and_devices, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let first = server.register("dave", "pw").await;
     let (_, body) = c
@@ -174,12 +234,19 @@ both_backends!(logout_and_devices, |backend| async move {
 
     let (status, body) = first.get("/_matrix/client/v3/devices").await;
     assert_eq!(status, 200);
-    let ids: Vec<&str> = body["devices"].as_array().unwrap().iter().map(|d| d["device_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["device_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&"PHONE"));
     let (status, body) = first.get("/_matrix/client/v3/devices/PHONE").await;
     assert_eq!((status, body["display_name"].as_str()), (200, Some("Dave's phone")));
-    let (status, _) = first.put("/_matrix/client/v3/devices/PHONE", json!({"display_name": "Old phone"})).await;
+    let (status, _) = first
+        .put("/_matrix/client/v3/devices/PHONE", json!({"display_name": "Old phone"}))
+        .await;
     assert_eq!(status, 200);
     let (_, body) = phone.get("/_matrix/client/v3/devices/PHONE").await;
     assert_eq!(body["display_name"], "Old phone");
@@ -192,9 +259,19 @@ both_backends!(logout_and_devices, |backend| async move {
         assert_eq!(status, 401);
         body["session"].as_str().unwrap().to_owned()
     };
-    let (status, body) = first.delete("/_matrix/client/v3/devices/PHONE", json!({"auth": password_auth("dave", "wrong", &session)})).await;
+    let (status, body) = first
+        .delete(
+            "/_matrix/client/v3/devices/PHONE",
+            json!({"auth": password_auth("dave", "wrong", &session)}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_FORBIDDEN")));
-    let (status, _) = first.delete("/_matrix/client/v3/devices/PHONE", json!({"auth": password_auth("dave", "pw", &session)})).await;
+    let (status, _) = first
+        .delete(
+            "/_matrix/client/v3/devices/PHONE",
+            json!({"auth": password_auth("dave", "pw", &session)}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (status, body) = phone.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
@@ -203,7 +280,12 @@ both_backends!(logout_and_devices, |backend| async move {
     let (_, body) = login(&c, "dave", "pw").await;
     let extra = body["device_id"].as_str().unwrap().to_owned();
     let session = uia_session(&first, "/_matrix/client/v3/delete_devices", json!({"devices": [extra]})).await;
-    let (status, _) = first.post("/_matrix/client/v3/delete_devices", json!({"devices": [extra], "auth": password_auth("@dave:weft.test", "pw", &session)})).await;
+    let (status, _) = first
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            json!({"devices": [extra], "auth": password_auth("@dave:weft.test", "pw", &session)}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, body) = first.get("/_matrix/client/v3/devices").await;
     assert_eq!(body["devices"].as_array().unwrap().len(), 1);
@@ -224,35 +306,66 @@ both_backends!(logout_and_devices, |backend| async move {
 });
 
 both_backends!(password_change_and_deactivation, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let main = server.register("erin", "old").await;
     let (_, body) = login(&c, "erin", "old").await;
     let other = c.with_token(body["access_token"].as_str().unwrap());
 
-    let session = uia_session(&main, "/_matrix/client/v3/account/password", json!({"new_password": "new"})).await;
+    let session = uia_session(
+        &main,
+        "/_matrix/client/v3/account/password",
+        json!({"new_password": "new"}),
+    )
+    .await;
     let (status, _) = main
-        .post("/_matrix/client/v3/account/password", json!({"new_password": "new", "auth": password_auth("erin", "old", &session)}))
+        .post(
+            "/_matrix/client/v3/account/password",
+            json!({"new_password": "new", "auth": password_auth("erin", "old", &session)}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(login(&c, "erin", "old").await.0, 403);
     assert_eq!(login(&c, "erin", "new").await.0, 200);
-    assert_eq!(main.get("/_matrix/client/v3/account/whoami").await.0, 200, "the changing device stays logged in");
-    assert_eq!(other.get("/_matrix/client/v3/account/whoami").await.0, 401, "other devices are logged out");
+    assert_eq!(
+        main.get("/_matrix/client/v3/account/whoami").await.0,
+        200,
+        "the changing device stays logged in"
+    );
+    assert_eq!(
+        other.get("/_matrix/client/v3/account/whoami").await.0,
+        401,
+        "other devices are logged out"
+    );
 
     // logout_devices: false keeps the others.
     let (_, body) = login(&c, "erin", "new").await;
     let kept = c.with_token(body["access_token"].as_str().unwrap());
-    let session = uia_session(&main, "/_matrix/client/v3/account/password", json!({"new_password": "newer"})).await;
+    let session = uia_session(
+        &main,
+        "/_matrix/client/v3/account/password",
+        json!({"new_password": "newer"}),
+    )
+    .await;
     let (status, _) = main
-        .post("/_matrix/client/v3/account/password", json!({"new_password": "newer", "logout_devices": false, "auth": password_auth("erin", "new", &session)}))
+        .post(
+            "/_matrix/client/v3/account/password",
+            json!({"new_password": "newer", "logout_devices": false, "auth": password_auth("erin", "new", &session)}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(kept.get("/_matrix/client/v3/account/whoami").await.0, 200);
 
     // Deactivation: tokens stop working, login is refused, profile is gone.
     let session = uia_session(&main, "/_matrix/client/v3/account/deactivate", json!({})).await;
-    let (status, body) = main.post("/_matrix/client/v3/account/deactivate", json!({"auth": password_auth("erin", "newer", &session)})).await;
+    let (status, body) = main
+        .post(
+            "/_matrix/client/v3/account/deactivate",
+            json!({"auth": password_auth("erin", "newer", &session)}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(main.get("/_matrix/client/v3/account/whoami").await.0, 401);
     assert_eq!(kept.get("/_matrix/client/v3/account/whoami").await.0, 401);
@@ -266,7 +379,11 @@ both_backends!(password_change_and_deactivation, |backend| async move {
 });
 
 both_backends!(refresh_tokens, |backend| async move {
-    let Some(server) = TestServer::start_with(backend, |c| c.access_token_lifetime = std::time::Duration::from_secs(1)).await else { return };
+    let Some(server) =
+        TestServer::start_with(backend, |c| c.access_token_lifetime = std::time::Duration::from_secs(1)).await
+    else {
+        return;
+    };
     let c = server.client();
     server.register("frank", "pw").await;
     let (status, body) = c
@@ -281,32 +398,65 @@ both_backends!(refresh_tokens, |backend| async move {
     let (status, body) = access.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!((status, &body["soft_logout"]), (401, &json!(true)), "{body}");
 
-    let (status, body) = c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh})).await;
+    let (status, body) = c
+        .post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let renewed = c.with_token(body["access_token"].as_str().unwrap());
     assert!(body["refresh_token"].is_string());
     assert_eq!(renewed.get("/_matrix/client/v3/account/whoami").await.0, 200);
     // A refresh token works once.
-    let (status, body) = c.post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh})).await;
+    let (status, body) = c
+        .post("/_matrix/client/v3/refresh", json!({"refresh_token": refresh}))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
     server.stop().await;
 });
 
 both_backends!(profile_capabilities_filters_account_data, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let gina = server.register("gina", "pw").await;
     let hank = server.register("hank", "pw").await;
 
     let (_, body) = c.get("/_matrix/client/v3/profile/@gina:weft.test").await;
-    assert_eq!(body["displayname"], "gina", "registration sets the localpart as display name");
-    assert_eq!(gina.put("/_matrix/client/v3/profile/@gina:weft.test/displayname", json!({"displayname": "Gina G"})).await.0, 200);
-    assert_eq!(gina.put("/_matrix/client/v3/profile/@gina:weft.test/avatar_url", json!({"avatar_url": "mxc://weft.test/abc"})).await.0, 200);
+    assert_eq!(
+        body["displayname"], "gina",
+        "registration sets the localpart as display name"
+    );
+    assert_eq!(
+        gina.put(
+            "/_matrix/client/v3/profile/@gina:weft.test/displayname",
+            json!({"displayname": "Gina G"})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        gina.put(
+            "/_matrix/client/v3/profile/@gina:weft.test/avatar_url",
+            json!({"avatar_url": "mxc://weft.test/abc"})
+        )
+        .await
+        .0,
+        200
+    );
     let (_, body) = c.get("/_matrix/client/v3/profile/@gina:weft.test/displayname").await;
     assert_eq!(body["displayname"], "Gina G");
     let (_, body) = c.get("/_matrix/client/v3/profile/@gina:weft.test").await;
-    assert_eq!((body["displayname"].as_str(), body["avatar_url"].as_str()), (Some("Gina G"), Some("mxc://weft.test/abc")));
-    let (status, body) = hank.put("/_matrix/client/v3/profile/@gina:weft.test/displayname", json!({"displayname": "pwned"})).await;
+    assert_eq!(
+        (body["displayname"].as_str(), body["avatar_url"].as_str()),
+        (Some("Gina G"), Some("mxc://weft.test/abc"))
+    );
+    let (status, body) = hank
+        .put(
+            "/_matrix/client/v3/profile/@gina:weft.test/displayname",
+            json!({"displayname": "pwned"}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     assert_eq!(c.get("/_matrix/client/v3/profile/@nobody:weft.test").await.0, 404);
 
@@ -318,14 +468,28 @@ both_backends!(profile_capabilities_filters_account_data, |backend| async move {
     assert_eq!(body["capabilities"]["m.room_versions"]["available"]["12"], "stable");
 
     let filter = json!({"room": {"timeline": {"limit": 10, "types": ["m.room.message"]}}});
-    let (status, body) = gina.post("/_matrix/client/v3/user/@gina:weft.test/filter", filter).await;
+    let (status, body) = gina
+        .post("/_matrix/client/v3/user/@gina:weft.test/filter", filter)
+        .await;
     assert_eq!(status, 200);
     let id = body["filter_id"].as_str().unwrap().to_owned();
-    let (status, body) = gina.get(&format!("/_matrix/client/v3/user/@gina:weft.test/filter/{id}")).await;
+    let (status, body) = gina
+        .get(&format!("/_matrix/client/v3/user/@gina:weft.test/filter/{id}"))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["room"]["timeline"]["limit"], 10);
-    assert_eq!(hank.get(&format!("/_matrix/client/v3/user/@gina:weft.test/filter/{id}")).await.0, 403);
-    assert_eq!(gina.get("/_matrix/client/v3/user/@gina:weft.test/filter/999999").await.0, 404);
+    assert_eq!(
+        hank.get(&format!("/_matrix/client/v3/user/@gina:weft.test/filter/{id}"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        gina.get("/_matrix/client/v3/user/@gina:weft.test/filter/999999")
+            .await
+            .0,
+        404
+    );
 
     let path = "/_matrix/client/v3/user/@gina:weft.test/account_data/org.example.settings";
     assert_eq!(gina.get(path).await.0, 404);
@@ -343,24 +507,40 @@ both_backends!(profile_capabilities_filters_account_data, |backend| async move {
 });
 
 both_backends!(matrix_errors_for_bad_requests, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let c = server.client();
     let (status, body) = c.get("/_matrix/client/v3/no/such/endpoint").await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
     let (status, body) = c.delete("/_matrix/client/v3/login", json!({})).await;
     assert_eq!((status, body["errcode"].as_str()), (405, Some("M_UNRECOGNIZED")));
-    let (status, body) = c.raw(reqwest::Method::POST, "/_matrix/client/v3/login", "{not json").await;
+    let (status, body) = c
+        .raw(reqwest::Method::POST, "/_matrix/client/v3/login", "{not json")
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")));
-    let (status, body) = c.post("/_matrix/client/v3/login", json!({"type": "m.login.password", "password": 5})).await;
+    let (status, body) = c
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "password": 5}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
     let (status, body) = c.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")));
     let (status, body) = c.with_token("bogus").get("/_matrix/client/v3/account/whoami").await;
     assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNKNOWN_TOKEN")));
-    let (status, _) = c.get(&format!("/_matrix/client/v3/account/whoami?access_token=bogus")).await;
+    let (status, _) = c
+        .get(&format!("/_matrix/client/v3/account/whoami?access_token=bogus"))
+        .await;
     assert_eq!(status, 401);
     let big = "x".repeat(2 * 1024 * 1024);
-    let res = reqwest::Client::new().post(format!("{}/_matrix/client/v3/login", server.url())).body(big).send().await.unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("{}/_matrix/client/v3/login", server.url()))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 413);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["errcode"], "M_TOO_LARGE");
@@ -390,11 +570,26 @@ both_backends!(rate_limits, |backend| async move {
 });
 
 both_backends!(everything_survives_restart, |backend| async move {
-    let Some(mut server) = TestServer::start(backend).await else { return };
+    let Some(mut server) = TestServer::start(backend).await else {
+        return;
+    };
     let ivy = server.register("ivy", "pw").await;
-    ivy.put("/_matrix/client/v3/profile/@ivy:weft.test/displayname", json!({"displayname": "Ivy"})).await;
-    ivy.put("/_matrix/client/v3/user/@ivy:weft.test/account_data/x.y", json!({"k": "v"})).await;
-    let (_, body) = ivy.post("/_matrix/client/v3/user/@ivy:weft.test/filter", json!({"room": {"timeline": {"limit": 3}}})).await;
+    ivy.put(
+        "/_matrix/client/v3/profile/@ivy:weft.test/displayname",
+        json!({"displayname": "Ivy"}),
+    )
+    .await;
+    ivy.put(
+        "/_matrix/client/v3/user/@ivy:weft.test/account_data/x.y",
+        json!({"k": "v"}),
+    )
+    .await;
+    let (_, body) = ivy
+        .post(
+            "/_matrix/client/v3/user/@ivy:weft.test/filter",
+            json!({"room": {"timeline": {"limit": 3}}}),
+        )
+        .await;
     let filter_id = body["filter_id"].as_str().unwrap().to_owned();
     let token = ivy.token.clone().unwrap();
 
@@ -402,9 +597,26 @@ both_backends!(everything_survives_restart, |backend| async move {
     let ivy = server.client().with_token(&token);
     let (status, body) = ivy.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!((status, body["user_id"].as_str()), (200, Some("@ivy:weft.test")));
-    assert_eq!(server.client().get("/_matrix/client/v3/profile/@ivy:weft.test/displayname").await.1["displayname"], "Ivy");
-    assert_eq!(ivy.get("/_matrix/client/v3/user/@ivy:weft.test/account_data/x.y").await.1, json!({"k": "v"}));
-    assert_eq!(ivy.get(&format!("/_matrix/client/v3/user/@ivy:weft.test/filter/{filter_id}")).await.1["room"]["timeline"]["limit"], 3);
+    assert_eq!(
+        server
+            .client()
+            .get("/_matrix/client/v3/profile/@ivy:weft.test/displayname")
+            .await
+            .1["displayname"],
+        "Ivy"
+    );
+    assert_eq!(
+        ivy.get("/_matrix/client/v3/user/@ivy:weft.test/account_data/x.y")
+            .await
+            .1,
+        json!({"k": "v"})
+    );
+    assert_eq!(
+        ivy.get(&format!("/_matrix/client/v3/user/@ivy:weft.test/filter/{filter_id}"))
+            .await
+            .1["room"]["timeline"]["limit"],
+        3
+    );
     assert_eq!(login(&server.client(), "ivy", "pw").await.0, 200);
     let (_, body) = ivy.get("/_matrix/client/v3/devices").await;
     assert_eq!(body["devices"].as_array().unwrap().len(), 2);
@@ -427,7 +639,11 @@ both_backends!(tls_listener, |backend| async move {
         .resolve("localhost", ([127, 0, 0, 1], port).into())
         .build()
         .unwrap();
-    let res = client.get(format!("https://localhost:{port}/_matrix/client/versions")).send().await.expect("TLS request");
+    let res = client
+        .get(format!("https://localhost:{port}/_matrix/client/versions"))
+        .send()
+        .await
+        .expect("TLS request");
     assert_eq!(res.status(), 200);
     // Plain HTTP to a TLS listener does not get an answer.
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/_matrix/client/versions")).await;

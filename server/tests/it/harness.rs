@@ -31,18 +31,31 @@ impl TestDb {
         let dir = std::env::temp_dir().join(format!("weft-test-{}", weft_core::util::random_string(12)));
         std::fs::create_dir_all(&dir).unwrap();
         match backend {
-            Backend::Sqlite => Some(TestDb { url: format!("sqlite://{}/weft.db", dir.display()), dir, admin_url: None }),
+            Backend::Sqlite => Some(TestDb {
+                url: format!("sqlite://{}/weft.db", dir.display()),
+                dir,
+                admin_url: None,
+            }),
             Backend::Postgres => {
                 let Ok(base) = std::env::var("WEFT_TEST_POSTGRES") else {
                     eprintln!("!!! WEFT_TEST_POSTGRES is not set: the PostgreSQL half of this test was SKIPPED !!!");
                     return None;
                 };
                 let name = format!("weft_test_{}", weft_core::util::random_string(12).to_lowercase());
-                let db = weft_core::Db::connect(&base, 1).await.expect("connect to WEFT_TEST_POSTGRES");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.expect("create test database");
+                let db = weft_core::Db::connect(&base, 1)
+                    .await
+                    .expect("connect to WEFT_TEST_POSTGRES");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(db.pool())
+                    .await
+                    .expect("create test database");
                 db.close().await;
                 let url = replace_db_name(&base, &name);
-                Some(TestDb { url, dir, admin_url: Some((base, name)) })
+                Some(TestDb {
+                    url,
+                    dir,
+                    admin_url: Some((base, name)),
+                })
             }
         }
     }
@@ -50,7 +63,9 @@ impl TestDb {
     pub async fn drop_db(&self) {
         if let Some((base, name)) = &self.admin_url {
             if let Ok(db) = weft_core::Db::connect(base, 1).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(db.pool()).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(db.pool())
+                    .await;
                 db.close().await;
             }
         }
@@ -82,7 +97,11 @@ pub fn test_config(db: &TestDb) -> Config {
     config.listeners = vec![ListenerConfig {
         address: [127, 0, 0, 1].into(),
         port: 0,
-        apis: vec![weft::config::Api::Client, weft::config::Api::Media, weft::config::Api::Admin],
+        apis: vec![
+            weft::config::Api::Client,
+            weft::config::Api::Media,
+            weft::config::Api::Admin,
+        ],
         tls_cert: None,
         tls_key: None,
     }];
@@ -111,7 +130,12 @@ impl TestServer {
         tweak(&mut config);
         let running = server::start(config.clone()).await.expect("server starts");
         let addr = running.addrs[0];
-        Some(TestServer { db, config, running: Some(running), addr })
+        Some(TestServer {
+            db,
+            config,
+            running: Some(running),
+            addr,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -119,7 +143,11 @@ impl TestServer {
     }
 
     pub fn client(&self) -> Client {
-        Client { base: self.url(), token: None, http: reqwest::Client::new() }
+        Client {
+            base: self.url(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Stops the server and starts it again on the same database (and a new port).
@@ -143,7 +171,12 @@ impl TestServer {
     /// client logged in as them.
     pub async fn register(&self, localpart: &str, password: &str) -> Client {
         let mut client = self.client();
-        let (status, body) = client.post("/_matrix/client/v3/register", json!({"username": localpart, "password": password})).await;
+        let (status, body) = client
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": localpart, "password": password}),
+            )
+            .await;
         assert_eq!(status, 401, "{body}");
         let session = body["session"].as_str().unwrap().to_owned();
         let (status, body) = client
@@ -168,7 +201,10 @@ pub struct Client {
 
 impl Client {
     pub fn with_token(&self, token: &str) -> Client {
-        Client { token: Some(token.to_owned()), ..self.clone() }
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
     }
 
     pub async fn request(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {

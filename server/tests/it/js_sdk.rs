@@ -21,7 +21,12 @@ fn js_dir() -> PathBuf {
 /// Runs `program` once to check that it exists, with a clear message when it doesn't.
 fn require_tool(program: &str) {
     const NEED: &str = "the matrix-js-sdk tests need Node.js 20+ and npm on PATH";
-    match Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+    match Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
         Ok(status) if status.success() => {}
         Ok(status) => panic!("`{program} --version` failed ({status}): {NEED}"),
         Err(e) => panic!("`{program}` could not be run ({e}): {NEED}"),
@@ -49,7 +54,10 @@ fn ensure_node_modules() {
     require_tool("node");
     let dir = js_dir();
     // Re-install when a dependency added to package.json later is missing.
-    if ["matrix-js-sdk", "fake-indexeddb"].iter().any(|p| !dir.join(format!("node_modules/{p}/package.json")).exists()) {
+    if ["matrix-js-sdk", "fake-indexeddb"]
+        .iter()
+        .any(|p| !dir.join(format!("node_modules/{p}/package.json")).exists())
+    {
         require_tool("npm");
         let output = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
@@ -57,7 +65,11 @@ fn ensure_node_modules() {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("running `npm ci` in {}: {e}", dir.display()));
-        assert!(output.status.success(), "{}", describe(&format!("`npm ci` in {}", dir.display()), &output));
+        assert!(
+            output.status.success(),
+            "{}",
+            describe(&format!("`npm ci` in {}", dir.display()), &output)
+        );
     }
     *installed = true;
 }
@@ -104,7 +116,9 @@ pub(crate) async fn prepare_js() {
 
 both_backends!(foundation, |backend| async move {
     prepare_js().await;
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let result = run_node_test(&server, "foundation.test.mjs").await;
     server.stop().await;
     match result {

@@ -10,7 +10,9 @@ use crate::{
 
 both_backends!(e2ee, |backend| async move {
     prepare_js().await;
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let result = run_node_test(&server, "e2ee.test.mjs").await;
     server.stop().await;
     match result {

@@ -9,7 +9,9 @@ use crate::{
 
 both_backends!(media, |backend| async move {
     prepare_js().await;
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let result = run_node_test(&server, "media.test.mjs").await;
     server.stop().await;
     match result {

@@ -2,19 +2,19 @@
 
 mod harness;
 
+mod aliases_directory;
+mod durability;
+mod e2ee;
 mod foundation;
 mod js_sdk;
-mod rooms;
-mod read_endpoints;
-mod aliases_directory;
-mod relations_upgrade_spaces;
-mod search_directory_reports;
-mod sync;
-mod push;
-mod js_sdk_rooms;
-mod e2ee;
 mod js_sdk_e2ee;
-mod media;
 mod js_sdk_media;
-mod durability;
+mod js_sdk_rooms;
+mod media;
+mod push;
+mod read_endpoints;
+mod relations_upgrade_spaces;
+mod rooms;
+mod search_directory_reports;
 mod sliding_sync;
+mod sync;

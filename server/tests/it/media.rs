@@ -51,7 +51,11 @@ async fn upload_ok(client: &Client, bytes: Vec<u8>, content_type: &str, filename
 }
 
 async fn put_upload(client: &Client, mxc: &str, bytes: Vec<u8>, content_type: &str) -> (u16, Value) {
-    let url = format!("{}/_matrix/media/v3/upload/{}?filename=put.bin", client.base, server_and_id(mxc));
+    let url = format!(
+        "{}/_matrix/media/v3/upload/{}?filename=put.bin",
+        client.base,
+        server_and_id(mxc)
+    );
     let mut req = client.http.put(url).body(bytes).header("content-type", content_type);
     if let Some(token) = &client.token {
         req = req.bearer_auth(token);
@@ -80,7 +84,8 @@ impl Fetched {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     fn disposition(&self) -> ContentDisposition {
-        ContentDisposition::try_from(self.header("content-disposition").as_bytes()).expect("a valid Content-Disposition")
+        ContentDisposition::try_from(self.header("content-disposition").as_bytes())
+            .expect("a valid Content-Disposition")
     }
     fn image(&self) -> DynamicImage {
         image::load_from_memory(&self.body).unwrap_or_else(|e| panic!("not an image ({e}): status {}", self.status))
@@ -100,21 +105,33 @@ async fn fetch(client: &Client, path: &str) -> Fetched {
 }
 
 async fn download(client: &Client, mxc: &str) -> Fetched {
-    fetch(client, &format!("/_matrix/client/v1/media/download/{}", server_and_id(mxc))).await
+    fetch(
+        client,
+        &format!("/_matrix/client/v1/media/download/{}", server_and_id(mxc)),
+    )
+    .await
 }
 
 async fn thumbnail(client: &Client, mxc: &str, query: &str) -> Fetched {
-    fetch(client, &format!("/_matrix/client/v1/media/thumbnail/{}?{query}", server_and_id(mxc))).await
+    fetch(
+        client,
+        &format!("/_matrix/client/v1/media/thumbnail/{}?{query}", server_and_id(mxc)),
+    )
+    .await
 }
 
 fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Vec::new();
-    image.write_to(&mut Cursor::new(&mut out), format).expect("encode test image");
+    image
+        .write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode test image");
     out
 }
 
 fn gradient(w: u32, h: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])))
+    DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    }))
 }
 
 /// A two-frame animated GIF.
@@ -133,7 +150,9 @@ fn animated_gif(w: u32, h: u32) -> Vec<u8> {
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -154,7 +173,9 @@ fn temp_files(server: &TestServer) -> usize {
 }
 
 async fn count_rows(server: &TestServer, sql: &str) -> i64 {
-    let db = weft_core::Db::connect(&server.db.url, 1).await.expect("connect to the test database");
+    let db = weft_core::Db::connect(&server.db.url, 1)
+        .await
+        .expect("connect to the test database");
     let (n,): (i64,) = sqlx::query_as(sql).fetch_one(db.pool()).await.expect("count query");
     db.close().await;
     n
@@ -166,13 +187,23 @@ const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types 
 // ----- uploads and downloads -----
 
 both_backends!(upload_download_round_trip, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
 
     let (status, body) = alice.get("/_matrix/client/v1/media/config").await;
-    assert_eq!((status, body["m.upload.size"].as_u64()), (200, Some(50 * 1024 * 1024)), "{body}");
+    assert_eq!(
+        (status, body["m.upload.size"].as_u64()),
+        (200, Some(50 * 1024 * 1024)),
+        "{body}"
+    );
     let (status, body) = alice.get("/_matrix/media/v3/config").await;
-    assert_eq!((status, body["m.upload.size"].as_u64()), (200, Some(50 * 1024 * 1024)), "{body}");
+    assert_eq!(
+        (status, body["m.upload.size"].as_u64()),
+        (200, Some(50 * 1024 * 1024)),
+        "{body}"
+    );
 
     // Bytes, content type and a non-ASCII filename come back as uploaded.
     let name = "Grüße aus Köln 🌍 \"quoted\".txt";
@@ -187,13 +218,24 @@ both_backends!(upload_download_round_trip, |backend| async move {
     let disposition = got.disposition();
     assert_eq!(disposition.disposition_type, ContentDispositionType::Inline);
     assert_eq!(disposition.filename.as_deref(), Some(name));
-    assert!(got.header("content-disposition").contains("filename*=utf-8''"), "{}", got.header("content-disposition"));
+    assert!(
+        got.header("content-disposition").contains("filename*=utf-8''"),
+        "{}",
+        got.header("content-disposition")
+    );
     assert_eq!(got.header("content-security-policy"), CSP);
     assert_eq!(got.header("cross-origin-resource-policy"), "cross-origin");
     assert_eq!(got.header("x-content-type-options"), "nosniff");
 
     // The filename in the path overrides the stored one.
-    let got = fetch(&alice, &format!("/_matrix/client/v1/media/download/{}/other%20name.txt", server_and_id(&mxc))).await;
+    let got = fetch(
+        &alice,
+        &format!(
+            "/_matrix/client/v1/media/download/{}/other%20name.txt",
+            server_and_id(&mxc)
+        ),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, text);
     assert_eq!(got.disposition().filename.as_deref(), Some("other name.txt"));
@@ -207,11 +249,21 @@ both_backends!(upload_download_round_trip, |backend| async move {
         ("video/mp4", true),
         ("audio/ogg", true),
     ] {
-        let mxc = upload_ok(&alice, b"<html><script>alert(1)</script></html>".to_vec(), content_type, Some("f")).await;
+        let mxc = upload_ok(
+            &alice,
+            b"<html><script>alert(1)</script></html>".to_vec(),
+            content_type,
+            Some("f"),
+        )
+        .await;
         let got = download(&alice, &mxc).await;
         assert_eq!(got.status, 200);
         assert_eq!(got.header("content-type"), content_type);
-        let expected = if inline { ContentDispositionType::Inline } else { ContentDispositionType::Attachment };
+        let expected = if inline {
+            ContentDispositionType::Inline
+        } else {
+            ContentDispositionType::Attachment
+        };
         assert_eq!(got.disposition().disposition_type, expected, "{content_type}");
         assert_eq!(got.header("content-security-policy"), CSP);
     }
@@ -233,7 +285,9 @@ both_backends!(upload_download_round_trip, |backend| async move {
 });
 
 both_backends!(identical_content_is_stored_once, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let bytes = b"the same bytes, twice".to_vec();
@@ -245,7 +299,10 @@ both_backends!(identical_content_is_stored_once, |backend| async move {
     // Each ID keeps its own metadata.
     let a = download(&alice, &first).await;
     let b = download(&alice, &second).await;
-    assert_eq!((a.body.as_slice(), b.body.as_slice()), (bytes.as_slice(), bytes.as_slice()));
+    assert_eq!(
+        (a.body.as_slice(), b.body.as_slice()),
+        (bytes.as_slice(), bytes.as_slice())
+    );
     assert_eq!(a.header("content-type"), "text/plain");
     assert_eq!(b.header("content-type"), "application/octet-stream");
     assert_eq!(b.disposition().filename.as_deref(), Some("b.bin"));
@@ -255,7 +312,9 @@ both_backends!(identical_content_is_stored_once, |backend| async move {
 });
 
 both_backends!(create_then_put, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
 
@@ -263,11 +322,24 @@ both_backends!(create_then_put, |backend| async move {
     assert_eq!(status, 200, "{body}");
     let mxc = body["content_uri"].as_str().unwrap().to_owned();
     let expires = body["unused_expires_at"].as_i64().expect("unused_expires_at");
-    assert!(expires > weft_core::util::now_ms() + 60 * 60 * 1000, "expires in about a day: {expires}");
+    assert!(
+        expires > weft_core::util::now_ms() + 60 * 60 * 1000,
+        "expires in about a day: {expires}"
+    );
 
     // Not uploaded yet: a download waits at most timeout_ms, then 504 M_NOT_YET_UPLOADED.
-    let got = fetch(&alice, &format!("/_matrix/client/v1/media/download/{}?timeout_ms=100", server_and_id(&mxc))).await;
-    assert_eq!((got.status, got.json()["errcode"].as_str()), (504, Some("M_NOT_YET_UPLOADED")));
+    let got = fetch(
+        &alice,
+        &format!(
+            "/_matrix/client/v1/media/download/{}?timeout_ms=100",
+            server_and_id(&mxc)
+        ),
+    )
+    .await;
+    assert_eq!(
+        (got.status, got.json()["errcode"].as_str()),
+        (504, Some("M_NOT_YET_UPLOADED"))
+    );
 
     // Only the creator may upload.
     let (status, body) = put_upload(&bob, &mxc, b"bob's".to_vec(), "text/plain").await;
@@ -280,7 +352,11 @@ both_backends!(create_then_put, |backend| async move {
 
     // A second upload is refused and changes nothing.
     let (status, body) = put_upload(&alice, &mxc, b"again".to_vec(), "text/plain").await;
-    assert_eq!((status, body["errcode"].as_str()), (409, Some("M_CANNOT_OVERWRITE_MEDIA")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (409, Some("M_CANNOT_OVERWRITE_MEDIA")),
+        "{body}"
+    );
     assert_eq!(download(&alice, &mxc).await.body, b"alice's");
 
     // Unknown IDs and other servers' IDs.
@@ -291,7 +367,11 @@ both_backends!(create_then_put, |backend| async move {
     // Plain uploads cannot be overwritten through PUT either.
     let plain = upload_ok(&alice, b"plain".to_vec(), "text/plain", None).await;
     let (status, body) = put_upload(&alice, &plain, b"x".to_vec(), "text/plain").await;
-    assert_eq!((status, body["errcode"].as_str()), (409, Some("M_CANNOT_OVERWRITE_MEDIA")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (409, Some("M_CANNOT_OVERWRITE_MEDIA")),
+        "{body}"
+    );
 
     // At most five IDs may wait for their upload at once.
     for _ in 0..5 {
@@ -299,12 +379,17 @@ both_backends!(create_then_put, |backend| async move {
         assert_eq!(status, 200, "{body}");
     }
     let (status, body) = bob.post("/_matrix/media/v1/create", serde_json::json!({})).await;
-    assert_eq!((status, body["errcode"].as_str()), (429, Some("M_LIMIT_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED")),
+        "{body}"
+    );
     server.stop().await;
 });
 
 both_backends!(unused_media_ids_expire, |backend| async move {
-    let Some(server) = TestServer::start_with(backend, |c| c.media.unused_expiration_time = Duration::from_millis(300)).await
+    let Some(server) =
+        TestServer::start_with(backend, |c| c.media.unused_expiration_time = Duration::from_millis(300)).await
     else {
         return;
     };
@@ -363,10 +448,18 @@ both_backends!(size_limit_and_quota, |backend| async move {
     upload_ok(&alice, vec![1; 1000], "application/octet-stream", None).await;
     upload_ok(&alice, vec![2; 1000], "application/octet-stream", None).await;
     let (status, body) = upload(&alice, vec![3; 1000], Some("application/octet-stream"), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_RESOURCE_LIMIT_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_RESOURCE_LIMIT_EXCEEDED")),
+        "{body}"
+    );
     // Identical content still counts against the quota (it is another upload).
     let (status, body) = upload(&alice, vec![1; 1000], Some("application/octet-stream"), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_RESOURCE_LIMIT_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_RESOURCE_LIMIT_EXCEEDED")),
+        "{body}"
+    );
     upload_ok(&alice, vec![4; 500], "application/octet-stream", None).await;
     assert_eq!(count_rows(&server, "SELECT COUNT(*) FROM media").await, 3);
     // The quota is per user.
@@ -375,12 +468,18 @@ both_backends!(size_limit_and_quota, |backend| async move {
     let (_, body) = alice.post("/_matrix/media/v1/create", serde_json::json!({})).await;
     let mxc = body["content_uri"].as_str().unwrap().to_owned();
     let (status, body) = put_upload(&alice, &mxc, vec![5; 10], "text/plain").await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_RESOURCE_LIMIT_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_RESOURCE_LIMIT_EXCEEDED")),
+        "{body}"
+    );
     server.stop().await;
 });
 
 both_backends!(truncated_upload_leaves_nothing, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let token = alice.token.clone().unwrap();
 
@@ -416,22 +515,37 @@ async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
 }
 
 both_backends!(unknown_media_and_authentication, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
-    let mxc = upload_ok(&alice, encode(gradient(64, 64), ImageFormat::Png), "image/png", Some("a.png")).await;
+    let mxc = upload_ok(
+        &alice,
+        encode(gradient(64, 64), ImageFormat::Png),
+        "image/png",
+        Some("a.png"),
+    )
+    .await;
     let anonymous = server.client();
 
     // The authenticated endpoints need a token.
     for path in [
         format!("/_matrix/client/v1/media/download/{}", server_and_id(&mxc)),
         format!("/_matrix/client/v1/media/download/{}/a.png", server_and_id(&mxc)),
-        format!("/_matrix/client/v1/media/thumbnail/{}?width=32&height=32", server_and_id(&mxc)),
+        format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width=32&height=32",
+            server_and_id(&mxc)
+        ),
         "/_matrix/client/v1/media/config".to_owned(),
         "/_matrix/client/v1/media/preview_url?url=https%3A%2F%2Fexample.org".to_owned(),
         "/_matrix/media/v3/config".to_owned(),
     ] {
         let got = fetch(&anonymous, &path).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (401, Some("M_MISSING_TOKEN")), "{path}");
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (401, Some("M_MISSING_TOKEN")),
+            "{path}"
+        );
         assert_eq!(fetch(&alice.with_token("bogus"), &path).await.status, 401, "{path}");
     }
     let (status, _) = upload(&anonymous, vec![1], Some("text/plain"), None).await;
@@ -445,7 +559,11 @@ both_backends!(unknown_media_and_authentication, |backend| async move {
         "/_matrix/client/v1/media/thumbnail/matrix.org/abcdef?width=32&height=32",
     ] {
         let got = fetch(&alice, path).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{path}");
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (404, Some("M_NOT_FOUND")),
+            "{path}"
+        );
     }
 
     // With authenticated media on (the default), the legacy endpoints do not serve new media.
@@ -456,7 +574,11 @@ both_backends!(unknown_media_and_authentication, |backend| async move {
         format!("/_matrix/media/r0/download/{}", server_and_id(&mxc)),
     ] {
         let got = fetch(&anonymous, &path).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{path}");
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (404, Some("M_NOT_FOUND")),
+            "{path}"
+        );
     }
     assert_eq!(download(&alice, &mxc).await.status, 200);
     server.stop().await;
@@ -467,9 +589,19 @@ both_backends!(legacy_endpoints_freeze, |backend| async move {
         return;
     };
     let alice = server.register("alice", "pw").await;
-    let old = upload_ok(&alice, encode(gradient(64, 64), ImageFormat::Png), "image/png", Some("old.png")).await;
+    let old = upload_ok(
+        &alice,
+        encode(gradient(64, 64), ImageFormat::Png),
+        "image/png",
+        Some("old.png"),
+    )
+    .await;
     let anonymous = server.client();
-    let got = fetch(&anonymous, &format!("/_matrix/media/v3/download/{}", server_and_id(&old))).await;
+    let got = fetch(
+        &anonymous,
+        &format!("/_matrix/media/v3/download/{}", server_and_id(&old)),
+    )
+    .await;
     assert_eq!(got.status, 200);
     assert_eq!(got.disposition().filename.as_deref(), Some("old.png"));
     assert_eq!(got.header("content-security-policy"), CSP);
@@ -477,14 +609,38 @@ both_backends!(legacy_endpoints_freeze, |backend| async move {
     // Turning authenticated media on freezes the legacy endpoints: what was there stays.
     server.config.media.enable_authenticated_media = true;
     server.restart().await;
-    let alice = Client { base: server.url(), ..alice };
+    let alice = Client {
+        base: server.url(),
+        ..alice
+    };
     let anonymous = server.client();
-    let new = upload_ok(&alice, encode(gradient(32, 32), ImageFormat::Png), "image/png", Some("new.png")).await;
-    let got = fetch(&anonymous, &format!("/_matrix/media/v3/download/{}", server_and_id(&old))).await;
+    let new = upload_ok(
+        &alice,
+        encode(gradient(32, 32), ImageFormat::Png),
+        "image/png",
+        Some("new.png"),
+    )
+    .await;
+    let got = fetch(
+        &anonymous,
+        &format!("/_matrix/media/v3/download/{}", server_and_id(&old)),
+    )
+    .await;
     assert_eq!(got.status, 200);
-    let got = fetch(&anonymous, &format!("/_matrix/media/v3/thumbnail/{}?width=16&height=16&method=crop", server_and_id(&old))).await;
+    let got = fetch(
+        &anonymous,
+        &format!(
+            "/_matrix/media/v3/thumbnail/{}?width=16&height=16&method=crop",
+            server_and_id(&old)
+        ),
+    )
+    .await;
     assert_eq!((got.status, got.image().width()), (200, 16));
-    let got = fetch(&anonymous, &format!("/_matrix/media/v3/download/{}", server_and_id(&new))).await;
+    let got = fetch(
+        &anonymous,
+        &format!("/_matrix/media/v3/download/{}", server_and_id(&new)),
+    )
+    .await;
     assert_eq!((got.status, got.json()["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     assert_eq!(download(&alice, &new).await.status, 200);
     assert_eq!(download(&alice, &old).await.status, 200);
@@ -494,11 +650,19 @@ both_backends!(legacy_endpoints_freeze, |backend| async move {
 // ----- thumbnails -----
 
 both_backends!(thumbnails_scale_and_crop, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
 
     // PNG 400x200.
-    let png = upload_ok(&alice, encode(gradient(400, 200), ImageFormat::Png), "image/png", Some("g.png")).await;
+    let png = upload_ok(
+        &alice,
+        encode(gradient(400, 200), ImageFormat::Png),
+        "image/png",
+        Some("g.png"),
+    )
+    .await;
     for (query, dims) in [
         ("width=100&height=100&method=scale", (100, 50)),
         ("width=100&height=100", (100, 50)),
@@ -519,12 +683,21 @@ both_backends!(thumbnails_scale_and_crop, |backend| async move {
     }
     // Crop keeps the middle: a 100x100 crop of a 400x200 gradient starts at x = 100 of the
     // original (red channel = x), scaled by half.
-    let crop = thumbnail(&alice, &png, "width=100&height=100&method=crop").await.image().to_rgb8();
+    let crop = thumbnail(&alice, &png, "width=100&height=100&method=crop")
+        .await
+        .image()
+        .to_rgb8();
     let red = crop.get_pixel(0, 50)[0];
     assert!((95..=110).contains(&red), "crop starts at the centre, red = {red}");
 
     // JPEG 300x600 stays JPEG.
-    let jpeg = upload_ok(&alice, encode(gradient(300, 600), ImageFormat::Jpeg), "image/jpeg", Some("g.jpg")).await;
+    let jpeg = upload_ok(
+        &alice,
+        encode(gradient(300, 600), ImageFormat::Jpeg),
+        "image/jpeg",
+        Some("g.jpg"),
+    )
+    .await;
     let got = thumbnail(&alice, &jpeg, "width=64&height=64&method=scale").await;
     assert_eq!((got.status, got.header("content-type")), (200, "image/jpeg"));
     assert_eq!(image::guess_format(&got.body).unwrap(), ImageFormat::Jpeg);
@@ -535,11 +708,18 @@ both_backends!(thumbnails_scale_and_crop, |backend| async move {
 
     // WebP.
     let webp = upload_ok(&alice, encode(gradient(120, 90), ImageFormat::WebP), "image/webp", None).await;
-    let image = thumbnail(&alice, &webp, "width=60&height=60&method=scale").await.image();
+    let image = thumbnail(&alice, &webp, "width=60&height=60&method=scale")
+        .await
+        .image();
     assert_eq!((image.width(), image.height()), (60, 45));
 
     // Bad parameters.
-    for query in ["width=0&height=10", "width=10&height=10&method=stretch", "height=10", "width=-1&height=10"] {
+    for query in [
+        "width=0&height=10",
+        "width=10&height=10&method=stretch",
+        "height=10",
+        "width=-1&height=10",
+    ] {
         let got = thumbnail(&alice, &png, query).await;
         assert_eq!(got.status, 400, "{query}: {:?}", got.json());
     }
@@ -547,7 +727,9 @@ both_backends!(thumbnails_scale_and_crop, |backend| async move {
 });
 
 both_backends!(thumbnails_of_gifs, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let gif_bytes = animated_gif(120, 80);
     let gif = upload_ok(&alice, gif_bytes.clone(), "image/gif", Some("anim.gif")).await;
@@ -576,7 +758,9 @@ both_backends!(thumbnails_of_gifs, |backend| async move {
 });
 
 both_backends!(non_images_cannot_be_thumbnailed, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     for (bytes, content_type) in [
         (b"just text".to_vec(), "text/plain"),
@@ -586,7 +770,11 @@ both_backends!(non_images_cannot_be_thumbnailed, |backend| async move {
     ] {
         let mxc = upload_ok(&alice, bytes.clone(), content_type, Some("x")).await;
         let got = thumbnail(&alice, &mxc, "width=32&height=32").await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (400, Some("M_UNKNOWN")), "{content_type}");
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (400, Some("M_UNKNOWN")),
+            "{content_type}"
+        );
         // The download still works.
         let got = download(&alice, &mxc).await;
         assert_eq!((got.status, got.body), (200, bytes));
@@ -596,7 +784,9 @@ both_backends!(non_images_cannot_be_thumbnailed, |backend| async move {
 });
 
 both_backends!(thumbnails_are_generated_once, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let png = upload_ok(&alice, encode(gradient(300, 300), ImageFormat::Png), "image/png", None).await;
@@ -621,11 +811,17 @@ both_backends!(thumbnails_are_generated_once, |backend| async move {
 // ----- URL previews -----
 
 both_backends!(url_preview_is_off_by_default, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     for path in ["/_matrix/client/v1/media/preview_url", "/_matrix/media/v3/preview_url"] {
         let got = fetch(&alice, &format!("{path}?url=https%3A%2F%2Fexample.org%2F")).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{path}");
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (404, Some("M_UNRECOGNIZED")),
+            "{path}"
+        );
     }
     server.stop().await;
 });
@@ -656,11 +852,20 @@ async fn start_site() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         .route(
             "/plain",
             get(|| async {
-                ([(header::CONTENT_TYPE, "text/html")], "<html><title>Just a\n title</title><meta name=\"description\" content=\"desc\"></html>")
+                (
+                    [(header::CONTENT_TYPE, "text/html")],
+                    "<html><title>Just a\n title</title><meta name=\"description\" content=\"desc\"></html>",
+                )
             }),
         )
-        .route("/image.png", get(move || async move { ([(header::CONTENT_TYPE, "image/png")], png.clone()) }))
-        .route("/redirect", get(|| async { (axum::http::StatusCode::FOUND, [(header::LOCATION, "/page")]).into_response() }))
+        .route(
+            "/image.png",
+            get(move || async move { ([(header::CONTENT_TYPE, "image/png")], png.clone()) }),
+        )
+        .route(
+            "/redirect",
+            get(|| async { (axum::http::StatusCode::FOUND, [(header::LOCATION, "/page")]).into_response() }),
+        )
         .route(
             "/escape",
             get(move || async move {
@@ -674,7 +879,11 @@ async fn start_site() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn preview(client: &Client, url: &str) -> Fetched {
-    fetch(client, &format!("/_matrix/client/v1/media/preview_url?url={}", urlencode(url))).await
+    fetch(
+        client,
+        &format!("/_matrix/client/v1/media/preview_url?url={}", urlencode(url)),
+    )
+    .await
 }
 
 both_backends!(url_preview_of_allowlisted_site, |backend| async move {
@@ -705,21 +914,41 @@ both_backends!(url_preview_of_allowlisted_site, |backend| async move {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // Cached: the site is not asked again; the legacy endpoint answers the same.
-    let legacy = fetch(&alice, &format!("/_matrix/media/v3/preview_url?url={}", urlencode(&url))).await;
-    assert_eq!((legacy.status, legacy.json()["og:title"].as_str()), (200, Some("Weft & friends")));
+    let legacy = fetch(
+        &alice,
+        &format!("/_matrix/media/v3/preview_url?url={}", urlencode(&url)),
+    )
+    .await;
+    assert_eq!(
+        (legacy.status, legacy.json()["og:title"].as_str()),
+        (200, Some("Weft & friends"))
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 
     // Fallbacks, redirects within the allowed range, and a direct image.
     let og = preview(&alice, &format!("http://{site}/plain")).await.json();
-    assert_eq!((og["og:title"].as_str(), og["og:description"].as_str()), (Some("Just a title"), Some("desc")), "{og}");
+    assert_eq!(
+        (og["og:title"].as_str(), og["og:description"].as_str()),
+        (Some("Just a title"), Some("desc")),
+        "{og}"
+    );
     let og = preview(&alice, &format!("http://{site}/redirect")).await.json();
     assert_eq!(og["og:title"], "Weft & friends", "{og}");
     let og = preview(&alice, &format!("http://{site}/image.png")).await.json();
-    assert_eq!((og["og:image:width"].as_u64(), og["og:image:type"].as_str()), (Some(64), Some("image/png")), "{og}");
+    assert_eq!(
+        (og["og:image:width"].as_u64(), og["og:image:type"].as_str()),
+        (Some(64), Some("image/png")),
+        "{og}"
+    );
 
     // A redirect hop to a blocked address is refused, although the first hop was allowed.
     let got = preview(&alice, &format!("http://{site}/escape")).await;
-    assert_eq!((got.status, got.json()["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{:?}", got.json());
+    assert_eq!(
+        (got.status, got.json()["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN")),
+        "{:?}",
+        got.json()
+    );
     // So are other loopback addresses, names resolving to them, and IPv4-mapped forms.
     for url in [
         format!("http://127.0.0.2:{}/page", site.port()),
@@ -727,7 +956,12 @@ both_backends!(url_preview_of_allowlisted_site, |backend| async move {
         format!("http://[::ffff:127.0.0.2]:{}/page", site.port()),
     ] {
         let got = preview(&alice, &url).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{url}: {:?}", got.json());
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{url}: {:?}",
+            got.json()
+        );
     }
     // Not a URL.
     for url in ["not a url", "ftp://example.org/file", "file:///etc/passwd"] {
@@ -738,11 +972,21 @@ both_backends!(url_preview_of_allowlisted_site, |backend| async move {
 
 both_backends!(url_preview_refuses_loopback, |backend| async move {
     let (site, hits) = start_site().await;
-    let Some(server) = TestServer::start_with(backend, |c| c.media.url_preview_enabled = true).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.media.url_preview_enabled = true).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
-    for url in [format!("http://{site}/page"), format!("http://localhost:{}/page", site.port())] {
+    for url in [
+        format!("http://{site}/page"),
+        format!("http://localhost:{}/page", site.port()),
+    ] {
         let got = preview(&alice, &url).await;
-        assert_eq!((got.status, got.json()["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{url}: {:?}", got.json());
+        assert_eq!(
+            (got.status, got.json()["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{url}: {:?}",
+            got.json()
+        );
     }
     assert_eq!(hits.load(Ordering::SeqCst), 0, "the site was never contacted");
     server.stop().await;

@@ -19,16 +19,29 @@ use crate::{
 const RULES: &str = "/_matrix/client/v3/pushrules";
 
 fn rule_ids(ruleset: &Value, kind: &str) -> Vec<String> {
-    ruleset[kind].as_array().map(|a| a.iter().map(|r| r["rule_id"].as_str().unwrap_or("").to_owned()).collect()).unwrap_or_default()
+    ruleset[kind]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| r["rule_id"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The `m.push_rules` content from a sync response's global account data, if present.
 fn push_rules_in_sync(body: &Value) -> Option<Value> {
-    body["account_data"]["events"].as_array()?.iter().find(|e| e["type"] == "m.push_rules").map(|e| e["content"].clone())
+    body["account_data"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == "m.push_rules")
+        .map(|e| e["content"].clone())
 }
 
 both_backends!(default_and_custom_rules, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
 
     // Defaults, including the newer mention and reaction rules.
@@ -36,19 +49,44 @@ both_backends!(default_and_custom_rules, |backend| async move {
     assert_eq!(status, 200, "{body}");
     let global = &body["global"];
     let overrides = rule_ids(global, "override");
-    for id in [".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event", ".m.rule.is_user_mention", ".m.rule.is_room_mention", ".m.rule.tombstone", ".m.rule.reaction", ".m.rule.suppress_edits"] {
+    for id in [
+        ".m.rule.master",
+        ".m.rule.suppress_notices",
+        ".m.rule.invite_for_me",
+        ".m.rule.member_event",
+        ".m.rule.is_user_mention",
+        ".m.rule.is_room_mention",
+        ".m.rule.tombstone",
+        ".m.rule.reaction",
+        ".m.rule.suppress_edits",
+    ] {
         assert!(overrides.contains(&id.to_owned()), "{id} missing from {overrides:?}");
     }
     assert_eq!(overrides[0], ".m.rule.master");
-    for id in [".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one", ".m.rule.message", ".m.rule.encrypted"] {
+    for id in [
+        ".m.rule.call",
+        ".m.rule.encrypted_room_one_to_one",
+        ".m.rule.room_one_to_one",
+        ".m.rule.message",
+        ".m.rule.encrypted",
+    ] {
         assert!(rule_ids(global, "underride").contains(&id.to_owned()), "{id} missing");
     }
-    let mention = global["override"].as_array().unwrap().iter().find(|r| r["rule_id"] == ".m.rule.is_user_mention").unwrap();
+    let mention = global["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rule_id"] == ".m.rule.is_user_mention")
+        .unwrap();
     assert_eq!(mention["conditions"][0]["value"], "@alice:weft.test", "{mention}");
     assert_eq!(mention["default"], true);
     let (status, scope) = alice.get(&format!("{RULES}/global/")).await;
     assert_eq!(status, 200);
-    assert_eq!(rule_ids(&scope, "override"), overrides, "GET /pushrules/global/ is the same ruleset");
+    assert_eq!(
+        rule_ids(&scope, "override"),
+        overrides,
+        "GET /pushrules/global/ is the same ruleset"
+    );
     assert_eq!(server.client().get(&format!("{RULES}/")).await.0, 401);
 
     // Nothing changed yet: the first sync carries no m.push_rules account data from us.
@@ -76,95 +114,275 @@ both_backends!(default_and_custom_rules, |backend| async move {
     // The change reaches /sync as m.push_rules account data.
     let inc = sync(&alice, Some(&since), "").await;
     let content = push_rules_in_sync(&inc).expect("m.push_rules in sync");
-    assert!(rule_ids(&content["global"], "override").contains(&"cake".to_owned()), "{content}");
+    assert!(
+        rule_ids(&content["global"], "override").contains(&"cake".to_owned()),
+        "{content}"
+    );
     let since = inc["next_batch"].as_str().unwrap().to_owned();
 
     // Replace it: new actions and conditions, same place.
-    let (status, _) = alice.put(&format!("{RULES}/global/override/cake"), json!({"conditions": [], "actions": []})).await;
+    let (status, _) = alice
+        .put(
+            &format!("{RULES}/global/override/cake"),
+            json!({"conditions": [], "actions": []}),
+        )
+        .await;
     assert_eq!(status, 200);
     let (_, got) = alice.get(&format!("{RULES}/global/override/cake")).await;
     assert_eq!(got["actions"], json!([]));
     assert_eq!(got["conditions"], json!([]));
 
     // Content rules, placed with before/after.
-    assert_eq!(alice.put(&format!("{RULES}/global/content/pie"), json!({"pattern": "pie", "actions": ["notify"]})).await.0, 200);
-    assert_eq!(alice.put(&format!("{RULES}/global/content/tart?before=pie"), json!({"pattern": "tart", "actions": ["notify"]})).await.0, 200);
-    assert_eq!(alice.put(&format!("{RULES}/global/content/flan?after=pie"), json!({"pattern": "flan", "actions": ["notify"]})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/content/pie"),
+                json!({"pattern": "pie", "actions": ["notify"]})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/content/tart?before=pie"),
+                json!({"pattern": "tart", "actions": ["notify"]})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/content/flan?after=pie"),
+                json!({"pattern": "flan", "actions": ["notify"]})
+            )
+            .await
+            .0,
+        200
+    );
     let (_, all) = alice.get(&format!("{RULES}/")).await;
     let content_ids = rule_ids(&all["global"], "content");
     let user_content: Vec<&String> = content_ids.iter().filter(|id| !id.starts_with('.')).collect();
     assert_eq!(user_content, ["tart", "pie", "flan"], "{content_ids:?}");
     // A placement relative to a rule that does not exist fails and changes nothing.
-    let (status, _) = alice.put(&format!("{RULES}/global/content/eclair?before=nope"), json!({"pattern": "e", "actions": []})).await;
+    let (status, _) = alice
+        .put(
+            &format!("{RULES}/global/content/eclair?before=nope"),
+            json!({"pattern": "e", "actions": []}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(alice.get(&format!("{RULES}/global/content/eclair")).await.0, 404);
     // Room and sender rules need room and user IDs.
-    assert_eq!(alice.put(&format!("{RULES}/global/room/not-a-room"), json!({"actions": []})).await.0, 400);
+    assert_eq!(
+        alice
+            .put(&format!("{RULES}/global/room/not-a-room"), json!({"actions": []}))
+            .await
+            .0,
+        400
+    );
     let room_rule = urlencode("!abc:weft.test");
-    assert_eq!(alice.put(&format!("{RULES}/global/room/{room_rule}"), json!({"actions": []})).await.0, 200);
-    assert_eq!(alice.get(&format!("{RULES}/global/room/{room_rule}")).await.1["rule_id"], "!abc:weft.test");
+    assert_eq!(
+        alice
+            .put(&format!("{RULES}/global/room/{room_rule}"), json!({"actions": []}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        alice.get(&format!("{RULES}/global/room/{room_rule}")).await.1["rule_id"],
+        "!abc:weft.test"
+    );
 
     // Enable / disable.
-    assert_eq!(alice.put(&format!("{RULES}/global/override/cake/enabled"), json!({"enabled": false})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/override/cake/enabled"),
+                json!({"enabled": false})
+            )
+            .await
+            .0,
+        200
+    );
     let (status, body) = alice.get(&format!("{RULES}/global/override/cake/enabled")).await;
     assert_eq!((status, body["enabled"].clone()), (200, json!(false)));
     // Replacing a rule keeps its enabled flag.
-    alice.put(&format!("{RULES}/global/override/cake"), json!({"conditions": [], "actions": ["notify"]})).await;
-    assert_eq!(alice.get(&format!("{RULES}/global/override/cake/enabled")).await.1["enabled"], false);
+    alice
+        .put(
+            &format!("{RULES}/global/override/cake"),
+            json!({"conditions": [], "actions": ["notify"]}),
+        )
+        .await;
+    assert_eq!(
+        alice.get(&format!("{RULES}/global/override/cake/enabled")).await.1["enabled"],
+        false
+    );
     // Server-default rules can be switched too.
-    assert_eq!(alice.put(&format!("{RULES}/global/override/.m.rule.master/enabled"), json!({"enabled": true})).await.0, 200);
-    assert_eq!(alice.get(&format!("{RULES}/global/override/.m.rule.master/enabled")).await.1["enabled"], true);
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/override/.m.rule.master/enabled"),
+                json!({"enabled": true})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        alice
+            .get(&format!("{RULES}/global/override/.m.rule.master/enabled"))
+            .await
+            .1["enabled"],
+        true
+    );
 
     // Actions.
     let actions = json!(["notify", {"set_tweak": "highlight"}]);
-    assert_eq!(alice.put(&format!("{RULES}/global/override/cake/actions"), json!({"actions": actions})).await.0, 200);
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/override/cake/actions"),
+                json!({"actions": actions})
+            )
+            .await
+            .0,
+        200
+    );
     let (status, body) = alice.get(&format!("{RULES}/global/override/cake/actions")).await;
     assert_eq!(status, 200);
     assert_eq!(body["actions"][0], "notify");
     assert_eq!(body["actions"][1]["set_tweak"], "highlight");
-    assert_eq!(alice.put(&format!("{RULES}/global/underride/.m.rule.message/actions"), json!({"actions": []})).await.0, 200);
-    assert_eq!(alice.get(&format!("{RULES}/global/underride/.m.rule.message/actions")).await.1["actions"], json!([]));
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/underride/.m.rule.message/actions"),
+                json!({"actions": []})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        alice
+            .get(&format!("{RULES}/global/underride/.m.rule.message/actions"))
+            .await
+            .1["actions"],
+        json!([])
+    );
 
     // Server-default rules can be neither created nor deleted; unknown rules are 404.
-    let (status, body) = alice.put(&format!("{RULES}/global/override/.m.rule.mine"), json!({"conditions": [], "actions": []})).await;
+    let (status, body) = alice
+        .put(
+            &format!("{RULES}/global/override/.m.rule.mine"),
+            json!({"conditions": [], "actions": []}),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(alice.delete(&format!("{RULES}/global/override/.m.rule.master"), json!({})).await.0, 400);
-    assert_eq!(alice.get(&format!("{RULES}/global/override/.m.rule.master")).await.0, 200);
+    assert_eq!(
+        alice
+            .delete(&format!("{RULES}/global/override/.m.rule.master"), json!({}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        alice.get(&format!("{RULES}/global/override/.m.rule.master")).await.0,
+        200
+    );
     assert_eq!(alice.get(&format!("{RULES}/global/override/nope")).await.0, 404);
-    assert_eq!(alice.put(&format!("{RULES}/global/override/nope/enabled"), json!({"enabled": true})).await.0, 404);
-    assert_eq!(alice.put(&format!("{RULES}/global/override/nope/actions"), json!({"actions": []})).await.0, 404);
-    assert_eq!(alice.get(&format!("{RULES}/global/sender/cake")).await.0, 404, "rules are looked up within their kind");
+    assert_eq!(
+        alice
+            .put(
+                &format!("{RULES}/global/override/nope/enabled"),
+                json!({"enabled": true})
+            )
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        alice
+            .put(&format!("{RULES}/global/override/nope/actions"), json!({"actions": []}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        alice.get(&format!("{RULES}/global/sender/cake")).await.0,
+        404,
+        "rules are looked up within their kind"
+    );
 
     // Delete.
-    assert_eq!(alice.delete(&format!("{RULES}/global/override/cake"), json!({})).await.0, 200);
+    assert_eq!(
+        alice
+            .delete(&format!("{RULES}/global/override/cake"), json!({}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(alice.get(&format!("{RULES}/global/override/cake")).await.0, 404);
-    assert_eq!(alice.delete(&format!("{RULES}/global/override/cake"), json!({})).await.0, 404);
+    assert_eq!(
+        alice
+            .delete(&format!("{RULES}/global/override/cake"), json!({}))
+            .await
+            .0,
+        404
+    );
 
     // Sync shows the latest ruleset; another user's rules are untouched.
     let inc = sync(&alice, Some(&since), "").await;
     let content = push_rules_in_sync(&inc).expect("m.push_rules in sync");
-    assert!(!rule_ids(&content["global"], "override").contains(&"cake".to_owned()), "{content}");
-    assert!(content["global"]["override"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.master" && r["enabled"] == true));
+    assert!(
+        !rule_ids(&content["global"], "override").contains(&"cake".to_owned()),
+        "{content}"
+    );
+    assert!(content["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule_id"] == ".m.rule.master" && r["enabled"] == true));
     let bob = server.register("bob", "pw").await;
     let (_, bobs) = bob.get(&format!("{RULES}/")).await;
-    assert!(bobs["global"]["override"].as_array().unwrap().iter().any(|r| r["rule_id"] == ".m.rule.master" && r["enabled"] == false));
+    assert!(bobs["global"]["override"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["rule_id"] == ".m.rule.master" && r["enabled"] == false));
     assert_eq!(rule_ids(&bobs["global"], "content"), [".m.rule.contains_user_name"]);
     server.stop().await;
 });
 
 fn counts(body: &Value, room: &str) -> (i64, i64) {
     let n = &body["rooms"]["join"][room]["unread_notifications"];
-    (n["notification_count"].as_i64().unwrap_or(-1), n["highlight_count"].as_i64().unwrap_or(-1))
+    (
+        n["notification_count"].as_i64().unwrap_or(-1),
+        n["highlight_count"].as_i64().unwrap_or(-1),
+    )
 }
 
 async fn send(client: &Client, room: &str, txn: &str, content: Value) -> String {
-    let (status, body) = client.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"), content).await;
+    let (status, body) = client
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            content,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     body["event_id"].as_str().unwrap().to_owned()
 }
 
 async fn receipt(client: &Client, room: &str, event_id: &str) {
-    let (status, body) = client.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(event_id)), json!({})).await;
+    let (status, body) = client
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{}", urlencode(event_id)),
+            json!({}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -172,7 +390,15 @@ async fn receipt(client: &Client, room: &str, event_id: &str) {
 async fn two_user_room(server: &TestServer) -> (Client, Client, String) {
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
-    assert_eq!(bob.put("/_matrix/client/v3/profile/@bob:weft.test/displayname", json!({"displayname": "Bobby Tables"})).await.0, 200);
+    assert_eq!(
+        bob.put(
+            "/_matrix/client/v3/profile/@bob:weft.test/displayname",
+            json!({"displayname": "Bobby Tables"})
+        )
+        .await
+        .0,
+        200
+    );
     let room = create_room(&alice, json!({"preset": "private_chat", "invite": ["@bob:weft.test"]})).await;
     let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
     assert_eq!(status, 200, "{body}");
@@ -180,28 +406,64 @@ async fn two_user_room(server: &TestServer) -> (Client, Client, String) {
 }
 
 both_backends!(counts_and_notifications, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let (alice, bob, room) = two_user_room(&server).await;
     let first = sync(&bob, None, "").await;
     assert_eq!(counts(&first, &room), (0, 0), "joining does not notify the joiner");
 
-    let e1 = send_text(&alice, &room, "t1", "hello").await.1["event_id"].as_str().unwrap().to_owned();
-    let e2 = send_text(&alice, &room, "t2", "how are you").await.1["event_id"].as_str().unwrap().to_owned();
+    let e1 = send_text(&alice, &room, "t1", "hello").await.1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let e2 = send_text(&alice, &room, "t2", "how are you").await.1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (2, 0));
-    assert_eq!(counts(&sync(&alice, None, "").await, &room), (0, 0), "senders are not notified of their own messages");
+    assert_eq!(
+        counts(&sync(&alice, None, "").await, &room),
+        (0, 0),
+        "senders are not notified of their own messages"
+    );
 
     // Intentional mention.
-    let e3 = send(&alice, &room, "t3", json!({"msgtype": "m.text", "body": "ping", "m.mentions": {"user_ids": ["@bob:weft.test"]}})).await;
+    let e3 = send(
+        &alice,
+        &room,
+        "t3",
+        json!({"msgtype": "m.text", "body": "ping", "m.mentions": {"user_ids": ["@bob:weft.test"]}}),
+    )
+    .await;
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (3, 1));
     // Display name in the body of a message without m.mentions (legacy mention).
-    let e4 = send(&alice, &room, "t4", json!({"msgtype": "m.text", "body": "over to you, Bobby Tables"})).await;
+    let e4 = send(
+        &alice,
+        &room,
+        "t4",
+        json!({"msgtype": "m.text", "body": "over to you, Bobby Tables"}),
+    )
+    .await;
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (4, 2));
     // With m.mentions present the body is not searched for mentions.
-    let e5 = send(&alice, &room, "t5", json!({"msgtype": "m.text", "body": "Bobby Tables again", "m.mentions": {}})).await;
+    let e5 = send(
+        &alice,
+        &room,
+        "t5",
+        json!({"msgtype": "m.text", "body": "Bobby Tables again", "m.mentions": {}}),
+    )
+    .await;
     let since = sync(&bob, None, "").await;
     assert_eq!(counts(&since, &room), (5, 2));
     // Notices do not notify.
-    send(&alice, &room, "t6", json!({"msgtype": "m.notice", "body": "bot says hi Bobby Tables"})).await;
+    send(
+        &alice,
+        &room,
+        "t6",
+        json!({"msgtype": "m.notice", "body": "bot says hi Bobby Tables"}),
+    )
+    .await;
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (5, 2));
 
     // /notifications: newest first, with actions, events and read flags.
@@ -212,22 +474,54 @@ both_backends!(counts_and_notifications, |backend| async move {
     assert_eq!(ids[..5], [e5.as_str(), &e4, &e3, &e2, &e1]);
     // The oldest is bob's invite, which stopped counting as unread when he joined.
     assert_eq!(list.len(), 6, "{body}");
-    assert_eq!((list[5]["event"]["type"].as_str(), list[5]["event"]["content"]["membership"].as_str()), (Some("m.room.member"), Some("invite")));
-    assert!(list.iter().all(|n| n["read"] == false && n["room_id"] == room.as_str() && n["ts"].is_number()), "{body}");
-    assert!(list.iter().all(|n| n["actions"].as_array().unwrap().iter().any(|a| a == "notify")));
+    assert_eq!(
+        (
+            list[5]["event"]["type"].as_str(),
+            list[5]["event"]["content"]["membership"].as_str()
+        ),
+        (Some("m.room.member"), Some("invite"))
+    );
+    assert!(
+        list.iter()
+            .all(|n| n["read"] == false && n["room_id"] == room.as_str() && n["ts"].is_number()),
+        "{body}"
+    );
+    assert!(list
+        .iter()
+        .all(|n| n["actions"].as_array().unwrap().iter().any(|a| a == "notify")));
     assert_eq!(list[0]["event"]["content"]["body"], "Bobby Tables again");
     assert_eq!(list[0]["event"]["sender"], "@alice:weft.test");
-    assert!(list[1]["actions"].as_array().unwrap().iter().any(|a| a["set_tweak"] == "highlight"), "{}", list[1]);
+    assert!(
+        list[1]["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["set_tweak"] == "highlight"),
+        "{}",
+        list[1]
+    );
     assert!(body.get("next_token").is_none(), "{body}");
     let (_, highlights) = bob.get("/_matrix/client/v3/notifications?only=highlight").await;
-    let ids: Vec<&str> = highlights["notifications"].as_array().unwrap().iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = highlights["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [e4.as_str(), &e3]);
     // Pagination.
     let (_, page1) = bob.get("/_matrix/client/v3/notifications?limit=2").await;
     assert_eq!(page1["notifications"].as_array().unwrap().len(), 2);
     let token = page1["next_token"].as_str().expect("next_token").to_owned();
-    let (_, page2) = bob.get(&format!("/_matrix/client/v3/notifications?limit=2&from={token}")).await;
-    let ids: Vec<&str> = page2["notifications"].as_array().unwrap().iter().map(|n| n["event"]["event_id"].as_str().unwrap()).collect();
+    let (_, page2) = bob
+        .get(&format!("/_matrix/client/v3/notifications?limit=2&from={token}"))
+        .await;
+    let ids: Vec<&str> = page2["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, [e3.as_str(), &e2]);
     assert_eq!(bob.get("/_matrix/client/v3/notifications?from=bogus").await.0, 400);
     let (_, alices) = alice.get("/_matrix/client/v3/notifications").await;
@@ -238,18 +532,46 @@ both_backends!(counts_and_notifications, |backend| async move {
     let inc = sync(&bob, Some(since["next_batch"].as_str().unwrap()), "").await;
     assert_eq!(counts(&inc, &room), (2, 1), "{}", inc["rooms"]["join"][&room]);
     let (_, body) = bob.get("/_matrix/client/v3/notifications").await;
-    let read: Vec<bool> = body["notifications"].as_array().unwrap().iter().map(|n| n["read"].as_bool().unwrap()).collect();
+    let read: Vec<bool> = body["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["read"].as_bool().unwrap())
+        .collect();
     assert_eq!(read, [false, false, true, true, true, true]);
     receipt(&bob, &room, &e5).await;
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (0, 0));
 
     // Rules are the user's: with .m.rule.master enabled nothing notifies bob any more.
-    assert_eq!(bob.put(&format!("{RULES}/global/override/.m.rule.master/enabled"), json!({"enabled": true})).await.0, 200);
-    send(&alice, &room, "t7", json!({"msgtype": "m.text", "body": "anyone?", "m.mentions": {"user_ids": ["@bob:weft.test"]}})).await;
+    assert_eq!(
+        bob.put(
+            &format!("{RULES}/global/override/.m.rule.master/enabled"),
+            json!({"enabled": true})
+        )
+        .await
+        .0,
+        200
+    );
+    send(
+        &alice,
+        &room,
+        "t7",
+        json!({"msgtype": "m.text", "body": "anyone?", "m.mentions": {"user_ids": ["@bob:weft.test"]}}),
+    )
+    .await;
     assert_eq!(counts(&sync(&bob, None, "").await, &room), (0, 0));
     // An invite notifies the invitee (.m.rule.invite_for_me) before they join.
     let carol = server.register("carol", "pw").await;
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                json!({"user_id": "@carol:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
     let (_, body) = carol.get("/_matrix/client/v3/notifications").await;
     let list = body["notifications"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{body}");
@@ -271,14 +593,18 @@ impl Gateway {
         use axum::{routing::post, Json, Router};
         let received: Arc<Mutex<Vec<Value>>> = Arc::default();
         let reject: Vec<String> = reject.iter().map(|s| (*s).to_owned()).collect();
-        let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::new(Mutex::new(flaky.iter().map(|k| ((*k).to_owned(), 1)).collect()));
+        let failures: Arc<Mutex<HashMap<String, u32>>> =
+            Arc::new(Mutex::new(flaky.iter().map(|k| ((*k).to_owned(), 1)).collect()));
         let log = received.clone();
         let app = Router::new().route(
             "/_matrix/push/v1/notify",
             post(move |Json(body): Json<Value>| {
                 let (log, reject, failures) = (log.clone(), reject.clone(), failures.clone());
                 async move {
-                    let key = body["notification"]["devices"][0]["pushkey"].as_str().unwrap_or("").to_owned();
+                    let key = body["notification"]["devices"][0]["pushkey"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned();
                     log.lock().unwrap().push(body);
                     if let Some(left) = failures.lock().unwrap().get_mut(&key).filter(|n| **n > 0) {
                         *left -= 1;
@@ -294,11 +620,21 @@ impl Gateway {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Gateway { url: format!("http://{addr}/_matrix/push/v1/notify"), received, task }
+        Gateway {
+            url: format!("http://{addr}/_matrix/push/v1/notify"),
+            received,
+            task,
+        }
     }
 
     fn for_key(&self, pushkey: &str) -> Vec<Value> {
-        self.received.lock().unwrap().iter().filter(|b| b["notification"]["devices"][0]["pushkey"] == pushkey).cloned().collect()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| b["notification"]["devices"][0]["pushkey"] == pushkey)
+            .cloned()
+            .collect()
     }
 
     /// Waits until `pushkey` has received at least `n` requests.
@@ -333,11 +669,18 @@ fn pusher(pushkey: &str, url: &str, extra_data: Value) -> Value {
 async fn pushkeys(client: &Client) -> Vec<String> {
     let (status, body) = client.get("/_matrix/client/v3/pushers").await;
     assert_eq!(status, 200, "{body}");
-    body["pushers"].as_array().unwrap().iter().map(|p| p["pushkey"].as_str().unwrap().to_owned()).collect()
+    body["pushers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pushkey"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 both_backends!(pushers_and_gateway, |backend| async move {
-    let Some(mut server) = TestServer::start(backend).await else { return };
+    let Some(mut server) = TestServer::start(backend).await else {
+        return;
+    };
     let gateway = Gateway::start(&["bad-key"], &["good-key"]).await;
     let (alice, bob, room) = two_user_room(&server).await;
     // A message from before the pusher existed is never pushed.
@@ -346,7 +689,11 @@ both_backends!(pushers_and_gateway, |backend| async move {
     // Validation: data.url must be a push gateway URL; only http pushers.
     let bad_url = pusher("x", "http://127.0.0.1:1/notify", json!({}));
     let (status, body) = bob.post("/_matrix/client/v3/pushers/set", bad_url).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let mut email = pusher("y", &gateway.url, json!({}));
     email["kind"] = json!("email");
     assert_eq!(bob.post("/_matrix/client/v3/pushers/set", email).await.0, 400);
@@ -355,17 +702,32 @@ both_backends!(pushers_and_gateway, |backend| async move {
     assert_eq!(bob.post("/_matrix/client/v3/pushers/set", no_url).await.0, 400);
     assert!(pushkeys(&bob).await.is_empty());
 
-    let (status, body) = bob.post("/_matrix/client/v3/pushers/set", pusher("good-key", &gateway.url, json!({"custom": 1}))).await;
+    let (status, body) = bob
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            pusher("good-key", &gateway.url, json!({"custom": 1})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = bob.get("/_matrix/client/v3/pushers").await;
     let listed = &body["pushers"][0];
-    assert_eq!((listed["pushkey"].as_str(), listed["kind"].as_str(), listed["app_id"].as_str()), (Some("good-key"), Some("http"), Some("test.weft.app")));
+    assert_eq!(
+        (
+            listed["pushkey"].as_str(),
+            listed["kind"].as_str(),
+            listed["app_id"].as_str()
+        ),
+        (Some("good-key"), Some("http"), Some("test.weft.app"))
+    );
     assert_eq!(listed["data"]["url"], gateway.url.as_str());
     assert_eq!(listed["data"]["custom"], 1);
     assert!(pushkeys(&alice).await.is_empty(), "pushers are per user");
 
     // A message reaches the gateway in the full format (after one failed attempt: retried).
-    let event_id = send_text(&alice, &room, "p1", "push me").await.1["event_id"].as_str().unwrap().to_owned();
+    let event_id = send_text(&alice, &room, "p1", "push me").await.1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let got = gateway.wait_for("good-key", 2).await;
     assert_eq!(got.len(), 2, "one failed attempt, then a retry: {got:?}");
     let n = &got[1]["notification"];
@@ -380,7 +742,10 @@ both_backends!(pushers_and_gateway, |backend| async move {
     assert_eq!(device["data"]["custom"], 1);
     assert!(device["data"].get("url").is_none(), "{device}");
     assert!(device["pushkey_ts"].is_number());
-    assert!(gateway.for_key("good-key").iter().all(|b| b["notification"]["event_id"] != json!(null)));
+    assert!(gateway
+        .for_key("good-key")
+        .iter()
+        .all(|b| b["notification"]["event_id"] != json!(null)));
 
     // Alice's own message is not pushed to her (she has no pusher) nor more than once to bob.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -393,12 +758,21 @@ both_backends!(pushers_and_gateway, |backend| async move {
     let mut keys = pushkeys(&bob).await;
     keys.sort();
     assert_eq!(keys, ["bad-key", "good-key"]);
-    let event_id = send_text(&alice, &room, "p2", "again").await.1["event_id"].as_str().unwrap().to_owned();
+    let event_id = send_text(&alice, &room, "p2", "again").await.1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let got = gateway.wait_for("bad-key", 1).await;
     assert_eq!(got.len(), 1);
     let n = &got[0]["notification"];
-    assert_eq!((n["event_id"].as_str(), n["room_id"].as_str()), (Some(event_id.as_str()), Some(room.as_str())));
-    assert!(n.get("type").is_none() && n.get("content").is_none() && n.get("sender").is_none(), "event_id_only: {n}");
+    assert_eq!(
+        (n["event_id"].as_str(), n["room_id"].as_str()),
+        (Some(event_id.as_str()), Some(room.as_str()))
+    );
+    assert!(
+        n.get("type").is_none() && n.get("content").is_none() && n.get("sender").is_none(),
+        "event_id_only: {n}"
+    );
     assert!(n["counts"]["unread"].is_number());
     assert_eq!(gateway.wait_for("good-key", 3).await.len(), 3);
     // The rejected pusher is deleted; the other stays.
@@ -410,17 +784,31 @@ both_backends!(pushers_and_gateway, |backend| async move {
 
     // A restart resumes where the pusher stopped: nothing is sent again.
     server.restart().await;
-    let bob = Client { base: server.url(), ..bob };
-    let alice = Client { base: server.url(), ..alice };
+    let bob = Client {
+        base: server.url(),
+        ..bob
+    };
+    let alice = Client {
+        base: server.url(),
+        ..alice
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(gateway.for_key("good-key").len(), 3, "nothing resent after a restart");
-    let event_id = send_text(&alice, &room, "p3", "after restart").await.1["event_id"].as_str().unwrap().to_owned();
+    let event_id = send_text(&alice, &room, "p3", "after restart").await.1["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let got = gateway.wait_for("good-key", 4).await;
     assert_eq!(got.len(), 4);
     assert_eq!(got[3]["notification"]["event_id"], event_id.as_str());
 
     // kind: null deletes.
-    let (status, _) = bob.post("/_matrix/client/v3/pushers/set", json!({"app_id": "test.weft.app", "pushkey": "good-key", "kind": null})).await;
+    let (status, _) = bob
+        .post(
+            "/_matrix/client/v3/pushers/set",
+            json!({"app_id": "test.weft.app", "pushkey": "good-key", "kind": null}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert!(pushkeys(&bob).await.is_empty());
     send_text(&alice, &room, "p4", "nobody listens").await;
@@ -428,8 +816,25 @@ both_backends!(pushers_and_gateway, |backend| async move {
     assert_eq!(gateway.for_key("good-key").len(), 4);
 
     // Without append, registering the same app ID and pushkey takes it from its other user.
-    assert_eq!(alice.post("/_matrix/client/v3/pushers/set", pusher("shared", &gateway.url, json!({}))).await.0, 200);
-    assert_eq!(bob.post("/_matrix/client/v3/pushers/set", pusher("shared", &gateway.url, json!({}))).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                pusher("shared", &gateway.url, json!({}))
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        bob.post(
+            "/_matrix/client/v3/pushers/set",
+            pusher("shared", &gateway.url, json!({}))
+        )
+        .await
+        .0,
+        200
+    );
     assert!(pushkeys(&alice).await.is_empty());
     assert_eq!(pushkeys(&bob).await, ["shared"]);
 
@@ -438,11 +843,16 @@ both_backends!(pushers_and_gateway, |backend| async move {
 });
 
 both_backends!(pushers_go_with_their_device, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let phone = server.register("alice", "pw").await;
     let (_, body) = server
         .client()
-        .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}))
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw"}),
+        )
         .await;
     let laptop = server.client().with_token(body["access_token"].as_str().unwrap());
     let pusher = json!({

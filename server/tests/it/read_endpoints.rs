@@ -29,7 +29,12 @@ fn members_of(body: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["state_key"].as_str().unwrap().to_owned(), e["content"]["membership"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e["state_key"].as_str().unwrap().to_owned(),
+                e["content"]["membership"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -40,7 +45,9 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 async fn join(client: &Client, room: &str) {
-    let (status, body) = client.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    let (status, body) = client
+        .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
 }
 
@@ -52,7 +59,9 @@ async fn now_token(client: &Client, room: &str) -> String {
 }
 
 both_backends!(context_around_an_event, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -80,8 +89,18 @@ both_backends!(context_around_an_event, |backend| async move {
     let (_, bob_ctx) = bob.get(&path(&ids[9], "limit=0")).await;
     assert_eq!(bob_ctx["event"]["unsigned"]["transaction_id"], "t9", "{bob_ctx}");
     // Without lazy loading the state is the full room state.
-    let state_types: Vec<&str> = ctx["state"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    for t in ["m.room.create", "m.room.power_levels", "m.room.join_rules", "m.room.member"] {
+    let state_types: Vec<&str> = ctx["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "m.room.create",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.member",
+    ] {
         assert!(state_types.contains(&t), "{t} missing from {state_types:?}");
     }
 
@@ -96,10 +115,16 @@ both_backends!(context_around_an_event, |backend| async move {
 
     // An odd limit gives the extra event to events_after; limit=0 returns only the event.
     let (_, ctx) = alice.get(&path(&ids[9], "limit=3")).await;
-    assert_eq!((bodies(&ctx["events_before"]), bodies(&ctx["events_after"])), (msgs(8..9), msgs(10..12)));
+    assert_eq!(
+        (bodies(&ctx["events_before"]), bodies(&ctx["events_after"])),
+        (msgs(8..9), msgs(10..12))
+    );
     let (_, ctx) = alice.get(&path(&ids[9], "limit=0")).await;
     assert_eq!(ctx["event"]["content"]["body"], "m9");
-    assert!(bodies(&ctx["events_before"]).is_empty() && bodies(&ctx["events_after"]).is_empty(), "{ctx}");
+    assert!(
+        bodies(&ctx["events_before"]).is_empty() && bodies(&ctx["events_after"]).is_empty(),
+        "{ctx}"
+    );
     // The last message has nothing after it; its end token still continues forwards.
     let (_, ctx) = alice.get(&path(&ids[19], "limit=4")).await;
     assert!(bodies(&ctx["events_after"]).is_empty());
@@ -115,14 +140,29 @@ both_backends!(context_around_an_event, |backend| async move {
     assert_eq!(ctx["event"]["content"]["body"], "m9");
     assert_eq!(bodies(&ctx["events_before"]), msgs([8, 6, 4].into_iter()));
     assert_eq!(bodies(&ctx["events_after"]), msgs([10, 12, 14].into_iter()));
-    let mut state: Vec<(&str, &str)> =
-        ctx["state"].as_array().unwrap().iter().map(|e| (e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap())).collect();
+    let mut state: Vec<(&str, &str)> = ctx["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["type"].as_str().unwrap(), e["state_key"].as_str().unwrap()))
+        .collect();
     state.sort();
     // bob sent the event itself, alice the neighbours.
-    assert_eq!(state, vec![("m.room.member", "@alice:weft.test"), ("m.room.member", "@bob:weft.test")]);
+    assert_eq!(
+        state,
+        vec![
+            ("m.room.member", "@alice:weft.test"),
+            ("m.room.member", "@bob:weft.test")
+        ]
+    );
     let filter = urlencode(&json!({"senders": ["@alice:weft.test"], "lazy_load_members": true}).to_string());
     let (_, ctx) = bob.get(&path(&ids[8], &format!("limit=6&filter={filter}"))).await;
-    let state: Vec<&str> = ctx["state"].as_array().unwrap().iter().map(|e| e["state_key"].as_str().unwrap()).collect();
+    let state: Vec<&str> = ctx["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
     assert_eq!(state, vec!["@alice:weft.test"]);
 
     // Negative: never a member of this (shared-history) room, unknown event, unknown room,
@@ -130,13 +170,21 @@ both_backends!(context_around_an_event, |backend| async move {
     let private = create_room(&alice, json!({"preset": "private_chat"})).await;
     let (_, sent) = send_text(&alice, &private, "p1", "secret").await;
     let secret = sent["event_id"].as_str().unwrap();
-    let (status, body) = carol.get(&format!("/_matrix/client/v3/rooms/{private}/context/{secret}")).await;
+    let (status, body) = carol
+        .get(&format!("/_matrix/client/v3/rooms/{private}/context/{secret}"))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     let (status, body) = alice.get(&path("$unknown:weft.test", "")).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     let (status, body) = alice.get(&path(secret, "")).await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "another room's event: {body}");
-    let (status, _) = alice.get(&format!("/_matrix/client/v3/rooms/!nope:weft.test/context/{}", ids[0])).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND")),
+        "another room's event: {body}"
+    );
+    let (status, _) = alice
+        .get(&format!("/_matrix/client/v3/rooms/!nope:weft.test/context/{}", ids[0]))
+        .await;
     assert_eq!(status, 404);
     let (status, body) = alice.get(&path(&ids[9], "filter=notjson")).await;
     assert_eq!(status, 400, "{body}");
@@ -144,7 +192,9 @@ both_backends!(context_around_an_event, |backend| async move {
 });
 
 both_backends!(single_event_and_history_visibility, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -166,29 +216,47 @@ both_backends!(single_event_and_history_visibility, |backend| async move {
 
     let (status, body) = get(&alice, &early).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((body["event_id"].as_str(), body["content"]["body"].as_str()), (Some(early.as_str()), Some("before bob")));
+    assert_eq!(
+        (body["event_id"].as_str(), body["content"]["body"].as_str()),
+        (Some(early.as_str()), Some("before bob"))
+    );
     assert_eq!(body["sender"], "@alice:weft.test");
     assert!(body["unsigned"]["age"].is_number(), "{body}");
     let (status, body) = get(&bob, &late).await;
-    assert_eq!((status, body["content"]["body"].as_str()), (200, Some("after bob")), "{body}");
+    assert_eq!(
+        (status, body["content"]["body"].as_str()),
+        (200, Some("after bob")),
+        "{body}"
+    );
     // History from before bob joined is hidden from him: indistinguishable from missing.
     let (status, body) = get(&bob, &early).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     // The context endpoint hides the same event, and does not list it as a neighbour.
-    let (status, _) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/context/{early}")).await;
+    let (status, _) = bob
+        .get(&format!("/_matrix/client/v3/rooms/{room}/context/{early}"))
+        .await;
     assert_eq!(status, 404);
-    let (_, ctx) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/context/{late}")).await;
-    assert!(!bodies(&ctx["events_before"]).contains(&"before bob".to_owned()), "{ctx}");
+    let (_, ctx) = bob
+        .get(&format!("/_matrix/client/v3/rooms/{room}/context/{late}"))
+        .await;
+    assert!(
+        !bodies(&ctx["events_before"]).contains(&"before bob".to_owned()),
+        "{ctx}"
+    );
     // Non-members, unknown events, and events looked up through another room are all 404.
     let (status, body) = get(&carol, &late).await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     let (status, body) = get(&alice, "$doesnotexist:weft.test").await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     let other = create_room(&alice, json!({})).await;
-    let (status, body) = alice.get(&format!("/_matrix/client/v3/rooms/{other}/event/{late}")).await;
+    let (status, body) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{other}/event/{late}"))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     // A redacted event is still returned, with its content stripped.
-    let (status, _) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{late}/r1"), json!({})).await;
+    let (status, _) = alice
+        .put(&format!("/_matrix/client/v3/rooms/{room}/redact/{late}/r1"), json!({}))
+        .await;
     assert_eq!(status, 200);
     let (status, body) = get(&alice, &late).await;
     assert_eq!(status, 200);
@@ -197,7 +265,9 @@ both_backends!(single_event_and_history_visibility, |backend| async move {
 });
 
 both_backends!(member_lists, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -212,14 +282,23 @@ both_backends!(member_lists, |backend| async move {
     assert_eq!(send_text(&alice, &room, "a1", "hello").await.0, 200);
     let before_bob = now_token(&alice, &room).await;
     join(&bob, &room).await;
-    let (status, _) = alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await;
+    let (status, _) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            json!({"user_id": "@carol:weft.test"}),
+        )
+        .await;
     assert_eq!(status, 200);
 
     let (status, body) = members(&alice, "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         members_of(&body),
-        pairs(&[("@alice:weft.test", "join"), ("@bob:weft.test", "join"), ("@carol:weft.test", "invite")])
+        pairs(&[
+            ("@alice:weft.test", "join"),
+            ("@bob:weft.test", "join"),
+            ("@carol:weft.test", "invite")
+        ])
     );
     // As of a token from before bob joined: only alice.
     let (status, body) = members(&alice, &format!("at={before_bob}")).await;
@@ -231,7 +310,10 @@ both_backends!(member_lists, |backend| async move {
 
     // membership / not_membership filters (both together narrow the list).
     let (_, body) = members(&alice, "membership=join").await;
-    assert_eq!(members_of(&body), pairs(&[("@alice:weft.test", "join"), ("@bob:weft.test", "join")]));
+    assert_eq!(
+        members_of(&body),
+        pairs(&[("@alice:weft.test", "join"), ("@bob:weft.test", "join")])
+    );
     let (_, body) = members(&alice, "membership=invite").await;
     assert_eq!(members_of(&body), pairs(&[("@carol:weft.test", "invite")]));
     let (_, body) = members(&alice, "not_membership=join").await;
@@ -248,18 +330,31 @@ both_backends!(member_lists, |backend| async move {
     assert_eq!(status, 403);
     // Bad input.
     let (status, body) = members(&alice, "at=garbage").await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (status, _) = alice.get("/_matrix/client/v3/rooms/!nope:weft.test/members").await;
     assert_eq!(status, 404);
 
     // bob leaves, then eve joins: bob sees the members as of his leave, not eve.
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await.0, 200);
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({}))
+            .await
+            .0,
+        200
+    );
     join(&eve, &room).await;
     let (status, body) = members(&bob, "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         members_of(&body),
-        pairs(&[("@alice:weft.test", "join"), ("@bob:weft.test", "leave"), ("@carol:weft.test", "invite")])
+        pairs(&[
+            ("@alice:weft.test", "join"),
+            ("@bob:weft.test", "leave"),
+            ("@carol:weft.test", "invite")
+        ])
     );
     let now = now_token(&alice, &room).await;
     let (_, body) = members(&bob, &format!("at={now}")).await;
@@ -267,21 +362,47 @@ both_backends!(member_lists, |backend| async move {
     let (_, body) = members(&alice, "").await;
     assert!(members_of(&body).contains(&("@eve:weft.test".into(), "join".into())));
     // carol rejects her invite: she was never in the room.
-    assert_eq!(carol.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await.0, 200);
+    assert_eq!(
+        carol
+            .post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({}))
+            .await
+            .0,
+        200
+    );
     let (status, _) = members(&carol, "").await;
     assert_eq!(status, 403);
     server.stop().await;
 });
 
 both_backends!(joined_member_profiles, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
     let room = create_room(&alice, json!({"preset": "private_chat"})).await;
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@bob:weft.test"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                json!({"user_id": "@bob:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
     join(&bob, &room).await;
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                json!({"user_id": "@carol:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
     // alice sets a per-room name and avatar through her member event.
     let (status, body) = alice
         .put(
@@ -297,7 +418,11 @@ both_backends!(joined_member_profiles, |backend| async move {
     let joined = body["joined"].as_object().unwrap();
     let mut users: Vec<&String> = joined.keys().collect();
     users.sort();
-    assert_eq!(users, vec!["@alice:weft.test", "@bob:weft.test"], "invitees are not joined");
+    assert_eq!(
+        users,
+        vec!["@alice:weft.test", "@bob:weft.test"],
+        "invitees are not joined"
+    );
     assert_eq!(joined["@alice:weft.test"]["display_name"], "Alice in Room");
     assert_eq!(joined["@alice:weft.test"]["avatar_url"], "mxc://weft.test/alice");
 
@@ -306,8 +431,19 @@ both_backends!(joined_member_profiles, |backend| async move {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     let stranger = server.register("dave", "pw").await;
     assert_eq!(stranger.get(&path).await.0, 403);
-    assert_eq!(alice.get("/_matrix/client/v3/rooms/!nope:weft.test/joined_members").await.0, 404);
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await.0, 200);
+    assert_eq!(
+        alice
+            .get("/_matrix/client/v3/rooms/!nope:weft.test/joined_members")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({}))
+            .await
+            .0,
+        200
+    );
     assert_eq!(bob.get(&path).await.0, 403);
     let (_, body) = alice.get(&path).await;
     assert_eq!(body["joined"].as_object().unwrap().len(), 1, "{body}");
@@ -315,7 +451,9 @@ both_backends!(joined_member_profiles, |backend| async move {
 });
 
 both_backends!(timestamp_to_event, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
@@ -349,11 +487,20 @@ both_backends!(timestamp_to_event, |backend| async move {
     ] {
         let (status, body) = lookup(&alice, ts, dir).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!((body["event_id"].as_str(), body["origin_server_ts"].as_i64()), (Some(want.0.as_str()), Some(want.1)), "ts={ts} dir={dir}");
+        assert_eq!(
+            (body["event_id"].as_str(), body["origin_server_ts"].as_i64()),
+            (Some(want.0.as_str()), Some(want.1)),
+            "ts={ts} dir={dir}"
+        );
     }
     // From the dawn of time forwards: the room's creation.
     let (_, body) = lookup(&alice, 0, "f").await;
-    let (_, create) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", body["event_id"].as_str().unwrap())).await;
+    let (_, create) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/event/{}",
+            body["event_id"].as_str().unwrap()
+        ))
+        .await;
     assert_eq!(create["type"], "m.room.create");
     // Nothing after the last event or before the first one.
     let (status, body) = lookup(&alice, sent[2].1 + 60_000, "f").await;
@@ -367,22 +514,38 @@ both_backends!(timestamp_to_event, |backend| async move {
     // (The room's first events predate the history_visibility event, so they stay visible.)
     let (status, body) = lookup(&bob, sent[2].1, "b").await;
     assert_eq!(status, 200, "{body}");
-    assert!(sent.iter().all(|(id, _)| body["event_id"] != id.as_str()), "bob must not find m0..m2: {body}");
+    assert!(
+        sent.iter().all(|(id, _)| body["event_id"] != id.as_str()),
+        "bob must not find m0..m2: {body}"
+    );
     assert!(body["origin_server_ts"].as_i64().unwrap() < sent[0].1, "{body}");
     let (status, body) = lookup(&bob, sent[0].1, "f").await;
     assert_eq!(status, 200, "{body}");
-    let (_, event) = bob.get(&format!("/_matrix/client/v3/rooms/{room}/event/{}", body["event_id"].as_str().unwrap())).await;
-    assert_eq!((event["type"].as_str(), event["state_key"].as_str()), (Some("m.room.member"), Some("@bob:weft.test")), "{event}");
+    let (_, event) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/event/{}",
+            body["event_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        (event["type"].as_str(), event["state_key"].as_str()),
+        (Some("m.room.member"), Some("@bob:weft.test")),
+        "{event}"
+    );
 
     // Non-members are refused; bad direction is rejected.
     let (status, body) = lookup(&carol, sent[1].1, "f").await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     let (status, _) = lookup(&alice, sent[1].1, "sideways").await;
     assert_eq!(status, 400);
-    let (status, _) = alice.get(&format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?dir=f")).await;
+    let (status, _) = alice
+        .get(&format!("/_matrix/client/v1/rooms/{room}/timestamp_to_event?dir=f"))
+        .await;
     assert_eq!(status, 400, "ts is required");
     assert_eq!(lookup(&alice, 0, "f").await.0, 200);
-    let (status, _) = alice.get("/_matrix/client/v1/rooms/!nope:weft.test/timestamp_to_event?ts=0&dir=f").await;
+    let (status, _) = alice
+        .get("/_matrix/client/v1/rooms/!nope:weft.test/timestamp_to_event?ts=0&dir=f")
+        .await;
     assert_eq!(status, 404);
     server.stop().await;
 });

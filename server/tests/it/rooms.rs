@@ -11,30 +11,66 @@ pub async fn create_room(client: &Client, body: Value) -> String {
 }
 
 pub async fn send_text(client: &Client, room: &str, txn: &str, body: &str) -> (u16, Value) {
-    client.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"), json!({"msgtype": "m.text", "body": body})).await
+    client
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}"),
+            json!({"msgtype": "m.text", "body": body}),
+        )
+        .await
 }
 
 pub async fn messages(client: &Client, room: &str, query: &str) -> (u16, Value) {
-    client.get(&format!("/_matrix/client/v3/rooms/{room}/messages?{query}")).await
+    client
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?{query}"))
+        .await
 }
 
 fn bodies(chunk: &Value) -> Vec<String> {
-    chunk.as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned()).collect()
+    chunk
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
 
 both_backends!(create_send_and_paginate, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
-    let room = create_room(&alice, json!({"name": "Test room", "topic": "Testing", "preset": "private_chat"})).await;
+    let room = create_room(
+        &alice,
+        json!({"name": "Test room", "topic": "Testing", "preset": "private_chat"}),
+    )
+    .await;
 
-    let (status, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name")).await;
+    let (status, body) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"))
+        .await;
     assert_eq!((status, body["name"].as_str()), (200, Some("Test room")), "{body}");
-    let (status, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/")).await;
+    let (status, body) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name/"))
+        .await;
     assert_eq!((status, body["name"].as_str()), (200, Some("Test room")));
     let (status, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state")).await;
     assert_eq!(status, 200);
-    let types: Vec<&str> = body.as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
-    for t in ["m.room.create", "m.room.member", "m.room.power_levels", "m.room.join_rules", "m.room.history_visibility", "m.room.name", "m.room.topic"] {
+    let types: Vec<&str> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for t in [
+        "m.room.create",
+        "m.room.member",
+        "m.room.power_levels",
+        "m.room.join_rules",
+        "m.room.history_visibility",
+        "m.room.name",
+        "m.room.topic",
+    ] {
         assert!(types.contains(&t), "{t} missing from {types:?}");
     }
 
@@ -52,7 +88,10 @@ both_backends!(create_send_and_paginate, |backend| async move {
     let mut all = Vec::new();
     let mut from: Option<String> = None;
     loop {
-        let q = match &from { Some(f) => format!("dir=b&limit=10&from={f}"), None => "dir=b&limit=10".into() };
+        let q = match &from {
+            Some(f) => format!("dir=b&limit=10&from={f}"),
+            None => "dir=b&limit=10".into(),
+        };
         let (status, body) = messages(&alice, &room, &q).await;
         assert_eq!(status, 200, "{body}");
         all.extend(bodies(&body["chunk"]));
@@ -70,7 +109,12 @@ both_backends!(create_send_and_paginate, |backend| async move {
     let (_, body) = messages(&alice, &room, "dir=f&limit=100").await;
     let fwd = bodies(&body["chunk"]);
     assert_eq!(fwd, (0..25).map(|i| format!("msg {i}")).collect::<Vec<_>>());
-    let first_msg = body["chunk"].as_array().unwrap().iter().find(|e| e["type"] == "m.room.message").unwrap();
+    let first_msg = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.message")
+        .unwrap();
     assert_eq!(first_msg["unsigned"]["transaction_id"], "t0");
     assert_eq!(body["chunk"][0]["type"], "m.room.create");
     // Filter by type.
@@ -81,49 +125,140 @@ both_backends!(create_send_and_paginate, |backend| async move {
 });
 
 pub fn urlencode(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 both_backends!(membership_and_auth_rules, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
     let room = create_room(&alice, json!({"preset": "private_chat"})).await;
 
     // Invite-only: bob cannot join uninvited, cannot send.
-    let (status, body) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     let (status, body) = send_text(&bob, &room, "x", "hi").await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     // Invite, join, send.
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@bob:weft.test"})).await.0, 200);
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                json!({"user_id": "@bob:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0,
+        200
+    );
     assert_eq!(send_text(&bob, &room, "b1", "hello").await.0, 200);
     let (_, body) = bob.get("/_matrix/client/v3/joined_rooms").await;
     assert_eq!(body["joined_rooms"], json!([room]));
     // Low power: bob may not change the name or kick.
-    let (status, _) = bob.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), json!({"name": "bob's"})).await;
+    let (status, _) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+            json!({"name": "bob's"}),
+        )
+        .await;
     assert_eq!(status, 403);
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await.0, 200);
-    assert_eq!(carol.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await.0, 200);
-    let (status, _) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), json!({"user_id": "@carol:weft.test"})).await;
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/invite"),
+                json!({"user_id": "@carol:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        carol
+            .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (status, _) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            json!({"user_id": "@carol:weft.test"}),
+        )
+        .await;
     assert_eq!(status, 403);
     // Ban: banned users cannot rejoin; unban then invite works.
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/ban"), json!({"user_id": "@carol:weft.test", "reason": "spam"})).await.0, 200);
-    let (status, body) = carol.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/ban"),
+                json!({"user_id": "@carol:weft.test", "reason": "spam"})
+            )
+            .await
+            .0,
+        200
+    );
+    let (status, body) = carol
+        .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     assert_eq!(send_text(&carol, &room, "c", "let me in").await.0, 403);
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/unban"), json!({"user_id": "@carol:weft.test"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/unban"),
+                json!({"user_id": "@carol:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
     // Kick, leave, forget.
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), json!({"user_id": "@bob:weft.test"})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{room}/kick"),
+                json!({"user_id": "@bob:weft.test"})
+            )
+            .await
+            .0,
+        200
+    );
     assert_eq!(send_text(&bob, &room, "b2", "still here?").await.0, 403);
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), json!({})).await.0, 200);
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), json!({}))
+            .await
+            .0,
+        200
+    );
     let (_, body) = bob.get("/_matrix/client/v3/joined_rooms").await;
     assert_eq!(body["joined_rooms"], json!([]));
-    let (status, _) = alice.post(&format!("/_matrix/client/v3/rooms/{room}/forget"), json!({})).await;
+    let (status, _) = alice
+        .post(&format!("/_matrix/client/v3/rooms/{room}/forget"), json!({}))
+        .await;
     assert_eq!(status, 400, "joined users cannot forget");
-    assert_eq!(alice.post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({})).await.0, 200);
+    assert_eq!(
+        alice
+            .post(&format!("/_matrix/client/v3/rooms/{room}/leave"), json!({}))
+            .await
+            .0,
+        200
+    );
 
     // Public rooms are joinable by anyone; unknown rooms are 404.
     let public = create_room(&alice, json!({"preset": "public_chat", "room_alias_name": "lobby"})).await;
@@ -135,16 +270,31 @@ both_backends!(membership_and_auth_rules, |backend| async move {
     let (status, body) = send_text(&bob, "!nope:weft.test", "n", "x").await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
     // Knocking (v7+).
-    let knock_room = create_room(&alice, json!({"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]})).await;
-    let (status, body) = carol.post(&format!("/_matrix/client/v3/knock/{knock_room}"), json!({"reason": "pls"})).await;
+    let knock_room = create_room(
+        &alice,
+        json!({"initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    let (status, body) = carol
+        .post(
+            &format!("/_matrix/client/v3/knock/{knock_room}"),
+            json!({"reason": "pls"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (_, body) = alice.get(&format!("/_matrix/client/v3/rooms/{knock_room}/state/m.room.member/@carol:weft.test")).await;
+    let (_, body) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{knock_room}/state/m.room.member/@carol:weft.test"
+        ))
+        .await;
     assert_eq!(body["membership"], "knock");
     server.stop().await;
 });
 
 both_backends!(redaction_and_bad_input, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat"})).await;
@@ -155,58 +305,122 @@ both_backends!(redaction_and_bad_input, |backend| async move {
     let alices = body["event_id"].as_str().unwrap().to_owned();
 
     // Bob cannot redact alice's message (power 0 < redact 50)... the redaction is refused.
-    let (status, _) = bob.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{alices}/r1"), json!({})).await;
+    let (status, _) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{alices}/r1"),
+            json!({}),
+        )
+        .await;
     assert!(status == 403 || status == 200);
-    let (status, body) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/redact/{target}/r2"), json!({"reason": "spoiler"})).await;
+    let (status, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/redact/{target}/r2"),
+            json!({"reason": "spoiler"}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     let (_, body) = messages(&alice, &room, "dir=b&limit=10").await;
-    let redacted = body["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == target).unwrap();
+    let redacted = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == target)
+        .unwrap();
     assert_eq!(redacted["content"], json!({}), "{redacted}");
     assert_eq!(redacted["unsigned"]["redacted_because"]["content"]["reason"], "spoiler");
-    let still = body["chunk"].as_array().unwrap().iter().find(|e| e["event_id"] == alices).unwrap();
-    assert_eq!(still["content"]["body"], "alice's", "bob's redaction of alice's event must not apply");
+    let still = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == alices)
+        .unwrap();
+    assert_eq!(
+        still["content"]["body"], "alice's",
+        "bob's redaction of alice's event must not apply"
+    );
 
     // Oversized events are M_TOO_LARGE and are not stored.
-    let (status, body) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"), json!({"body": "x".repeat(70_000)})).await;
+    let (status, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/big"),
+            json!({"body": "x".repeat(70_000)}),
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (413, Some("M_TOO_LARGE")), "{body}");
-    let (status, body) = alice.raw(reqwest::Method::PUT, &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/arr"), "[1]").await;
+    let (status, body) = alice
+        .raw(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/arr"),
+            "[1]",
+        )
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
     let (_, body) = messages(&alice, &room, "dir=b&limit=5").await;
-    assert_eq!(bodies(&body["chunk"])[0], "alice's", "nothing was stored by the bad sends");
-    let (status, body) = alice.post("/_matrix/client/v3/createRoom", json!({"room_version": "999"})).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_UNSUPPORTED_ROOM_VERSION")));
+    assert_eq!(
+        bodies(&body["chunk"])[0],
+        "alice's",
+        "nothing was stored by the bad sends"
+    );
+    let (status, body) = alice
+        .post("/_matrix/client/v3/createRoom", json!({"room_version": "999"}))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_UNSUPPORTED_ROOM_VERSION"))
+    );
     server.stop().await;
 });
 
 both_backends!(every_room_version, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     for v in 1..=12 {
-        let room = create_room(&alice, json!({"room_version": v.to_string(), "preset": "public_chat", "name": format!("v{v}")})).await;
+        let room = create_room(
+            &alice,
+            json!({"room_version": v.to_string(), "preset": "public_chat", "name": format!("v{v}")}),
+        )
+        .await;
         let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
         assert_eq!(status, 200, "v{v}: {body}");
         let (status, body) = send_text(&bob, &room, "1", "hi").await;
         assert_eq!(status, 200, "v{v}: {body}");
-        let (_, body) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create")).await;
+        let (_, body) = alice
+            .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create"))
+            .await;
         assert_eq!(body["room_version"], v.to_string());
         if v == 12 {
-            let (_, state) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create/?format=event")).await;
+            let (_, state) = alice
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{room}/state/m.room.create/?format=event"
+                ))
+                .await;
             let create_id = state["event_id"].as_str().unwrap_or_default().to_owned();
-            assert_eq!(room, format!("!{}", &create_id[1..]), "v12 room IDs are the create event's hash");
+            assert_eq!(
+                room,
+                format!("!{}", &create_id[1..]),
+                "v12 room IDs are the create event's hash"
+            );
         }
     }
     server.stop().await;
 });
 
 both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
-    let Some(mut server) = TestServer::start(backend).await else { return };
+    let Some(mut server) = TestServer::start(backend).await else {
+        return;
+    };
     let owner = server.register("owner", "pw").await;
     let room = create_room(&owner, json!({"preset": "public_chat"})).await;
     let mut clients = Vec::new();
     for i in 0..10 {
         let c = server.register(&format!("sender{i}"), "pw").await;
-        assert_eq!(c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0, 200);
+        assert_eq!(
+            c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0,
+            200
+        );
         clients.push(c);
     }
     // 10 clients x 20 sends, all at once.
@@ -232,7 +446,13 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     async fn history(c: &Client, room: &str) -> Vec<String> {
         let (status, body) = messages(c, room, "dir=f&limit=1000").await;
         assert_eq!(status, 200);
-        body["chunk"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.message").map(|e| e["event_id"].as_str().unwrap().to_owned()).collect()
+        body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
     }
     let seen = history(&clients[0], &room).await;
     assert_eq!(seen.len(), 200, "every acknowledged event exactly once");
@@ -247,7 +467,9 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     }
     // The graph is linear: one forward extremity.
     let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
-    let extremities = weft_core::storage::events::forward_extremities(&mut conn, &room).await.unwrap();
+    let extremities = weft_core::storage::events::forward_extremities(&mut conn, &room)
+        .await
+        .unwrap();
     assert_eq!(extremities.len(), 1, "{extremities:?}");
     drop(conn);
 
@@ -260,34 +482,63 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
 });
 
 both_backends!(guests_follow_guest_access, |backend| async move {
-    let Some(server) = TestServer::start_with(backend, |c| c.registration.allow_guests = true).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.registration.allow_guests = true).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let open = create_room(&alice, json!({"preset": "public_chat", "initial_state": [{"type": "m.room.guest_access", "content": {"guest_access": "can_join"}}]})).await;
     let closed = create_room(&alice, json!({"preset": "public_chat"})).await;
-    let (status, body) = server.client().post("/_matrix/client/v3/register?kind=guest", json!({})).await;
+    let (status, body) = server
+        .client()
+        .post("/_matrix/client/v3/register?kind=guest", json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     let guest = server.client().with_token(body["access_token"].as_str().unwrap());
     let (_, whoami) = guest.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!(whoami["is_guest"], true);
-    assert_eq!(guest.post(&format!("/_matrix/client/v3/join/{open}"), json!({})).await.0, 200);
-    let (status, body) = guest.post(&format!("/_matrix/client/v3/join/{closed}"), json!({})).await;
-    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_GUEST_ACCESS_FORBIDDEN")));
+    assert_eq!(
+        guest
+            .post(&format!("/_matrix/client/v3/join/{open}"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = guest
+        .post(&format!("/_matrix/client/v3/join/{closed}"), json!({}))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_GUEST_ACCESS_FORBIDDEN"))
+    );
     server.stop().await;
 });
 
 both_backends!(restricted_join_through_an_allowed_room, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let carol = server.register("carol", "pw").await;
     let space = create_room(&alice, json!({"preset": "public_chat"})).await;
     let restricted = create_room(&alice, json!({"room_version": "10", "initial_state": [{"type": "m.room.join_rules", "content": {"join_rule": "restricted", "allow": [{"type": "m.room_membership", "room_id": space}]}}]})).await;
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/join/{space}"), json!({})).await.0, 200);
-    let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{restricted}"), json!({})).await;
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/join/{space}"), json!({})).await.0,
+        200
+    );
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/join/{restricted}"), json!({}))
+        .await;
     assert_eq!(status, 200, "a member of the allowed room may join: {body}");
-    let (_, member) = alice.get(&format!("/_matrix/client/v3/rooms/{restricted}/state/m.room.member/@bob:weft.test")).await;
+    let (_, member) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{restricted}/state/m.room.member/@bob:weft.test"
+        ))
+        .await;
     assert_eq!(member["join_authorised_via_users_server"], "@alice:weft.test");
-    let (status, body) = carol.post(&format!("/_matrix/client/v3/join/{restricted}"), json!({})).await;
+    let (status, body) = carol
+        .post(&format!("/_matrix/client/v3/join/{restricted}"), json!({}))
+        .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     server.stop().await;
 });

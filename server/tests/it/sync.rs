@@ -36,7 +36,9 @@ fn timeline_bodies(room: &Value) -> Vec<String> {
 }
 
 both_backends!(initial_and_incremental, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({"name": "Sync room", "preset": "public_chat"})).await;
     send_text(&alice, &room, "1", "first").await;
@@ -44,8 +46,17 @@ both_backends!(initial_and_incremental, |backend| async move {
     let initial = sync(&alice, None, "").await;
     let joined = &initial["rooms"]["join"][&room];
     assert_eq!(timeline_bodies(joined), vec!["first"]);
-    let state_types: Vec<&str> = joined["state"]["events"].as_array().unwrap().iter().chain(joined["timeline"]["events"].as_array().unwrap()).map(|e| e["type"].as_str().unwrap()).collect();
-    assert!(state_types.contains(&"m.room.create") && state_types.contains(&"m.room.name"), "{state_types:?}");
+    let state_types: Vec<&str> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(joined["timeline"]["events"].as_array().unwrap())
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        state_types.contains(&"m.room.create") && state_types.contains(&"m.room.name"),
+        "{state_types:?}"
+    );
     assert_eq!(joined["summary"]["m.joined_member_count"], 1);
     let token = initial["next_batch"].as_str().unwrap().to_owned();
 
@@ -64,21 +75,31 @@ both_backends!(initial_and_incremental, |backend| async move {
     assert_eq!(joined["state"]["events"].as_array().unwrap().len(), 0);
     // The same token again gives the same answer; the new token gives nothing.
     let again = sync(&alice, Some(&token), "").await;
-    assert_eq!(timeline_bodies(&again["rooms"]["join"][&room]), vec!["msg 0", "msg 1", "msg 2"]);
+    assert_eq!(
+        timeline_bodies(&again["rooms"]["join"][&room]),
+        vec!["msg 0", "msg 1", "msg 2"]
+    );
     let next = inc["next_batch"].as_str().unwrap();
     assert!(sync(&alice, Some(next), "").await["rooms"]["join"].get(&room).is_none());
     server.stop().await;
 });
 
 both_backends!(gaps_and_state_in_gaps, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({"name": "Before", "preset": "public_chat"})).await;
     let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
     for i in 0..5 {
         send_text(&alice, &room, &format!("a{i}"), &format!("early {i}")).await;
     }
-    alice.put(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"), json!({"name": "After"})).await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.name"),
+            json!({"name": "After"}),
+        )
+        .await;
     for i in 0..15 {
         send_text(&alice, &room, &format!("b{i}"), &format!("late {i}")).await;
     }
@@ -86,28 +107,58 @@ both_backends!(gaps_and_state_in_gaps, |backend| async move {
     let inc = sync(&alice, Some(&token), &format!("filter={filter}")).await;
     let joined = &inc["rooms"]["join"][&room];
     assert_eq!(joined["timeline"]["limited"], true);
-    assert_eq!(timeline_bodies(joined), (10..15).map(|i| format!("late {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        timeline_bodies(joined),
+        (10..15).map(|i| format!("late {i}")).collect::<Vec<_>>()
+    );
     // The name changed inside the gap: it is in the state section.
-    let name = joined["state"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.room.name").expect("name change in state");
+    let name = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .expect("name change in state");
     assert_eq!(name["content"]["name"], "After");
     // prev_batch continues with /messages exactly where the timeline starts.
     let prev = joined["timeline"]["prev_batch"].as_str().unwrap();
-    let (_, page) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={prev}")).await;
-    let bodies: Vec<&str> = page["chunk"].as_array().unwrap().iter().map(|e| e["content"]["body"].as_str().unwrap_or("")).collect();
+    let (_, page) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=3&from={prev}"
+        ))
+        .await;
+    let bodies: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["content"]["body"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(bodies, vec!["late 9", "late 8", "late 7"]);
     server.stop().await;
 });
 
 both_backends!(invites_leaves_and_lazy_members, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let bob_token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
     let room = create_room(&alice, json!({"name": "Invite me", "invite": ["@bob:weft.test"]})).await;
     let inc = sync(&bob, Some(&bob_token), "").await;
     let invite = &inc["rooms"]["invite"][&room]["invite_state"]["events"];
-    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invite me"), "{inc}");
-    assert!(invite.as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite"));
+    assert!(
+        invite
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invite me"),
+        "{inc}"
+    );
+    assert!(invite
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "invite"));
     let t2 = inc["next_batch"].as_str().unwrap().to_owned();
 
     bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
@@ -115,30 +166,66 @@ both_backends!(invites_leaves_and_lazy_members, |backend| async move {
     assert!(inc["rooms"]["join"].get(&room).is_some(), "joined room appears in join");
     assert!(inc["rooms"]["invite"].get(&room).is_none());
     // Newly joined: full state.
-    assert!(inc["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().iter().chain(inc["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap()).any(|e| e["type"] == "m.room.create"));
+    assert!(inc["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(inc["rooms"]["join"][&room]["timeline"]["events"].as_array().unwrap())
+        .any(|e| e["type"] == "m.room.create"));
     let t3 = inc["next_batch"].as_str().unwrap().to_owned();
 
     // Lazy loading: state carries only the members of timeline senders.
     let carol = server.register("carol", "pw").await;
-    alice.post(&format!("/_matrix/client/v3/rooms/{room}/invite"), json!({"user_id": "@carol:weft.test"})).await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            json!({"user_id": "@carol:weft.test"}),
+        )
+        .await;
     carol.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
     send_text(&alice, &room, "x", "hello").await;
-    let lazy = urlencode(&json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}).to_string());
+    let lazy =
+        urlencode(&json!({"room": {"state": {"lazy_load_members": true}, "timeline": {"limit": 1}}}).to_string());
     let initial = sync(&bob, None, &format!("filter={lazy}")).await;
-    let members: Vec<&str> = initial["rooms"]["join"][&room]["state"]["events"].as_array().unwrap().iter().filter(|e| e["type"] == "m.room.member").map(|e| e["state_key"].as_str().unwrap()).collect();
+    let members: Vec<&str> = initial["rooms"]["join"][&room]["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member")
+        .map(|e| e["state_key"].as_str().unwrap())
+        .collect();
     assert!(members.contains(&"@alice:weft.test"), "{members:?}");
-    assert!(!members.contains(&"@carol:weft.test"), "carol sent nothing in the timeline: {members:?}");
+    assert!(
+        !members.contains(&"@carol:weft.test"),
+        "carol sent nothing in the timeline: {members:?}"
+    );
 
-    alice.post(&format!("/_matrix/client/v3/rooms/{room}/kick"), json!({"user_id": "@bob:weft.test"})).await;
+    alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/kick"),
+            json!({"user_id": "@bob:weft.test"}),
+        )
+        .await;
     let inc = sync(&bob, Some(&t3), "").await;
     let left = &inc["rooms"]["leave"][&room];
-    assert!(left["timeline"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == "@bob:weft.test" && e["content"]["membership"] == "leave"), "{inc}");
+    assert!(
+        left["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == "@bob:weft.test"
+                && e["content"]["membership"] == "leave"),
+        "{inc}"
+    );
     assert!(inc["rooms"]["join"].get(&room).is_none());
     server.stop().await;
 });
 
 both_backends!(typing_and_receipts, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat"})).await;
@@ -147,43 +234,110 @@ both_backends!(typing_and_receipts, |backend| async move {
     let event_id = sent["event_id"].as_str().unwrap().to_owned();
     let token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
 
-    let (status, _) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@alice:weft.test"), json!({"typing": true, "timeout": 1500})).await;
+    let (status, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/@alice:weft.test"),
+            json!({"typing": true, "timeout": 1500}),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = alice.put(&format!("/_matrix/client/v3/rooms/{room}/typing/@bob:weft.test"), json!({"typing": true, "timeout": 1500})).await;
+    let (status, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/typing/@bob:weft.test"),
+            json!({"typing": true, "timeout": 1500}),
+        )
+        .await;
     assert_eq!(status, 403, "cannot type for others");
     let inc = sync(&bob, Some(&token), "").await;
-    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.typing").cloned().expect("typing event");
+    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .cloned()
+        .expect("typing event");
     assert_eq!(typing["content"]["user_ids"], json!(["@alice:weft.test"]));
     let t2 = inc["next_batch"].as_str().unwrap().to_owned();
     // Typing expires on its own and the expiry is synced.
     tokio::time::sleep(Duration::from_millis(1700)).await;
     let inc = sync(&bob, Some(&t2), "").await;
-    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.typing").cloned().expect("typing expiry");
+    let typing = inc["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.typing")
+        .cloned()
+        .expect("typing expiry");
     assert_eq!(typing["content"]["user_ids"], json!([]));
     let t3 = inc["next_batch"].as_str().unwrap().to_owned();
 
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event_id}"), json!({})).await.0, 200);
-    assert_eq!(bob.post(&format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/$nope"), json!({})).await.0, 404);
+    assert_eq!(
+        bob.post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{event_id}"),
+            json!({})
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        bob.post(
+            &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/$nope"),
+            json!({})
+        )
+        .await
+        .0,
+        404
+    );
     let inc = sync(&alice, Some(&t3), "").await;
-    let receipt = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().unwrap().iter().find(|e| e["type"] == "m.receipt").cloned().expect("receipt");
-    assert!(receipt["content"][&event_id]["m.read"]["@bob:weft.test"]["ts"].is_number(), "{receipt}");
+    let receipt = inc["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .cloned()
+        .expect("receipt");
+    assert!(
+        receipt["content"][&event_id]["m.read"]["@bob:weft.test"]["ts"].is_number(),
+        "{receipt}"
+    );
     // Private receipts stay private.
     let (_, sent) = send_text(&alice, &room, "2", "again").await;
     let second = sent["event_id"].as_str().unwrap().to_owned();
     let t4 = inc["next_batch"].as_str().unwrap().to_owned();
-    bob.post(&format!("/_matrix/client/v3/rooms/{room}/read_markers"), json!({"m.fully_read": second, "m.read.private": second})).await;
+    bob.post(
+        &format!("/_matrix/client/v3/rooms/{room}/read_markers"),
+        json!({"m.fully_read": second, "m.read.private": second}),
+    )
+    .await;
     let inc = sync(&alice, Some(&t4), "").await;
-    let leaked = inc["rooms"]["join"][&room]["ephemeral"]["events"].as_array().map(|a| a.iter().any(|e| e["content"][&second]["m.read.private"].is_object())).unwrap_or(false);
+    let leaked = inc["rooms"]["join"][&room]["ephemeral"]["events"]
+        .as_array()
+        .map(|a| a.iter().any(|e| e["content"][&second]["m.read.private"].is_object()))
+        .unwrap_or(false);
     assert!(!leaked, "{inc}");
     let own = sync(&bob, Some(&t4), "").await;
     let room_json = &own["rooms"]["join"][&room];
-    assert!(room_json["ephemeral"]["events"].as_array().unwrap().iter().any(|e| e["content"][&second]["m.read.private"]["@bob:weft.test"].is_object()), "{own}");
-    assert!(room_json["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == second));
+    assert!(
+        room_json["ephemeral"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["content"][&second]["m.read.private"]["@bob:weft.test"].is_object()),
+        "{own}"
+    );
+    assert!(room_json["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "m.fully_read" && e["content"]["event_id"] == second));
     server.stop().await;
 });
 
 both_backends!(long_poll_wakes_on_send, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat"})).await;
@@ -200,23 +354,33 @@ both_backends!(long_poll_wakes_on_send, |backend| async move {
     assert!(!handle.is_finished(), "long-poll returned before anything happened");
     let sent_at = Instant::now();
     send_text(&alice, &room, "1", "wake up").await;
-    let (status, body, returned_at) = tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    let (status, body, returned_at) = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(timeline_bodies(&body["rooms"]["join"][&room]), vec!["wake up"]);
     let waited = returned_at.duration_since(sent_at);
-    assert!(waited < Duration::from_millis(1000), "long-poll took {waited:?} after the send");
+    assert!(
+        waited < Duration::from_millis(1000),
+        "long-poll took {waited:?} after the send"
+    );
 
     // A timeout with nothing to report returns empty after the timeout.
     let t2 = body["next_batch"].as_str().unwrap();
     let start = Instant::now();
-    let (_, empty) = bob.get(&format!("/_matrix/client/v3/sync?timeout=300&since={t2}")).await;
+    let (_, empty) = bob
+        .get(&format!("/_matrix/client/v3/sync?timeout=300&since={t2}"))
+        .await;
     assert!(start.elapsed() >= Duration::from_millis(290));
     assert!(empty["rooms"]["join"].as_object().unwrap().is_empty());
     server.stop().await;
 });
 
 both_backends!(unread_counts_per_thread, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat"})).await;
@@ -233,19 +397,34 @@ both_backends!(unread_counts_per_thread, |backend| async move {
     let threaded = urlencode(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
     let body = sync(&alice, None, &format!("filter={threaded}")).await;
     let joined = &body["rooms"]["join"][&room];
-    assert_eq!(joined["unread_notifications"]["notification_count"], 1, "only the root counts for the room: {joined}");
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 1,
+        "only the root counts for the room: {joined}"
+    );
     assert_eq!(joined["unread_thread_notifications"][&root]["notification_count"], 2);
     // Without the filter flag everything counts for the room.
     let plain = sync(&alice, None, "").await;
-    assert_eq!(plain["rooms"]["join"][&room]["unread_notifications"]["notification_count"], 3);
-    assert!(plain["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "m.push_rules"), "initial sync carries push rules");
+    assert_eq!(
+        plain["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+        3
+    );
+    assert!(
+        plain["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.push_rules"),
+        "initial sync carries push rules"
+    );
     server.stop().await;
 });
 
 both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
     // More waiting syncs than pooled connections: each must still answer, none may starve the
     // sender (a sync that held one connection while waiting for another would deadlock here).
-    let Some(server) = TestServer::start_with(backend, |c| c.database.max_connections = 3).await else { return };
+    let Some(server) = TestServer::start_with(backend, |c| c.database.max_connections = 3).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({"preset": "public_chat"})).await;
     let mut receivers = Vec::new();
@@ -262,7 +441,9 @@ both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
             // Other users' presence may wake a poll first; follow next_batch like a client.
             let mut since = token;
             for _ in 0..20 {
-                let (status, body) = c.get(&format!("/_matrix/client/v3/sync?timeout=15000&since={since}")).await;
+                let (status, body) = c
+                    .get(&format!("/_matrix/client/v3/sync?timeout=15000&since={since}"))
+                    .await;
                 assert_eq!(status, 200, "{body}");
                 let bodies = timeline_bodies(&body["rooms"]["join"][&room]);
                 if !bodies.is_empty() {
@@ -277,15 +458,24 @@ both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
     let start = Instant::now();
     assert_eq!(send_text(&alice, &room, "x", "to everyone").await.0, 200);
     for p in polls {
-        let bodies = tokio::time::timeout(Duration::from_secs(10), p).await.expect("sync answered").unwrap();
+        let bodies = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("sync answered")
+            .unwrap();
         assert_eq!(bodies, vec!["to everyone"]);
     }
-    assert!(start.elapsed() < Duration::from_secs(5), "fan-out took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "fan-out took {:?}",
+        start.elapsed()
+    );
     server.stop().await;
 });
 
 both_backends!(account_data_in_sync_wakes_long_poll, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({})).await;
     let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
@@ -294,15 +484,47 @@ both_backends!(account_data_in_sync_wakes_long_poll, |backend| async move {
     let handle = tokio::spawn(async move { poller.get(&path).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();
-    alice.put("/_matrix/client/v3/user/@alice:weft.test/account_data/org.example.theme", json!({"dark": true})).await;
-    let (status, body) = tokio::time::timeout(Duration::from_secs(10), handle).await.unwrap().unwrap();
+    alice
+        .put(
+            "/_matrix/client/v3/user/@alice:weft.test/account_data/org.example.theme",
+            json!({"dark": true}),
+        )
+        .await;
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status, 200);
-    assert!(start.elapsed() < Duration::from_secs(2), "woke after {:?}", start.elapsed());
-    assert!(body["account_data"]["events"].as_array().unwrap().iter().any(|e| e["type"] == "org.example.theme" && e["content"]["dark"] == true), "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "woke after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        body["account_data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "org.example.theme" && e["content"]["dark"] == true),
+        "{body}"
+    );
     let next = body["next_batch"].as_str().unwrap().to_owned();
-    alice.put(&format!("/_matrix/client/v3/user/@alice:weft.test/rooms/{room}/account_data/m.tag"), json!({"tags": {"u.work": {}}})).await;
+    alice
+        .put(
+            &format!("/_matrix/client/v3/user/@alice:weft.test/rooms/{room}/account_data/m.tag"),
+            json!({"tags": {"u.work": {}}}),
+        )
+        .await;
     let inc = sync(&alice, Some(&next), "").await;
-    let events = inc["rooms"]["join"][&room]["account_data"]["events"].as_array().unwrap().clone();
-    assert!(events.iter().any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"].is_object()), "{inc}");
+    let events = inc["rooms"]["join"][&room]["account_data"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "m.tag" && e["content"]["tags"]["u.work"].is_object()),
+        "{inc}"
+    );
     server.stop().await;
 });

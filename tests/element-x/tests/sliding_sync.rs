@@ -84,11 +84,21 @@ async fn scenario(backend: Backend) {
         if name == "Alpha" {
             request.invite = vec![bob_id.clone()];
         }
-        let room = client.create_room(request).await.unwrap_or_else(|e| panic!("create {name}: {e}"));
+        let room = client
+            .create_room(request)
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"));
         rooms.push((room.room_id().to_owned(), name));
     }
     let shared = rooms[0].0.clone();
-    let (status, body) = http(&base, Some(&bob), "POST", &format!("/_matrix/client/v3/join/{shared}"), json!({})).await;
+    let (status, body) = http(
+        &base,
+        Some(&bob),
+        "POST",
+        &format!("/_matrix/client/v3/join/{shared}"),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 200, "bob joins: {body}");
 
     // New messages reach event handlers through the sliding sync responses.
@@ -105,7 +115,10 @@ async fn scenario(backend: Backend) {
     // The sync service, as Element X runs it: a room list sliding sync connection ("room-list",
     // one list "all_rooms" growing over the whole room list, then long-polling) and an encryption
     // connection (to-device and e2ee extensions), each in a task of its own.
-    let sync_service = SyncService::builder(client.clone()).build().await.expect("sync service");
+    let sync_service = SyncService::builder(client.clone())
+        .build()
+        .await
+        .expect("sync service");
     let service = sync_service.room_list_service();
     let (error_tx, mut error_rx) = mpsc::unbounded_channel::<String>();
     let mut sync_state = sync_service.state();
@@ -125,11 +138,19 @@ async fn scenario(backend: Backend) {
     let mut list: Vector<RoomListItem> = Vector::new();
 
     // The list shows the three rooms, with the names sent by the server.
-    let expected: Vec<(String, String)> = rooms.iter().map(|(id, name)| (id.to_string(), name.to_string())).collect();
+    let expected: Vec<(String, String)> = rooms
+        .iter()
+        .map(|(id, name)| (id.to_string(), name.to_string()))
+        .collect();
     wait_for_list(&mut entries, &mut list, &mut error_rx, "three named rooms", |list| {
         let mut shown: Vec<(String, String)> = list
             .iter()
-            .map(|r| (r.room_id().to_string(), r.cached_display_name().map(|n| n.to_string()).unwrap_or_default()))
+            .map(|r| {
+                (
+                    r.room_id().to_string(),
+                    r.cached_display_name().map(|n| n.to_string()).unwrap_or_default(),
+                )
+            })
             .collect();
         shown.sort();
         let mut want = expected.clone();
@@ -147,7 +168,9 @@ async fn scenario(backend: Backend) {
     assert_eq!(alpha.joined_members_count(), 2, "alice and bob in Alpha");
     // The list's count from the server reaches the loading state (updated by a task of its own).
     let mut loading = all_rooms.loading_state();
-    let loaded = RoomListLoadingState::Loaded { maximum_number_of_rooms: Some(3) };
+    let loaded = RoomListLoadingState::Loaded {
+        maximum_number_of_rooms: Some(3),
+    };
     let result = timeout(WAIT, async {
         while loading.get() != loaded {
             if loading.next().await.is_none() {
@@ -174,13 +197,20 @@ async fn scenario(backend: Backend) {
     .await;
     assert_eq!(status, 200, "bob sends: {body}");
     let received = wait_for_message(&mut message_rx, &mut error_rx, "hello from bob").await;
-    assert_eq!(received, (shared.clone(), bob_id.to_string(), "hello from bob".to_owned()));
+    assert_eq!(
+        received,
+        (shared.clone(), bob_id.to_string(), "hello from bob".to_owned())
+    );
 
     // The room with the new message moves to the top of the list, and the message becomes the
     // room's latest event (what the list shows under the room's name).
-    wait_for_list(&mut entries, &mut list, &mut error_rx, "Alpha first after bob's message", |list| {
-        list.len() == 3 && list[0].room_id() == shared
-    })
+    wait_for_list(
+        &mut entries,
+        &mut list,
+        &mut error_rx,
+        "Alpha first after bob's message",
+        |list| list.len() == 3 && list[0].room_id() == shared,
+    )
     .await;
     let latest = timeout(WAIT, async {
         loop {
@@ -193,22 +223,38 @@ async fn scenario(backend: Backend) {
         }
     })
     .await;
-    assert!(latest.is_ok(), "Alpha's latest event is not bob's message: {:?}", alpha.latest_event().await);
+    assert!(
+        latest.is_ok(),
+        "Alpha's latest event is not bob's message: {:?}",
+        alpha.latest_event().await
+    );
 
     // Alice answers through the SDK and sees her message come back through sliding sync.
-    let sent = alpha.send(RoomMessageEventContent::text_plain("hi bob")).await.expect("alice sends");
+    let sent = alpha
+        .send(RoomMessageEventContent::text_plain("hi bob"))
+        .await
+        .expect("alice sends");
     let received = wait_for_message(&mut message_rx, &mut error_rx, "hi bob").await;
     assert_eq!(received.1, "@alice:weft.test");
     // The event cache takes sync responses in a task of its own: let it catch up before opening
     // the timeline, as a person tapping the room would (the SDK races otherwise, not weft).
     let (room_cache, _handles) = alpha.event_cache().await.expect("room event cache");
     let cached = timeout(WAIT, async {
-        while !room_cache.events().await.expect("cached events").iter().any(|e| e.event_id().as_deref() == Some(&*sent.response.event_id)) {
+        while !room_cache
+            .events()
+            .await
+            .expect("cached events")
+            .iter()
+            .any(|e| e.event_id().as_deref() == Some(&*sent.response.event_id))
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(cached.is_ok(), "alice's message did not reach the event cache within {WAIT:?}");
+    assert!(
+        cached.is_ok(),
+        "alice's message did not reach the event cache within {WAIT:?}"
+    );
 
     // Opening the room: a timeline paginated back to the room's creation from the sliding sync
     // `prev_batch` (through /messages) shows the whole conversation in order.
@@ -221,7 +267,10 @@ async fn scenario(backend: Backend) {
         }
     })
     .await;
-    assert!(reached_start.is_ok(), "back-pagination did not reach the room's start within {WAIT:?}");
+    assert!(
+        reached_start.is_ok(),
+        "back-pagination did not reach the room's start within {WAIT:?}"
+    );
     // In order, each once (pagination overlapping the sliding sync timeline would duplicate). The
     // timeline takes the paginated events from the event cache in a task of its own: poll.
     let wanted = [
@@ -236,14 +285,22 @@ async fn scenario(backend: Backend) {
     let complete = timeout(WAIT, async {
         loop {
             events = timeline_summary(&timeline).await;
-            if events.iter().map(String::as_str).filter(|e| wanted.contains(e)).eq(wanted) {
+            if events
+                .iter()
+                .map(String::as_str)
+                .filter(|e| wanted.contains(e))
+                .eq(wanted)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert!(complete.is_ok(), "timeline out of order, incomplete or with duplicates: {events:#?}");
+    assert!(
+        complete.is_ok(),
+        "timeline out of order, incomplete or with duplicates: {events:#?}"
+    );
 
     timeout(WAIT, sync_service.stop()).await.expect("sync service stops");
     watcher.abort();
@@ -261,7 +318,15 @@ async fn timeline_summary(timeline: &Timeline) -> Vec<String> {
         .filter_map(|item| item.as_event())
         .map(|event| match event.content() {
             TimelineItemContent::MsgLike(_) => {
-                format!("{}: {}", event.sender(), event.content().as_message().map(|m| m.body().to_owned()).unwrap_or_default())
+                format!(
+                    "{}: {}",
+                    event.sender(),
+                    event
+                        .content()
+                        .as_message()
+                        .map(|m| m.body().to_owned())
+                        .unwrap_or_default()
+                )
             }
             TimelineItemContent::MembershipChange(change) => format!("{} {:?}", change.user_id(), change.change()),
             TimelineItemContent::OtherState(state) => format!("state {}", state.content().event_type()),
@@ -292,8 +357,10 @@ async fn wait_for_list(
     })
     .await;
     if result.is_err() {
-        let shown: Vec<String> =
-            list.iter().map(|r| format!("{} {:?}", r.room_id(), r.cached_display_name().map(|n| n.to_string()))).collect();
+        let shown: Vec<String> = list
+            .iter()
+            .map(|r| format!("{} {:?}", r.room_id(), r.cached_display_name().map(|n| n.to_string())))
+            .collect();
         panic!("room list did not show {what} within {WAIT:?}: {shown:?}");
     }
 }
@@ -335,24 +402,44 @@ async fn wait_for_state(service: &RoomListService, errors: &mut mpsc::UnboundedR
         }
     })
     .await;
-    assert!(result.is_ok(), "room list service not running within {WAIT:?}: {:?}", state.get());
+    assert!(
+        result.is_ok(),
+        "room list service not running within {WAIT:?}: {:?}",
+        state.get()
+    );
 }
 
 /// Open registration through UIA with `m.login.dummy`; returns the access token.
 async fn register(base: &str, user: &str, password: &str) -> String {
     let path = "/_matrix/client/v3/register";
-    let (status, body) = http(base, None, "POST", path, json!({"username": user, "password": password})).await;
+    let (status, body) = http(
+        base,
+        None,
+        "POST",
+        path,
+        json!({"username": user, "password": password}),
+    )
+    .await;
     assert_eq!(status, 401, "{body}");
     let session = body["session"].as_str().expect("UIA session").to_owned();
     let auth = json!({"type": "m.login.dummy", "session": session});
-    let (status, body) = http(base, None, "POST", path, json!({"username": user, "password": password, "auth": auth})).await;
+    let (status, body) = http(
+        base,
+        None,
+        "POST",
+        path,
+        json!({"username": user, "password": password, "auth": auth}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     body["access_token"].as_str().expect("access token").to_owned()
 }
 
 async fn http(base: &str, token: Option<&str>, method: &str, path: &str, body: Value) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}")).json(&body);
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .json(&body);
     if let Some(token) = token {
         req = req.bearer_auth(token);
     }
@@ -386,7 +473,10 @@ fn config(db: &TestDb) -> Config {
 /// `RUST_LOG=matrix_sdk=debug,tower_http=debug` shows the SDK's requests and weft's answers.
 fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -403,7 +493,11 @@ impl TestDb {
         let dir = std::env::temp_dir().join(format!("weft-element-x-{}", weft_core::util::random_string(12)));
         std::fs::create_dir_all(&dir).unwrap();
         match backend {
-            Backend::Sqlite => Some(TestDb { url: format!("sqlite://{}/weft.db", dir.display()), dir, admin: None }),
+            Backend::Sqlite => Some(TestDb {
+                url: format!("sqlite://{}/weft.db", dir.display()),
+                dir,
+                admin: None,
+            }),
             Backend::Postgres => {
                 let Ok(base) = std::env::var("WEFT_TEST_POSTGRES") else {
                     eprintln!("!!! WEFT_TEST_POSTGRES is not set: the PostgreSQL half of this test was SKIPPED !!!");
@@ -411,11 +505,20 @@ impl TestDb {
                     return None;
                 };
                 let name = format!("weft_test_{}", weft_core::util::random_string(12).to_lowercase());
-                let db = weft_core::Db::connect(&base, 1).await.expect("connect to WEFT_TEST_POSTGRES");
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.expect("create test database");
+                let db = weft_core::Db::connect(&base, 1)
+                    .await
+                    .expect("connect to WEFT_TEST_POSTGRES");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(db.pool())
+                    .await
+                    .expect("create test database");
                 db.close().await;
                 let url = replace_db_name(&base, &name);
-                Some(TestDb { url, dir, admin: Some((base, name)) })
+                Some(TestDb {
+                    url,
+                    dir,
+                    admin: Some((base, name)),
+                })
             }
         }
     }
@@ -423,7 +526,9 @@ impl TestDb {
     async fn drop_db(&self) {
         if let Some((base, name)) = &self.admin {
             if let Ok(db) = weft_core::Db::connect(base, 1).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(db.pool()).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(db.pool())
+                    .await;
                 db.close().await;
             }
         }

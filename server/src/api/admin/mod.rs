@@ -17,9 +17,15 @@ use crate::{
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/_synapse/admin/v1/register", get(register::nonce).post(register::register))
+        .route(
+            "/_synapse/admin/v1/register",
+            get(register::nonce).post(register::register),
+        )
         .route("/_synapse/admin/v1/registration_tokens", get(registration_tokens::list))
-        .route("/_synapse/admin/v1/registration_tokens/new", post(registration_tokens::create))
+        .route(
+            "/_synapse/admin/v1/registration_tokens/new",
+            post(registration_tokens::create),
+        )
 }
 
 /// An authenticated server admin.

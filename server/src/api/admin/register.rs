@@ -94,7 +94,9 @@ fn enabled(state: &AppState) -> ApiResult<()> {
 }
 
 fn mac_matches(secret: &str, body: &Body) -> bool {
-    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret.as_bytes()) else { return false };
+    let Ok(mut mac) = Hmac::<Sha1>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
     mac.update(body.nonce.as_bytes());
     mac.update(b"\0");
     mac.update(body.username.as_bytes());
@@ -106,6 +108,8 @@ fn mac_matches(secret: &str, body: &Body) -> bool {
         mac.update(b"\0");
         mac.update(user_type.as_bytes());
     }
-    let Ok(given) = hex::decode(&body.mac) else { return false };
+    let Ok(given) = hex::decode(&body.mac) else {
+        return false;
+    };
     mac.verify_slice(&given).is_ok()
 }

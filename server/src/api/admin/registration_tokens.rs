@@ -31,7 +31,9 @@ pub async fn create(State(state): State<AppState>, _: Admin, body: axum::body::B
     };
     let token = new.token.unwrap_or_else(|| random_string(16));
     if token.is_empty() || token.len() > 64 || !token.chars().all(|c| c.is_ascii_alphanumeric() || "._~-".contains(c)) {
-        return Err(MatrixError::invalid_param("Token must be 1-64 characters of [A-Za-z0-9._~-]"));
+        return Err(MatrixError::invalid_param(
+            "Token must be 1-64 characters of [A-Za-z0-9._~-]",
+        ));
     }
     if new.uses_allowed.is_some_and(|u| u < 0) {
         return Err(MatrixError::invalid_param("uses_allowed must not be negative"));

@@ -17,11 +17,20 @@ pub async fn whoami(_: AppState, req: Ruma<whoami::v3::Request>) -> ApiResult<wh
     Ok(response)
 }
 
-pub async fn change_password(state: AppState, req: Ruma<change_password::v3::Request>) -> ApiResult<change_password::v3::Response> {
+pub async fn change_password(
+    state: AppState,
+    req: Ruma<change_password::v3::Request>,
+) -> ApiResult<change_password::v3::Response> {
     // Without an access token, the password stage identifies the user (spec: forgotten
     // passwords go through an email stage, which this server does not offer).
     let user = req.sender()?;
-    uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
+    uia::check(
+        &state,
+        req.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(user.user_id.as_str()),
+    )
+    .await?;
     if req.new_password.is_empty() {
         return Err(MatrixError::invalid_param("Password must not be empty"));
     }
@@ -41,7 +50,13 @@ pub async fn change_password(state: AppState, req: Ruma<change_password::v3::Req
 
 pub async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> ApiResult<deactivate::v3::Response> {
     let user = req.sender()?;
-    uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
+    uia::check(
+        &state,
+        req.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(user.user_id.as_str()),
+    )
+    .await?;
     accounts::deactivate(&state.db, user.user_id.as_str()).await?;
     weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(deactivate::v3::Response::new(ThirdPartyIdRemovalStatus::NoSupport))

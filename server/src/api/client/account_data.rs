@@ -1,7 +1,9 @@
 //! Global and per-room account data.
 
 use ruma::{
-    api::client::config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
+    api::client::config::{
+        get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
+    },
     serde::Raw,
     UserId,
 };
@@ -23,7 +25,9 @@ fn check_own(sender: &AuthUser, target: &UserId) -> ApiResult<()> {
 /// Types the server manages itself may not be set through account data.
 fn check_settable(event_type: &str) -> ApiResult<()> {
     if matches!(event_type, "m.fully_read" | "m.push_rules") {
-        return Err(MatrixError::bad_json(format!("Cannot set {event_type} through this API")));
+        return Err(MatrixError::bad_json(format!(
+            "Cannot set {event_type} through this API"
+        )));
     }
     Ok(())
 }
@@ -36,7 +40,14 @@ fn body_object(req_json: &Option<serde_json::Value>) -> ApiResult<String> {
 }
 
 /// Stores one piece of account data (`room_id` "" for global) and wakes the user's syncs.
-async fn store(state: &AppState, user: &AuthUser, target: &UserId, room_id: &str, event_type: &str, body: &Option<serde_json::Value>) -> ApiResult<()> {
+async fn store(
+    state: &AppState,
+    user: &AuthUser,
+    target: &UserId,
+    room_id: &str,
+    event_type: &str,
+    body: &Option<serde_json::Value>,
+) -> ApiResult<()> {
     check_own(user, target)?;
     check_settable(event_type)?;
     let content = body_object(body)?;
@@ -47,7 +58,13 @@ async fn store(state: &AppState, user: &AuthUser, target: &UserId, room_id: &str
     Ok(())
 }
 
-async fn load<T>(state: &AppState, user: &AuthUser, target: &UserId, room_id: &str, event_type: &str) -> ApiResult<Raw<T>> {
+async fn load<T>(
+    state: &AppState,
+    user: &AuthUser,
+    target: &UserId,
+    room_id: &str,
+    event_type: &str,
+) -> ApiResult<Raw<T>> {
     check_own(user, target)?;
     let content = account_data::get(&mut *state.db.conn().await?, user.user_id.as_str(), room_id, event_type)
         .await?
@@ -55,22 +72,57 @@ async fn load<T>(state: &AppState, user: &AuthUser, target: &UserId, room_id: &s
     Raw::from_json_string(content).map_err(|e| MatrixError::unknown(e.to_string()))
 }
 
-pub async fn set_global(state: AppState, req: Ruma<set_global_account_data::v3::Request>) -> ApiResult<set_global_account_data::v3::Response> {
-    store(&state, req.sender()?, &req.user_id, "", &req.event_type.to_string(), &req.json_body).await?;
+pub async fn set_global(
+    state: AppState,
+    req: Ruma<set_global_account_data::v3::Request>,
+) -> ApiResult<set_global_account_data::v3::Response> {
+    store(
+        &state,
+        req.sender()?,
+        &req.user_id,
+        "",
+        &req.event_type.to_string(),
+        &req.json_body,
+    )
+    .await?;
     Ok(set_global_account_data::v3::Response::new())
 }
 
-pub async fn get_global(state: AppState, req: Ruma<get_global_account_data::v3::Request>) -> ApiResult<get_global_account_data::v3::Response> {
+pub async fn get_global(
+    state: AppState,
+    req: Ruma<get_global_account_data::v3::Request>,
+) -> ApiResult<get_global_account_data::v3::Response> {
     let raw = load(&state, req.sender()?, &req.user_id, "", &req.event_type.to_string()).await?;
     Ok(get_global_account_data::v3::Response::new(raw))
 }
 
-pub async fn set_room(state: AppState, req: Ruma<set_room_account_data::v3::Request>) -> ApiResult<set_room_account_data::v3::Response> {
-    store(&state, req.sender()?, &req.user_id, req.room_id.as_str(), &req.event_type.to_string(), &req.json_body).await?;
+pub async fn set_room(
+    state: AppState,
+    req: Ruma<set_room_account_data::v3::Request>,
+) -> ApiResult<set_room_account_data::v3::Response> {
+    store(
+        &state,
+        req.sender()?,
+        &req.user_id,
+        req.room_id.as_str(),
+        &req.event_type.to_string(),
+        &req.json_body,
+    )
+    .await?;
     Ok(set_room_account_data::v3::Response::new())
 }
 
-pub async fn get_room(state: AppState, req: Ruma<get_room_account_data::v3::Request>) -> ApiResult<get_room_account_data::v3::Response> {
-    let raw = load(&state, req.sender()?, &req.user_id, req.room_id.as_str(), &req.event_type.to_string()).await?;
+pub async fn get_room(
+    state: AppState,
+    req: Ruma<get_room_account_data::v3::Request>,
+) -> ApiResult<get_room_account_data::v3::Response> {
+    let raw = load(
+        &state,
+        req.sender()?,
+        &req.user_id,
+        req.room_id.as_str(),
+        &req.event_type.to_string(),
+    )
+    .await?;
     Ok(get_room_account_data::v3::Response::new(raw))
 }

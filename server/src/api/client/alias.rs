@@ -22,25 +22,38 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 fn actor(user: &AuthUser) -> Actor<'_> {
-    Actor { user: &user.user_id, is_admin: user.is_admin }
+    Actor {
+        user: &user.user_id,
+        is_admin: user.is_admin,
+    }
 }
 
 pub async fn create(state: AppState, req: Ruma<create_alias::v3::Request>) -> ApiResult<create_alias::v3::Response> {
     let user = req.sender()?;
     if user.is_guest {
-        return Err(MatrixError::guest_access_forbidden("Guests may not create room aliases"));
+        return Err(MatrixError::guest_access_forbidden(
+            "Guests may not create room aliases",
+        ));
     }
     if !core_aliases::create(&state.core, &req.room_alias, req.room_id.as_str(), actor(user)).await? {
         // The spec's answer for a taken alias: 409 with M_UNKNOWN.
-        return Err(MatrixError::unknown(format!("Room alias {} already exists", req.room_alias)).with_status(StatusCode::CONFLICT));
+        return Err(
+            MatrixError::unknown(format!("Room alias {} already exists", req.room_alias))
+                .with_status(StatusCode::CONFLICT),
+        );
     }
     Ok(create_alias::v3::Response::new())
 }
 
 pub async fn resolve(state: AppState, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {
     let room_id = core_aliases::resolve(&state.core, &req.room_alias).await?;
-    let room_id = room_id.try_into().map_err(|_| MatrixError::unknown("Stored room ID is invalid"))?;
-    Ok(get_alias::v3::Response::new(room_id, vec![state.core.server_name.clone()]))
+    let room_id = room_id
+        .try_into()
+        .map_err(|_| MatrixError::unknown("Stored room ID is invalid"))?;
+    Ok(get_alias::v3::Response::new(
+        room_id,
+        vec![state.core.server_name.clone()],
+    ))
 }
 
 pub async fn delete(state: AppState, req: Ruma<delete_alias::v3::Request>) -> ApiResult<delete_alias::v3::Response> {
@@ -53,6 +66,9 @@ pub async fn list_for_room(state: AppState, req: Ruma<aliases::v3::Request>) -> 
     let user = req.sender()?;
     let list = core_aliases::of_room(&state.core, req.room_id.as_str(), actor(user)).await?;
     // Stored aliases were validated on the way in; skip any that no longer parse.
-    let list = list.into_iter().filter_map(|a| OwnedRoomAliasId::try_from(a).ok()).collect();
+    let list = list
+        .into_iter()
+        .filter_map(|a| OwnedRoomAliasId::try_from(a).ok())
+        .collect();
     Ok(aliases::v3::Response::new(list))
 }

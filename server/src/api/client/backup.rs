@@ -6,10 +6,10 @@ use axum::Router;
 use http::StatusCode;
 use ruma::{
     api::client::backup::{
-        add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session, create_backup_version, delete_backup_keys,
-        delete_backup_keys_for_room, delete_backup_keys_for_session, delete_backup_version, get_backup_info, get_backup_keys,
-        get_backup_keys_for_room, get_backup_keys_for_session, get_latest_backup_info, update_backup_version, KeyBackupData,
-        RoomKeyBackup,
+        add_backup_keys, add_backup_keys_for_room, add_backup_keys_for_session, create_backup_version,
+        delete_backup_keys, delete_backup_keys_for_room, delete_backup_keys_for_session, delete_backup_version,
+        get_backup_info, get_backup_keys, get_backup_keys_for_room, get_backup_keys_for_session,
+        get_latest_backup_info, update_backup_version, KeyBackupData, RoomKeyBackup,
     },
     serde::Raw,
     OwnedRoomId, UInt,
@@ -59,7 +59,10 @@ fn uint(n: i64) -> UInt {
     UInt::try_from(n).unwrap_or_default()
 }
 
-async fn create_version(state: AppState, req: Ruma<create_backup_version::v3::Request>) -> ApiResult<create_backup_version::v3::Response> {
+async fn create_version(
+    state: AppState,
+    req: Ruma<create_backup_version::v3::Request>,
+) -> ApiResult<create_backup_version::v3::Response> {
     let user = req.sender()?;
     let algorithm = object(&req.algorithm, "backup algorithm")?;
     let version = backup::create_version(&state.core, user.user_id.as_str(), &algorithm).await?;
@@ -67,34 +70,67 @@ async fn create_version(state: AppState, req: Ruma<create_backup_version::v3::Re
 }
 
 async fn info(state: &AppState, user: &str, version: Option<&str>) -> ApiResult<backup::VersionInfo> {
-    backup::version_info(&state.core, user, version).await.map_err(backup_error)
+    backup::version_info(&state.core, user, version)
+        .await
+        .map_err(backup_error)
 }
 
-async fn latest_version(state: AppState, req: Ruma<get_latest_backup_info::v3::Request>) -> ApiResult<get_latest_backup_info::v3::Response> {
+async fn latest_version(
+    state: AppState,
+    req: Ruma<get_latest_backup_info::v3::Request>,
+) -> ApiResult<get_latest_backup_info::v3::Response> {
     let user = req.sender()?;
     let i = info(&state, user.user_id.as_str(), None).await?;
-    Ok(get_latest_backup_info::v3::Response::new(raw(&i.algorithm)?, uint(i.count), i.etag, i.version))
+    Ok(get_latest_backup_info::v3::Response::new(
+        raw(&i.algorithm)?,
+        uint(i.count),
+        i.etag,
+        i.version,
+    ))
 }
 
-async fn get_version(state: AppState, req: Ruma<get_backup_info::v3::Request>) -> ApiResult<get_backup_info::v3::Response> {
+async fn get_version(
+    state: AppState,
+    req: Ruma<get_backup_info::v3::Request>,
+) -> ApiResult<get_backup_info::v3::Response> {
     let user = req.sender()?;
     let i = info(&state, user.user_id.as_str(), Some(&req.version)).await?;
-    Ok(get_backup_info::v3::Response::new(raw(&i.algorithm)?, uint(i.count), i.etag, i.version))
+    Ok(get_backup_info::v3::Response::new(
+        raw(&i.algorithm)?,
+        uint(i.count),
+        i.etag,
+        i.version,
+    ))
 }
 
-async fn update_version(state: AppState, req: Ruma<update_backup_version::v3::Request>) -> ApiResult<update_backup_version::v3::Response> {
+async fn update_version(
+    state: AppState,
+    req: Ruma<update_backup_version::v3::Request>,
+) -> ApiResult<update_backup_version::v3::Response> {
     let user = req.sender()?;
     let algorithm = object(&req.algorithm, "backup algorithm")?;
-    if algorithm.get("version").is_some_and(|v| v.as_str() != Some(req.version.as_str())) {
-        return Err(MatrixError::invalid_param("version in the body does not match the path"));
+    if algorithm
+        .get("version")
+        .is_some_and(|v| v.as_str() != Some(req.version.as_str()))
+    {
+        return Err(MatrixError::invalid_param(
+            "version in the body does not match the path",
+        ));
     }
-    backup::update_version(&state.core, user.user_id.as_str(), &req.version, &algorithm).await.map_err(backup_error)?;
+    backup::update_version(&state.core, user.user_id.as_str(), &req.version, &algorithm)
+        .await
+        .map_err(backup_error)?;
     Ok(update_backup_version::v3::Response::new())
 }
 
-async fn delete_version(state: AppState, req: Ruma<delete_backup_version::v3::Request>) -> ApiResult<delete_backup_version::v3::Response> {
+async fn delete_version(
+    state: AppState,
+    req: Ruma<delete_backup_version::v3::Request>,
+) -> ApiResult<delete_backup_version::v3::Response> {
     let user = req.sender()?;
-    backup::delete_version(&state.core, user.user_id.as_str(), &req.version).await.map_err(backup_error)?;
+    backup::delete_version(&state.core, user.user_id.as_str(), &req.version)
+        .await
+        .map_err(backup_error)?;
     Ok(delete_backup_version::v3::Response::new())
 }
 
@@ -105,29 +141,43 @@ fn session_key(data: &Raw<KeyBackupData>) -> ApiResult<SessionKey> {
 }
 
 fn sessions(map: &BTreeMap<String, Raw<KeyBackupData>>) -> ApiResult<BTreeMap<String, SessionKey>> {
-    map.iter().map(|(id, data)| Ok((id.clone(), session_key(data)?))).collect()
+    map.iter()
+        .map(|(id, data)| Ok((id.clone(), session_key(data)?)))
+        .collect()
 }
 
 async fn put(state: &AppState, user: &str, version: &str, keys: &Keys) -> ApiResult<(String, UInt)> {
-    let (etag, count) = backup::put_keys(&state.core, user, version, keys).await.map_err(backup_error)?;
+    let (etag, count) = backup::put_keys(&state.core, user, version, keys)
+        .await
+        .map_err(backup_error)?;
     Ok((etag, uint(count)))
 }
 
 async fn put_all(state: AppState, req: Ruma<add_backup_keys::v3::Request>) -> ApiResult<add_backup_keys::v3::Response> {
     let user = req.sender()?;
-    let keys: Keys = req.rooms.iter().map(|(room, b)| Ok((room.to_string(), sessions(&b.sessions)?))).collect::<ApiResult<_>>()?;
+    let keys: Keys = req
+        .rooms
+        .iter()
+        .map(|(room, b)| Ok((room.to_string(), sessions(&b.sessions)?)))
+        .collect::<ApiResult<_>>()?;
     let (etag, count) = put(&state, user.user_id.as_str(), &req.version, &keys).await?;
     Ok(add_backup_keys::v3::Response::new(etag, count))
 }
 
-async fn put_room(state: AppState, req: Ruma<add_backup_keys_for_room::v3::Request>) -> ApiResult<add_backup_keys_for_room::v3::Response> {
+async fn put_room(
+    state: AppState,
+    req: Ruma<add_backup_keys_for_room::v3::Request>,
+) -> ApiResult<add_backup_keys_for_room::v3::Response> {
     let user = req.sender()?;
     let keys: Keys = BTreeMap::from([(req.room_id.to_string(), sessions(&req.sessions)?)]);
     let (etag, count) = put(&state, user.user_id.as_str(), &req.version, &keys).await?;
     Ok(add_backup_keys_for_room::v3::Response::new(etag, count))
 }
 
-async fn put_session(state: AppState, req: Ruma<add_backup_keys_for_session::v3::Request>) -> ApiResult<add_backup_keys_for_session::v3::Response> {
+async fn put_session(
+    state: AppState,
+    req: Ruma<add_backup_keys_for_session::v3::Request>,
+) -> ApiResult<add_backup_keys_for_session::v3::Response> {
     let user = req.sender()?;
     let key = session_key(&req.session_data)?;
     let keys: Keys = BTreeMap::from([(req.room_id.to_string(), BTreeMap::from([(req.session_id.clone(), key)]))]);
@@ -136,11 +186,16 @@ async fn put_session(state: AppState, req: Ruma<add_backup_keys_for_session::v3:
 }
 
 async fn read(state: &AppState, user: &str, version: &str, scope: Scope<'_>) -> ApiResult<Keys> {
-    backup::get_keys(&state.core, user, version, scope).await.map_err(backup_error)
+    backup::get_keys(&state.core, user, version, scope)
+        .await
+        .map_err(backup_error)
 }
 
 fn raw_sessions(sessions: BTreeMap<String, SessionKey>) -> ApiResult<BTreeMap<String, Raw<KeyBackupData>>> {
-    sessions.into_iter().map(|(id, k)| Ok((id, raw(&k.to_json())?))).collect()
+    sessions
+        .into_iter()
+        .map(|(id, k)| Ok((id, raw(&k.to_json())?)))
+        .collect()
 }
 
 async fn get_all(state: AppState, req: Ruma<get_backup_keys::v3::Request>) -> ApiResult<get_backup_keys::v3::Response> {
@@ -155,14 +210,26 @@ async fn get_all(state: AppState, req: Ruma<get_backup_keys::v3::Request>) -> Ap
     Ok(get_backup_keys::v3::Response::new(rooms))
 }
 
-async fn get_room(state: AppState, req: Ruma<get_backup_keys_for_room::v3::Request>) -> ApiResult<get_backup_keys_for_room::v3::Response> {
+async fn get_room(
+    state: AppState,
+    req: Ruma<get_backup_keys_for_room::v3::Request>,
+) -> ApiResult<get_backup_keys_for_room::v3::Response> {
     let user = req.sender()?;
-    let mut keys = read(&state, user.user_id.as_str(), &req.version, Scope::Room(req.room_id.as_str())).await?;
+    let mut keys = read(
+        &state,
+        user.user_id.as_str(),
+        &req.version,
+        Scope::Room(req.room_id.as_str()),
+    )
+    .await?;
     let sessions = keys.remove(req.room_id.as_str()).unwrap_or_default();
     Ok(get_backup_keys_for_room::v3::Response::new(raw_sessions(sessions)?))
 }
 
-async fn get_session(state: AppState, req: Ruma<get_backup_keys_for_session::v3::Request>) -> ApiResult<get_backup_keys_for_session::v3::Response> {
+async fn get_session(
+    state: AppState,
+    req: Ruma<get_backup_keys_for_session::v3::Request>,
+) -> ApiResult<get_backup_keys_for_session::v3::Response> {
     let user = req.sender()?;
     let scope = Scope::Session(req.room_id.as_str(), &req.session_id);
     let keys = read(&state, user.user_id.as_str(), &req.version, scope).await?;
@@ -175,23 +242,40 @@ async fn get_session(state: AppState, req: Ruma<get_backup_keys_for_session::v3:
 }
 
 async fn delete(state: &AppState, user: &str, version: &str, scope: Scope<'_>) -> ApiResult<(String, UInt)> {
-    let (etag, count) = backup::delete_keys(&state.core, user, version, scope).await.map_err(backup_error)?;
+    let (etag, count) = backup::delete_keys(&state.core, user, version, scope)
+        .await
+        .map_err(backup_error)?;
     Ok((etag, uint(count)))
 }
 
-async fn delete_all(state: AppState, req: Ruma<delete_backup_keys::v3::Request>) -> ApiResult<delete_backup_keys::v3::Response> {
+async fn delete_all(
+    state: AppState,
+    req: Ruma<delete_backup_keys::v3::Request>,
+) -> ApiResult<delete_backup_keys::v3::Response> {
     let user = req.sender()?;
     let (etag, count) = delete(&state, user.user_id.as_str(), &req.version, Scope::All).await?;
     Ok(delete_backup_keys::v3::Response::new(etag, count))
 }
 
-async fn delete_room(state: AppState, req: Ruma<delete_backup_keys_for_room::v3::Request>) -> ApiResult<delete_backup_keys_for_room::v3::Response> {
+async fn delete_room(
+    state: AppState,
+    req: Ruma<delete_backup_keys_for_room::v3::Request>,
+) -> ApiResult<delete_backup_keys_for_room::v3::Response> {
     let user = req.sender()?;
-    let (etag, count) = delete(&state, user.user_id.as_str(), &req.version, Scope::Room(req.room_id.as_str())).await?;
+    let (etag, count) = delete(
+        &state,
+        user.user_id.as_str(),
+        &req.version,
+        Scope::Room(req.room_id.as_str()),
+    )
+    .await?;
     Ok(delete_backup_keys_for_room::v3::Response::new(etag, count))
 }
 
-async fn delete_session(state: AppState, req: Ruma<delete_backup_keys_for_session::v3::Request>) -> ApiResult<delete_backup_keys_for_session::v3::Response> {
+async fn delete_session(
+    state: AppState,
+    req: Ruma<delete_backup_keys_for_session::v3::Request>,
+) -> ApiResult<delete_backup_keys_for_session::v3::Response> {
     let user = req.sender()?;
     let scope = Scope::Session(req.room_id.as_str(), &req.session_id);
     let (etag, count) = delete(&state, user.user_id.as_str(), &req.version, scope).await?;

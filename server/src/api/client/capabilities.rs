@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use ruma::{
-    api::client::discovery::get_capabilities::v3::{self as caps, Capabilities, RoomVersionStability, RoomVersionsCapability},
+    api::client::discovery::get_capabilities::v3::{
+        self as caps, Capabilities, RoomVersionStability, RoomVersionsCapability,
+    },
     RoomVersionId,
 };
 
@@ -20,8 +22,10 @@ pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V11;
 #[allow(deprecated)] // set_displayname/set_avatar_url are what clients of the versions we advertise read
 pub async fn get_capabilities(_: AppState, req: Ruma<caps::Request>) -> ApiResult<caps::Response> {
     req.sender()?;
-    let available: BTreeMap<RoomVersionId, RoomVersionStability> =
-        supported_room_versions().into_iter().map(|v| (v, RoomVersionStability::Stable)).collect();
+    let available: BTreeMap<RoomVersionId, RoomVersionStability> = supported_room_versions()
+        .into_iter()
+        .map(|v| (v, RoomVersionStability::Stable))
+        .collect();
     let mut capabilities = Capabilities::new();
     capabilities.room_versions = RoomVersionsCapability::new(DEFAULT_ROOM_VERSION, available);
     capabilities.change_password.enabled = true;

@@ -4,7 +4,10 @@ use axum::Router;
 use ruma::{api::client::context::get_context, serde::Raw};
 use serde_json::Value;
 use weft_core::{
-    rooms::{client_format::{self, Viewer}, timeline},
+    rooms::{
+        client_format::{self, Viewer},
+        timeline,
+    },
     storage::events,
 };
 
@@ -22,7 +25,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 pub fn to_raw<T>(values: Vec<Value>) -> Vec<Raw<T>> {
-    values.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect()
+    values
+        .into_iter()
+        .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
+        .collect()
 }
 
 pub async fn get_context(state: AppState, req: Ruma<get_context::v3::Request>) -> ApiResult<get_context::v3::Response> {
@@ -30,9 +36,21 @@ pub async fn get_context(state: AppState, req: Ruma<get_context::v3::Request>) -
     let core = &state.core;
     let mut conn = state.db.conn().await?;
     let limit = u64::from(req.limit).min(MAX_LIMIT) as usize;
-    let ctx = timeline::context(core, &mut conn, user.user_id.as_str(), req.room_id.as_str(), req.event_id.as_str(), limit, &req.filter).await?;
+    let ctx = timeline::context(
+        core,
+        &mut conn,
+        user.user_id.as_str(),
+        req.room_id.as_str(),
+        req.event_id.as_str(),
+        limit,
+        &req.filter,
+    )
+    .await?;
 
-    let viewer = Some(Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) });
+    let viewer = Some(Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    });
     let state_events = events::get_many(&mut conn, &ctx.state).await?;
     let mut response = get_context::v3::Response::new();
     response.start = Some(timeline::token(ctx.before.next));

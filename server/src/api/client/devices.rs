@@ -17,7 +17,10 @@ fn to_ruma(d: devices::Device) -> device::Device {
     let mut out = device::Device::new(d.device_id.into());
     out.display_name = d.display_name;
     out.last_seen_ip = d.last_seen_ip;
-    out.last_seen_ts = d.last_seen_ts.and_then(|ts| UInt::new(ts as u64)).map(MilliSecondsSinceUnixEpoch);
+    out.last_seen_ts = d
+        .last_seen_ts
+        .and_then(|ts| UInt::new(ts as u64))
+        .map(MilliSecondsSinceUnixEpoch);
     out
 }
 
@@ -38,7 +41,13 @@ pub async fn get(state: AppState, req: Ruma<get_device::v3::Request>) -> ApiResu
 pub async fn update(state: AppState, req: Ruma<update_device::v3::Request>) -> ApiResult<update_device::v3::Response> {
     let user = req.sender()?;
     let mut tx = state.db.write().await?;
-    let found = devices::set_display_name(&mut tx, user.user_id.as_str(), req.device_id.as_str(), req.display_name.as_deref()).await?;
+    let found = devices::set_display_name(
+        &mut tx,
+        user.user_id.as_str(),
+        req.device_id.as_str(),
+        req.display_name.as_deref(),
+    )
+    .await?;
     tx.commit().await?;
     if !found {
         return Err(MatrixError::not_found("Device not found"));
@@ -48,10 +57,19 @@ pub async fn update(state: AppState, req: Ruma<update_device::v3::Request>) -> A
 
 pub async fn delete(state: AppState, req: Ruma<delete_device::v3::Request>) -> ApiResult<delete_device::v3::Response> {
     let user = req.sender()?;
-    if devices::get(&state.db, user.user_id.as_str(), req.device_id.as_str()).await?.is_none() {
+    if devices::get(&state.db, user.user_id.as_str(), req.device_id.as_str())
+        .await?
+        .is_none()
+    {
         return Err(MatrixError::not_found("Device not found"));
     }
-    uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
+    uia::check(
+        &state,
+        req.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(user.user_id.as_str()),
+    )
+    .await?;
     let mut tx = state.db.write().await?;
     devices::delete(&mut tx, user.user_id.as_str(), req.device_id.as_str()).await?;
     tx.commit().await?;
@@ -60,9 +78,18 @@ pub async fn delete(state: AppState, req: Ruma<delete_device::v3::Request>) -> A
     Ok(delete_device::v3::Response::new())
 }
 
-pub async fn delete_many(state: AppState, req: Ruma<delete_devices::v3::Request>) -> ApiResult<delete_devices::v3::Response> {
+pub async fn delete_many(
+    state: AppState,
+    req: Ruma<delete_devices::v3::Request>,
+) -> ApiResult<delete_devices::v3::Response> {
     let user = req.sender()?;
-    uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
+    uia::check(
+        &state,
+        req.auth.as_ref(),
+        &[&[uia::PASSWORD]],
+        Some(user.user_id.as_str()),
+    )
+    .await?;
     let mut tx = state.db.write().await?;
     for device_id in &req.devices {
         devices::delete(&mut tx, user.user_id.as_str(), device_id.as_str()).await?;

@@ -19,20 +19,39 @@ use crate::{
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
-    router.ruma(get_visibility).ruma(set_visibility).ruma(public_rooms).ruma(public_rooms_filtered)
+    router
+        .ruma(get_visibility)
+        .ruma(set_visibility)
+        .ruma(public_rooms)
+        .ruma(public_rooms_filtered)
 }
 
-pub async fn get_visibility(state: AppState, req: Ruma<get_room_visibility::v3::Request>) -> ApiResult<get_room_visibility::v3::Response> {
+pub async fn get_visibility(
+    state: AppState,
+    req: Ruma<get_room_visibility::v3::Request>,
+) -> ApiResult<get_room_visibility::v3::Response> {
     let public = core_directory::is_published(&state.core, req.room_id.as_str()).await?;
-    Ok(get_room_visibility::v3::Response::new(if public { Visibility::Public } else { Visibility::Private }))
+    Ok(get_room_visibility::v3::Response::new(if public {
+        Visibility::Public
+    } else {
+        Visibility::Private
+    }))
 }
 
-pub async fn set_visibility(state: AppState, req: Ruma<set_room_visibility::v3::Request>) -> ApiResult<set_room_visibility::v3::Response> {
+pub async fn set_visibility(
+    state: AppState,
+    req: Ruma<set_room_visibility::v3::Request>,
+) -> ApiResult<set_room_visibility::v3::Response> {
     let user = req.sender()?;
     let public = match &req.visibility {
         Visibility::Public => true,
         Visibility::Private => false,
-        other => return Err(MatrixError::invalid_param(format!("Unknown visibility {}", other.as_str()))),
+        other => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown visibility {}",
+                other.as_str()
+            )))
+        }
     };
     core_directory::set_published(&state.core, req.room_id.as_str(), &user.user_id, user.is_admin, public).await?;
     Ok(set_room_visibility::v3::Response::new())
@@ -41,9 +60,9 @@ pub async fn set_visibility(state: AppState, req: Ruma<set_room_visibility::v3::
 /// Only this server's directory can be served until federation exists.
 fn ensure_own_server(state: &AppState, server: Option<&ServerName>) -> ApiResult<()> {
     match server {
-        Some(s) if s != state.core.server_name => {
-            Err(MatrixError::not_found(format!("Cannot list the public rooms of {s}: federation is not supported yet")))
-        }
+        Some(s) if s != state.core.server_name => Err(MatrixError::not_found(format!(
+            "Cannot list the public rooms of {s}: federation is not supported yet"
+        ))),
         _ => Ok(()),
     }
 }
@@ -56,9 +75,16 @@ fn total(page: &Page) -> Option<UInt> {
     UInt::try_from(page.total as u64).ok()
 }
 
-pub async fn public_rooms(state: AppState, req: Ruma<get_public_rooms::v3::Request>) -> ApiResult<get_public_rooms::v3::Response> {
+pub async fn public_rooms(
+    state: AppState,
+    req: Ruma<get_public_rooms::v3::Request>,
+) -> ApiResult<get_public_rooms::v3::Response> {
     ensure_own_server(&state, req.server.as_deref())?;
-    let query = Query { limit: limit(req.limit), since: req.since.clone(), ..Query::default() };
+    let query = Query {
+        limit: limit(req.limit),
+        since: req.since.clone(),
+        ..Query::default()
+    };
     let page = core_directory::public_rooms(&state.core, &query).await?;
     let mut res = get_public_rooms::v3::Response::new(Vec::new());
     res.total_room_count_estimate = total(&page);
@@ -82,7 +108,12 @@ pub async fn public_rooms_filtered(
         limit: limit(req.limit),
         since: req.since.clone(),
         search: req.filter.generic_search_term.clone(),
-        room_types: req.filter.room_types.iter().map(|t| t.as_str().map(str::to_owned)).collect(),
+        room_types: req
+            .filter
+            .room_types
+            .iter()
+            .map(|t| t.as_str().map(str::to_owned))
+            .collect(),
     };
     let page = core_directory::public_rooms(&state.core, &query).await?;
     res.total_room_count_estimate = total(&page);

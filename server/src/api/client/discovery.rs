@@ -8,11 +8,14 @@ use crate::{error::ApiResult, ruma_wrapper::Ruma, state::AppState};
 
 /// Spec versions whose Client-Server API this server speaks.
 const VERSIONS: &[&str] = &[
-    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
-    "v1.9", "v1.10", "v1.11", "v1.12",
+    "r0.5.0", "r0.6.0", "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12",
 ];
 
-pub async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> ApiResult<get_supported_versions::Response> {
+pub async fn versions(
+    _: AppState,
+    _: Ruma<get_supported_versions::Request>,
+) -> ApiResult<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
     response.unstable_features = BTreeMap::from([
         ("org.matrix.msc2918.refresh_token".to_owned(), true),
@@ -22,6 +25,11 @@ pub async fn versions(_: AppState, _: Ruma<get_supported_versions::Request>) -> 
     Ok(response)
 }
 
-pub async fn client_well_known(state: AppState, _: Ruma<discover_homeserver::Request>) -> ApiResult<discover_homeserver::Response> {
-    Ok(discover_homeserver::Response::new(discover_homeserver::HomeserverInfo::new(state.config.base_url().to_owned())))
+pub async fn client_well_known(
+    state: AppState,
+    _: Ruma<discover_homeserver::Request>,
+) -> ApiResult<discover_homeserver::Response> {
+    Ok(discover_homeserver::Response::new(
+        discover_homeserver::HomeserverInfo::new(state.config.base_url().to_owned()),
+    ))
 }

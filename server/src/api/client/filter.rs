@@ -30,7 +30,10 @@ pub async fn get(state: AppState, req: Ruma<get_filter::v3::Request>) -> ApiResu
     if user.user_id != req.user_id {
         return Err(MatrixError::forbidden("Cannot read other users' filters"));
     }
-    let id: i64 = req.filter_id.parse().map_err(|_| MatrixError::not_found("Filter not found"))?;
+    let id: i64 = req
+        .filter_id
+        .parse()
+        .map_err(|_| MatrixError::not_found("Filter not found"))?;
     let content = filters::get(&state.db, user.user_id.as_str(), id)
         .await?
         .ok_or_else(|| MatrixError::not_found("Filter not found"))?;

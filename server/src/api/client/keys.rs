@@ -43,11 +43,26 @@ pub fn raw<T>(value: &Value) -> ApiResult<Raw<T>> {
 
 /// Key maps of an upload as `(key ID, object)` pairs.
 pub fn key_list<T>(map: &BTreeMap<OwnedOneTimeKeyId, Raw<T>>) -> ApiResult<Vec<(String, Value)>> {
-    map.iter().map(|(id, k)| Ok((id.to_string(), serde_json::from_str(k.json().get()).map_err(|_| MatrixError::bad_json("invalid key"))?))).collect()
+    map.iter()
+        .map(|(id, k)| {
+            Ok((
+                id.to_string(),
+                serde_json::from_str(k.json().get()).map_err(|_| MatrixError::bad_json("invalid key"))?,
+            ))
+        })
+        .collect()
 }
 
 pub fn counts(counts: BTreeMap<String, i64>) -> BTreeMap<OneTimeKeyAlgorithm, UInt> {
-    counts.into_iter().map(|(alg, n)| (OneTimeKeyAlgorithm::from(alg.as_str()), UInt::try_from(n).unwrap_or_default())).collect()
+    counts
+        .into_iter()
+        .map(|(alg, n)| {
+            (
+                OneTimeKeyAlgorithm::from(alg.as_str()),
+                UInt::try_from(n).unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> ApiResult<upload_keys::v3::Response> {
@@ -63,13 +78,18 @@ async fn upload(state: AppState, req: Ruma<upload_keys::v3::Request>) -> ApiResu
 
 async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> ApiResult<get_keys::v3::Response> {
     let user = req.sender()?;
-    let requested: BTreeMap<String, Vec<String>> =
-        req.device_keys.iter().map(|(u, ds)| (u.to_string(), ds.iter().map(|d| d.to_string()).collect())).collect();
+    let requested: BTreeMap<String, Vec<String>> = req
+        .device_keys
+        .iter()
+        .map(|(u, ds)| (u.to_string(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect();
     let result = keys::query(&state.core, user.user_id.as_str(), &requested).await?;
     let mut response = get_keys::v3::Response::new();
     response.failures = result.failures;
     for (user_id, devices) in result.device_keys {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else { continue };
+        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
+            continue;
+        };
         let mut out = BTreeMap::new();
         for (device_id, keys) in devices {
             out.insert(OwnedDeviceId::from(device_id), raw(&keys)?);
@@ -95,12 +115,19 @@ async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> ApiResult
     let requested: BTreeMap<String, BTreeMap<String, String>> = req
         .one_time_keys
         .iter()
-        .map(|(u, ds)| (u.to_string(), ds.iter().map(|(d, alg)| (d.to_string(), alg.to_string())).collect()))
+        .map(|(u, ds)| {
+            (
+                u.to_string(),
+                ds.iter().map(|(d, alg)| (d.to_string(), alg.to_string())).collect(),
+            )
+        })
         .collect();
     let (claimed, failures) = keys::claim(&state.core, &requested).await?;
     let mut out = BTreeMap::new();
     for (user_id, devices) in claimed {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else { continue };
+        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
+            continue;
+        };
         let mut per_device = BTreeMap::new();
         for (device_id, keys) in devices {
             let mut per_key = BTreeMap::new();
@@ -125,25 +152,48 @@ async fn changes(state: AppState, req: Ruma<get_key_changes::v3::Request>) -> Ap
     let mut conn = state.db.conn().await?;
     let result = device_lists::changes(&mut conn, user.user_id.as_str(), &from, &to).await?;
     let ids = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
-    Ok(get_key_changes::v3::Response::new(ids(result.changed), ids(result.left)))
+    Ok(get_key_changes::v3::Response::new(
+        ids(result.changed),
+        ids(result.left),
+    ))
 }
 
-async fn upload_signing(state: AppState, req: Ruma<upload_signing_keys::v3::Request>) -> ApiResult<upload_signing_keys::v3::Response> {
+async fn upload_signing(
+    state: AppState,
+    req: Ruma<upload_signing_keys::v3::Request>,
+) -> ApiResult<upload_signing_keys::v3::Response> {
     let user = req.sender()?;
     let upload = cross_signing::SigningKeys {
         master: req.master_key.as_ref().map(|k| object(k, "master_key")).transpose()?,
-        self_signing: req.self_signing_key.as_ref().map(|k| object(k, "self_signing_key")).transpose()?,
-        user_signing: req.user_signing_key.as_ref().map(|k| object(k, "user_signing_key")).transpose()?,
+        self_signing: req
+            .self_signing_key
+            .as_ref()
+            .map(|k| object(k, "self_signing_key"))
+            .transpose()?,
+        user_signing: req
+            .user_signing_key
+            .as_ref()
+            .map(|k| object(k, "user_signing_key"))
+            .transpose()?,
     };
     let needs_auth = cross_signing::check_upload(&state.core, user.user_id.as_str(), &upload).await?;
     if needs_auth {
-        uia::check(&state, req.auth.as_ref(), &[&[uia::PASSWORD]], Some(user.user_id.as_str())).await?;
+        uia::check(
+            &state,
+            req.auth.as_ref(),
+            &[&[uia::PASSWORD]],
+            Some(user.user_id.as_str()),
+        )
+        .await?;
     }
     cross_signing::store_upload(&state.core, user.user_id.as_str(), &upload).await?;
     Ok(upload_signing_keys::v3::Response::new())
 }
 
-async fn upload_sigs(state: AppState, req: Ruma<upload_signatures::v3::Request>) -> ApiResult<upload_signatures::v3::Response> {
+async fn upload_sigs(
+    state: AppState,
+    req: Ruma<upload_signatures::v3::Request>,
+) -> ApiResult<upload_signatures::v3::Response> {
     let user = req.sender()?;
     let mut signed = Vec::new();
     for (target, keys) in &req.signed_keys {
@@ -155,7 +205,9 @@ async fn upload_sigs(state: AppState, req: Ruma<upload_signatures::v3::Request>)
     let failures = cross_signing::upload_signatures(&state.core, user.user_id.as_str(), &signed).await?;
     let mut response = upload_signatures::v3::Response::new();
     for (target, per_key) in failures {
-        let Ok(target) = OwnedUserId::try_from(target) else { continue };
+        let Ok(target) = OwnedUserId::try_from(target) else {
+            continue;
+        };
         let mut out = BTreeMap::new();
         for (key_id, f) in per_key {
             let failure = serde_json::from_value(json!({ "errcode": f.errcode, "error": f.error }))

@@ -46,7 +46,10 @@ async fn check_guest_access(state: &AppState, user: &crate::ruma_wrapper::AuthUs
     }
 }
 
-pub async fn join_by_id(state: AppState, req: Ruma<join_room_by_id::v3::Request>) -> ApiResult<join_room_by_id::v3::Response> {
+pub async fn join_by_id(
+    state: AppState,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.sender()?;
     check_guest_access(&state, user, req.room_id.as_str()).await?;
     membership::join(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
@@ -67,10 +70,19 @@ pub async fn join_by_id_or_alias(
 pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> ApiResult<invite_user::v3::Response> {
     let user = req.sender()?;
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
-        return Err(MatrixError::unrecognized("Third-party invites are not supported").with_status(http::StatusCode::BAD_REQUEST));
+        return Err(MatrixError::unrecognized("Third-party invites are not supported")
+            .with_status(http::StatusCode::BAD_REQUEST));
     };
     let is_direct = req.json_body.as_ref().is_some_and(|b| b["is_direct"] == true);
-    membership::invite(&state.core, req.room_id.as_str(), &user.user_id, &recipient.user_id, recipient.reason.as_deref(), is_direct).await?;
+    membership::invite(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        &recipient.user_id,
+        recipient.reason.as_deref(),
+        is_direct,
+    )
+    .await?;
     Ok(invite_user::v3::Response::new())
 }
 
@@ -82,19 +94,40 @@ pub async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> ApiRe
 
 pub async fn kick(state: AppState, req: Ruma<kick_user::v3::Request>) -> ApiResult<kick_user::v3::Response> {
     let user = req.sender()?;
-    membership::kick(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    membership::kick(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        &req.user_id,
+        req.reason.as_deref(),
+    )
+    .await?;
     Ok(kick_user::v3::Response::new())
 }
 
 pub async fn ban(state: AppState, req: Ruma<ban_user::v3::Request>) -> ApiResult<ban_user::v3::Response> {
     let user = req.sender()?;
-    membership::ban(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    membership::ban(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        &req.user_id,
+        req.reason.as_deref(),
+    )
+    .await?;
     Ok(ban_user::v3::Response::new())
 }
 
 pub async fn unban(state: AppState, req: Ruma<unban_user::v3::Request>) -> ApiResult<unban_user::v3::Response> {
     let user = req.sender()?;
-    membership::unban(&state.core, req.room_id.as_str(), &user.user_id, &req.user_id, req.reason.as_deref()).await?;
+    membership::unban(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        &req.user_id,
+        req.reason.as_deref(),
+    )
+    .await?;
     Ok(unban_user::v3::Response::new())
 }
 

@@ -2,7 +2,10 @@
 
 use ruma::{
     api::{
-        client::{message::{get_message_events, send_message_event}, redact::redact_event},
+        client::{
+            message::{get_message_events, send_message_event},
+            redact::redact_event,
+        },
         Direction,
     },
     serde::Raw,
@@ -11,7 +14,11 @@ use ruma::{
 use serde_json::{json, Value};
 use weft_core::{
     events::builder::EventTemplate,
-    rooms::{self, client_format::{self, Viewer}, filter, timeline, visibility},
+    rooms::{
+        self,
+        client_format::{self, Viewer},
+        filter, timeline, visibility,
+    },
     storage::events,
 };
 
@@ -30,13 +37,18 @@ pub fn content_object(json_body: &Option<Value>) -> ApiResult<Value> {
     }
 }
 
-pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> ApiResult<send_message_event::v3::Response> {
+pub async fn send(
+    state: AppState,
+    req: Ruma<send_message_event::v3::Request>,
+) -> ApiResult<send_message_event::v3::Response> {
     let user = req.sender()?;
     let content = content_object(&req.json_body)?;
     let kind = req.event_type.to_string();
     if kind == "m.room.redaction" {
         // Redactions go through /redact so their target is checked.
-        let target = content["redacts"].as_str().ok_or_else(|| MatrixError::bad_json("m.room.redaction needs content.redacts"))?;
+        let target = content["redacts"]
+            .as_str()
+            .ok_or_else(|| MatrixError::bad_json("m.room.redaction needs content.redacts"))?;
         check_redaction_target(&state, req.room_id.as_str(), target).await?;
     }
     let mut template = EventTemplate::message(&kind, content);
@@ -48,7 +60,13 @@ pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -
 }
 
 /// Sends as the user's device, idempotent per transaction ID.
-async fn send_with_txn(state: &AppState, user: &AuthUser, room_id: &str, template: EventTemplate, txn_id: &str) -> ApiResult<OwnedEventId> {
+async fn send_with_txn(
+    state: &AppState,
+    user: &AuthUser,
+    room_id: &str,
+    template: EventTemplate,
+    txn_id: &str,
+) -> ApiResult<OwnedEventId> {
     let txn = Some((user.user_id.as_str(), user.device_id.as_str(), txn_id));
     let sent = rooms::send(&state.core, room_id, &user.user_id, template, txn).await?;
     parse_event_id(&sent.event_id)
@@ -73,12 +91,20 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Ap
     if let Some(reason) = &req.reason {
         content["reason"] = json!(reason);
     }
-    let template = EventTemplate { kind: "m.room.redaction".into(), state_key: None, content, redacts: Some(req.event_id.to_string()) };
+    let template = EventTemplate {
+        kind: "m.room.redaction".into(),
+        state_key: None,
+        content,
+        redacts: Some(req.event_id.to_string()),
+    };
     let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
     Ok(redact_event::v3::Response::new(event_id))
 }
 
-pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request>) -> ApiResult<get_message_events::v3::Response> {
+pub async fn messages(
+    state: AppState,
+    req: Ruma<get_message_events::v3::Request>,
+) -> ApiResult<get_message_events::v3::Response> {
     let user = req.sender()?;
     let room_id = req.room_id.as_str();
     let core = &state.core;
@@ -132,13 +158,23 @@ pub async fn messages(state: AppState, req: Ruma<get_message_events::v3::Request
         }
     }
 
-    let viewer = Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) };
+    let viewer = Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    };
     let formatted = client_format::format(core, &mut conn, &chunk, Some(viewer)).await?;
     let mut response = get_message_events::v3::Response::new();
     response.start = timeline::token(from);
     // No `end` once the start (or end) of the visible timeline is reached.
-    response.end = if exhausted && chunk.len() < limit { None } else { Some(timeline::token(cursor)) };
-    response.chunk = formatted.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect();
+    response.end = if exhausted && chunk.len() < limit {
+        None
+    } else {
+        Some(timeline::token(cursor))
+    };
+    response.chunk = formatted
+        .into_iter()
+        .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
+        .collect();
     if !req.filter.lazy_load_options.is_disabled() {
         response.state = lazy_members(&state, &mut conn, room_id, &chunk, viewer).await?;
     }
@@ -158,11 +194,15 @@ async fn lazy_members<T>(
     senders.dedup();
     let mut ids = Vec::new();
     for sender in senders {
-        if let Some(id) = weft_core::storage::rooms::current_state_event(conn, room_id, "m.room.member", sender).await? {
+        if let Some(id) = weft_core::storage::rooms::current_state_event(conn, room_id, "m.room.member", sender).await?
+        {
             ids.push(id);
         }
     }
     let member_events = events::get_many(conn, &ids).await?;
     let formatted = client_format::format(&state.core, conn, &member_events, Some(viewer)).await?;
-    Ok(formatted.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect())
+    Ok(formatted
+        .into_iter()
+        .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
+        .collect())
 }

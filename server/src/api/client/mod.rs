@@ -2,8 +2,8 @@
 
 pub mod account;
 pub mod account_data;
-pub mod backup;
 pub mod alias;
+pub mod backup;
 pub mod capabilities;
 pub mod context;
 pub mod dehydrated_device;
@@ -37,14 +37,31 @@ pub mod user_directory;
 
 use axum::Router;
 
-use crate::{ruma_wrapper::{RumaJsonRoute, RumaRoute}, state::AppState};
+use crate::{
+    ruma_wrapper::{RumaJsonRoute, RumaRoute},
+    state::AppState,
+};
 
 pub fn router() -> Router<AppState> {
     let mut router = Router::new();
     // Areas that mount their own routes.
     for routes in [
-        alias::routes, backup::routes, context::routes, dehydrated_device::routes, keys::routes, to_device::routes, directory::routes, event::routes, members::routes, push::routes, relations::routes,
-        report::routes, search::routes, space::routes, upgrade::routes, user_directory::routes,
+        alias::routes,
+        backup::routes,
+        context::routes,
+        dehydrated_device::routes,
+        keys::routes,
+        to_device::routes,
+        directory::routes,
+        event::routes,
+        members::routes,
+        push::routes,
+        relations::routes,
+        report::routes,
+        search::routes,
+        space::routes,
+        upgrade::routes,
+        user_directory::routes,
     ] {
         router = routes(router);
     }

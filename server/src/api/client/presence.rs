@@ -23,7 +23,12 @@ pub async fn set(state: AppState, req: Ruma<set_presence::v3::Request>) -> ApiRe
         PresenceState::Online => "online",
         PresenceState::Unavailable => "unavailable",
         PresenceState::Offline => "offline",
-        other => return Err(MatrixError::invalid_param(format!("Unknown presence {}", other.as_str()))),
+        other => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown presence {}",
+                other.as_str()
+            )))
+        }
     };
     let msg = req.status_msg.as_deref();
     presence::set(&state.core, user.user_id.as_str(), value, Some(msg)).await?;
@@ -35,13 +40,19 @@ pub async fn get(state: AppState, req: Ruma<get_presence::v3::Request>) -> ApiRe
     let mut conn = state.db.conn().await?;
     // Presence is visible to the user and to those sharing a room with them.
     if user.user_id != req.user_id
-        && !presence::users_sharing_rooms(&mut conn, user.user_id.as_str()).await?.iter().any(|u| u == req.user_id.as_str())
+        && !presence::users_sharing_rooms(&mut conn, user.user_id.as_str())
+            .await?
+            .iter()
+            .any(|u| u == req.user_id.as_str())
     {
         return Err(MatrixError::forbidden("You do not share a room with this user"));
     }
     let current = presence::get(&mut conn, req.user_id.as_str()).await?;
     let Some(p) = current else {
-        if weft_core::storage::users::get(&state.db, req.user_id.as_str()).await?.is_none() {
+        if weft_core::storage::users::get(&state.db, req.user_id.as_str())
+            .await?
+            .is_none()
+        {
             return Err(MatrixError::not_found("Unknown user"));
         }
         return Ok(get_presence::v3::Response::new(PresenceState::Offline));

@@ -39,12 +39,18 @@ pub async fn get_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -
     Ok(response)
 }
 
-pub async fn get_displayname(state: AppState, req: Ruma<get_display_name::v3::Request>) -> ApiResult<get_display_name::v3::Response> {
+pub async fn get_displayname(
+    state: AppState,
+    req: Ruma<get_display_name::v3::Request>,
+) -> ApiResult<get_display_name::v3::Response> {
     let user = load(&state, &req.user_id).await?;
     Ok(get_display_name::v3::Response::new(user.displayname))
 }
 
-pub async fn set_displayname(state: AppState, req: Ruma<set_display_name::v3::Request>) -> ApiResult<set_display_name::v3::Response> {
+pub async fn set_displayname(
+    state: AppState,
+    req: Ruma<set_display_name::v3::Request>,
+) -> ApiResult<set_display_name::v3::Response> {
     check_own(req.sender()?, &req.user_id)?;
     let name = req.displayname.as_deref().filter(|n| !n.is_empty());
     if name.is_some_and(|n| n.len() > 256) {
@@ -56,12 +62,20 @@ pub async fn set_displayname(state: AppState, req: Ruma<set_display_name::v3::Re
     Ok(set_display_name::v3::Response::new())
 }
 
-pub async fn get_avatar_url(state: AppState, req: Ruma<get_avatar_url::v3::Request>) -> ApiResult<get_avatar_url::v3::Response> {
+pub async fn get_avatar_url(
+    state: AppState,
+    req: Ruma<get_avatar_url::v3::Request>,
+) -> ApiResult<get_avatar_url::v3::Response> {
     let user = load(&state, &req.user_id).await?;
-    Ok(get_avatar_url::v3::Response::new(user.avatar_url.map(OwnedMxcUri::from)))
+    Ok(get_avatar_url::v3::Response::new(
+        user.avatar_url.map(OwnedMxcUri::from),
+    ))
 }
 
-pub async fn set_avatar_url(state: AppState, req: Ruma<set_avatar_url::v3::Request>) -> ApiResult<set_avatar_url::v3::Response> {
+pub async fn set_avatar_url(
+    state: AppState,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> ApiResult<set_avatar_url::v3::Response> {
     check_own(req.sender()?, &req.user_id)?;
     let url = req.avatar_url.as_ref().map(|u| u.as_str()).filter(|u| !u.is_empty());
     if let Some(url) = url {

@@ -4,8 +4,8 @@ use axum::Router;
 use ruma::{
     api::client::push::{
         delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
-        get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
-        Pusher, PushRule,
+        get_pushrules_all, get_pushrules_global_scope, set_pusher, set_pushrule, set_pushrule_actions,
+        set_pushrule_enabled, PushRule, Pusher,
     },
     push::Action,
     serde::Raw,
@@ -35,16 +35,26 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(get_notifications_list)
 }
 
-async fn get_all(state: AppState, req: Ruma<get_pushrules_all::v3::Request>) -> ApiResult<get_pushrules_all::v3::Response> {
+async fn get_all(
+    state: AppState,
+    req: Ruma<get_pushrules_all::v3::Request>,
+) -> ApiResult<get_pushrules_all::v3::Response> {
     let user = req.sender()?;
     let mut conn = state.db.conn().await?;
-    Ok(get_pushrules_all::v3::Response::new(rules::load(&mut conn, &user.user_id).await?))
+    Ok(get_pushrules_all::v3::Response::new(
+        rules::load(&mut conn, &user.user_id).await?,
+    ))
 }
 
-async fn get_global(state: AppState, req: Ruma<get_pushrules_global_scope::v3::Request>) -> ApiResult<get_pushrules_global_scope::v3::Response> {
+async fn get_global(
+    state: AppState,
+    req: Ruma<get_pushrules_global_scope::v3::Request>,
+) -> ApiResult<get_pushrules_global_scope::v3::Response> {
     let user = req.sender()?;
     let mut conn = state.db.conn().await?;
-    Ok(get_pushrules_global_scope::v3::Response::new(rules::load(&mut conn, &user.user_id).await?))
+    Ok(get_pushrules_global_scope::v3::Response::new(
+        rules::load(&mut conn, &user.user_id).await?,
+    ))
 }
 
 async fn get_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> ApiResult<get_pushrule::v3::Response> {
@@ -55,57 +65,103 @@ async fn get_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> ApiR
 
 async fn set_rule(state: AppState, req: Ruma<set_pushrule::v3::Request>) -> ApiResult<set_pushrule::v3::Response> {
     let user = req.sender()?;
-    rules::set_rule(&state.db, &user.user_id, req.rule.clone(), req.before.as_deref(), req.after.as_deref()).await?;
+    rules::set_rule(
+        &state.db,
+        &user.user_id,
+        req.rule.clone(),
+        req.before.as_deref(),
+        req.after.as_deref(),
+    )
+    .await?;
     Ok(set_pushrule::v3::Response::new())
 }
 
-async fn delete_rule(state: AppState, req: Ruma<delete_pushrule::v3::Request>) -> ApiResult<delete_pushrule::v3::Response> {
+async fn delete_rule(
+    state: AppState,
+    req: Ruma<delete_pushrule::v3::Request>,
+) -> ApiResult<delete_pushrule::v3::Response> {
     let user = req.sender()?;
     rules::delete_rule(&state.db, &user.user_id, &req.kind, &req.rule_id).await?;
     Ok(delete_pushrule::v3::Response::new())
 }
 
-async fn get_enabled(state: AppState, req: Ruma<get_pushrule_enabled::v3::Request>) -> ApiResult<get_pushrule_enabled::v3::Response> {
+async fn get_enabled(
+    state: AppState,
+    req: Ruma<get_pushrule_enabled::v3::Request>,
+) -> ApiResult<get_pushrule_enabled::v3::Response> {
     let user = req.sender()?;
-    let enabled = rules::get_rule(&state.db, &user.user_id, &req.kind, &req.rule_id).await?.enabled();
+    let enabled = rules::get_rule(&state.db, &user.user_id, &req.kind, &req.rule_id)
+        .await?
+        .enabled();
     Ok(get_pushrule_enabled::v3::Response::new(enabled))
 }
 
-async fn set_enabled(state: AppState, req: Ruma<set_pushrule_enabled::v3::Request>) -> ApiResult<set_pushrule_enabled::v3::Response> {
+async fn set_enabled(
+    state: AppState,
+    req: Ruma<set_pushrule_enabled::v3::Request>,
+) -> ApiResult<set_pushrule_enabled::v3::Response> {
     let user = req.sender()?;
     rules::set_enabled(&state.db, &user.user_id, &req.kind, &req.rule_id, req.enabled).await?;
     Ok(set_pushrule_enabled::v3::Response::new())
 }
 
-async fn get_actions(state: AppState, req: Ruma<get_pushrule_actions::v3::Request>) -> ApiResult<get_pushrule_actions::v3::Response> {
+async fn get_actions(
+    state: AppState,
+    req: Ruma<get_pushrule_actions::v3::Request>,
+) -> ApiResult<get_pushrule_actions::v3::Response> {
     let user = req.sender()?;
-    let actions = rules::get_rule(&state.db, &user.user_id, &req.kind, &req.rule_id).await?.actions().to_vec();
+    let actions = rules::get_rule(&state.db, &user.user_id, &req.kind, &req.rule_id)
+        .await?
+        .actions()
+        .to_vec();
     Ok(get_pushrule_actions::v3::Response::new(actions))
 }
 
-async fn set_actions(state: AppState, req: Ruma<set_pushrule_actions::v3::Request>) -> ApiResult<set_pushrule_actions::v3::Response> {
+async fn set_actions(
+    state: AppState,
+    req: Ruma<set_pushrule_actions::v3::Request>,
+) -> ApiResult<set_pushrule_actions::v3::Response> {
     let user = req.sender()?;
     rules::set_actions(&state.db, &user.user_id, &req.kind, &req.rule_id, req.actions.clone()).await?;
     Ok(set_pushrule_actions::v3::Response::new())
 }
 
-async fn get_pushers_list(state: AppState, req: Ruma<get_pushers::v3::Request>) -> ApiResult<get_pushers::v3::Response> {
+async fn get_pushers_list(
+    state: AppState,
+    req: Ruma<get_pushers::v3::Request>,
+) -> ApiResult<get_pushers::v3::Response> {
     let user = req.sender()?;
     let list = pushers::list(&state.db, user.user_id.as_str()).await?;
     // Stored pushers were validated by ruma's type when set; one that no longer parses is
     // left out rather than failing the whole list.
-    let parsed: Vec<Pusher> = list.into_iter().filter_map(|p| serde_json::from_value(p).ok()).collect();
+    let parsed: Vec<Pusher> = list
+        .into_iter()
+        .filter_map(|p| serde_json::from_value(p).ok())
+        .collect();
     Ok(get_pushers::v3::Response::new(parsed))
 }
 
-async fn set_pusher_handler(state: AppState, req: Ruma<set_pusher::v3::Request>) -> ApiResult<set_pusher::v3::Response> {
+async fn set_pusher_handler(
+    state: AppState,
+    req: Ruma<set_pusher::v3::Request>,
+) -> ApiResult<set_pusher::v3::Response> {
     let user = req.sender()?;
     match &req.action {
         set_pusher::v3::PusherAction::Post(post) => {
             // Store what the client sent (ruma already checked its shape), so fields ruma does
             // not model survive.
-            let body = req.json_body.clone().ok_or_else(|| MatrixError::bad_json("Missing pusher"))?;
-            pushers::set(&state.db, user.user_id.as_str(), user.device_id.as_str(), body, post.append).await?;
+            let body = req
+                .json_body
+                .clone()
+                .ok_or_else(|| MatrixError::bad_json("Missing pusher"))?;
+            pushers::set(
+                &state.db,
+                user.user_id.as_str(),
+                user.device_id.as_str(),
+                body,
+                post.append,
+            )
+            .await?;
         }
         set_pusher::v3::PusherAction::Delete(ids) => {
             pushers::delete(&state.db, user.user_id.as_str(), &ids.app_id, &ids.pushkey).await?;
@@ -118,17 +174,25 @@ async fn set_pusher_handler(state: AppState, req: Ruma<set_pusher::v3::Request>)
 const DEFAULT_NOTIFICATIONS_LIMIT: u64 = 20;
 const MAX_NOTIFICATIONS_LIMIT: u64 = 100;
 
-async fn get_notifications_list(state: AppState, req: Ruma<get_notifications::v3::Request>) -> ApiResult<get_notifications::v3::Response> {
+async fn get_notifications_list(
+    state: AppState,
+    req: Ruma<get_notifications::v3::Request>,
+) -> ApiResult<get_notifications::v3::Response> {
     let user = req.sender()?;
     let query = notifications::Query {
         user_id: user.user_id.as_str(),
         device_id: Some(user.device_id.as_str()),
         from: req.from.as_deref(),
-        limit: req.limit.map(u64::from).unwrap_or(DEFAULT_NOTIFICATIONS_LIMIT).clamp(1, MAX_NOTIFICATIONS_LIMIT) as usize,
+        limit: req
+            .limit
+            .map(u64::from)
+            .unwrap_or(DEFAULT_NOTIFICATIONS_LIMIT)
+            .clamp(1, MAX_NOTIFICATIONS_LIMIT) as usize,
         only_highlight: req.only.as_deref().is_some_and(|o| o.contains("highlight")),
     };
     let page = notifications::list(&state.core, &query).await?;
-    let mut response = get_notifications::v3::Response::new(page.notifications.into_iter().filter_map(to_ruma).collect());
+    let mut response =
+        get_notifications::v3::Response::new(page.notifications.into_iter().filter_map(to_ruma).collect());
     response.next_token = page.next_token;
     Ok(response)
 }
@@ -138,5 +202,7 @@ fn to_ruma(n: notifications::Notification) -> Option<get_notifications::v3::Noti
     let event = Raw::from_json_string(n.event.to_string()).ok()?;
     let room_id = OwnedRoomId::try_from(n.room_id).ok()?;
     let ts = MilliSecondsSinceUnixEpoch(UInt::try_from(n.ts.max(0)).ok()?);
-    Some(get_notifications::v3::Notification::new(actions, event, n.read, room_id, ts))
+    Some(get_notifications::v3::Notification::new(
+        actions, event, n.read, room_id, ts,
+    ))
 }

@@ -18,16 +18,36 @@ use crate::{
 };
 
 /// Checks the event is in the room and the user joined, then stores the receipt.
-async fn put_receipt(state: &AppState, user: &AuthUser, room_id: &str, receipt_type: &str, event_id: &str, thread_id: &str) -> ApiResult<()> {
+async fn put_receipt(
+    state: &AppState,
+    user: &AuthUser,
+    room_id: &str,
+    receipt_type: &str,
+    event_id: &str,
+    thread_id: &str,
+) -> ApiResult<()> {
     let mut conn = state.db.conn().await?;
-    if !rooms::membership(&mut conn, room_id, user.user_id.as_str()).await?.is_some_and(|m| m.membership == "join") {
+    if !rooms::membership(&mut conn, room_id, user.user_id.as_str())
+        .await?
+        .is_some_and(|m| m.membership == "join")
+    {
         return Err(MatrixError::forbidden("You are not in this room"));
     }
-    let event = events::get(&mut conn, event_id).await?.filter(|e| e.room_id == room_id).ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let event = events::get(&mut conn, event_id)
+        .await?
+        .filter(|e| e.room_id == room_id)
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
     drop(conn);
     if receipt_type == "m.fully_read" {
         let mut tx = state.db.write().await?;
-        account_data::put(&mut tx, user.user_id.as_str(), room_id, "m.fully_read", &json!({ "event_id": event_id }).to_string()).await?;
+        account_data::put(
+            &mut tx,
+            user.user_id.as_str(),
+            room_id,
+            "m.fully_read",
+            &json!({ "event_id": event_id }).to_string(),
+        )
+        .await?;
         tx.commit().await?;
         state.core.notifier.user_changed(user.user_id.as_str());
         return Ok(());
@@ -51,13 +71,21 @@ async fn put_receipt(state: &AppState, user: &AuthUser, room_id: &str, receipt_t
     Ok(())
 }
 
-pub async fn create(state: AppState, req: Ruma<create_receipt::v3::Request>) -> ApiResult<create_receipt::v3::Response> {
+pub async fn create(
+    state: AppState,
+    req: Ruma<create_receipt::v3::Request>,
+) -> ApiResult<create_receipt::v3::Response> {
     let user = req.sender()?;
     let receipt_type = match &req.receipt_type {
         ReceiptType::Read => "m.read",
         ReceiptType::ReadPrivate => "m.read.private",
         ReceiptType::FullyRead => "m.fully_read",
-        other => return Err(MatrixError::invalid_param(format!("Unknown receipt type {}", other.as_str()))),
+        other => {
+            return Err(MatrixError::invalid_param(format!(
+                "Unknown receipt type {}",
+                other.as_str()
+            )))
+        }
     };
     let thread_id = match &req.thread {
         ReceiptThread::Unthreaded => String::new(),
@@ -68,11 +96,22 @@ pub async fn create(state: AppState, req: Ruma<create_receipt::v3::Request>) -> 
     if receipt_type == "m.fully_read" && !thread_id.is_empty() {
         return Err(MatrixError::invalid_param("m.fully_read cannot be threaded"));
     }
-    put_receipt(&state, user, req.room_id.as_str(), receipt_type, req.event_id.as_str(), &thread_id).await?;
+    put_receipt(
+        &state,
+        user,
+        req.room_id.as_str(),
+        receipt_type,
+        req.event_id.as_str(),
+        &thread_id,
+    )
+    .await?;
     Ok(create_receipt::v3::Response::new())
 }
 
-pub async fn read_markers(state: AppState, req: Ruma<set_read_marker::v3::Request>) -> ApiResult<set_read_marker::v3::Response> {
+pub async fn read_markers(
+    state: AppState,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> ApiResult<set_read_marker::v3::Response> {
     let user = req.sender()?;
     let room_id = req.room_id.as_str();
     if let Some(id) = &req.fully_read {

@@ -29,7 +29,11 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
 
     let localpart = match (&req.username, is_guest) {
         (Some(name), false) => name.clone(),
-        _ => format!("{}{}", if is_guest { "guest-" } else { "" }, random_string(12).to_lowercase()),
+        _ => format!(
+            "{}{}",
+            if is_guest { "guest-" } else { "" },
+            random_string(12).to_lowercase()
+        ),
     };
     let user_id = accounts::user_id_for(&localpart, &state.config.server_name)?;
     if users::get(&state.db, &user_id).await?.is_some() {
@@ -38,7 +42,11 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
 
     // Guests skip UIA; everyone else completes the configured flow.
     if !is_guest {
-        let flow: &[&str] = if reg.require_token { &[uia::REGISTRATION_TOKEN] } else { &[uia::DUMMY] };
+        let flow: &[&str] = if reg.require_token {
+            &[uia::REGISTRATION_TOKEN]
+        } else {
+            &[uia::DUMMY]
+        };
         let done = uia::check(&state, req.auth.as_ref(), &[flow], None).await?;
         if let Some(token) = done.registration_token {
             let mut tx = state.db.write().await?;
@@ -54,11 +62,24 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         device_id: req.device_id.as_ref().map(|d| d.to_string()),
         display_name: req.initial_device_display_name.clone(),
         ip: req.ip.clone(),
-        refreshable_lifetime_ms: req.refresh_token.then(|| state.config.access_token_lifetime.as_millis() as i64),
+        refreshable_lifetime_ms: req
+            .refresh_token
+            .then(|| state.config.access_token_lifetime.as_millis() as i64),
     });
-    let issued = accounts::register(&state.db, &user_id, req.password.as_deref(), false, is_guest, Some(&localpart), session).await?;
+    let issued = accounts::register(
+        &state.db,
+        &user_id,
+        req.password.as_deref(),
+        false,
+        is_guest,
+        Some(&localpart),
+        session,
+    )
+    .await?;
 
-    let user_id: OwnedUserId = user_id.try_into().map_err(|_| MatrixError::invalid_username("Invalid user ID"))?;
+    let user_id: OwnedUserId = user_id
+        .try_into()
+        .map_err(|_| MatrixError::invalid_username("Invalid user ID"))?;
     let mut response = register::v3::Response::new(user_id);
     if let Some(s) = issued {
         response.access_token = Some(s.access_token);

@@ -4,7 +4,10 @@ use axum::Router;
 use ruma::{
     api::{
         client::{
-            relations::{get_relating_events, get_relating_events_with_rel_type, get_relating_events_with_rel_type_and_event_type},
+            relations::{
+                get_relating_events, get_relating_events_with_rel_type,
+                get_relating_events_with_rel_type_and_event_type,
+            },
             threads::get_threads,
         },
         Direction,
@@ -26,7 +29,11 @@ use crate::{
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
-    router.ruma(relating).ruma(relating_with_rel_type).ruma(relating_with_rel_type_and_event_type).ruma(threads)
+    router
+        .ruma(relating)
+        .ruma(relating_with_rel_type)
+        .ruma(relating_with_rel_type_and_event_type)
+        .ruma(threads)
 }
 
 const DEFAULT_LIMIT: u64 = 30;
@@ -45,11 +52,17 @@ fn dir(d: &Direction) -> Dir {
 }
 
 fn viewer(user: &AuthUser) -> Viewer<'_> {
-    Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) }
+    Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    }
 }
 
 fn raw_list<T>(values: Vec<Value>) -> Vec<Raw<T>> {
-    values.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect()
+    values
+        .into_iter()
+        .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
+        .collect()
 }
 
 async fn page(state: &AppState, user: &AuthUser, q: RelationsQuery<'_>) -> ApiResult<RelationsPage> {
@@ -100,7 +113,10 @@ macro_rules! relations_handler {
 }
 
 relations_handler!(relating, get_relating_events, |req| (None, None));
-relations_handler!(relating_with_rel_type, get_relating_events_with_rel_type, |req| (Some(req.rel_type.to_string()), None));
+relations_handler!(relating_with_rel_type, get_relating_events_with_rel_type, |req| (
+    Some(req.rel_type.to_string()),
+    None
+));
 relations_handler!(
     relating_with_rel_type_and_event_type,
     get_relating_events_with_rel_type_and_event_type,
@@ -112,7 +128,12 @@ pub async fn threads(state: AppState, req: Ruma<get_threads::v1::Request>) -> Ap
     let participated_only = match &req.include {
         get_threads::v1::IncludeThreads::All => false,
         get_threads::v1::IncludeThreads::Participated => true,
-        other => return Err(crate::error::MatrixError::invalid_param(format!("Unknown include value {}", other.as_str()))),
+        other => {
+            return Err(crate::error::MatrixError::invalid_param(format!(
+                "Unknown include value {}",
+                other.as_str()
+            )))
+        }
     };
     let q = ThreadsQuery {
         room_id: req.room_id.as_str(),

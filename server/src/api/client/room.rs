@@ -26,7 +26,9 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
     let body = req.json_body.clone().unwrap_or_default();
     let version = req.room_version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
     if !supported_room_versions().contains(&version) {
-        return Err(MatrixError::unsupported_room_version(format!("Room version {version} is not supported")));
+        return Err(MatrixError::unsupported_room_version(format!(
+            "Room version {version} is not supported"
+        )));
     }
     let preset = match body["preset"].as_str() {
         Some("public_chat") => Preset::PublicChat,
@@ -47,10 +49,14 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
     let mut initial_state = Vec::new();
     for ev in body["initial_state"].as_array().into_iter().flatten() {
         let (Some(kind), Some(content)) = (ev["type"].as_str(), ev.get("content").filter(|c| c.is_object())) else {
-            return Err(MatrixError::bad_json("initial_state entries need a type and an object content"));
+            return Err(MatrixError::bad_json(
+                "initial_state entries need a type and an object content",
+            ));
         };
         if kind == "m.room.create" || kind == "m.room.member" {
-            return Err(MatrixError::bad_json(format!("{kind} cannot be set through initial_state")));
+            return Err(MatrixError::bad_json(format!(
+                "{kind} cannot be set through initial_state"
+            )));
         }
         let key = ev["state_key"].as_str().unwrap_or("");
         initial_state.push(EventTemplate::state(kind, key, content.clone()));
@@ -69,7 +75,11 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
         None => None,
     };
     for invitee in &req.invite {
-        if state.core.is_local(invitee) && weft_core::storage::users::get(&state.db, invitee.as_str()).await?.is_none() {
+        if state.core.is_local(invitee)
+            && weft_core::storage::users::get(&state.db, invitee.as_str())
+                .await?
+                .is_none()
+        {
             return Err(MatrixError::not_found(format!("Unknown user {invitee}")));
         }
     }
@@ -103,9 +113,19 @@ fn object_field(body: &Value, key: &str) -> ApiResult<Option<Map<String, Value>>
     }
 }
 
-pub async fn joined_rooms(state: AppState, req: Ruma<joined_rooms::v3::Request>) -> ApiResult<joined_rooms::v3::Response> {
+pub async fn joined_rooms(
+    state: AppState,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> ApiResult<joined_rooms::v3::Response> {
     let user = req.sender()?;
     let mut conn = state.db.conn().await?;
-    let joined = rooms::rooms_of_user(&mut conn, user.user_id.as_str(), "join").await.map_err(MatrixError::from)?;
-    Ok(joined_rooms::v3::Response::new(joined.into_iter().filter_map(|m| OwnedRoomId::try_from(m.room_id).ok()).collect()))
+    let joined = rooms::rooms_of_user(&mut conn, user.user_id.as_str(), "join")
+        .await
+        .map_err(MatrixError::from)?;
+    Ok(joined_rooms::v3::Response::new(
+        joined
+            .into_iter()
+            .filter_map(|m| OwnedRoomId::try_from(m.room_id).ok())
+            .collect(),
+    ))
 }

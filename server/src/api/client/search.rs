@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use axum::Router;
 use ruma::{
     api::client::search::search_events::v3::{
-        Criteria, EventContextResult, GroupingKey, OrderBy, Request, Response, ResultCategories, ResultGroup, ResultGroupMap,
-        ResultRoomEvents, SearchKeys, SearchResult, UserProfile,
+        Criteria, EventContextResult, GroupingKey, OrderBy, Request, Response, ResultCategories, ResultGroup,
+        ResultGroupMap, ResultRoomEvents, SearchKeys, SearchResult, UserProfile,
     },
     serde::Raw,
     OwnedMxcUri, OwnedRoomId, OwnedUserId, UInt,
@@ -14,7 +14,10 @@ use ruma::{
 use serde_json::Value;
 use sqlx::AnyConnection;
 use weft_core::{
-    rooms::{client_format::{self, Viewer}, search::{self, Cursor, Order, Query}},
+    rooms::{
+        client_format::{self, Viewer},
+        search::{self, Cursor, Order, Query},
+    },
     storage::events::StoredEvent,
 };
 
@@ -34,9 +37,14 @@ const MAX_CONTEXT: u64 = 100;
 
 /// `room_events` is the only category; anything else is a client error, not an empty answer.
 fn check_categories(json_body: &Option<Value>) -> ApiResult<()> {
-    let categories = json_body.as_ref().and_then(|b| b.get("search_categories")).and_then(Value::as_object);
+    let categories = json_body
+        .as_ref()
+        .and_then(|b| b.get("search_categories"))
+        .and_then(Value::as_object);
     if let Some(unknown) = categories.and_then(|c| c.keys().find(|k| *k != "room_events")) {
-        return Err(MatrixError::invalid_param(format!("Unknown search category {unknown:?}")));
+        return Err(MatrixError::invalid_param(format!(
+            "Unknown search category {unknown:?}"
+        )));
     }
     Ok(())
 }
@@ -44,7 +52,10 @@ fn check_categories(json_body: &Option<Value>) -> ApiResult<()> {
 fn parse_keys(criteria: &Criteria) -> ApiResult<Vec<&'static str>> {
     match &criteria.keys {
         None => Ok(search::KEYS.to_vec()),
-        Some(keys) => keys.iter().map(|k: &SearchKeys| search::parse_key(k.as_str()).map_err(MatrixError::from)).collect(),
+        Some(keys) => keys
+            .iter()
+            .map(|k: &SearchKeys| search::parse_key(k.as_str()).map_err(MatrixError::from))
+            .collect(),
     }
 }
 
@@ -52,7 +63,10 @@ fn parse_order(criteria: &Criteria) -> ApiResult<Order> {
     match &criteria.order_by {
         None | Some(OrderBy::Rank) => Ok(Order::Rank),
         Some(OrderBy::Recent) => Ok(Order::Recent),
-        Some(other) => Err(MatrixError::invalid_param(format!("Unknown order_by {:?}", other.as_str()))),
+        Some(other) => Err(MatrixError::invalid_param(format!(
+            "Unknown order_by {:?}",
+            other.as_str()
+        ))),
     }
 }
 
@@ -64,7 +78,10 @@ fn parse_groupings(criteria: &Criteria) -> ApiResult<Vec<GroupingKey>> {
         .filter_map(|g| g.key.clone())
         .map(|k| match k {
             GroupingKey::RoomId | GroupingKey::Sender => Ok(k),
-            other => Err(MatrixError::invalid_param(format!("Unknown grouping key {:?}", other.as_str()))),
+            other => Err(MatrixError::invalid_param(format!(
+                "Unknown grouping key {:?}",
+                other.as_str()
+            ))),
         })
         .collect()
 }
@@ -88,19 +105,39 @@ async fn search_events(state: AppState, req: Ruma<Request>) -> ApiResult<Respons
         Some(token) => Cursor::parse(token, order)?,
         None => Cursor::start(order),
     };
-    let limit = criteria.filter.limit.map(u64::from).unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize;
+    let limit = criteria
+        .filter
+        .limit
+        .map(u64::from)
+        .unwrap_or(DEFAULT_LIMIT)
+        .clamp(1, MAX_LIMIT) as usize;
 
     let core = &state.core;
     let mut conn = state.db.conn().await?;
     let rooms = search::searchable_rooms(&mut conn, user.user_id.as_str(), &criteria.filter).await?;
-    let query = Query { user_id: user.user_id.as_str(), term: &criteria.search_term, keys, rooms, filter: &criteria.filter, order, limit, from };
+    let query = Query {
+        user_id: user.user_id.as_str(),
+        term: &criteria.search_term,
+        keys,
+        rooms,
+        filter: &criteria.filter,
+        order,
+        limit,
+        from,
+    };
     let page = search::search(core, &mut conn, &query).await?;
 
-    let viewer = Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) };
+    let viewer = Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    };
     let events: Vec<StoredEvent> = page.hits.iter().map(|h| h.event.clone()).collect();
     let formatted = client_format::format(core, &mut conn, &events, Some(viewer)).await?;
     // Context only when asked for: ruma fills in a default when the field is absent.
-    let wants_context = req.json_body.as_ref().is_some_and(|b| !b["search_categories"]["room_events"]["event_context"].is_null());
+    let wants_context = req
+        .json_body
+        .as_ref()
+        .is_some_and(|b| !b["search_categories"]["room_events"]["event_context"].is_null());
 
     let mut results = Vec::with_capacity(events.len());
     for (hit, event) in page.hits.iter().zip(&formatted) {
@@ -147,10 +184,15 @@ async fn event_context(
     out.events_before = fmt_before.iter().filter_map(raw).collect();
     out.events_after = fmt_after.iter().filter_map(raw).collect();
     if wanted.include_profile {
-        let senders: Vec<&str> =
-            std::iter::once(event).chain(&ctx.before).chain(&ctx.after).map(|e| e.sender.as_str()).collect();
+        let senders: Vec<&str> = std::iter::once(event)
+            .chain(&ctx.before)
+            .chain(&ctx.after)
+            .map(|e| e.sender.as_str())
+            .collect();
         for (user_id, (displayname, avatar_url)) in search::profiles(conn, &event.room_id, &senders).await? {
-            let Ok(user_id) = OwnedUserId::try_from(user_id) else { continue };
+            let Ok(user_id) = OwnedUserId::try_from(user_id) else {
+                continue;
+            };
             let mut profile = UserProfile::new();
             profile.displayname = displayname;
             profile.avatar_url = avatar_url.map(OwnedMxcUri::from).filter(|m| m.is_valid());
@@ -164,7 +206,11 @@ async fn event_context(
 fn group(key: &GroupingKey, events: &[StoredEvent]) -> ResultGroupMap {
     let mut groups: BTreeMap<String, ResultGroup> = BTreeMap::new();
     for e in events {
-        let name = if *key == GroupingKey::Sender { &e.sender } else { &e.room_id };
+        let name = if *key == GroupingKey::Sender {
+            &e.sender
+        } else {
+            &e.room_id
+        };
         let order = groups.len();
         let g = groups.entry(name.clone()).or_insert_with(|| {
             let mut g = ResultGroup::new();
@@ -176,9 +222,19 @@ fn group(key: &GroupingKey, events: &[StoredEvent]) -> ResultGroupMap {
         }
     }
     if *key == GroupingKey::Sender {
-        ResultGroupMap::Sender(groups.into_iter().filter_map(|(k, g)| Some((OwnedUserId::try_from(k).ok()?, g))).collect())
+        ResultGroupMap::Sender(
+            groups
+                .into_iter()
+                .filter_map(|(k, g)| Some((OwnedUserId::try_from(k).ok()?, g)))
+                .collect(),
+        )
     } else {
-        ResultGroupMap::RoomId(groups.into_iter().filter_map(|(k, g)| Some((OwnedRoomId::try_from(k).ok()?, g))).collect())
+        ResultGroupMap::RoomId(
+            groups
+                .into_iter()
+                .filter_map(|(k, g)| Some((OwnedRoomId::try_from(k).ok()?, g)))
+                .collect(),
+        )
     }
 }
 
@@ -194,7 +250,9 @@ async fn include_state(
     rooms.sort_unstable();
     rooms.dedup();
     for room_id in rooms {
-        let Some(list) = search::readable_state(&state.core, conn, viewer.user_id, room_id).await? else { continue };
+        let Some(list) = search::readable_state(&state.core, conn, viewer.user_id, room_id).await? else {
+            continue;
+        };
         let formatted = client_format::format(&state.core, conn, &list, Some(viewer)).await?;
         if let Ok(id) = OwnedRoomId::try_from(room_id) {
             out.insert(id, formatted.iter().filter_map(raw).collect());

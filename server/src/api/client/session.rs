@@ -21,9 +21,14 @@ pub fn qualify_user(state: &AppState, user: &str) -> String {
     }
 }
 
-pub async fn login_types(_: AppState, _: Ruma<get_login_types::v3::Request>) -> ApiResult<get_login_types::v3::Response> {
+pub async fn login_types(
+    _: AppState,
+    _: Ruma<get_login_types::v3::Request>,
+) -> ApiResult<get_login_types::v3::Response> {
     use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())]))
+    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(
+        PasswordLoginType::new(),
+    )]))
 }
 
 #[allow(deprecated)]
@@ -47,17 +52,24 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> ApiResult<
             device_id: req.device_id.as_ref().map(|d| d.to_string()),
             display_name: req.initial_device_display_name.clone(),
             ip: req.ip.clone(),
-            refreshable_lifetime_ms: req.refresh_token.then(|| state.config.access_token_lifetime.as_millis() as i64),
+            refreshable_lifetime_ms: req
+                .refresh_token
+                .then(|| state.config.access_token_lifetime.as_millis() as i64),
         },
     )
     .await?;
     let mut response = login::v3::Response::new(
-        session.user_id.try_into().map_err(|_| MatrixError::forbidden("Invalid user ID"))?,
+        session
+            .user_id
+            .try_into()
+            .map_err(|_| MatrixError::forbidden("Invalid user ID"))?,
         session.access_token,
         session.device_id.into(),
     );
     response.refresh_token = session.refresh_token;
-    response.expires_in = session.expires_in_ms.map(|ms| std::time::Duration::from_millis(ms as u64));
+    response.expires_in = session
+        .expires_in_ms
+        .map(|ms| std::time::Duration::from_millis(ms as u64));
     Ok(response)
 }
 

@@ -17,7 +17,8 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 pub async fn sync_v5(state: AppState, req: Ruma<sync_events::v5::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
     let body: Request = match &req.json_body {
-        Some(json) => serde_json::from_value(json.clone()).map_err(|e| MatrixError::bad_json(format!("Invalid sliding sync request: {e}")))?,
+        Some(json) => serde_json::from_value(json.clone())
+            .map_err(|e| MatrixError::bad_json(format!("Invalid sliding sync request: {e}")))?,
         None => Request::default(),
     };
     if !matches!(req.set_presence, ruma::presence::PresenceState::Offline) {

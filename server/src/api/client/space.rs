@@ -17,7 +17,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 /// Rooms per page, by default and at most (as Synapse).
 const MAX_LIMIT: u64 = 50;
 
-pub async fn get_hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request>) -> ApiResult<get_hierarchy::v1::Response> {
+pub async fn get_hierarchy(
+    state: AppState,
+    req: Ruma<get_hierarchy::v1::Request>,
+) -> ApiResult<get_hierarchy::v1::Response> {
     let user = req.sender()?;
     let limit = match req.limit.map(u64::from) {
         Some(0) => return Err(MatrixError::invalid_param("limit must be a positive integer")),
@@ -36,8 +39,8 @@ pub async fn get_hierarchy(state: AppState, req: Ruma<get_hierarchy::v1::Request
     let page = hierarchy::hierarchy(&state.core, &mut conn, &q).await?;
     let mut res = get_hierarchy::v1::Response::new();
     for room in page.rooms {
-        let chunk: SpaceHierarchyRoomsChunk =
-            serde_json::from_str(&room.to_string()).map_err(|e| MatrixError::unknown(format!("Invalid room summary: {e}")))?;
+        let chunk: SpaceHierarchyRoomsChunk = serde_json::from_str(&room.to_string())
+            .map_err(|e| MatrixError::unknown(format!("Invalid room summary: {e}")))?;
         res.rooms.push(chunk);
     }
     res.next_batch = page.next_batch;

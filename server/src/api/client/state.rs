@@ -7,7 +7,11 @@ use ruma::{
 use serde_json::Value;
 use weft_core::{
     events::builder::EventTemplate,
-    rooms::{self, client_format::{self, Viewer}, visibility},
+    rooms::{
+        self,
+        client_format::{self, Viewer},
+        visibility,
+    },
     storage::{events, rooms as room_store, state as state_store},
 };
 
@@ -43,39 +47,63 @@ async fn readable_state(
     }
 }
 
-pub async fn get_all(state: AppState, req: Ruma<get_state_events::v3::Request>) -> ApiResult<get_state_events::v3::Response> {
+pub async fn get_all(
+    state: AppState,
+    req: Ruma<get_state_events::v3::Request>,
+) -> ApiResult<get_state_events::v3::Response> {
     let user = req.sender()?;
     let mut conn = state.db.conn().await?;
     let room_state = readable_state(&state, &mut conn, user, req.room_id.as_str()).await?;
     let ids: Vec<String> = room_state.values().cloned().collect();
     let list = events::get_many(&mut conn, &ids).await?;
-    let viewer = Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) };
+    let viewer = Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    };
     let formatted = client_format::format(&state.core, &mut conn, &list, Some(viewer)).await?;
     Ok(get_state_events::v3::Response::new(
-        formatted.into_iter().filter_map(|v| Raw::from_json_string(v.to_string()).ok()).collect(),
+        formatted
+            .into_iter()
+            .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
+            .collect(),
     ))
 }
 
-pub async fn get_one(state: AppState, req: Ruma<get_state_event_for_key::v3::Request>) -> ApiResult<get_state_event_for_key::v3::Response> {
+pub async fn get_one(
+    state: AppState,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> ApiResult<get_state_event_for_key::v3::Response> {
     let user = req.sender()?;
     let mut conn = state.db.conn().await?;
     let room_state = readable_state(&state, &mut conn, user, req.room_id.as_str()).await?;
     let id = room_state
         .get(&(req.event_type.to_string(), req.state_key.clone()))
         .ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    let stored = events::get(&mut conn, id).await?.ok_or_else(|| MatrixError::not_found("Event not found"))?;
-    let viewer = Viewer { user_id: user.user_id.as_str(), device_id: Some(user.device_id.as_str()) };
+    let stored = events::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| MatrixError::not_found("Event not found"))?;
+    let viewer = Viewer {
+        user_id: user.user_id.as_str(),
+        device_id: Some(user.device_id.as_str()),
+    };
     let event = client_format::format_plain(&state.core, &mut conn, &stored, Some(viewer)).await?;
     let wants_event = req.format == get_state_event_for_key::v3::StateEventFormat::Event;
     let body: Value = if wants_event { event } else { event["content"].clone() };
-    if !wants_event && stored.redacted_by.is_none() && body.as_object().is_some_and(|o| o.is_empty()) && stored.event_type == "m.room.member" {
+    if !wants_event
+        && stored.redacted_by.is_none()
+        && body.as_object().is_some_and(|o| o.is_empty())
+        && stored.event_type == "m.room.member"
+    {
         return Err(MatrixError::not_found("Event not found"));
     }
     let raw = serde_json::value::to_raw_value(&body).map_err(|e| MatrixError::unknown(e.to_string()))?;
     Ok(get_state_event_for_key::v3::Response::new(raw))
 }
 
-pub async fn put(state: AppState, req: Ruma<send_state_event::v3::Request>) -> ApiResult<send_state_event::v3::Response> {
+pub async fn put(
+    state: AppState,
+    req: Ruma<send_state_event::v3::Request>,
+) -> ApiResult<send_state_event::v3::Response> {
     let user = req.sender()?;
     let content = content_object(&req.json_body)?;
     let kind = req.event_type.to_string();
@@ -83,7 +111,9 @@ pub async fn put(state: AppState, req: Ruma<send_state_event::v3::Request>) -> A
         // Membership goes through the membership endpoints, except a user updating their own
         // profile in the room.
         if req.state_key != user.user_id.as_str() || content["membership"] != "join" {
-            return Err(MatrixError::forbidden("Use the membership endpoints to change membership"));
+            return Err(MatrixError::forbidden(
+                "Use the membership endpoints to change membership",
+            ));
         }
     }
     if kind == "m.room.create" {
@@ -92,13 +122,23 @@ pub async fn put(state: AppState, req: Ruma<send_state_event::v3::Request>) -> A
     if kind == "m.room.canonical_alias" {
         check_canonical_alias(&state, req.room_id.as_str(), &content).await?;
     }
-    let sent = rooms::send(&state.core, req.room_id.as_str(), &user.user_id, EventTemplate::state(&kind, &req.state_key, content), None).await?;
+    let sent = rooms::send(
+        &state.core,
+        req.room_id.as_str(),
+        &user.user_id,
+        EventTemplate::state(&kind, &req.state_key, content),
+        None,
+    )
+    .await?;
     Ok(send_state_event::v3::Response::new(parse_event_id(&sent.event_id)?))
 }
 
 /// A canonical alias must be a valid alias that points at this room.
 async fn check_canonical_alias(state: &AppState, room_id: &str, content: &Value) -> ApiResult<()> {
-    let mut aliases: Vec<&str> = content["alt_aliases"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let mut aliases: Vec<&str> = content["alt_aliases"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
     if let Some(a) = content["alias"].as_str() {
         aliases.push(a);
     }

@@ -24,7 +24,9 @@ pub async fn sync_v3(state: AppState, req: Ruma<sync_events::v3::Request>) -> Ap
         None => FilterDefinition::default(),
         Some(sync_events::v3::Filter::FilterDefinition(def)) => def.clone(),
         Some(sync_events::v3::Filter::FilterId(id)) => {
-            let id: i64 = id.parse().map_err(|_| MatrixError::invalid_param("Unknown filter ID"))?;
+            let id: i64 = id
+                .parse()
+                .map_err(|_| MatrixError::invalid_param("Unknown filter ID"))?;
             let content = filters::get(&state.db, user.user_id.as_str(), id)
                 .await?
                 .ok_or_else(|| MatrixError::invalid_param("Unknown filter ID"))?;

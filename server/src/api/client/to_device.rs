@@ -14,7 +14,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router.ruma(send)
 }
 
-async fn send(state: AppState, req: Ruma<send_event_to_device::v3::Request>) -> ApiResult<send_event_to_device::v3::Response> {
+async fn send(
+    state: AppState,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> ApiResult<send_event_to_device::v3::Response> {
     let user = req.sender()?;
     let mut messages = Vec::new();
     for (recipient, devices) in &req.messages {

@@ -9,19 +9,30 @@ use crate::{
     state::AppState,
 };
 
-pub async fn set_typing(state: AppState, req: Ruma<create_typing_event::v3::Request>) -> ApiResult<create_typing_event::v3::Response> {
+pub async fn set_typing(
+    state: AppState,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> ApiResult<create_typing_event::v3::Response> {
     let user = req.sender()?;
     if user.user_id != req.user_id {
         return Err(MatrixError::forbidden("You cannot set typing for another user"));
     }
     let mut conn = state.db.conn().await?;
-    if !rooms::membership(&mut conn, req.room_id.as_str(), user.user_id.as_str()).await?.is_some_and(|m| m.membership == "join") {
+    if !rooms::membership(&mut conn, req.room_id.as_str(), user.user_id.as_str())
+        .await?
+        .is_some_and(|m| m.membership == "join")
+    {
         return Err(MatrixError::forbidden("You are not in this room"));
     }
     let timeout = match &req.state {
         Typing::Yes(info) => Some(info.timeout.as_millis() as i64),
         _ => None,
     };
-    state.core.typing.set(&state.core.notifier, req.room_id.as_str(), user.user_id.as_str(), timeout);
+    state.core.typing.set(
+        &state.core.notifier,
+        req.room_id.as_str(),
+        user.user_id.as_str(),
+        timeout,
+    );
     Ok(create_typing_event::v3::Response::new())
 }

@@ -4,7 +4,11 @@ use axum::Router;
 use ruma::{api::client::user_directory::search_users, OwnedMxcUri, OwnedUserId};
 use weft_core::rooms::user_directory;
 
-use crate::{error::ApiResult, ruma_wrapper::{Ruma, RumaRoute}, state::AppState};
+use crate::{
+    error::ApiResult,
+    ruma_wrapper::{Ruma, RumaRoute},
+    state::AppState,
+};
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router.ruma(search)
