@@ -4,14 +4,16 @@
 //! uses `$N` placeholders, which PostgreSQL and SQLite both accept. Only migrations differ per
 //! dialect (`migrations/postgres`, `migrations/sqlite`).
 
+mod sqlite_writer;
+
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     any::{AnyConnectOptions, AnyPoolOptions},
-    AnyPool, Executor,
+    AnyConnection, AnyPool, ConnectOptions, Executor,
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use self::sqlite_writer::{SqliteTx, SqliteWriter};
 use crate::Result;
 
 /// Which SQL engine sits behind the pool.
@@ -25,10 +27,9 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite allows one writer at a time, and a deferred transaction that upgrades from read to
-    /// write fails with SQLITE_BUSY instead of waiting. Writers therefore queue here first.
-    /// PostgreSQL needs no such lock (`None`): row locks order its writers, also across processes.
-    sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// SQLite's one writing connection, with group commit (see `sqlite_writer`). PostgreSQL
+    /// needs none (`None`): row locks order its writers, also across processes.
+    sqlite_writer: Option<SqliteWriter>,
     caches: Arc<Caches>,
 }
 
@@ -38,31 +39,44 @@ pub struct Caches {
     pub state_groups: quick_cache::sync::Cache<i64, Arc<crate::events::StateMap>>,
     /// Room versions by room ID (fixed at creation).
     pub room_versions: quick_cache::sync::Cache<String, String>,
+    /// Parsed events by ID (see `events::cache`).
+    pub graph_events: quick_cache::sync::Cache<String, Arc<crate::events::cache::GraphEvent>>,
 }
 
-/// A write transaction. On SQLite it also holds the writer lock until it is dropped.
-pub struct WriteTx {
-    pub tx: sqlx::Transaction<'static, sqlx::Any>,
-    _writer: Option<OwnedMutexGuard<()>>,
+/// A write transaction: dropped without `commit`, it is rolled back.
+pub enum WriteTx {
+    Postgres(sqlx::Transaction<'static, sqlx::Any>),
+    /// Holds SQLite's writer until committed or dropped.
+    Sqlite(SqliteTx),
 }
 
 impl WriteTx {
+    /// Returns once the transaction is durable.
     pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await?;
+        match self {
+            WriteTx::Postgres(tx) => tx.commit().await?,
+            WriteTx::Sqlite(tx) => tx.commit().await?,
+        }
         Ok(())
     }
 }
 
 impl std::ops::Deref for WriteTx {
-    type Target = sqlx::AnyConnection;
+    type Target = AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        match self {
+            WriteTx::Postgres(tx) => tx,
+            WriteTx::Sqlite(tx) => tx.conn_ref(),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        match self {
+            WriteTx::Postgres(tx) => tx,
+            WriteTx::Sqlite(tx) => tx.conn(),
+        }
     }
 }
 
@@ -90,22 +104,25 @@ impl Db {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; NORMAL sync is durable in
-                        // WAL mode against process crashes, FULL also against power loss.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 30000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        configure_sqlite(conn).await?;
                     }
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        let sqlite_writer = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        let sqlite_writer = match backend {
+            Backend::Sqlite => {
+                let mut conn = options.connect().await?;
+                configure_sqlite(&mut conn).await?;
+                Some(SqliteWriter::start(conn))
+            }
+            Backend::Postgres => None,
+        };
         let caches = Arc::new(Caches {
             state_groups: quick_cache::sync::Cache::new(4096),
             room_versions: quick_cache::sync::Cache::new(100_000),
+            graph_events: quick_cache::sync::Cache::new(4096),
         });
         Ok(Db {
             pool,
@@ -143,24 +160,29 @@ impl Db {
 
     /// Starts a transaction that will write.
     pub async fn write(&self) -> Result<WriteTx> {
-        let writer = match &self.sqlite_writer {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Sqlite {
-            // Make sure no stale read snapshot is upgraded later: take the write lock now.
-            // (sqlx opened a deferred transaction; a first write statement acquires it.)
-            sqlx::query("UPDATE stream_positions SET pos = pos WHERE stream = ''")
-                .execute(&mut *tx)
-                .await?;
-        }
-        Ok(WriteTx { tx, _writer: writer })
+        Ok(match &self.sqlite_writer {
+            Some(writer) => WriteTx::Sqlite(writer.begin().await?),
+            None => WriteTx::Postgres(self.pool.begin().await?),
+        })
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn configure_sqlite(conn: &mut AnyConnection) -> std::result::Result<(), sqlx::Error> {
+    // WAL lets readers run beside the writer; FULL sync makes each commit durable also against
+    // power loss (group commit keeps that affordable).
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA synchronous = FULL").await?;
+    conn.execute("PRAGMA busy_timeout = 30000").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    // Readers' page caches are discarded whenever the writer commits; reading pages through a
+    // shared mapping instead of read(2) makes that cheap. Temp b-trees stay in memory.
+    conn.execute("PRAGMA mmap_size = 1073741824").await?;
+    conn.execute("PRAGMA temp_store = MEMORY").await?;
+    Ok(())
 }
 
 fn sqlite_url_with_create(url: &str) -> Result<String> {

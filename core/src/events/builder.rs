@@ -1,6 +1,8 @@
 //! Builds local PDUs: prev events from the forward extremities, auth events from current
 //! state, depth, content hash, signature and event ID per room version.
 
+use std::sync::Arc;
+
 use ruma::{
     canonical_json::{CanonicalJsonObject, CanonicalJsonValue},
     events::TimelineEventType,
@@ -10,7 +12,10 @@ use ruma::{
 use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
-use super::{Pdu, StateMap};
+use super::{
+    cache::{self, GraphEvent},
+    Pdu, StateMap,
+};
 use crate::{
     storage::events,
     util::{now_ms, random_string},
@@ -69,8 +74,8 @@ pub async fn build(
         }
         _ => Vec::new(),
     };
-    let prevs = events::get_many(conn, &prev_ids).await?;
-    let depth = prevs.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
+    let prevs = cache::load(&core.db, conn, rules, &prev_ids).await?;
+    let depth = prevs.iter().map(|e| e.pdu.depth).max().unwrap_or(0) + 1;
 
     let content_raw = serde_json::value::to_raw_value(&template.content).map_err(|e| Error::BadJson(e.to_string()))?;
     let auth_types = state_res::auth_types_for_event(
@@ -87,18 +92,23 @@ pub async fn build(
         .collect();
     auth_ids.sort();
     auth_ids.dedup();
-    let auths = events::get_many(conn, &auth_ids).await?;
+    let auths = cache::load(&core.db, conn, rules, &auth_ids).await?;
 
-    let reference = |stored: &[events::StoredEvent], ids: &[String]| -> Value {
+    let reference = |known: &[Arc<GraphEvent>], ids: &[String]| -> Value {
         match rules.events_reference_format {
             EventsReferenceFormatVersion::V1 => Value::Array(
                 ids.iter()
                     .map(|id| {
-                        let hash = stored
+                        let hash = known
                             .iter()
-                            .find(|e| &e.event_id == id)
-                            .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
-                            .and_then(|j| j["hashes"]["sha256"].as_str().map(str::to_owned))
+                            .find(|e| e.pdu.event_id.as_str() == id)
+                            .and_then(|e| match e.pdu.json.get("hashes") {
+                                Some(CanonicalJsonValue::Object(h)) => match h.get("sha256") {
+                                    Some(CanonicalJsonValue::String(s)) => Some(s.clone()),
+                                    _ => None,
+                                },
+                                _ => None,
+                            })
                             .unwrap_or_default();
                         json!([id, { "sha256": hash }])
                     })

@@ -3,6 +3,7 @@
 
 pub mod auth_chain;
 pub mod builder;
+pub mod cache;
 pub mod pdu;
 pub mod pipeline;
 pub mod state;

@@ -16,6 +16,7 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 
 use super::{
+    cache::{self, GraphEvent},
     state::{resolve, state_before, StateBefore},
     Pdu, StateMap,
 };
@@ -39,6 +40,8 @@ pub struct Outcome {
     pub pdu: Pdu,
     /// The event's position in the timeline stream; `None` when rejected or soft-failed.
     pub stream_pos: Option<i64>,
+    /// The state group after the event.
+    pub state_after: Option<i64>,
     pub rejected: Option<String>,
     pub soft_failed: bool,
 }
@@ -53,14 +56,29 @@ pub async fn persist(
     origin: Origin<'_>,
 ) -> Result<Outcome> {
     let db = &core.db;
-    if let Some(existing) = events::get(conn, pdu.event_id.as_str()).await? {
-        return Ok(Outcome {
-            pdu,
-            stream_pos: existing.stream_pos,
-            rejected: existing.rejected.then(|| "previously rejected".to_owned()),
-            soft_failed: existing.soft_failed,
-        });
+    let is_local = matches!(origin, Origin::Local { .. });
+    // A local event was just built on the current extremities: its ID is new. Only a received
+    // one may already be here.
+    if !is_local {
+        if let Some(existing) = events::get(conn, pdu.event_id.as_str()).await? {
+            return Ok(Outcome {
+                pdu,
+                stream_pos: existing.stream_pos,
+                state_after: existing.state_after,
+                rejected: existing.rejected.then(|| "previously rejected".to_owned()),
+                soft_failed: existing.soft_failed,
+            });
+        }
     }
+    // The references of a local event were read from the database moments ago; a received
+    // event's references are checked against it (see `cache`).
+    let load_refs = async |conn: &mut AnyConnection, ids: &[String]| -> Result<Vec<Arc<GraphEvent>>> {
+        if is_local {
+            cache::load(db, conn, rules, ids).await
+        } else {
+            cache::load_checked(db, conn, rules, ids).await
+        }
+    };
 
     // 1. Format.
     state_res::check_pdu_format(&pdu.json, &rules.event_format).map_err(|e| {
@@ -90,10 +108,8 @@ pub async fn persist(
         // From v12 the create event is not listed in auth_events; its ID is the room ID's.
         to_load.push(format!("${}", &pdu.room_id.as_str()[1..]));
     }
-    for stored in events::get_many(conn, &to_load).await? {
-        let mut p = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
-        p.rejected = stored.rejected;
-        auth_events.insert(p.event_id.clone(), p);
+    for e in load_refs(conn, &to_load).await? {
+        auth_events.insert(e.pdu.event_id.clone(), e.pdu.clone());
     }
     let mut rejected = state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id: &EventId| {
         auth_events.get(id).cloned()
@@ -109,13 +125,15 @@ pub async fn persist(
             state: Arc::new(StateMap::new()),
         }
     } else {
-        state_before(db, conn, rules, &pdu.prev_events).await?
+        let prev_ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+        let prevs = load_refs(conn, &prev_ids).await?;
+        state_before(db, conn, rules, &prevs).await?
     };
     let before_state = before.state.clone();
 
     // 5. Auth against the state before the event.
     if rejected.is_none() && !is_create {
-        let relevant = load_relevant_state(conn, rules, &pdu, &before_state).await?;
+        let relevant = load_relevant_state(db, conn, rules, &pdu, &before_state).await?;
         rejected =
             state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
                 relevant.get(&(t.to_string(), k.to_owned())).cloned()
@@ -134,7 +152,7 @@ pub async fn persist(
         && current_group != before.group
     {
         let current = state_store::load(db, conn, current_group.unwrap_or_default()).await?;
-        let relevant = load_relevant_state(conn, rules, &pdu, &current).await?;
+        let relevant = load_relevant_state(db, conn, rules, &pdu, &current).await?;
         soft_failed =
             state_res::check_state_dependent_auth_rules(&rules.authorization, &pdu, |t: &StateEventType, k: &str| {
                 relevant.get(&(t.to_string(), k.to_owned())).cloned()
@@ -187,18 +205,21 @@ pub async fn persist(
     .await?;
     let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     events::insert_edges(conn, pdu.event_id.as_str(), &prev, &auth_ids).await?;
+    // The next local event builds on this one.
+    cache::remember(db, &pdu, after_group);
 
     if rejected.is_some() || soft_failed {
         return Ok(Outcome {
             pdu,
             stream_pos: None,
+            state_after: after_group,
             rejected,
             soft_failed,
         });
     }
 
     // Forward extremities and current state.
-    events::update_forward_extremities(conn, &room_id, pdu.event_id.as_str(), &prev).await?;
+    events::update_forward_extremities(conn, &room_id, pdu.event_id.as_str(), &prev, is_local).await?;
     let old_current = match current_group {
         Some(g) => state_store::load(db, conn, g).await?,
         None => Arc::new(StateMap::new()),
@@ -226,9 +247,6 @@ pub async fn persist(
         Some(g) => state_store::load(db, conn, g).await?,
         None => Arc::new(StateMap::new()),
     };
-    if let Some(g) = new_current_group {
-        rooms::set_current_state_group(conn, &room_id, g).await?;
-    }
     rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
 
     if pdu.kind == TimelineEventType::RoomRedaction {
@@ -240,12 +258,13 @@ pub async fn persist(
     // Last: the stream position (see streams.rs for why it must come last).
     let pos = streams::next_pos(conn, "events").await?;
     events::set_stream_pos(conn, pdu.event_id.as_str(), pos).await?;
-    rooms::set_last_stream_pos(conn, &room_id, pos).await?;
+    rooms::set_head(conn, &room_id, new_current_group, pos).await?;
     update_memberships(conn, &room_id, &old_current, &new_current, pos).await?;
     crate::push::evaluate(core, conn, rules, &pdu, pos, &new_current).await?;
     Ok(Outcome {
         pdu,
         stream_pos: Some(pos),
+        state_after: after_group,
         rejected: None,
         soft_failed: false,
     })
@@ -253,6 +272,7 @@ pub async fn persist(
 
 /// Loads the state events the auth rules may consult for this event.
 async fn load_relevant_state(
+    db: &crate::Db,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
     pdu: &Pdu,
@@ -273,10 +293,9 @@ async fn load_relevant_state(
     types.push(("m.room.create".into(), String::new()));
     let ids: Vec<String> = types.iter().filter_map(|k| state.get(k).cloned()).collect();
     let mut out = HashMap::new();
-    for stored in events::get_many(conn, &ids).await? {
-        let p = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
-        if let Some(key) = &p.state_key {
-            out.insert((p.kind.to_string(), key.clone()), p);
+    for e in cache::load(db, conn, rules, &ids).await? {
+        if let Some(key) = &e.pdu.state_key {
+            out.insert((e.pdu.kind.to_string(), key.clone()), e.pdu.clone());
         }
     }
     Ok(out)

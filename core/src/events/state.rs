@@ -13,7 +13,7 @@ use ruma::{
 };
 use sqlx::AnyConnection;
 
-use super::{auth_chain::auth_chain, Pdu, StateMap};
+use super::{auth_chain::auth_chain, cache::GraphEvent, Pdu, StateMap};
 use crate::{
     storage::{events, state as state_store},
     Db, Error, Result,
@@ -28,18 +28,17 @@ pub struct StateBefore {
     pub state: Arc<StateMap>,
 }
 
+/// The state before an event with these prev events (those that are stored).
 /// With one distinct prev state, that group is reused; otherwise the states are resolved.
 pub async fn state_before(
     db: &Db,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
-    prev_events: &[OwnedEventId],
+    prevs: &[Arc<GraphEvent>],
 ) -> Result<StateBefore> {
-    let ids: Vec<String> = prev_events.iter().map(|e| e.to_string()).collect();
-    let prevs = events::get_many(conn, &ids).await?;
     let mut groups: Vec<i64> = prevs
         .iter()
-        .filter(|e| !e.rejected)
+        .filter(|e| !e.pdu.rejected)
         .filter_map(|e| e.state_after)
         .collect();
     groups.sort_unstable();

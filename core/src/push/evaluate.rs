@@ -3,7 +3,10 @@
 //! `event_push_actions` (which `/sync` counts and `/notifications` and the pusher read).
 
 use ruma::{
-    events::room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+    events::{
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        TimelineEventType,
+    },
     push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     room_version_rules::RoomVersionRules,
     serde::Raw,
@@ -14,8 +17,7 @@ use sqlx::AnyConnection;
 
 use super::rules as user_rules;
 use crate::{
-    events::{Pdu, StateMap},
-    storage::events,
+    events::{cache, Pdu, StateMap},
     util::now_ms,
     Core, Error, Result,
 };
@@ -52,7 +54,7 @@ pub async fn evaluate(
     }
     let event = pdu.client_json(rules, None);
     let raw: Raw<Value> = Raw::new(&event).map_err(Error::internal)?;
-    let power_levels = power_levels(conn, rules, state).await?;
+    let power_levels = power_levels(&core.db, conn, rules, state).await?;
     let member_count = UInt::try_from(member_count).unwrap_or_default();
 
     let mut decisions = Vec::new();
@@ -128,6 +130,7 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
 
 /// The power levels context (for `sender_notification_permission`), from the room state.
 async fn power_levels(
+    db: &crate::Db,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
     state: &StateMap,
@@ -138,14 +141,14 @@ async fn power_levels(
         .collect();
     let mut content: Option<RoomPowerLevelsEventContent> = None;
     let mut creators: Vec<OwnedUserId> = Vec::new();
-    for stored in events::get_many(conn, &ids).await? {
-        let json: Value = serde_json::from_str(&stored.json).unwrap_or_default();
-        if stored.event_type == "m.room.power_levels" {
-            content = serde_json::from_value(json["content"].clone()).ok();
+    for event in cache::load(db, conn, rules, &ids).await? {
+        let pdu = &event.pdu;
+        if pdu.kind == TimelineEventType::RoomPowerLevels {
+            content = serde_json::from_str(pdu.content.get()).ok();
         } else {
-            creators.extend(OwnedUserId::try_from(stored.sender.clone()).ok());
+            creators.push(pdu.sender.clone());
             if rules.authorization.additional_room_creators {
-                let extra = json["content"]["additional_creators"]
+                let extra = pdu.content_value()["additional_creators"]
                     .as_array()
                     .cloned()
                     .unwrap_or_default();

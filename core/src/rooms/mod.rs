@@ -106,24 +106,11 @@ pub async fn send(
     template: EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
-    if let Some((user, device, txn_id)) = txn {
-        let mut conn = core.db.conn().await?;
-        if let Some(event_id) = events::by_txn(&mut conn, user, device, txn_id, room_id).await? {
-            let pos = events::get(&mut conn, &event_id)
-                .await?
-                .and_then(|e| e.stream_pos)
-                .unwrap_or_default();
-            return Ok(Sent {
-                event_id,
-                stream_pos: pos,
-            });
-        }
-    }
     let mut tx = core.db.write().await?;
     if !rooms::lock(&mut tx, room_id).await? {
         return Err(Error::NotFound("Unknown room".into()));
     }
-    // Re-check under the lock: a retry may have raced the first attempt.
+    // Checked under the lock, so a retry racing its first attempt finds it.
     if let Some((user, device, txn_id)) = txn {
         if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
             let pos = events::get(&mut tx, &event_id)

@@ -130,20 +130,24 @@ pub async fn insert(conn: &mut AnyConnection, e: &NewEventRow<'_>) -> Result<()>
     Ok(())
 }
 
+/// Records the event's prev and auth references, one statement per table.
 pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[String], auth: &[String]) -> Result<()> {
-    for p in prev {
-        sqlx::query("INSERT INTO event_edges (event_id, prev_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(event_id)
-            .bind(p)
-            .execute(&mut *conn)
-            .await?;
-    }
-    for a in auth {
-        sqlx::query("INSERT INTO event_auth (event_id, auth_event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(event_id)
-            .bind(a)
-            .execute(&mut *conn)
-            .await?;
+    for (table, column, ids) in [
+        ("event_edges", "prev_event_id", prev),
+        ("event_auth", "auth_event_id", auth),
+    ] {
+        for chunk in ids.chunks(200) {
+            let rows: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
+            let sql = format!(
+                "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
+                rows.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(event_id);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *conn).await?;
+        }
     }
     Ok(())
 }
@@ -181,20 +185,30 @@ pub async fn update_forward_extremities(
     room_id: &str,
     event_id: &str,
     prev: &[String],
+    fresh: bool,
 ) -> Result<()> {
-    for p in prev {
-        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
-            .bind(room_id)
-            .bind(p)
-            .execute(&mut *conn)
-            .await?;
+    for chunk in prev.chunks(200) {
+        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(room_id);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
     }
-    // An event that is already referenced by a known event is not an extremity.
-    let referenced: Option<(String,)> =
+    // An event that is already referenced by a known event is not an extremity; a `fresh` one
+    // (built here just now) cannot be.
+    let referenced: Option<(String,)> = if fresh {
+        None
+    } else {
         sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
             .bind(event_id)
             .fetch_optional(&mut *conn)
-            .await?;
+            .await?
+    };
     if referenced.is_none() {
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(room_id)

@@ -47,21 +47,18 @@ pub async fn current_state_group(conn: &mut AnyConnection, room_id: &str) -> Res
     Ok(row.and_then(|r| r.0))
 }
 
-pub async fn set_current_state_group(conn: &mut AnyConnection, room_id: &str, group: i64) -> Result<()> {
-    sqlx::query("UPDATE rooms SET current_state_group = $2 WHERE room_id = $1")
-        .bind(room_id)
-        .bind(group)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn set_last_stream_pos(conn: &mut AnyConnection, room_id: &str, pos: i64) -> Result<()> {
-    sqlx::query("UPDATE rooms SET last_stream_pos = $2 WHERE room_id = $1")
-        .bind(room_id)
-        .bind(pos)
-        .execute(conn)
-        .await?;
+/// Records a new event at the head of the room: its stream position and (when known) the
+/// current state group.
+pub async fn set_head(conn: &mut AnyConnection, room_id: &str, group: Option<i64>, pos: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), last_stream_pos = $3
+         WHERE room_id = $1",
+    )
+    .bind(room_id)
+    .bind(group)
+    .bind(pos)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

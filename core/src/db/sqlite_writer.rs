@@ -1,0 +1,166 @@
+//! SQLite's single writer, with group commit.
+//!
+//! SQLite allows one writer at a time, and a deferred transaction that upgrades from read to
+//! write fails with SQLITE_BUSY instead of waiting, so every write goes through one dedicated
+//! connection, taken in turn through a FIFO mutex. Keeping writes on one connection also keeps
+//! its page cache warm: SQLite only discards a connection's cache when *another* connection
+//! changed the database.
+//!
+//! Group commit: each logical write transaction is a savepoint inside a physical transaction.
+//! `commit` releases the savepoint, hands the connection to the next writer and waits; a
+//! committer task queues on the same mutex and, when its turn comes, commits everything released
+//! before it in one `COMMIT` (one WAL sync instead of one per writer). Only then do the writers'
+//! `commit` calls return, so nothing is acknowledged before it is durable; a failed `COMMIT`
+//! fails every writer of the batch. A writer that is dropped without committing (an error, a
+//! cancelled request) is rolled back to its savepoint by whoever takes the connection next.
+
+use std::sync::Arc;
+
+use sqlx::{AnyConnection, Executor};
+use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
+
+use crate::{Error, Result};
+
+/// The outcome of one physical transaction, published to its writers.
+type BatchOutcome = watch::Sender<Option<std::result::Result<(), String>>>;
+
+pub struct WriterConn {
+    conn: AnyConnection,
+    /// The open physical transaction, if any.
+    batch: Option<Arc<BatchOutcome>>,
+    /// A writer's savepoint that was neither released nor rolled back.
+    savepoint_open: bool,
+}
+
+impl WriterConn {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    /// Rolls back what a dropped writer left behind.
+    async fn recover(&mut self) -> Result<()> {
+        if self.savepoint_open {
+            self.conn.execute("ROLLBACK TO w").await?;
+            self.conn.execute("RELEASE w").await?;
+            self.savepoint_open = false;
+        }
+        Ok(())
+    }
+
+    /// Commits the open physical transaction and tells its writers.
+    async fn finish_batch(&mut self) {
+        let Some(batch) = self.batch.take() else { return };
+        let outcome = match self.recover().await {
+            Ok(()) => self.conn.execute("COMMIT").await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if outcome.is_err() {
+            // Leave no half transaction behind for the next batch.
+            let _ = self.conn.execute("ROLLBACK").await;
+            self.savepoint_open = false;
+        }
+        batch.send_replace(Some(outcome));
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteWriter {
+    state: Arc<Mutex<WriterConn>>,
+    wake_committer: Arc<Notify>,
+}
+
+impl SqliteWriter {
+    /// Takes over `conn` (already configured) and starts the committer task.
+    pub fn start(conn: AnyConnection) -> SqliteWriter {
+        let writer = SqliteWriter {
+            state: Arc::new(Mutex::new(WriterConn {
+                conn,
+                batch: None,
+                savepoint_open: false,
+            })),
+            wake_committer: Arc::new(Notify::new()),
+        };
+        // The committer holds the connection weakly: it closes when the last `Db` goes away.
+        let state = Arc::downgrade(&writer.state);
+        let wake = writer.wake_committer.clone();
+        tokio::spawn(async move {
+            loop {
+                wake.notified().await;
+                let Some(state) = state.upgrade() else { return };
+                // FIFO: this waits behind every writer already queued, which join the batch.
+                let mut state = state.lock().await;
+                state.finish_batch().await;
+            }
+        });
+        writer
+    }
+
+    /// Starts a logical write transaction: waits for the connection, opens a physical
+    /// transaction if none is open, and a savepoint for this writer.
+    pub async fn begin(&self) -> Result<SqliteTx> {
+        let mut state = self.state.clone().lock_owned().await;
+        state.recover().await?;
+        if state.batch.is_none() {
+            state.conn.execute("BEGIN IMMEDIATE").await?;
+            state.batch = Some(Arc::new(watch::channel(None).0));
+        }
+        state.conn.execute("SAVEPOINT w").await?;
+        state.savepoint_open = true;
+        Ok(SqliteTx {
+            state: Some(state),
+            wake_committer: self.wake_committer.clone(),
+        })
+    }
+}
+
+/// One writer's turn on the connection.
+pub struct SqliteTx {
+    state: Option<OwnedMutexGuard<WriterConn>>,
+    wake_committer: Arc<Notify>,
+}
+
+impl SqliteTx {
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        self.state
+            .as_mut()
+            .expect("writer state is held until commit or drop")
+            .conn()
+    }
+
+    pub fn conn_ref(&self) -> &AnyConnection {
+        &self
+            .state
+            .as_ref()
+            .expect("writer state is held until commit or drop")
+            .conn
+    }
+
+    /// Releases this writer's savepoint and returns once the batch holding it is durable.
+    pub async fn commit(mut self) -> Result<()> {
+        let mut state = self.state.take().expect("writer state is held until commit or drop");
+        state.conn.execute("RELEASE w").await?;
+        state.savepoint_open = false;
+        let batch = state.batch.clone().expect("a writer always runs inside a batch");
+        let mut outcome = batch.subscribe();
+        drop(state);
+        self.wake_committer.notify_one();
+        let done = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Internal("the SQLite committer stopped".into()))?;
+        match done.as_ref() {
+            Some(Err(e)) => Err(Error::Internal(format!("commit failed: {e}"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        // Dropped without commit: the savepoint stays open until the next holder rolls it
+        // back; the committer still has to commit the rest of the batch.
+        if self.state.take().is_some() {
+            self.wake_committer.notify_one();
+        }
+    }
+}
