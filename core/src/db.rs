@@ -122,7 +122,8 @@ impl Db {
         let caches = Arc::new(Caches {
             state_groups: quick_cache::sync::Cache::new(4096),
             room_versions: quick_cache::sync::Cache::new(100_000),
-            graph_events: quick_cache::sync::Cache::new(4096),
+            // The hot set is each active room's last event and its auth events.
+            graph_events: quick_cache::sync::Cache::new(1024),
         });
         Ok(Db {
             pool,
@@ -178,9 +179,8 @@ async fn configure_sqlite(conn: &mut AnyConnection) -> std::result::Result<(), s
     conn.execute("PRAGMA synchronous = FULL").await?;
     conn.execute("PRAGMA busy_timeout = 30000").await?;
     conn.execute("PRAGMA foreign_keys = ON").await?;
-    // Readers' page caches are discarded whenever the writer commits; reading pages through a
-    // shared mapping instead of read(2) makes that cheap. Temp b-trees stay in memory.
-    conn.execute("PRAGMA mmap_size = 1073741824").await?;
+    // Temp b-trees stay in memory rather than in temp files. No mmap: mapped database pages
+    // would count as the server's own memory, where read(2) leaves them to the kernel's cache.
     conn.execute("PRAGMA temp_store = MEMORY").await?;
     Ok(())
 }

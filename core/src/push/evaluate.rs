@@ -7,7 +7,7 @@ use ruma::{
         room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
         TimelineEventType,
     },
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx},
     room_version_rules::RoomVersionRules,
     serde::Raw,
     OwnedUserId, UInt,
@@ -53,7 +53,10 @@ pub async fn evaluate(
         return Ok(());
     }
     let event = pdu.client_json(rules, None);
+    // Flattened once for every recipient (ruleset.get_actions would flatten per call, which
+    // made each event cost grow with the room's size).
     let raw: Raw<Value> = Raw::new(&event).map_err(Error::internal)?;
+    let flat = FlattenedJson::from_raw(&raw);
     let power_levels = power_levels(&core.db, conn, rules, state).await?;
     let member_count = UInt::try_from(member_count).unwrap_or_default();
 
@@ -62,7 +65,13 @@ pub async fn evaluate(
         let ruleset = user_rules::parsed(&r.user_id, r.stored_rules.as_deref());
         let ctx = PushConditionRoomCtx::new(pdu.room_id.clone(), member_count, r.user_id.clone(), r.display_name)
             .with_power_levels(power_levels.clone());
-        let actions = ruleset.get_actions(&raw, &ctx).await;
+        let mut actions: &[Action] = &[];
+        for rule in ruleset.iter() {
+            if rule.applies(&flat, &ctx).await {
+                actions = rule.actions();
+                break;
+            }
+        }
         if actions.iter().any(Action::should_notify) {
             decisions.push(Decision {
                 user_id: r.user_id,
@@ -98,21 +107,39 @@ async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i
 
 /// Local joined members (with their display names and stored rules, in one query) other than
 /// the sender, plus a local invitee; and the room's joined member count.
+///
+/// For a membership event only members with rules of their own and the event's target are
+/// asked: the default rules never notify anyone else of one (`.m.rule.member_event` comes
+/// before every rule that could), and joins would otherwise cost more the bigger the room.
 async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
-    let invitee = match (pdu.kind.to_string().as_str(), &pdu.state_key) {
-        ("m.room.member", Some(target)) if pdu.content_value()["membership"] == "invite" => target.clone(),
-        _ => String::new(),
+    let is_member_event = pdu.kind == TimelineEventType::RoomMember;
+    let target = pdu.state_key.clone().filter(|_| is_member_event).unwrap_or_default();
+    let invitee = match is_member_event && pdu.content_value()["membership"] == "invite" {
+        true => target.clone(),
+        false => String::new(),
     };
     let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
          LEFT JOIN push_rules p ON p.user_id = m.user_id
-         WHERE m.room_id = $1 AND (m.membership = 'join' OR (m.membership = 'invite' AND m.user_id = $2))",
+         WHERE m.room_id = $1 AND (m.membership = 'join' OR (m.membership = 'invite' AND m.user_id = $2))
+           AND ($3 = 0 OR p.ruleset IS NOT NULL OR m.user_id = $4)",
     )
     .bind(pdu.room_id.as_str())
     .bind(&invitee)
+    .bind(i64::from(is_member_event))
+    .bind(&target)
     .fetch_all(&mut *conn)
     .await?;
-    let member_count = rows.iter().filter(|r| r.1 == "join").count() as u64;
+    let member_count = if is_member_event {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
+                .bind(pdu.room_id.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+        count as u64
+    } else {
+        rows.iter().filter(|r| r.1 == "join").count() as u64
+    };
     let recipients = rows
         .into_iter()
         .filter(|r| r.0 != pdu.sender.as_str())
