@@ -2,7 +2,12 @@
 
 use sqlx::AnyConnection;
 
-use crate::{streams, util::now_ms, Result};
+use crate::{
+    storage::{placeholders, IN_CHUNK},
+    streams,
+    util::now_ms,
+    Result,
+};
 
 #[derive(Clone, Debug)]
 pub struct Receipt {
@@ -52,28 +57,55 @@ pub async fn put(conn: &mut AnyConnection, r: &Receipt) -> Result<bool> {
 
 type Row = (String, String, String, String, String, i64, i64);
 
+const RECEIPT_COLUMNS: &str = "room_id, receipt_type, user_id, thread_id, event_id, event_stream_pos, ts";
+
+fn from_row(r: Row) -> Receipt {
+    Receipt {
+        room_id: r.0,
+        receipt_type: r.1,
+        user_id: r.2,
+        thread_id: r.3,
+        event_id: r.4,
+        event_stream_pos: r.5,
+        ts: r.6,
+    }
+}
+
 /// Receipts in a room changed after `since` (all when 0).
 pub async fn room_since(conn: &mut AnyConnection, room_id: &str, since: i64) -> Result<Vec<Receipt>> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT room_id, receipt_type, user_id, thread_id, event_id, event_stream_pos, ts FROM receipts
-         WHERE room_id = $1 AND stream_pos > $2 ORDER BY stream_pos",
-    )
-    .bind(room_id)
+    rooms_since(conn, &[room_id.to_owned()], since, i64::MAX).await
+}
+
+/// Receipts in any of the rooms changed in `(since, upto]`, in stream order per room (one query
+/// per `IN_CHUNK` rooms).
+pub async fn rooms_since(conn: &mut AnyConnection, room_ids: &[String], since: i64, upto: i64) -> Result<Vec<Receipt>> {
+    let mut out = Vec::new();
+    for chunk in room_ids.chunks(IN_CHUNK) {
+        let sql = format!(
+            "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND room_id IN ({})
+             ORDER BY stream_pos",
+            placeholders(3, chunk.len())
+        );
+        let mut q = sqlx::query_as::<_, Row>(&sql).bind(since).bind(upto);
+        for room in chunk {
+            q = q.bind(room);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(from_row));
+    }
+    Ok(out)
+}
+
+/// Receipts in all rooms changed in `(since, upto]`, in stream order (for incremental syncs,
+/// through the stream index).
+pub async fn changed(conn: &mut AnyConnection, since: i64, upto: i64) -> Result<Vec<Receipt>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos"
+    ))
     .bind(since)
+    .bind(upto)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Receipt {
-            room_id: r.0,
-            receipt_type: r.1,
-            user_id: r.2,
-            thread_id: r.3,
-            event_id: r.4,
-            event_stream_pos: r.5,
-            ts: r.6,
-        })
-        .collect())
+    Ok(rows.into_iter().map(from_row).collect())
 }
 
 /// The stream position of the user's latest read receipt (public or private) in a room.

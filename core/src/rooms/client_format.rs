@@ -16,7 +16,7 @@ use crate::{
     events::Pdu,
     storage::{
         events::{self, StoredEvent},
-        state as state_store,
+        placeholders, state as state_store, IN_CHUNK,
     },
     util::now_ms,
     Core, Result,
@@ -126,30 +126,29 @@ async fn format_list(
     Ok(out)
 }
 
-/// Related events of `rel_type` pointing at any of `targets`: `(target, event)`, newest first.
-async fn related(conn: &mut AnyConnection, targets: &[&str], rel_type: &str) -> Result<Vec<(String, StoredEvent)>> {
+/// Edits and thread replies pointing at any of `targets`: `(target, rel_type, event)`, newest
+/// first, in one query per `IN_CHUNK` targets.
+async fn related(conn: &mut AnyConnection, targets: &[&str]) -> Result<Vec<(String, String, StoredEvent)>> {
     let mut out = Vec::new();
-    for chunk in targets.chunks(200) {
-        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+    let columns = events::COLUMNS
+        .split(", ")
+        .map(|c| format!("events.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for chunk in targets.chunks(IN_CHUNK) {
         let sql = format!(
-            "SELECT r.relates_to, {} FROM event_relations r JOIN events ON events.event_id = r.event_id
-             WHERE r.rel_type = $1 AND r.relates_to IN ({}) AND events.stream_pos IS NOT NULL
-             ORDER BY events.stream_pos DESC",
-            events::COLUMNS
-                .split(", ")
-                .map(|c| format!("events.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            placeholders.join(",")
+            "SELECT r.relates_to, r.rel_type, {columns} FROM event_relations r JOIN events ON events.event_id = r.event_id
+             WHERE r.rel_type IN ('m.replace', 'm.thread') AND r.relates_to IN ({})
+             AND events.stream_pos IS NOT NULL ORDER BY events.stream_pos DESC",
+            placeholders(1, chunk.len())
         );
-        let mut q = sqlx::query(&sql).bind(rel_type);
+        let mut q = sqlx::query(&sql);
         for t in chunk {
             q = q.bind(*t);
         }
         for row in q.fetch_all(&mut *conn).await? {
             use sqlx::Row;
-            let target: String = row.try_get(0)?;
-            out.push((target, events::from_row_at(&row, 1)?));
+            out.push((row.try_get(0)?, row.try_get(1)?, events::from_row_at(&row, 2)?));
         }
     }
     Ok(out)
@@ -170,9 +169,17 @@ async fn aggregations(
     let senders: HashMap<&str, &str> = list.iter().map(|e| (e.event_id.as_str(), e.sender.as_str())).collect();
     let mut result: HashMap<String, Value> = HashMap::new();
 
+    if targets.is_empty() {
+        return Ok(result);
+    }
+    let (replaces, thread_replies): (Vec<_>, Vec<_>) = related(conn, &targets)
+        .await?
+        .into_iter()
+        .partition(|(_, rel_type, _)| rel_type == "m.replace");
+
     // Latest edit by the original sender (m.replace); redacted edits do not count.
     let mut edits: HashMap<String, StoredEvent> = HashMap::new();
-    for (target, edit) in related(conn, &targets, "m.replace").await? {
+    for (target, _, edit) in replaces {
         let newer = |old: &StoredEvent| (edit.origin_server_ts, &edit.event_id) > (old.origin_server_ts, &old.event_id);
         if edit.redacted_by.is_none()
             && senders.get(target.as_str()) == Some(&edit.sender.as_str())
@@ -189,7 +196,7 @@ async fn aggregations(
 
     // Thread summaries: count, latest reply, whether the viewer took part.
     let mut threads: HashMap<String, Vec<StoredEvent>> = HashMap::new();
-    for (target, reply) in related(conn, &targets, "m.thread").await? {
+    for (target, _, reply) in thread_replies {
         threads.entry(target).or_default().push(reply);
     }
     let latest: Vec<StoredEvent> = threads.values().map(|replies| replies[0].clone()).collect();

@@ -11,3 +11,14 @@ pub mod state;
 pub mod tokens;
 pub mod uia;
 pub mod users;
+
+/// `$first, $first+1, ...`: `n` numbered placeholders for an `IN (...)` list.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Most values bound in one `IN (...)` list; lists longer than this are read in chunks.
+pub const IN_CHUNK: usize = 500;

@@ -1,6 +1,7 @@
 //! `/sync` (v3): what changed for a user between a token and now, per stream, with long-polling
 //! that waits on the notifier rather than polling the database.
 
+mod batch;
 pub mod sliding;
 pub mod token;
 
@@ -25,7 +26,7 @@ use crate::{
     storage::{
         account_data,
         events::{self, StoredEvent},
-        rooms::{self as room_store, Membership},
+        rooms::Membership,
         state as state_store,
     },
     Core, Result,
@@ -133,30 +134,11 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
     let changed_account_data = account_data::changed_since(&mut conn, &req.user_id, since.account_data).await?;
-
-    // Rooms with new timeline events or receipts since the token: one query each.
-    let rooms_with_events: HashSet<String> = if initial {
-        HashSet::new()
+    let mut changes = if initial {
+        RoomChanges::default()
     } else {
-        sqlx::query_as::<_, (String,)>("SELECT DISTINCT room_id FROM events WHERE stream_pos > $1 AND stream_pos <= $2")
-            .bind(since.events)
-            .bind(now.events)
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .map(|r| r.0)
-            .collect()
+        RoomChanges::read(&mut conn, since, now).await?
     };
-    let rooms_with_receipts: HashSet<String> = sqlx::query_as::<_, (String,)>(
-        "SELECT DISTINCT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2",
-    )
-    .bind(since.receipts)
-    .bind(now.receipts)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .map(|r| r.0)
-    .collect();
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
     let mut global_account_data = Vec::new();
     for (room_id, data_type, content) in changed_account_data {
@@ -178,7 +160,7 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         }
     }
 
-    let (mut join, mut invite, mut leave, mut knock) = (Map::new(), Map::new(), Map::new(), Map::new());
+    let (mut joined, mut invite, mut leave, mut knock) = (Vec::new(), Map::new(), Map::new(), Map::new());
     for m in &memberships {
         if !room_allowed(&req.filter, &m.room_id) || m.stream_pos > now.events {
             continue;
@@ -192,14 +174,17 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
                 let has_changes = initial
                     || req.full_state
                     || changed_membership
-                    || rooms_with_events.contains(&m.room_id)
-                    || rooms_with_receipts.contains(&m.room_id)
+                    || changes.events.contains_key(&m.room_id)
+                    || changes.receipts.contains_key(&m.room_id)
                     || typing.is_some()
                     || room_account_data.contains_key(&m.room_id);
                 if has_changes {
-                    let ad = room_account_data.remove(&m.room_id).unwrap_or_default();
-                    let room = joined_room(core, &mut conn, req, m, since, now, typing, ad, changed_membership).await?;
-                    join.insert(m.room_id.clone(), room);
+                    joined.push(JoinedPlan {
+                        m,
+                        typing,
+                        account_data: room_account_data.remove(&m.room_id).unwrap_or_default(),
+                        newly_joined: changed_membership,
+                    });
                 }
             }
             "invite" if initial || changed_membership => {
@@ -217,6 +202,7 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
             _ => {}
         }
     }
+    let join = joined_rooms(core, &mut conn, req, since, now, joined, &mut changes).await?;
 
     Ok(json!({
         "next_batch": now.to_string(),
@@ -228,6 +214,37 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         "device_one_time_keys_count": otk_counts,
         "device_unused_fallback_key_types": fallback_types,
     }))
+}
+
+/// What changed in `(since, now]` across all rooms, read once per incremental sync.
+#[derive(Default)]
+struct RoomChanges {
+    /// Rooms with new timeline events, each with whether a membership changed.
+    events: HashMap<String, bool>,
+    /// New receipts by room, in stream order.
+    receipts: HashMap<String, Vec<receipts::Receipt>>,
+}
+
+impl RoomChanges {
+    async fn read(conn: &mut AnyConnection, since: SyncToken, now: SyncToken) -> Result<RoomChanges> {
+        let events = batch::rooms_with_events(conn, since.events, now.events).await?;
+        let mut by_room: HashMap<String, Vec<receipts::Receipt>> = HashMap::new();
+        for r in receipts::changed(conn, since.receipts, now.receipts).await? {
+            by_room.entry(r.room_id.clone()).or_default().push(r);
+        }
+        Ok(RoomChanges {
+            events,
+            receipts: by_room,
+        })
+    }
+}
+
+/// A joined room the response reports, with what was already found out about it.
+struct JoinedPlan<'a> {
+    m: &'a Membership,
+    typing: Option<Vec<String>>,
+    account_data: Vec<Value>,
+    newly_joined: bool,
 }
 
 /// Presence of users sharing a room with the user, changed since the token.
@@ -276,138 +293,267 @@ fn timeline_limit(filter: &RoomEventFilter) -> i64 {
     filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(1, 500)
 }
 
-/// The timeline between `from_pos` (exclusive) and `to_pos` (inclusive): up to `limit` newest
-/// events the user may see, oldest first, and whether older ones were left out.
-async fn timeline_events(
-    core: &Core,
-    conn: &mut AnyConnection,
-    req: &SyncRequest,
-    room_id: &str,
-    from_pos: i64,
-    to_pos: i64,
-) -> Result<(Vec<StoredEvent>, bool)> {
-    let limit = timeline_limit(&req.filter.room.timeline);
-    let mut batch = timeline::page(
-        conn,
-        room_id,
-        to_pos,
-        Some(from_pos),
-        timeline::Dir::Backward,
-        limit + 1,
-    )
-    .await?;
-    let limited = batch.len() as i64 > limit;
-    batch.truncate(limit as usize);
-    batch.reverse();
-    let visible = visibility::filter_visible(core, conn, &req.user_id, room_id, batch).await?;
-    Ok((
-        visible
-            .into_iter()
-            .filter(|e| filter::event_matches(&req.filter.room.timeline, e))
-            .collect(),
-        limited,
-    ))
+/// A room's timeline in a sync: the events the user may see, oldest first, and whether older
+/// ones in the range were left out.
+#[derive(Default)]
+struct Timeline {
+    events: Vec<StoredEvent>,
+    limited: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn joined_room(
+impl Timeline {
+    fn prev_batch(&self, default_pos: i64) -> String {
+        let first_pos = self.events.first().and_then(|e| e.stream_pos);
+        timeline::token(first_pos.map(|p| p - 1).unwrap_or(default_pos))
+    }
+}
+
+/// The timelines between `from_pos` (exclusive) and `to_pos` (inclusive) of many rooms: up to
+/// the filter's limit of newest events per room, kept when the user may see them and the
+/// filter matches. `currently_joined` maps the rooms the user is joined to now to their join.
+async fn timelines(
     core: &Core,
     conn: &mut AnyConnection,
     req: &SyncRequest,
-    m: &Membership,
+    room_ids: &[String],
+    currently_joined: &HashMap<String, String>,
+    from_pos: i64,
+    to_pos: i64,
+) -> Result<HashMap<String, Timeline>> {
+    let limit = timeline_limit(&req.filter.room.timeline);
+    let mut out: HashMap<String, Timeline> = HashMap::new();
+    let mut candidates = Vec::new();
+    for (room_id, mut batch) in batch::latest_events(conn, room_ids, from_pos, to_pos, limit + 1).await? {
+        let limited = batch.len() as i64 > limit;
+        batch.truncate(limit as usize);
+        batch.reverse();
+        candidates.extend(batch);
+        out.insert(
+            room_id,
+            Timeline {
+                events: Vec::new(),
+                limited,
+            },
+        );
+    }
+    let visible = visibility::filter_visible_many(core, conn, &req.user_id, currently_joined, candidates).await?;
+    for event in visible {
+        if filter::event_matches(&req.filter.room.timeline, &event) {
+            if let Some(t) = out.get_mut(&event.room_id) {
+                t.events.push(event);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The joined rooms of the response, read for all of them at once: a fixed number of queries
+/// whatever the number of rooms, and nothing read for a room beyond what its section needs.
+async fn joined_rooms(
+    core: &Core,
+    conn: &mut AnyConnection,
+    req: &SyncRequest,
     since: SyncToken,
     now: SyncToken,
-    typing: Option<Vec<String>>,
-    account_data: Vec<Value>,
-    newly_joined: bool,
-) -> Result<Value> {
-    let initial = req.since.is_none();
-    let (timeline, limited) = timeline_events(
-        core,
-        conn,
-        req,
-        &m.room_id,
-        if initial { 0 } else { since.events },
-        now.events,
-    )
-    .await?;
-    let first_pos = timeline.first().and_then(|e| e.stream_pos);
-    let prev_batch = timeline::token(first_pos.map(|p| p - 1).unwrap_or(now.events));
-
-    // State at the start of the timeline.
-    let start_state = match timeline.first() {
-        Some(first) => match first.state_before {
-            Some(g) => state_store::load(&core.db, conn, g).await?,
-            None => Arc::new(StateMap::new()),
-        },
-        None => state_at_pos(core, conn, &m.room_id, now.events).await?,
-    };
-    let mut state_ids: Vec<String> = if initial || req.full_state || newly_joined {
-        start_state.values().cloned().collect()
-    } else if limited {
-        let at_since = state_at_pos(core, conn, &m.room_id, since.events).await?;
-        start_state
-            .iter()
-            .filter(|(k, v)| at_since.get(*k) != Some(*v))
-            .map(|(_, v)| v.clone())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let state_filter = &req.filter.room.state;
-    if !state_filter.lazy_load_options.is_disabled() {
-        let mut wanted: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
-        wanted.insert(&req.user_id);
-        let members: HashSet<String> = start_state
-            .iter()
-            .filter(|((t, k), _)| t == "m.room.member" && wanted.contains(k.as_str()))
-            .map(|(_, v)| v.clone())
-            .collect();
-        let all_members: HashSet<&String> = start_state
-            .iter()
-            .filter(|((t, _), _)| t == "m.room.member")
-            .map(|(_, v)| v)
-            .collect();
-        state_ids.retain(|id| !all_members.contains(id) || members.contains(id));
-        state_ids.extend(members.into_iter());
-        state_ids.sort();
-        state_ids.dedup();
+    plans: Vec<JoinedPlan<'_>>,
+    changes: &mut RoomChanges,
+) -> Result<Map<String, Value>> {
+    if plans.is_empty() {
+        return Ok(Map::new());
     }
-    let in_timeline: HashSet<&str> = timeline.iter().map(|e| e.event_id.as_str()).collect();
-    state_ids.retain(|id| !in_timeline.contains(id.as_str()));
-    let mut state_events = events::get_many(conn, &state_ids).await?;
-    state_events.retain(|e| filter::event_matches(state_filter, e));
-    state_events.sort_by_key(|e| e.stream_pos);
+    let initial = req.since.is_none();
+    let room_ids: Vec<String> = plans.iter().map(|p| p.m.room_id.clone()).collect();
+    let joined_set: HashMap<String, String> = plans
+        .iter()
+        .map(|p| (p.m.room_id.clone(), p.m.event_id.clone()))
+        .collect();
+    // On an incremental sync only rooms with new events have a timeline to read.
+    let with_events: Vec<String> = if initial {
+        room_ids.clone()
+    } else {
+        room_ids
+            .iter()
+            .filter(|r| changes.events.contains_key(*r))
+            .cloned()
+            .collect()
+    };
+    let from = if initial { 0 } else { since.events };
+    let mut timelines = timelines(core, conn, req, &with_events, &joined_set, from, now.events).await?;
 
+    let mut state_ids = room_state_ids(core, conn, req, since, now, &plans, &timelines).await?;
+    let all_ids: Vec<String> = state_ids.values().flatten().cloned().collect();
+    let mut state_events: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+    for event in batch::events_by_id(conn, &all_ids).await? {
+        if filter::event_matches(&req.filter.room.state, &event) {
+            state_events.entry(event.room_id.clone()).or_default().push(event);
+        }
+    }
+    state_ids.clear();
+
+    // Every room's timeline and state formatted in one call, then split back.
+    let mut to_format = Vec::new();
+    let mut sections = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        let timeline = timelines.remove(&plan.m.room_id).unwrap_or_default();
+        let mut state = state_events.remove(&plan.m.room_id).unwrap_or_default();
+        state.sort_by_key(|e| e.stream_pos);
+        sections.push((
+            timeline.events.len(),
+            state.len(),
+            timeline.limited,
+            timeline.prev_batch(now.events),
+        ));
+        to_format.extend(timeline.events);
+        to_format.extend(state);
+    }
     let viewer = Viewer {
         user_id: &req.user_id,
         device_id: Some(&req.device_id),
     };
-    let timeline_json = client_format::format(core, conn, &timeline, Some(viewer)).await?;
-    let state_json = client_format::format(core, conn, &state_events, Some(viewer)).await?;
+    let mut formatted = client_format::format(core, conn, &to_format, Some(viewer))
+        .await?
+        .into_iter();
+    drop(to_format);
 
-    let mut ephemeral = Vec::new();
-    if let Some(users) = typing {
-        ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
-    }
-    let receipts = receipts::room_since(conn, &m.room_id, if initial { 0 } else { since.receipts }).await?;
-    if let Some(content) = receipt_content(&receipts, &req.user_id) {
-        ephemeral.push(json!({ "type": "m.receipt", "content": content }));
-    }
-
+    let mut room_receipts = if initial {
+        let mut by_room: HashMap<String, Vec<receipts::Receipt>> = HashMap::new();
+        for r in receipts::rooms_since(conn, &room_ids, 0, now.receipts).await? {
+            by_room.entry(r.room_id.clone()).or_default().push(r);
+        }
+        by_room
+    } else {
+        std::mem::take(&mut changes.receipts)
+    };
     let by_thread = req.filter.room.timeline.unread_thread_notifications;
-    let (counts, thread_counts) = crate::push::counts::unread(conn, &m.room_id, &req.user_id, by_thread).await?;
-    let thread_counts: Map<String, Value> = thread_counts.into_iter().map(|(t, c)| (t, c.to_json())).collect();
+    let mut counts = crate::push::counts::unread_many(conn, &room_ids, &req.user_id, by_thread).await?;
+    // The summary only changes with memberships, so it is left out otherwise (the spec lets
+    // a server omit unchanged summary fields).
+    let summary_rooms: Vec<String> = plans
+        .iter()
+        .filter(|p| initial || req.full_state || p.newly_joined || changes.events.get(&p.m.room_id) == Some(&true))
+        .map(|p| p.m.room_id.clone())
+        .collect();
+    let mut summaries = batch::summaries(conn, &summary_rooms, &req.user_id).await?;
 
-    Ok(json!({
-        "timeline": { "events": timeline_json, "limited": limited, "prev_batch": prev_batch },
-        "state": { "events": state_json },
-        "ephemeral": { "events": ephemeral },
-        "account_data": { "events": account_data },
-        "summary": summary(conn, &m.room_id, &req.user_id).await?,
-        "unread_notifications": counts.to_json(),
-        "unread_thread_notifications": thread_counts,
-    }))
+    let mut join = Map::new();
+    for (plan, (n_timeline, n_state, limited, prev_batch)) in plans.into_iter().zip(sections) {
+        let room_id = &plan.m.room_id;
+        let timeline_json: Vec<Value> = formatted.by_ref().take(n_timeline).collect();
+        let state_json: Vec<Value> = formatted.by_ref().take(n_state).collect();
+        let mut ephemeral = Vec::new();
+        if let Some(users) = plan.typing {
+            ephemeral.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+        let receipts = room_receipts.remove(room_id).unwrap_or_default();
+        if let Some(content) = receipt_content(&receipts, &req.user_id) {
+            ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        let (room_counts, thread_counts) = counts.remove(room_id).unwrap_or_default();
+        let thread_counts: Map<String, Value> = thread_counts.into_iter().map(|(t, c)| (t, c.to_json())).collect();
+        join.insert(
+            room_id.clone(),
+            json!({
+                "timeline": { "events": timeline_json, "limited": limited, "prev_batch": prev_batch },
+                "state": { "events": state_json },
+                "ephemeral": { "events": ephemeral },
+                "account_data": { "events": plan.account_data },
+                "summary": summaries.remove(room_id).unwrap_or_else(|| json!({})),
+                "unread_notifications": room_counts.to_json(),
+                "unread_thread_notifications": thread_counts,
+            }),
+        );
+    }
+    Ok(join)
+}
+
+/// The IDs of the state events each room's state section carries (not yet filtered by type):
+/// the full state at the start of the timeline on an initial, full-state or first sync of a
+/// room, what changed across a gap on a limited one, plus the members of the timeline's
+/// senders when members are lazy-loaded. Rooms that need no state read none.
+async fn room_state_ids(
+    core: &Core,
+    conn: &mut AnyConnection,
+    req: &SyncRequest,
+    since: SyncToken,
+    now: SyncToken,
+    plans: &[JoinedPlan<'_>],
+    timelines: &HashMap<String, Timeline>,
+) -> Result<HashMap<String, Vec<String>>> {
+    let initial = req.since.is_none();
+    let lazy = !req.filter.room.state.lazy_load_options.is_disabled();
+    let empty = Timeline::default();
+    let timeline_of = |room_id: &str| timelines.get(room_id).unwrap_or(&empty);
+    let full = |p: &JoinedPlan| initial || req.full_state || p.newly_joined;
+    let gap = |p: &JoinedPlan| !full(p) && timeline_of(&p.m.room_id).limited;
+    let needed: Vec<&JoinedPlan> = plans.iter().filter(|p| full(p) || gap(p) || lazy).collect();
+
+    // State at the start of the timeline; for an empty timeline, at `now`.
+    let without_timeline: Vec<String> = needed
+        .iter()
+        .filter(|p| timeline_of(&p.m.room_id).events.is_empty())
+        .map(|p| p.m.room_id.clone())
+        .collect();
+    let groups_at_now = batch::state_groups_at(conn, &without_timeline, now.events).await?;
+    let gap_rooms: Vec<String> = needed.iter().filter(|p| gap(p)).map(|p| p.m.room_id.clone()).collect();
+    let groups_at_since = batch::state_groups_at(conn, &gap_rooms, since.events).await?;
+
+    let mut out = HashMap::new();
+    for plan in needed {
+        let room_id = &plan.m.room_id;
+        let timeline = timeline_of(room_id);
+        let start_group = match timeline.events.first() {
+            Some(first) => first.state_before,
+            None => groups_at_now.get(room_id).copied(),
+        };
+        let start_state = load_group(core, conn, start_group).await?;
+        let mut ids: Vec<String> = if full(plan) {
+            start_state.values().cloned().collect()
+        } else if gap(plan) {
+            let at_since = load_group(core, conn, groups_at_since.get(room_id).copied()).await?;
+            start_state
+                .iter()
+                .filter(|(k, v)| at_since.get(*k) != Some(*v))
+                .map(|(_, v)| v.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if lazy {
+            lazy_members(&mut ids, &start_state, &timeline.events, &req.user_id);
+        }
+        let in_timeline: HashSet<&str> = timeline.events.iter().map(|e| e.event_id.as_str()).collect();
+        ids.retain(|id| !in_timeline.contains(id.as_str()));
+        out.insert(room_id.clone(), ids);
+    }
+    Ok(out)
+}
+
+async fn load_group(core: &Core, conn: &mut AnyConnection, group: Option<i64>) -> Result<Arc<StateMap>> {
+    match group {
+        Some(g) => state_store::load(&core.db, conn, g).await,
+        None => Ok(Arc::new(StateMap::new())),
+    }
+}
+
+/// With lazy-loaded members, the state carries only the member events of the timeline's
+/// senders and the user, whether or not they changed.
+fn lazy_members(ids: &mut Vec<String>, start_state: &StateMap, timeline: &[StoredEvent], user_id: &str) {
+    let mut wanted: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
+    wanted.insert(user_id);
+    let members: HashSet<String> = start_state
+        .iter()
+        .filter(|((t, k), _)| t == "m.room.member" && wanted.contains(k.as_str()))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let all_members: HashSet<&String> = start_state
+        .iter()
+        .filter(|((t, _), _)| t == "m.room.member")
+        .map(|(_, v)| v)
+        .collect();
+    ids.retain(|id| !all_members.contains(id) || members.contains(id));
+    ids.extend(members);
+    ids.sort();
+    ids.dedup();
 }
 
 /// `m.receipt` content; private receipts only for their owner.
@@ -428,21 +574,10 @@ pub(crate) fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Opti
     (!content.is_empty()).then(|| json!(content))
 }
 
+/// The room's summary (`m.heroes`, joined and invited member counts).
 pub(crate) async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Value> {
-    let joined = room_store::members(conn, room_id, "join").await?;
-    let invited = room_store::members(conn, room_id, "invite").await?;
-    let heroes: Vec<&str> = joined
-        .iter()
-        .chain(invited.iter())
-        .map(|m| m.user_id.as_str())
-        .filter(|u| *u != user_id)
-        .take(5)
-        .collect();
-    Ok(json!({
-        "m.heroes": heroes,
-        "m.joined_member_count": joined.len(),
-        "m.invited_member_count": invited.len(),
-    }))
+    let mut all = batch::summaries(conn, &[room_id.to_owned()], user_id).await?;
+    Ok(all.remove(room_id).unwrap_or_default())
 }
 
 /// Stripped state for invites and knocks: the room's identifying state plus the user's own
@@ -484,15 +619,16 @@ async fn left_room(
     m: &Membership,
     since: SyncToken,
 ) -> Result<Value> {
-    let (timeline, limited) = timeline_events(core, conn, req, &m.room_id, since.events, m.stream_pos).await?;
-    let first_pos = timeline.first().and_then(|e| e.stream_pos);
+    let room_ids = [m.room_id.clone()];
+    let mut timelines = timelines(core, conn, req, &room_ids, &HashMap::new(), since.events, m.stream_pos).await?;
+    let timeline = timelines.remove(&m.room_id).unwrap_or_default();
     let viewer = Viewer {
         user_id: &req.user_id,
         device_id: Some(&req.device_id),
     };
-    let timeline_json = client_format::format(core, conn, &timeline, Some(viewer)).await?;
+    let timeline_json = client_format::format(core, conn, &timeline.events, Some(viewer)).await?;
     Ok(json!({
-        "timeline": { "events": timeline_json, "limited": limited, "prev_batch": timeline::token(first_pos.map(|p| p - 1).unwrap_or(m.stream_pos)) },
+        "timeline": { "events": timeline_json, "limited": timeline.limited, "prev_batch": timeline.prev_batch(m.stream_pos) },
         "state": { "events": [] },
         "account_data": { "events": [] },
     }))

@@ -528,3 +528,104 @@ both_backends!(account_data_in_sync_wakes_long_poll, |backend| async move {
     );
     server.stop().await;
 });
+
+/// An initial sync reads all rooms at once: each room must still get its own timeline, state,
+/// receipts, counts and summary; an incremental sync carries the summary only where a
+/// membership changed.
+both_backends!(many_rooms_initial_and_summaries, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let alpha = create_room(&alice, json!({"name": "Alpha", "preset": "public_chat"})).await;
+    let beta = create_room(&alice, json!({"name": "Beta", "preset": "public_chat"})).await;
+    let gamma = create_room(&alice, json!({"name": "Gamma", "preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{alpha}"), json!({})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{gamma}"), json!({})).await;
+    let mut alpha_ids = Vec::new();
+    for i in 0..12 {
+        let (_, sent) = send_text(&bob, &alpha, &format!("a{i}"), &format!("a{i}")).await;
+        alpha_ids.push(sent["event_id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{alpha}/receipt/m.read/{}", alpha_ids[9]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for i in 0..2 {
+        send_text(&alice, &beta, &format!("b{i}"), &format!("b{i}")).await;
+    }
+    let (status, _) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{beta}/invite"),
+            json!({"user_id": "@carol:weft.test"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    send_text(&bob, &gamma, "c0", "c0").await;
+
+    let filter = urlencode(&json!({"room": {"timeline": {"limit": 5}}}).to_string());
+    let initial = sync(&alice, None, &format!("filter={filter}")).await;
+    let rooms = &initial["rooms"]["join"];
+    let name_of = |room: &Value| {
+        room["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(room["timeline"]["events"].as_array().unwrap())
+            .find(|e| e["type"] == "m.room.name")
+            .map(|e| e["content"]["name"].as_str().unwrap().to_owned())
+    };
+
+    let a = &rooms[&alpha];
+    assert_eq!(timeline_bodies(a), (7..12).map(|i| format!("a{i}")).collect::<Vec<_>>());
+    assert_eq!(a["timeline"]["limited"], true);
+    assert_eq!(name_of(a).as_deref(), Some("Alpha"));
+    assert_eq!(a["unread_notifications"]["notification_count"], 2, "{a}");
+    assert_eq!(a["summary"]["m.joined_member_count"], 2);
+    assert_eq!(a["summary"]["m.invited_member_count"], 0);
+    assert_eq!(a["summary"]["m.heroes"], json!(["@bob:weft.test"]));
+    let receipt = a["ephemeral"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.receipt")
+        .expect("receipt in alpha");
+    assert!(
+        receipt["content"][&alpha_ids[9]]["m.read"]["@alice:weft.test"].is_object(),
+        "{receipt}"
+    );
+
+    let b = &rooms[&beta];
+    assert_eq!(timeline_bodies(b), vec!["b0", "b1"]);
+    assert_eq!(name_of(b).as_deref(), Some("Beta"));
+    assert_eq!(b["unread_notifications"]["notification_count"], 0);
+    assert_eq!(b["summary"]["m.joined_member_count"], 1);
+    assert_eq!(b["summary"]["m.invited_member_count"], 1);
+    assert_eq!(b["summary"]["m.heroes"], json!(["@carol:weft.test"]));
+    assert!(b["ephemeral"]["events"].as_array().unwrap().is_empty(), "{b}");
+
+    let c = &rooms[&gamma];
+    assert_eq!(timeline_bodies(c), vec!["c0"]);
+    assert_eq!(name_of(c).as_deref(), Some("Gamma"));
+    assert_eq!(c["unread_notifications"]["notification_count"], 1);
+    assert_eq!(c["summary"]["m.joined_member_count"], 2);
+
+    // A message changes no summary; a join does.
+    let token = initial["next_batch"].as_str().unwrap().to_owned();
+    send_text(&bob, &alpha, "a12", "a12").await;
+    carol.post(&format!("/_matrix/client/v3/join/{beta}"), json!({})).await;
+    let inc = sync(&alice, Some(&token), &format!("filter={filter}")).await;
+    let rooms = &inc["rooms"]["join"];
+    assert_eq!(timeline_bodies(&rooms[&alpha]), vec!["a12"]);
+    assert_eq!(rooms[&alpha]["unread_notifications"]["notification_count"], 3);
+    assert!(rooms[&alpha]["summary"].get("m.joined_member_count").is_none(), "{inc}");
+    assert_eq!(rooms[&beta]["summary"]["m.joined_member_count"], 2);
+    assert_eq!(rooms[&beta]["summary"]["m.invited_member_count"], 0);
+    assert!(rooms.get(&gamma).is_none(), "{inc}");
+    server.stop().await;
+});
