@@ -59,6 +59,13 @@ pub async fn sync(core: &Core, req: &SyncRequest) -> Result<Value> {
     let deadline = tokio::time::Instant::now() + req.timeout;
     loop {
         let now = SyncToken::current(core).await?;
+        // Nothing reached any stream since the token, so the answer would be empty: wait before
+        // building it (otherwise every long-poll builds once on arrival and again on wake-up).
+        let idle = req.since == Some(now) && !req.full_state;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if idle && !remaining.is_zero() && core.notifier.wait(&mut interest, remaining).await {
+            continue;
+        }
         let response = build(core, req, now).await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // A wake-up for something this filter leaves out gives an empty answer: keep waiting.
