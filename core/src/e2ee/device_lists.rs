@@ -120,7 +120,6 @@ pub async fn changes(
     from: &SyncToken,
     to: &SyncToken,
 ) -> Result<DeviceListChanges> {
-    let sharing = sharing_users(conn, user_id).await?;
     let mut changed = BTreeSet::new();
     let key_changes: Vec<(String,)> =
         sqlx::query_as("SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2")
@@ -159,6 +158,11 @@ pub async fn changes(
             gone.insert(member);
         }
     }
+    if changed.is_empty() && gone.is_empty() {
+        // The usual case (a new message): no need to list everyone the user shares a room with.
+        return Ok(DeviceListChanges::default());
+    }
+    let sharing = sharing_users(conn, user_id).await?;
     changed.retain(|u| u == user_id || sharing.contains(u));
     gone.retain(|u| u != user_id && !sharing.contains(u));
     Ok(DeviceListChanges {

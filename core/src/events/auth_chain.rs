@@ -19,7 +19,7 @@ pub async fn auth_chain(conn: &mut AnyConnection, start: impl IntoIterator<Item 
                 "SELECT auth_event_id FROM event_auth WHERE event_id IN ({})",
                 placeholders.join(",")
             );
-            let mut q = sqlx::query_as::<_, (String,)>(&sql);
+            let mut q = sqlx::query_as::<_, (String,)>(&sql).persistent(false);
             for id in chunk {
                 q = q.bind(id);
             }

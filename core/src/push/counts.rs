@@ -65,7 +65,9 @@ pub async fn unread_many(
                AND a.stream_pos > COALESCE(r.read_pos, 0) {thread_cond}
              GROUP BY a.room_id, a.thread_id"
         );
-        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql).bind(user_id);
+        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql)
+            .persistent(false)
+            .bind(user_id);
         for room in chunk {
             q = q.bind(room);
         }

@@ -217,6 +217,7 @@ async fn store(conn: &mut AnyConnection, pdu: &Pdu, pos: i64, thread_id: &str, d
             placeholders.join(", ")
         );
         let mut q = sqlx::query(&sql)
+            .persistent(false)
             .bind(pdu.room_id.as_str())
             .bind(pdu.event_id.as_str())
             .bind(pos)

@@ -61,7 +61,9 @@ pub fn from_row_at(r: &sqlx::any::AnyRow, at: usize) -> std::result::Result<Stor
 /// Runs a `SELECT {COLUMNS} FROM events ...` query with string binds.
 pub async fn query(conn: &mut AnyConnection, tail: &str, binds: &[&str]) -> Result<Vec<StoredEvent>> {
     let sql = format!("SELECT {COLUMNS} FROM events {tail}");
-    let mut q = sqlx::query(&sql);
+    // Statements whose text depends on a list's length are not kept in each connection's
+    // statement cache: one-off shapes would fill it (and memory) for nothing.
+    let mut q = sqlx::query(&sql).persistent(binds.len() <= 4);
     for b in binds {
         q = q.bind(*b);
     }
@@ -142,7 +144,7 @@ pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[Stri
                 "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
-            let mut q = sqlx::query(&sql).bind(event_id);
+            let mut q = sqlx::query(&sql).persistent(chunk.len() <= 4).bind(event_id);
             for id in chunk {
                 q = q.bind(id);
             }
@@ -193,7 +195,7 @@ pub async fn update_forward_extremities(
             "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
             list.join(", ")
         );
-        let mut q = sqlx::query(&sql).bind(room_id);
+        let mut q = sqlx::query(&sql).persistent(chunk.len() <= 4).bind(room_id);
         for id in chunk {
             q = q.bind(id);
         }

@@ -47,7 +47,7 @@ pub(super) async fn latest_events(
                 events::COLUMNS
             )
         });
-        let mut q = sqlx::query(&sql).bind(from).bind(to).bind(limit);
+        let mut q = sqlx::query(&sql).persistent(false).bind(from).bind(to).bind(limit);
         for room in chunk {
             q = q.bind(room);
         }
@@ -79,7 +79,9 @@ pub(super) async fn state_groups_at(
                  AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT 1"
             )
         });
-        let mut q = sqlx::query_as::<_, (String, Option<i64>)>(&sql).bind(pos);
+        let mut q = sqlx::query_as::<_, (String, Option<i64>)>(&sql)
+            .persistent(false)
+            .bind(pos);
         for room in chunk {
             q = q.bind(room);
         }
@@ -133,7 +135,7 @@ pub(super) async fn summaries(
              WHERE membership IN ('join', 'invite') AND room_id IN ({}) GROUP BY room_id, membership",
             placeholders(1, chunk.len())
         );
-        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).persistent(false);
         for room in chunk {
             q = q.bind(room);
         }
@@ -155,7 +157,9 @@ pub(super) async fn summaries(
              ) AS h WHERE rn <= 5 ORDER BY room_id, rn",
             placeholders(2, chunk.len())
         );
-        let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(user_id);
+        let mut q = sqlx::query_as::<_, (String, String)>(&sql)
+            .persistent(false)
+            .bind(user_id);
         for room in chunk {
             q = q.bind(room);
         }

@@ -133,7 +133,12 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     let initial = req.since.is_none();
     // Everything that takes its own pooled connection runs before this request holds one:
     // holding one while waiting for another deadlocks once the pool is shared by many syncs.
-    let to_device = crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await?;
+    // Messages up to `since` were acknowledged on arrival; none are pending unless the
+    // to-device stream moved.
+    let to_device = match req.since {
+        Some(since) if since.to_device == now.to_device => Vec::new(),
+        _ => crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await?,
+    };
     let device_lists = crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?;
     let otk_counts = crate::e2ee::keys::counts_for_sync(core, &req.user_id, &req.device_id).await?;
     let fallback_types = crate::e2ee::keys::fallback_types_for_sync(core, &req.user_id, &req.device_id).await?;

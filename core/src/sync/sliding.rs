@@ -255,7 +255,9 @@ async fn positions(conn: &mut AnyConnection, rooms: &[String], up_to: i64) -> Re
             type_ph.join(","),
             room_ph.join(",")
         );
-        let mut q = sqlx::query_as::<_, (String, Option<i64>, Option<i64>)>(&sql).bind(up_to);
+        let mut q = sqlx::query_as::<_, (String, Option<i64>, Option<i64>)>(&sql)
+            .persistent(false)
+            .bind(up_to);
         for r in chunk {
             q = q.bind(r);
         }
