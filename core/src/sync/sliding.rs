@@ -13,6 +13,7 @@ use std::{
     time::Duration,
 };
 
+use futures::{future::BoxFuture, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::AnyConnection;
@@ -276,6 +277,9 @@ async fn room_type(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Str
     Ok(create.and_then(|c| c["type"].as_str().map(str::to_owned)))
 }
 
+/// Rooms of one response read at the same time (each holds one pooled connection).
+const ROOMS_IN_PARALLEL: usize = 4;
+
 async fn build(
     core: &Core,
     session: &Session<'_>,
@@ -348,7 +352,12 @@ async fn build(
         }
     }
 
-    let mut rooms_json = Map::new();
+    // What follows takes connections of its own; never hold one while it does.
+    drop(conn);
+
+    // Rooms are read a few at a time, each on its own pooled connection: a room costs several
+    // round trips, which overlap instead of adding up (most on PostgreSQL).
+    let mut jobs: Vec<BoxFuture<'_, Result<(String, Value)>>> = Vec::new();
     for (room_id, config) in &wanted {
         let m = by_room[room_id.as_str()];
         let seen = conn_state.rooms.get(room_id).copied();
@@ -356,25 +365,23 @@ async fn build(
         if seen.is_some_and(|s| s >= latest) && !(m.stream_pos > since.map(|s| s.events).unwrap_or(0)) {
             continue;
         }
-        let room = room_data(
-            core,
-            &mut conn,
-            session,
-            room_id,
-            m,
-            config,
-            seen,
-            now,
-            stamps.get(room_id).copied(),
-            dms.contains(room_id),
-        )
+        let (stamp, is_dm) = (stamps.get(room_id).copied(), dms.contains(room_id));
+        jobs.push(Box::pin(async move {
+            let mut conn = core.db.conn().await?;
+            let room = room_data(core, &mut conn, session, room_id, m, config, seen, now, stamp, is_dm).await?;
+            Ok((room_id.clone(), room))
+        }));
+    }
+    let rooms: Vec<(String, Value)> = futures::stream::iter(jobs)
+        .buffered(ROOMS_IN_PARALLEL)
+        .try_collect()
         .await?;
-        rooms_json.insert(room_id.clone(), room);
+    let mut rooms_json = Map::new();
+    for (room_id, room) in rooms {
         conn_state.rooms.insert(room_id.clone(), now.events);
+        rooms_json.insert(room_id, room);
     }
 
-    // The extensions take connections of their own; never hold one while they do.
-    drop(conn);
     let extensions = extensions(core, session, req, &wanted, since, now).await?;
     Ok(json!({ "pos": "", "lists": lists_json, "rooms": rooms_json, "extensions": extensions }))
 }
@@ -467,12 +474,43 @@ async fn room_data(
 
     let current = state_at_pos(core, conn, room_id, now.events).await?;
     let lazy: HashSet<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
-    let mut state_ids: Vec<String> = current
+    let state_ids: HashSet<String> = current
         .iter()
         .filter(|((t, k), _)| required(config, t, k, session.user_id, &lazy))
         .map(|(_, id)| id.clone())
         .collect();
-    let mut state_events = events::get_many(conn, &state_ids).await?;
+    let summary = summary(conn, room_id, session.user_id).await?;
+    let heroes: Vec<String> = summary["m.heroes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    // The required state, the name, the avatar and the heroes' member events in one read.
+    let key = |t: &str, k: &str| current.get(&(t.to_owned(), k.to_owned())).cloned();
+    let (name_id, avatar_id) = (key("m.room.name", ""), key("m.room.avatar", ""));
+    let mut wanted_ids: Vec<String> = state_ids.iter().cloned().collect();
+    wanted_ids.extend(name_id.iter().chain(avatar_id.iter()).cloned());
+    wanted_ids.extend(heroes.iter().filter_map(|h| key("m.room.member", h)));
+    wanted_ids.sort();
+    wanted_ids.dedup();
+    let fetched = events::get_many(conn, &wanted_ids).await?;
+    let content_of = |id: &Option<String>| -> Value {
+        id.as_ref()
+            .and_then(|id| fetched.iter().find(|e| &e.event_id == id))
+            .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
+            .map(|j| j["content"].clone())
+            .unwrap_or_default()
+    };
+    let name = content_of(&name_id)["name"].as_str().map(str::to_owned);
+    let avatar = content_of(&avatar_id)["url"].as_str().map(str::to_owned);
+    let hero_contents: Vec<(String, Value)> = heroes
+        .iter()
+        .map(|h| (h.clone(), content_of(&key("m.room.member", h))))
+        .collect();
+    let mut state_events: Vec<StoredEvent> = fetched
+        .iter()
+        .filter(|e| state_ids.contains(&e.event_id))
+        .cloned()
+        .collect();
     if let Some(seen) = seen {
         // Only state that changed since the client last saw the room.
         state_events.retain(|e| {
@@ -480,25 +518,13 @@ async fn room_data(
                 || e.event_type == "m.room.member" && lazy.contains(e.state_key.as_deref().unwrap_or(""))
         });
     }
-    state_ids.clear();
     state_events.sort_by_key(|e| e.stream_pos);
 
-    let name = crate::rooms::current_state_content(conn, room_id, "m.room.name", "")
-        .await?
-        .and_then(|c| c["name"].as_str().map(str::to_owned));
-    let avatar = crate::rooms::current_state_content(conn, room_id, "m.room.avatar", "")
-        .await?
-        .and_then(|c| c["url"].as_str().map(str::to_owned));
-    let summary = summary(conn, room_id, session.user_id).await?;
     if let Some(name) = name {
         room["name"] = json!(name);
     } else {
         let mut heroes = Vec::new();
-        for hero in summary["m.heroes"].as_array().cloned().unwrap_or_default() {
-            let user = hero.as_str().unwrap_or_default().to_owned();
-            let member = crate::rooms::current_state_content(conn, room_id, "m.room.member", &user)
-                .await?
-                .unwrap_or_default();
+        for (user, member) in hero_contents {
             let mut h = json!({ "user_id": user });
             if let Some(n) = member["displayname"].as_str() {
                 h["displayname"] = json!(n);
