@@ -37,12 +37,15 @@ impl WriterConn {
         &mut self.conn
     }
 
-    /// Rolls back what a dropped writer left behind.
+    /// Rolls back what a dropped writer left behind. A writer cancelled while its `RELEASE`
+    /// was running may have released already; then there is no savepoint to roll back to, and
+    /// its work stays in the batch.
     async fn recover(&mut self) -> Result<()> {
         if self.savepoint_open {
-            self.conn.execute("ROLLBACK TO w").await?;
-            self.conn.execute("RELEASE w").await?;
             self.savepoint_open = false;
+            if self.conn.execute("ROLLBACK TO w").await.is_ok() {
+                self.conn.execute("RELEASE w").await?;
+            }
         }
         Ok(())
     }
@@ -138,12 +141,17 @@ impl SqliteTx {
     /// Releases this writer's savepoint and returns once the batch holding it is durable.
     pub async fn commit(mut self) -> Result<()> {
         let mut state = self.state.take().expect("writer state is held until commit or drop");
-        state.conn.execute("RELEASE w").await?;
-        state.savepoint_open = false;
+        // Woken first, so the batch is committed even if this future is dropped from here on.
+        self.wake_committer.notify_one();
+        let released = state.conn.execute("RELEASE w").await;
+        if released.is_ok() {
+            state.savepoint_open = false;
+        }
         let batch = state.batch.clone().expect("a writer always runs inside a batch");
         let mut outcome = batch.subscribe();
+        // A failed RELEASE leaves the savepoint open: the committer rolls it back first.
         drop(state);
-        self.wake_committer.notify_one();
+        released?;
         let done = outcome
             .wait_for(Option::is_some)
             .await
@@ -162,5 +170,69 @@ impl Drop for SqliteTx {
         if self.state.take().is_some() {
             self.wake_committer.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Executor;
+
+    use crate::Db;
+
+    async fn scratch_db() -> (Db, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("weft-writer-{}", rand::random::<u64>()));
+        let db = Db::connect(&format!("sqlite://{}", dir.join("t.db").display()), 4)
+            .await
+            .unwrap();
+        let mut tx = db.write().await.unwrap();
+        tx.execute("CREATE TABLE t (x INTEGER NOT NULL)").await.unwrap();
+        tx.commit().await.unwrap();
+        (db, dir)
+    }
+
+    async fn values(db: &Db) -> Vec<i64> {
+        let rows: Vec<(i64,)> = sqlx::query_as("SELECT x FROM t ORDER BY x")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+        rows.into_iter().map(|r| r.0).collect()
+    }
+
+    async fn insert(db: &Db, x: i64, commit: bool) {
+        let mut tx = db.write().await.unwrap();
+        sqlx::query("INSERT INTO t (x) VALUES ($1)")
+            .bind(x)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        if commit {
+            tx.commit().await.unwrap();
+        }
+    }
+
+    /// Concurrent writers share commits, every committed write is visible once commit returns,
+    /// and a writer dropped without commit leaves nothing, also when others share its batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_keeps_committed_and_drops_abandoned_writes() {
+        let (db, dir) = scratch_db().await;
+        let mut tasks = Vec::new();
+        for x in 0..40 {
+            let db = db.clone();
+            // Every fifth writer gives up without committing.
+            tasks.push(tokio::spawn(async move { insert(&db, x, x % 5 != 0).await }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let expected: Vec<i64> = (0..40).filter(|x| x % 5 != 0).collect();
+        assert_eq!(values(&db).await, expected);
+
+        // A commit is visible to readers as soon as it returns, alone or after an abandoned one.
+        insert(&db, 100, false).await;
+        insert(&db, 101, true).await;
+        assert_eq!(values(&db).await.last(), Some(&101));
+        assert!(!values(&db).await.contains(&100));
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
