@@ -44,9 +44,7 @@ pub async fn load(
         return Ok(out);
     }
     for stored in events::get_many(conn, &missing).await? {
-        let event = Arc::new(from_stored(&stored, rules)?);
-        cache.insert(stored.event_id, event.clone());
-        out.push(event);
+        out.push(parse_and_keep(db, &stored, rules)?);
     }
     Ok(out)
 }
@@ -59,18 +57,12 @@ pub async fn load_checked(
     rules: &RoomVersionRules,
     ids: &[String],
 ) -> Result<Vec<Arc<GraphEvent>>> {
-    let cache = &db.caches().graph_events;
     let mut out = Vec::with_capacity(ids.len());
     for stored in events::get_many(conn, ids).await? {
-        let event = match cache.get(&stored.event_id) {
-            Some(e) => e,
-            None => {
-                let e = Arc::new(from_stored(&stored, rules)?);
-                cache.insert(stored.event_id.clone(), e.clone());
-                e
-            }
-        };
-        out.push(event);
+        match db.caches().graph_events.get(&stored.event_id) {
+            Some(e) => out.push(e),
+            None => out.push(parse_and_keep(db, &stored, rules)?),
+        }
     }
     Ok(out)
 }
@@ -86,11 +78,13 @@ pub fn remember(db: &Db, pdu: &Pdu, state_after: Option<i64>) {
     );
 }
 
-fn from_stored(stored: &events::StoredEvent, rules: &RoomVersionRules) -> Result<GraphEvent> {
+fn parse_and_keep(db: &Db, stored: &events::StoredEvent, rules: &RoomVersionRules) -> Result<Arc<GraphEvent>> {
     let mut pdu = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
     pdu.rejected = stored.rejected;
-    Ok(GraphEvent {
+    let event = Arc::new(GraphEvent {
         pdu,
         state_after: stored.state_after,
-    })
+    });
+    db.caches().graph_events.insert(stored.event_id.clone(), event.clone());
+    Ok(event)
 }

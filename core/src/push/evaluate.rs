@@ -114,9 +114,10 @@ async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i
 async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
     let is_member_event = pdu.kind == TimelineEventType::RoomMember;
     let target = pdu.state_key.clone().filter(|_| is_member_event).unwrap_or_default();
-    let invitee = match is_member_event && pdu.content_value()["membership"] == "invite" {
-        true => target.clone(),
-        false => String::new(),
+    let invitee = if is_member_event && pdu.content_value()["membership"] == "invite" {
+        target.clone()
+    } else {
+        String::new()
     };
     let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m

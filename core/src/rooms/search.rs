@@ -19,7 +19,7 @@ use crate::{
     events::Pdu,
     storage::{
         events::{self, StoredEvent},
-        rooms,
+        placeholders, rooms,
     },
     Backend, Core, Error, Result,
 };
@@ -275,13 +275,6 @@ pub async fn searchable_rooms(
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The shared conditions after the match clause, with binds from `$2` on: rooms, then keys.

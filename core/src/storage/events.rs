@@ -78,9 +78,8 @@ pub async fn get(conn: &mut AnyConnection, event_id: &str) -> Result<Option<Stor
 /// Fetches many events by ID (missing ones are simply absent).
 pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(200) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let tail = format!("WHERE event_id IN ({})", placeholders.join(","));
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let tail = format!("WHERE event_id IN ({})", super::placeholders(1, chunk.len()));
         let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
         out.extend(query(&mut *conn, &tail, &binds).await?);
     }
@@ -138,7 +137,7 @@ pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[Stri
         ("event_edges", "prev_event_id", prev),
         ("event_auth", "auth_event_id", auth),
     ] {
-        for chunk in ids.chunks(200) {
+        for chunk in ids.chunks(super::IN_CHUNK) {
             let rows: Vec<String> = (0..chunk.len()).map(|i| format!("($1, ${})", i + 2)).collect();
             let sql = format!(
                 "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
@@ -189,11 +188,10 @@ pub async fn update_forward_extremities(
     prev: &[String],
     fresh: bool,
 ) -> Result<()> {
-    for chunk in prev.chunks(200) {
-        let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+    for chunk in prev.chunks(super::IN_CHUNK) {
         let sql = format!(
             "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
-            list.join(", ")
+            super::placeholders(2, chunk.len())
         );
         let mut q = sqlx::query(&sql).persistent(chunk.len() <= 4).bind(room_id);
         for id in chunk {

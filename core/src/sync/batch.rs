@@ -95,17 +95,6 @@ pub(super) async fn state_groups_at(
     Ok(out)
 }
 
-/// Events by ID (missing ones are absent), `IN_CHUNK` per query.
-pub(super) async fn events_by_id(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(IN_CHUNK) {
-        let tail = format!("WHERE event_id IN ({})", placeholders(1, chunk.len()));
-        let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
-        out.extend(events::query(&mut *conn, &tail, &binds).await?);
-    }
-    Ok(out)
-}
-
 /// Rooms with timeline events in `(since, now]`, each with whether one of them is a
 /// membership event (which may change the room's summary).
 pub(super) async fn rooms_with_events(conn: &mut AnyConnection, since: i64, now: i64) -> Result<HashMap<String, bool>> {

@@ -395,7 +395,7 @@ async fn joined_rooms(
     let mut state_ids = room_state_ids(core, conn, req, since, now, &plans, &timelines).await?;
     let all_ids: Vec<String> = state_ids.values().flatten().cloned().collect();
     let mut state_events: HashMap<String, Vec<StoredEvent>> = HashMap::new();
-    for event in batch::events_by_id(conn, &all_ids).await? {
+    for event in events::get_many(conn, &all_ids).await? {
         if filter::event_matches(&req.filter.room.state, &event) {
             state_events.entry(event.room_id.clone()).or_default().push(event);
         }
