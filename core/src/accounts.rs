@@ -42,16 +42,18 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
-/// Hashing runs on a few dedicated threads (one
-/// per core) rather than tokio's growing blocking pool: the allocator keeps freed memory per
-/// thread, so a burst of registrations on dozens of threads would leave hundreds of MiB behind.
+/// Hashing runs on a few dedicated threads rather than tokio's growing blocking pool: each hash
+/// in flight holds its 7 MiB, so the number of threads bounds the memory a burst of
+/// registrations or logins can take. One thread per two cores (at least one) keeps a small
+/// server's peak low while a hash still takes only tens of milliseconds.
 fn run_hashing<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> tokio::sync::oneshot::Receiver<T> {
     type Job = Box<dyn FnOnce() + Send>;
     static QUEUE: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
     let queue = QUEUE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-        for i in 0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) {
+        let lanes = (std::thread::available_parallelism().map_or(2, |n| n.get()) / 2).max(1);
+        for i in 0..lanes {
             let rx = rx.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("weft-hash-{i}"))

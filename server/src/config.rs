@@ -37,7 +37,8 @@ pub struct Config {
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` or `postgres://user@host/db`.
     pub url: String,
-    pub max_connections: u32,
+    /// Pool size; unset, it follows the backend (see `Db::default_max_connections`).
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -183,7 +184,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://data/weft.db".into(),
-            max_connections: 16,
+            max_connections: None,
         }
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod pusher;
 pub mod rate_limit;
 pub mod router;

@@ -39,7 +39,12 @@ impl Running {
 
 /// Opens the database and runs its migrations.
 pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
-    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    let url = &config.database.url;
+    let max_connections = config
+        .database
+        .max_connections
+        .unwrap_or_else(|| Db::default_max_connections(url));
+    let db = Db::connect(url, max_connections).await?;
     db.migrate().await?;
     Ok(db)
 }

@@ -91,7 +91,7 @@ pub fn test_config(db: &TestDb) -> Config {
     config.server_name = "weft.test".into();
     config.public_baseurl = "http://127.0.0.1/".into();
     config.database.url = db.url.clone();
-    config.database.max_connections = 8;
+    config.database.max_connections = Some(8);
     config.signing_key_path = db.dir.join("signing.key");
     config.media.path = db.dir.join("media");
     config.listeners = vec![ListenerConfig {

@@ -422,7 +422,7 @@ both_backends!(unread_counts_per_thread, |backend| async move {
 both_backends!(many_long_polls_share_a_small_pool, |backend| async move {
     // More waiting syncs than pooled connections: each must still answer, none may starve the
     // sender (a sync that held one connection while waiting for another would deadlock here).
-    let Some(server) = TestServer::start_with(backend, |c| c.database.max_connections = 3).await else {
+    let Some(server) = TestServer::start_with(backend, |c| c.database.max_connections = Some(3)).await else {
         return;
     };
     let alice = server.register("alice", "pw").await;
