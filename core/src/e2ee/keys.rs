@@ -68,8 +68,7 @@ pub async fn upload(core: &Core, user_id: &str, device_id: &str, upload: &Upload
     if changed {
         device_lists::notify(core, user_id).await?;
     }
-    let mut conn = core.db.conn().await?;
-    one_time_key_counts(&mut conn, user_id, device_id).await
+    Ok(device_key_state(core, user_id, device_id).await?.one_time_key_counts)
 }
 
 /// Stores device keys; true when they differ from what was stored.
@@ -170,51 +169,40 @@ pub async fn store_fallback_keys(
     Ok(())
 }
 
-/// Unclaimed one-time keys per algorithm. `signed_curve25519` is always present (0 when
-/// none), as clients read a missing count as "no need to upload".
-pub async fn one_time_key_counts(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    device_id: &str,
-) -> Result<BTreeMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT algorithm, COUNT(*) FROM e2e_one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+/// What a sync reports of a device's keys: unclaimed one-time keys per algorithm
+/// (`signed_curve25519` always present, 0 when none, as clients read a missing count as "no need
+/// to upload") and the algorithms whose fallback key has not been handed out yet.
+pub struct DeviceKeyState {
+    pub one_time_key_counts: BTreeMap<String, i64>,
+    pub unused_fallback_key_types: Vec<String>,
+}
+
+/// Reads both in one statement.
+pub async fn device_key_state(core: &Core, user_id: &str, device_id: &str) -> Result<DeviceKeyState> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT algorithm, COUNT(*), CAST(0 AS BIGINT) FROM e2e_one_time_keys
+         WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+         UNION ALL
+         SELECT algorithm, CAST(0 AS BIGINT), CAST(1 AS BIGINT) FROM e2e_fallback_keys
+         WHERE user_id = $1 AND device_id = $2 AND used = 0",
     )
     .bind(user_id)
     .bind(device_id)
-    .fetch_all(conn)
+    .fetch_all(core.db.pool())
     .await?;
-    let mut counts: BTreeMap<String, i64> = rows.into_iter().collect();
-    counts.entry("signed_curve25519".into()).or_insert(0);
-    Ok(counts)
-}
-
-/// Algorithms whose fallback key has not been handed out yet.
-pub async fn unused_fallback_key_types(
-    conn: &mut AnyConnection,
-    user_id: &str,
-    device_id: &str,
-) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT algorithm FROM e2e_fallback_keys WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .fetch_all(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
-/// The counts a sync reports for the syncing device.
-pub async fn counts_for_sync(core: &Core, user_id: &str, device_id: &str) -> Result<BTreeMap<String, i64>> {
-    let mut conn = core.db.conn().await?;
-    one_time_key_counts(&mut conn, user_id, device_id).await
-}
-
-/// The fallback key types a sync reports for the syncing device.
-pub async fn fallback_types_for_sync(core: &Core, user_id: &str, device_id: &str) -> Result<Vec<String>> {
-    let mut conn = core.db.conn().await?;
-    unused_fallback_key_types(&mut conn, user_id, device_id).await
+    let mut state = DeviceKeyState {
+        one_time_key_counts: BTreeMap::from([("signed_curve25519".to_owned(), 0)]),
+        unused_fallback_key_types: Vec::new(),
+    };
+    for (algorithm, count, is_fallback) in rows {
+        if is_fallback == 1 {
+            state.unused_fallback_key_types.push(algorithm);
+        } else {
+            state.one_time_key_counts.insert(algorithm, count);
+        }
+    }
+    state.unused_fallback_key_types.sort();
+    Ok(state)
 }
 
 fn server_of(user_id: &str) -> &str {

@@ -54,6 +54,13 @@ impl EventTemplate {
 /// At most this many forward extremities are referenced by one new event.
 const MAX_PREV_EVENTS: usize = 10;
 
+/// A freshly built PDU and whether its `prev_events` are every forward extremity of the room
+/// (then, once it is persisted, it is the room's only extremity).
+pub struct Built {
+    pub pdu: Pdu,
+    pub references_all_extremities: bool,
+}
+
 /// Builds and signs a PDU in `room_id` (ignored for a v12 create event, whose room ID is its
 /// own hash) on top of `current` state.
 pub async fn build(
@@ -64,16 +71,15 @@ pub async fn build(
     sender: &UserId,
     template: &EventTemplate,
     current: &StateMap,
-) -> Result<Pdu> {
+) -> Result<Built> {
     let is_create = template.kind == "m.room.create";
     let prev_ids = match (is_create, room_id) {
-        (false, Some(room)) => {
-            let mut ids = events::forward_extremities(conn, room).await?;
-            ids.truncate(MAX_PREV_EVENTS);
-            ids
-        }
+        (false, Some(room)) => events::forward_extremities(conn, room).await?,
         _ => Vec::new(),
     };
+    let references_all_extremities = prev_ids.len() <= MAX_PREV_EVENTS;
+    let mut prev_ids = prev_ids;
+    prev_ids.truncate(MAX_PREV_EVENTS);
     let prevs = cache::load(&core.db, conn, rules, &prev_ids).await?;
     let depth = prevs.iter().map(|e| e.pdu.depth).max().unwrap_or(0) + 1;
 
@@ -161,5 +167,8 @@ pub async fn build(
         other => Error::BadJson(other.to_string()),
     })?;
     let event_id = Pdu::compute_event_id(&object, rules)?;
-    Pdu::from_json(event_id, object, rules)
+    Ok(Built {
+        pdu: Pdu::from_json(event_id, object, rules)?,
+        references_all_extremities,
+    })
 }

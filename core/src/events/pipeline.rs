@@ -28,11 +28,23 @@ use crate::{
 /// Where a PDU comes from.
 #[derive(Clone, Copy, Debug)]
 pub enum Origin<'a> {
-    /// Built here; `txn` is `(user, device, txn_id)` for idempotent sends.
+    /// Built here, under the room lock held by this transaction; `txn` is
+    /// `(user, device, txn_id)` for idempotent sends.
     Local {
         txn: Option<(&'a str, &'a str, &'a str)>,
+        head: LocalHead,
     },
     Remote,
+}
+
+/// What the builder read of the room's head in this transaction, so the pipeline need not
+/// read it again (nothing else can move it while the room is locked).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalHead {
+    /// The room's current state group; `None` before its create event.
+    pub current_group: Option<i64>,
+    /// The event's `prev_events` are all of the room's forward extremities.
+    pub references_all_extremities: bool,
 }
 
 #[derive(Debug)]
@@ -143,7 +155,10 @@ pub async fn persist(
 
     // 6. Soft fail: a remote event that passes against its own history but not against the
     //    current state is kept out of the timeline and the forward extremities.
-    let current_group = rooms::current_state_group(conn, pdu.room_id.as_str()).await?;
+    let current_group = match origin {
+        Origin::Local { head, .. } => head.current_group,
+        Origin::Remote => rooms::current_state_group(conn, pdu.room_id.as_str()).await?,
+    };
     let mut soft_failed = false;
     if rejected.is_none()
         && matches!(origin, Origin::Remote)
@@ -180,7 +195,7 @@ pub async fn persist(
 
     let json = serde_json::to_string(&pdu.json).map_err(Error::internal)?;
     let txn = match origin {
-        Origin::Local { txn } => txn,
+        Origin::Local { txn, .. } => txn,
         Origin::Remote => None,
     };
     events::insert(
@@ -224,7 +239,10 @@ pub async fn persist(
         Some(g) => state_store::load(db, conn, g).await?,
         None => Arc::new(StateMap::new()),
     };
-    let extremities = events::forward_extremities(conn, &room_id).await?;
+    let extremities = match origin {
+        Origin::Local { head, .. } if head.references_all_extremities => vec![pdu.event_id.to_string()],
+        _ => events::forward_extremities(conn, &room_id).await?,
+    };
     let new_current_group = if extremities == [pdu.event_id.to_string()] {
         after_group
     } else {

@@ -74,7 +74,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     } else {
         Some(format!("!{}:{}", random_string(18), core.server_name))
     };
-    let create_pdu = builder::build(
+    let built = builder::build(
         core,
         &mut tx,
         &rules,
@@ -84,6 +84,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         &StateMap::new(),
     )
     .await?;
+    let create_pdu = built.pdu;
     let room_id = create_pdu.room_id.to_string();
     rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
     rooms::lock(&mut tx, &room_id).await?;
@@ -93,7 +94,13 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         &rules,
         create_pdu,
         &own_keys(core),
-        pipeline::Origin::Local { txn: None },
+        pipeline::Origin::Local {
+            txn: None,
+            head: pipeline::LocalHead {
+                current_group: None,
+                references_all_extremities: true,
+            },
+        },
     )
     .await?;
     if let Some(reason) = outcome.rejected {

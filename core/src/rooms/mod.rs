@@ -61,7 +61,13 @@ pub async fn room_rules(core: &Core, conn: &mut AnyConnection, room_id: &str) ->
 
 /// The room's current state.
 pub async fn current_state(core: &Core, conn: &mut AnyConnection, room_id: &str) -> Result<Arc<StateMap>> {
-    match rooms::current_state_group(conn, room_id).await? {
+    let group = rooms::current_state_group(conn, room_id).await?;
+    group_state(core, conn, group).await
+}
+
+/// The state of a state group; empty for a room that has none yet.
+async fn group_state(core: &Core, conn: &mut AnyConnection, group: Option<i64>) -> Result<Arc<StateMap>> {
+    match group {
         Some(g) => state_store::load(&core.db, conn, g).await,
         None => Ok(Arc::new(StateMap::new())),
     }
@@ -78,15 +84,20 @@ pub async fn send_in_tx(
     txn: Option<(&str, &str, &str)>,
 ) -> Result<(Pdu, i64)> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
-    let current = current_state(core, conn, room_id).await?;
-    let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
+    let current_group = rooms::current_state_group(conn, room_id).await?;
+    let current = group_state(core, conn, current_group).await?;
+    let built = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
+    let head = pipeline::LocalHead {
+        current_group,
+        references_all_extremities: built.references_all_extremities,
+    };
     let outcome = pipeline::persist(
         core,
         conn,
         &rules,
-        pdu,
+        built.pdu,
         &own_keys(core),
-        pipeline::Origin::Local { txn },
+        pipeline::Origin::Local { txn, head },
     )
     .await?;
     if let Some(reason) = outcome.rejected {

@@ -140,12 +140,16 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         _ => crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await?,
     };
     let device_lists = crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?;
-    let otk_counts = crate::e2ee::keys::counts_for_sync(core, &req.user_id, &req.device_id).await?;
-    let fallback_types = crate::e2ee::keys::fallback_types_for_sync(core, &req.user_id, &req.device_id).await?;
+    let keys = crate::e2ee::keys::device_key_state(core, &req.user_id, &req.device_id).await?;
 
     let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
-    let changed_account_data = account_data::changed_since(&mut conn, &req.user_id, since.account_data).await?;
+    // A read whose stream has not moved past the token would find nothing: skipped.
+    let changed_account_data = if since.account_data == now.account_data {
+        Vec::new()
+    } else {
+        account_data::changed_since(&mut conn, &req.user_id, since.account_data).await?
+    };
     let mut changes = if initial {
         RoomChanges::default()
     } else {
@@ -223,8 +227,8 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         "presence": { "events": presence_events(&mut conn, req, since, now).await? },
         "to_device": { "events": to_device },
         "device_lists": device_lists,
-        "device_one_time_keys_count": otk_counts,
-        "device_unused_fallback_key_types": fallback_types,
+        "device_one_time_keys_count": keys.one_time_key_counts,
+        "device_unused_fallback_key_types": keys.unused_fallback_key_types,
     }))
 }
 
@@ -239,10 +243,16 @@ struct RoomChanges {
 
 impl RoomChanges {
     async fn read(conn: &mut AnyConnection, since: SyncToken, now: SyncToken) -> Result<RoomChanges> {
-        let events = batch::rooms_with_events(conn, since.events, now.events).await?;
+        let events = if since.events == now.events {
+            HashMap::new()
+        } else {
+            batch::rooms_with_events(conn, since.events, now.events).await?
+        };
         let mut by_room: HashMap<String, Vec<receipts::Receipt>> = HashMap::new();
-        for r in receipts::changed(conn, since.receipts, now.receipts).await? {
-            by_room.entry(r.room_id.clone()).or_default().push(r);
+        if since.receipts != now.receipts {
+            for r in receipts::changed(conn, since.receipts, now.receipts).await? {
+                by_room.entry(r.room_id.clone()).or_default().push(r);
+            }
         }
         Ok(RoomChanges {
             events,
@@ -273,6 +283,7 @@ async fn presence_events(
         .iter()
         .any(|t| t == "*" || t == "m.presence")
         || req.filter.presence.limit.is_some_and(|l| u64::from(l) == 0)
+        || since.presence == now.presence
     {
         return Ok(Vec::new());
     }

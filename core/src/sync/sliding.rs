@@ -584,12 +584,13 @@ async fn extensions(
         );
     }
     if req.extensions.e2ee.on() {
+        let keys = crate::e2ee::keys::device_key_state(core, session.user_id, session.device_id).await?;
         ext.insert(
             "e2ee".into(),
             json!({
                 "device_lists": crate::e2ee::device_lists::for_sync(core, session.user_id, since.as_ref(), &now).await?,
-                "device_one_time_keys_count": crate::e2ee::keys::counts_for_sync(core, session.user_id, session.device_id).await?,
-                "device_unused_fallback_key_types": crate::e2ee::keys::fallback_types_for_sync(core, session.user_id, session.device_id).await?,
+                "device_one_time_keys_count": keys.one_time_key_counts,
+                "device_unused_fallback_key_types": keys.unused_fallback_key_types,
             }),
         );
     }
