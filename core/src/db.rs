@@ -33,10 +33,14 @@ pub struct Db {
     caches: Arc<Caches>,
 }
 
+/// State entries (one per piece of state) the state group cache holds at most.
+const STATE_CACHE_ENTRIES: u64 = 200_000;
+
 /// In-memory caches of data that never changes once written.
 pub struct Caches {
     /// State groups by ID (immutable once written).
-    pub state_groups: quick_cache::sync::Cache<i64, Arc<crate::events::StateMap>>,
+    pub state_groups:
+        quick_cache::sync::Cache<i64, crate::storage::state::CachedGroup, crate::storage::state::StateGroupWeighter>,
     /// Room versions by room ID (fixed at creation).
     pub room_versions: quick_cache::sync::Cache<String, String>,
     /// Parsed events by ID (see `events::cache`).
@@ -137,7 +141,12 @@ impl Db {
             Backend::Postgres => None,
         };
         let caches = Arc::new(Caches {
-            state_groups: quick_cache::sync::Cache::new(4096),
+            // Weighed by entries: about 40 MiB at most, however big the rooms.
+            state_groups: quick_cache::sync::Cache::with_weighter(
+                4096,
+                STATE_CACHE_ENTRIES,
+                crate::storage::state::StateGroupWeighter,
+            ),
             room_versions: quick_cache::sync::Cache::new(100_000),
             // The hot set is each active room's last event and its auth events.
             graph_events: quick_cache::sync::Cache::new(1024),

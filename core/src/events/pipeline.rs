@@ -182,13 +182,13 @@ pub async fn persist(
     let before_group = match (is_create, before.group) {
         (true, _) => None,
         (false, Some(g)) => Some(g),
-        (false, None) => Some(state_store::store(db, conn, &room_id, before.parent, &before_state).await?),
+        (false, None) => Some(state_store::store(db, conn, &room_id, before.parent, before_state.clone()).await?),
     };
     let after_group = match (&pdu.state_key, rejected.is_some()) {
         (Some(key), false) => {
             let mut after = (*before_state).clone();
             after.insert((pdu.kind.to_string(), key.clone()), pdu.event_id.to_string());
-            Some(state_store::store(db, conn, &room_id, before_group, &after).await?)
+            Some(state_store::store(db, conn, &room_id, before_group, Arc::new(after)).await?)
         }
         _ => before_group,
     };
@@ -258,14 +258,16 @@ pub async fn persist(
                 states.push(state_store::load(db, conn, *g).await?);
             }
             let resolved = resolve(conn, rules, &states).await?;
-            Some(state_store::store(db, conn, &room_id, after_group, &resolved).await?)
+            Some(state_store::store(db, conn, &room_id, after_group, Arc::new(resolved)).await?)
         }
     };
     let new_current = match new_current_group {
         Some(g) => state_store::load(db, conn, g).await?,
         None => Arc::new(StateMap::new()),
     };
-    rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
+    if new_current_group != current_group {
+        rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
+    }
 
     if pdu.kind == TimelineEventType::RoomRedaction {
         apply_redaction(conn, rules, &pdu, &before_state).await?;

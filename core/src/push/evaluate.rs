@@ -112,35 +112,52 @@ async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i
 /// asked: the default rules never notify anyone else of one (`.m.rule.member_event` comes
 /// before every rule that could), and joins would otherwise cost more the bigger the room.
 async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
-    let is_member_event = pdu.kind == TimelineEventType::RoomMember;
-    let target = pdu.state_key.clone().filter(|_| is_member_event).unwrap_or_default();
-    let invitee = if is_member_event && pdu.content_value()["membership"] == "invite" {
-        target.clone()
+    type Row = (String, String, Option<String>, Option<String>);
+    let rows: Vec<Row>;
+    let member_count;
+    if pdu.kind == TimelineEventType::RoomMember {
+        // The target (joined or invited by this event) and joined members with rules of their
+        // own. Those are found from the rules' side (CROSS JOIN keeps that order in SQLite;
+        // PostgreSQL's planner orders joins by its statistics): only local users have rules,
+        // while a room's members can be thousands of remote users.
+        let target = pdu.state_key.clone().unwrap_or_default();
+        rows = sqlx::query_as(
+            "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
+             LEFT JOIN push_rules p ON p.user_id = m.user_id
+             WHERE m.room_id = $1 AND m.user_id = $2 AND m.membership IN ('join', 'invite')
+             UNION ALL
+             SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM push_rules p
+             CROSS JOIN room_memberships m
+             WHERE m.user_id = p.user_id AND m.room_id = $1 AND m.membership = 'join' AND m.user_id <> $2",
+        )
+        .bind(pdu.room_id.as_str())
+        .bind(&target)
+        .fetch_all(&mut *conn)
+        .await?;
+        // Only rules of a user's own can ask for the member count of a membership event (the
+        // default ones decide before any `room_member_count` condition), so it is counted
+        // only when someone has them.
+        member_count = if rows.iter().any(|r| r.3.is_some()) {
+            let (count,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
+                    .bind(pdu.room_id.as_str())
+                    .fetch_one(&mut *conn)
+                    .await?;
+            count as u64
+        } else {
+            0
+        };
     } else {
-        String::new()
-    };
-    let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
-         LEFT JOIN push_rules p ON p.user_id = m.user_id
-         WHERE m.room_id = $1 AND (m.membership = 'join' OR (m.membership = 'invite' AND m.user_id = $2))
-           AND ($3 = 0 OR p.ruleset IS NOT NULL OR m.user_id = $4)",
-    )
-    .bind(pdu.room_id.as_str())
-    .bind(&invitee)
-    .bind(i64::from(is_member_event))
-    .bind(&target)
-    .fetch_all(&mut *conn)
-    .await?;
-    let member_count = if is_member_event {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
-                .bind(pdu.room_id.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-        count as u64
-    } else {
-        rows.iter().filter(|r| r.1 == "join").count() as u64
-    };
+        rows = sqlx::query_as(
+            "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
+             LEFT JOIN push_rules p ON p.user_id = m.user_id
+             WHERE m.room_id = $1 AND m.membership = 'join'",
+        )
+        .bind(pdu.room_id.as_str())
+        .fetch_all(&mut *conn)
+        .await?;
+        member_count = rows.len() as u64;
+    }
     let recipients = rows
         .into_iter()
         .filter(|r| r.0 != pdu.sender.as_str())

@@ -69,25 +69,32 @@ pub async fn apply_current_state_delta(
     old: &StateMap,
     new: &StateMap,
 ) -> Result<()> {
-    for (key, _) in old.iter().filter(|(k, _)| !new.contains_key(*k)) {
-        sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
-            .bind(room_id)
-            .bind(&key.0)
-            .bind(&key.1)
-            .execute(&mut *conn)
-            .await?;
+    if std::ptr::eq(old, new) {
+        return Ok(());
     }
-    for (key, event_id) in new.iter().filter(|(k, v)| old.get(*k) != Some(*v)) {
-        sqlx::query(
-            "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-        )
-        .bind(room_id)
-        .bind(&key.0)
-        .bind(&key.1)
-        .bind(event_id)
-        .execute(&mut *conn)
-        .await?;
+    for (key, event_id) in super::state::diff(old, new) {
+        match event_id {
+            None => {
+                sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+                    .bind(room_id)
+                    .bind(&key.0)
+                    .bind(&key.1)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Some(event_id) => {
+                sqlx::query(
+                    "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                )
+                .bind(room_id)
+                .bind(&key.0)
+                .bind(&key.1)
+                .bind(event_id)
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! State snapshots that share structure: a state group is a parent group plus a small delta.
 //! Chains are capped at `MAX_CHAIN`, after which a full snapshot starts a new chain, so
 //! reading a state costs one recursive query of bounded depth. Groups never change once
-//! written, so they are cached by ID.
+//! written, so they are cached by ID (see `StateGroupWeighter` for the cache's bound).
 
 use std::sync::Arc;
 
@@ -11,10 +11,35 @@ use crate::{events::StateMap, Db, Result};
 
 const MAX_CHAIN: i64 = 64;
 
+/// Rows per multi-row insert of group entries (four bound values each).
+const INSERT_CHUNK: usize = 100;
+
+/// A group as cached: its full state and the number of deltas between it and its snapshot.
+#[derive(Clone)]
+pub struct CachedGroup {
+    pub state: Arc<StateMap>,
+    pub chain_len: i64,
+}
+
+/// Weighs a cached group by its number of entries, so the cache holds many small rooms'
+/// states or a few huge ones within the same memory.
+#[derive(Clone)]
+pub struct StateGroupWeighter;
+
+impl quick_cache::Weighter<i64, CachedGroup> for StateGroupWeighter {
+    fn weight(&self, _group: &i64, cached: &CachedGroup) -> u64 {
+        cached.state.len() as u64 + 1
+    }
+}
+
 /// Loads the full state of a group.
 pub async fn load(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<Arc<StateMap>> {
-    if let Some(state) = db.caches().state_groups.get(&group) {
-        return Ok(state);
+    Ok(load_cached(db, conn, group).await?.state)
+}
+
+async fn load_cached(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<CachedGroup> {
+    if let Some(cached) = db.caches().state_groups.get(&group) {
+        return Ok(cached);
     }
     let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
         "WITH RECURSIVE chain(group_id, parent_group, lvl) AS (
@@ -29,6 +54,9 @@ pub async fn load(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<Arc<S
     .bind(group)
     .fetch_all(conn)
     .await?;
+    // The deepest level with entries is the snapshot (a snapshot of an empty state has none,
+    // which only makes its chains a little longer).
+    let chain_len = rows.first().map_or(0, |r| r.0);
     let mut state = StateMap::new();
     for (_, event_type, state_key, event_id) in rows {
         match event_id {
@@ -36,9 +64,49 @@ pub async fn load(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<Arc<S
             None => state.remove(&(event_type, state_key)),
         };
     }
-    let state = Arc::new(state);
-    db.caches().state_groups.insert(group, state.clone());
-    Ok(state)
+    let cached = CachedGroup {
+        state: Arc::new(state),
+        chain_len,
+    };
+    db.caches().state_groups.insert(group, cached.clone());
+    Ok(cached)
+}
+
+/// What turns `old` into `new`: changed or added entries with their new event, removed ones
+/// with `None`. One walk over both maps in key order, with no lookups.
+pub fn diff<'a>(old: &'a StateMap, new: &'a StateMap) -> Vec<(&'a (String, String), Option<&'a String>)> {
+    let mut out = Vec::new();
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (o.peek(), n.peek()) {
+            (None, None) => return out,
+            (Some((ok, _)), None) => {
+                out.push((*ok, None));
+                o.next();
+            }
+            (None, Some((nk, nv))) => {
+                out.push((*nk, Some(*nv)));
+                n.next();
+            }
+            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
+                std::cmp::Ordering::Less => {
+                    out.push((*ok, None));
+                    o.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*nk, Some(*nv)));
+                    n.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if ov != nv {
+                        out.push((*nk, Some(*nv)));
+                    }
+                    o.next();
+                    n.next();
+                }
+            },
+        }
+    }
 }
 
 /// Stores `state` as a new group, as a delta on `parent` when that chain is short enough.
@@ -47,39 +115,16 @@ pub async fn store(
     conn: &mut AnyConnection,
     room_id: &str,
     parent: Option<i64>,
-    state: &StateMap,
+    state: Arc<StateMap>,
 ) -> Result<i64> {
-    let parent_info = match parent {
-        Some(p) => {
-            let row: Option<(i64,)> = sqlx::query_as("SELECT chain_len FROM state_groups WHERE group_id = $1")
-                .bind(p)
-                .fetch_optional(&mut *conn)
-                .await?;
-            row.filter(|(len,)| *len < MAX_CHAIN).map(|(len,)| (p, len))
-        }
+    let parent = match parent {
+        Some(p) => Some((p, load_cached(db, conn, p).await?)).filter(|(_, c)| c.chain_len < MAX_CHAIN),
         None => None,
     };
-    let (parent_group, chain_len, delta) = match parent_info {
-        Some((p, len)) => {
-            let parent_state = load(db, conn, p).await?;
-            let mut delta: Vec<((String, String), Option<String>)> = state
-                .iter()
-                .filter(|(k, v)| parent_state.get(*k) != Some(*v))
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
-            delta.extend(
-                parent_state
-                    .keys()
-                    .filter(|k| !state.contains_key(*k))
-                    .map(|k| (k.clone(), None)),
-            );
-            (Some(p), len + 1, delta)
-        }
-        None => (
-            None,
-            0,
-            state.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect(),
-        ),
+    let empty = StateMap::new();
+    let (parent_group, chain_len, delta) = match &parent {
+        Some((p, cached)) => (Some(*p), cached.chain_len + 1, diff(&cached.state, &state)),
+        None => (None, 0, diff(&empty, &state)),
     };
     // Random IDs are never reused, not even after a rolled-back transaction, so the cache of
     // groups by ID can never hold a stale entry.
@@ -91,20 +136,56 @@ pub async fn store(
         .bind(chain_len)
         .execute(&mut *conn)
         .await?;
-    for ((event_type, state_key), event_id) in delta {
-        sqlx::query(
-            "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(group)
-        .bind(event_type)
-        .bind(state_key)
-        .bind(event_id)
-        .execute(&mut *conn)
-        .await?;
+    for chunk in delta.chunks(INSERT_CHUNK) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("($1, ${}, ${}, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4))
+            .collect();
+        let sql = format!(
+            "INSERT INTO state_group_entries (group_id, event_type, state_key, event_id) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(&sql).persistent(chunk.len() <= 2).bind(group);
+        for ((event_type, state_key), event_id) in chunk {
+            q = q
+                .bind(event_type.as_str())
+                .bind(state_key.as_str())
+                .bind(event_id.map(String::as_str));
+        }
+        q.execute(&mut *conn).await?;
     }
     // The new group is usually read right away (it becomes current state); cache it now rather
     // than re-reading its whole chain. Should the transaction roll back, the entry is unused
     // garbage: random IDs are never handed out again.
-    db.caches().state_groups.insert(group, Arc::new(state.clone()));
+    db.caches().state_groups.insert(group, CachedGroup { state, chain_len });
     Ok(group)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(entries: &[(&str, &str)]) -> StateMap {
+        entries
+            .iter()
+            .map(|(k, v)| ((k.to_string(), String::new()), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn diff_reports_changes_additions_and_removals_in_key_order() {
+        let old = map(&[("a", "1"), ("b", "2"), ("d", "4")]);
+        let new = map(&[("b", "2b"), ("c", "3"), ("d", "4"), ("e", "5")]);
+        let got: Vec<(String, Option<String>)> = diff(&old, &new)
+            .into_iter()
+            .map(|(k, v)| (k.0.clone(), v.cloned()))
+            .collect();
+        let want = vec![
+            ("a".to_string(), None),
+            ("b".to_string(), Some("2b".to_string())),
+            ("c".to_string(), Some("3".to_string())),
+            ("e".to_string(), Some("5".to_string())),
+        ];
+        assert_eq!(got, want);
+        assert!(diff(&new, &new).is_empty());
+    }
 }
