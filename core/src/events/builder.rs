@@ -73,12 +73,11 @@ pub async fn build(
     current: &StateMap,
 ) -> Result<Built> {
     let is_create = template.kind == "m.room.create";
-    let prev_ids = match (is_create, room_id) {
+    let mut prev_ids = match (is_create, room_id) {
         (false, Some(room)) => events::forward_extremities(conn, room).await?,
         _ => Vec::new(),
     };
     let references_all_extremities = prev_ids.len() <= MAX_PREV_EVENTS;
-    let mut prev_ids = prev_ids;
     prev_ids.truncate(MAX_PREV_EVENTS);
     let prevs = cache::load(&core.db, conn, rules, &prev_ids).await?;
     let depth = prevs.iter().map(|e| e.pdu.depth).max().unwrap_or(0) + 1;

@@ -39,7 +39,7 @@ pub enum Origin<'a> {
 
 /// What the builder read of the room's head in this transaction, so the pipeline need not
 /// read it again (nothing else can move it while the room is locked).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LocalHead {
     /// The room's current state group; `None` before its create event.
     pub current_group: Option<i64>,

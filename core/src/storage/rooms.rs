@@ -69,9 +69,6 @@ pub async fn apply_current_state_delta(
     old: &StateMap,
     new: &StateMap,
 ) -> Result<()> {
-    if std::ptr::eq(old, new) {
-        return Ok(());
-    }
     for (key, event_id) in super::state::diff(old, new) {
         match event_id {
             None => {
