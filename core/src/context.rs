@@ -15,6 +15,8 @@ pub struct Core {
     pub typing: Arc<Typing>,
     /// Sliding sync connections of this process.
     pub sliding: Arc<crate::sync::sliding::Connections>,
+    /// Reads this process may skip (see memo.rs for what they may and may not decide).
+    pub memos: Arc<crate::memo::Memos>,
 }
 
 impl Core {
@@ -26,6 +28,7 @@ impl Core {
             notifier: Arc::new(Notifier::new()),
             typing: Arc::new(Typing::default()),
             sliding: Arc::default(),
+            memos: Arc::default(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod ephemeral;
 pub mod error;
 pub mod events;
 pub mod media;
+pub mod memo;
 pub mod notifier;
 pub mod presence;
 pub mod push;

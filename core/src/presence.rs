@@ -62,9 +62,18 @@ pub async fn get(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Prese
 
 /// Sets a user's presence (`status_msg: None` keeps the current message).
 pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Option<&str>>) -> Result<()> {
-    let mut conn = core.db.conn().await?;
-    let current = get(&mut conn, user_id).await?;
-    drop(conn);
+    // Every sync calls this to mark activity; a row read moments ago needs no second read.
+    let current = match core.memos.presence.fresh(user_id) {
+        Some(p) => Some(p),
+        None => {
+            let mut conn = core.db.conn().await?;
+            let current = get(&mut conn, user_id).await?;
+            if let Some(p) = &current {
+                core.memos.presence.set(user_id.to_owned(), (p.clone(), now_ms()));
+            }
+            current
+        }
+    };
     let msg = match status_msg {
         Some(m) => m.map(str::to_owned),
         None => current.as_ref().and_then(|c| c.status_msg.clone()),
@@ -91,6 +100,13 @@ pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Opt
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    let written = Presence {
+        user_id: user_id.to_owned(),
+        state: state.to_owned(),
+        status_msg: msg,
+        last_active_ts: now,
+    };
+    core.memos.presence.set(user_id.to_owned(), (written, now));
     core.notifier.user_changed(user_id);
     // Everyone sharing a room with the user may be waiting for this.
     let mut conn = core.db.conn().await?;

@@ -114,32 +114,41 @@ pub async fn forget_devices_except(conn: &mut AnyConnection, user_id: &str, keep
 /// What changed for `user_id` between two sync tokens: key changes of users sharing a room
 /// (and the user's own), users who newly share a room (`changed`), and users who no longer
 /// share any (`left`). Empty when `from` is the beginning (an initial sync).
+/// `memberships_moved` false says the caller knows no membership event lies between the tokens.
 pub async fn changes(
     conn: &mut AnyConnection,
     user_id: &str,
     from: &SyncToken,
     to: &SyncToken,
+    memberships_moved: bool,
 ) -> Result<DeviceListChanges> {
     let mut changed = BTreeSet::new();
-    let key_changes: Vec<(String,)> =
-        sqlx::query_as("SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2")
-            .bind(from.device_lists)
-            .bind(to.device_lists)
-            .fetch_all(&mut *conn)
-            .await?;
-    changed.extend(key_changes.into_iter().map(|r| r.0));
+    if from.device_lists != to.device_lists {
+        let key_changes: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT user_id FROM device_list_changes WHERE stream_pos > $1 AND stream_pos <= $2",
+        )
+        .bind(from.device_lists)
+        .bind(to.device_lists)
+        .fetch_all(&mut *conn)
+        .await?;
+        changed.extend(key_changes.into_iter().map(|r| r.0));
+    }
 
     let mut gone = BTreeSet::new();
-    let membership_changes: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT room_id, user_id, membership FROM room_memberships
+    let membership_changes: Vec<(String, String, String)> = if !memberships_moved || from.events == to.events {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT room_id, user_id, membership FROM room_memberships
          WHERE stream_pos > $2 AND stream_pos <= $3
            AND room_id IN (SELECT room_id FROM room_memberships WHERE user_id = $1)",
-    )
-    .bind(user_id)
-    .bind(from.events)
-    .bind(to.events)
-    .fetch_all(&mut *conn)
-    .await?;
+        )
+        .bind(user_id)
+        .bind(from.events)
+        .bind(to.events)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     for (room_id, member, membership) in membership_changes {
         if member == user_id {
             // Our own join makes everyone there new to us; our leave may part us from them.
@@ -191,5 +200,5 @@ pub async fn for_sync(
         return Ok(DeviceListChanges::default());
     };
     let mut conn = core.db.conn().await?;
-    changes(&mut conn, user_id, since, now).await
+    changes(&mut conn, user_id, since, now, true).await
 }

@@ -138,6 +138,12 @@ pub async fn pending(
 /// Deletes the device's messages at or below `up_to`: the client has shown it received them.
 /// Reads first, so that a sync with nothing to acknowledge takes no write lock.
 pub async fn acknowledge(core: &Core, user_id: &str, device_id: &str, up_to: i64) -> Result<()> {
+    // Most syncs acknowledge what an earlier one already did.
+    let key = (user_id.to_owned(), device_id.to_owned());
+    let acked = core.memos.to_device_acked.get(&key);
+    if acked.is_some_and(|a| a >= up_to) {
+        return Ok(());
+    }
     let mut conn = core.db.conn().await?;
     let any: Option<(i64,)> = sqlx::query_as(
         "SELECT stream_pos FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3 LIMIT 1",
@@ -148,19 +154,20 @@ pub async fn acknowledge(core: &Core, user_id: &str, device_id: &str, up_to: i64
     .fetch_optional(&mut *conn)
     .await?;
     drop(conn);
-    if any.is_none() {
-        return Ok(());
+    if any.is_some() {
+        let mut tx = core.db.write().await?;
+        sqlx::query(
+            "DELETE FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3",
+        )
+        .bind(user_id)
+        .bind(device_id)
+        .bind(up_to)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
     }
-    let mut tx = core.db.write().await?;
-    sqlx::query(
-        "DELETE FROM to_device_messages WHERE recipient_user = $1 AND recipient_device = $2 AND stream_pos <= $3",
-    )
-    .bind(user_id)
-    .bind(device_id)
-    .bind(up_to)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
+    core.memos.to_device_acked.set(key, up_to.max(acked.unwrap_or(0)));
+    Ok(())
 }
 
 /// The `to_device` events of a sync: every message not yet acknowledged up to `now`. All of

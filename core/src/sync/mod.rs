@@ -49,13 +49,18 @@ pub async fn sync(core: &Core, req: &SyncRequest) -> Result<Value> {
         crate::e2ee::to_device::acknowledge(core, &req.user_id, &req.device_id, since.to_device).await?;
     }
     // Register interest before reading positions: a change that lands after this point wakes
-    // us, one that landed before is below the positions we read next.
-    let mut conn = core.db.conn().await?;
-    let memberships = user_memberships(&mut conn, &req.user_id).await?;
-    drop(conn);
-    let mut interest = core
-        .notifier
-        .interest(&req.user_id, memberships.iter().map(|m| m.room_id.clone()).collect());
+    // us, one that landed before is below the positions we read next. The rooms come from the
+    // user's last sync here when there was one: a membership change since then either moved
+    // the stream past `since` (so this sync answers at once) or bumps the user's own counter.
+    let rooms = match core.memos.sync_rooms.get(&req.user_id) {
+        Some(rooms) => rooms.to_vec(),
+        None => {
+            let mut conn = core.db.conn().await?;
+            let memberships = user_memberships(&mut conn, &req.user_id).await?;
+            memberships.into_iter().map(|m| m.room_id).collect()
+        }
+    };
+    let mut interest = core.notifier.interest(&req.user_id, rooms);
     let deadline = tokio::time::Instant::now() + req.timeout;
     loop {
         let now = SyncToken::current(core).await?;
@@ -139,11 +144,14 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         Some(since) if since.to_device == now.to_device => Vec::new(),
         _ => crate::e2ee::to_device::for_sync(core, &req.user_id, &req.device_id, now.to_device).await?,
     };
-    let device_lists = crate::e2ee::device_lists::for_sync(core, &req.user_id, req.since.as_ref(), &now).await?;
     let keys = crate::e2ee::keys::device_key_state(core, &req.user_id, &req.device_id).await?;
 
     let mut conn = core.db.conn().await?;
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
+    core.memos.sync_rooms.set(
+        req.user_id.clone(),
+        Arc::new(memberships.iter().map(|m| m.room_id.clone()).collect()),
+    );
     // A read whose stream has not moved past the token would find nothing: skipped.
     let changed_account_data = if since.account_data == now.account_data {
         Vec::new()
@@ -154,6 +162,14 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         RoomChanges::default()
     } else {
         RoomChanges::read(&mut conn, since, now).await?
+    };
+    let device_lists = match &req.since {
+        None => Default::default(),
+        Some(since) => {
+            // Only a membership event can make users start or stop sharing a room.
+            let memberships_moved = changes.events.values().any(|has_member| *has_member);
+            crate::e2ee::device_lists::changes(&mut conn, &req.user_id, since, &now, memberships_moved).await?
+        }
     };
     let mut room_account_data: HashMap<String, Vec<Value>> = HashMap::new();
     let mut global_account_data = Vec::new();

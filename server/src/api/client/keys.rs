@@ -150,7 +150,7 @@ async fn changes(state: AppState, req: Ruma<get_key_changes::v3::Request>) -> Ap
     let from = SyncToken::parse(&req.from)?;
     let to = SyncToken::parse(&req.to)?;
     let mut conn = state.db.conn().await?;
-    let result = device_lists::changes(&mut conn, user.user_id.as_str(), &from, &to).await?;
+    let result = device_lists::changes(&mut conn, user.user_id.as_str(), &from, &to, true).await?;
     let ids = |list: Vec<String>| list.into_iter().filter_map(|u| OwnedUserId::try_from(u).ok()).collect();
     Ok(get_key_changes::v3::Response::new(
         ids(result.changed),

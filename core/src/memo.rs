@@ -1,0 +1,66 @@
+//! Process-local memos: facts this process saw recently that let it skip a read it would
+//! otherwise repeat on every request. They only ever save work; what a client is shown still
+//! comes from the database. Each memo is either safe however stale it is (a fact that cannot
+//! become false, or one that only tunes a wake-up) or bounded by a short age, so several
+//! processes sharing one database stay correct.
+
+use std::sync::Arc;
+
+use crate::{presence::Presence, util::now_ms};
+
+/// Entries per memo: a memo that forgets simply reads again.
+const CAPACITY: usize = 20_000;
+
+#[derive(Default)]
+pub struct Memos {
+    /// Each user's presence row as last read or written here, with when (ms): `presence::set`
+    /// runs on every sync and trusts this for `PRESENCE_MAX_AGE_MS`.
+    pub presence: Memo<String, (Presence, i64)>,
+    /// Per (user, device), a to-device stream position up to which no message remains:
+    /// messages get increasing positions, so this never becomes false.
+    pub to_device_acked: Memo<(String, String), i64>,
+    /// Per user, the rooms of the last sync built here: only where a long-poll waits for
+    /// changes (a membership change wakes the user's own counter, and the build rereads).
+    pub sync_rooms: Memo<String, Arc<Vec<String>>>,
+}
+
+/// How long the presence memo is trusted: presence written by another process (or directly in
+/// the database) is noticed within this.
+pub const PRESENCE_MAX_AGE_MS: i64 = 10_000;
+
+pub struct Memo<K, V>(quick_cache::sync::Cache<K, V>);
+
+impl<K, V> Default for Memo<K, V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+{
+    fn default() -> Self {
+        Memo(quick_cache::sync::Cache::new(CAPACITY))
+    }
+}
+
+impl<K, V> Memo<K, V>
+where
+    K: Eq + std::hash::Hash + Clone,
+    V: Clone,
+{
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        Q: std::hash::Hash + quick_cache::Equivalent<K> + ?Sized,
+    {
+        self.0.get(key)
+    }
+
+    pub fn set(&self, key: K, value: V) {
+        self.0.insert(key, value);
+    }
+}
+
+impl Memo<String, (Presence, i64)> {
+    /// The user's presence if it was read or written here within `PRESENCE_MAX_AGE_MS`.
+    pub fn fresh(&self, user_id: &str) -> Option<Presence> {
+        let (presence, at) = self.0.get(user_id)?;
+        (now_ms() - at < PRESENCE_MAX_AGE_MS).then_some(presence)
+    }
+}
