@@ -36,6 +36,9 @@ pub struct Db {
 /// State entries (one per piece of state) the state group cache holds at most.
 const STATE_CACHE_ENTRIES: u64 = 200_000;
 
+/// Parsed events the graph cache holds: enough for the rooms active at one time.
+const GRAPH_EVENTS_CACHED: usize = 256;
+
 /// In-memory caches of data that never changes once written.
 pub struct Caches {
     /// State groups by ID (immutable once written).
@@ -148,8 +151,9 @@ impl Db {
                 crate::storage::state::StateGroupWeighter,
             ),
             room_versions: quick_cache::sync::Cache::new(100_000),
-            // The hot set is each active room's last event and its auth events.
-            graph_events: quick_cache::sync::Cache::new(1024),
+            // The hot set is each active room's last event and its auth events; every sent event
+            // passes through, so a bigger cache mostly holds finished messages (a few KiB each).
+            graph_events: quick_cache::sync::Cache::new(GRAPH_EVENTS_CACHED),
         });
         Ok(Db {
             pool,

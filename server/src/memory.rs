@@ -18,6 +18,17 @@ pub fn tune_allocator() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+    // SQLite allocates with the C library's malloc, which gives every thread that allocates its
+    // own arena (up to eight per core) and keeps each arena's freed memory. SQLite runs one
+    // thread per pooled connection, so one shared arena keeps its page caches and statements
+    // from being spread (and retained) across a dozen arenas. `MALLOC_ARENA_MAX` still wins.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets a malloc tunable; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+        }
+    }
     // Freed pages go back to the system at once instead of after mimalloc's default one
     // second: a burst (a large sync response, a password hash) then leaves no resident tail,
     // and the peak stays near the live heap. The cost is a few more madvise calls.
