@@ -235,4 +235,37 @@ mod tests {
         db.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// Commits never checkpoint (the writer's automatic checkpoint is off), yet committed pages
+    /// reach the database file: the background checkpointer copies them while the Db is open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wal_is_checkpointed_in_the_background() {
+        let (db, dir) = scratch_db().await;
+        let file = dir.join("t.db");
+        let size = || std::fs::metadata(&file).unwrap().len();
+        // Let any checkpoint of the table's creation pass before measuring.
+        tokio::time::sleep(super::super::CHECKPOINT_INTERVAL * 2).await;
+        let before = size();
+        // About 4 MiB of rows, far past the 1000 pages at which SQLite would checkpoint itself.
+        for chunk in 0..40 {
+            let mut tx = db.write().await.unwrap();
+            sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000)
+                 INSERT INTO t (x) SELECT $1 * 1000 + i FROM n",
+            )
+            .bind(chunk)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while size() <= before && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(size() > before, "database file still {} bytes after the writes", size());
+        assert_eq!(values(&db).await.len(), 40_000);
+        db.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
