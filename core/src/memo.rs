@@ -19,9 +19,10 @@ pub struct Memos {
     /// Per (user, device), a to-device stream position up to which no message remains:
     /// messages get increasing positions, so this never becomes false.
     pub to_device_acked: Memo<(String, String), i64>,
-    /// Per user, the rooms of the last sync built here: only where a long-poll waits for
-    /// changes (a membership change wakes the user's own counter, and the build rereads).
-    pub sync_rooms: Memo<String, Arc<Vec<String>>>,
+    /// Per user, the rooms of the last sync built here, with the events position it was built
+    /// at: only for what a long-poll waits on (a membership change wakes the user's own
+    /// counter, and every build rereads the memberships).
+    pub sync_rooms: Memo<String, (i64, Arc<Vec<String>>)>,
 }
 
 /// How long the presence memo is trusted: presence written by another process (or directly in

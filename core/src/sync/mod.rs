@@ -49,12 +49,13 @@ pub async fn sync(core: &Core, req: &SyncRequest) -> Result<Value> {
         crate::e2ee::to_device::acknowledge(core, &req.user_id, &req.device_id, since.to_device).await?;
     }
     // Register interest before reading positions: a change that lands after this point wakes
-    // us, one that landed before is below the positions we read next. The rooms come from the
-    // user's last sync here when there was one: a membership change since then either moved
-    // the stream past `since` (so this sync answers at once) or bumps the user's own counter.
+    // us, one that landed before is below the positions we read next. The rooms may come from
+    // the user's last sync here if that was built at or after `since`: a membership change
+    // after it moved the stream past `since` (so this sync answers without waiting).
+    let since_events = req.since.map_or(0, |s| s.events);
     let rooms = match core.memos.sync_rooms.get(&req.user_id) {
-        Some(rooms) => rooms.to_vec(),
-        None => {
+        Some((built_at, rooms)) if built_at >= since_events => rooms.to_vec(),
+        _ => {
             let mut conn = core.db.conn().await?;
             let memberships = user_memberships(&mut conn, &req.user_id).await?;
             memberships.into_iter().map(|m| m.room_id).collect()
@@ -150,7 +151,10 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     let memberships = user_memberships(&mut conn, &req.user_id).await?;
     core.memos.sync_rooms.set(
         req.user_id.clone(),
-        Arc::new(memberships.iter().map(|m| m.room_id.clone()).collect()),
+        (
+            now.events,
+            Arc::new(memberships.iter().map(|m| m.room_id.clone()).collect()),
+        ),
     );
     // A read whose stream has not moved past the token would find nothing: skipped.
     let changed_account_data = if since.account_data == now.account_data {
