@@ -8,7 +8,7 @@ mod sqlite_writer;
 
 use std::{
     str::FromStr,
-    sync::{Arc, Weak},
+    sync::{atomic::AtomicU64, Arc, Weak},
     time::Duration,
 };
 
@@ -162,8 +162,8 @@ impl Db {
             // passes through, so a bigger cache mostly holds finished messages (a few KiB each).
             graph_events: quick_cache::sync::Cache::new(GRAPH_EVENTS_CACHED),
         });
-        if backend == Backend::Sqlite {
-            start_checkpointer(pool.clone(), Arc::downgrade(&caches));
+        if let Some(writer) = &sqlite_writer {
+            start_checkpointer(pool.clone(), writer.commits(), Arc::downgrade(&caches));
         }
         Ok(Db {
             pool,
@@ -215,21 +215,27 @@ impl Db {
 /// How often SQLite's write-ahead log is copied back into the database file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Checkpoints the WAL from a pooled connection every `CHECKPOINT_INTERVAL`, for as long as a
-/// `Db` sharing `alive` exists. SQLite's automatic checkpoint runs inside the commit that
+/// Checkpoints the WAL from a pooled connection every `CHECKPOINT_INTERVAL` in which something
+/// was committed (an idle server does nothing), for as long as a `Db` sharing `alive` exists. SQLite's automatic checkpoint runs inside the commit that
 /// crosses 1000 WAL pages, so every few hundred events one writer's commit (and every write
 /// batched with it) waited for the copy and a sync of the database file: the 10–30 ms spikes
 /// of a write path's tail. A passive checkpoint here copies what no reader still needs while
 /// the writer goes on appending; commits stay durable by the WAL's own sync.
-fn start_checkpointer(pool: AnyPool, alive: Weak<Caches>) {
+fn start_checkpointer(pool: AnyPool, commits: Arc<AtomicU64>, alive: Weak<Caches>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpointed_at = 0;
         loop {
             tick.tick().await;
             if alive.strong_count() == 0 || pool.is_closed() {
                 return;
             }
+            let committed = commits.load(std::sync::atomic::Ordering::Relaxed);
+            if committed == checkpointed_at {
+                continue;
+            }
+            checkpointed_at = committed;
             if let Err(e) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
                 tracing::debug!("WAL checkpoint: {e}");
             }

@@ -24,6 +24,8 @@ use crate::state::AppState;
 const BATCH: i64 = 100;
 /// Polling interval when nothing ticks.
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a tick waits for more before polling: the most a notification is delayed.
+const COALESCE: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -64,8 +66,11 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            changed = tick.changed() => if changed.is_err() {
-                tokio::time::sleep(POLL_INTERVAL).await;
+            changed = tick.changed() => match changed {
+                // Every commit ticks; one poll per `COALESCE` serves all the changes of a busy
+                // moment instead of one query per event.
+                Ok(()) => tokio::time::sleep(COALESCE).await,
+                Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
             },
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }

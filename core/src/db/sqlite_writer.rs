@@ -14,7 +14,10 @@
 //! fails every writer of the batch. A writer that is dropped without committing (an error, a
 //! cancelled request) is rolled back to its savepoint by whoever takes the connection next.
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
 
 use sqlx::{AnyConnection, Executor};
 use tokio::sync::{watch, Mutex, Notify, OwnedMutexGuard};
@@ -26,6 +29,8 @@ type BatchOutcome = watch::Sender<Option<std::result::Result<(), String>>>;
 
 pub struct WriterConn {
     conn: AnyConnection,
+    /// Physical transactions committed so far.
+    commits: Arc<AtomicU64>,
     /// The open physical transaction, if any.
     batch: Option<Arc<BatchOutcome>>,
     /// A writer's savepoint that was neither released nor rolled back.
@@ -61,6 +66,8 @@ impl WriterConn {
             // Leave no half transaction behind for the next batch.
             let _ = self.conn.execute("ROLLBACK").await;
             self.savepoint_open = false;
+        } else {
+            self.commits.fetch_add(1, Ordering::Relaxed);
         }
         batch.send_replace(Some(outcome));
     }
@@ -70,18 +77,22 @@ impl WriterConn {
 pub struct SqliteWriter {
     state: Arc<Mutex<WriterConn>>,
     wake_committer: Arc<Notify>,
+    commits: Arc<AtomicU64>,
 }
 
 impl SqliteWriter {
     /// Takes over `conn` (already configured) and starts the committer task.
     pub fn start(conn: AnyConnection) -> SqliteWriter {
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = SqliteWriter {
             state: Arc::new(Mutex::new(WriterConn {
                 conn,
+                commits: commits.clone(),
                 batch: None,
                 savepoint_open: false,
             })),
             wake_committer: Arc::new(Notify::new()),
+            commits,
         };
         // The committer holds the connection weakly: it closes when the last `Db` goes away.
         let state = Arc::downgrade(&writer.state);
@@ -96,6 +107,11 @@ impl SqliteWriter {
             }
         });
         writer
+    }
+
+    /// Counts the physical transactions committed, for work that only matters after a write.
+    pub fn commits(&self) -> Arc<AtomicU64> {
+        self.commits.clone()
     }
 
     /// Starts a logical write transaction: waits for the connection, opens a physical

@@ -279,7 +279,7 @@ pub async fn persist(
     let pos = streams::next_pos(conn, "events").await?;
     events::set_stream_pos(conn, pdu.event_id.as_str(), pos).await?;
     rooms::set_head(conn, &room_id, new_current_group, pos).await?;
-    update_memberships(conn, &room_id, &old_current, &new_current, pos).await?;
+    update_memberships(conn, &pdu, &old_current, &new_current, pos).await?;
     crate::push::evaluate(core, conn, rules, &pdu, pos, &new_current).await?;
     Ok(Outcome {
         pdu,
@@ -374,24 +374,32 @@ async fn store_relation(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
 /// Mirrors changed `m.room.member` state into `room_memberships`.
 async fn update_memberships(
     conn: &mut AnyConnection,
-    room_id: &str,
+    pdu: &Pdu,
     old: &StateMap,
     new: &StateMap,
     pos: i64,
 ) -> Result<()> {
-    let changed: Vec<(String, String)> = new
-        .iter()
-        .filter(|(k, id)| k.0 == "m.room.member" && old.get(*k) != Some(*id))
-        .map(|((_, user), id)| (user.clone(), id.clone()))
+    let room_id = pdu.room_id.as_str();
+    // Member entries are never removed from a state, only replaced.
+    let changed: Vec<(String, String)> = state_store::diff(old, new)
+        .into_iter()
+        .filter(|((kind, _), _)| kind == "m.room.member")
+        .filter_map(|((_, user), id)| Some((user.clone(), id?.clone())))
         .collect();
     for (user_id, event_id) in changed {
-        let Some(stored) = events::get(conn, &event_id).await? else {
-            continue;
+        // Usually the change is the event being persisted; others (from state resolution) are
+        // read back.
+        let content: Value = if event_id == pdu.event_id.as_str() {
+            serde_json::from_str(pdu.content.get()).unwrap_or_default()
+        } else {
+            let Some(stored) = events::get(conn, &event_id).await? else {
+                continue;
+            };
+            serde_json::from_str::<Value>(&stored.json)
+                .ok()
+                .map(|j| j["content"].clone())
+                .unwrap_or_default()
         };
-        let content: Value = serde_json::from_str::<Value>(&stored.json)
-            .ok()
-            .map(|j| j["content"].clone())
-            .unwrap_or_default();
         let membership = content["membership"].as_str().unwrap_or("leave");
         rooms::set_membership(
             conn,

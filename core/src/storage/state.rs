@@ -73,40 +73,18 @@ async fn load_cached(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<Ca
 }
 
 /// What turns `old` into `new`: changed or added entries with their new event, removed ones
-/// with `None`. One walk over both maps in key order, with no lookups.
+/// with `None`, in key order. Subtrees the two maps share (a state and the state derived from
+/// it) are skipped unread, so this costs the size of the change, not of the room.
 pub fn diff<'a>(old: &'a StateMap, new: &'a StateMap) -> Vec<(&'a (String, String), Option<&'a String>)> {
-    let mut out = Vec::new();
-    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        match (o.peek(), n.peek()) {
-            (None, None) => return out,
-            (Some((ok, _)), None) => {
-                out.push((*ok, None));
-                o.next();
-            }
-            (None, Some((nk, nv))) => {
-                out.push((*nk, Some(*nv)));
-                n.next();
-            }
-            (Some((ok, ov)), Some((nk, nv))) => match ok.cmp(nk) {
-                std::cmp::Ordering::Less => {
-                    out.push((*ok, None));
-                    o.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push((*nk, Some(*nv)));
-                    n.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if ov != nv {
-                        out.push((*nk, Some(*nv)));
-                    }
-                    o.next();
-                    n.next();
-                }
-            },
-        }
-    }
+    old.diff(new)
+        .map(|item| match item {
+            imbl::ordmap::DiffItem::Add(key, event_id) => (key, Some(event_id)),
+            imbl::ordmap::DiffItem::Update {
+                new: (key, event_id), ..
+            } => (key, Some(event_id)),
+            imbl::ordmap::DiffItem::Remove(key, _) => (key, None),
+        })
+        .collect()
 }
 
 /// Stores `state` as a new group, as a delta on `parent` when that chain is short enough.
@@ -187,5 +165,35 @@ mod tests {
         ];
         assert_eq!(got, want);
         assert!(diff(&new, &new).is_empty());
+    }
+
+    /// A state derived from another (as the state after an event is from the state before it)
+    /// differs by exactly the changed entry, and maps built apart with equal contents by none.
+    #[test]
+    fn diff_of_large_related_and_unrelated_maps() {
+        let members: Vec<(String, String)> = (0..5000).map(|i| (format!("@u{i}:x"), format!("$e{i}"))).collect();
+        let build = || -> StateMap {
+            members
+                .iter()
+                .map(|(u, e)| (("m.room.member".to_owned(), u.clone()), e.clone()))
+                .collect()
+        };
+        let before = build();
+        let mut after = before.clone();
+        after.insert(("m.room.member".into(), "@u2500:x".into()), "$new".into());
+        after.insert(("m.room.name".into(), String::new()), "$name".into());
+        let got: Vec<(String, Option<String>)> = diff(&before, &after)
+            .into_iter()
+            .map(|(k, v)| (k.1.clone(), v.cloned()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("@u2500:x".to_string(), Some("$new".to_string())),
+                (String::new(), Some("$name".to_string())),
+            ]
+        );
+        assert!(diff(&before, &build()).is_empty());
+        assert_eq!(diff(&after, &before).len(), 2);
     }
 }
