@@ -311,27 +311,6 @@ async fn presence_events(
     Ok(changes.iter().map(|p| p.to_event()).collect())
 }
 
-/// The state after the room's last event at or before `pos`.
-pub(crate) async fn state_at_pos(
-    core: &Core,
-    conn: &mut AnyConnection,
-    room_id: &str,
-    pos: i64,
-) -> Result<Arc<StateMap>> {
-    let row: Option<(Option<i64>,)> = sqlx::query_as(
-        "SELECT state_after FROM events WHERE room_id = $1 AND stream_pos <= $2 AND stream_pos IS NOT NULL
-         ORDER BY stream_pos DESC LIMIT 1",
-    )
-    .bind(room_id)
-    .bind(pos)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row.and_then(|r| r.0) {
-        Some(g) => state_store::load(&core.db, conn, g).await,
-        None => Ok(Arc::new(StateMap::new())),
-    }
-}
-
 fn timeline_limit(filter: &RoomEventFilter) -> i64 {
     filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(1, 500)
 }
@@ -615,12 +594,6 @@ pub(crate) fn receipt_content(list: &[receipts::Receipt], user_id: &str) -> Opti
         users[&r.user_id] = data;
     }
     (!content.is_empty()).then(|| json!(content))
-}
-
-/// The room's summary (`m.heroes`, joined and invited member counts).
-pub(crate) async fn summary(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Value> {
-    let mut all = batch::summaries(conn, &[room_id.to_owned()], user_id).await?;
-    Ok(all.remove(room_id).unwrap_or_default())
 }
 
 /// Stripped state for invites and knocks: the room's identifying state plus the user's own

@@ -13,12 +13,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{future::BoxFuture, StreamExt, TryStreamExt};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::AnyConnection;
 
-use super::{receipt_content, state_at_pos, stripped_state, summary, user_memberships, SyncToken};
+use super::{receipt_content, stripped_state, user_memberships, SyncToken};
 use crate::{
     ephemeral::receipts,
     rooms::{
@@ -277,9 +276,6 @@ async fn room_type(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Str
     Ok(create.and_then(|c| c["type"].as_str().map(str::to_owned)))
 }
 
-/// Rooms of one response read at the same time (each holds one pooled connection).
-const ROOMS_IN_PARALLEL: usize = 4;
-
 async fn build(
     core: &Core,
     session: &Session<'_>,
@@ -355,9 +351,7 @@ async fn build(
     // What follows takes connections of its own; never hold one while it does.
     drop(conn);
 
-    // Rooms are read a few at a time, each on its own pooled connection: a room costs several
-    // round trips, which overlap instead of adding up (most on PostgreSQL).
-    let mut jobs: Vec<BoxFuture<'_, Result<(String, Value)>>> = Vec::new();
+    let mut jobs = Vec::new();
     for (room_id, config) in &wanted {
         let m = by_room[room_id.as_str()];
         let seen = conn_state.rooms.get(room_id).copied();
@@ -365,17 +359,19 @@ async fn build(
         if seen.is_some_and(|s| s >= latest) && !(m.stream_pos > since.map(|s| s.events).unwrap_or(0)) {
             continue;
         }
-        let (stamp, is_dm) = (stamps.get(room_id).copied(), dms.contains(room_id));
-        jobs.push(Box::pin(async move {
-            let mut conn = core.db.conn().await?;
-            let room = room_data(core, &mut conn, session, room_id, m, config, seen, now, stamp, is_dm).await?;
-            Ok((room_id.clone(), room))
-        }));
+        jobs.push(RoomJob {
+            room_id,
+            m,
+            config,
+            seen,
+            bump_stamp: stamps.get(room_id).copied(),
+            is_dm: dms.contains(room_id),
+        });
     }
-    let rooms: Vec<(String, Value)> = futures::stream::iter(jobs)
-        .buffered(ROOMS_IN_PARALLEL)
-        .try_collect()
-        .await?;
+    let rooms = {
+        let mut conn = core.db.conn().await?;
+        rooms_data(core, &mut conn, session, &jobs, now).await?
+    };
     let mut rooms_json = Map::new();
     for (room_id, room) in rooms {
         conn_state.rooms.insert(room_id.clone(), now.events);
@@ -415,145 +411,235 @@ fn required(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn room_data(
+/// A room the response carries, with what the list pass found out about it.
+struct RoomJob<'a> {
+    room_id: &'a str,
+    m: &'a Membership,
+    config: &'a RoomConfig,
+    /// Up to where the connection has seen the room (`None`: never).
+    seen: Option<i64>,
+    bump_stamp: Option<i64>,
+    is_dm: bool,
+}
+
+/// The rooms of a response, read for all of them at once as `/sync` v3 does: a fixed number
+/// of queries whatever the number of rooms (timelines per distinct starting point and limit).
+async fn rooms_data(
     core: &Core,
     conn: &mut AnyConnection,
     session: &Session<'_>,
-    room_id: &str,
-    m: &Membership,
-    config: &RoomConfig,
-    seen: Option<i64>,
+    jobs: &[RoomJob<'_>],
     now: SyncToken,
-    bump_stamp: Option<i64>,
-    is_dm: bool,
-) -> Result<Value> {
+) -> Result<Vec<(String, Value)>> {
     let viewer = Viewer {
         user_id: session.user_id,
         device_id: Some(session.device_id),
     };
-    let mut room = json!({ "bump_stamp": bump_stamp.unwrap_or(m.stream_pos) });
-    if seen.is_none() {
-        room["initial"] = json!(true);
-    }
-    if is_dm {
-        room["is_dm"] = json!(true);
-    }
-    if m.membership != "join" {
-        let stripped = stripped_state(core, conn, room_id, &m.event_id).await?;
-        room[if m.membership == "invite" {
-            "invite_state"
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut joined = Vec::new();
+    for job in jobs {
+        let mut room = json!({ "bump_stamp": job.bump_stamp.unwrap_or(job.m.stream_pos) });
+        if job.seen.is_none() {
+            room["initial"] = json!(true);
+        }
+        if job.is_dm {
+            room["is_dm"] = json!(true);
+        }
+        if job.m.membership == "join" {
+            joined.push((job, room));
         } else {
-            "knock_state"
-        }] = json!(stripped);
-        return Ok(room);
+            let stripped = stripped_state(core, conn, job.room_id, &job.m.event_id).await?;
+            let key = if job.m.membership == "invite" {
+                "invite_state"
+            } else {
+                "knock_state"
+            };
+            room[key] = json!(stripped);
+            out.push((job.room_id.to_owned(), room));
+        }
+    }
+    if joined.is_empty() {
+        return Ok(out);
+    }
+    let room_ids: Vec<String> = joined.iter().map(|(j, _)| j.room_id.to_owned()).collect();
+    let limit_of = |job: &RoomJob| job.config.timeline_limit.unwrap_or(0).clamp(0, 100);
+
+    // Timelines: newest events after what the connection saw, one query per (start, limit).
+    let mut by_start: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+    for (job, _) in &joined {
+        by_start
+            .entry((job.seen.unwrap_or(0), limit_of(job)))
+            .or_default()
+            .push(job.room_id.to_owned());
+    }
+    let mut batches: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+    for ((from, limit), rooms) in &by_start {
+        batches.extend(super::batch::latest_events(conn, rooms, *from, now.events, limit + 1).await?);
+    }
+    let mut limited: HashMap<&str, bool> = HashMap::new();
+    let mut candidates = Vec::new();
+    for (job, _) in &joined {
+        let mut batch = batches.remove(job.room_id).unwrap_or_default();
+        let limit = limit_of(job) as usize;
+        limited.insert(job.room_id, batch.len() > limit);
+        batch.truncate(limit);
+        batch.reverse();
+        candidates.extend(batch);
+    }
+    let currently_joined: HashMap<String, String> = joined
+        .iter()
+        .map(|(job, _)| (job.room_id.to_owned(), job.m.event_id.clone()))
+        .collect();
+    let mut timelines: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+    for event in visibility::filter_visible_many(core, conn, session.user_id, &currently_joined, candidates).await? {
+        timelines.entry(event.room_id.clone()).or_default().push(event);
     }
 
-    let limit = config.timeline_limit.unwrap_or(0).clamp(0, 100);
-    let from = seen.unwrap_or(0);
-    let mut batch = timeline::page(
-        conn,
-        room_id,
-        now.events,
-        Some(from),
-        timeline::Dir::Backward,
-        limit + 1,
-    )
-    .await?;
-    let limited = batch.len() as i64 > limit;
-    batch.truncate(limit as usize);
-    batch.reverse();
-    let timeline_events: Vec<StoredEvent> =
-        visibility::filter_visible(core, conn, session.user_id, room_id, batch).await?;
-    let num_live = seen.map(|s| {
-        timeline_events
+    // Current state, summaries, then every wanted state event in one read.
+    let groups = super::batch::state_groups_at(conn, &room_ids, now.events).await?;
+    let mut summaries = super::batch::summaries(conn, &room_ids, session.user_id).await?;
+    struct Plan {
+        state_ids: HashSet<String>,
+        name_id: Option<String>,
+        avatar_id: Option<String>,
+        heroes: Vec<(String, Option<String>)>,
+        summary: Value,
+    }
+    let mut plans = Vec::with_capacity(joined.len());
+    let mut wanted_ids: Vec<String> = Vec::new();
+    for (job, _) in &joined {
+        let current = match groups.get(job.room_id) {
+            Some(g) => crate::storage::state::load(&core.db, conn, *g).await?,
+            None => std::sync::Arc::new(crate::events::StateMap::new()),
+        };
+        let timeline = timelines.get(job.room_id).map(Vec::as_slice).unwrap_or_default();
+        let lazy: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
+        let state_ids: HashSet<String> = current
             .iter()
-            .filter(|e| e.stream_pos.is_some_and(|p| p > s))
-            .count()
-    });
-
-    let current = state_at_pos(core, conn, room_id, now.events).await?;
-    let lazy: HashSet<&str> = timeline_events.iter().map(|e| e.sender.as_str()).collect();
-    let state_ids: HashSet<String> = current
-        .iter()
-        .filter(|((t, k), _)| required(config, t, k, session.user_id, &lazy))
-        .map(|(_, id)| id.clone())
-        .collect();
-    let summary = summary(conn, room_id, session.user_id).await?;
-    let heroes: Vec<String> = summary["m.heroes"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    // The required state, the name, the avatar and the heroes' member events in one read.
-    let key = |t: &str, k: &str| current.get(&(t.to_owned(), k.to_owned())).cloned();
-    let (name_id, avatar_id) = (key("m.room.name", ""), key("m.room.avatar", ""));
-    let mut wanted_ids: Vec<String> = state_ids.iter().cloned().collect();
-    wanted_ids.extend(name_id.iter().chain(avatar_id.iter()).cloned());
-    wanted_ids.extend(heroes.iter().filter_map(|h| key("m.room.member", h)));
+            .filter(|((t, k), _)| required(job.config, t, k, session.user_id, &lazy))
+            .map(|(_, id)| id.clone())
+            .collect();
+        let summary = summaries.remove(job.room_id).unwrap_or_default();
+        let key = |t: &str, k: &str| current.get(&(t.to_owned(), k.to_owned())).cloned();
+        let heroes: Vec<(String, Option<String>)> = summary["m.heroes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| h.as_str())
+                    .map(|h| (h.to_owned(), key("m.room.member", h)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let plan = Plan {
+            name_id: key("m.room.name", ""),
+            avatar_id: key("m.room.avatar", ""),
+            state_ids,
+            heroes,
+            summary,
+        };
+        wanted_ids.extend(plan.state_ids.iter().cloned());
+        wanted_ids.extend(plan.name_id.iter().chain(plan.avatar_id.iter()).cloned());
+        wanted_ids.extend(plan.heroes.iter().filter_map(|(_, id)| id.clone()));
+        plans.push(plan);
+    }
     wanted_ids.sort();
     wanted_ids.dedup();
-    let fetched = events::get_many(conn, &wanted_ids).await?;
+    let fetched: HashMap<String, StoredEvent> = events::get_many(conn, &wanted_ids)
+        .await?
+        .into_iter()
+        .map(|e| (e.event_id.clone(), e))
+        .collect();
     let content_of = |id: &Option<String>| -> Value {
         id.as_ref()
-            .and_then(|id| fetched.iter().find(|e| &e.event_id == id))
+            .and_then(|id| fetched.get(id))
             .and_then(|e| serde_json::from_str::<Value>(&e.json).ok())
             .map(|j| j["content"].clone())
             .unwrap_or_default()
     };
-    let name = content_of(&name_id)["name"].as_str().map(str::to_owned);
-    let avatar = content_of(&avatar_id)["url"].as_str().map(str::to_owned);
-    let hero_contents: Vec<(String, Value)> = heroes
-        .iter()
-        .map(|h| (h.clone(), content_of(&key("m.room.member", h))))
-        .collect();
-    let mut state_events: Vec<StoredEvent> = fetched
-        .iter()
-        .filter(|e| state_ids.contains(&e.event_id))
-        .cloned()
-        .collect();
-    if let Some(seen) = seen {
-        // Only state that changed since the client last saw the room.
-        state_events.retain(|e| {
-            e.stream_pos.is_some_and(|p| p > seen)
-                || e.event_type == "m.room.member" && lazy.contains(e.state_key.as_deref().unwrap_or(""))
-        });
-    }
-    state_events.sort_by_key(|e| e.stream_pos);
 
-    if let Some(name) = name {
-        room["name"] = json!(name);
-    } else {
-        let mut heroes = Vec::new();
-        for (user, member) in hero_contents {
-            let mut h = json!({ "user_id": user });
-            if let Some(n) = member["displayname"].as_str() {
-                h["displayname"] = json!(n);
-            }
-            if let Some(a) = member["avatar_url"].as_str() {
-                h["avatar_url"] = json!(a);
-            }
-            heroes.push(h);
+    // Every room's required state and timeline formatted in one call, then split back.
+    let mut to_format = Vec::new();
+    let mut sections = Vec::with_capacity(joined.len());
+    for ((job, _), plan) in joined.iter().zip(&plans) {
+        let timeline = timelines.remove(job.room_id).unwrap_or_default();
+        let lazy: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
+        let mut state_events: Vec<StoredEvent> = plan
+            .state_ids
+            .iter()
+            .filter_map(|id| fetched.get(id))
+            .filter(|e| match job.seen {
+                // Only state that changed since the client last saw the room.
+                Some(seen) => {
+                    e.stream_pos.is_some_and(|p| p > seen)
+                        || e.event_type == "m.room.member" && lazy.contains(e.state_key.as_deref().unwrap_or(""))
+                }
+                None => true,
+            })
+            .cloned()
+            .collect();
+        state_events.sort_by_key(|e| e.stream_pos);
+        let num_live = job
+            .seen
+            .map(|s| timeline.iter().filter(|e| e.stream_pos.is_some_and(|p| p > s)).count());
+        let prev_batch = timeline
+            .first()
+            .and_then(|e| e.stream_pos)
+            .map(|p| timeline::token(p - 1));
+        sections.push((state_events.len(), timeline.len(), num_live, prev_batch));
+        to_format.extend(state_events);
+        to_format.extend(timeline);
+    }
+    let mut formatted = client_format::format(core, conn, &to_format, Some(viewer))
+        .await?
+        .into_iter();
+    drop(to_format);
+    let mut counts = crate::push::counts::unread_many(conn, &room_ids, session.user_id, false).await?;
+
+    for (((job, mut room), plan), (n_state, n_timeline, num_live, prev_batch)) in
+        joined.into_iter().zip(plans).zip(sections)
+    {
+        let name = content_of(&plan.name_id)["name"].as_str().map(str::to_owned);
+        let avatar = content_of(&plan.avatar_id)["url"].as_str().map(str::to_owned);
+        if let Some(name) = name {
+            room["name"] = json!(name);
+        } else {
+            let heroes: Vec<Value> = plan
+                .heroes
+                .iter()
+                .map(|(user, member_id)| {
+                    let member = content_of(member_id);
+                    let mut h = json!({ "user_id": user });
+                    if let Some(n) = member["displayname"].as_str() {
+                        h["displayname"] = json!(n);
+                    }
+                    if let Some(a) = member["avatar_url"].as_str() {
+                        h["avatar_url"] = json!(a);
+                    }
+                    h
+                })
+                .collect();
+            room["heroes"] = json!(heroes);
         }
-        room["heroes"] = json!(heroes);
+        if let Some(avatar) = avatar {
+            room["avatar"] = json!(avatar);
+        }
+        room["joined_count"] = plan.summary["m.joined_member_count"].clone();
+        room["invited_count"] = plan.summary["m.invited_member_count"].clone();
+        room["required_state"] = json!(formatted.by_ref().take(n_state).collect::<Vec<_>>());
+        room["timeline"] = json!(formatted.by_ref().take(n_timeline).collect::<Vec<_>>());
+        room["limited"] = json!(limited.get(job.room_id).copied().unwrap_or(false));
+        if let Some(prev_batch) = prev_batch {
+            room["prev_batch"] = json!(prev_batch);
+        }
+        if let Some(n) = num_live {
+            room["num_live"] = json!(n);
+        }
+        let room_counts = counts.remove(job.room_id).map(|(c, _)| c).unwrap_or_default();
+        room["notification_count"] = json!(room_counts.notifications);
+        room["highlight_count"] = json!(room_counts.highlights);
+        out.push((job.room_id.to_owned(), room));
     }
-    if let Some(avatar) = avatar {
-        room["avatar"] = json!(avatar);
-    }
-    room["joined_count"] = summary["m.joined_member_count"].clone();
-    room["invited_count"] = summary["m.invited_member_count"].clone();
-    room["required_state"] = json!(client_format::format(core, conn, &state_events, Some(viewer)).await?);
-    room["timeline"] = json!(client_format::format(core, conn, &timeline_events, Some(viewer)).await?);
-    room["limited"] = json!(limited);
-    if let Some(first) = timeline_events.first().and_then(|e| e.stream_pos) {
-        room["prev_batch"] = json!(timeline::token(first - 1));
-    }
-    if let Some(n) = num_live {
-        room["num_live"] = json!(n);
-    }
-    let (counts, _) = crate::push::counts::unread(conn, room_id, session.user_id, false).await?;
-    room["notification_count"] = json!(counts.notifications);
-    room["highlight_count"] = json!(counts.highlights);
-    Ok(room)
+    Ok(out)
 }
 
 async fn extensions(
