@@ -62,29 +62,31 @@ pub async fn get(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Prese
 
 /// Sets a user's presence (`status_msg: None` keeps the current message).
 pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Option<&str>>) -> Result<()> {
-    // Every sync calls this to mark activity; a row read moments ago needs no second read.
-    let current = match core.memos.presence.fresh(user_id) {
-        Some(p) => Some(p),
-        None => {
-            let mut conn = core.db.conn().await?;
-            let current = get(&mut conn, user_id).await?;
-            if let Some(p) = &current {
-                core.memos.presence.set(user_id.to_owned(), (p.clone(), now_ms()));
-            }
-            current
-        }
-    };
-    let msg = match status_msg {
-        Some(m) => m.map(str::to_owned),
-        None => current.as_ref().and_then(|c| c.status_msg.clone()),
-    };
     let now = now_ms();
-    let unchanged = current
-        .as_ref()
-        .is_some_and(|c| c.state == state && c.status_msg == msg && now - c.last_active_ts < WRITE_INTERVAL_MS);
-    if unchanged {
+    // Every sync calls this to mark activity; a row seen moments ago is enough to tell that
+    // nothing needs writing. What to write is always decided on a fresh read, so a message
+    // set meanwhile by another process is never written back over.
+    if core
+        .memos
+        .presence
+        .fresh(user_id)
+        .is_some_and(|p| needs_no_write(&p, state, status_msg, now))
+    {
         return Ok(());
     }
+    let mut conn = core.db.conn().await?;
+    let current = get(&mut conn, user_id).await?;
+    drop(conn);
+    if let Some(p) = &current {
+        core.memos.presence.set(user_id.to_owned(), (p.clone(), now));
+        if needs_no_write(p, state, status_msg, now) {
+            return Ok(());
+        }
+    }
+    let msg = match status_msg {
+        Some(m) => m.map(str::to_owned),
+        None => current.and_then(|c| c.status_msg),
+    };
     let mut tx = core.db.write().await?;
     let pos = streams::next_pos(&mut tx, "presence").await?;
     sqlx::query(
@@ -114,6 +116,13 @@ pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Opt
         core.notifier.user_changed(&peer);
     }
     Ok(())
+}
+
+/// Whether `current` already says what a `set` would write: same state and message, and
+/// activity recent enough.
+fn needs_no_write(current: &Presence, state: &str, status_msg: Option<Option<&str>>, now: i64) -> bool {
+    let msg = status_msg.unwrap_or(current.status_msg.as_deref());
+    current.state == state && current.status_msg.as_deref() == msg && now - current.last_active_ts < WRITE_INTERVAL_MS
 }
 
 /// Users who share at least one joined room with `user_id` (including the user).
@@ -151,4 +160,37 @@ pub async fn changes_for(conn: &mut AnyConnection, user_id: &str, since: i64, un
             last_active_ts: r.3,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn online(msg: Option<&str>, active_ago: i64, now: i64) -> Presence {
+        Presence {
+            user_id: "@a:x".into(),
+            state: "online".into(),
+            status_msg: msg.map(str::to_owned),
+            last_active_ts: now - active_ago,
+        }
+    }
+
+    #[test]
+    fn only_an_identical_recent_presence_skips_the_write() {
+        let now = 1_000_000_000;
+        let seen = online(Some("lunch"), 1_000, now);
+        // A sync's activity keeps the message: nothing to write.
+        assert!(needs_no_write(&seen, "online", None, now));
+        assert!(needs_no_write(&seen, "online", Some(Some("lunch")), now));
+        // Another state, another or a cleared message, or old activity: write.
+        assert!(!needs_no_write(&seen, "unavailable", None, now));
+        assert!(!needs_no_write(&seen, "online", Some(Some("back")), now));
+        assert!(!needs_no_write(&seen, "online", Some(None), now));
+        assert!(!needs_no_write(
+            &online(None, WRITE_INTERVAL_MS, now),
+            "online",
+            None,
+            now
+        ));
+    }
 }
