@@ -89,7 +89,7 @@ pub async fn delete(core: &Core, alias: &RoomAliasId, actor: Actor<'_>) -> Resul
 /// Sends an `m.room.canonical_alias` without `alias`, if the current one mentions it.
 async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, sender: &UserId) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if !rooms::lock(&mut tx, room_id).await? {
+    if rooms::lock(&mut tx, room_id).await?.is_none() {
         return Ok(());
     }
     let Some(Value::Object(content)) = current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await?

@@ -83,8 +83,22 @@ pub async fn send_in_tx(
     template: &EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<(Pdu, i64)> {
-    let (_, rules) = room_rules(core, conn, room_id).await?;
     let current_group = rooms::current_state_group(conn, room_id).await?;
+    send_at(core, conn, room_id, sender, template, txn, current_group).await
+}
+
+/// `send_in_tx` on top of `current_group`, the room's current state group as read under the
+/// room's lock in this transaction.
+async fn send_at(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    sender: &UserId,
+    template: &EventTemplate,
+    txn: Option<(&str, &str, &str)>,
+    current_group: Option<i64>,
+) -> Result<(Pdu, i64)> {
+    let (_, rules) = room_rules(core, conn, room_id).await?;
     let current = group_state(core, conn, current_group).await?;
     let built = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
     let head = pipeline::LocalHead {
@@ -118,9 +132,9 @@ pub async fn send(
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
     let mut tx = core.db.write().await?;
-    if !rooms::lock(&mut tx, room_id).await? {
+    let Some(locked) = rooms::lock(&mut tx, room_id).await? else {
         return Err(Error::NotFound("Unknown room".into()));
-    }
+    };
     // Checked under the lock, so a retry racing its first attempt finds it.
     if let Some((user, device, txn_id)) = txn {
         if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
@@ -134,7 +148,7 @@ pub async fn send(
             });
         }
     }
-    let (pdu, pos) = send_in_tx(core, &mut tx, room_id, sender, &template, txn).await?;
+    let (pdu, pos) = send_at(core, &mut tx, room_id, sender, &template, txn, locked.current_group).await?;
     tx.commit().await?;
     notify_committed(core, &pdu);
     Ok(Sent {

@@ -261,7 +261,7 @@ fn new_power_levels(mut pl: Value, privileged: bool, new_creators: &[String], ol
 /// `invite` to at least the greater of 50 and `users_default + 1`.
 async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if !rooms::lock(&mut tx, room_id).await? {
+    if rooms::lock(&mut tx, room_id).await?.is_none() {
         return Ok(());
     }
     let Some(mut pl) = super::current_state_content(&mut tx, room_id, "m.room.power_levels", "").await? else {
@@ -320,7 +320,7 @@ async fn move_aliases(core: &Core, user: &UserId, old_room: &str, new_room: &str
 
 async fn clear_old_canonical_alias(core: &Core, user: &UserId, room_id: &str) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if !rooms::lock(&mut tx, room_id).await? {
+    if rooms::lock(&mut tx, room_id).await?.is_none() {
         return Ok(());
     }
     let current = super::current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await?;

@@ -188,6 +188,24 @@ pub async fn update_forward_extremities(
     prev: &[String],
     fresh: bool,
 ) -> Result<()> {
+    // The usual case, a new event on one prev event: replace that extremity in place (or
+    // add the event when its prev was no extremity).
+    if fresh && prev.len() == 1 {
+        let replaced = sqlx::query("UPDATE forward_extremities SET event_id = $3 WHERE room_id = $1 AND event_id = $2")
+            .bind(room_id)
+            .bind(&prev[0])
+            .bind(event_id)
+            .execute(&mut *conn)
+            .await?;
+        if replaced.rows_affected() == 0 {
+            sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(room_id)
+                .bind(event_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        return Ok(());
+    }
     for chunk in prev.chunks(super::IN_CHUNK) {
         let sql = format!(
             "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",

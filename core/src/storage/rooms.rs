@@ -15,14 +15,22 @@ pub async fn insert(conn: &mut AnyConnection, room_id: &str, version: &str, crea
     Ok(())
 }
 
+/// A room row locked for the rest of the transaction.
+pub struct Locked {
+    /// The room's current state group, read with the lock (it cannot change while held).
+    pub current_group: Option<i64>,
+}
+
 /// Locks the room row for the rest of the transaction, serialising event creation per room
-/// (also across processes on PostgreSQL). Returns false when the room does not exist.
-pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<bool> {
-    let done = sqlx::query("UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1")
-        .bind(room_id)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
+/// (also across processes on PostgreSQL). `None` when the room does not exist.
+pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Locked>> {
+    let row: Option<(Option<i64>,)> = sqlx::query_as(
+        "UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1 RETURNING current_state_group",
+    )
+    .bind(room_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(current_group,)| Locked { current_group }))
 }
 
 pub async fn version(db: &Db, conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
