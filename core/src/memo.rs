@@ -4,14 +4,15 @@
 //! become false, or one that only tunes a wake-up) or bounded by a short age, so several
 //! processes sharing one database stay correct.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use crate::{presence::Presence, util::now_ms};
 
-/// Entries per memo: a memo that forgets simply reads again.
+/// Entries per memo keyed by user or device: a memo that forgets simply reads again.
 const CAPACITY: usize = 20_000;
+/// Windows of the events stream remembered: only syncs woken together share one.
+const WINDOWS: usize = 256;
 
-#[derive(Default)]
 pub struct Memos {
     /// Each user's presence row as last read or written here, with when (ms): `presence::set`
     /// runs on every sync and trusts this for `PRESENCE_MAX_AGE_MS`.
@@ -23,6 +24,21 @@ pub struct Memos {
     /// at: only for what a long-poll waits on (a membership change wakes the user's own
     /// counter, and every build rereads the memberships).
     pub sync_rooms: Memo<String, (i64, Arc<Vec<String>>)>,
+    /// Rooms with events between two events-stream positions (each with whether a membership
+    /// event is among them), as `/sync` asks: positions up to the current one belong to
+    /// committed events whose room and type never change, so an answer never goes stale.
+    pub rooms_with_events: Memo<(i64, i64), Arc<HashMap<String, bool>>>,
+}
+
+impl Default for Memos {
+    fn default() -> Self {
+        Memos {
+            presence: Memo::default(),
+            to_device_acked: Memo::default(),
+            sync_rooms: Memo::default(),
+            rooms_with_events: Memo(quick_cache::sync::Cache::new(WINDOWS)),
+        }
+    }
 }
 
 /// How long the presence memo is trusted: presence written by another process (or directly in

@@ -165,7 +165,7 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     let mut changes = if initial {
         RoomChanges::default()
     } else {
-        RoomChanges::read(&mut conn, since, now).await?
+        RoomChanges::read(core, &mut conn, since, now).await?
     };
     let device_lists = match &req.since {
         None => Default::default(),
@@ -262,11 +262,17 @@ struct RoomChanges {
 }
 
 impl RoomChanges {
-    async fn read(conn: &mut AnyConnection, since: SyncToken, now: SyncToken) -> Result<RoomChanges> {
+    async fn read(core: &Core, conn: &mut AnyConnection, since: SyncToken, now: SyncToken) -> Result<RoomChanges> {
+        let window = (since.events, now.events);
         let events = if since.events == now.events {
             HashMap::new()
+        } else if let Some(rooms) = core.memos.rooms_with_events.get(&window) {
+            // Every sync woken by the same event asks about the same window.
+            (*rooms).clone()
         } else {
-            batch::rooms_with_events(conn, since.events, now.events).await?
+            let rooms = batch::rooms_with_events(conn, since.events, now.events).await?;
+            core.memos.rooms_with_events.set(window, Arc::new(rooms.clone()));
+            rooms
         };
         let mut by_room: HashMap<String, Vec<receipts::Receipt>> = HashMap::new();
         if since.receipts != now.receipts {
