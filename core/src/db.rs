@@ -216,10 +216,10 @@ impl Db {
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Checkpoints the WAL from a pooled connection every `CHECKPOINT_INTERVAL` in which something
-/// was committed (an idle server does nothing), for as long as a `Db` sharing `alive` exists. SQLite's automatic checkpoint runs inside the commit that
-/// crosses 1000 WAL pages, so every few hundred events one writer's commit (and every write
-/// batched with it) waited for the copy and a sync of the database file: the 10–30 ms spikes
-/// of a write path's tail. A passive checkpoint here copies what no reader still needs while
+/// was committed (an idle server does nothing), for as long as a `Db` sharing `alive` exists.
+/// SQLite's automatic checkpoint runs inside the commit that crosses 1000 WAL pages, so every
+/// few hundred events one writer's commit (and every write batched with it) waited for the
+/// copy and a sync of the database file: the 10–30 ms spikes of a write path's tail. A passive checkpoint here copies what no reader still needs while
 /// the writer goes on appending; commits stay durable by the WAL's own sync.
 fn start_checkpointer(pool: AnyPool, commits: Arc<AtomicU64>, alive: Weak<Caches>) {
     tokio::spawn(async move {

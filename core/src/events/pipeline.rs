@@ -235,10 +235,7 @@ pub async fn persist(
 
     // Forward extremities and current state.
     events::update_forward_extremities(conn, &room_id, pdu.event_id.as_str(), &prev, is_local).await?;
-    let old_current = match current_group {
-        Some(g) => state_store::load(db, conn, g).await?,
-        None => Arc::new(StateMap::new()),
-    };
+    let old_current = state_store::load_or_empty(db, conn, current_group).await?;
     let extremities = match origin {
         Origin::Local { head, .. } if head.references_all_extremities => vec![pdu.event_id.to_string()],
         _ => events::forward_extremities(conn, &room_id).await?,
@@ -261,10 +258,7 @@ pub async fn persist(
             Some(state_store::store(db, conn, &room_id, after_group, Arc::new(resolved)).await?)
         }
     };
-    let new_current = match new_current_group {
-        Some(g) => state_store::load(db, conn, g).await?,
-        None => Arc::new(StateMap::new()),
-    };
+    let new_current = state_store::load_or_empty(db, conn, new_current_group).await?;
     if new_current_group != current_group {
         rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
     }

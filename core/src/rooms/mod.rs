@@ -62,15 +62,7 @@ pub async fn room_rules(core: &Core, conn: &mut AnyConnection, room_id: &str) ->
 /// The room's current state.
 pub async fn current_state(core: &Core, conn: &mut AnyConnection, room_id: &str) -> Result<Arc<StateMap>> {
     let group = rooms::current_state_group(conn, room_id).await?;
-    group_state(core, conn, group).await
-}
-
-/// The state of a state group; empty for a room that has none yet.
-async fn group_state(core: &Core, conn: &mut AnyConnection, group: Option<i64>) -> Result<Arc<StateMap>> {
-    match group {
-        Some(g) => state_store::load(&core.db, conn, g).await,
-        None => Ok(Arc::new(StateMap::new())),
-    }
+    state_store::load_or_empty(&core.db, conn, group).await
 }
 
 /// Builds, checks and persists a local event in an existing room, inside `conn`'s transaction
@@ -99,7 +91,7 @@ async fn send_at(
     current_group: Option<i64>,
 ) -> Result<(Pdu, i64)> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
-    let current = group_state(core, conn, current_group).await?;
+    let current = state_store::load_or_empty(&core.db, conn, current_group).await?;
     let built = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
     let head = pipeline::LocalHead {
         current_group,

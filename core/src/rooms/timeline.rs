@@ -231,10 +231,7 @@ pub async fn context(
 }
 
 async fn state_after(core: &Core, conn: &mut AnyConnection, event: &StoredEvent) -> Result<Arc<StateMap>> {
-    match event.state_after {
-        Some(group) => state_store::load(&core.db, conn, group).await,
-        None => Ok(Arc::new(StateMap::new())),
-    }
+    state_store::load_or_empty(&core.db, conn, event.state_after).await
 }
 
 /// `content.membership` of a member event ("" when unreadable).

@@ -37,6 +37,15 @@ pub async fn load(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<Arc<S
     Ok(load_cached(db, conn, group).await?.state)
 }
 
+/// The state of `group`, or the empty state for none (a room before its create event, an
+/// event stored without state).
+pub async fn load_or_empty(db: &Db, conn: &mut AnyConnection, group: Option<i64>) -> Result<Arc<StateMap>> {
+    match group {
+        Some(g) => load(db, conn, g).await,
+        None => Ok(Arc::new(StateMap::new())),
+    }
+}
+
 async fn load_cached(db: &Db, conn: &mut AnyConnection, group: i64) -> Result<CachedGroup> {
     if let Some(cached) = db.caches().state_groups.get(&group) {
         return Ok(cached);

@@ -533,11 +533,11 @@ async fn room_state_ids(
             Some(first) => first.state_before,
             None => groups_at_now.get(room_id).copied(),
         };
-        let start_state = load_group(core, conn, start_group).await?;
+        let start_state = state_store::load_or_empty(&core.db, conn, start_group).await?;
         let mut ids: Vec<String> = if full(plan) {
             start_state.values().cloned().collect()
         } else if gap(plan) {
-            let at_since = load_group(core, conn, groups_at_since.get(room_id).copied()).await?;
+            let at_since = state_store::load_or_empty(&core.db, conn, groups_at_since.get(room_id).copied()).await?;
             start_state
                 .iter()
                 .filter(|(k, v)| at_since.get(*k) != Some(*v))
@@ -554,13 +554,6 @@ async fn room_state_ids(
         out.insert(room_id.clone(), ids);
     }
     Ok(out)
-}
-
-async fn load_group(core: &Core, conn: &mut AnyConnection, group: Option<i64>) -> Result<Arc<StateMap>> {
-    match group {
-        Some(g) => state_store::load(&core.db, conn, g).await,
-        None => Ok(Arc::new(StateMap::new())),
-    }
 }
 
 /// With lazy-loaded members, the state carries only the member events of the timeline's

@@ -508,10 +508,7 @@ async fn rooms_data(
     let mut plans = Vec::with_capacity(joined.len());
     let mut wanted_ids: Vec<String> = Vec::new();
     for (job, _) in &joined {
-        let current = match groups.get(job.room_id) {
-            Some(g) => crate::storage::state::load(&core.db, conn, *g).await?,
-            None => std::sync::Arc::new(crate::events::StateMap::new()),
-        };
+        let current = crate::storage::state::load_or_empty(&core.db, conn, groups.get(job.room_id).copied()).await?;
         let timeline = timelines.get(job.room_id).map(Vec::as_slice).unwrap_or_default();
         let lazy: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
         let state_ids: HashSet<String> = current
