@@ -4,6 +4,7 @@
 //! uses `$N` placeholders, which PostgreSQL and SQLite both accept. Only migrations differ per
 //! dialect (`migrations/postgres`, `migrations/sqlite`).
 
+pub mod batch;
 mod sqlite_writer;
 
 use std::{
@@ -175,6 +176,11 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// An empty batch of writes for this backend (see `batch`).
+    pub fn batch<'q>(&self) -> batch::Batch<'q> {
+        batch::Batch::new(self.backend)
     }
 
     pub fn caches(&self) -> &Caches {

@@ -6,6 +6,9 @@
 //! write of a transaction, this makes transactions of one stream commit in position order, so a
 //! reader that sees position N has also seen every lower position: sync can never skip a change
 //! that committed late. This holds across processes sharing one PostgreSQL.
+//!
+//! The timeline stream's position is allocated by the one statement that also writes an
+//! event's rows (`db::batch`), so the row lock is held only from that statement to COMMIT.
 
 use sqlx::AnyConnection;
 

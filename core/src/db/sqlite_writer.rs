@@ -119,11 +119,17 @@ impl SqliteWriter {
     pub async fn begin(&self) -> Result<SqliteTx> {
         let mut state = self.state.clone().lock_owned().await;
         state.recover().await?;
+        // One call either way: each is a hand-off to the connection's worker thread.
         if state.batch.is_none() {
-            state.conn.execute("BEGIN IMMEDIATE").await?;
+            if let Err(e) = state.conn.execute("BEGIN IMMEDIATE; SAVEPOINT w").await {
+                // Leave no transaction open that no batch knows of.
+                let _ = state.conn.execute("ROLLBACK").await;
+                return Err(e.into());
+            }
             state.batch = Some(Arc::new(watch::channel(None).0));
+        } else {
+            state.conn.execute("SAVEPOINT w").await?;
         }
-        state.conn.execute("SAVEPOINT w").await?;
         state.savepoint_open = true;
         Ok(SqliteTx {
             state: Some(state),

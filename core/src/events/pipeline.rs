@@ -21,8 +21,9 @@ use super::{
     Pdu, StateMap,
 };
 use crate::{
+    db::batch::Batch,
     storage::{events, rooms, state as state_store},
-    streams, Core, Error, Result,
+    Core, Error, Result,
 };
 
 /// Where a PDU comes from.
@@ -198,13 +199,20 @@ pub async fn persist(
         Origin::Local { txn, .. } => txn,
         Origin::Remote => None,
     };
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
+    let event_id = pdu.event_id.to_string();
+    let accepted = rejected.is_none() && !soft_failed;
+    let event_type = pdu.kind.to_string();
+    // The writes are collected and sent at the end in one statement (see `db::batch`): what
+    // is read below is the room as it was before this event.
+    let mut batch = db.batch();
     events::insert(
-        conn,
+        &mut batch,
         &events::NewEventRow {
-            event_id: pdu.event_id.as_str(),
+            event_id: &event_id,
             room_id: &room_id,
             depth: pdu.depth,
-            event_type: &pdu.kind.to_string(),
+            event_type: &event_type,
             state_key: pdu.state_key.as_deref(),
             sender: pdu.sender.as_str(),
             origin_server_ts: i64::from(pdu.origin_server_ts.0),
@@ -216,14 +224,13 @@ pub async fn persist(
             state_after: after_group,
             txn,
         },
-    )
-    .await?;
-    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-    events::insert_edges(conn, pdu.event_id.as_str(), &prev, &auth_ids).await?;
-    // The next local event builds on this one.
-    cache::remember(db, &pdu, after_group);
+        accepted,
+    );
+    events::insert_edges(&mut batch, &event_id, &prev, &auth_ids);
 
-    if rejected.is_some() || soft_failed {
+    if !accepted {
+        batch.run(conn).await?;
+        cache::remember(db, &pdu, after_group);
         return Ok(Outcome {
             pdu,
             stream_pos: None,
@@ -233,18 +240,36 @@ pub async fn persist(
         });
     }
 
-    // Forward extremities and current state.
-    events::update_forward_extremities(conn, &room_id, pdu.event_id.as_str(), &prev, is_local).await?;
-    let old_current = state_store::load_or_empty(db, conn, current_group).await?;
+    // Forward extremities: the event replaces its prev events, unless a known event already
+    // builds on it (a received event arriving late; a local one was built just now).
+    let referenced = !is_local && events::is_referenced(conn, &event_id).await?;
+    events::replace_forward_extremities(&mut batch, &room_id, &event_id, &prev, referenced);
     let extremities = match origin {
-        Origin::Local { head, .. } if head.references_all_extremities => vec![pdu.event_id.to_string()],
-        _ => events::forward_extremities(conn, &room_id).await?,
+        Origin::Local { head, .. } if head.references_all_extremities => vec![event_id.clone()],
+        _ => {
+            let mut ext = events::forward_extremities(conn, &room_id).await?;
+            ext.retain(|e| !prev.contains(e));
+            if !referenced && !ext.contains(&event_id) {
+                ext.push(event_id.clone());
+            }
+            ext
+        }
     };
-    let new_current_group = if extremities == [pdu.event_id.to_string()] {
+
+    // Current state: the event's own state, or the resolution of every extremity's.
+    let old_current = state_store::load_or_empty(db, conn, current_group).await?;
+    let new_current_group = if extremities == [event_id.as_str()] {
         after_group
     } else {
-        let ext = events::get_many(conn, &extremities).await?;
-        let mut groups: Vec<i64> = ext.iter().filter_map(|e| e.state_after).collect();
+        let others: Vec<String> = extremities.iter().filter(|e| **e != event_id).cloned().collect();
+        let mut groups: Vec<i64> = events::get_many(conn, &others)
+            .await?
+            .iter()
+            .filter_map(|e| e.state_after)
+            .collect();
+        if extremities.contains(&event_id) {
+            groups.extend(after_group);
+        }
         groups.sort_unstable();
         groups.dedup();
         if groups.len() <= 1 {
@@ -260,21 +285,27 @@ pub async fn persist(
     };
     let new_current = state_store::load_or_empty(db, conn, new_current_group).await?;
     if new_current_group != current_group {
-        rooms::apply_current_state_delta(conn, &room_id, &old_current, &new_current).await?;
+        rooms::apply_current_state_delta(&mut batch, &room_id, &old_current, &new_current);
     }
 
     if pdu.kind == TimelineEventType::RoomRedaction {
-        apply_redaction(conn, rules, &pdu, &before_state).await?;
+        apply_redaction(conn, rules, &pdu, &before_state, &mut batch).await?;
     }
-    store_relation(conn, &pdu).await?;
-    crate::rooms::search::index_event(conn, &pdu).await?;
+    store_relation(&mut batch, &pdu);
+    crate::rooms::search::index_event(&mut batch, &pdu);
+    rooms::set_head(&mut batch, &room_id, new_current_group);
+    update_memberships(conn, &pdu, &old_current, &new_current, &mut batch).await?;
+    crate::push::evaluate(core, conn, rules, &pdu, &new_current, &mut batch).await?;
 
-    // Last: the stream position (see streams.rs for why it must come last).
-    let pos = streams::next_pos(conn, "events").await?;
-    events::set_stream_pos(conn, pdu.event_id.as_str(), pos).await?;
-    rooms::set_head(conn, &room_id, new_current_group, pos).await?;
-    update_memberships(conn, &pdu, &old_current, &new_current, pos).await?;
-    crate::push::evaluate(core, conn, rules, &pdu, pos, &new_current).await?;
+    // Last: the stream position, allocated by the statement that writes it (see streams.rs
+    // for why it must come last).
+    batch.allocate_position("events");
+    let pos = batch
+        .run(conn)
+        .await?
+        .ok_or_else(|| Error::Internal("the event batch allocated no position".into()))?;
+    // The next local event builds on this one.
+    cache::remember(db, &pdu, after_group);
     Ok(Outcome {
         pdu,
         stream_pos: Some(pos),
@@ -317,11 +348,12 @@ async fn load_relevant_state(
 
 /// Marks the target redacted when the redaction is allowed: same sender, or a sender with the
 /// power to redact others (checked against the state before the redaction).
-async fn apply_redaction(
+async fn apply_redaction<'q>(
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
-    pdu: &Pdu,
+    pdu: &'q Pdu,
     state: &StateMap,
+    batch: &mut Batch<'q>,
 ) -> Result<()> {
     let Some(target_id) = &pdu.redacts else { return Ok(()) };
     let Some(target) = events::get(conn, target_id.as_str()).await? else {
@@ -334,46 +366,44 @@ async fn apply_redaction(
         || crate::rooms::power::user_level(conn, rules, state, pdu.sender.as_str()).await?
             >= crate::rooms::power::action_level(conn, rules, state, "redact").await?;
     if allowed {
-        events::set_redacted_by(conn, target_id.as_str(), pdu.event_id.as_str()).await?;
+        events::set_redacted_by(batch, target_id.as_str(), pdu.event_id.as_str());
     }
     Ok(())
 }
 
-async fn store_relation(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
+fn store_relation<'q>(batch: &mut Batch<'q>, pdu: &'q Pdu) {
     let content = pdu.content_value();
     let Some(rel) = content.get("m.relates_to") else {
-        return Ok(());
+        return;
     };
     let (Some(rel_type), Some(target)) = (
         rel.get("rel_type").and_then(Value::as_str),
         rel.get("event_id").and_then(Value::as_str),
     ) else {
-        return Ok(());
+        return;
     };
     let key = rel.get("key").and_then(Value::as_str);
-    sqlx::query(
-        "INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, aggregation_key) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(pdu.event_id.as_str())
-    .bind(pdu.room_id.as_str())
-    .bind(target)
-    .bind(rel_type)
-    .bind(key)
-    .execute(conn)
-    .await?;
-    Ok(())
+    batch
+        .push(
+            "INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, aggregation_key)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            5,
+        )
+        .bind(pdu.event_id.as_str())
+        .bind(pdu.room_id.as_str())
+        .bind(target.to_owned())
+        .bind(rel_type.to_owned())
+        .bind(key.map(str::to_owned));
 }
 
-/// Mirrors changed `m.room.member` state into `room_memberships`.
-async fn update_memberships(
+/// Mirrors changed `m.room.member` state into `room_memberships`, at the batch's position.
+async fn update_memberships<'q>(
     conn: &mut AnyConnection,
-    pdu: &Pdu,
+    pdu: &'q Pdu,
     old: &StateMap,
     new: &StateMap,
-    pos: i64,
+    batch: &mut Batch<'q>,
 ) -> Result<()> {
-    let room_id = pdu.room_id.as_str();
     // Member entries are never removed from a state, only replaced.
     let changed: Vec<(String, String)> = state_store::diff(old, new)
         .into_iter()
@@ -394,18 +424,18 @@ async fn update_memberships(
                 .map(|j| j["content"].clone())
                 .unwrap_or_default()
         };
-        let membership = content["membership"].as_str().unwrap_or("leave");
+        let text = |key: &str| content[key].as_str().map(str::to_owned);
         rooms::set_membership(
-            conn,
-            room_id,
-            &user_id,
-            membership,
-            &event_id,
-            pos,
-            content["displayname"].as_str(),
-            content["avatar_url"].as_str(),
-        )
-        .await?;
+            batch,
+            rooms::NewMembership {
+                room_id: pdu.room_id.as_str(),
+                user_id,
+                membership: text("membership").unwrap_or_else(|| "leave".to_owned()),
+                event_id,
+                displayname: text("displayname"),
+                avatar_url: text("avatar_url"),
+            },
+        );
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use sqlx::AnyConnection;
 
 use super::rules as user_rules;
 use crate::{
+    db::batch::Batch,
     events::{cache, Pdu, StateMap},
     util::now_ms,
     Core, Error, Result,
@@ -36,18 +37,21 @@ struct Decision {
     actions: Vec<Action>,
 }
 
-/// Evaluates `pdu` (already at stream position `pos`) for every joined local member except
-/// the sender, and for the invitee of an invite, and stores the notifying outcomes. Only
+/// Evaluates `pdu` for every joined local member except the sender, and for the invitee of an
+/// invite, and adds the notifying outcomes to `batch`, at the position it allocates. Only
 /// outcomes that notify are stored: they are all `/sync` counts and the pusher needs.
-pub async fn evaluate(
+///
+/// Memberships are read as they were before the event (its own writes are in the batch); the
+/// event's effect on its target is taken from the event itself.
+pub async fn evaluate<'q>(
     core: &Core,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
-    pdu: &Pdu,
-    pos: i64,
+    pdu: &'q Pdu,
     state: &StateMap,
+    batch: &mut Batch<'q>,
 ) -> Result<()> {
-    settle_on_join(core, conn, pdu, pos).await?;
+    settle_on_join(core, pdu, batch);
     let (recipients, member_count) = recipients(core, conn, pdu).await?;
     if recipients.is_empty() {
         return Ok(());
@@ -80,29 +84,30 @@ pub async fn evaluate(
             });
         }
     }
-    store(conn, pdu, pos, &thread_id(&event), &decisions).await
+    store(batch, pdu, thread_id(&event), &decisions)
 }
 
 /// When a local user joins, what notified them before (their invite, an earlier membership)
 /// stops counting as unread: counts start at the join, as in other servers. The rows stay for
 /// `/notifications`.
-async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i64) -> Result<()> {
+fn settle_on_join<'q>(core: &Core, pdu: &'q Pdu, batch: &mut Batch<'q>) {
     let Some(target) = pdu.state_key.as_deref() else {
-        return Ok(());
+        return;
     };
-    if pdu.kind.to_string() != "m.room.member" || pdu.content_value()["membership"] != "join" {
-        return Ok(());
+    if pdu.kind != TimelineEventType::RoomMember || pdu.content_value()["membership"] != "join" {
+        return;
     }
     if !OwnedUserId::try_from(target).is_ok_and(|u| core.is_local(&u)) {
-        return Ok(());
+        return;
     }
-    sqlx::query("UPDATE event_push_actions SET notify = 0 WHERE user_id = $1 AND room_id = $2 AND stream_pos < $3 AND notify = 1")
+    batch
+        .push(
+            "UPDATE event_push_actions SET notify = 0
+             WHERE user_id = $1 AND room_id = $2 AND stream_pos < {pos} AND notify = 1",
+            2,
+        )
         .bind(target)
-        .bind(pdu.room_id.as_str())
-        .bind(pos)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(pdu.room_id.as_str());
 }
 
 /// Local joined members (with their display names and stored rules, in one query) other than
@@ -112,21 +117,22 @@ async fn settle_on_join(core: &Core, conn: &mut AnyConnection, pdu: &Pdu, pos: i
 /// asked: the default rules never notify anyone else of one (`.m.rule.member_event` comes
 /// before every rule that could), and joins would otherwise cost more the bigger the room.
 async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
-    type Row = (String, String, Option<String>, Option<String>);
-    let rows: Vec<Row>;
+    // (user ID, display name, stored rules)
+    type Row = (String, Option<String>, Option<String>);
+    let mut rows: Vec<Row>;
     let member_count;
     if pdu.kind == TimelineEventType::RoomMember {
-        // The target (joined or invited by this event) and joined members with rules of their
-        // own. Those are found from the rules' side (CROSS JOIN keeps that order in SQLite;
-        // PostgreSQL's planner orders joins by its statistics): only local users have rules,
-        // while a room's members can be thousands of remote users.
+        // Joined members with rules of their own, found from the rules' side (CROSS JOIN keeps
+        // that order in SQLite; PostgreSQL's planner orders joins by its statistics): only
+        // local users have rules, while a room's members can be thousands of remote users.
+        // The first arm is the target's own rules, if any.
         let target = pdu.state_key.clone().unwrap_or_default();
+        let content = pdu.content_value();
+        let membership = content["membership"].as_str().unwrap_or_default();
         rows = sqlx::query_as(
-            "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
-             LEFT JOIN push_rules p ON p.user_id = m.user_id
-             WHERE m.room_id = $1 AND m.user_id = $2 AND m.membership IN ('join', 'invite')
+            "SELECT p.user_id, CAST(NULL AS TEXT), p.ruleset FROM push_rules p WHERE p.user_id = $2
              UNION ALL
-             SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM push_rules p
+             SELECT m.user_id, m.displayname, p.ruleset FROM push_rules p
              CROSS JOIN room_memberships m
              WHERE m.user_id = p.user_id AND m.room_id = $1 AND m.membership = 'join' AND m.user_id <> $2",
         )
@@ -134,22 +140,33 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
         .bind(&target)
         .fetch_all(&mut *conn)
         .await?;
+        let target_rules = match rows.first() {
+            Some((user, None, _)) if *user == target => rows.remove(0).2,
+            _ => None,
+        };
+        // The target counts when this event joins or invites them.
+        if membership == "join" || membership == "invite" {
+            let display_name = content["displayname"].as_str().map(str::to_owned);
+            rows.push((target.clone(), display_name, target_rules));
+        }
         // Only rules of a user's own can ask for the member count of a membership event (the
         // default ones decide before any `room_member_count` condition), so it is counted
         // only when someone has them.
-        member_count = if rows.iter().any(|r| r.3.is_some()) {
-            let (count,): (i64,) =
-                sqlx::query_as("SELECT COUNT(*) FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
-                    .bind(pdu.room_id.as_str())
-                    .fetch_one(&mut *conn)
-                    .await?;
-            count as u64
+        member_count = if rows.iter().any(|r| r.2.is_some()) {
+            let (others,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM room_memberships WHERE room_id = $1 AND membership = 'join' AND user_id <> $2",
+            )
+            .bind(pdu.room_id.as_str())
+            .bind(&target)
+            .fetch_one(&mut *conn)
+            .await?;
+            others as u64 + u64::from(membership == "join")
         } else {
             0
         };
     } else {
         rows = sqlx::query_as(
-            "SELECT m.user_id, m.membership, m.displayname, p.ruleset FROM room_memberships m
+            "SELECT m.user_id, m.displayname, p.ruleset FROM room_memberships m
              LEFT JOIN push_rules p ON p.user_id = m.user_id
              WHERE m.room_id = $1 AND m.membership = 'join'",
         )
@@ -161,7 +178,7 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
     let recipients = rows
         .into_iter()
         .filter(|r| r.0 != pdu.sender.as_str())
-        .filter_map(|(user_id, _, display_name, stored_rules)| {
+        .filter_map(|(user_id, display_name, stored_rules)| {
             let user_id = OwnedUserId::try_from(user_id).ok()?;
             core.is_local(&user_id).then(|| Recipient {
                 display_name: display_name.unwrap_or_else(|| user_id.localpart().to_owned()),
@@ -219,14 +236,14 @@ fn thread_id(event: &Value) -> String {
     }
 }
 
-/// Inserts the decisions, many rows per statement.
-async fn store(conn: &mut AnyConnection, pdu: &Pdu, pos: i64, thread_id: &str, decisions: &[Decision]) -> Result<()> {
+/// Adds the decisions to the batch, many rows per statement.
+fn store<'q>(batch: &mut Batch<'q>, pdu: &'q Pdu, thread_id: String, decisions: &[Decision]) -> Result<()> {
     let ts = now_ms();
     for chunk in decisions.chunks(100) {
         let placeholders: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let b = 6 + i * 3;
-                format!("($1, $2, ${}, $3, $4, 1, ${}, ${}, $5)", b, b + 1, b + 2)
+                let b = 5 + i * 3;
+                format!("($1, $2, ${}, {{pos}}, $3, 1, ${}, ${}, $4)", b, b + 1, b + 2)
             })
             .collect();
         let sql = format!(
@@ -234,18 +251,16 @@ async fn store(conn: &mut AnyConnection, pdu: &Pdu, pos: i64, thread_id: &str, d
              VALUES {} ON CONFLICT (user_id, event_id) DO NOTHING",
             placeholders.join(", ")
         );
-        let mut q = sqlx::query(&sql)
-            .persistent(false)
+        let mut b = batch
+            .push(&sql, 4 + 3 * chunk.len())
             .bind(pdu.room_id.as_str())
             .bind(pdu.event_id.as_str())
-            .bind(pos)
-            .bind(thread_id)
+            .bind(thread_id.clone())
             .bind(ts);
         for d in chunk {
             let actions = serde_json::to_string(&d.actions).map_err(Error::internal)?;
-            q = q.bind(d.user_id.as_str()).bind(i64::from(d.highlight)).bind(actions);
+            b = b.bind(d.user_id.to_string()).bind(i64::from(d.highlight)).bind(actions);
         }
-        q.execute(&mut *conn).await?;
     }
     Ok(())
 }

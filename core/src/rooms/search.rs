@@ -16,6 +16,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::{filter, timeline, visibility};
 use crate::{
+    db::batch::Batch,
     events::Pdu,
     storage::{
         events::{self, StoredEvent},
@@ -45,24 +46,23 @@ fn indexed_text(pdu: &Pdu) -> Option<(&'static str, String)> {
 /// Indexes an accepted event for search; called by the pipeline inside its transaction.
 /// The same SQL serves both backends: PostgreSQL derives the tsvector in a generated column,
 /// SQLite mirrors the row into FTS5 by trigger.
-pub async fn index_event(conn: &mut AnyConnection, pdu: &Pdu) -> Result<()> {
+pub fn index_event<'q>(batch: &mut Batch<'q>, pdu: &'q Pdu) {
     if pdu.rejected {
-        return Ok(());
+        return;
     }
     let Some((key, text)) = indexed_text(pdu) else {
-        return Ok(());
+        return;
     };
-    sqlx::query(
-        "INSERT INTO event_search (event_id, room_id, search_key, body) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(pdu.event_id.as_str())
-    .bind(pdu.room_id.as_str())
-    .bind(key)
-    .bind(text)
-    .execute(conn)
-    .await?;
-    Ok(())
+    batch
+        .push(
+            "INSERT INTO event_search (event_id, room_id, search_key, body) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (event_id) DO NOTHING",
+            4,
+        )
+        .bind(pdu.event_id.as_str())
+        .bind(pdu.room_id.as_str())
+        .bind(key)
+        .bind(text);
 }
 
 /// The search term in each backend's query language, split into phrases (word lists), with

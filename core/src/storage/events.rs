@@ -2,7 +2,7 @@
 
 use sqlx::AnyConnection;
 
-use crate::Result;
+use crate::{db::batch::Batch, Result};
 
 /// An event row: the PDU JSON plus what the server knows about it.
 #[derive(Clone, Debug)]
@@ -103,36 +103,41 @@ pub struct NewEventRow<'a> {
     pub txn: Option<(&'a str, &'a str, &'a str)>,
 }
 
-/// Inserts the event without a stream position; `set_stream_pos` gives it one last.
-pub async fn insert(conn: &mut AnyConnection, e: &NewEventRow<'_>) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender, origin_server_ts, json,
-            outlier, rejected_reason, soft_failed, state_before, state_after, txn_user, txn_device, txn_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(e.event_id)
-    .bind(e.room_id)
-    .bind(e.depth)
-    .bind(e.event_type)
-    .bind(e.state_key)
-    .bind(e.sender)
-    .bind(e.origin_server_ts)
-    .bind(e.json)
-    .bind(e.outlier as i64)
-    .bind(e.rejected_reason)
-    .bind(e.soft_failed as i64)
-    .bind(e.state_before)
-    .bind(e.state_after)
-    .bind(e.txn.map(|t| t.0))
-    .bind(e.txn.map(|t| t.1))
-    .bind(e.txn.map(|t| t.2))
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// Inserts the event; with `at_pos`, at the position the batch allocates (see `db::batch`),
+/// else with none (rejected, soft-failed).
+pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
+    let sql = if at_pos {
+        INSERT_EVENT.replace("$17", "{pos}")
+    } else {
+        INSERT_EVENT.replace("$17", "NULL")
+    };
+    batch
+        .push(&sql, 16)
+        .bind(e.event_id)
+        .bind(e.room_id)
+        .bind(e.depth)
+        .bind(e.event_type)
+        .bind(e.state_key)
+        .bind(e.sender)
+        .bind(e.origin_server_ts)
+        .bind(e.json)
+        .bind(e.outlier as i64)
+        .bind(e.rejected_reason)
+        .bind(e.soft_failed as i64)
+        .bind(e.state_before)
+        .bind(e.state_after)
+        .bind(e.txn.map(|t| t.0))
+        .bind(e.txn.map(|t| t.1))
+        .bind(e.txn.map(|t| t.2));
 }
 
+const INSERT_EVENT: &str =
+    "INSERT INTO events (event_id, room_id, depth, event_type, state_key, sender, origin_server_ts,
+    json, outlier, rejected_reason, soft_failed, state_before, state_after, txn_user, txn_device, txn_id, stream_pos)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+
 /// Records the event's prev and auth references, one statement per table.
-pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[String], auth: &[String]) -> Result<()> {
+pub fn insert_edges<'q>(batch: &mut Batch<'q>, event_id: &'q str, prev: &'q [String], auth: &'q [String]) {
     for (table, column, ids) in [
         ("event_edges", "prev_event_id", prev),
         ("event_auth", "auth_event_id", auth),
@@ -143,32 +148,22 @@ pub async fn insert_edges(conn: &mut AnyConnection, event_id: &str, prev: &[Stri
                 "INSERT INTO {table} (event_id, {column}) VALUES {} ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
-            let mut q = sqlx::query(&sql).persistent(chunk.len() <= 4).bind(event_id);
+            let mut b = batch.push(&sql, chunk.len() + 1).bind(event_id);
             for id in chunk {
-                q = q.bind(id);
+                b = b.bind(id.as_str());
             }
-            q.execute(&mut *conn).await?;
         }
     }
-    Ok(())
 }
 
-pub async fn set_stream_pos(conn: &mut AnyConnection, event_id: &str, pos: i64) -> Result<()> {
-    sqlx::query("UPDATE events SET stream_pos = $2 WHERE event_id = $1")
+pub fn set_redacted_by<'q>(batch: &mut Batch<'q>, event_id: &'q str, redaction_id: &'q str) {
+    batch
+        .push(
+            "UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND redacted_by IS NULL",
+            2,
+        )
         .bind(event_id)
-        .bind(pos)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub async fn set_redacted_by(conn: &mut AnyConnection, event_id: &str, redaction_id: &str) -> Result<()> {
-    sqlx::query("UPDATE events SET redacted_by = $2 WHERE event_id = $1 AND redacted_by IS NULL")
-        .bind(event_id)
-        .bind(redaction_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+        .bind(redaction_id);
 }
 
 pub async fn forward_extremities(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
@@ -180,61 +175,43 @@ pub async fn forward_extremities(conn: &mut AnyConnection, room_id: &str) -> Res
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// The event replaces its prev events as a forward extremity.
-pub async fn update_forward_extremities(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    event_id: &str,
-    prev: &[String],
-    fresh: bool,
-) -> Result<()> {
-    // The usual case, a new event on one prev event: replace that extremity in place (or
-    // add the event when its prev was no extremity).
-    if fresh && prev.len() == 1 {
-        let replaced = sqlx::query("UPDATE forward_extremities SET event_id = $3 WHERE room_id = $1 AND event_id = $2")
-            .bind(room_id)
-            .bind(&prev[0])
-            .bind(event_id)
-            .execute(&mut *conn)
-            .await?;
-        if replaced.rows_affected() == 0 {
-            sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(room_id)
-                .bind(event_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        return Ok(());
-    }
+/// Whether a known event lists `event_id` as a prev event (then it is no forward extremity).
+pub async fn is_referenced(conn: &mut AnyConnection, event_id: &str) -> Result<bool> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
+        .bind(event_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// The event replaces its prev events as forward extremities; it becomes one itself unless
+/// `referenced` (a known event already builds on it).
+pub fn replace_forward_extremities<'q>(
+    batch: &mut Batch<'q>,
+    room_id: &'q str,
+    event_id: &'q str,
+    prev: &'q [String],
+    referenced: bool,
+) {
     for chunk in prev.chunks(super::IN_CHUNK) {
         let sql = format!(
             "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
             super::placeholders(2, chunk.len())
         );
-        let mut q = sqlx::query(&sql).persistent(chunk.len() <= 4).bind(room_id);
+        let mut b = batch.push(&sql, chunk.len() + 1).bind(room_id);
         for id in chunk {
-            q = q.bind(id);
+            b = b.bind(id.as_str());
         }
-        q.execute(&mut *conn).await?;
     }
-    // An event that is already referenced by a known event is not an extremity; a `fresh` one
-    // (built here just now) cannot be.
-    let referenced: Option<(String,)> = if fresh {
-        None
-    } else {
-        sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
-            .bind(event_id)
-            .fetch_optional(&mut *conn)
-            .await?
-    };
-    if referenced.is_none() {
-        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+    if !referenced {
+        batch
+            .push(
+                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                2,
+            )
             .bind(room_id)
-            .bind(event_id)
-            .execute(&mut *conn)
-            .await?;
+            .bind(event_id);
     }
-    Ok(())
 }
 
 /// The event a device sent with this transaction ID, if any.

@@ -2,7 +2,7 @@
 
 use sqlx::AnyConnection;
 
-use crate::{events::StateMap, util::now_ms, Db, Result};
+use crate::{db::batch::Batch, events::StateMap, util::now_ms, Db, Result};
 
 pub async fn insert(conn: &mut AnyConnection, room_id: &str, version: &str, creator: &str) -> Result<()> {
     sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)")
@@ -55,53 +55,47 @@ pub async fn current_state_group(conn: &mut AnyConnection, room_id: &str) -> Res
     Ok(row.and_then(|r| r.0))
 }
 
-/// Records a new event at the head of the room: its stream position and (when known) the
-/// current state group.
-pub async fn set_head(conn: &mut AnyConnection, room_id: &str, group: Option<i64>, pos: i64) -> Result<()> {
-    sqlx::query(
-        "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), last_stream_pos = $3
-         WHERE room_id = $1",
-    )
-    .bind(room_id)
-    .bind(group)
-    .bind(pos)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Records a new event at the head of the room: the batch's stream position and (when known)
+/// the current state group.
+pub fn set_head<'q>(batch: &mut Batch<'q>, room_id: &'q str, group: Option<i64>) {
+    batch
+        .push(
+            "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), last_stream_pos = {pos}
+             WHERE room_id = $1",
+            2,
+        )
+        .bind(room_id)
+        .bind(group);
 }
 
 /// Applies the difference between two current states to the `current_state` table.
-pub async fn apply_current_state_delta(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    old: &StateMap,
-    new: &StateMap,
-) -> Result<()> {
+pub fn apply_current_state_delta<'q>(batch: &mut Batch<'q>, room_id: &'q str, old: &StateMap, new: &StateMap) {
     for (key, event_id) in super::state::diff(old, new) {
         match event_id {
             None => {
-                sqlx::query("DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3")
+                batch
+                    .push(
+                        "DELETE FROM current_state WHERE room_id = $1 AND event_type = $2 AND state_key = $3",
+                        3,
+                    )
                     .bind(room_id)
-                    .bind(&key.0)
-                    .bind(&key.1)
-                    .execute(&mut *conn)
-                    .await?;
+                    .bind(key.0.clone())
+                    .bind(key.1.clone());
             }
             Some(event_id) => {
-                sqlx::query(
-                    "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
-                )
-                .bind(room_id)
-                .bind(&key.0)
-                .bind(&key.1)
-                .bind(event_id)
-                .execute(&mut *conn)
-                .await?;
+                batch
+                    .push(
+                        "INSERT INTO current_state (room_id, event_type, state_key, event_id) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET event_id = excluded.event_id",
+                        4,
+                    )
+                    .bind(room_id)
+                    .bind(key.0.clone())
+                    .bind(key.1.clone())
+                    .bind(event_id.clone());
             }
         }
     }
-    Ok(())
 }
 
 /// The event ID of one piece of current state.
@@ -148,34 +142,32 @@ fn membership_from(r: MembershipRow) -> Membership {
 
 const MEMBERSHIP_COLUMNS: &str = "room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url";
 
-#[allow(clippy::too_many_arguments)]
-pub async fn set_membership(
-    conn: &mut AnyConnection,
-    room_id: &str,
-    user_id: &str,
-    membership: &str,
-    event_id: &str,
-    stream_pos: i64,
-    displayname: Option<&str>,
-    avatar_url: Option<&str>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url, forgotten)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 0)
-         ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id,
-           stream_pos = excluded.stream_pos, displayname = excluded.displayname, avatar_url = excluded.avatar_url,
-           forgotten = 0",
-    )
-    .bind(room_id)
-    .bind(user_id)
-    .bind(membership)
-    .bind(event_id)
-    .bind(stream_pos)
-    .bind(displayname)
-    .bind(avatar_url)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// A member's membership as of the batch's stream position.
+pub struct NewMembership<'q> {
+    pub room_id: &'q str,
+    pub user_id: String,
+    pub membership: String,
+    pub event_id: String,
+    pub displayname: Option<String>,
+    pub avatar_url: Option<String>,
+}
+
+pub fn set_membership<'q>(batch: &mut Batch<'q>, m: NewMembership<'q>) {
+    batch
+        .push(
+            "INSERT INTO room_memberships (room_id, user_id, membership, event_id, stream_pos, displayname, avatar_url, forgotten)
+             VALUES ($1, $2, $3, $4, {pos}, $5, $6, 0)
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, event_id = excluded.event_id,
+               stream_pos = excluded.stream_pos, displayname = excluded.displayname, avatar_url = excluded.avatar_url,
+               forgotten = 0",
+            6,
+        )
+        .bind(m.room_id)
+        .bind(m.user_id)
+        .bind(m.membership)
+        .bind(m.event_id)
+        .bind(m.displayname)
+        .bind(m.avatar_url);
 }
 
 pub async fn membership(conn: &mut AnyConnection, room_id: &str, user_id: &str) -> Result<Option<Membership>> {

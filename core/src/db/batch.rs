@@ -1,0 +1,233 @@
+//! Write statements sent to the database together, in one round trip.
+//!
+//! Persisting an event ends in a dozen writes whose results nobody reads (the event row, its
+//! edges, extremities, current state, memberships, notifications, the room's head). Sent one
+//! by one, each is a round trip to PostgreSQL or a hand-off to SQLite's worker thread, and on
+//! both they run while the room (and, from the stream position on, the whole stream) is
+//! locked. A `Batch` collects them and sends them as one statement:
+//!
+//! - SQLite runs a multi-statement query in one call, in order.
+//! - PostgreSQL runs them as the arms of one `WITH` statement (data-modifying CTEs).
+//!
+//! PostgreSQL runs all arms against one snapshot, so the statements of a batch must be
+//! independent: none may read what another writes, and no row may be written twice.
+//!
+//! A batch may also allocate the next position of a stream (see `streams`): statements refer
+//! to it as `{pos}`, and `run` returns it. It is allocated in the same statement as the
+//! writes, so on PostgreSQL the stream's row lock is held only from that statement to COMMIT.
+
+use sqlx::{any::AnyArguments, AnyConnection, Arguments, Encode, Type};
+
+use super::Backend;
+use crate::{Error, Result};
+
+/// Bind parameters per statement sent; both backends allow far more (PostgreSQL 65535,
+/// SQLite 32766), and a bigger batch is split into several.
+const MAX_ARGS: usize = 16_000;
+
+/// One statement sent to the database: SQL pieces and their arguments.
+struct Segment<'q> {
+    statements: Vec<String>,
+    args: AnyArguments<'q>,
+}
+
+impl Segment<'_> {
+    fn new() -> Self {
+        Segment {
+            statements: Vec::new(),
+            args: AnyArguments::default(),
+        }
+    }
+}
+
+pub struct Batch<'q> {
+    backend: Backend,
+    /// Full segments first; the last one is being filled and carries the position.
+    segments: Vec<Segment<'q>>,
+    position: Option<String>,
+}
+
+/// Adds arguments to the statement just pushed, in the order of its `$1`, `$2`, ...
+pub struct Binder<'b, 'q> {
+    args: &'b mut AnyArguments<'q>,
+}
+
+impl<'q> Binder<'_, 'q> {
+    pub fn bind<T: 'q + Encode<'q, sqlx::Any> + Type<sqlx::Any>>(self, value: T) -> Self {
+        // Encoding into the Any driver's buffer only copies the value; it cannot fail.
+        self.args.add(value).expect("Any arguments accept every supported type");
+        self
+    }
+}
+
+impl<'q> Batch<'q> {
+    pub fn new(backend: Backend) -> Self {
+        Batch {
+            backend,
+            segments: vec![Segment::new()],
+            position: None,
+        }
+    }
+
+    /// Allocates the next position of `stream` when the batch runs; `{pos}` in statements
+    /// stands for it.
+    pub fn allocate_position(&mut self, stream: &str) {
+        self.position = Some(stream.to_owned());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.iter().all(|s| s.statements.is_empty())
+    }
+
+    /// Adds a statement using `params` bind parameters `$1..$params`, bound next through the
+    /// returned binder.
+    pub fn push(&mut self, sql: &str, params: usize) -> Binder<'_, 'q> {
+        let full = self
+            .segments
+            .last()
+            .is_some_and(|s| !s.statements.is_empty() && s.args.len() + params > MAX_ARGS);
+        if full {
+            self.segments.push(Segment::new());
+        }
+        let segment = self.segments.last_mut().expect("a batch always has a segment");
+        let sql = renumber(sql, segment.args.len());
+        segment.statements.push(sql);
+        Binder {
+            args: &mut segment.args,
+        }
+    }
+
+    /// Runs every statement in order, inside the caller's transaction; returns the allocated
+    /// position, if one was asked for.
+    pub async fn run(self, conn: &mut AnyConnection) -> Result<Option<i64>> {
+        let Batch {
+            backend,
+            segments,
+            position,
+        } = self;
+        let last = segments.len() - 1;
+        let mut allocated = None;
+        for (i, mut segment) in segments.into_iter().enumerate() {
+            let stream = if i == last { position.as_deref() } else { None };
+            if segment.statements.is_empty() && stream.is_none() {
+                continue;
+            }
+            let stream_param = match stream {
+                Some(s) => {
+                    segment.args.add(s.to_owned()).map_err(Error::internal)?;
+                    Some(segment.args.len())
+                }
+                None => None,
+            };
+            let sql = match (segment.statements.len(), stream_param) {
+                (1, None) => segment.statements.pop().expect("one statement"),
+                _ => render(backend, &segment.statements, stream_param),
+            };
+            let rows: Vec<(i64,)> = sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await?;
+            if stream.is_some() {
+                let (pos,) = rows
+                    .last()
+                    .copied()
+                    .ok_or_else(|| Error::Internal(format!("stream {stream:?} has no position row")))?;
+                allocated = Some(pos);
+            }
+        }
+        Ok(allocated)
+    }
+}
+
+/// Shifts every `$N` in `sql` by `offset`.
+fn renumber(sql: &str, offset: usize) -> String {
+    if offset == 0 {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            let n: usize = rest[..digits].parse().expect("ASCII digits parse");
+            out.push_str(&(n + offset).to_string());
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One statement of the backend's kind for `statements`; with a stream position, `$stream`
+/// is the parameter naming the stream, and the statement returns the position as its one row.
+fn render(backend: Backend, statements: &[String], stream: Option<usize>) -> String {
+    match backend {
+        Backend::Sqlite => {
+            // Statements run in order: the position is bumped first, then read where needed.
+            let mut parts = Vec::with_capacity(statements.len() + 2);
+            let read = stream.map(|p| format!("(SELECT pos FROM stream_positions WHERE stream = ${p})"));
+            if let Some(p) = stream {
+                parts.push(format!("UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p}"));
+            }
+            for s in statements {
+                parts.push(match &read {
+                    Some(read) => s.replace("{pos}", read),
+                    None => s.clone(),
+                });
+            }
+            if let Some(read) = &read {
+                parts.push(format!("SELECT {read}"));
+            }
+            parts.join(";\n")
+        }
+        Backend::Postgres => {
+            let mut arms = Vec::with_capacity(statements.len() + 1);
+            if let Some(p) = stream {
+                arms.push(format!(
+                    "next_pos AS (UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p} RETURNING pos)"
+                ));
+            }
+            for (i, s) in statements.iter().enumerate() {
+                arms.push(format!(
+                    "w{i} AS ({})",
+                    s.replace("{pos}", "(SELECT pos FROM next_pos)")
+                ));
+            }
+            let result = if stream.is_some() {
+                "SELECT pos FROM next_pos"
+            } else {
+                "SELECT 0::BIGINT WHERE false"
+            };
+            format!("WITH {} {result}", arms.join(",\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renumber_shifts_every_placeholder() {
+        assert_eq!(renumber("SELECT $1, $2, $10", 0), "SELECT $1, $2, $10");
+        assert_eq!(renumber("VALUES ($1, $2, $10) -- $", 5), "VALUES ($6, $7, $15) -- $");
+    }
+
+    #[test]
+    fn render_puts_the_position_first_and_returns_it() {
+        let statements = vec!["INSERT INTO t (a, p) VALUES ($1, {pos})".to_owned()];
+        let sqlite = render(Backend::Sqlite, &statements, Some(2));
+        assert_eq!(
+            sqlite,
+            "UPDATE stream_positions SET pos = pos + 1 WHERE stream = $2;\n\
+             INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM stream_positions WHERE stream = $2));\n\
+             SELECT (SELECT pos FROM stream_positions WHERE stream = $2)"
+        );
+        let pg = render(Backend::Postgres, &statements, Some(2));
+        assert!(pg.starts_with("WITH next_pos AS (UPDATE stream_positions"), "{pg}");
+        assert!(
+            pg.contains("w0 AS (INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM next_pos)))"),
+            "{pg}"
+        );
+        assert!(pg.ends_with("SELECT pos FROM next_pos"), "{pg}");
+    }
+}
