@@ -55,6 +55,8 @@ pub struct Outcome {
     pub stream_pos: Option<i64>,
     /// The state group after the event.
     pub state_after: Option<i64>,
+    /// The room's current state group once the event is persisted.
+    pub current_group: Option<i64>,
     pub rejected: Option<String>,
     pub soft_failed: bool,
 }
@@ -78,6 +80,7 @@ pub async fn persist(
                 pdu,
                 stream_pos: existing.stream_pos,
                 state_after: existing.state_after,
+                current_group: None,
                 rejected: existing.rejected.then(|| "previously rejected".to_owned()),
                 soft_failed: existing.soft_failed,
             });
@@ -229,12 +232,16 @@ pub async fn persist(
     events::insert_edges(&mut batch, &event_id, &prev, &auth_ids);
 
     if !accepted {
-        batch.run(conn).await?;
-        cache::remember(db, &pdu, after_group);
+        // A rejected local event is an error for its sender and is not kept.
+        if !is_local {
+            batch.run(conn).await?;
+            cache::remember(db, &pdu, after_group);
+        }
         return Ok(Outcome {
             pdu,
             stream_pos: None,
             state_after: after_group,
+            current_group,
             rejected,
             soft_failed,
         });
@@ -310,6 +317,7 @@ pub async fn persist(
         pdu,
         stream_pos: Some(pos),
         state_after: after_group,
+        current_group: new_current_group,
         rejected: None,
         soft_failed: false,
     })

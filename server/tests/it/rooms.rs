@@ -437,10 +437,24 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
             acked
         }));
     }
+    // Meanwhile someone outside the room tries too: refused each time, without failing the
+    // sends that share a transaction with theirs.
+    let outsider = server.register("outsider", "pw").await;
+    let refused = {
+        let room = room.clone();
+        tokio::spawn(async move {
+            for j in 0..20 {
+                let (status, body) = send_text(&outsider, &room, &format!("o-{j}"), "let me in").await;
+                assert_eq!(status, 403, "{body}");
+                assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+            }
+        })
+    };
     let mut acked = Vec::new();
     for t in tasks {
         acked.extend(t.await.unwrap());
     }
+    refused.await.unwrap();
     assert_eq!(acked.len(), 200);
 
     async fn history(c: &Client, room: &str) -> Vec<String> {
