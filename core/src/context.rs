@@ -17,8 +17,6 @@ pub struct Core {
     pub sliding: Arc<crate::sync::sliding::Connections>,
     /// Reads this process may skip (see memo.rs for what they may and may not decide).
     pub memos: Arc<crate::memo::Memos>,
-    /// Sends waiting for their room's transaction (see `rooms::send_queue`).
-    pub send_queues: Arc<crate::rooms::send_queue::SendQueues>,
 }
 
 impl Core {
@@ -31,7 +29,6 @@ impl Core {
             typing: Arc::new(Typing::default()),
             sliding: Arc::default(),
             memos: Arc::default(),
-            send_queues: Arc::default(),
         }
     }
 

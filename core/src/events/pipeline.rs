@@ -55,8 +55,6 @@ pub struct Outcome {
     pub stream_pos: Option<i64>,
     /// The state group after the event.
     pub state_after: Option<i64>,
-    /// The room's current state group once the event is persisted.
-    pub current_group: Option<i64>,
     pub rejected: Option<String>,
     pub soft_failed: bool,
 }
@@ -80,7 +78,6 @@ pub async fn persist(
                 pdu,
                 stream_pos: existing.stream_pos,
                 state_after: existing.state_after,
-                current_group: None,
                 rejected: existing.rejected.then(|| "previously rejected".to_owned()),
                 soft_failed: existing.soft_failed,
             });
@@ -241,7 +238,6 @@ pub async fn persist(
             pdu,
             stream_pos: None,
             state_after: after_group,
-            current_group,
             rejected,
             soft_failed,
         });
@@ -317,7 +313,6 @@ pub async fn persist(
         pdu,
         stream_pos: Some(pos),
         state_after: after_group,
-        current_group: new_current_group,
         rejected: None,
         soft_failed: false,
     })

@@ -12,7 +12,6 @@ pub mod power;
 pub mod relations;
 pub mod reports;
 pub mod search;
-pub mod send_queue;
 pub mod timeline;
 pub mod upgrade;
 pub mod user_directory;
@@ -77,16 +76,7 @@ pub async fn send_in_tx(
     txn: Option<(&str, &str, &str)>,
 ) -> Result<(Pdu, i64)> {
     let current_group = rooms::current_state_group(conn, room_id).await?;
-    let persisted = send_at(core, conn, room_id, sender, template, txn, current_group).await?;
-    Ok((persisted.pdu, persisted.stream_pos))
-}
-
-/// A local event persisted by `send_at`.
-struct Persisted {
-    pdu: Pdu,
-    stream_pos: i64,
-    /// The room's current state group after it.
-    current_group: Option<i64>,
+    send_at(core, conn, room_id, sender, template, txn, current_group).await
 }
 
 /// `send_in_tx` on top of `current_group`, the room's current state group as read under the
@@ -99,7 +89,7 @@ async fn send_at(
     template: &EventTemplate,
     txn: Option<(&str, &str, &str)>,
     current_group: Option<i64>,
-) -> Result<Persisted> {
+) -> Result<(Pdu, i64)> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
     let current = state_store::load_or_empty(&core.db, conn, current_group).await?;
     let built = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
@@ -119,18 +109,13 @@ async fn send_at(
     if let Some(reason) = outcome.rejected {
         return Err(Error::Forbidden(reason));
     }
-    let stream_pos = outcome
+    let pos = outcome
         .stream_pos
         .ok_or_else(|| Error::Internal("local event got no stream position".into()))?;
-    Ok(Persisted {
-        pdu: outcome.pdu,
-        stream_pos,
-        current_group: outcome.current_group,
-    })
+    Ok((outcome.pdu, pos))
 }
 
-/// Sends one local event: serialised per room, idempotent per (device, transaction ID), and
-/// committed together with the sends queued beside it (see `send_queue`).
+/// Sends one local event: serialised per room, idempotent per (device, transaction ID).
 pub async fn send(
     core: &Core,
     room_id: &str,
@@ -138,7 +123,30 @@ pub async fn send(
     template: EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
-    send_queue::send(core, room_id, sender, template, txn).await
+    let mut tx = core.db.write().await?;
+    let Some(locked) = rooms::lock(&mut tx, room_id).await? else {
+        return Err(Error::NotFound("Unknown room".into()));
+    };
+    // Checked under the lock, so a retry racing its first attempt finds it.
+    if let Some((user, device, txn_id)) = txn {
+        if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
+            let pos = events::get(&mut tx, &event_id)
+                .await?
+                .and_then(|e| e.stream_pos)
+                .unwrap_or_default();
+            return Ok(Sent {
+                event_id,
+                stream_pos: pos,
+            });
+        }
+    }
+    let (pdu, pos) = send_at(core, &mut tx, room_id, sender, &template, txn, locked.current_group).await?;
+    tx.commit().await?;
+    notify_committed(core, &pdu);
+    Ok(Sent {
+        event_id: pdu.event_id.to_string(),
+        stream_pos: pos,
+    })
 }
 
 /// Wakes syncs for a committed event: the room's members, and the target of a membership
