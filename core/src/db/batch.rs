@@ -21,9 +21,9 @@ use sqlx::{any::AnyArguments, AnyConnection, Arguments, Encode, Type};
 use super::Backend;
 use crate::{Error, Result};
 
-/// Bind parameters per statement sent; both backends allow far more (PostgreSQL 65535,
-/// SQLite 32766), and a bigger batch is split into several.
-const MAX_ARGS: usize = 16_000;
+/// Bind parameters per statement sent; both backends allow more (PostgreSQL 65535, SQLite
+/// 32766), and a bigger batch is split into several.
+pub const MAX_ARGS: usize = 16_000;
 
 /// One statement sent to the database: SQL pieces and their arguments.
 struct Segment<'q> {
@@ -42,7 +42,7 @@ impl Segment<'_> {
 
 pub struct Batch<'q> {
     backend: Backend,
-    /// Full segments first; the last one is being filled and carries the position.
+    /// Full segments first; the last one is being filled.
     segments: Vec<Segment<'q>>,
     position: Option<String>,
 }
@@ -75,10 +75,6 @@ impl<'q> Batch<'q> {
         self.position = Some(stream.to_owned());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.segments.iter().all(|s| s.statements.is_empty())
-    }
-
     /// Adds a statement using `params` bind parameters `$1..$params`, bound next through the
     /// returned binder.
     pub fn push(&mut self, sql: &str, params: usize) -> Binder<'_, 'q> {
@@ -98,37 +94,38 @@ impl<'q> Batch<'q> {
     }
 
     /// Runs every statement in order, inside the caller's transaction; returns the allocated
-    /// position, if one was asked for.
+    /// position, if one was asked for. A batch too big for one statement is sent as several;
+    /// the first allocates the position and the later ones read it back.
     pub async fn run(self, conn: &mut AnyConnection) -> Result<Option<i64>> {
         let Batch {
             backend,
             segments,
             position,
         } = self;
-        let last = segments.len() - 1;
         let mut allocated = None;
         for (i, mut segment) in segments.into_iter().enumerate() {
-            let stream = if i == last { position.as_deref() } else { None };
-            if segment.statements.is_empty() && stream.is_none() {
+            let allocate = i == 0 && position.is_some();
+            let uses_pos = allocate || segment.statements.iter().any(|s| s.contains("{pos}"));
+            if segment.statements.is_empty() && !allocate {
                 continue;
             }
-            let stream_param = match stream {
-                Some(s) => {
-                    segment.args.add(s.to_owned()).map_err(Error::internal)?;
+            let stream_param = match (&position, uses_pos) {
+                (Some(stream), true) => {
+                    segment.args.add(stream.clone()).map_err(Error::internal)?;
                     Some(segment.args.len())
                 }
-                None => None,
+                _ => None,
             };
             let sql = match (segment.statements.len(), stream_param) {
                 (1, None) => segment.statements.pop().expect("one statement"),
-                _ => render(backend, &segment.statements, stream_param),
+                _ => render(backend, &segment.statements, stream_param, allocate),
             };
             let rows: Vec<(i64,)> = sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await?;
-            if stream.is_some() {
+            if allocate {
                 let (pos,) = rows
                     .last()
                     .copied()
-                    .ok_or_else(|| Error::Internal(format!("stream {stream:?} has no position row")))?;
+                    .ok_or_else(|| Error::Internal(format!("stream {position:?} has no position row")))?;
                 allocated = Some(pos);
             }
         }
@@ -157,42 +154,43 @@ fn renumber(sql: &str, offset: usize) -> String {
     out
 }
 
-/// One statement of the backend's kind for `statements`; with a stream position, `$stream`
-/// is the parameter naming the stream, and the statement returns the position as its one row.
-fn render(backend: Backend, statements: &[String], stream: Option<usize>) -> String {
+/// One statement of the backend's kind for `statements`. With `stream`, the parameter naming
+/// the stream, `{pos}` reads its position; with `allocate` too, the statement first bumps it
+/// and returns it as its one row.
+fn render(backend: Backend, statements: &[String], stream: Option<usize>, allocate: bool) -> String {
+    let read = stream.map(|p| format!("(SELECT pos FROM stream_positions WHERE stream = ${p})"));
+    let bump = stream.map(|p| format!("UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p}"));
+    let with_pos = |s: &String, pos: Option<&str>| match pos {
+        Some(pos) => s.replace("{pos}", pos),
+        None => s.clone(),
+    };
     match backend {
         Backend::Sqlite => {
             // Statements run in order: the position is bumped first, then read where needed.
             let mut parts = Vec::with_capacity(statements.len() + 2);
-            let read = stream.map(|p| format!("(SELECT pos FROM stream_positions WHERE stream = ${p})"));
-            if let Some(p) = stream {
-                parts.push(format!("UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p}"));
+            if allocate {
+                parts.extend(bump);
             }
-            for s in statements {
-                parts.push(match &read {
-                    Some(read) => s.replace("{pos}", read),
-                    None => s.clone(),
-                });
-            }
-            if let Some(read) = &read {
+            parts.extend(statements.iter().map(|s| with_pos(s, read.as_deref())));
+            if let (true, Some(read)) = (allocate, &read) {
                 parts.push(format!("SELECT {read}"));
             }
             parts.join(";\n")
         }
         Backend::Postgres => {
+            // All arms see one snapshot: they read the bumped position from the bumping arm.
             let mut arms = Vec::with_capacity(statements.len() + 1);
-            if let Some(p) = stream {
-                arms.push(format!(
-                    "next_pos AS (UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p} RETURNING pos)"
-                ));
-            }
+            let pos = match (allocate, &bump) {
+                (true, Some(bump)) => {
+                    arms.push(format!("next_pos AS ({bump} RETURNING pos)"));
+                    Some("(SELECT pos FROM next_pos)")
+                }
+                _ => read.as_deref(),
+            };
             for (i, s) in statements.iter().enumerate() {
-                arms.push(format!(
-                    "w{i} AS ({})",
-                    s.replace("{pos}", "(SELECT pos FROM next_pos)")
-                ));
+                arms.push(format!("w{i} AS ({})", with_pos(s, pos)));
             }
-            let result = if stream.is_some() {
+            let result = if allocate {
                 "SELECT pos FROM next_pos"
             } else {
                 "SELECT 0::BIGINT WHERE false"
@@ -215,14 +213,14 @@ mod tests {
     #[test]
     fn render_puts_the_position_first_and_returns_it() {
         let statements = vec!["INSERT INTO t (a, p) VALUES ($1, {pos})".to_owned()];
-        let sqlite = render(Backend::Sqlite, &statements, Some(2));
+        let sqlite = render(Backend::Sqlite, &statements, Some(2), true);
         assert_eq!(
             sqlite,
             "UPDATE stream_positions SET pos = pos + 1 WHERE stream = $2;\n\
              INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM stream_positions WHERE stream = $2));\n\
              SELECT (SELECT pos FROM stream_positions WHERE stream = $2)"
         );
-        let pg = render(Backend::Postgres, &statements, Some(2));
+        let pg = render(Backend::Postgres, &statements, Some(2), true);
         assert!(pg.starts_with("WITH next_pos AS (UPDATE stream_positions"), "{pg}");
         assert!(
             pg.contains("w0 AS (INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM next_pos)))"),

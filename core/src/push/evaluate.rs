@@ -140,9 +140,10 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
         .bind(&target)
         .fetch_all(&mut *conn)
         .await?;
-        let target_rules = match rows.first() {
-            Some((user, None, _)) if *user == target => rows.remove(0).2,
-            _ => None,
+        // The other arm leaves the target out, so a row of theirs is their rules.
+        let target_rules = match rows.iter().position(|r| r.0 == target) {
+            Some(i) => rows.remove(i).2,
+            None => None,
         };
         // The target counts when this event joins or invites them.
         if membership == "join" || membership == "invite" {

@@ -17,4 +17,5 @@ mod relations_upgrade_spaces;
 mod rooms;
 mod search_directory_reports;
 mod sliding_sync;
+mod storage_batch;
 mod sync;
