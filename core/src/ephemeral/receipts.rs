@@ -86,7 +86,10 @@ pub async fn rooms_since(conn: &mut AnyConnection, room_ids: &[String], since: i
              ORDER BY stream_pos",
             placeholders(3, chunk.len())
         );
-        let mut q = sqlx::query_as::<_, Row>(&sql).persistent(false).bind(since).bind(upto);
+        let mut q = sqlx::query_as::<_, Row>(&sql)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
+            .bind(since)
+            .bind(upto);
         for room in chunk {
             q = q.bind(room);
         }

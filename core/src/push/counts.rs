@@ -66,7 +66,7 @@ pub async fn unread_many(
              GROUP BY a.room_id, a.thread_id"
         );
         let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql)
-            .persistent(false)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
             .bind(user_id);
         for room in chunk {
             q = q.bind(room);

@@ -142,7 +142,7 @@ async fn related(conn: &mut AnyConnection, targets: &[&str]) -> Result<Vec<(Stri
              AND events.stream_pos IS NOT NULL ORDER BY events.stream_pos DESC",
             placeholders(1, chunk.len())
         );
-        let mut q = sqlx::query(&sql).persistent(false);
+        let mut q = sqlx::query(&sql).persistent(crate::storage::keep_prepared(chunk.len()));
         for t in chunk {
             q = q.bind(*t);
         }

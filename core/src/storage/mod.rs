@@ -22,3 +22,11 @@ pub fn placeholders(first: usize, n: usize) -> String {
 
 /// Most values bound in one `IN (...)` list; lists longer than this are read in chunks.
 pub const IN_CHUNK: usize = 500;
+
+/// Whether a statement whose text grows with a list of `n` values is kept prepared on its
+/// connection. Short lists repeat (a long-poll's few rooms, a page's few events), so their
+/// statements are parsed and planned once per connection; every length of a long list would
+/// be another cache entry pushing out statements that do repeat.
+pub fn keep_prepared(n: usize) -> bool {
+    n <= 8
+}

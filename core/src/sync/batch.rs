@@ -47,7 +47,11 @@ pub(super) async fn latest_events(
                 events::COLUMNS
             )
         });
-        let mut q = sqlx::query(&sql).persistent(false).bind(from).bind(to).bind(limit);
+        let mut q = sqlx::query(&sql)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
+            .bind(from)
+            .bind(to)
+            .bind(limit);
         for room in chunk {
             q = q.bind(room);
         }
@@ -80,7 +84,7 @@ pub(super) async fn state_groups_at(
             )
         });
         let mut q = sqlx::query_as::<_, (String, Option<i64>)>(&sql)
-            .persistent(false)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
             .bind(pos);
         for room in chunk {
             q = q.bind(room);
@@ -124,7 +128,8 @@ pub(super) async fn summaries(
              WHERE membership IN ('join', 'invite') AND room_id IN ({}) GROUP BY room_id, membership",
             placeholders(1, chunk.len())
         );
-        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql).persistent(false);
+        let mut q =
+            sqlx::query_as::<_, (String, String, i64)>(&sql).persistent(crate::storage::keep_prepared(chunk.len()));
         for room in chunk {
             q = q.bind(room);
         }
@@ -147,7 +152,7 @@ pub(super) async fn summaries(
             placeholders(2, chunk.len())
         );
         let mut q = sqlx::query_as::<_, (String, String)>(&sql)
-            .persistent(false)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
             .bind(user_id);
         for room in chunk {
             q = q.bind(room);

@@ -256,7 +256,7 @@ async fn positions(conn: &mut AnyConnection, rooms: &[String], up_to: i64) -> Re
             room_ph.join(",")
         );
         let mut q = sqlx::query_as::<_, (String, Option<i64>, Option<i64>)>(&sql)
-            .persistent(false)
+            .persistent(crate::storage::keep_prepared(chunk.len()))
             .bind(up_to);
         for r in chunk {
             q = q.bind(r);
