@@ -26,18 +26,10 @@ use crate::{Error, Result};
 pub const MAX_ARGS: usize = 16_000;
 
 /// One statement sent to the database: SQL pieces and their arguments.
+#[derive(Default)]
 struct Segment<'q> {
     statements: Vec<String>,
     args: AnyArguments<'q>,
-}
-
-impl Segment<'_> {
-    fn new() -> Self {
-        Segment {
-            statements: Vec::new(),
-            args: AnyArguments::default(),
-        }
-    }
 }
 
 pub struct Batch<'q> {
@@ -64,7 +56,7 @@ impl<'q> Batch<'q> {
     pub fn new(backend: Backend) -> Self {
         Batch {
             backend,
-            segments: vec![Segment::new()],
+            segments: vec![Segment::default()],
             position: None,
         }
     }
@@ -83,7 +75,7 @@ impl<'q> Batch<'q> {
             .last()
             .is_some_and(|s| !s.statements.is_empty() && s.args.len() + params > MAX_ARGS);
         if full {
-            self.segments.push(Segment::new());
+            self.segments.push(Segment::default());
         }
         let segment = self.segments.last_mut().expect("a batch always has a segment");
         let sql = renumber(sql, segment.args.len());

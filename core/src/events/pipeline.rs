@@ -131,6 +131,7 @@ pub async fn persist(
 
     // 4. State before the event.
     let is_create = pdu.kind == TimelineEventType::RoomCreate;
+    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     let before = if is_create {
         StateBefore {
             group: None,
@@ -138,8 +139,7 @@ pub async fn persist(
             state: Arc::new(StateMap::new()),
         }
     } else {
-        let prev_ids: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
-        let prevs = load_refs(conn, &prev_ids).await?;
+        let prevs = load_refs(conn, &prev).await?;
         state_before(db, conn, rules, &prevs).await?
     };
     let before_state = before.state.clone();
@@ -176,6 +176,16 @@ pub async fn persist(
             .is_err();
     }
     pdu.rejected = rejected.is_some();
+    // A rejected local event is an error for its sender: nothing of it is kept.
+    if is_local && rejected.is_some() {
+        return Ok(Outcome {
+            pdu,
+            stream_pos: None,
+            state_after: before.group,
+            rejected,
+            soft_failed,
+        });
+    }
 
     // State groups before and after.
     let room_id = pdu.room_id.to_string();
@@ -199,7 +209,6 @@ pub async fn persist(
         Origin::Local { txn, .. } => txn,
         Origin::Remote => None,
     };
-    let prev: Vec<String> = pdu.prev_events.iter().map(|e| e.to_string()).collect();
     let event_id = pdu.event_id.to_string();
     let accepted = rejected.is_none() && !soft_failed;
     let event_type = pdu.kind.to_string();
@@ -229,11 +238,8 @@ pub async fn persist(
     events::insert_edges(&mut batch, &event_id, &prev, &auth_ids);
 
     if !accepted {
-        // A rejected local event is an error for its sender and is not kept.
-        if !is_local {
-            batch.run(conn).await?;
-            cache::remember(db, &pdu, after_group);
-        }
+        batch.run(conn).await?;
+        cache::remember(db, &pdu, after_group);
         return Ok(Outcome {
             pdu,
             stream_pos: None,
