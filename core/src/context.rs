@@ -17,11 +17,14 @@ pub struct Core {
     pub sliding: Arc<crate::sync::sliding::Connections>,
     /// Reads this process may skip (see memo.rs for what they may and may not decide).
     pub memos: Arc<crate::memo::Memos>,
+    /// The sync streams' positions, read once for the requests that ask together.
+    pub positions: Arc<crate::streams::SharedPositions>,
 }
 
 impl Core {
     pub fn new(db: Db, server_name: OwnedServerName, key: ServerKey) -> Core {
         Core {
+            positions: crate::streams::SharedPositions::new(db.clone()),
             db,
             server_name,
             key: Arc::new(key),

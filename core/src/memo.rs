@@ -6,12 +6,16 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::{presence::Presence, util::now_ms};
+use quick_cache::{UnitWeighter, Weighter};
+
+use crate::{presence::Presence, storage::events::StoredEvent, util::now_ms};
 
 /// Entries per memo keyed by user or device: a memo that forgets simply reads again.
 const CAPACITY: usize = 20_000;
 /// Windows of the events stream remembered: only syncs woken together share one.
 const WINDOWS: usize = 256;
+/// Events held by the timeline and relation memos together, at most (a few MiB).
+const WINDOW_EVENTS: u64 = 4096;
 
 pub struct Memos {
     /// Each user's presence row as last read or written here, with when (ms): `presence::set`
@@ -28,6 +32,27 @@ pub struct Memos {
     /// event is among them), as `/sync` asks: positions up to the current one belong to
     /// committed events whose room and type never change, so an answer never goes stale.
     pub rooms_with_events: Memo<(i64, i64), Arc<HashMap<String, bool>>>,
+    /// Per (room, from, to, limit): the newest timeline events of the room with positions in
+    /// `(from, to]`, as an incremental `/sync` reads them; every member's sync woken by one
+    /// message asks the same. A row only changes later when a redaction (at a position past
+    /// `to`) marks it: an answer from here may then show the event as a read made before the
+    /// redaction did, and the redaction itself comes in the next sync.
+    pub timelines: Memo<(String, i64, i64, i64), Arc<Vec<StoredEvent>>, ByEvents>,
+    /// Per (position, event): the event's edits and thread replies (relation type and event,
+    /// newest first) as read by a sync answering up to that position. A relation that lands
+    /// after the first such read is left out for the others too; it reaches them in their
+    /// next sync, as an event past the position.
+    pub relations: Memo<(i64, String), Arc<Vec<(String, StoredEvent)>>, ByEvents>,
+}
+
+/// Weighs a memo entry by the events it holds (an empty answer still counts one).
+#[derive(Clone, Default)]
+pub struct ByEvents;
+
+impl<K, T> Weighter<K, Arc<Vec<T>>> for ByEvents {
+    fn weight(&self, _key: &K, events: &Arc<Vec<T>>) -> u64 {
+        events.len() as u64 + 1
+    }
 }
 
 impl Default for Memos {
@@ -37,6 +62,16 @@ impl Default for Memos {
             to_device_acked: Memo::default(),
             sync_rooms: Memo::default(),
             rooms_with_events: Memo(quick_cache::sync::Cache::new(WINDOWS)),
+            timelines: Memo(quick_cache::sync::Cache::with_weighter(
+                WINDOWS,
+                WINDOW_EVENTS / 2,
+                ByEvents,
+            )),
+            relations: Memo(quick_cache::sync::Cache::with_weighter(
+                WINDOWS,
+                WINDOW_EVENTS / 2,
+                ByEvents,
+            )),
         }
     }
 }
@@ -45,7 +80,7 @@ impl Default for Memos {
 /// the database) is noticed within this.
 pub const PRESENCE_MAX_AGE_MS: i64 = 10_000;
 
-pub struct Memo<K, V>(quick_cache::sync::Cache<K, V>);
+pub struct Memo<K, V, W = UnitWeighter>(quick_cache::sync::Cache<K, V, W>);
 
 impl<K, V> Default for Memo<K, V>
 where
@@ -57,10 +92,11 @@ where
     }
 }
 
-impl<K, V> Memo<K, V>
+impl<K, V, W> Memo<K, V, W>
 where
     K: Eq + std::hash::Hash + Clone,
     V: Clone,
+    W: Weighter<K, V> + Clone,
 {
     pub fn get<Q>(&self, key: &Q) -> Option<V>
     where

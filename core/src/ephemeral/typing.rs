@@ -1,6 +1,9 @@
 //! Typing notifications: kept in memory with an expiry, as they are worthless after a restart.
-//! Each room's list carries a serial (milliseconds since the epoch of its last change) that
-//! sync tokens compare against, so serials keep rising across restarts.
+//! Each room's list carries the serial of its last change, which sync tokens compare against.
+//! Serials come from one counter that starts at the process's start time in milliseconds and
+//! takes the clock's value when that is higher, so they keep rising across restarts; a token's
+//! typing part is the counter, which stays still while nobody types (an unchanged token is how
+//! a long-poll knows it has nothing to report).
 
 use std::{
     collections::HashMap,
@@ -17,9 +20,32 @@ struct RoomTyping {
     serial: i64,
 }
 
-#[derive(Default)]
+struct Rooms {
+    rooms: HashMap<String, RoomTyping>,
+    /// The last serial given to any room.
+    serial: i64,
+}
+
+impl Rooms {
+    fn next_serial(&mut self) -> i64 {
+        self.serial = now_ms().max(self.serial + 1);
+        self.serial
+    }
+}
+
 pub struct Typing {
-    rooms: Mutex<HashMap<String, RoomTyping>>,
+    rooms: Mutex<Rooms>,
+}
+
+impl Default for Typing {
+    fn default() -> Self {
+        Typing {
+            rooms: Mutex::new(Rooms {
+                rooms: HashMap::new(),
+                serial: now_ms(),
+            }),
+        }
+    }
 }
 
 /// Typing timeouts are capped so a client cannot pin itself as typing forever.
@@ -31,7 +57,8 @@ impl Typing {
         let now = now_ms();
         {
             let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-            let room = rooms.entry(room_id.to_owned()).or_default();
+            let serial = rooms.next_serial();
+            let room = rooms.rooms.entry(room_id.to_owned()).or_default();
             match timeout_ms {
                 Some(t) => {
                     room.users.insert(user_id.to_owned(), now + t.clamp(0, MAX_TIMEOUT_MS));
@@ -40,7 +67,7 @@ impl Typing {
                     room.users.remove(user_id);
                 }
             }
-            room.serial = now.max(room.serial + 1);
+            room.serial = serial;
         }
         notifier.room_changed(room_id);
         if let Some(t) = timeout_ms {
@@ -58,24 +85,26 @@ impl Typing {
     fn expire(&self, room_id: &str) -> bool {
         let now = now_ms();
         let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(room) = rooms.get_mut(room_id) else {
+        let Some(room) = rooms.rooms.get_mut(room_id) else {
             return false;
         };
         let before = room.users.len();
         room.users.retain(|_, expiry| *expiry > now);
-        if room.users.len() != before {
-            room.serial = now.max(room.serial + 1);
-            true
-        } else {
-            false
+        if room.users.len() == before {
+            return false;
         }
+        let serial = rooms.next_serial();
+        if let Some(room) = rooms.rooms.get_mut(room_id) {
+            room.serial = serial;
+        }
+        true
     }
 
     /// The users typing in a room, if the list changed after `since` (a serial).
     pub fn changed_since(&self, room_id: &str, since: i64) -> Option<Vec<String>> {
         self.expire(room_id);
         let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let room = rooms.get(room_id)?;
+        let room = rooms.rooms.get(room_id)?;
         (room.serial > since).then(|| {
             let mut users: Vec<String> = room.users.keys().cloned().collect();
             users.sort();
@@ -83,9 +112,8 @@ impl Typing {
         })
     }
 
-    /// The current serial: the highest of all rooms, or now.
+    /// The current serial: every change so far has this one or a lower one.
     pub fn serial(&self) -> i64 {
-        let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        rooms.values().map(|r| r.serial).max().unwrap_or(0).max(now_ms())
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner()).serial
     }
 }

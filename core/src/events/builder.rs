@@ -17,7 +17,7 @@ use super::{
     Pdu, StateMap,
 };
 use crate::{
-    storage::events,
+    storage::rooms::Head,
     util::{now_ms, random_string},
     Core, Error, Result,
 };
@@ -54,15 +54,8 @@ impl EventTemplate {
 /// At most this many forward extremities are referenced by one new event.
 const MAX_PREV_EVENTS: usize = 10;
 
-/// A freshly built PDU and whether its `prev_events` are every forward extremity of the room
-/// (then, once it is persisted, it is the room's only extremity).
-pub struct Built {
-    pub pdu: Pdu,
-    pub references_all_extremities: bool,
-}
-
 /// Builds and signs a PDU in `room_id` (ignored for a v12 create event, whose room ID is its
-/// own hash) on top of `current` state.
+/// own hash) on top of the room's `head` (empty for a create event).
 pub async fn build(
     core: &Core,
     conn: &mut AnyConnection,
@@ -70,14 +63,10 @@ pub async fn build(
     room_id: Option<&str>,
     sender: &UserId,
     template: &EventTemplate,
+    head: &Head,
     current: &StateMap,
-) -> Result<Built> {
-    let is_create = template.kind == "m.room.create";
-    let mut prev_ids = match (is_create, room_id) {
-        (false, Some(room)) => events::forward_extremities(conn, room).await?,
-        _ => Vec::new(),
-    };
-    let references_all_extremities = prev_ids.len() <= MAX_PREV_EVENTS;
+) -> Result<Pdu> {
+    let mut prev_ids = head.extremities.clone();
     prev_ids.truncate(MAX_PREV_EVENTS);
     let prevs = cache::load(&core.db, conn, rules, &prev_ids).await?;
     let depth = prevs.iter().map(|e| e.pdu.depth).max().unwrap_or(0) + 1;
@@ -132,6 +121,7 @@ pub async fn build(
         "prev_events": reference(&prevs, &prev_ids),
         "auth_events": reference(&auths, &auth_ids),
     });
+    let is_create = template.kind == "m.room.create";
     if let Some(room) = room_id.filter(|_| !(is_create && rules.authorization.room_create_event_id_as_room_id)) {
         object["room_id"] = json!(room);
     }
@@ -166,8 +156,5 @@ pub async fn build(
         other => Error::BadJson(other.to_string()),
     })?;
     let event_id = Pdu::compute_event_id(&object, rules)?;
-    Ok(Built {
-        pdu: Pdu::from_json(event_id, object, rules)?,
-        references_all_extremities,
-    })
+    Pdu::from_json(event_id, object, rules)
 }

@@ -22,7 +22,11 @@ use super::{
 };
 use crate::{
     db::batch::Batch,
-    storage::{events, rooms, state as state_store},
+    storage::{
+        events,
+        rooms::{self, Head},
+        state as state_store,
+    },
     Core, Error, Result,
 };
 
@@ -33,19 +37,11 @@ pub enum Origin<'a> {
     /// `(user, device, txn_id)` for idempotent sends.
     Local {
         txn: Option<(&'a str, &'a str, &'a str)>,
-        head: LocalHead,
+        /// The room's head the event was built on, read in this transaction (nothing else
+        /// can move it while the room is locked), so the pipeline need not read it again.
+        head: &'a Head,
     },
     Remote,
-}
-
-/// What the builder read of the room's head in this transaction, so the pipeline need not
-/// read it again (nothing else can move it while the room is locked).
-#[derive(Clone, Copy, Debug)]
-pub struct LocalHead {
-    /// The room's current state group; `None` before its create event.
-    pub current_group: Option<i64>,
-    /// The event's `prev_events` are all of the room's forward extremities.
-    pub references_all_extremities: bool,
 }
 
 #[derive(Debug)]
@@ -102,8 +98,14 @@ pub async fn persist(
         }
     })?;
 
-    // 2. Signatures and hashes; a hash mismatch keeps the event, redacted.
-    match ruma::signatures::verify_event(keys, &pdu.json, rules) {
+    // 2. Signatures and hashes; a hash mismatch keeps the event, redacted. A local event was
+    //    hashed and signed by the builder just now, with the key that would verify it.
+    let verified = if is_local {
+        Ok(Verified::All)
+    } else {
+        ruma::signatures::verify_event(keys, &pdu.json, rules)
+    };
+    match verified {
         Ok(Verified::All) => {}
         Ok(Verified::Signatures) => {
             let redacted = ruma::canonical_json::redact(pdu.json.clone(), &rules.redaction, None)
@@ -156,10 +158,15 @@ pub async fn persist(
 
     // 6. Soft fail: a remote event that passes against its own history but not against the
     //    current state is kept out of the timeline and the forward extremities.
-    let current_group = match origin {
-        Origin::Local { head, .. } => head.current_group,
-        Origin::Remote => rooms::current_state_group(conn, pdu.room_id.as_str()).await?,
+    let remote_head;
+    let head = match origin {
+        Origin::Local { head, .. } => head,
+        Origin::Remote => {
+            remote_head = rooms::head(conn, pdu.room_id.as_str()).await?;
+            &remote_head
+        }
     };
+    let current_group = head.current_group;
     let mut soft_failed = false;
     if rejected.is_none()
         && matches!(origin, Origin::Remote)
@@ -252,18 +259,12 @@ pub async fn persist(
     // Forward extremities: the event replaces its prev events, unless a known event already
     // builds on it (a received event arriving late; a local one was built just now).
     let referenced = !is_local && events::is_referenced(conn, &event_id).await?;
-    events::replace_forward_extremities(&mut batch, &room_id, &event_id, &prev, referenced);
-    let extremities = match origin {
-        Origin::Local { head, .. } if head.references_all_extremities => vec![event_id.clone()],
-        _ => {
-            let mut ext = events::forward_extremities(conn, &room_id).await?;
-            ext.retain(|e| !prev.contains(e));
-            if !referenced && !ext.contains(&event_id) {
-                ext.push(event_id.clone());
-            }
-            ext
-        }
-    };
+    let mut extremities = head.extremities.clone();
+    extremities.retain(|e| !prev.contains(e));
+    if !referenced && !extremities.contains(&event_id) {
+        extremities.push(event_id.clone());
+    }
+    extremities.sort_unstable();
 
     // Current state: the event's own state, or the resolution of every extremity's.
     let old_current = state_store::load_or_empty(db, conn, current_group).await?;
@@ -302,9 +303,18 @@ pub async fn persist(
     }
     store_relation(&mut batch, &pdu);
     crate::rooms::search::index_event(&mut batch, &pdu);
-    rooms::set_head(&mut batch, &room_id, new_current_group);
+    rooms::set_head(&mut batch, &room_id, new_current_group, &extremities);
     update_memberships(conn, &pdu, &old_current, &new_current, &mut batch).await?;
-    crate::push::evaluate(core, conn, rules, &pdu, &new_current, &mut batch).await?;
+    crate::push::evaluate(
+        core,
+        conn,
+        rules,
+        &pdu,
+        &new_current,
+        head.push_members.as_deref(),
+        &mut batch,
+    )
+    .await?;
 
     // Last: the stream position, allocated by the statement that writes it (see streams.rs
     // for why it must come last).

@@ -19,6 +19,7 @@ use super::rules as user_rules;
 use crate::{
     db::batch::Batch,
     events::{cache, Pdu, StateMap},
+    storage::rooms::PushMember,
     util::now_ms,
     Core, Error, Result,
 };
@@ -42,17 +43,19 @@ struct Decision {
 /// outcomes that notify are stored: they are all `/sync` counts and the pusher needs.
 ///
 /// Memberships are read as they were before the event (its own writes are in the batch); the
-/// event's effect on its target is taken from the event itself.
+/// event's effect on its target is taken from the event itself. `joined`, when given, are the
+/// room's joined members as read under its lock (see `rooms::lock_for_send`).
 pub async fn evaluate<'q>(
     core: &Core,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
     pdu: &'q Pdu,
     state: &StateMap,
+    joined: Option<&[PushMember]>,
     batch: &mut Batch<'q>,
 ) -> Result<()> {
     settle_on_join(core, pdu, batch);
-    let (recipients, member_count) = recipients(core, conn, pdu).await?;
+    let (recipients, member_count) = recipients(core, conn, pdu, joined).await?;
     if recipients.is_empty() {
         return Ok(());
     }
@@ -116,10 +119,13 @@ fn settle_on_join<'q>(core: &Core, pdu: &'q Pdu, batch: &mut Batch<'q>) {
 /// For a membership event only members with rules of their own and the event's target are
 /// asked: the default rules never notify anyone else of one (`.m.rule.member_event` comes
 /// before every rule that could), and joins would otherwise cost more the bigger the room.
-async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<(Vec<Recipient>, u64)> {
-    // (user ID, display name, stored rules)
-    type Row = (String, Option<String>, Option<String>);
-    let mut rows: Vec<Row>;
+async fn recipients(
+    core: &Core,
+    conn: &mut AnyConnection,
+    pdu: &Pdu,
+    joined: Option<&[PushMember]>,
+) -> Result<(Vec<Recipient>, u64)> {
+    let mut rows: Vec<PushMember>;
     let member_count;
     if pdu.kind == TimelineEventType::RoomMember {
         // Joined members with rules of their own, found from the rules' side (CROSS JOIN keeps
@@ -165,6 +171,9 @@ async fn recipients(core: &Core, conn: &mut AnyConnection, pdu: &Pdu) -> Result<
         } else {
             0
         };
+    } else if let Some(joined) = joined {
+        rows = joined.to_vec();
+        member_count = rows.len() as u64;
     } else {
         rows = sqlx::query_as(
             "SELECT m.user_id, m.displayname, p.ruleset FROM room_memberships m

@@ -100,7 +100,7 @@ async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, se
         return Ok(());
     };
     let template = EventTemplate::state("m.room.canonical_alias", "", Value::Object(updated));
-    let (pdu, _) = send_in_tx(core, &mut tx, room_id, sender, &template, None).await?;
+    let (pdu, _) = send_in_tx(core, &mut tx, room_id, sender, &template).await?;
     tx.commit().await?;
     super::notify_committed(core, &pdu);
     Ok(())

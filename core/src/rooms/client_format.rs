@@ -51,7 +51,20 @@ pub async fn format(
     list: &[StoredEvent],
     viewer: Option<Viewer<'_>>,
 ) -> Result<Vec<Value>> {
-    let aggregations = aggregations(core, conn, list, viewer).await?;
+    let aggregations = aggregations(core, conn, list, viewer, None).await?;
+    format_list(core, conn, list, viewer, &aggregations).await
+}
+
+/// `format` for a sync answering up to events position `at`: the relations of each event are
+/// read once for all the syncs at that position (see `Memos::relations`).
+pub async fn format_at(
+    core: &Core,
+    conn: &mut AnyConnection,
+    list: &[StoredEvent],
+    viewer: Option<Viewer<'_>>,
+    at: i64,
+) -> Result<Vec<Value>> {
+    let aggregations = aggregations(core, conn, list, viewer, Some(at)).await?;
     format_list(core, conn, list, viewer, &aggregations).await
 }
 
@@ -154,12 +167,50 @@ async fn related(conn: &mut AnyConnection, targets: &[&str]) -> Result<Vec<(Stri
     Ok(out)
 }
 
-/// `unsigned.m.relations` per event ID for events that have edits or thread replies.
+/// `related` through the memo of relations read at events position `at`.
+async fn related_at(
+    core: &Core,
+    conn: &mut AnyConnection,
+    targets: &[&str],
+    at: i64,
+) -> Result<Vec<(String, String, StoredEvent)>> {
+    let mut out = Vec::new();
+    let mut misses = Vec::new();
+    for target in targets {
+        match core.memos.relations.get(&(at, (*target).to_owned())) {
+            Some(found) => out.extend(
+                found
+                    .iter()
+                    .map(|(rel, e)| ((*target).to_owned(), rel.clone(), e.clone())),
+            ),
+            None => misses.push(*target),
+        }
+    }
+    if misses.is_empty() {
+        return Ok(out);
+    }
+    let mut by_target: HashMap<String, Vec<(String, StoredEvent)>> = HashMap::new();
+    for (target, rel, event) in related(conn, &misses).await? {
+        by_target.entry(target).or_default().push((rel, event));
+    }
+    for target in misses {
+        let found = by_target.remove(target).unwrap_or_default();
+        out.extend(found.iter().map(|(rel, e)| (target.to_owned(), rel.clone(), e.clone())));
+        core.memos
+            .relations
+            .set((at, target.to_owned()), std::sync::Arc::new(found));
+    }
+    Ok(out)
+}
+
+/// `unsigned.m.relations` per event ID for events that have edits or thread replies; `at`,
+/// when given, is the events position a sync answers up to.
 async fn aggregations(
     core: &Core,
     conn: &mut AnyConnection,
     list: &[StoredEvent],
     viewer: Option<Viewer<'_>>,
+    at: Option<i64>,
 ) -> Result<HashMap<String, Value>> {
     let targets: Vec<&str> = list
         .iter()
@@ -172,8 +223,11 @@ async fn aggregations(
     if targets.is_empty() {
         return Ok(result);
     }
-    let (replaces, thread_replies): (Vec<_>, Vec<_>) = related(conn, &targets)
-        .await?
+    let related = match at {
+        Some(at) => related_at(core, conn, &targets, at).await?,
+        None => related(conn, &targets).await?,
+    };
+    let (replaces, thread_replies): (Vec<_>, Vec<_>) = related
         .into_iter()
         .partition(|(_, rel_type, _)| rel_type == "m.replace");
 

@@ -74,17 +74,19 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     } else {
         Some(format!("!{}:{}", random_string(18), core.server_name))
     };
-    let built = builder::build(
+    // A room has no head before its create event.
+    let no_head = rooms::Head::default();
+    let create_pdu = builder::build(
         core,
         &mut tx,
         &rules,
         room_id.as_deref(),
         creator,
         &create,
+        &no_head,
         &StateMap::new(),
     )
     .await?;
-    let create_pdu = built.pdu;
     let room_id = create_pdu.room_id.to_string();
     rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
     rooms::lock(&mut tx, &room_id).await?;
@@ -96,10 +98,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         &own_keys(core),
         pipeline::Origin::Local {
             txn: None,
-            head: pipeline::LocalHead {
-                current_group: None,
-                references_all_extremities: true,
-            },
+            head: &no_head,
         },
     )
     .await?;
@@ -203,7 +202,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     let mut last = outcome.stream_pos.unwrap_or_default();
     let mut sent = Vec::new();
     for t in &templates {
-        let (pdu, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t, None).await?;
+        let (pdu, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t).await?;
         last = pos;
         sent.push(pdu);
     }

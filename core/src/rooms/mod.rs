@@ -73,14 +73,13 @@ pub async fn send_in_tx(
     room_id: &str,
     sender: &UserId,
     template: &EventTemplate,
-    txn: Option<(&str, &str, &str)>,
 ) -> Result<(Pdu, i64)> {
-    let current_group = rooms::current_state_group(conn, room_id).await?;
-    send_at(core, conn, room_id, sender, template, txn, current_group).await
+    let head = rooms::head(conn, room_id).await?;
+    send_at(core, conn, room_id, sender, template, None, &head).await
 }
 
-/// `send_in_tx` on top of `current_group`, the room's current state group as read under the
-/// room's lock in this transaction.
+/// `send_in_tx` on top of `head`, the room's head as read under the room's lock in this
+/// transaction.
 async fn send_at(
     core: &Core,
     conn: &mut AnyConnection,
@@ -88,20 +87,16 @@ async fn send_at(
     sender: &UserId,
     template: &EventTemplate,
     txn: Option<(&str, &str, &str)>,
-    current_group: Option<i64>,
+    head: &rooms::Head,
 ) -> Result<(Pdu, i64)> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
-    let current = state_store::load_or_empty(&core.db, conn, current_group).await?;
-    let built = builder::build(core, conn, &rules, Some(room_id), sender, template, &current).await?;
-    let head = pipeline::LocalHead {
-        current_group,
-        references_all_extremities: built.references_all_extremities,
-    };
+    let current = state_store::load_or_empty(&core.db, conn, head.current_group).await?;
+    let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, head, &current).await?;
     let outcome = pipeline::persist(
         core,
         conn,
         &rules,
-        built.pdu,
+        pdu,
         &own_keys(core),
         pipeline::Origin::Local { txn, head },
     )
@@ -123,30 +118,60 @@ pub async fn send(
     template: EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
+    match send_once(core, room_id, sender, &template, txn).await {
+        // A retry that raced its first attempt past the lock (see `rooms::Locked`) is refused
+        // by the unique index on transaction IDs: the first attempt's event is the answer.
+        Err(Error::Database(e)) if txn.is_some() && is_unique_violation(&e) => {
+            let (user, device, txn_id) = txn.expect("checked above");
+            let mut conn = core.db.conn().await?;
+            match events::by_txn(&mut conn, user, device, txn_id, room_id).await? {
+                Some(event_id) => sent_earlier(&mut conn, event_id).await,
+                None => Err(Error::Database(e)),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn send_once(
+    core: &Core,
+    room_id: &str,
+    sender: &UserId,
+    template: &EventTemplate,
+    txn: Option<(&str, &str, &str)>,
+) -> Result<Sent> {
     let mut tx = core.db.write().await?;
-    let Some(locked) = rooms::lock(&mut tx, room_id).await? else {
+    // Push evaluation of a membership event reads only members with rules of their own.
+    let push_members = template.kind != "m.room.member";
+    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members).await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
-    // Checked under the lock, so a retry racing its first attempt finds it.
-    if let Some((user, device, txn_id)) = txn {
-        if let Some(event_id) = events::by_txn(&mut tx, user, device, txn_id, room_id).await? {
-            let pos = events::get(&mut tx, &event_id)
-                .await?
-                .and_then(|e| e.stream_pos)
-                .unwrap_or_default();
-            return Ok(Sent {
-                event_id,
-                stream_pos: pos,
-            });
-        }
+    if let Some(event_id) = locked.txn_event {
+        return sent_earlier(&mut tx, event_id).await;
     }
-    let (pdu, pos) = send_at(core, &mut tx, room_id, sender, &template, txn, locked.current_group).await?;
+    let (pdu, pos) = send_at(core, &mut tx, room_id, sender, template, txn, &locked.head).await?;
     tx.commit().await?;
     notify_committed(core, &pdu);
     Ok(Sent {
         event_id: pdu.event_id.to_string(),
         stream_pos: pos,
     })
+}
+
+/// The answer to a send whose transaction ID already sent `event_id`.
+async fn sent_earlier(conn: &mut AnyConnection, event_id: String) -> Result<Sent> {
+    let pos = events::get(conn, &event_id)
+        .await?
+        .and_then(|e| e.stream_pos)
+        .unwrap_or_default();
+    Ok(Sent {
+        event_id,
+        stream_pos: pos,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
 /// Wakes syncs for a committed event: the room's members, and the target of a membership

@@ -286,7 +286,6 @@ async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<
         room_id,
         user,
         &EventTemplate::state("m.room.power_levels", "", pl),
-        None,
     )
     .await?;
     tx.commit().await?;
@@ -333,7 +332,6 @@ async fn clear_old_canonical_alias(core: &Core, user: &UserId, room_id: &str) ->
         room_id,
         user,
         &EventTemplate::state("m.room.canonical_alias", "", json!({})),
-        None,
     )
     .await?;
     tx.commit().await?;

@@ -166,15 +166,6 @@ pub fn set_redacted_by<'q>(batch: &mut Batch<'q>, event_id: &'q str, redaction_i
         .bind(redaction_id);
 }
 
-pub async fn forward_extremities(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT event_id FROM forward_extremities WHERE room_id = $1 ORDER BY event_id")
-            .bind(room_id)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
 /// Whether a known event lists `event_id` as a prev event (then it is no forward extremity).
 pub async fn is_referenced(conn: &mut AnyConnection, event_id: &str) -> Result<bool> {
     let row: Option<(String,)> = sqlx::query_as("SELECT event_id FROM event_edges WHERE prev_event_id = $1 LIMIT 1")
@@ -182,36 +173,6 @@ pub async fn is_referenced(conn: &mut AnyConnection, event_id: &str) -> Result<b
         .fetch_optional(conn)
         .await?;
     Ok(row.is_some())
-}
-
-/// The event replaces its prev events as forward extremities; it becomes one itself unless
-/// `referenced` (a known event already builds on it).
-pub fn replace_forward_extremities<'q>(
-    batch: &mut Batch<'q>,
-    room_id: &'q str,
-    event_id: &'q str,
-    prev: &'q [String],
-    referenced: bool,
-) {
-    for chunk in prev.chunks(super::IN_CHUNK) {
-        let sql = format!(
-            "DELETE FROM forward_extremities WHERE room_id = $1 AND event_id IN ({})",
-            super::placeholders(2, chunk.len())
-        );
-        let mut b = batch.push(&sql, chunk.len() + 1).bind(room_id);
-        for id in chunk {
-            b = b.bind(id.as_str());
-        }
-    }
-    if !referenced {
-        batch
-            .push(
-                "INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                2,
-            )
-            .bind(room_id)
-            .bind(event_id);
-    }
 }
 
 /// The event a device sent with this transaction ID, if any.

@@ -2,7 +2,12 @@
 
 use sqlx::AnyConnection;
 
-use crate::{db::batch::Batch, events::StateMap, util::now_ms, Db, Result};
+use crate::{
+    db::{batch::Batch, Backend},
+    events::StateMap,
+    util::now_ms,
+    Db, Error, Result,
+};
 
 pub async fn insert(conn: &mut AnyConnection, room_id: &str, version: &str, creator: &str) -> Result<()> {
     sqlx::query("INSERT INTO rooms (room_id, room_version, creator, created_ts) VALUES ($1, $2, $3, $4)")
@@ -15,22 +20,121 @@ pub async fn insert(conn: &mut AnyConnection, room_id: &str, version: &str, crea
     Ok(())
 }
 
+/// Where a room's next event goes: its current state group and forward extremities.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    pub current_group: Option<i64>,
+    /// Sorted event IDs.
+    pub extremities: Vec<String>,
+    /// The joined members as push evaluation needs them, when read with the lock.
+    pub push_members: Option<Vec<PushMember>>,
+}
+
+/// A joined member: user ID, display name, stored push rules.
+pub type PushMember = (String, Option<String>, Option<String>);
+
+impl Head {
+    fn from_row(current_group: Option<i64>, extremities: &str) -> Result<Head> {
+        Ok(Head {
+            current_group,
+            extremities: serde_json::from_str(extremities).map_err(Error::internal)?,
+            push_members: None,
+        })
+    }
+}
+
 /// A room row locked for the rest of the transaction.
 pub struct Locked {
-    /// The room's current state group, read with the lock (it cannot change while held).
-    pub current_group: Option<i64>,
+    /// The room's head, read with the lock (it cannot change while held).
+    pub head: Head,
+    /// The event already sent with the transaction ID given to `lock_for_send`, if any. On
+    /// PostgreSQL it is read as of before the lock was granted, so a retry racing its first
+    /// attempt may miss it; the unique index on transaction IDs then refuses the second insert.
+    pub txn_event: Option<String>,
 }
 
 /// Locks the room row for the rest of the transaction, serialising event creation per room
 /// (also across processes on PostgreSQL). `None` when the room does not exist.
-pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Locked>> {
-    let row: Option<(Option<i64>,)> = sqlx::query_as(
-        "UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1 RETURNING current_state_group",
+///
+/// The head comes from the locked row itself, which on PostgreSQL is the newest committed
+/// version even when the lock had to wait for another writer.
+pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Head>> {
+    let row: Option<(Option<i64>, String)> = sqlx::query_as(
+        "UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1
+         RETURNING current_state_group, forward_extremities",
     )
     .bind(room_id)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(current_group,)| Locked { current_group }))
+    row.map(|(group, extremities)| Head::from_row(group, &extremities))
+        .transpose()
+}
+
+/// `lock` for sending one event, returning in the same round trip what the send reads next:
+/// the event of a retried transaction ID and, when `push_members`, the joined members.
+///
+/// Subqueries read the snapshot taken when the statement started. On PostgreSQL that may be
+/// before the lock was granted; the members are kept only when the snapshot's current state
+/// group is the locked row's, since memberships follow current state.
+pub async fn lock_for_send(
+    db: &Db,
+    conn: &mut AnyConnection,
+    room_id: &str,
+    txn: Option<(&str, &str, &str)>,
+    push_members: bool,
+) -> Result<Option<Locked>> {
+    let members = match (push_members, db.backend()) {
+        (false, _) => "NULL",
+        (true, Backend::Postgres) => {
+            "(SELECT CAST(json_agg(json_build_array(m.user_id, m.displayname, p.ruleset)) AS TEXT)
+              FROM room_memberships m LEFT JOIN push_rules p ON p.user_id = m.user_id
+              WHERE m.room_id = $1 AND m.membership = 'join')"
+        }
+        (true, Backend::Sqlite) => {
+            "(SELECT json_group_array(json_array(m.user_id, m.displayname, p.ruleset))
+              FROM room_memberships m LEFT JOIN push_rules p ON p.user_id = m.user_id
+              WHERE m.room_id = $1 AND m.membership = 'join')"
+        }
+    };
+    type Row = (Option<i64>, String, Option<String>, Option<i64>, Option<String>);
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1
+         RETURNING current_state_group, forward_extremities,
+             (SELECT event_id FROM events
+              WHERE txn_user = $2 AND txn_device = $3 AND txn_id = $4 AND events.room_id = $1),
+             (SELECT r.current_state_group FROM rooms r WHERE r.room_id = $1),
+             {members}"
+    ))
+    .bind(room_id)
+    .bind(txn.map(|t| t.0))
+    .bind(txn.map(|t| t.1))
+    .bind(txn.map(|t| t.2))
+    .fetch_optional(conn)
+    .await?;
+    let Some((group, extremities, txn_event, seen_group, members)) = row else {
+        return Ok(None);
+    };
+    let mut head = Head::from_row(group, &extremities)?;
+    if push_members && seen_group == group {
+        head.push_members = Some(match members {
+            Some(json) => serde_json::from_str(&json).map_err(Error::internal)?,
+            None => Vec::new(),
+        });
+    }
+    Ok(Some(Locked { head, txn_event }))
+}
+
+/// The room's head as committed (exact under the room's lock). Empty for an unknown room.
+pub async fn head(conn: &mut AnyConnection, room_id: &str) -> Result<Head> {
+    let row: Option<(Option<i64>, String)> =
+        sqlx::query_as("SELECT current_state_group, forward_extremities FROM rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(conn)
+            .await?;
+    match row {
+        Some((group, extremities)) => Head::from_row(group, &extremities),
+        None => Ok(Head::default()),
+    }
 }
 
 pub async fn version(db: &Db, conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
@@ -55,17 +159,20 @@ pub async fn current_state_group(conn: &mut AnyConnection, room_id: &str) -> Res
     Ok(row.and_then(|r| r.0))
 }
 
-/// Records a new event at the head of the room: the batch's stream position and (when known)
-/// the current state group.
-pub fn set_head<'q>(batch: &mut Batch<'q>, room_id: &'q str, group: Option<i64>) {
+/// Records a new event at the head of the room: the batch's stream position, the room's
+/// forward extremities and (when known) the current state group.
+pub fn set_head<'q>(batch: &mut Batch<'q>, room_id: &'q str, group: Option<i64>, extremities: &[String]) {
+    let extremities = serde_json::to_string(extremities).expect("a list of strings serialises");
     batch
         .push(
-            "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), last_stream_pos = {pos}
+            "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), forward_extremities = $3,
+             last_stream_pos = {pos}
              WHERE room_id = $1",
-            2,
+            3,
         )
         .bind(room_id)
-        .bind(group);
+        .bind(group)
+        .bind(extremities);
 }
 
 /// Applies the difference between two current states to the `current_state` table.

@@ -351,7 +351,7 @@ async fn timelines(
     let limit = timeline_limit(&req.filter.room.timeline);
     let mut out: HashMap<String, Timeline> = HashMap::new();
     let mut candidates = Vec::new();
-    for (room_id, mut batch) in batch::latest_events(conn, room_ids, from_pos, to_pos, limit + 1).await? {
+    for (room_id, mut batch) in latest_events(core, conn, room_ids, from_pos, to_pos, limit + 1).await? {
         let limited = batch.len() as i64 > limit;
         batch.truncate(limit as usize);
         batch.reverse();
@@ -370,6 +370,47 @@ async fn timelines(
             if let Some(t) = out.get_mut(&event.room_id) {
                 t.events.push(event);
             }
+        }
+    }
+    Ok(out)
+}
+
+/// `batch::latest_events` through the timeline memo for an incremental window (an initial
+/// one is read afresh: no other sync shares it). Rooms without events in the window are left
+/// out, as there.
+async fn latest_events(
+    core: &Core,
+    conn: &mut AnyConnection,
+    room_ids: &[String],
+    from: i64,
+    to: i64,
+    limit: i64,
+) -> Result<HashMap<String, Vec<StoredEvent>>> {
+    if from == 0 {
+        return batch::latest_events(conn, room_ids, from, to, limit).await;
+    }
+    let key = |room: &str| (room.to_owned(), from, to, limit);
+    let mut out = HashMap::new();
+    let mut misses = Vec::new();
+    for room in room_ids {
+        match core.memos.timelines.get(&key(room)) {
+            Some(events) => {
+                if !events.is_empty() {
+                    out.insert(room.clone(), events.to_vec());
+                }
+            }
+            None => misses.push(room.clone()),
+        }
+    }
+    if misses.is_empty() {
+        return Ok(out);
+    }
+    let mut read = batch::latest_events(conn, &misses, from, to, limit).await?;
+    for room in misses {
+        let events = read.remove(&room).unwrap_or_default();
+        core.memos.timelines.set(key(&room), Arc::new(events.clone()));
+        if !events.is_empty() {
+            out.insert(room, events);
         }
     }
     Ok(out)
@@ -438,9 +479,13 @@ async fn joined_rooms(
         user_id: &req.user_id,
         device_id: Some(&req.device_id),
     };
-    let mut formatted = client_format::format(core, conn, &to_format, Some(viewer))
-        .await?
-        .into_iter();
+    // The syncs woken by one event share its relations; an initial sync shares nothing.
+    let formatted = if initial {
+        client_format::format(core, conn, &to_format, Some(viewer)).await?
+    } else {
+        client_format::format_at(core, conn, &to_format, Some(viewer), now.events).await?
+    };
+    let mut formatted = formatted.into_iter();
     drop(to_format);
 
     let mut room_receipts = if initial {

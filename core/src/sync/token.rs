@@ -53,12 +53,7 @@ impl SyncToken {
     /// All counters are read in one statement (streams a later migration has not created yet
     /// read as 0).
     pub async fn current(core: &Core) -> Result<SyncToken> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT stream, pos FROM stream_positions
-             WHERE stream IN ('events', 'account_data', 'receipts', 'to_device', 'device_lists', 'presence')",
-        )
-        .fetch_all(core.db.pool())
-        .await?;
+        let rows = core.positions.read().await?;
         let pos = |name: &str| rows.iter().find(|(s, _)| s == name).map_or(0, |(_, p)| *p);
         Ok(SyncToken {
             events: pos("events"),

@@ -391,6 +391,25 @@ both_backends!(every_room_version, |backend| async move {
             .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.create"))
             .await;
         assert_eq!(body["room_version"], v.to_string());
+        // What other servers will check: every stored event of the room carries this server's
+        // valid signature and a matching content hash.
+        let running = server.running.as_ref().unwrap();
+        let keys = weft_core::rooms::own_keys(&running.state.core);
+        let rules = weft_core::events::rules_for(&v.to_string()).unwrap();
+        let stored: Vec<(String,)> = sqlx::query_as("SELECT json FROM events WHERE room_id = $1")
+            .bind(&room)
+            .fetch_all(running.state.db.pool())
+            .await
+            .unwrap();
+        assert!(stored.len() >= 5, "v{v}: {} events", stored.len());
+        for (json,) in stored {
+            let object: ruma::CanonicalJsonObject = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                ruma::signatures::verify_event(&keys, &object, &rules).ok(),
+                Some(ruma::signatures::Verified::All),
+                "v{v}: {json}"
+            );
+        }
         if v == 12 {
             let (_, state) = alice
                 .get(&format!(
@@ -405,6 +424,28 @@ both_backends!(every_room_version, |backend| async move {
             );
         }
     }
+    server.stop().await;
+});
+
+both_backends!(a_transaction_id_sent_at_once_is_one_event, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    // A client retrying before its first attempt answered: every attempt gets the one event.
+    let attempts = (0..8).map(|_| send_text(&alice, &room, "retried", "once"));
+    let answers = futures::future::join_all(attempts).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["event_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    let (_, page) = messages(&alice, &room, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), vec!["once"]);
     server.stop().await;
 });
 
@@ -481,9 +522,10 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     }
     // The graph is linear: one forward extremity.
     let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
-    let extremities = weft_core::storage::events::forward_extremities(&mut conn, &room)
+    let extremities = weft_core::storage::rooms::head(&mut conn, &room)
         .await
-        .unwrap();
+        .unwrap()
+        .extremities;
     assert_eq!(extremities.len(), 1, "{extremities:?}");
     drop(conn);
 

@@ -60,9 +60,14 @@ both_backends!(initial_and_incremental, |backend| async move {
     assert_eq!(joined["summary"]["m.joined_member_count"], 1);
     let token = initial["next_batch"].as_str().unwrap().to_owned();
 
-    // Nothing new: the room is absent.
+    // Nothing new: the room is absent, and the token stays as it was (also while waiting).
     let empty = sync(&alice, Some(&token), "").await;
     assert!(empty["rooms"]["join"].get(&room).is_none(), "{empty}");
+    assert_eq!(empty["next_batch"], token.as_str());
+    let (status, waited) = alice
+        .get(&format!("/_matrix/client/v3/sync?timeout=300&since={token}"))
+        .await;
+    assert_eq!((status, &waited["next_batch"]), (200, &json!(token)), "{waited}");
 
     for i in 0..3 {
         send_text(&alice, &room, &format!("m{i}"), &format!("msg {i}")).await;
