@@ -17,6 +17,8 @@ pub struct Core {
     pub sliding: Arc<crate::sync::sliding::Connections>,
     /// Reads this process may skip (see memo.rs for what they may and may not decide).
     pub memos: Arc<crate::memo::Memos>,
+    /// Turns to send into a room, taken before its row lock (see rooms::turns).
+    pub room_turns: Arc<crate::rooms::turns::RoomTurns>,
     /// The sync streams' positions, read once for the requests that ask together.
     pub positions: Arc<crate::streams::SharedPositions>,
 }
@@ -32,6 +34,7 @@ impl Core {
             typing: Arc::new(Typing::default()),
             sliding: Arc::default(),
             memos: Arc::default(),
+            room_turns: Arc::default(),
         }
     }
 

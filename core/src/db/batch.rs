@@ -37,6 +37,9 @@ pub struct Batch<'q> {
     /// Full segments first; the last one is being filled.
     segments: Vec<Segment<'q>>,
     position: Option<String>,
+    /// The statement (its index in the first segment) that must return a row for the batch
+    /// to count, see `require_last`.
+    required: Option<usize>,
 }
 
 /// Adds arguments to the statement just pushed, in the order of its `$1`, `$2`, ...
@@ -58,7 +61,23 @@ impl<'q> Batch<'q> {
             backend,
             segments: vec![Segment::default()],
             position: None,
+            required: None,
         }
+    }
+
+    /// Makes the statement just pushed (PostgreSQL only, one with `RETURNING`, in the first
+    /// segment) a condition of the batch: when it returns no row, `run` allocates no position
+    /// and returns `None`, and the caller rolls the transaction back. A compare-and-set of a
+    /// row the batch did not lock beforehand.
+    pub fn require_last(&mut self) -> Result<()> {
+        let first = &self.segments[0];
+        if self.backend != Backend::Postgres || self.segments.len() > 1 || first.statements.is_empty() {
+            return Err(Error::Internal(
+                "a required statement must be the first segment's, on PostgreSQL".into(),
+            ));
+        }
+        self.required = Some(first.statements.len() - 1);
+        Ok(())
     }
 
     /// Allocates the next position of `stream` when the batch runs; `{pos}` in statements
@@ -93,6 +112,7 @@ impl<'q> Batch<'q> {
             backend,
             segments,
             position,
+            required,
         } = self;
         let mut allocated = None;
         for (i, mut segment) in segments.into_iter().enumerate() {
@@ -108,11 +128,15 @@ impl<'q> Batch<'q> {
                 }
                 _ => None,
             };
-            let sql = match (segment.statements.len(), stream_param) {
-                (1, None) => segment.statements.pop().expect("one statement"),
-                _ => render(backend, &segment.statements, stream_param, allocate),
+            let required = required.filter(|_| i == 0);
+            let sql = match (segment.statements.len(), stream_param, required) {
+                (1, None, None) => segment.statements.pop().expect("one statement"),
+                _ => render(backend, &segment.statements, stream_param, allocate, required),
             };
             let rows: Vec<(i64,)> = sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await?;
+            if required.is_some() && rows.is_empty() {
+                return Ok(None);
+            }
             if allocate {
                 let (pos,) = rows
                     .last()
@@ -148,8 +172,15 @@ fn renumber(sql: &str, offset: usize) -> String {
 
 /// One statement of the backend's kind for `statements`. With `stream`, the parameter naming
 /// the stream, `{pos}` reads its position; with `allocate` too, the statement first bumps it
-/// and returns it as its one row.
-fn render(backend: Backend, statements: &[String], stream: Option<usize>, allocate: bool) -> String {
+/// and returns it as its one row. With `required` (PostgreSQL), it returns a row only when
+/// that statement returned one.
+fn render(
+    backend: Backend,
+    statements: &[String],
+    stream: Option<usize>,
+    allocate: bool,
+    required: Option<usize>,
+) -> String {
     let read = stream.map(|p| format!("(SELECT pos FROM stream_positions WHERE stream = ${p})"));
     let bump = stream.map(|p| format!("UPDATE stream_positions SET pos = pos + 1 WHERE stream = ${p}"));
     let with_pos = |s: &String, pos: Option<&str>| match pos {
@@ -182,10 +213,11 @@ fn render(backend: Backend, statements: &[String], stream: Option<usize>, alloca
             for (i, s) in statements.iter().enumerate() {
                 arms.push(format!("w{i} AS ({})", with_pos(s, pos)));
             }
-            let result = if allocate {
-                "SELECT pos FROM next_pos"
-            } else {
-                "SELECT 0::BIGINT WHERE false"
+            let result = match (allocate, required) {
+                (true, None) => "SELECT pos FROM next_pos".to_owned(),
+                (true, Some(r)) => format!("SELECT pos FROM next_pos WHERE EXISTS (SELECT 1 FROM w{r})"),
+                (false, Some(r)) => format!("SELECT 0::BIGINT WHERE EXISTS (SELECT 1 FROM w{r})"),
+                (false, None) => "SELECT 0::BIGINT WHERE false".to_owned(),
             };
             format!("WITH {} {result}", arms.join(",\n"))
         }
@@ -205,14 +237,14 @@ mod tests {
     #[test]
     fn render_puts_the_position_first_and_returns_it() {
         let statements = vec!["INSERT INTO t (a, p) VALUES ($1, {pos})".to_owned()];
-        let sqlite = render(Backend::Sqlite, &statements, Some(2), true);
+        let sqlite = render(Backend::Sqlite, &statements, Some(2), true, None);
         assert_eq!(
             sqlite,
             "UPDATE stream_positions SET pos = pos + 1 WHERE stream = $2;\n\
              INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM stream_positions WHERE stream = $2));\n\
              SELECT (SELECT pos FROM stream_positions WHERE stream = $2)"
         );
-        let pg = render(Backend::Postgres, &statements, Some(2), true);
+        let pg = render(Backend::Postgres, &statements, Some(2), true, None);
         assert!(pg.starts_with("WITH next_pos AS (UPDATE stream_positions"), "{pg}");
         assert!(
             pg.contains("w0 AS (INSERT INTO t (a, p) VALUES ($1, (SELECT pos FROM next_pos)))"),

@@ -37,9 +37,12 @@ pub enum Origin<'a> {
     /// `(user, device, txn_id)` for idempotent sends.
     Local {
         txn: Option<(&'a str, &'a str, &'a str)>,
-        /// The room's head the event was built on, read in this transaction (nothing else
-        /// can move it while the room is locked), so the pipeline need not read it again.
+        /// The room's head the event was built on, so the pipeline need not read it again:
+        /// read under the room's lock in this transaction (nothing else can move it), or,
+        /// when `unlocked`, remembered from this process's last send into the room, and then
+        /// set only if the room still has it (see `rooms::turns`).
         head: &'a Head,
+        unlocked: bool,
     },
     Remote,
 }
@@ -53,6 +56,11 @@ pub struct Outcome {
     pub state_after: Option<i64>,
     pub rejected: Option<String>,
     pub soft_failed: bool,
+    /// The room's head after an accepted event.
+    pub head: Option<Head>,
+    /// The event was built on an unlocked head that had moved: nothing was written, and the
+    /// transaction must be rolled back.
+    pub head_moved: bool,
 }
 
 /// Runs every check and persists the PDU inside the caller's transaction.
@@ -76,6 +84,8 @@ pub async fn persist(
                 state_after: existing.state_after,
                 rejected: existing.rejected.then(|| "previously rejected".to_owned()),
                 soft_failed: existing.soft_failed,
+                head: None,
+                head_moved: false,
             });
         }
     }
@@ -191,6 +201,8 @@ pub async fn persist(
             state_after: before.group,
             rejected,
             soft_failed,
+            head: None,
+            head_moved: false,
         });
     }
 
@@ -253,6 +265,8 @@ pub async fn persist(
             state_after: after_group,
             rejected,
             soft_failed,
+            head: None,
+            head_moved: false,
         });
     }
 
@@ -303,7 +317,14 @@ pub async fn persist(
     }
     store_relation(&mut batch, &pdu);
     crate::rooms::search::index_event(&mut batch, &pdu);
-    rooms::set_head(&mut batch, &room_id, new_current_group, &extremities);
+    let unlocked = matches!(origin, Origin::Local { unlocked: true, .. });
+    rooms::set_head(
+        &mut batch,
+        &room_id,
+        new_current_group,
+        &extremities,
+        unlocked.then_some(head),
+    )?;
     update_memberships(conn, &pdu, &old_current, &new_current, &mut batch).await?;
     crate::push::evaluate(
         core,
@@ -319,10 +340,29 @@ pub async fn persist(
     // Last: the stream position, allocated by the statement that writes it (see streams.rs
     // for why it must come last).
     batch.allocate_position("events");
-    let pos = batch
-        .run(conn)
-        .await?
-        .ok_or_else(|| Error::Internal("the event batch allocated no position".into()))?;
+    let ran = match batch.run(conn).await {
+        // The room is being written by a sender holding its row (see `rooms::set_head`).
+        Err(Error::Database(sqlx::Error::Database(e)))
+            if unlocked && e.code().as_deref() == Some(rooms::LOCK_NOT_AVAILABLE) =>
+        {
+            None
+        }
+        other => other?,
+    };
+    let Some(pos) = ran else {
+        if unlocked {
+            return Ok(Outcome {
+                pdu,
+                stream_pos: None,
+                state_after: after_group,
+                rejected: None,
+                soft_failed: false,
+                head: None,
+                head_moved: true,
+            });
+        }
+        return Err(Error::Internal("the event batch allocated no position".into()));
+    };
     // The next local event builds on this one.
     cache::remember(db, &pdu, after_group);
     Ok(Outcome {
@@ -331,6 +371,12 @@ pub async fn persist(
         state_after: after_group,
         rejected: None,
         soft_failed: false,
+        head: Some(Head {
+            current_group: new_current_group.or(current_group),
+            extremities,
+            push_members: None,
+        }),
+        head_moved: false,
     })
 }
 

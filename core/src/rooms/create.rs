@@ -99,6 +99,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         pipeline::Origin::Local {
             txn: None,
             head: &no_head,
+            unlocked: false,
         },
     )
     .await?;

@@ -13,6 +13,7 @@ pub mod relations;
 pub mod reports;
 pub mod search;
 pub mod timeline;
+pub mod turns;
 pub mod upgrade;
 pub mod user_directory;
 pub mod visibility;
@@ -23,6 +24,7 @@ use ruma::{room_version_rules::RoomVersionRules, serde::Base64, signatures::Publ
 use sqlx::AnyConnection;
 
 use crate::{
+    db::Backend,
     events::{
         builder::{self, EventTemplate},
         pipeline, rules_for, Pdu, StateMap,
@@ -75,11 +77,26 @@ pub async fn send_in_tx(
     template: &EventTemplate,
 ) -> Result<(Pdu, i64)> {
     let head = rooms::head(conn, room_id).await?;
-    send_at(core, conn, room_id, sender, template, None, &head).await
+    match send_at(core, conn, room_id, sender, template, None, &head, false).await? {
+        Persisted::Sent { pdu, pos, .. } => Ok((pdu, pos)),
+        Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
+    }
 }
 
-/// `send_in_tx` on top of `head`, the room's head as read under the room's lock in this
-/// transaction.
+/// What `send_at` did.
+enum Persisted {
+    Sent {
+        pdu: Pdu,
+        pos: i64,
+        head: Option<rooms::Head>,
+    },
+    /// Built on an unlocked head that had moved: nothing was written.
+    HeadMoved,
+}
+
+/// `send_in_tx` on top of `head`: the room's head as read under the room's lock in this
+/// transaction, or, when `unlocked`, as the last send here left it (see `turns`).
+#[allow(clippy::too_many_arguments)]
 async fn send_at(
     core: &Core,
     conn: &mut AnyConnection,
@@ -88,26 +105,27 @@ async fn send_at(
     template: &EventTemplate,
     txn: Option<(&str, &str, &str)>,
     head: &rooms::Head,
-) -> Result<(Pdu, i64)> {
+    unlocked: bool,
+) -> Result<Persisted> {
     let (_, rules) = room_rules(core, conn, room_id).await?;
     let current = state_store::load_or_empty(&core.db, conn, head.current_group).await?;
     let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, head, &current).await?;
-    let outcome = pipeline::persist(
-        core,
-        conn,
-        &rules,
-        pdu,
-        &own_keys(core),
-        pipeline::Origin::Local { txn, head },
-    )
-    .await?;
+    let origin = pipeline::Origin::Local { txn, head, unlocked };
+    let outcome = pipeline::persist(core, conn, &rules, pdu, &own_keys(core), origin).await?;
+    if outcome.head_moved {
+        return Ok(Persisted::HeadMoved);
+    }
     if let Some(reason) = outcome.rejected {
         return Err(Error::Forbidden(reason));
     }
     let pos = outcome
         .stream_pos
         .ok_or_else(|| Error::Internal("local event got no stream position".into()))?;
-    Ok((outcome.pdu, pos))
+    Ok(Persisted::Sent {
+        pdu: outcome.pdu,
+        pos,
+        head: outcome.head,
+    })
 }
 
 /// Sends one local event: serialised per room, idempotent per (device, transaction ID).
@@ -140,16 +158,73 @@ async fn send_once(
     template: &EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
-    let mut tx = core.db.write().await?;
     // Push evaluation of a membership event reads only members with rules of their own.
     let push_members = template.kind != "m.room.member";
-    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members).await? else {
+    let mut tx = core.db.write().await?;
+    if core.db.backend() == Backend::Sqlite {
+        // The one writer serialises everything; the lock statement reads the head.
+        let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true).await? else {
+            return Err(Error::NotFound("Unknown room".into()));
+        };
+        if let Some(event_id) = locked.txn_event {
+            return sent_earlier(&mut tx, event_id).await;
+        }
+        return match send_at(core, &mut tx, room_id, sender, template, txn, &locked.head, false).await? {
+            Persisted::Sent { pdu, pos, .. } => commit_sent(core, tx, pdu, pos).await,
+            Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
+        };
+    }
+
+    // PostgreSQL: what the send reads besides the head is read before taking the room's turn,
+    // so the turn is held for the write batch and the commit only (see `turns`).
+    let Some(read) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, false).await? else {
+        return Err(Error::NotFound("Unknown room".into()));
+    };
+    if let Some(event_id) = read.txn_event {
+        return sent_earlier(&mut tx, event_id).await;
+    }
+    let mut turn = core.room_turns.take(room_id).await;
+    // A state event's groups are written before the batch: it always locks the room first.
+    if let Some(remembered) = turn.head().filter(|_| template.state_key.is_none()) {
+        let mut head = remembered.clone();
+        // The members were read at some state group: valid only if it is the head's.
+        if read.head.current_group == head.current_group {
+            head.push_members = read.head.push_members;
+        }
+        match send_at(core, &mut tx, room_id, sender, template, txn, &head, true).await? {
+            Persisted::Sent { pdu, pos, head } => {
+                let sent = commit_sent(core, tx, pdu, pos).await;
+                turn.remember(if sent.is_ok() { head } else { None });
+                return sent;
+            }
+            Persisted::HeadMoved => {
+                // Moved by another process or by a path that takes no turn: start again,
+                // this time under the row lock.
+                drop(tx);
+                tx = core.db.write().await?;
+            }
+        }
+    }
+    turn.remember(None);
+    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true).await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
     if let Some(event_id) = locked.txn_event {
         return sent_earlier(&mut tx, event_id).await;
     }
-    let (pdu, pos) = send_at(core, &mut tx, room_id, sender, template, txn, &locked.head).await?;
+    match send_at(core, &mut tx, room_id, sender, template, txn, &locked.head, false).await? {
+        Persisted::Sent { pdu, pos, head } => {
+            // Held through the commit: a next sender waiting on the row lock instead costs
+            // PostgreSQL more than it saves.
+            let sent = commit_sent(core, tx, pdu, pos).await;
+            turn.remember(if sent.is_ok() { head } else { None });
+            sent
+        }
+        Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
+    }
+}
+
+async fn commit_sent(core: &Core, tx: crate::WriteTx, pdu: Pdu, pos: i64) -> Result<Sent> {
     tx.commit().await?;
     notify_committed(core, &pdu);
     Ok(Sent {

@@ -43,6 +43,9 @@ impl Head {
     }
 }
 
+/// PostgreSQL's error code when a `NOWAIT` lock finds the row locked.
+pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// A room row locked for the rest of the transaction.
 pub struct Locked {
     /// The room's head, read with the lock (it cannot change while held).
@@ -70,8 +73,9 @@ pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Head
         .transpose()
 }
 
-/// `lock` for sending one event, returning in the same round trip what the send reads next:
-/// the event of a retried transaction ID and, when `push_members`, the joined members.
+/// `lock` for sending one event (or, without `lock`, a plain read of the same), returning in
+/// the same round trip what the send reads next: the event of a retried transaction ID and,
+/// when `push_members`, the joined members.
 ///
 /// Subqueries read the snapshot taken when the statement started. On PostgreSQL that may be
 /// before the lock was granted; the members are kept only when the snapshot's current state
@@ -82,6 +86,7 @@ pub async fn lock_for_send(
     room_id: &str,
     txn: Option<(&str, &str, &str)>,
     push_members: bool,
+    lock: bool,
 ) -> Result<Option<Locked>> {
     let members = match (push_members, db.backend()) {
         (false, _) => "NULL",
@@ -97,20 +102,25 @@ pub async fn lock_for_send(
         }
     };
     type Row = (Option<i64>, String, Option<String>, Option<i64>, Option<String>);
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1
-         RETURNING current_state_group, forward_extremities,
-             (SELECT event_id FROM events
-              WHERE txn_user = $2 AND txn_device = $3 AND txn_id = $4 AND events.room_id = $1),
-             (SELECT r.current_state_group FROM rooms r WHERE r.room_id = $1),
-             {members}"
-    ))
-    .bind(room_id)
-    .bind(txn.map(|t| t.0))
-    .bind(txn.map(|t| t.1))
-    .bind(txn.map(|t| t.2))
-    .fetch_optional(conn)
-    .await?;
+    let columns = format!(
+        "current_state_group, forward_extremities,
+         (SELECT event_id FROM events
+          WHERE txn_user = $2 AND txn_device = $3 AND txn_id = $4 AND events.room_id = $1),
+         (SELECT r.current_state_group FROM rooms r WHERE r.room_id = $1),
+         {members}"
+    );
+    let sql = if lock {
+        format!("UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1 RETURNING {columns}")
+    } else {
+        format!("SELECT {columns} FROM rooms WHERE room_id = $1")
+    };
+    let row: Option<Row> = sqlx::query_as(&sql)
+        .bind(room_id)
+        .bind(txn.map(|t| t.0))
+        .bind(txn.map(|t| t.1))
+        .bind(txn.map(|t| t.2))
+        .fetch_optional(conn)
+        .await?;
     let Some((group, extremities, txn_event, seen_group, members)) = row else {
         return Ok(None);
     };
@@ -161,18 +171,46 @@ pub async fn current_state_group(conn: &mut AnyConnection, room_id: &str) -> Res
 
 /// Records a new event at the head of the room: the batch's stream position, the room's
 /// forward extremities and (when known) the current state group.
-pub fn set_head<'q>(batch: &mut Batch<'q>, room_id: &'q str, group: Option<i64>, extremities: &[String]) {
-    let extremities = serde_json::to_string(extremities).expect("a list of strings serialises");
-    batch
-        .push(
-            "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), forward_extremities = $3,
-             last_stream_pos = {pos}
-             WHERE room_id = $1",
-            3,
-        )
-        .bind(room_id)
-        .bind(group)
-        .bind(extremities);
+///
+/// With `expected`, the head this event was built on without locking the room (PostgreSQL),
+/// the update is a compare-and-set the batch requires: if the room moved meanwhile, nothing
+/// of the batch counts (see `Batch::require_last`). It does not wait for the room's row: the
+/// batch may already hold the stream's row, which a sender holding the room's row waits for,
+/// so waiting could deadlock; a locked row fails the batch instead (`LOCK_NOT_AVAILABLE`).
+pub fn set_head<'q>(
+    batch: &mut Batch<'q>,
+    room_id: &'q str,
+    group: Option<i64>,
+    extremities: &[String],
+    expected: Option<&Head>,
+) -> Result<()> {
+    let json = |list: &[String]| serde_json::to_string(list).expect("a list of strings serialises");
+    let set = "UPDATE rooms SET current_state_group = COALESCE($2, current_state_group), forward_extremities = $3,
+               last_stream_pos = {pos}
+               WHERE room_id = $1";
+    match expected {
+        None => {
+            batch.push(set, 3).bind(room_id).bind(group).bind(json(extremities));
+        }
+        Some(head) => {
+            batch
+                .push(
+                    &format!(
+                        "{set} AND forward_extremities = $4 AND current_state_group IS NOT DISTINCT FROM $5
+                         AND EXISTS (SELECT 1 FROM rooms r WHERE r.room_id = $1 FOR UPDATE NOWAIT)
+                         RETURNING last_stream_pos"
+                    ),
+                    5,
+                )
+                .bind(room_id)
+                .bind(group)
+                .bind(json(extremities))
+                .bind(json(&head.extremities))
+                .bind(head.current_group);
+            batch.require_last()?;
+        }
+    }
+    Ok(())
 }
 
 /// Applies the difference between two current states to the `current_state` table.

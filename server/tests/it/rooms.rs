@@ -449,6 +449,65 @@ both_backends!(a_transaction_id_sent_at_once_is_one_event, |backend| async move 
     server.stop().await;
 });
 
+both_backends!(two_servers_on_one_database_send_into_one_room, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // A second process on the same database: each remembers the room's head from its own
+    // last send, which the other's sends keep moving.
+    let second = weft::server::start(server.config.clone())
+        .await
+        .expect("second server starts");
+    let alice = server.register("alice", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let mut other = alice.clone();
+    other.base = format!("http://{}", second.addrs[0]);
+    let send_many = |client: Client, tag: &'static str| {
+        let room = room.clone();
+        async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let (status, body) = send_text(&client, &room, &format!("{tag}{i}"), &format!("{tag} {i}")).await;
+                assert_eq!(status, 200, "{body}");
+                ids.push(body["event_id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }
+    };
+    let (a, b) = tokio::join!(send_many(alice.clone(), "a"), send_many(other.clone(), "b"));
+    let (_, page) = messages(&alice, &room, "dir=b&limit=100").await;
+    let seen: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen.len(), 50, "every acknowledged event once");
+    for id in a.iter().chain(&b) {
+        assert!(seen.contains(id), "acknowledged {id} missing");
+    }
+    // Each server's own sends keep their order, and the graph stayed linear.
+    let order = |ids: &[String]| {
+        ids.iter()
+            .map(|id| seen.iter().position(|s| s == id))
+            .collect::<Vec<_>>()
+    };
+    for ids in [&a, &b] {
+        let positions = order(ids);
+        assert!(positions.windows(2).all(|w| w[0] > w[1]), "{positions:?}");
+    }
+    let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
+    let extremities = weft_core::storage::rooms::head(&mut conn, &room)
+        .await
+        .unwrap()
+        .extremities;
+    assert_eq!(extremities.len(), 1, "{extremities:?}");
+    drop(conn);
+    second.shutdown().await;
+    server.stop().await;
+});
+
 both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     let Some(mut server) = TestServer::start(backend).await else {
         return;
