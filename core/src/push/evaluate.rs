@@ -250,15 +250,19 @@ fn thread_id(event: &Value) -> String {
 fn store<'q>(batch: &mut Batch<'q>, pdu: &'q Pdu, thread_id: String, decisions: &[Decision]) -> Result<()> {
     let ts = now_ms();
     for chunk in decisions.chunks(100) {
+        // (user, highlight, actions) per recipient; the shared values and the position appear
+        // once (on PostgreSQL each `{pos}` is a subplan of its own). `WHERE true` keeps
+        // SQLite from reading `ON CONFLICT` as a join's `ON`.
         let placeholders: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let b = 5 + i * 3;
-                format!("($1, $2, ${}, {{pos}}, $3, 1, ${}, ${}, $4)", b, b + 1, b + 2)
+                format!("(${}, ${}, ${})", b, b + 1, b + 2)
             })
             .collect();
         let sql = format!(
             "INSERT INTO event_push_actions (room_id, event_id, user_id, stream_pos, thread_id, notify, highlight, actions, ts)
-             VALUES {} ON CONFLICT (user_id, event_id) DO NOTHING",
+             SELECT $1, $2, v.column1, {{pos}}, $3, 1, v.column2, v.column3, $4 FROM (VALUES {}) AS v
+             WHERE true ON CONFLICT DO NOTHING",
             placeholders.join(", ")
         );
         let mut b = batch
