@@ -3,9 +3,10 @@
 #
 #   bench/run.sh [--db sqlite|postgres] [--quick] [-- extra weft-bench run args]
 #
-# Installs Synapse into a virtualenv ($HOME/.cache/weft-bench-venv) if missing, starts Synapse
-# and Weft with fresh databases and rate limits off, runs every weft-bench scenario against
-# each with the same parameters, stops both, and prints a comparison table. See bench/README.md.
+# Installs Synapse into a virtualenv ($HOME/.cache/weft-bench-venv) if missing, then runs every
+# weft-bench scenario with the same parameters against Weft and then Synapse, each alone on
+# the machine with a fresh database and rate limits off, and prints a comparison table. See
+# bench/README.md.
 set -euo pipefail
 
 DB=sqlite
@@ -17,7 +18,7 @@ while [ $# -gt 0 ]; do
         --db=*) DB="${1#--db=}"; shift ;;
         --quick) QUICK=(--quick); shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -110,10 +111,15 @@ log "generating Synapse config in $WORK/synapse"
     --data-directory "$WORK/synapse/data" \
     --generate-config --report-stats=no >/dev/null)
 "$VENV/bin/python" "$ROOT/bench/synapse_config.py" "$WORK/synapse/homeserver.yaml" "$SYN_PORT" "$SECRET" "$DB" "$SYN_DB_ARG"
-log "starting Synapse on 127.0.0.1:$SYN_PORT ($DB)"
-(cd "$WORK/synapse" && exec "$VENV/bin/python" -m synapse.app.homeserver -c "$WORK/synapse/homeserver.yaml" \
-    >"$WORK/synapse/stderr.log" 2>&1) &
-SYN_PID=$!
+# Started once Weft is done: each server runs alone on the machine, so neither one's
+# background work lands on the other's figures.
+SYN_PID=""
+start_synapse() {
+    log "starting Synapse on 127.0.0.1:$SYN_PORT ($DB)"
+    (cd "$WORK/synapse" && exec "$VENV/bin/python" -m synapse.app.homeserver -c "$WORK/synapse/homeserver.yaml" \
+        >"$WORK/synapse/stderr.log" 2>&1) &
+    SYN_PID=$!
+}
 
 # --- Weft --------------------------------------------------------------------------------------
 WEFT_PORT="$(free_port)"
@@ -168,7 +174,6 @@ wait_up() {
     return 1
 }
 wait_up weft "$WEFT_PORT" "$WEFT_PID"
-wait_up synapse "$SYN_PORT" "$SYN_PID"
 
 # --- Scenarios ---------------------------------------------------------------------------------
 run_one() {
@@ -178,9 +183,11 @@ run_one() {
         ${QUICK[@]+"${QUICK[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} | tee "$RESULTS/$name.jsonl"
 }
 run_one weft "$WEFT_PORT" "$WEFT_PID"
-run_one synapse "$SYN_PORT" "$SYN_PID"
-
 stop_pid "$WEFT_PID" weft; WEFT_PID=""
+
+start_synapse
+wait_up synapse "$SYN_PORT" "$SYN_PID"
+run_one synapse "$SYN_PORT" "$SYN_PID"
 stop_pid "$SYN_PID" synapse; SYN_PID=""
 
 # --- Table -------------------------------------------------------------------------------------

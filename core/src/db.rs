@@ -213,6 +213,18 @@ impl Db {
         })
     }
 
+    /// `write`, possibly leaving SQLite's savepoint to the caller's first statement, which
+    /// must then start with the returned prefix (see `SqliteWriter::begin_deferred`).
+    pub async fn write_deferred(&self) -> Result<(WriteTx, &'static str)> {
+        Ok(match &self.sqlite_writer {
+            Some(writer) => {
+                let (tx, prefix) = writer.begin_deferred().await?;
+                (WriteTx::Sqlite(tx), prefix.unwrap_or(""))
+            }
+            None => (WriteTx::Postgres(self.pool.begin().await?), ""),
+        })
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -117,24 +117,42 @@ impl SqliteWriter {
     /// Starts a logical write transaction: waits for the connection, opens a physical
     /// transaction if none is open, and a savepoint for this writer.
     pub async fn begin(&self) -> Result<SqliteTx> {
+        let (mut tx, savepoint) = self.begin_deferred().await?;
+        if let Some(savepoint) = savepoint {
+            tx.conn().execute(savepoint).await?;
+        }
+        Ok(tx)
+    }
+
+    /// `begin`, except that when the physical transaction is already open the savepoint is
+    /// left to the caller's first statement, which must start with the returned prefix: one
+    /// hand-off to the connection's worker thread fewer, which under load is mostly thread
+    /// wake-ups. (The savepoint counts as open from here: if that statement fails before
+    /// opening it, rolling back to it later fails harmlessly.)
+    pub async fn begin_deferred(&self) -> Result<(SqliteTx, Option<&'static str>)> {
         let mut state = self.state.clone().lock_owned().await;
         state.recover().await?;
-        // One call either way: each is a hand-off to the connection's worker thread.
-        if state.batch.is_none() {
-            if let Err(e) = state.conn.execute("BEGIN IMMEDIATE; SAVEPOINT w").await {
-                // Leave no transaction open that no batch knows of.
-                let _ = state.conn.execute("ROLLBACK").await;
-                return Err(e.into());
-            }
-            state.batch = Some(Arc::new(watch::channel(None).0));
-        } else {
-            state.conn.execute("SAVEPOINT w").await?;
+        if state.batch.is_some() {
+            state.savepoint_open = true;
+            let tx = SqliteTx {
+                state: Some(state),
+                wake_committer: self.wake_committer.clone(),
+            };
+            return Ok((tx, Some("SAVEPOINT w;\n")));
         }
+        // One call: each is a hand-off to the connection's worker thread.
+        if let Err(e) = state.conn.execute("BEGIN IMMEDIATE; SAVEPOINT w").await {
+            // Leave no transaction open that no batch knows of.
+            let _ = state.conn.execute("ROLLBACK").await;
+            return Err(e.into());
+        }
+        state.batch = Some(Arc::new(watch::channel(None).0));
         state.savepoint_open = true;
-        Ok(SqliteTx {
+        let tx = SqliteTx {
             state: Some(state),
             wake_committer: self.wake_committer.clone(),
-        })
+        };
+        Ok((tx, None))
     }
 }
 

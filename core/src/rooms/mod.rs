@@ -160,10 +160,12 @@ async fn send_once(
 ) -> Result<Sent> {
     // Push evaluation of a membership event reads only members with rules of their own.
     let push_members = template.kind != "m.room.member";
-    let mut tx = core.db.write().await?;
     if core.db.backend() == Backend::Sqlite {
-        // The one writer serialises everything; the lock statement reads the head.
-        let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true).await? else {
+        // The one writer serialises everything; the lock statement reads the head, and opens
+        // this writer's savepoint in the same call.
+        let (mut tx, savepoint) = core.db.write_deferred().await?;
+        let locked = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true, savepoint).await?;
+        let Some(locked) = locked else {
             return Err(Error::NotFound("Unknown room".into()));
         };
         if let Some(event_id) = locked.txn_event {
@@ -174,10 +176,11 @@ async fn send_once(
             Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
         };
     }
+    let mut tx = core.db.write().await?;
 
     // PostgreSQL: what the send reads besides the head is read before taking the room's turn,
     // so the turn is held for the write batch and the commit only (see `turns`).
-    let Some(read) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, false).await? else {
+    let Some(read) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, false, "").await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
     if let Some(event_id) = read.txn_event {
@@ -206,7 +209,7 @@ async fn send_once(
         }
     }
     turn.remember(None);
-    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true).await? else {
+    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true, "").await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
     if let Some(event_id) = locked.txn_event {

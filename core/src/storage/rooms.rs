@@ -80,6 +80,9 @@ pub async fn lock(conn: &mut AnyConnection, room_id: &str) -> Result<Option<Head
 /// Subqueries read the snapshot taken when the statement started. On PostgreSQL that may be
 /// before the lock was granted; the members are kept only when the snapshot's current state
 /// group is the locked row's, since memberships follow current state.
+///
+/// `prefix` is SQL run first in the same call (see `Db::write_deferred`).
+#[allow(clippy::too_many_arguments)]
 pub async fn lock_for_send(
     db: &Db,
     conn: &mut AnyConnection,
@@ -87,6 +90,7 @@ pub async fn lock_for_send(
     txn: Option<(&str, &str, &str)>,
     push_members: bool,
     lock: bool,
+    prefix: &str,
 ) -> Result<Option<Locked>> {
     let members = match (push_members, db.backend()) {
         (false, _) => "NULL",
@@ -110,17 +114,19 @@ pub async fn lock_for_send(
          {members}"
     );
     let sql = if lock {
-        format!("UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1 RETURNING {columns}")
+        format!("{prefix}UPDATE rooms SET last_stream_pos = last_stream_pos WHERE room_id = $1 RETURNING {columns}")
     } else {
-        format!("SELECT {columns} FROM rooms WHERE room_id = $1")
+        format!("{prefix}SELECT {columns} FROM rooms WHERE room_id = $1")
     };
-    let row: Option<Row> = sqlx::query_as(&sql)
+    // All rows, not the first result's: with a prefix, the first statement returns none.
+    let rows: Vec<Row> = sqlx::query_as(&sql)
         .bind(room_id)
         .bind(txn.map(|t| t.0))
         .bind(txn.map(|t| t.1))
         .bind(txn.map(|t| t.2))
-        .fetch_optional(conn)
+        .fetch_all(conn)
         .await?;
+    let row = rows.into_iter().next();
     let Some((group, extremities, txn_event, seen_group, members)) = row else {
         return Ok(None);
     };
