@@ -140,17 +140,7 @@ both_backends!(sigkill_mid_load_loses_nothing, |backend| async move {
     let mut child = spawn_weft(&config_path);
     wait_ready(&base).await;
     let reader = &clients[2];
-    let (status, body) = reader
-        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=f&limit=1000"))
-        .await;
-    assert_eq!(status, 200);
-    let history: Vec<String> = body["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let history = crate::rooms::message_ids(reader, &room).await;
     let unique: std::collections::HashSet<&String> = history.iter().collect();
     assert_eq!(unique.len(), history.len(), "an event appears twice");
     for id in &acked {

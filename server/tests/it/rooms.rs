@@ -25,6 +25,28 @@ pub async fn messages(client: &Client, room: &str, query: &str) -> (u16, Value) 
         .await
 }
 
+/// The IDs of a room's messages, oldest first, as `/messages` pages them.
+pub async fn message_ids(client: &Client, room: &str) -> Vec<String> {
+    let (status, body) = messages(client, room, "dir=f&limit=1000").await;
+    assert_eq!(status, 200, "{body}");
+    body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The room's forward extremities as stored.
+async fn forward_extremities(server: &TestServer, room: &str) -> Vec<String> {
+    let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
+    weft_core::storage::rooms::head(&mut conn, room)
+        .await
+        .unwrap()
+        .extremities
+}
+
 fn bodies(chunk: &Value) -> Vec<String> {
     chunk
         .as_array()
@@ -475,14 +497,7 @@ both_backends!(two_servers_on_one_database_send_into_one_room, |backend| async m
         }
     };
     let (a, b) = tokio::join!(send_many(alice.clone(), "a"), send_many(other.clone(), "b"));
-    let (_, page) = messages(&alice, &room, "dir=b&limit=100").await;
-    let seen: Vec<String> = page["chunk"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "m.room.message")
-        .map(|e| e["event_id"].as_str().unwrap().to_owned())
-        .collect();
+    let seen = message_ids(&alice, &room).await;
     assert_eq!(seen.len(), 50, "every acknowledged event once");
     for id in a.iter().chain(&b) {
         assert!(seen.contains(id), "acknowledged {id} missing");
@@ -495,15 +510,10 @@ both_backends!(two_servers_on_one_database_send_into_one_room, |backend| async m
     };
     for ids in [&a, &b] {
         let positions = order(ids);
-        assert!(positions.windows(2).all(|w| w[0] > w[1]), "{positions:?}");
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     }
-    let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
-    let extremities = weft_core::storage::rooms::head(&mut conn, &room)
-        .await
-        .unwrap()
-        .extremities;
+    let extremities = forward_extremities(&server, &room).await;
     assert_eq!(extremities.len(), 1, "{extremities:?}");
-    drop(conn);
     second.shutdown().await;
     server.stop().await;
 });
@@ -557,18 +567,7 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     refused.await.unwrap();
     assert_eq!(acked.len(), 200);
 
-    async fn history(c: &Client, room: &str) -> Vec<String> {
-        let (status, body) = messages(c, room, "dir=f&limit=1000").await;
-        assert_eq!(status, 200);
-        body["chunk"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == "m.room.message")
-            .map(|e| e["event_id"].as_str().unwrap().to_owned())
-            .collect()
-    }
-    let seen = history(&clients[0], &room).await;
+    let seen = message_ids(&clients[0], &room).await;
     assert_eq!(seen.len(), 200, "every acknowledged event exactly once");
     let unique: std::collections::HashSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), 200);
@@ -577,21 +576,16 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
     }
     // Every reader sees the same order, and each sender's own messages keep their order.
     for c in &clients[1..] {
-        assert_eq!(history(c, &room).await, seen);
+        assert_eq!(message_ids(c, &room).await, seen);
     }
     // The graph is linear: one forward extremity.
-    let mut conn = server.running.as_ref().unwrap().state.db.conn().await.unwrap();
-    let extremities = weft_core::storage::rooms::head(&mut conn, &room)
-        .await
-        .unwrap()
-        .extremities;
+    let extremities = forward_extremities(&server, &room).await;
     assert_eq!(extremities.len(), 1, "{extremities:?}");
-    drop(conn);
 
     // Restart: nothing acknowledged is lost.
     server.restart().await;
     let reader = server.client().with_token(clients[3].token.as_deref().unwrap());
-    assert_eq!(history(&reader, &room).await, seen);
+    assert_eq!(message_ids(&reader, &room).await, seen);
     assert_eq!(send_text(&reader, &room, "after-restart", "still works").await.0, 200);
     server.stop().await;
 });

@@ -534,9 +534,9 @@ both_backends!(account_data_in_sync_wakes_long_poll, |backend| async move {
     server.stop().await;
 });
 
-/// An initial sync reads all rooms at once: each room must still get its own timeline, state,
-/// receipts, counts and summary; an incremental sync carries the summary only where a
-/// membership changed.
+// An initial sync reads all rooms at once: each room must still get its own timeline, state,
+// receipts, counts and summary; an incremental sync carries the summary only where a
+// membership changed.
 both_backends!(many_rooms_initial_and_summaries, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {
         return;
