@@ -192,7 +192,7 @@ async fn send_once(
         let mut head = remembered.clone();
         // The members were read at some state group: valid only if it is the head's.
         if read.head.current_group == head.current_group {
-            head.push_members = read.head.push_members;
+            head.push_members = read.head.push_members.clone();
         }
         match send_at(core, &mut tx, room_id, sender, template, txn, &head, true).await? {
             Persisted::Sent { pdu, pos, head } => {
@@ -209,13 +209,18 @@ async fn send_once(
         }
     }
     turn.remember(None);
-    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, true, "").await? else {
+    let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, false, true, "").await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
     if let Some(event_id) = locked.txn_event {
         return sent_earlier(&mut tx, event_id).await;
     }
-    match send_at(core, &mut tx, room_id, sender, template, txn, &locked.head, false).await? {
+    let mut head = locked.head;
+    // As above; otherwise push evaluation reads the members itself.
+    if read.head.current_group == head.current_group {
+        head.push_members = read.head.push_members;
+    }
+    match send_at(core, &mut tx, room_id, sender, template, txn, &head, false).await? {
         Persisted::Sent { pdu, pos, head } => {
             // Held through the commit: a next sender waiting on the row lock instead costs
             // PostgreSQL more than it saves.
