@@ -89,9 +89,9 @@ pub async fn delete(core: &Core, alias: &RoomAliasId, actor: Actor<'_>) -> Resul
 /// Sends an `m.room.canonical_alias` without `alias`, if the current one mentions it.
 async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, sender: &UserId) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if rooms::lock(&mut tx, room_id).await?.is_none() {
+    let Some(head) = rooms::lock(&mut tx, room_id).await? else {
         return Ok(());
-    }
+    };
     let Some(Value::Object(content)) = current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await?
     else {
         return Ok(());
@@ -100,7 +100,7 @@ async fn drop_from_canonical(core: &Core, room_id: &str, alias: &RoomAliasId, se
         return Ok(());
     };
     let template = EventTemplate::state("m.room.canonical_alias", "", Value::Object(updated));
-    let (pdu, _) = send_in_tx(core, &mut tx, room_id, sender, &template).await?;
+    let (pdu, _, _) = send_in_tx(core, &mut tx, room_id, sender, &template, &head).await?;
     tx.commit().await?;
     super::notify_committed(core, &pdu);
     Ok(())

@@ -201,10 +201,14 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     }
 
     let mut last = outcome.stream_pos.unwrap_or_default();
+    let mut head = outcome
+        .head
+        .ok_or_else(|| Error::Internal("the create event left no head".into()))?;
     let mut sent = Vec::new();
     for t in &templates {
-        let (pdu, pos) = super::send_in_tx(core, &mut tx, &room_id, creator, t).await?;
+        let (pdu, pos, after) = super::send_in_tx(core, &mut tx, &room_id, creator, t, &head).await?;
         last = pos;
+        head = after;
         sent.push(pdu);
     }
     if let Some(alias) = &req.alias {

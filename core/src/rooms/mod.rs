@@ -68,17 +68,22 @@ pub async fn current_state(core: &Core, conn: &mut AnyConnection, room_id: &str)
 }
 
 /// Builds, checks and persists a local event in an existing room, inside `conn`'s transaction
-/// (which must have locked the room). A rejected event is an error and persists nothing.
+/// (which must have locked the room), on top of `head` as the lock returned it or the previous
+/// event in this transaction left it; returns the room's head after the event too. A rejected
+/// event is an error and persists nothing.
 pub async fn send_in_tx(
     core: &Core,
     conn: &mut AnyConnection,
     room_id: &str,
     sender: &UserId,
     template: &EventTemplate,
-) -> Result<(Pdu, i64)> {
-    let head = rooms::head(conn, room_id).await?;
-    match send_at(core, conn, room_id, sender, template, None, &head, false).await? {
-        Persisted::Sent { pdu, pos, .. } => Ok((pdu, pos)),
+    head: &rooms::Head,
+) -> Result<(Pdu, i64, rooms::Head)> {
+    match send_at(core, conn, room_id, sender, template, None, head, false).await? {
+        Persisted::Sent { pdu, pos, head } => {
+            let head = head.ok_or_else(|| Error::Internal("an accepted event left no head".into()))?;
+            Ok((pdu, pos, head))
+        }
         Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
     }
 }

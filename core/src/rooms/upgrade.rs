@@ -261,9 +261,9 @@ fn new_power_levels(mut pl: Value, privileged: bool, new_creators: &[String], ol
 /// `invite` to at least the greater of 50 and `users_default + 1`.
 async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if rooms::lock(&mut tx, room_id).await?.is_none() {
+    let Some(head) = rooms::lock(&mut tx, room_id).await? else {
         return Ok(());
-    }
+    };
     let Some(mut pl) = super::current_state_content(&mut tx, room_id, "m.room.power_levels", "").await? else {
         return Ok(());
     };
@@ -280,12 +280,13 @@ async fn restrict_old_room(core: &Core, user: &UserId, room_id: &str) -> Result<
     if !changed {
         return Ok(());
     }
-    let (pdu, _) = send_in_tx(
+    let (pdu, _, _) = send_in_tx(
         core,
         &mut tx,
         room_id,
         user,
         &EventTemplate::state("m.room.power_levels", "", pl),
+        &head,
     )
     .await?;
     tx.commit().await?;
@@ -319,19 +320,20 @@ async fn move_aliases(core: &Core, user: &UserId, old_room: &str, new_room: &str
 
 async fn clear_old_canonical_alias(core: &Core, user: &UserId, room_id: &str) -> Result<()> {
     let mut tx = core.db.write().await?;
-    if rooms::lock(&mut tx, room_id).await?.is_none() {
+    let Some(head) = rooms::lock(&mut tx, room_id).await? else {
         return Ok(());
-    }
+    };
     let current = super::current_state_content(&mut tx, room_id, "m.room.canonical_alias", "").await?;
     if current.as_ref().and_then(Value::as_object).is_none_or(|o| o.is_empty()) {
         return Ok(());
     }
-    let (pdu, _) = send_in_tx(
+    let (pdu, _, _) = send_in_tx(
         core,
         &mut tx,
         room_id,
         user,
         &EventTemplate::state("m.room.canonical_alias", "", json!({})),
+        &head,
     )
     .await?;
     tx.commit().await?;
