@@ -42,7 +42,7 @@ pub struct Db {
 const STATE_CACHE_ENTRIES: u64 = 200_000;
 
 /// Parsed events the graph cache holds: enough for the rooms active at one time.
-const GRAPH_EVENTS_CACHED: usize = 256;
+pub(crate) const GRAPH_EVENTS_CACHED: usize = 256;
 
 /// In-memory caches of data that never changes once written.
 pub struct Caches {
@@ -63,6 +63,23 @@ pub enum WriteTx {
 }
 
 impl WriteTx {
+    /// SQL that releases SQLite's savepoint, for the caller to end its last statement with
+    /// (`Batch::close_with`), so that `commit` needs one hand-off to the writer's worker thread
+    /// fewer; call `released` once that statement succeeded. `None` on PostgreSQL.
+    pub fn release_sql(&self) -> Option<&'static str> {
+        match self {
+            WriteTx::Postgres(_) => None,
+            WriteTx::Sqlite(_) => Some(SqliteTx::RELEASE),
+        }
+    }
+
+    /// Records that the statement ending with `release_sql` succeeded.
+    pub fn released(&mut self) {
+        if let WriteTx::Sqlite(tx) = self {
+            tx.released();
+        }
+    }
+
     /// Returns once the transaction is durable.
     pub async fn commit(self) -> Result<()> {
         match self {
@@ -161,7 +178,7 @@ impl Db {
             room_versions: quick_cache::sync::Cache::new(100_000),
             // The hot set is each active room's last event and its auth events; every sent event
             // passes through, so a bigger cache mostly holds finished messages (a few KiB each).
-            graph_events: quick_cache::sync::Cache::new(GRAPH_EVENTS_CACHED),
+            graph_events: crate::events::cache::new_cache(GRAPH_EVENTS_CACHED),
         });
         if let Some(writer) = &sqlite_writer {
             start_checkpointer(pool.clone(), writer.commits(), Arc::downgrade(&caches));

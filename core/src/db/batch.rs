@@ -40,6 +40,8 @@ pub struct Batch<'q> {
     /// The statement (its index in the first segment) that must return a row for the batch
     /// to count, see `require_last`.
     required: Option<usize>,
+    /// A statement the last segment ends with, see `close_with`.
+    closing: Option<&'static str>,
 }
 
 /// Adds arguments to the statement just pushed, in the order of its `$1`, `$2`, ...
@@ -62,7 +64,19 @@ impl<'q> Batch<'q> {
             segments: vec![Segment::default()],
             position: None,
             required: None,
+            closing: None,
         }
+    }
+
+    /// Ends the batch's last call with `sql` (SQLite only; see `WriteTx::release_sql`).
+    pub fn close_with(&mut self, sql: &'static str) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(Error::Internal(
+                "only SQLite runs statements after a batch's writes".into(),
+            ));
+        }
+        self.closing = Some(sql);
+        Ok(())
     }
 
     /// Makes the statement just pushed (PostgreSQL only, one with `RETURNING`, in the first
@@ -113,12 +127,15 @@ impl<'q> Batch<'q> {
             segments,
             position,
             required,
+            closing,
         } = self;
         let mut allocated = None;
+        let last = segments.len() - 1;
         for (i, mut segment) in segments.into_iter().enumerate() {
             let allocate = i == 0 && position.is_some();
             let uses_pos = allocate || segment.statements.iter().any(|s| s.contains("{pos}"));
-            if segment.statements.is_empty() && !allocate {
+            let closes = closing.filter(|_| i == last);
+            if segment.statements.is_empty() && !allocate && closes.is_none() {
                 continue;
             }
             let stream_param = match (&position, uses_pos) {
@@ -132,6 +149,12 @@ impl<'q> Batch<'q> {
             let sql = match (segment.statements.len(), stream_param, required) {
                 (1, None, None) => segment.statements.pop().expect("one statement"),
                 _ => render(backend, &segment.statements, stream_param, allocate, required),
+            };
+            // After the position's SELECT, so that its row stays the last one returned.
+            let sql = match closes {
+                Some(closing) if sql.is_empty() => closing.to_owned(),
+                Some(closing) => format!("{sql};\n{closing}"),
+                None => sql,
             };
             let rows: Vec<(i64,)> = sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await?;
             if required.is_some() && rows.is_empty() {

@@ -88,3 +88,58 @@ fn parse_and_keep(db: &Db, stored: &events::StoredEvent, rules: &RoomVersionRule
     db.caches().graph_events.insert(stored.event_id.clone(), event.clone());
     Ok(event)
 }
+
+/// The cache behind `Caches::graph_events`, holding about `capacity` events.
+///
+/// Most events enter it once and are read once more soon after, as the next event's prev
+/// event, while the auth events are read by every event of their room. quick_cache keeps 97%
+/// of its space for entries read more than once by default, which leaves each shard room for
+/// about one fresh event: rooms sending at the same time evicted each other's last event
+/// before their next send read it, and that read went to the database inside the room's lock.
+/// Half the space for fresh entries keeps them.
+pub fn new_cache<V: Clone>(capacity: usize) -> quick_cache::sync::Cache<String, V> {
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(capacity)
+        .weight_capacity(capacity as u64)
+        .hot_allocation(0.5)
+        .build()
+        .expect("static cache options are valid");
+    quick_cache::sync::Cache::with_options(options, Default::default(), Default::default(), Default::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::new_cache;
+
+    /// Sixteen rooms sending in turn, each send reading its room's auth events and last event
+    /// and then adding its own: every last event is still there when its room sends again.
+    #[test]
+    fn each_rooms_last_event_outlives_other_rooms_sends() {
+        let cache = new_cache::<u32>(crate::db::GRAPH_EVENTS_CACHED);
+        let auth = |room: u32, i: u32| format!("auth-{room}-{i}");
+        for room in 0..16 {
+            for i in 0..3 {
+                cache.insert(auth(room, i), i);
+            }
+        }
+        let mut misses = Vec::new();
+        for round in 0..50u32 {
+            for room in 0..16u32 {
+                for i in 0..3 {
+                    assert!(
+                        cache.get(&auth(room, i)).is_some(),
+                        "auth event {i} of room {room} evicted"
+                    );
+                }
+                if round > 0 && cache.get(&format!("{room}-{}", round - 1)).is_none() {
+                    misses.push((room, round));
+                }
+                cache.insert(format!("{room}-{round}"), round);
+            }
+        }
+        assert!(
+            misses.is_empty(),
+            "last events evicted before their room's next send: {misses:?}"
+        );
+    }
+}

@@ -43,6 +43,8 @@ pub enum Origin<'a> {
         /// set only if the room still has it (see `rooms::turns`).
         head: &'a Head,
         unlocked: bool,
+        /// SQL the accepted event's write batch ends with (see `WriteTx::release_sql`).
+        closing: Option<&'static str>,
     },
     Remote,
 }
@@ -340,6 +342,12 @@ pub async fn persist(
     // Last: the stream position, allocated by the statement that writes it (see streams.rs
     // for why it must come last).
     batch.allocate_position("events");
+    if let Origin::Local {
+        closing: Some(closing), ..
+    } = origin
+    {
+        batch.close_with(closing)?;
+    }
     let ran = match batch.run(conn).await {
         // The room is being written by a sender holding its row (see `rooms::set_head`).
         Err(Error::Database(sqlx::Error::Database(e)))

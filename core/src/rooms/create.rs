@@ -100,6 +100,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
             txn: None,
             head: &no_head,
             unlocked: false,
+            closing: None,
         },
     )
     .await?;
