@@ -28,6 +28,16 @@ pub enum Backend {
     Sqlite,
 }
 
+impl Backend {
+    /// The engine behind a connection.
+    pub fn of(conn: &AnyConnection) -> Backend {
+        match conn.backend_name() {
+            "PostgreSQL" => Backend::Postgres,
+            _ => Backend::Sqlite,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,

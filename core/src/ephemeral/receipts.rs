@@ -3,7 +3,7 @@
 use sqlx::AnyConnection;
 
 use crate::{
-    storage::{placeholders, IN_CHUNK},
+    storage::{InList, IN_CHUNK},
     streams,
     util::now_ms,
     Result,
@@ -81,16 +81,14 @@ pub async fn room_since(conn: &mut AnyConnection, room_id: &str, since: i64) -> 
 pub async fn rooms_since(conn: &mut AnyConnection, room_ids: &[String], since: i64, upto: i64) -> Result<Vec<Receipt>> {
     let mut out = Vec::new();
     for chunk in room_ids.chunks(IN_CHUNK) {
+        let list = InList::new(conn, 3, chunk.len());
         let sql = format!(
             "SELECT {RECEIPT_COLUMNS} FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND room_id IN ({})
              ORDER BY stream_pos",
-            placeholders(3, chunk.len())
+            list.sql()
         );
-        let mut q = sqlx::query_as::<_, Row>(&sql)
-            .persistent(crate::storage::keep_prepared(chunk.len()))
-            .bind(since)
-            .bind(upto);
-        for room in chunk {
+        let mut q = sqlx::query_as::<_, Row>(&sql).bind(since).bind(upto);
+        for room in list.binds(chunk) {
             q = q.bind(room);
         }
         out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(from_row));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
-use crate::{storage::placeholders, storage::IN_CHUNK, Result};
+use crate::{storage::InList, storage::IN_CHUNK, Result};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -41,7 +41,8 @@ pub async fn unread_many(
 ) -> Result<HashMap<String, RoomCounts>> {
     let mut out: HashMap<String, RoomCounts> = HashMap::new();
     for chunk in room_ids.chunks(IN_CHUNK) {
-        let rooms = placeholders(2, chunk.len());
+        let list = InList::new(conn, 2, chunk.len());
+        let rooms = list.sql();
         // A threaded receipt only covers its own thread, and only when counting by thread.
         let thread_join = if by_thread {
             format!(
@@ -65,10 +66,8 @@ pub async fn unread_many(
                AND a.stream_pos > COALESCE(r.read_pos, 0) {thread_cond}
              GROUP BY a.room_id, a.thread_id"
         );
-        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql)
-            .persistent(crate::storage::keep_prepared(chunk.len()))
-            .bind(user_id);
-        for room in chunk {
+        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql).bind(user_id);
+        for room in list.binds(chunk) {
             q = q.bind(room);
         }
         for (room, thread, notifications, highlights) in q.fetch_all(&mut *conn).await? {

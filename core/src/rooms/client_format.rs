@@ -16,7 +16,7 @@ use crate::{
     events::Pdu,
     storage::{
         events::{self, StoredEvent},
-        placeholders, state as state_store, IN_CHUNK,
+        state as state_store, InList, IN_CHUNK,
     },
     util::now_ms,
     Core, Result,
@@ -149,15 +149,16 @@ async fn related(conn: &mut AnyConnection, targets: &[&str]) -> Result<Vec<(Stri
         .collect::<Vec<_>>()
         .join(", ");
     for chunk in targets.chunks(IN_CHUNK) {
+        let list = InList::new(conn, 1, chunk.len());
         let sql = format!(
             "SELECT r.relates_to, r.rel_type, {columns} FROM event_relations r JOIN events ON events.event_id = r.event_id
              WHERE r.rel_type IN ('m.replace', 'm.thread') AND r.relates_to IN ({})
              AND events.stream_pos IS NOT NULL ORDER BY events.stream_pos DESC",
-            placeholders(1, chunk.len())
+            list.sql()
         );
-        let mut q = sqlx::query(&sql).persistent(crate::storage::keep_prepared(chunk.len()));
-        for t in chunk {
-            q = q.bind(*t);
+        let mut q = sqlx::query(&sql);
+        for t in list.binds(chunk) {
+            q = q.bind(t);
         }
         for row in q.fetch_all(&mut *conn).await? {
             use sqlx::Row;

@@ -79,8 +79,10 @@ pub async fn get(conn: &mut AnyConnection, event_id: &str) -> Result<Option<Stor
 pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(super::IN_CHUNK) {
-        let tail = format!("WHERE event_id IN ({})", super::placeholders(1, chunk.len()));
-        let binds: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let list = super::InList::new(conn, 1, chunk.len());
+        let tail = format!("WHERE event_id IN ({})", list.sql());
+        let binds = list.binds(chunk);
+        let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
         out.extend(query(&mut *conn, &tail, &binds).await?);
     }
     Ok(out)

@@ -8,25 +8,38 @@ use serde_json::{json, Value};
 use sqlx::AnyConnection;
 
 use crate::{
+    db::Backend,
     storage::{
         events::{self, StoredEvent},
-        placeholders, IN_CHUNK,
+        json_array, InList, IN_CHUNK,
     },
     Result,
 };
 
-/// Rooms per `UNION ALL` statement: SQLite allows at most 500 terms in a compound select.
-const UNION_CHUNK: usize = 100;
+/// For each room of the JSON array bound as `$list`, the `events` rows (as `x`) that `rest`
+/// picks: its conditions besides the room, then `ORDER BY` and `LIMIT`. Unlike a window
+/// function over all rooms, each room is read through the `(room_id, stream_pos)` index and
+/// stops at its `LIMIT`, so a long room costs no more than a short one; and unlike one `UNION
+/// ALL` arm per room, the statement's text is the same for any number of rooms, so it is
+/// planned once per connection (see `InList`).
+fn per_room(backend: Backend, list: usize, columns: &str, rest: &str) -> String {
+    let rooms = json_array(backend, list);
+    match backend {
+        // No LATERAL: a correlated `IN` with its own LIMIT, run once per room.
+        Backend::Sqlite => format!(
+            "WITH r(room) AS ({rooms}) SELECT {columns} FROM r JOIN events ON events.event_id IN
+             (SELECT x.event_id FROM events AS x WHERE x.room_id = r.room AND {rest})"
+        ),
+        Backend::Postgres => format!(
+            "WITH r(room) AS ({rooms}) SELECT e.* FROM r CROSS JOIN LATERAL
+             (SELECT {columns} FROM events AS x WHERE x.room_id = r.room AND {rest}) AS e"
+        ),
+    }
+}
 
-/// `SELECT * FROM (arm) AS t0 UNION ALL SELECT * FROM (arm) AS t1 ...`, one arm per room with
-/// the room's placeholder starting at `$first`. Unlike a window function over all rooms, each
-/// arm reads its room through the `(room_id, stream_pos)` index and stops at its `LIMIT`, so a
-/// long room costs no more than a short one.
-fn union_per_room(first: usize, rooms: usize, arm: impl Fn(usize) -> String) -> String {
-    (0..rooms)
-        .map(|i| format!("SELECT * FROM ({}) AS t{i}", arm(first + i)))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ")
+/// The rooms as the JSON array `per_room` binds.
+fn json_list(room_ids: &[String]) -> String {
+    serde_json::Value::from(room_ids.iter().map(String::as_str).collect::<Vec<_>>()).to_string()
 }
 
 /// Up to `limit` newest timeline events per room with positions in `(from, to]`, newest first
@@ -39,30 +52,22 @@ pub(super) async fn latest_events(
     limit: i64,
 ) -> Result<HashMap<String, Vec<StoredEvent>>> {
     let mut out: HashMap<String, Vec<StoredEvent>> = HashMap::new();
-    for chunk in room_ids.chunks(UNION_CHUNK) {
-        let sql = union_per_room(4, chunk.len(), |p| {
-            format!(
-                "SELECT {} FROM events WHERE room_id = ${p} AND stream_pos > $1 AND stream_pos <= $2
-                 AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT $3",
-                events::COLUMNS
-            )
-        });
-        let mut q = sqlx::query(&sql)
-            .persistent(crate::storage::keep_prepared(chunk.len()))
-            .bind(from)
-            .bind(to)
-            .bind(limit);
-        for room in chunk {
-            q = q.bind(room);
-        }
+    let sql = per_room(
+        Backend::of(conn),
+        4,
+        events::COLUMNS,
+        "x.stream_pos > $1 AND x.stream_pos <= $2 AND x.stream_pos IS NOT NULL
+         ORDER BY x.stream_pos DESC LIMIT $3",
+    );
+    for chunk in room_ids.chunks(IN_CHUNK) {
+        let q = sqlx::query(&sql).bind(from).bind(to).bind(limit).bind(json_list(chunk));
         for row in q.fetch_all(&mut *conn).await? {
             let event = events::from_row(&row)?;
             out.entry(event.room_id.clone()).or_default().push(event);
         }
     }
     for list in out.values_mut() {
-        // The arms come back in any order the database likes; each room's rows keep theirs,
-        // but make it explicit.
+        // Rows come back in any order the database likes.
         list.sort_by_key(|e| std::cmp::Reverse(e.stream_pos));
     }
     Ok(out)
@@ -76,19 +81,16 @@ pub(super) async fn state_groups_at(
     pos: i64,
 ) -> Result<HashMap<String, i64>> {
     let mut out = HashMap::new();
-    for chunk in room_ids.chunks(UNION_CHUNK) {
-        let sql = union_per_room(2, chunk.len(), |p| {
-            format!(
-                "SELECT room_id, state_after FROM events WHERE room_id = ${p} AND stream_pos <= $1
-                 AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT 1"
-            )
-        });
-        let mut q = sqlx::query_as::<_, (String, Option<i64>)>(&sql)
-            .persistent(crate::storage::keep_prepared(chunk.len()))
-            .bind(pos);
-        for room in chunk {
-            q = q.bind(room);
-        }
+    let sql = per_room(
+        Backend::of(conn),
+        2,
+        "room_id, state_after",
+        "x.stream_pos <= $1 AND x.stream_pos IS NOT NULL ORDER BY x.stream_pos DESC LIMIT 1",
+    );
+    for chunk in room_ids.chunks(IN_CHUNK) {
+        let q = sqlx::query_as::<_, (String, Option<i64>)>(&sql)
+            .bind(pos)
+            .bind(json_list(chunk));
         out.extend(
             q.fetch_all(&mut *conn)
                 .await?
@@ -123,14 +125,14 @@ pub(super) async fn summaries(
     let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
     let mut heroes: HashMap<String, Vec<String>> = HashMap::new();
     for chunk in room_ids.chunks(IN_CHUNK) {
+        let list = InList::new(conn, 1, chunk.len());
         let sql = format!(
             "SELECT room_id, membership, COUNT(*) FROM room_memberships
              WHERE membership IN ('join', 'invite') AND room_id IN ({}) GROUP BY room_id, membership",
-            placeholders(1, chunk.len())
+            list.sql()
         );
-        let mut q =
-            sqlx::query_as::<_, (String, String, i64)>(&sql).persistent(crate::storage::keep_prepared(chunk.len()));
-        for room in chunk {
+        let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+        for room in list.binds(chunk) {
             q = q.bind(room);
         }
         for (room, membership, n) in q.fetch_all(&mut *conn).await? {
@@ -142,6 +144,7 @@ pub(super) async fn summaries(
             }
         }
         // Heroes: joined members, then invited ones, each by user ID, leaving out the user.
+        let list = InList::new(conn, 2, chunk.len());
         let sql = format!(
             "SELECT room_id, user_id FROM (
                  SELECT room_id, user_id, ROW_NUMBER() OVER (
@@ -149,12 +152,10 @@ pub(super) async fn summaries(
                  FROM room_memberships
                  WHERE membership IN ('join', 'invite') AND user_id <> $1 AND room_id IN ({})
              ) AS h WHERE rn <= 5 ORDER BY room_id, rn",
-            placeholders(2, chunk.len())
+            list.sql()
         );
-        let mut q = sqlx::query_as::<_, (String, String)>(&sql)
-            .persistent(crate::storage::keep_prepared(chunk.len()))
-            .bind(user_id);
-        for room in chunk {
+        let mut q = sqlx::query_as::<_, (String, String)>(&sql).bind(user_id);
+        for room in list.binds(chunk) {
             q = q.bind(room);
         }
         for (room, user) in q.fetch_all(&mut *conn).await? {

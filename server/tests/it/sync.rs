@@ -634,3 +634,79 @@ both_backends!(many_rooms_initial_and_summaries, |backend| async move {
     assert!(rooms.get(&gamma).is_none(), "{inc}");
     server.stop().await;
 });
+
+both_backends!(a_sync_over_many_rooms_reports_each_rooms_own, |backend| async move {
+    // More rooms than a short list binds one by one: the rooms go to the database as one list
+    // (`storage::InList`), and each room must still get its own timeline, state, summary,
+    // unread counts and receipts, in an initial and in an incremental sync.
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    const ROOMS: usize = 11;
+    let mut rooms = Vec::new();
+    for r in 0..ROOMS {
+        let room = create_room(&alice, json!({"name": format!("Room {r}"), "preset": "public_chat"})).await;
+        bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+        // Room r gets r + 2 messages from Bob, the last of which Alice marks as read in the
+        // even rooms.
+        let mut last = String::new();
+        for i in 0..r + 2 {
+            let (_, sent) = send_text(&bob, &room, &format!("m{i}"), &format!("room {r} message {i}")).await;
+            last = sent["event_id"].as_str().unwrap().to_owned();
+        }
+        if r % 2 == 0 {
+            let (status, _) = alice
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{room}/receipt/m.read/{last}"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(status, 200);
+        }
+        rooms.push(room);
+    }
+    let filter = urlencode(&json!({"room": {"timeline": {"limit": 3}}}).to_string());
+    let initial = sync(&alice, None, &format!("filter={filter}")).await;
+    for (r, room) in rooms.iter().enumerate() {
+        let joined = &initial["rooms"]["join"][room];
+        let expected: Vec<String> = (r.saturating_sub(1)..r + 2)
+            .map(|i| format!("room {r} message {i}"))
+            .collect();
+        assert_eq!(timeline_bodies(joined), expected, "room {r}");
+        let name = joined["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(joined["timeline"]["events"].as_array().unwrap())
+            .find(|e| e["type"] == "m.room.name")
+            .map(|e| e["content"]["name"].clone());
+        assert_eq!(name, Some(json!(format!("Room {r}"))), "room {r}");
+        assert_eq!(joined["summary"]["m.joined_member_count"], 2, "room {r}");
+        assert_eq!(joined["summary"]["m.heroes"], json!(["@bob:weft.test"]), "room {r}");
+        let unread = if r % 2 == 0 { 0 } else { r + 2 };
+        assert_eq!(
+            joined["unread_notifications"]["notification_count"], unread,
+            "room {r}: {}",
+            joined["unread_notifications"]
+        );
+    }
+
+    // Incremental: one new message in every room but the first.
+    let token = initial["next_batch"].as_str().unwrap().to_owned();
+    for (r, room) in rooms.iter().enumerate().skip(1) {
+        send_text(&bob, room, "late", &format!("room {r} late")).await;
+    }
+    let inc = sync(&alice, Some(&token), &format!("filter={filter}")).await;
+    assert!(
+        inc["rooms"]["join"].get(&rooms[0]).is_none(),
+        "{}",
+        inc["rooms"]["join"]
+    );
+    for (r, room) in rooms.iter().enumerate().skip(1) {
+        let joined = &inc["rooms"]["join"][room];
+        assert_eq!(timeline_bodies(joined), vec![format!("room {r} late")], "room {r}");
+        assert_eq!(joined["timeline"]["limited"], false, "room {r}");
+    }
+});
