@@ -21,6 +21,9 @@ use sqlx::{any::AnyArguments, AnyConnection, Arguments, Encode, Type};
 use super::Backend;
 use crate::{Error, Result};
 
+/// The SQLSTATE of a failed `require_last` (raised by `weft_require`, see migrations/postgres).
+const REQUIRED_MISSING: &str = "WH001";
+
 /// Bind parameters per statement sent; both backends allow more (PostgreSQL 65535, SQLite
 /// 32766), and a bigger batch is split into several.
 pub const MAX_ARGS: usize = 16_000;
@@ -80,9 +83,9 @@ impl<'q> Batch<'q> {
     }
 
     /// Makes the statement just pushed (PostgreSQL only, one with `RETURNING`, in the first
-    /// segment) a condition of the batch: when it returns no row, `run` allocates no position
-    /// and returns `None`, and the caller rolls the transaction back. A compare-and-set of a
-    /// row the batch did not lock beforehand.
+    /// segment) a condition of the batch: when it returns no row, the first segment's
+    /// statement fails as a whole (nothing of it is written, also outside a transaction),
+    /// and `run` returns `None`. A compare-and-set of a row the batch did not lock beforehand.
     pub fn require_last(&mut self) -> Result<()> {
         let first = &self.segments[0];
         if self.backend != Backend::Postgres || self.segments.len() > 1 || first.statements.is_empty() {
@@ -98,6 +101,11 @@ impl<'q> Batch<'q> {
     /// stands for it.
     pub fn allocate_position(&mut self, stream: &str) {
         self.position = Some(stream.to_owned());
+    }
+
+    /// Whether the batch goes to the database as one statement, which is atomic on its own.
+    pub fn is_one_statement(&self) -> bool {
+        self.segments.len() == 1
     }
 
     /// Adds a statement using `params` bind parameters `$1..$params`, bound next through the
@@ -156,7 +164,14 @@ impl<'q> Batch<'q> {
                 Some(closing) => format!("{sql};\n{closing}"),
                 None => sql,
             };
-            let rows: Vec<(i64,)> = sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await?;
+            let rows: Vec<(i64,)> = match sqlx::query_as_with(&sql, segment.args).fetch_all(&mut *conn).await {
+                Err(sqlx::Error::Database(e))
+                    if required.is_some() && e.code().as_deref() == Some(REQUIRED_MISSING) =>
+                {
+                    return Ok(None)
+                }
+                other => other?,
+            };
             if required.is_some() && rows.is_empty() {
                 return Ok(None);
             }
@@ -238,8 +253,9 @@ fn render(
             }
             let result = match (allocate, required) {
                 (true, None) => "SELECT pos FROM next_pos".to_owned(),
-                (true, Some(r)) => format!("SELECT pos FROM next_pos WHERE EXISTS (SELECT 1 FROM w{r})"),
-                (false, Some(r)) => format!("SELECT 0::BIGINT WHERE EXISTS (SELECT 1 FROM w{r})"),
+                // Fails the statement, and with it every arm's writes (see the migration).
+                (true, Some(r)) => format!("SELECT pos FROM next_pos WHERE weft_require(EXISTS (SELECT 1 FROM w{r}))"),
+                (false, Some(r)) => format!("SELECT 0::BIGINT WHERE weft_require(EXISTS (SELECT 1 FROM w{r}))"),
                 (false, None) => "SELECT 0::BIGINT WHERE false".to_owned(),
             };
             format!("WITH {} {result}", arms.join(",\n"))

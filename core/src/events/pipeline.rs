@@ -40,7 +40,8 @@ pub enum Origin<'a> {
         /// The room's head the event was built on, so the pipeline need not read it again:
         /// read under the room's lock in this transaction (nothing else can move it), or,
         /// when `unlocked`, remembered from this process's last send into the room, and then
-        /// set only if the room still has it (see `rooms::turns`).
+        /// set only if the room still has it (see `rooms::turns`). An unlocked send may run
+        /// outside a transaction: its writes must then go in one statement.
         head: &'a Head,
         unlocked: bool,
         /// SQL the accepted event's write batch ends with (see `WriteTx::release_sql`).
@@ -60,8 +61,8 @@ pub struct Outcome {
     pub soft_failed: bool,
     /// The room's head after an accepted event.
     pub head: Option<Head>,
-    /// The event was built on an unlocked head that had moved: nothing was written, and the
-    /// transaction must be rolled back.
+    /// The event was built on an unlocked head that had moved, or its writes did not fit one
+    /// statement: nothing was written; send it again under the room's lock.
     pub head_moved: bool,
 }
 
@@ -348,14 +349,20 @@ pub async fn persist(
     {
         batch.close_with(closing)?;
     }
-    let ran = match batch.run(conn).await {
-        // The room is being written by a sender holding its row (see `rooms::set_head`).
-        Err(Error::Database(sqlx::Error::Database(e)))
-            if unlocked && e.code().as_deref() == Some(rooms::LOCK_NOT_AVAILABLE) =>
-        {
-            None
+    // Outside a transaction only one statement is atomic: a bigger unlocked send is sent again
+    // under the lock.
+    let ran = if unlocked && !batch.is_one_statement() {
+        None
+    } else {
+        match batch.run(conn).await {
+            // The room is being written by a sender holding its row (see `rooms::set_head`).
+            Err(Error::Database(sqlx::Error::Database(e)))
+                if unlocked && e.code().as_deref() == Some(rooms::LOCK_NOT_AVAILABLE) =>
+            {
+                None
+            }
+            other => other?,
         }
-        other => other?,
     };
     let Some(pos) = ran else {
         if unlocked {

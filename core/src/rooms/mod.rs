@@ -196,20 +196,26 @@ async fn send_once(
             Persisted::HeadMoved => Err(Error::Internal("a locked room's head moved".into())),
         };
     }
-    let mut tx = core.db.write().await?;
-
     // PostgreSQL: what the send reads besides the head is read before taking the room's turn,
     // so the turn is held for the write batch and the commit only (see `turns`).
-    let Some(read) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, push_members, false, "").await? else {
+    let mut conn = core.db.conn().await?;
+    let Some(read) = rooms::lock_for_send(&core.db, &mut conn, room_id, txn, push_members, false, "").await? else {
         return Err(Error::NotFound("Unknown room".into()));
     };
     if let Some(event_id) = read.txn_event {
-        return sent_earlier(&mut tx, event_id).await;
+        return sent_earlier(&mut conn, event_id).await;
     }
     let mut turn = core.room_turns.take(room_id).await;
-    // A state event's groups are written before the batch: it always locks the room first.
-    if let Some(remembered) = turn.head().filter(|_| template.state_key.is_none()) {
-        let mut head = remembered.clone();
+    // On the head this process last committed, a message needs no transaction: its writes go
+    // in one statement, atomic on its own, whose compare-and-set fails it whole if the room
+    // moved (no BEGIN and COMMIT round trips while the turn is held). Not for a state event,
+    // whose groups are written before the batch, nor on a forked head, whose state would be
+    // resolved and stored first.
+    let unlocked_head = turn
+        .head()
+        .filter(|h| template.state_key.is_none() && h.extremities.len() == 1)
+        .cloned();
+    if let Some(mut head) = unlocked_head {
         // The members were read at some state group: valid only if it is the head's.
         if read.head.current_group == head.current_group {
             head.push_members = read.head.push_members.clone();
@@ -220,20 +226,23 @@ async fn send_once(
             unlocked: true,
             closing: None,
         };
-        match send_at(core, &mut tx, room_id, sender, template, origin).await? {
+        match send_at(core, &mut conn, room_id, sender, template, origin).await? {
             Persisted::Sent { pdu, pos, head } => {
-                let sent = commit_sent(core, tx, pdu, pos).await;
-                turn.remember(if sent.is_ok() { head } else { None });
-                return sent;
+                // Committed by the statement itself.
+                notify_committed(core, &pdu);
+                turn.remember(head);
+                return Ok(Sent {
+                    event_id: pdu.event_id.to_string(),
+                    stream_pos: pos,
+                });
             }
-            Persisted::HeadMoved => {
-                // Moved by another process or by a path that takes no turn: start again,
-                // this time under the row lock.
-                drop(tx);
-                tx = core.db.write().await?;
-            }
+            // Moved by another process or by a path that takes no turn: start again, this
+            // time under the row lock.
+            Persisted::HeadMoved => {}
         }
     }
+    drop(conn);
+    let mut tx = core.db.write().await?;
     turn.remember(None);
     let Some(locked) = rooms::lock_for_send(&core.db, &mut tx, room_id, txn, false, true, "").await? else {
         return Err(Error::NotFound("Unknown room".into()));
