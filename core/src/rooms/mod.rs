@@ -229,12 +229,8 @@ async fn send_once(
         match send_at(core, &mut conn, room_id, sender, template, origin).await? {
             Persisted::Sent { pdu, pos, head } => {
                 // Committed by the statement itself.
-                notify_committed(core, &pdu);
                 turn.remember(head);
-                return Ok(Sent {
-                    event_id: pdu.event_id.to_string(),
-                    stream_pos: pos,
-                });
+                return Ok(committed(core, &pdu, pos));
             }
             // Moved by another process or by a path that takes no turn: start again, this
             // time under the row lock.
@@ -275,11 +271,16 @@ async fn send_once(
 
 async fn commit_sent(core: &Core, tx: crate::WriteTx, pdu: Pdu, pos: i64) -> Result<Sent> {
     tx.commit().await?;
-    notify_committed(core, &pdu);
-    Ok(Sent {
+    Ok(committed(core, &pdu, pos))
+}
+
+/// Wakes the syncs waiting for a committed event and answers its sender.
+fn committed(core: &Core, pdu: &Pdu, pos: i64) -> Sent {
+    notify_committed(core, pdu);
+    Sent {
         event_id: pdu.event_id.to_string(),
         stream_pos: pos,
-    })
+    }
 }
 
 /// The answer to a send whose transaction ID already sent `event_id`.
