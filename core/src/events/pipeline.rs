@@ -50,6 +50,18 @@ pub enum Origin<'a> {
     Remote,
 }
 
+impl<'a> Origin<'a> {
+    /// A local event whose batch ends with its own writes.
+    pub fn local(txn: Option<(&'a str, &'a str, &'a str)>, head: &'a Head, unlocked: bool) -> Origin<'a> {
+        Origin::Local {
+            txn,
+            head,
+            unlocked,
+            closing: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Outcome {
     pub pdu: Pdu,

@@ -96,12 +96,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         &rules,
         create_pdu,
         &own_keys(core),
-        pipeline::Origin::Local {
-            txn: None,
-            head: &no_head,
-            unlocked: false,
-            closing: None,
-        },
+        pipeline::Origin::local(None, &no_head, false),
     )
     .await?;
     if let Some(reason) = outcome.rejected {

@@ -79,12 +79,7 @@ pub async fn send_in_tx(
     template: &EventTemplate,
     head: &rooms::Head,
 ) -> Result<(Pdu, i64, rooms::Head)> {
-    let origin = pipeline::Origin::Local {
-        txn: None,
-        head,
-        unlocked: false,
-        closing: None,
-    };
+    let origin = pipeline::Origin::local(None, head, false);
     match send_at(core, conn, room_id, sender, template, origin).await? {
         Persisted::Sent { pdu, pos, head } => {
             let head = head.ok_or_else(|| Error::Internal("an accepted event left no head".into()))?;
@@ -220,12 +215,7 @@ async fn send_once(
         if read.head.current_group == head.current_group {
             head.push_members = read.head.push_members.clone();
         }
-        let origin = pipeline::Origin::Local {
-            txn,
-            head: &head,
-            unlocked: true,
-            closing: None,
-        };
+        let origin = pipeline::Origin::local(txn, &head, true);
         match send_at(core, &mut conn, room_id, sender, template, origin).await? {
             Persisted::Sent { pdu, pos, head } => {
                 // Committed by the statement itself.
@@ -251,12 +241,7 @@ async fn send_once(
     if read.head.current_group == head.current_group {
         head.push_members = read.head.push_members;
     }
-    let origin = pipeline::Origin::Local {
-        txn,
-        head: &head,
-        unlocked: false,
-        closing: None,
-    };
+    let origin = pipeline::Origin::local(txn, &head, false);
     match send_at(core, &mut tx, room_id, sender, template, origin).await? {
         Persisted::Sent { pdu, pos, head } => {
             // Held through the commit: a next sender waiting on the row lock instead costs
