@@ -63,12 +63,16 @@ impl InList {
     /// The values to bind, in order from `$first`.
     pub fn binds<S: AsRef<str>>(&self, values: &[S]) -> Vec<String> {
         if self.json {
-            let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
-            vec![serde_json::Value::from(values).to_string()]
+            vec![json_list(values)]
         } else {
             values.iter().map(|v| v.as_ref().to_owned()).collect()
         }
     }
+}
+
+/// The values as the JSON array that `json_array` unpacks.
+pub fn json_list<S: AsRef<str>>(values: &[S]) -> String {
+    serde_json::Value::from(values.iter().map(AsRef::as_ref).collect::<Vec<&str>>()).to_string()
 }
 
 /// A one-column table (`value`) of the strings in the JSON array bound as `$param`.

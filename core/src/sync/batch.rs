@@ -11,7 +11,7 @@ use crate::{
     db::Backend,
     storage::{
         events::{self, StoredEvent},
-        json_array, InList, IN_CHUNK,
+        json_array, json_list, InList, IN_CHUNK,
     },
     Result,
 };
@@ -35,11 +35,6 @@ fn per_room(backend: Backend, list: usize, columns: &str, rest: &str) -> String 
              (SELECT {columns} FROM events AS x WHERE x.room_id = r.room AND {rest}) AS e"
         ),
     }
-}
-
-/// The rooms as the JSON array `per_room` binds.
-fn json_list(room_ids: &[String]) -> String {
-    serde_json::Value::from(room_ids.iter().map(String::as_str).collect::<Vec<_>>()).to_string()
 }
 
 /// Up to `limit` newest timeline events per room with positions in `(from, to]`, newest first
