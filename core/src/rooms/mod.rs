@@ -211,10 +211,7 @@ async fn send_once(
         .filter(|h| template.state_key.is_none() && h.extremities.len() == 1)
         .cloned();
     if let Some(mut head) = unlocked_head {
-        // The members were read at some state group: valid only if it is the head's.
-        if read.head.current_group == head.current_group {
-            head.push_members = read.head.push_members.clone();
-        }
+        head.members_from(&read.head);
         let origin = pipeline::Origin::local(txn, &head, true);
         match send_at(core, &mut conn, room_id, sender, template, origin).await? {
             Persisted::Sent { pdu, pos, head } => {
@@ -237,10 +234,8 @@ async fn send_once(
         return sent_earlier(&mut tx, event_id).await;
     }
     let mut head = locked.head;
-    // As above; otherwise push evaluation reads the members itself.
-    if read.head.current_group == head.current_group {
-        head.push_members = read.head.push_members;
-    }
+    // Otherwise push evaluation reads the members itself.
+    head.members_from(&read.head);
     let origin = pipeline::Origin::local(txn, &head, false);
     match send_at(core, &mut tx, room_id, sender, template, origin).await? {
         Persisted::Sent { pdu, pos, head } => {

@@ -34,6 +34,14 @@ pub struct Head {
 pub type PushMember = (String, Option<String>, Option<String>);
 
 impl Head {
+    /// Takes `other`'s members if they were read at this head's state group (memberships
+    /// follow current state, so members read at another group may be stale).
+    pub fn members_from(&mut self, other: &Head) {
+        if other.current_group == self.current_group {
+            self.push_members = other.push_members.clone();
+        }
+    }
+
     fn from_row(current_group: Option<i64>, extremities: &str) -> Result<Head> {
         Ok(Head {
             current_group,

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use crate::{
     both_backends,
     harness::*,
-    rooms::{create_room, messages, send_text, urlencode},
+    rooms::{create_room, messages, send_ok, send_text, urlencode},
 };
 
 fn bodies(chunk: &Value) -> Vec<String> {
@@ -71,9 +71,7 @@ both_backends!(context_around_an_event, |backend| async move {
     let mut ids = Vec::new();
     for i in 0..20 {
         let sender = if i % 2 == 0 { &alice } else { &bob };
-        let (status, body) = send_text(sender, &room, &format!("t{i}"), &format!("m{i}")).await;
-        assert_eq!(status, 200, "{body}");
-        ids.push(body["event_id"].as_str().unwrap().to_owned());
+        ids.push(send_ok(sender, &room, &format!("t{i}"), &format!("m{i}")).await);
     }
     let path = |event: &str, query: &str| format!("/_matrix/client/v3/rooms/{room}/context/{event}?{query}");
 

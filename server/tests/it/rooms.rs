@@ -19,6 +19,13 @@ pub async fn send_text(client: &Client, room: &str, txn: &str, body: &str) -> (u
         .await
 }
 
+/// Sends a text message that must be accepted; returns its event ID.
+pub async fn send_ok(client: &Client, room: &str, txn: &str, body: &str) -> String {
+    let (status, sent) = send_text(client, room, txn, body).await;
+    assert_eq!(status, 200, "{sent}");
+    sent["event_id"].as_str().unwrap().to_owned()
+}
+
 pub async fn messages(client: &Client, room: &str, query: &str) -> (u16, Value) {
     client
         .get(&format!("/_matrix/client/v3/rooms/{room}/messages?{query}"))
@@ -489,9 +496,7 @@ both_backends!(two_servers_on_one_database_send_into_one_room, |backend| async m
         async move {
             let mut ids = Vec::new();
             for i in 0..25 {
-                let (status, body) = send_text(&client, &room, &format!("{tag}{i}"), &format!("{tag} {i}")).await;
-                assert_eq!(status, 200, "{body}");
-                ids.push(body["event_id"].as_str().unwrap().to_owned());
+                ids.push(send_ok(&client, &room, &format!("{tag}{i}"), &format!("{tag} {i}")).await);
             }
             ids
         }
@@ -540,9 +545,7 @@ both_backends!(concurrent_sends_make_one_linear_history, |backend| async move {
         tasks.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             for j in 0..20 {
-                let (status, body) = send_text(&c, &room, &format!("c{i}-{j}"), &format!("{i}-{j}")).await;
-                assert_eq!(status, 200, "{body}");
-                acked.push(body["event_id"].as_str().unwrap().to_owned());
+                acked.push(send_ok(&c, &room, &format!("c{i}-{j}"), &format!("{i}-{j}")).await);
             }
             acked
         }));
