@@ -1,7 +1,7 @@
 //! Parsed events by ID, for the graph's hot reads (prev events, auth events, the state the auth
-//! rules consult). An event's JSON, its rejection and its state groups never change once it is
-//! stored, so a parsed copy stays true; only the mutable columns (stream position, redaction)
-//! are left out.
+//! rules consult). A full event's JSON, its rejection and its state groups never change once it
+//! is stored, so a parsed copy stays true, also across processes; only the mutable columns
+//! (stream position, redaction) are left out. Outliers are not kept: they gain state later.
 //!
 //! Invariant: callers look up IDs they learned from the database (forward extremities, a state
 //! map, a stored event's own references), never IDs taken from a request or a remote PDU. A row
@@ -78,6 +78,8 @@ pub fn remember(db: &Db, pdu: &Pdu, state_after: Option<i64>) {
     );
 }
 
+/// Parses a stored event, and keeps it unless it is an outlier: an outlier's state is not
+/// known yet and may be later, so its entry would not stay true.
 fn parse_and_keep(db: &Db, stored: &events::StoredEvent, rules: &RoomVersionRules) -> Result<Arc<GraphEvent>> {
     let mut pdu = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
     pdu.rejected = stored.rejected;
@@ -85,7 +87,9 @@ fn parse_and_keep(db: &Db, stored: &events::StoredEvent, rules: &RoomVersionRule
         pdu,
         state_after: stored.state_after,
     });
-    db.caches().graph_events.insert(stored.event_id.clone(), event.clone());
+    if !stored.outlier {
+        db.caches().graph_events.insert(stored.event_id.clone(), event.clone());
+    }
     Ok(event)
 }
 

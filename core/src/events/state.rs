@@ -20,6 +20,7 @@ use crate::{
 };
 
 /// The state before an event with these prev events.
+#[derive(Debug)]
 pub struct StateBefore {
     /// The stored group that is exactly this state, when the prev events agree on one.
     pub group: Option<i64>,

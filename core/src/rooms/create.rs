@@ -3,7 +3,6 @@
 use ruma::{OwnedUserId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
 
-use super::own_keys;
 use crate::{
     events::{
         builder::{self, EventTemplate},
@@ -90,18 +89,23 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     let room_id = create_pdu.room_id.to_string();
     rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
     rooms::lock(&mut tx, &room_id).await?;
-    let outcome = pipeline::persist(
+    // The create event's own checks; a content the rules refuse is the request's fault.
+    let checked = super::prepare_local(core, &mut tx, &rules, create_pdu)
+        .await
+        .map_err(|e| match e {
+            Error::Forbidden(reason) => Error::BadJson(format!("invalid create event: {reason}")),
+            other => other,
+        })?;
+    let outcome = pipeline::commit(
         core,
         &mut tx,
         &rules,
-        create_pdu,
-        &own_keys(core),
-        pipeline::Origin::local(None, &no_head, false),
+        checked,
+        &no_head,
+        pipeline::Write::default(),
+        &super::steps::RoomSteps,
     )
     .await?;
-    if let Some(reason) = outcome.rejected {
-        return Err(Error::BadJson(format!("invalid create event: {reason}")));
-    }
 
     let mut member = json!({ "membership": "join" });
     if let Some(p) = &profile {

@@ -12,11 +12,13 @@ pub mod power;
 pub mod relations;
 pub mod reports;
 pub mod search;
+pub mod steps;
 pub mod timeline;
 pub mod turns;
 pub mod upgrade;
 pub mod user_directory;
 pub mod visibility;
+pub mod writer;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -27,7 +29,8 @@ use crate::{
     db::Backend,
     events::{
         builder::{self, EventTemplate},
-        pipeline, rules_for, Pdu, StateMap,
+        pipeline::{self, Prepared, StateAt, Trust, Write},
+        rules_for, Pdu, StateMap,
     },
     storage::{events, rooms, state as state_store},
     Core, Error, Result,
@@ -79,8 +82,7 @@ pub async fn send_in_tx(
     template: &EventTemplate,
     head: &rooms::Head,
 ) -> Result<(Pdu, i64, rooms::Head)> {
-    let origin = pipeline::Origin::local(None, head, false);
-    match send_at(core, conn, room_id, sender, template, origin).await? {
+    match send_at(core, conn, room_id, sender, template, head, Write::default()).await? {
         Persisted::Sent { pdu, pos, head } => {
             let head = head.ok_or_else(|| Error::Internal("an accepted event left no head".into()))?;
             Ok((pdu, pos, head))
@@ -100,28 +102,24 @@ enum Persisted {
     HeadMoved,
 }
 
-/// `send_in_tx` with a local `origin`: on top of its head, as read under the room's lock in
-/// this transaction, or, when `unlocked`, as the last send here left it (see `turns`).
+/// `send_in_tx` with the backend's write mode: on top of `head`, as read under the room's lock
+/// in this transaction, or, when `write.unlocked`, as the last send here left it (see `turns`).
 async fn send_at(
     core: &Core,
     conn: &mut AnyConnection,
     room_id: &str,
     sender: &UserId,
     template: &EventTemplate,
-    origin: pipeline::Origin<'_>,
+    head: &rooms::Head,
+    write: Write<'_>,
 ) -> Result<Persisted> {
-    let pipeline::Origin::Local { head, .. } = origin else {
-        return Err(Error::Internal("send_at builds local events only".into()));
-    };
     let (_, rules) = room_rules(core, conn, room_id).await?;
     let current = state_store::load_or_empty(&core.db, conn, head.current_group).await?;
     let pdu = builder::build(core, conn, &rules, Some(room_id), sender, template, head, &current).await?;
-    let outcome = pipeline::persist(core, conn, &rules, pdu, &own_keys(core), origin).await?;
+    let checked = prepare_local(core, conn, &rules, pdu).await?;
+    let outcome = pipeline::commit(core, conn, &rules, checked, head, write, &steps::RoomSteps).await?;
     if outcome.head_moved {
         return Ok(Persisted::HeadMoved);
-    }
-    if let Some(reason) = outcome.rejected {
-        return Err(Error::Forbidden(reason));
     }
     let pos = outcome
         .stream_pos
@@ -131,6 +129,25 @@ async fn send_at(
         pos,
         head: outcome.head,
     })
+}
+
+/// Checks an event built here; one the auth rules reject is an error for its sender.
+pub(crate) async fn prepare_local(
+    core: &Core,
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    pdu: Pdu,
+) -> Result<pipeline::Checked> {
+    match pipeline::prepare(core, conn, rules, pdu, Trust::Local, StateAt::PrevEvents).await? {
+        Prepared::Checked(checked) => match checked.rejected {
+            Some(reason) => Err(Error::Forbidden(reason)),
+            None => Ok(checked),
+        },
+        Prepared::Missing(missing) => Err(Error::Internal(format!(
+            "a local event refers to events that are not stored: {missing:?}"
+        ))),
+        Prepared::Known(_) => Err(Error::Internal("a new local event was already stored".into())),
+    }
 }
 
 /// Sends one local event: serialised per room, idempotent per (device, transaction ID).
@@ -177,13 +194,12 @@ async fn send_once(
             return sent_earlier(&mut tx, event_id).await;
         }
         // The event's write batch also releases the savepoint: one hand-off fewer.
-        let origin = pipeline::Origin::Local {
+        let write = Write {
             txn,
-            head: &locked.head,
             unlocked: false,
             closing: tx.release_sql(),
         };
-        return match send_at(core, &mut tx, room_id, sender, template, origin).await? {
+        return match send_at(core, &mut tx, room_id, sender, template, &locked.head, write).await? {
             Persisted::Sent { pdu, pos, .. } => {
                 tx.released();
                 commit_sent(core, tx, pdu, pos).await
@@ -212,8 +228,12 @@ async fn send_once(
         .cloned();
     if let Some(mut head) = unlocked_head {
         head.members_from(&read.head);
-        let origin = pipeline::Origin::local(txn, &head, true);
-        match send_at(core, &mut conn, room_id, sender, template, origin).await? {
+        let write = Write {
+            txn,
+            unlocked: true,
+            closing: None,
+        };
+        match send_at(core, &mut conn, room_id, sender, template, &head, write).await? {
             Persisted::Sent { pdu, pos, head } => {
                 // Committed by the statement itself.
                 turn.remember(head);
@@ -236,8 +256,11 @@ async fn send_once(
     let mut head = locked.head;
     // Otherwise push evaluation reads the members itself.
     head.members_from(&read.head);
-    let origin = pipeline::Origin::local(txn, &head, false);
-    match send_at(core, &mut tx, room_id, sender, template, origin).await? {
+    let write = Write {
+        txn,
+        ..Write::default()
+    };
+    match send_at(core, &mut tx, room_id, sender, template, &head, write).await? {
         Persisted::Sent { pdu, pos, head } => {
             // Held through the commit: a next sender waiting on the row lock instead costs
             // PostgreSQL more than it saves.

@@ -88,6 +88,31 @@ pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<St
     Ok(out)
 }
 
+/// The sender of a room's create event, if it is stored (as a full event or an outlier).
+pub async fn create_event_sender(conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT sender FROM events WHERE room_id = $1 AND event_type = 'm.room.create' AND state_key = ''",
+    )
+    .bind(room_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Which of these event IDs are stored (as full events or outliers).
+pub async fn known(conn: &mut AnyConnection, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let list = super::InList::new(conn, 1, chunk.len());
+        let sql = format!("SELECT event_id FROM events WHERE event_id IN ({})", list.sql());
+        let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(super::keep_prepared(chunk.len()));
+        for b in list.binds(chunk) {
+            q = q.bind(b);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 pub struct NewEventRow<'a> {
     pub event_id: &'a str,
     pub room_id: &'a str,
@@ -131,6 +156,25 @@ pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
         .bind(e.txn.map(|t| t.0))
         .bind(e.txn.map(|t| t.1))
         .bind(e.txn.map(|t| t.2));
+}
+
+/// Turns a stored outlier into a full event: its state, rejection and (when `at_pos`) the
+/// batch's stream position. Only a row still an outlier changes.
+pub fn promote_outlier<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
+    let pos = if at_pos { "{pos}" } else { "NULL" };
+    batch
+        .push(
+            &format!(
+                "UPDATE events SET outlier = 0, rejected_reason = $2, soft_failed = $3, state_before = $4,
+                 state_after = $5, stream_pos = {pos} WHERE event_id = $1 AND outlier = 1"
+            ),
+            5,
+        )
+        .bind(e.event_id)
+        .bind(e.rejected_reason)
+        .bind(e.soft_failed as i64)
+        .bind(e.state_before)
+        .bind(e.state_after);
 }
 
 const INSERT_EVENT: &str =

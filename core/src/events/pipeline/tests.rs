@@ -1,0 +1,401 @@
+//! The pipeline's two steps with events from another server, built and signed here by a
+//! stand-in for that server (its own name and key, on the same database), on SQLite and, when
+//! `WEFT_TEST_POSTGRES` names a server, on PostgreSQL.
+
+use std::{path::Path, sync::Arc};
+
+use ruma::{room_version_rules::RoomVersionRules, user_id, RoomVersionId, UserId};
+use serde_json::{json, Map};
+
+use super::{Outcome, StateAt};
+use crate::{
+    events::{
+        builder::{self, EventTemplate},
+        rules_for, Pdu, StateMap,
+    },
+    rooms::{
+        self,
+        create::{create_room, CreateRoom, Preset},
+        writer::{receive, Received},
+    },
+    signing_key,
+    storage::{events, rooms as room_store},
+    Core, Db,
+};
+
+const REMOTE: &str = "remote.test";
+
+/// A fresh database on each configured backend, with its own directory for keys, and the
+/// PostgreSQL database's name to drop afterwards.
+async fn databases() -> Vec<(Db, tempdir::Dir, Option<(String, String)>)> {
+    let mut out = Vec::new();
+    let dir = tempdir::Dir::new();
+    out.push((
+        Db::connect(&format!("sqlite://{}/weft.db", dir.path.display()), 4)
+            .await
+            .unwrap(),
+        dir,
+        None,
+    ));
+    match std::env::var("WEFT_TEST_POSTGRES") {
+        Ok(base) => {
+            let name = format!("weft_pipeline_{}", crate::util::random_string(12).to_lowercase());
+            let admin = Db::connect(&base, 1).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(admin.pool())
+                .await
+                .unwrap();
+            admin.close().await;
+            let (prefix, _) = base.rsplit_once('/').expect("a database URL ends in its name");
+            let db = Db::connect(&format!("{prefix}/{name}"), 4).await.unwrap();
+            out.push((db, tempdir::Dir::new(), Some((base, name))));
+        }
+        Err(_) => eprintln!("!!! WEFT_TEST_POSTGRES is not set: the PostgreSQL half of this test was SKIPPED !!!"),
+    }
+    for (db, _, _) in &out {
+        db.migrate().await.unwrap();
+    }
+    out
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new() -> Dir {
+            let path = std::env::temp_dir().join(format!("weft-pipeline-{}", crate::util::random_string(12)));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// This server, the stand-in for another one, and a public room of this server's alice.
+struct Scene {
+    local: Core,
+    remote: Core,
+    room_id: String,
+    rules: RoomVersionRules,
+}
+
+const VERSION: &str = "10";
+
+impl Scene {
+    async fn new(db: Db, dir: &Path) -> Scene {
+        let key = |name: &str| signing_key::load_or_create(&dir.join(name)).unwrap();
+        let local = Core::new(db.clone(), "local.test".try_into().unwrap(), key("local.key"));
+        let remote = Core::new(db, REMOTE.try_into().unwrap(), key("remote.key"));
+        let created = create_room(
+            &local,
+            user_id!("@alice:local.test"),
+            CreateRoom {
+                version: RoomVersionId::try_from(VERSION).unwrap(),
+                preset: Preset::PublicChat,
+                creation_content: Map::new(),
+                power_level_override: None,
+                name: None,
+                topic: None,
+                alias: None,
+                invite: Vec::new(),
+                is_direct: false,
+                initial_state: Vec::new(),
+                public: false,
+            },
+        )
+        .await
+        .unwrap();
+        Scene {
+            local,
+            remote,
+            room_id: created.room_id,
+            rules: rules_for(VERSION).unwrap(),
+        }
+    }
+
+    /// An event of the other server's `sender`, built on the room's head as this server
+    /// knows it, with `edit` applied to that head and state first.
+    async fn remote_event(
+        &self,
+        sender: &UserId,
+        template: EventTemplate,
+        edit: impl FnOnce(&mut room_store::Head, &mut StateMap),
+    ) -> Pdu {
+        let mut conn = self.local.db.conn().await.unwrap();
+        let mut head = room_store::head(&mut conn, &self.room_id).await.unwrap();
+        let mut state = (*rooms::current_state(&self.local, &mut conn, &self.room_id)
+            .await
+            .unwrap())
+        .clone();
+        edit(&mut head, &mut state);
+        builder::build(
+            &self.remote,
+            &mut conn,
+            &self.rules,
+            Some(&self.room_id),
+            sender,
+            &template,
+            &head,
+            &state,
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn receive(&self, pdu: Pdu, state_at: StateAt) -> Received {
+        receive(&self.local, VERSION, pdu, &rooms::own_keys(&self.remote), state_at)
+            .await
+            .unwrap()
+    }
+
+    async fn membership(&self, user: &UserId) -> Option<String> {
+        let mut conn = self.local.db.conn().await.unwrap();
+        room_store::membership(&mut conn, &self.room_id, user.as_str())
+            .await
+            .unwrap()
+            .map(|m| m.membership)
+    }
+
+    async fn row(&self, pdu: &Pdu) -> Option<events::StoredEvent> {
+        let mut conn = self.local.db.conn().await.unwrap();
+        events::get(&mut conn, pdu.event_id.as_str()).await.unwrap()
+    }
+
+    async fn extremities(&self) -> Vec<String> {
+        let mut conn = self.local.db.conn().await.unwrap();
+        room_store::head(&mut conn, &self.room_id).await.unwrap().extremities
+    }
+}
+
+fn stored(received: Received) -> Outcome {
+    match received {
+        Received::Stored(outcome) => outcome,
+        Received::Missing(missing) => panic!("unexpectedly missing {missing:?}"),
+    }
+}
+
+fn join() -> EventTemplate {
+    EventTemplate::state("m.room.member", "@bob:remote.test", json!({"membership": "join"}))
+}
+
+fn message(body: &str) -> EventTemplate {
+    EventTemplate::message("m.room.message", json!({"msgtype": "m.text", "body": body}))
+}
+
+/// The other server's user.
+fn bob() -> &'static UserId {
+    user_id!("@bob:remote.test")
+}
+
+/// Runs `test` on a fresh scene on each backend.
+async fn on_each_backend<F: AsyncFn(&Scene)>(test: F) {
+    for (db, dir, postgres) in databases().await {
+        let scene = Scene::new(db, &dir.path).await;
+        test(&scene).await;
+        scene.local.db.close().await;
+        if let Some((base, name)) = postgres {
+            let admin = Db::connect(&base, 1).await.unwrap();
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(admin.pool())
+                .await;
+            admin.close().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_remote_join_and_message_enter_the_timeline() {
+    on_each_backend(async |s: &Scene| {
+        let join = s.remote_event(bob(), join(), |_, _| {}).await;
+        let outcome = stored(s.receive(join.clone(), StateAt::PrevEvents).await);
+        assert!(outcome.rejected.is_none() && !outcome.soft_failed, "{outcome:?}");
+        assert!(outcome.stream_pos.is_some());
+        assert_eq!(s.membership(bob()).await.as_deref(), Some("join"));
+
+        let msg = s.remote_event(bob(), message("hello"), |_, _| {}).await;
+        let outcome = stored(s.receive(msg.clone(), StateAt::PrevEvents).await);
+        assert!(outcome.stream_pos > s.row(&join).await.unwrap().stream_pos);
+        assert_eq!(s.extremities().await, vec![msg.event_id.to_string()]);
+
+        // Received again: answered from what is stored, nothing written twice.
+        let again = stored(s.receive(msg.clone(), StateAt::PrevEvents).await);
+        assert_eq!(again.stream_pos, outcome.stream_pos);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unknown_prev_and_auth_events_are_reported_and_nothing_is_stored() {
+    on_each_backend(async |s: &Scene| {
+        let unknown_prev = "$unknownprevevent0000000000000000000000000000";
+        let pdu = s
+            .remote_event(bob(), join(), |head, _| head.extremities = vec![unknown_prev.into()])
+            .await;
+        match s.receive(pdu.clone(), StateAt::PrevEvents).await {
+            Received::Missing(m) => {
+                assert_eq!(
+                    m.prev_events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+                    [unknown_prev]
+                );
+                assert!(m.auth_events.is_empty());
+            }
+            other => panic!("expected missing prev events, got {other:?}"),
+        }
+        assert!(s.row(&pdu).await.is_none());
+
+        let unknown_auth = "$unknownauthevent0000000000000000000000000000";
+        let pdu = s
+            .remote_event(bob(), join(), |_, state| {
+                state.insert(("m.room.join_rules".into(), String::new()), unknown_auth.into());
+            })
+            .await;
+        match s.receive(pdu.clone(), StateAt::PrevEvents).await {
+            Received::Missing(m) => {
+                assert_eq!(
+                    m.auth_events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+                    [unknown_auth]
+                );
+            }
+            other => panic!("expected missing auth events, got {other:?}"),
+        }
+        assert!(s.row(&pdu).await.is_none());
+        assert_eq!(s.membership(bob()).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_outlier_becomes_a_full_event_once_its_state_is_known() {
+    on_each_backend(async |s: &Scene| {
+        let before = s.extremities().await;
+        // Bob's join on an event this server has not seen: its state is unknown.
+        let unknown_prev = "$unseenpreveventoftheotherserver000000000000";
+        let pdu = s
+            .remote_event(bob(), join(), |head, _| head.extremities = vec![unknown_prev.into()])
+            .await;
+        let outcome = stored(s.receive(pdu.clone(), StateAt::Unknown).await);
+        assert!(outcome.outlier && outcome.stream_pos.is_none() && outcome.rejected.is_none());
+        let row = s.row(&pdu).await.expect("stored as an outlier");
+        assert!(row.outlier && row.stream_pos.is_none() && row.state_after.is_none());
+        assert_eq!(s.extremities().await, before, "an outlier does not move the room");
+        assert_eq!(s.membership(bob()).await, None);
+        // Received again without state: nothing changes.
+        assert!(stored(s.receive(pdu.clone(), StateAt::Unknown).await).outlier);
+
+        // The other server tells the state at the event (here: the room as this server has it).
+        let state = {
+            let mut conn = s.local.db.conn().await.unwrap();
+            rooms::current_state(&s.local, &mut conn, &s.room_id).await.unwrap()
+        };
+        let outcome = stored(s.receive(pdu.clone(), StateAt::Supplied(Arc::clone(&state))).await);
+        assert!(!outcome.outlier && outcome.rejected.is_none(), "{outcome:?}");
+        let row = s.row(&pdu).await.unwrap();
+        assert!(!row.outlier && row.stream_pos.is_some() && row.state_after.is_some());
+        assert_eq!(s.membership(bob()).await.as_deref(), Some("join"));
+        let mut expected = before.clone();
+        expected.push(pdu.event_id.to_string());
+        expected.sort();
+        assert_eq!(s.extremities().await, expected, "a fork until someone builds on both");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn rejected_events_are_kept_out_and_reject_what_builds_on_them() {
+    on_each_backend(async |s: &Scene| {
+        // Bob is not in the room: his message fails the auth rules.
+        let msg = s.remote_event(bob(), message("let me in"), |_, _| {}).await;
+        let outcome = stored(s.receive(msg.clone(), StateAt::PrevEvents).await);
+        assert!(
+            outcome.rejected.is_some() && outcome.stream_pos.is_none(),
+            "{outcome:?}"
+        );
+        assert!(s.row(&msg).await.unwrap().rejected);
+        assert!(!s.extremities().await.contains(&msg.event_id.to_string()));
+
+        // Alice makes the room invite-only; bob's join then is rejected, and so is a message
+        // that names that join among its auth events.
+        rooms::send(
+            &s.local,
+            &s.room_id,
+            user_id!("@alice:local.test"),
+            EventTemplate::state("m.room.join_rules", "", json!({"join_rule": "invite"})),
+            None,
+        )
+        .await
+        .unwrap();
+        let join = s.remote_event(bob(), join(), |_, _| {}).await;
+        assert!(stored(s.receive(join.clone(), StateAt::PrevEvents).await)
+            .rejected
+            .is_some());
+        let join_id = join.event_id.to_string();
+        let msg = s
+            .remote_event(bob(), message("on a rejected join"), |_, state| {
+                state.insert(("m.room.member".into(), bob().to_string()), join_id);
+            })
+            .await;
+        assert!(msg.auth_events.contains(&join.event_id));
+        let outcome = stored(s.receive(msg, StateAt::PrevEvents).await);
+        let reason = outcome.rejected.expect("rejected");
+        assert!(reason.contains("rejected"), "{reason}");
+        assert_eq!(s.membership(bob()).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_that_fails_against_current_state_is_soft_failed() {
+    on_each_backend(async |s: &Scene| {
+        let join = s.remote_event(bob(), join(), |_, _| {}).await;
+        stored(s.receive(join.clone(), StateAt::PrevEvents).await);
+        let joined_head = s.extremities().await;
+        // Alice bans bob; bob, not having seen the ban, speaks on the state before it.
+        rooms::send(
+            &s.local,
+            &s.room_id,
+            user_id!("@alice:local.test"),
+            EventTemplate::state("m.room.member", bob().as_str(), json!({"membership": "ban"})),
+            None,
+        )
+        .await
+        .unwrap();
+        let after_ban = s.extremities().await;
+        let late = s
+            .remote_event(bob(), message("too late"), |head, state| {
+                head.extremities = joined_head;
+                state.insert(("m.room.member".into(), bob().to_string()), join.event_id.to_string());
+            })
+            .await;
+        let outcome = stored(s.receive(late.clone(), StateAt::PrevEvents).await);
+        assert!(outcome.soft_failed && outcome.rejected.is_none(), "{outcome:?}");
+        assert!(
+            s.row(&late).await.unwrap().stream_pos.is_none(),
+            "never in the timeline"
+        );
+        assert_eq!(s.extremities().await, after_ban, "nor among the forward extremities");
+        assert_eq!(s.membership(bob()).await.as_deref(), Some("ban"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_signed_with_another_key_is_refused() {
+    on_each_backend(async |s: &Scene| {
+        let pdu = s.remote_event(bob(), join(), |_, _| {}).await;
+        // The keys this server knows for remote.test are not the ones that signed it.
+        let mut wrong = rooms::own_keys(&s.local);
+        let local_keys = wrong.remove("local.test").unwrap();
+        wrong.insert(REMOTE.into(), local_keys);
+        let err = receive(&s.local, VERSION, pdu.clone(), &wrong, StateAt::PrevEvents)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, crate::Error::Forbidden(_)), "{err:?}");
+        assert!(s.row(&pdu).await.is_none());
+    })
+    .await;
+}
