@@ -90,7 +90,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
     rooms::lock(&mut tx, &room_id).await?;
     // The create event's own checks; a content the rules refuse is the request's fault.
-    let checked = super::prepare_local(core, &mut tx, &rules, create_pdu)
+    let checked = super::writer::prepare_local(core, &mut tx, &rules, create_pdu)
         .await
         .map_err(|e| match e {
             Error::Forbidden(reason) => Error::BadJson(format!("invalid create event: {reason}")),

@@ -9,7 +9,7 @@
 use ruma::{events::TimelineEventType, signatures::PublicKeyMap};
 use sqlx::AnyConnection;
 
-use super::{notify_committed, steps::RoomSteps};
+use super::{super::steps::RoomSteps, notify_committed};
 use crate::{
     events::{
         pipeline::{self, Missing, Outcome, Prepared, StateAt, Trust, Write},
