@@ -427,25 +427,32 @@ pub async fn context(
     before: usize,
     after: usize,
 ) -> Result<Context> {
-    let pos = event.stream_pos.unwrap_or_default();
     let room_id = event.room_id.as_str();
+    let key = timeline::Key::of(event);
+    let before_key = timeline::Key {
+        pos: key.pos - 1,
+        ..key
+    };
     let mut before_events = Vec::new();
     if before > 0 {
-        let page = timeline::page(conn, room_id, pos - 1, None, timeline::Dir::Backward, before as i64).await?;
+        let page = timeline::page(conn, room_id, before_key, None, timeline::Dir::Backward, before as i64).await?;
         before_events = visibility::filter_visible(core, conn, user_id, room_id, page).await?;
     }
     let mut after_events = Vec::new();
     if after > 0 {
-        let page = timeline::page(conn, room_id, pos, None, timeline::Dir::Forward, after as i64).await?;
+        let page = timeline::page(conn, room_id, key, None, timeline::Dir::Forward, after as i64).await?;
         after_events = visibility::filter_visible(core, conn, user_id, room_id, page).await?;
     }
-    let start = before_events.last().and_then(|e| e.stream_pos).unwrap_or(pos) - 1;
-    let end = after_events.last().and_then(|e| e.stream_pos).unwrap_or(pos);
+    let start = before_events
+        .last()
+        .map(timeline::Key::of)
+        .map_or(before_key, |k| timeline::Key { pos: k.pos - 1, ..k });
+    let end = after_events.last().map_or(key, timeline::Key::of);
     Ok(Context {
         before: before_events,
         after: after_events,
-        start: timeline::token(start),
-        end: timeline::token(end),
+        start: start.token(),
+        end: end.token(),
     })
 }
 

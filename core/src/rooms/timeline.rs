@@ -1,7 +1,6 @@
-//! Reading a room's timeline in stream order, for `/messages`, `/context` and sync.
-//!
-//! A pagination token `s<N>` is the point just after stream position N: paginating backwards
-//! from it yields positions <= N, forwards yields positions > N.
+//! Reading a room's timeline: in topological order for `/messages` and `/context` (tokens
+//! `t<depth>-<position>`, see `Key`), in stream order for sync (tokens `s<position>`: the point
+//! just after that position, as every stream token). `/messages` accepts both.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -18,18 +17,105 @@ use crate::{
     Core, Error, Result,
 };
 
+/// A stream token `s<N>`: the point just after stream position N (sync's `prev_batch`,
+/// relations).
 pub fn token(pos: i64) -> String {
     format!("s{pos}")
 }
 
+/// The stream position of a token: `s<N>`, a sync token (whose first part is the timeline's),
+/// or a topological token's position part.
 pub fn parse_token(token: &str) -> Result<i64> {
+    if let Some(topological) = token.strip_prefix('t') {
+        return Ok(parse_topological(token, topological)?.pos);
+    }
     // Sync tokens may carry other streams after an underscore; the timeline part comes first.
     let first = token.split('_').next().unwrap_or_default();
     first
         .strip_prefix('s')
         .unwrap_or(first)
         .parse()
-        .map_err(|_| Error::InvalidParam(format!("invalid pagination token {token:?}")))
+        .map_err(|_| invalid(token))
+}
+
+fn invalid(token: &str) -> Error {
+    Error::InvalidParam(format!("invalid pagination token {token:?}"))
+}
+
+fn parse_topological(token: &str, rest: &str) -> Result<Key> {
+    let (depth, pos) = rest.split_once('-').ok_or_else(|| invalid(token))?;
+    Ok(Key {
+        depth: depth.parse().map_err(|_| invalid(token))?,
+        pos: pos.parse().map_err(|_| invalid(token))?,
+    })
+}
+
+/// A point in a room's timeline in topological order: just after the event at this depth and
+/// stream position. Events compare by (depth, stream position); backfilled events have
+/// negative positions but sit at their depth. Paginating backwards from a key yields the
+/// events at or before it, forwards the events after it; since both parts are integers, "at or
+/// before (d, p - 1)" is "before (d, p)".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub depth: i64,
+    pub pos: i64,
+}
+
+impl Key {
+    /// Before every event.
+    pub const START: Key = Key {
+        depth: i64::MIN,
+        pos: i64::MIN,
+    };
+    /// After every event.
+    pub const END: Key = Key {
+        depth: i64::MAX,
+        pos: i64::MAX,
+    };
+
+    /// The key of a timeline event (one with a stream position).
+    pub fn of(event: &StoredEvent) -> Key {
+        Key {
+            depth: event.depth,
+            pos: event.stream_pos.unwrap_or_default(),
+        }
+    }
+
+    /// The token a client gets: `t<depth>-<position>`.
+    pub fn token(self) -> String {
+        format!("t{}-{}", self.depth, self.pos)
+    }
+
+    /// The key just past `event` when reading in `dir`.
+    fn past(event: &StoredEvent, dir: Dir) -> Key {
+        let key = Key::of(event);
+        match dir {
+            Dir::Backward => Key {
+                pos: key.pos - 1,
+                ..key
+            },
+            Dir::Forward => key,
+        }
+    }
+}
+
+/// The key a pagination token stands for in a room: a topological token as it is; a stream
+/// token (from sync) as the topologically last event of the room at or before that position,
+/// which is what the client has seen.
+pub async fn parse_key(conn: &mut AnyConnection, room_id: &str, token: &str) -> Result<Key> {
+    if let Some(rest) = token.strip_prefix('t') {
+        return parse_topological(token, rest);
+    }
+    let pos = parse_token(token)?;
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT depth, stream_pos FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL AND stream_pos <= $2
+         ORDER BY depth DESC, stream_pos DESC LIMIT 1",
+    )
+    .bind(room_id)
+    .bind(pos)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map_or(Key::START, |(depth, pos)| Key { depth, pos }))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,47 +124,93 @@ pub enum Dir {
     Forward,
 }
 
-/// Up to `limit` timeline events of the room after (forward) or at-and-before (backward) the
-/// token position, bounded by `to` when given, in the direction's order.
+/// Up to `limit` timeline events of the room after (forward) or at-and-before (backward)
+/// `from` in topological order, bounded by `to` when given, in the direction's order.
 pub async fn page(
     conn: &mut AnyConnection,
     room_id: &str,
-    from: i64,
-    to: Option<i64>,
+    from: Key,
+    to: Option<Key>,
     dir: Dir,
     limit: i64,
 ) -> Result<Vec<StoredEvent>> {
-    let (cond, order) = match dir {
-        Dir::Backward => ("stream_pos <= $2 AND stream_pos > $3", "DESC"),
-        Dir::Forward => ("stream_pos > $2 AND stream_pos <= $3", "ASC"),
-    };
-    let bound = match (dir, to) {
-        (Dir::Backward, Some(t)) => t,
-        (Dir::Backward, None) => 0,
-        (Dir::Forward, Some(t)) => t,
-        (Dir::Forward, None) => i64::MAX,
+    let (cond, order, bound) = match dir {
+        Dir::Backward => (
+            "(depth, stream_pos) <= ($2, $3) AND (depth, stream_pos) > ($4, $5)",
+            "DESC",
+            to.unwrap_or(Key::START),
+        ),
+        Dir::Forward => (
+            "(depth, stream_pos) > ($2, $3) AND (depth, stream_pos) <= ($4, $5)",
+            "ASC",
+            to.unwrap_or(Key::END),
+        ),
     };
     let sql = format!(
-        "SELECT {} FROM events WHERE room_id = $1 AND {cond} AND stream_pos IS NOT NULL ORDER BY stream_pos {order} LIMIT $4",
+        "SELECT {} FROM events WHERE room_id = $1 AND {cond} AND stream_pos IS NOT NULL
+         ORDER BY depth {order}, stream_pos {order} LIMIT $6",
         events::COLUMNS
     );
     let rows = sqlx::query(&sql)
         .bind(room_id)
-        .bind(from)
-        .bind(bound)
+        .bind(from.depth)
+        .bind(from.pos)
+        .bind(bound.depth)
+        .bind(bound.pos)
         .bind(limit)
         .fetch_all(conn)
         .await?;
     rows.iter().map(|r| events::from_row(r).map_err(Error::from)).collect()
 }
 
-/// The room's highest timeline position.
-pub async fn latest_pos(conn: &mut AnyConnection, room_id: &str) -> Result<i64> {
-    let (pos,): (Option<i64>,) = sqlx::query_as("SELECT MAX(stream_pos) FROM events WHERE room_id = $1")
-        .bind(room_id)
-        .fetch_one(conn)
-        .await?;
-    Ok(pos.unwrap_or(0))
+/// A page of `/messages`.
+#[derive(Debug)]
+pub struct Messages {
+    /// In the direction's order.
+    pub events: Vec<StoredEvent>,
+    pub start: String,
+    /// Where the next page continues; `None` once the visible timeline ran out.
+    pub end: Option<String>,
+}
+
+/// `/messages`: up to `limit` events of the room that `user` may see and `filter` keeps, from
+/// the `from` token (the newest event backwards, the oldest forwards, when absent) in `dir`, up
+/// to the `to` token. Users who never were in a room that is not world-readable are refused.
+#[allow(clippy::too_many_arguments)]
+pub async fn messages(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    room_id: &str,
+    (from, to): (Option<&str>, Option<&str>),
+    dir: Dir,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Messages> {
+    super::room_rules(core, conn, room_id).await?;
+    if room_store::membership(conn, room_id, user).await?.is_none()
+        && !visibility::can_read_room(conn, user, room_id).await?
+    {
+        return Err(Error::Forbidden("You are not allowed to read this room".into()));
+    }
+    let from_key = match (from, dir) {
+        (Some(token), _) => parse_key(conn, room_id, token).await?,
+        (None, Dir::Backward) => page(conn, room_id, Key::END, None, dir, 1)
+            .await?
+            .first()
+            .map_or(Key::START, Key::of),
+        (None, Dir::Forward) => Key::START,
+    };
+    let to = match to {
+        Some(token) => Some(parse_key(conn, room_id, token).await?),
+        None => None,
+    };
+    let window = visible_window(core, conn, user, room_id, (from_key, to), dir, limit, filter).await?;
+    Ok(Messages {
+        start: from.map_or_else(|| from_key.token(), str::to_owned),
+        end: (window.events.len() >= limit).then(|| window.next.token()),
+        events: window.events,
+    })
 }
 
 // ----- Windows of visible events, `/context`, member lists at a position, timestamp lookup -----
@@ -91,28 +223,20 @@ const SCAN_BATCH: i64 = 100;
 pub struct Window {
     /// In the direction's order (newest first when backwards).
     pub events: Vec<StoredEvent>,
-    /// The token position where the next page in the same direction continues: right after
-    /// the last returned event, or after the last scanned one when the timeline ran out.
-    pub next: i64,
+    /// Where the next page in the same direction continues: right past the last returned
+    /// event, or past the last scanned one when the timeline ran out.
+    pub next: Key,
 }
 
-/// The token position just past `pos` when reading in `dir`.
-fn past(pos: i64, dir: Dir) -> i64 {
-    match dir {
-        Dir::Backward => pos - 1,
-        Dir::Forward => pos,
-    }
-}
-
-/// Up to `limit` events from token position `from` in `dir` that `user` may see and `filter`
-/// keeps. Hidden and filtered-out events are skipped, so a window may span many more.
+/// Up to `limit` events from `from` in `dir` (up to `to`, when given) that `user` may see and
+/// `filter` keeps. Hidden and filtered-out events are skipped, so a window may span many more.
 #[allow(clippy::too_many_arguments)]
 pub async fn visible_window(
     core: &Core,
     conn: &mut AnyConnection,
     user: &str,
     room_id: &str,
-    from: i64,
+    (from, to): (Key, Option<Key>),
     dir: Dir,
     limit: usize,
     filter: &RoomEventFilter,
@@ -121,16 +245,17 @@ pub async fn visible_window(
         events: Vec::new(),
         next: from,
     };
+    let scan = SCAN_BATCH.max(limit as i64);
     while window.events.len() < limit {
-        let batch = page(conn, room_id, window.next, None, dir, SCAN_BATCH).await?;
-        let more = batch.len() as i64 == SCAN_BATCH;
+        let batch = page(conn, room_id, window.next, to, dir, scan).await?;
+        let more = batch.len() as i64 == scan;
         let visible: HashSet<String> = visibility::filter_visible(core, conn, user, room_id, batch.clone())
             .await?
             .into_iter()
             .map(|e| e.event_id)
             .collect();
         for event in batch {
-            window.next = past(event.stream_pos.unwrap_or(window.next), dir);
+            window.next = Key::past(&event, dir);
             if visible.contains(&event.event_id) && event_filter::event_matches(filter, &event) {
                 window.events.push(event);
                 if window.events.len() == limit {
@@ -191,15 +316,25 @@ pub async fn context(
     filter: &RoomEventFilter,
 ) -> Result<Context> {
     let event = visible_event(core, conn, user, room_id, event_id).await?;
-    let pos = event.stream_pos.unwrap_or_default();
     let before_limit = limit / 2;
-    let before = visible_window(core, conn, user, room_id, pos - 1, Dir::Backward, before_limit, filter).await?;
+    let before_from = Key::past(&event, Dir::Backward);
+    let before = visible_window(
+        core,
+        conn,
+        user,
+        room_id,
+        (before_from, None),
+        Dir::Backward,
+        before_limit,
+        filter,
+    )
+    .await?;
     let after = visible_window(
         core,
         conn,
         user,
         room_id,
-        pos,
+        (Key::of(&event), None),
         Dir::Forward,
         limit - before_limit,
         filter,
@@ -292,14 +427,14 @@ async fn was_joined_before(core: &Core, conn: &mut AnyConnection, user: &str, ev
 }
 
 /// The room state whose member list `user` may read: the current state, or the state after the
-/// last event at or before token position `at`. Users who left see at most the state when they
+/// last event at or before `at` (a pagination token). Users who left see at most the state when they
 /// left; users who were never in a non-world-readable room are Forbidden.
 pub async fn member_list_state(
     core: &Core,
     conn: &mut AnyConnection,
     user: &str,
     room_id: &str,
-    at: Option<i64>,
+    at: Option<&str>,
 ) -> Result<Arc<StateMap>> {
     super::room_rules(core, conn, room_id).await?;
     let view = member_view(core, conn, user, room_id).await?;
@@ -313,7 +448,10 @@ pub async fn member_list_state(
             None => super::current_state(core, conn, room_id).await,
         };
     };
-    let at = departure.and_then(|d| d.stream_pos).map_or(at, |p| at.min(p));
+    let at = parse_key(conn, room_id, at).await?;
+    let at = departure
+        .filter(|d| d.stream_pos.is_some())
+        .map_or(at, |d| at.min(Key::of(d)));
     let last = page(conn, room_id, at, None, Dir::Backward, 1)
         .await?
         .pop()

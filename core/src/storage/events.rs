@@ -132,12 +132,29 @@ pub struct NewEventRow<'a> {
 
 /// Inserts the event; with `at_pos`, at the position the batch allocates (see `db::batch`),
 /// else with none (rejected, soft-failed).
-pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
-    let sql = if at_pos {
-        INSERT_EVENT.replace("$17", "{pos}")
-    } else {
-        INSERT_EVENT.replace("$17", "NULL")
-    };
+/// Where an event sits in the timeline stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Nowhere: rejected, soft-failed, or an outlier.
+    None,
+    /// At the batch's position of the `events` stream.
+    Live,
+    /// At minus the batch's position of the `backfill` stream: below every live position.
+    Backfilled,
+}
+
+impl Slot {
+    fn sql(self) -> &'static str {
+        match self {
+            Slot::None => "NULL",
+            Slot::Live => "{pos}",
+            Slot::Backfilled => "-{pos}",
+        }
+    }
+}
+
+pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
+    let sql = INSERT_EVENT.replace("$17", slot.sql());
     batch
         .push(&sql, 16)
         .bind(e.event_id)
@@ -158,10 +175,10 @@ pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
         .bind(e.txn.map(|t| t.2));
 }
 
-/// Turns a stored outlier into a full event: its state, rejection and (when `at_pos`) the
-/// batch's stream position. Only a row still an outlier changes.
-pub fn promote_outlier<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, at_pos: bool) {
-    let pos = if at_pos { "{pos}" } else { "NULL" };
+/// Turns a stored outlier into a full event: its state, rejection and place in the stream.
+/// Only a row still an outlier changes.
+pub fn promote_outlier<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
+    let pos = slot.sql();
     batch
         .push(
             &format!(

@@ -12,7 +12,7 @@ use crate::{
     db::batch::Batch,
     events::{cache, state::resolve, Pdu, StateMap},
     storage::{
-        events,
+        events::{self, Slot},
         rooms::{self, Head},
         state as state_store,
     },
@@ -30,16 +30,23 @@ pub struct Write<'a> {
     pub unlocked: bool,
     /// SQL the write batch ends with (see `WriteTx::release_sql`).
     pub closing: Option<&'static str>,
+    /// History fetched from another server (backfill): the event goes below every live stream
+    /// position (`Slot::Backfilled`) and leaves the room's head, current state and memberships
+    /// as they are; it is never soft-failed, since current state says nothing about the past.
+    pub backfilled: bool,
 }
 
 /// An accepted event as the writer's steps see it.
 pub struct Accepted<'a> {
     /// The state before the event.
     pub before: &'a StateMap,
-    /// The room's current state after the event.
+    /// The room's current state after the event (for a backfilled event, which does not
+    /// change it, the state before the event).
     pub current: &'a StateMap,
     /// The room's head the event was committed on.
     pub head: &'a Head,
+    /// Old history fetched from another server: nobody is notified of it.
+    pub backfilled: bool,
 }
 
 /// What committing an accepted event also writes besides the graph, the room's state and its
@@ -156,11 +163,16 @@ pub async fn commit(
     };
     // The writes are collected and sent at the end in one statement (see `db::batch`): what
     // is read below is the room as it was before this event.
+    let slot = match (accepted, write.backfilled) {
+        (false, _) => Slot::None,
+        (true, false) => Slot::Live,
+        (true, true) => Slot::Backfilled,
+    };
     let mut batch = db.batch();
     if was_outlier {
-        events::promote_outlier(&mut batch, &row, accepted);
+        events::promote_outlier(&mut batch, &row, slot);
     } else {
-        events::insert(&mut batch, &row, accepted);
+        events::insert(&mut batch, &row, slot);
     }
     events::insert_edges(&mut batch, &event_id, &prev, &auth);
 
@@ -168,6 +180,26 @@ pub async fn commit(
         batch.run(conn).await?;
         cache::remember(db, &pdu, after_group);
         return Ok(Outcome::not_in_timeline(pdu, after_group, rejected, soft_failed));
+    }
+    if write.backfilled {
+        // Old history: the writer's steps, then a position of the backfill stream, which sync
+        // never reads as new; the room's head, current state and memberships stay.
+        let at = Accepted {
+            before: &before_state,
+            current: &before_state,
+            head,
+            backfilled: true,
+        };
+        steps.accepted(core, conn, rules, &pdu, &at, &mut batch).await?;
+        batch.allocate_position("backfill");
+        let pos = batch
+            .run(conn)
+            .await?
+            .ok_or_else(|| Error::Internal("the backfill batch allocated no position".into()))?;
+        cache::remember(db, &pdu, after_group);
+        let mut outcome = Outcome::not_in_timeline(pdu, after_group, None, false);
+        outcome.stream_pos = Some(-pos);
+        return Ok(outcome);
     }
 
     // Forward extremities: the event replaces its prev events, unless a known event already
@@ -202,6 +234,7 @@ pub async fn commit(
         before: &before_state,
         current: &new_current,
         head,
+        backfilled: false,
     };
     steps.accepted(core, conn, rules, &pdu, &at, &mut batch).await?;
 
@@ -322,7 +355,7 @@ pub async fn store_outlier(core: &Core, conn: &mut AnyConnection, checked: Check
         txn: None,
     };
     let mut batch = core.db.batch();
-    events::insert(&mut batch, &row, false);
+    events::insert(&mut batch, &row, Slot::None);
     events::insert_edges(&mut batch, &event_id, &[], &auth);
     batch.run(conn).await?;
     let mut outcome = Outcome::not_in_timeline(pdu, None, rejected, false);

@@ -399,3 +399,102 @@ async fn an_event_signed_with_another_key_is_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn backfilled_history_sits_in_topological_order_below_live_positions() {
+    on_each_backend(async |s: &Scene| {
+        let alice = user_id!("@alice:local.test");
+        let core = &s.local;
+        let (early_head, early_state) = {
+            let mut conn = core.db.conn().await.unwrap();
+            let head = room_store::head(&mut conn, &s.room_id).await.unwrap();
+            let state = rooms::current_state(core, &mut conn, &s.room_id).await.unwrap();
+            (head, state)
+        };
+        let mut live = Vec::new();
+        for i in 0..3 {
+            let sent = rooms::send(core, &s.room_id, alice, message(&format!("live {i}")), None)
+                .await
+                .unwrap();
+            live.push(sent.event_id);
+        }
+        let head_before = s.extremities().await;
+        let since = crate::sync::token::SyncToken::current(core).await.unwrap();
+
+        // History this server missed: an event on the room as it was before the live ones,
+        // as another server would hand it over (here signed by this server's own key).
+        let old = {
+            let mut conn = core.db.conn().await.unwrap();
+            builder::build(
+                core,
+                &mut conn,
+                &s.rules,
+                Some(&s.room_id),
+                alice,
+                &message("old"),
+                &early_head,
+                &early_state,
+            )
+            .await
+            .unwrap()
+        };
+        let outcome =
+            match rooms::writer::backfill(core, VERSION, old.clone(), &rooms::own_keys(core), StateAt::PrevEvents)
+                .await
+                .unwrap()
+            {
+                Received::Stored(outcome) => outcome,
+                other => panic!("{other:?}"),
+            };
+        let pos = outcome.stream_pos.expect("in the timeline");
+        assert!(pos < 0, "a backfilled event sits below every live position: {pos}");
+        assert_eq!(
+            s.extremities().await,
+            head_before,
+            "history does not move the room's head"
+        );
+
+        // /messages order: the live events, then the old one at its depth, before the older
+        // events of the room (not after all of them, as stream order would have it).
+        let mut conn = core.db.conn().await.unwrap();
+        let page = rooms::timeline::page(
+            &mut conn,
+            &s.room_id,
+            rooms::timeline::Key::END,
+            None,
+            rooms::timeline::Dir::Backward,
+            5,
+        )
+        .await
+        .unwrap();
+        let ids: Vec<&str> = page.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(
+            ids[..4],
+            [
+                live[2].as_str(),
+                live[1].as_str(),
+                live[0].as_str(),
+                old.event_id.as_str()
+            ]
+        );
+        assert_eq!(Some(ids[4]), early_head.extremities.first().map(String::as_str));
+        drop(conn);
+
+        // An incremental sync does not take it for a new event.
+        let response = crate::sync::sync(
+            core,
+            &crate::sync::SyncRequest {
+                user_id: alice.to_string(),
+                device_id: "DEVICE".into(),
+                since: Some(since),
+                full_state: false,
+                filter: Default::default(),
+                timeout: std::time::Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!response.to_string().contains(old.event_id.as_str()), "{response}");
+    })
+    .await;
+}

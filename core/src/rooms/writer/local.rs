@@ -152,8 +152,8 @@ async fn send_once(
         // The event's write batch also releases the savepoint: one hand-off fewer.
         let write = Write {
             txn,
-            unlocked: false,
             closing: tx.release_sql(),
+            ..Write::default()
         };
         return match send_at(core, &mut tx, room_id, sender, template, &locked.head, write).await? {
             Persisted::Sent { pdu, pos, .. } => {
@@ -187,7 +187,7 @@ async fn send_once(
         let write = Write {
             txn,
             unlocked: true,
-            closing: None,
+            ..Write::default()
         };
         match send_at(core, &mut conn, room_id, sender, template, &head, write).await? {
             Persisted::Sent { pdu, pos, head } => {

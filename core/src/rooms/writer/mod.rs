@@ -11,4 +11,4 @@ mod received;
 
 pub(crate) use local::prepare_local;
 pub use local::{notify_committed, send, send_in_tx, Sent};
-pub use received::{receive, Received};
+pub use received::{backfill, receive, Received};

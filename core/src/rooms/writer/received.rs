@@ -32,6 +32,29 @@ pub enum Received {
 /// against `keys`. With `StateAt::Unknown` it is stored as an outlier; otherwise it joins the
 /// room's graph, with the state before it from its prev events or as supplied.
 pub async fn receive(core: &Core, version: &str, pdu: Pdu, keys: &PublicKeyMap, state_at: StateAt) -> Result<Received> {
+    store(core, version, pdu, keys, state_at, false).await
+}
+
+/// `receive` for history fetched from another server (backfill): the event joins the graph
+/// below every live position (see `Write::backfilled`), and nobody is woken for it.
+pub async fn backfill(
+    core: &Core,
+    version: &str,
+    pdu: Pdu,
+    keys: &PublicKeyMap,
+    state_at: StateAt,
+) -> Result<Received> {
+    store(core, version, pdu, keys, state_at, true).await
+}
+
+async fn store(
+    core: &Core,
+    version: &str,
+    pdu: Pdu,
+    keys: &PublicKeyMap,
+    state_at: StateAt,
+    backfilled: bool,
+) -> Result<Received> {
     let rules = rules_for(version)?;
     let outlier = matches!(state_at, StateAt::Unknown);
     // At most twice: a second attempt only when another writer stored the event between the
@@ -69,10 +92,16 @@ pub async fn receive(core: &Core, version: &str, pdu: Pdu, keys: &PublicKeyMap, 
         }
         let outcome = match &head {
             None => pipeline::store_outlier(core, &mut tx, checked).await?,
-            Some(head) => pipeline::commit(core, &mut tx, &rules, checked, head, Write::default(), &RoomSteps).await?,
+            Some(head) => {
+                let write = Write {
+                    backfilled,
+                    ..Write::default()
+                };
+                pipeline::commit(core, &mut tx, &rules, checked, head, write, &RoomSteps).await?
+            }
         };
         tx.commit().await?;
-        if outcome.stream_pos.is_some() {
+        if outcome.stream_pos.is_some() && !backfilled {
             notify_committed(core, &outcome.pdu);
         }
         return Ok(Received::Stored(outcome));

@@ -53,8 +53,8 @@ pub async fn get_context(state: AppState, req: Ruma<get_context::v3::Request>) -
     });
     let state_events = events::get_many(&mut conn, &ctx.state).await?;
     let mut response = get_context::v3::Response::new();
-    response.start = Some(timeline::token(ctx.before.next));
-    response.end = Some(timeline::token(ctx.after.next));
+    response.start = Some(ctx.before.next.token());
+    response.end = Some(ctx.after.next.token());
     response.events_before = to_raw(client_format::format(core, &mut conn, &ctx.before.events, viewer).await?);
     response.event = to_raw(client_format::format(core, &mut conn, &[ctx.event], viewer).await?).pop();
     response.events_after = to_raw(client_format::format(core, &mut conn, &ctx.after.events, viewer).await?);

@@ -34,9 +34,14 @@ pub async fn get_members(
     let user = req.sender()?;
     let core = &state.core;
     let mut conn = state.db.conn().await?;
-    let at = req.at.as_deref().map(timeline::parse_token).transpose()?;
-    let room_state =
-        timeline::member_list_state(core, &mut conn, user.user_id.as_str(), req.room_id.as_str(), at).await?;
+    let room_state = timeline::member_list_state(
+        core,
+        &mut conn,
+        user.user_id.as_str(),
+        req.room_id.as_str(),
+        req.at.as_deref(),
+    )
+    .await?;
     let membership = req.membership.as_ref().map(|m| m.as_str());
     let not_membership = req.not_membership.as_ref().map(|m| m.as_str());
     let list = timeline::member_events(&mut conn, &room_state, membership, not_membership).await?;

@@ -17,7 +17,7 @@ use weft_core::{
     rooms::{
         self,
         client_format::{self, Viewer},
-        filter, timeline, visibility,
+        timeline,
     },
     storage::events,
 };
@@ -101,6 +101,7 @@ pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> Ap
     Ok(redact_event::v3::Response::new(event_id))
 }
 
+/// # `GET /_matrix/client/v3/rooms/{roomId}/messages`
 pub async fn messages(
     state: AppState,
     req: Ruma<get_message_events::v3::Request>,
@@ -109,74 +110,36 @@ pub async fn messages(
     let room_id = req.room_id.as_str();
     let core = &state.core;
     let mut conn = state.db.conn().await?;
-    rooms::room_rules(core, &mut conn, room_id).await?;
-    let membership = weft_core::storage::rooms::membership(&mut conn, room_id, user.user_id.as_str()).await?;
-    if membership.is_none() && !visibility::can_read_room(&mut conn, user.user_id.as_str(), room_id).await? {
-        return Err(MatrixError::forbidden("You are not allowed to read this room"));
-    }
     let dir = match req.dir {
         Direction::Backward => timeline::Dir::Backward,
         Direction::Forward => timeline::Dir::Forward,
     };
-    let from = match &req.from {
-        Some(t) => timeline::parse_token(t)?,
-        None if dir == timeline::Dir::Backward => timeline::latest_pos(&mut conn, room_id).await?,
-        None => 0,
-    };
-    let to = req.to.as_deref().map(timeline::parse_token).transpose()?;
     let limit = u64::from(req.limit).clamp(1, 1000) as usize;
-
-    // Fetch in batches until `limit` events pass visibility and the filter.
-    let mut chunk = Vec::new();
-    let mut cursor = from;
-    let mut exhausted = false;
-    while chunk.len() < limit && !exhausted {
-        let batch = timeline::page(&mut conn, room_id, cursor, to, dir, (limit * 2) as i64).await?;
-        exhausted = batch.len() < limit * 2;
-        let Some(last) = batch.last() else { break };
-        let last_pos = last.stream_pos.unwrap_or(cursor);
-        cursor = match dir {
-            timeline::Dir::Backward => last_pos - 1,
-            timeline::Dir::Forward => last_pos,
-        };
-        let visible = visibility::filter_visible(core, &mut conn, user.user_id.as_str(), room_id, batch).await?;
-        for e in visible {
-            if chunk.len() < limit && filter::event_matches(&req.filter, &e) {
-                chunk.push(e);
-            } else if chunk.len() >= limit {
-                // Stop right after the last returned event so the next page starts there.
-                exhausted = false;
-                break;
-            }
-        }
-        if chunk.len() >= limit {
-            let edge = chunk.last().and_then(|e| e.stream_pos).unwrap_or(cursor);
-            cursor = match dir {
-                timeline::Dir::Backward => edge - 1,
-                timeline::Dir::Forward => edge,
-            };
-        }
-    }
-
+    let page = timeline::messages(
+        core,
+        &mut conn,
+        user.user_id.as_str(),
+        room_id,
+        (req.from.as_deref(), req.to.as_deref()),
+        dir,
+        limit,
+        &req.filter,
+    )
+    .await?;
     let viewer = Viewer {
         user_id: user.user_id.as_str(),
         device_id: Some(user.device_id.as_str()),
     };
-    let formatted = client_format::format(core, &mut conn, &chunk, Some(viewer)).await?;
+    let formatted = client_format::format(core, &mut conn, &page.events, Some(viewer)).await?;
     let mut response = get_message_events::v3::Response::new();
-    response.start = timeline::token(from);
-    // No `end` once the start (or end) of the visible timeline is reached.
-    response.end = if exhausted && chunk.len() < limit {
-        None
-    } else {
-        Some(timeline::token(cursor))
-    };
+    response.start = page.start;
+    response.end = page.end;
     response.chunk = formatted
         .into_iter()
         .filter_map(|v| Raw::from_json_string(v.to_string()).ok())
         .collect();
     if !req.filter.lazy_load_options.is_disabled() {
-        response.state = lazy_members(&state, &mut conn, room_id, &chunk, viewer).await?;
+        response.state = lazy_members(&state, &mut conn, room_id, &page.events, viewer).await?;
     }
     Ok(response)
 }
