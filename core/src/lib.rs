@@ -20,6 +20,8 @@ pub mod signing_key;
 pub mod storage;
 pub mod streams;
 pub mod sync;
+#[cfg(test)]
+pub mod testing;
 pub mod util;
 
 pub use context::Core;
