@@ -236,3 +236,26 @@ both_backends!(a_process_that_lost_its_relay_connection_catches_up, |backend| as
     );
     procs.stop().await;
 });
+
+both_backends!(a_sliding_sync_pos_is_known_only_to_its_process, |backend| async move {
+    let Some(procs) = TwoProcesses::start(backend).await else {
+        return;
+    };
+    if backend == Backend::Sqlite {
+        return; // one process knows every pos it gave
+    }
+    let (_, bob, _, _) = alice_and_bob(&procs).await;
+    let mut bob_on_first = bob.clone();
+    bob_on_first.base = procs.server.url();
+    let request = json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
+    // The same connection (user, device, conn_id) on both processes, each at its first pos.
+    assert_eq!(bob.post(&format!("{SLIDING}?timeout=0"), request.clone()).await.0, 200);
+    let (status, first) = bob_on_first.post(&format!("{SLIDING}?timeout=0"), request.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    // The first process's pos is unknown to the second, whose own first pos stands for what it
+    // sent: the client must start over rather than be answered as if it had that.
+    let pos = first["pos"].as_str().expect("pos");
+    let (status, body) = bob.post(&format!("{SLIDING}?timeout=0&pos={pos}"), request).await;
+    assert_eq!((status, &body["errcode"]), (400, &json!("M_UNKNOWN_POS")), "{body}");
+    procs.stop().await;
+});
