@@ -101,11 +101,14 @@ impl Outbox {
 
     fn take(&self) -> Vec<Change> {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-        let typing = pending.typing.into_iter().map(|((room_id, user_id), timeout_ms)| Change::Typing {
-            room_id,
-            user_id,
-            timeout_ms,
-        });
+        let typing = pending
+            .typing
+            .into_iter()
+            .map(|((room_id, user_id), timeout_ms)| Change::Typing {
+                room_id,
+                user_id,
+                timeout_ms,
+            });
         pending.wakes.into_iter().chain(typing).collect()
     }
 }
@@ -296,7 +299,9 @@ mod tests {
 
     #[test]
     fn many_changes_split_into_payloads_under_the_limit() {
-        let changes: Vec<Change> = (0..2000).map(|i| Change::User(format!("@user{i}:example.org"))).collect();
+        let changes: Vec<Change> = (0..2000)
+            .map(|i| Change::User(format!("@user{i}:example.org")))
+            .collect();
         let split = payloads("me", changes.clone());
         assert!(split.len() > 1);
         assert!(split.iter().all(|p| p.len() <= PAYLOAD_BYTES), "a payload is too long");

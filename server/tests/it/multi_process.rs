@@ -93,12 +93,18 @@ async fn park<T: Send + 'static>(poll: impl Future<Output = T> + Send + 'static)
 async fn woken<T>(poll: JoinHandle<T>, changed: Instant) -> T {
     let answer = poll.await.expect("long-poll task");
     let took = changed.elapsed();
-    assert!(took < PROMPTLY, "answered {took:?} after the change: it did not wake the long-poll");
+    assert!(
+        took < PROMPTLY,
+        "answered {took:?} after the change: it did not wake the long-poll"
+    );
     answer
 }
 
 async fn long_poll(client: Client, since: String) -> Value {
-    let path = format!("/_matrix/client/v3/sync?timeout={}&since={since}", LONG_POLL.as_millis());
+    let path = format!(
+        "/_matrix/client/v3/sync?timeout={}&since={since}",
+        LONG_POLL.as_millis()
+    );
     let (status, body) = client.get(&path).await;
     assert_eq!(status, 200, "{body}");
     body
@@ -113,7 +119,9 @@ fn ephemeral<'a>(sync: &'a Value, room: &str, kind: &str) -> Option<&'a Value> {
 }
 
 fn has_event(events: &Value, event_id: &str) -> bool {
-    events.as_array().is_some_and(|a| a.iter().any(|e| e["event_id"] == event_id))
+    events
+        .as_array()
+        .is_some_and(|a| a.iter().any(|e| e["event_id"] == event_id))
 }
 
 both_backends!(a_message_wakes_a_sync_on_the_other_process, |backend| async move {
@@ -132,27 +140,30 @@ both_backends!(a_message_wakes_a_sync_on_the_other_process, |backend| async move
     procs.stop().await;
 });
 
-both_backends!(a_message_wakes_a_sliding_sync_on_the_other_process, |backend| async move {
-    let Some(procs) = TwoProcesses::start(backend).await else {
-        return;
-    };
-    let (alice, bob, room, _) = alice_and_bob(&procs).await;
-    let request = json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 5}}});
-    let (status, first) = bob.post(&format!("{SLIDING}?timeout=0"), request.clone()).await;
-    assert_eq!(status, 200, "{first}");
-    let path = format!(
-        "{SLIDING}?timeout={}&pos={}",
-        LONG_POLL.as_millis(),
-        first["pos"].as_str().expect("pos")
-    );
-    let poll = park(async move { bob.post(&path, request).await }).await;
-    let sent = Instant::now();
-    let event_id = send_ok(&alice, &room, "1", "across processes").await;
-    let (status, answer) = woken(poll, sent).await;
-    assert_eq!(status, 200, "{answer}");
-    assert!(has_event(&answer["rooms"][&room]["timeline"], &event_id), "{answer}");
-    procs.stop().await;
-});
+both_backends!(
+    a_message_wakes_a_sliding_sync_on_the_other_process,
+    |backend| async move {
+        let Some(procs) = TwoProcesses::start(backend).await else {
+            return;
+        };
+        let (alice, bob, room, _) = alice_and_bob(&procs).await;
+        let request = json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 5}}});
+        let (status, first) = bob.post(&format!("{SLIDING}?timeout=0"), request.clone()).await;
+        assert_eq!(status, 200, "{first}");
+        let path = format!(
+            "{SLIDING}?timeout={}&pos={}",
+            LONG_POLL.as_millis(),
+            first["pos"].as_str().expect("pos")
+        );
+        let poll = park(async move { bob.post(&path, request).await }).await;
+        let sent = Instant::now();
+        let event_id = send_ok(&alice, &room, "1", "across processes").await;
+        let (status, answer) = woken(poll, sent).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(has_event(&answer["rooms"][&room]["timeline"], &event_id), "{answer}");
+        procs.stop().await;
+    }
+);
 
 both_backends!(typing_shows_in_a_sync_on_the_other_process, |backend| async move {
     let Some(procs) = TwoProcesses::start(backend).await else {
@@ -197,45 +208,48 @@ both_backends!(a_receipt_wakes_a_sync_on_the_other_process, |backend| async move
     procs.stop().await;
 });
 
-both_backends!(a_process_that_lost_its_relay_connection_catches_up, |backend| async move {
-    let Some(procs) = TwoProcesses::start(backend).await else {
-        return;
-    };
-    if backend == Backend::Sqlite {
-        return; // no relay to lose
-    }
-    let (alice, bob, room, token) = alice_and_bob(&procs).await;
-    let poll = park(long_poll(bob.clone(), token)).await;
-    // Both processes lose their listening connection; a message sent meanwhile is announced to
-    // nobody, so the second process must look once it listens again.
-    let db = weft_core::Db::connect(&procs.server.db.url, 1).await.expect("connect");
-    let (killed,): (i64,) = sqlx::query_as(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+both_backends!(
+    a_process_that_lost_its_relay_connection_catches_up,
+    |backend| async move {
+        let Some(procs) = TwoProcesses::start(backend).await else {
+            return;
+        };
+        if backend == Backend::Sqlite {
+            return; // no relay to lose
+        }
+        let (alice, bob, room, token) = alice_and_bob(&procs).await;
+        let poll = park(long_poll(bob.clone(), token)).await;
+        // Both processes lose their listening connection; a message sent meanwhile is announced to
+        // nobody, so the second process must look once it listens again.
+        let db = weft_core::Db::connect(&procs.server.db.url, 1).await.expect("connect");
+        let (killed,): (i64,) = sqlx::query_as(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
          WHERE datname = current_database() AND application_name = 'weft-relay'",
-    )
-    .fetch_one(db.pool())
-    .await
-    .expect("terminate the relay's connections");
-    db.close().await;
-    assert_eq!(killed, 2, "one listening connection per process");
-    let sent = Instant::now();
-    let first = send_ok(&alice, &room, "1", "while reconnecting").await;
-    let answer = woken(poll, sent).await;
-    assert!(
-        has_event(&answer["rooms"]["join"][&room]["timeline"]["events"], &first),
-        "{answer}"
-    );
-    // Listening again: the next message wakes a long-poll as before.
-    let poll = park(long_poll(bob.clone(), next_batch(&answer))).await;
-    let sent = Instant::now();
-    let second = send_ok(&alice, &room, "2", "after reconnecting").await;
-    let answer = woken(poll, sent).await;
-    assert!(
-        has_event(&answer["rooms"]["join"][&room]["timeline"]["events"], &second),
-        "{answer}"
-    );
-    procs.stop().await;
-});
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("terminate the relay's connections");
+        db.close().await;
+        assert_eq!(killed, 2, "one listening connection per process");
+        let sent = Instant::now();
+        let first = send_ok(&alice, &room, "1", "while reconnecting").await;
+        let answer = woken(poll, sent).await;
+        assert!(
+            has_event(&answer["rooms"]["join"][&room]["timeline"]["events"], &first),
+            "{answer}"
+        );
+        // Listening again: the next message wakes a long-poll as before.
+        let poll = park(long_poll(bob.clone(), next_batch(&answer))).await;
+        let sent = Instant::now();
+        let second = send_ok(&alice, &room, "2", "after reconnecting").await;
+        let answer = woken(poll, sent).await;
+        assert!(
+            has_event(&answer["rooms"]["join"][&room]["timeline"]["events"], &second),
+            "{answer}"
+        );
+        procs.stop().await;
+    }
+);
 
 both_backends!(a_sliding_sync_pos_is_known_only_to_its_process, |backend| async move {
     let Some(procs) = TwoProcesses::start(backend).await else {
@@ -250,7 +264,9 @@ both_backends!(a_sliding_sync_pos_is_known_only_to_its_process, |backend| async 
     let request = json!({"lists": {"all": {"ranges": [[0, 10]], "timeline_limit": 1}}});
     // The same connection (user, device, conn_id) on both processes, each at its first pos.
     assert_eq!(bob.post(&format!("{SLIDING}?timeout=0"), request.clone()).await.0, 200);
-    let (status, first) = bob_on_first.post(&format!("{SLIDING}?timeout=0"), request.clone()).await;
+    let (status, first) = bob_on_first
+        .post(&format!("{SLIDING}?timeout=0"), request.clone())
+        .await;
     assert_eq!(status, 200, "{first}");
     // The first process's pos is unknown to the second, whose own first pos stands for what it
     // sent: the client must start over rather than be answered as if it had that.
