@@ -1,8 +1,8 @@
 //! The HTTP pusher: sends each new notification (`event_push_actions` rows with notify) to the
 //! user's HTTP pushers over the Push Gateway API.
 //!
-//! One background task polls for pending notifications whenever the notifier ticks (and every
-//! few seconds, for changes made by other processes that did not tick this one). For each
+//! One background task polls for pending notifications whenever the notifier ticks, which
+//! changes made by other processes on the same database do too (`notifier::relay`). For each
 //! pusher it claims the batch in the database first (see `weft_core::push::pushers`), so a
 //! restart or a second process does not send it again, then sends it in a task of its own so
 //! a slow gateway delays only its own pusher. Failed requests are retried with exponential
@@ -22,8 +22,8 @@ use crate::state::AppState;
 
 /// How many pending notifications one poll reads.
 const BATCH: i64 = 100;
-/// Polling interval when nothing ticks.
-const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a failed poll waits before trying again.
+const RETRY: Duration = Duration::from_secs(5);
 /// How long a tick waits for more before polling: the most a notification is delayed.
 const COALESCE: Duration = Duration::from_millis(50);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,25 +54,32 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
     loop {
         while sends.try_join_next().is_some() {}
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
-        let more = tokio::select! {
+        let polled = tokio::select! {
             _ = stopped(&mut stop) => return,
-            r = round(&state, &client, &mut sends, &mut locks) => r.unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "pusher poll failed");
-                false
-            }),
+            r = round(&state, &client, &mut sends, &mut locks) => r,
         };
-        if more {
-            continue;
+        match polled {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                // No tick may come for what is already pending: try again by itself.
+                tracing::warn!(error = %e, "pusher poll failed");
+                tokio::select! {
+                    _ = stopped(&mut stop) => return,
+                    _ = tokio::time::sleep(RETRY) => continue,
+                }
+            }
         }
         tokio::select! {
             _ = stopped(&mut stop) => return,
-            changed = tick.changed() => match changed {
+            changed = tick.changed() => {
+                if changed.is_err() {
+                    return; // the notifier is gone, and with it the server
+                }
                 // Every commit ticks; one poll per `COALESCE` serves all the changes of a busy
                 // moment instead of one query per event.
-                Ok(()) => tokio::time::sleep(COALESCE).await,
-                Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
-            },
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     }
 }

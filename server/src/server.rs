@@ -1,9 +1,10 @@
-//! Starting and stopping a server: database, migrations, listeners.
+//! Starting and stopping a server: database, migrations, the notifier's relay (PostgreSQL),
+//! listeners, the pusher.
 
 use std::net::SocketAddr;
 
 use tokio::{net::TcpListener, sync::watch};
-use weft_core::Db;
+use weft_core::{notifier::relay, Backend, Db};
 
 use crate::{config::Config, router, state::AppState};
 
@@ -53,10 +54,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let db = open_db(&config).await?;
     let key = weft_core::signing_key::load_or_create(&config.signing_key_path)?;
     let server_name = ruma::ServerName::parse(&config.server_name)?;
-    let state = AppState::new(config.clone(), weft_core::Core::new(db, server_name, key));
+    let core = weft_core::Core::new(db, server_name, key);
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
+    if core.db.backend() == Backend::Postgres {
+        // Before serving: other processes on this database must be heard from the start.
+        tasks.push(relay::start(&core, &config.database.url, stop_rx.clone()).await?);
+    }
+    let state = AppState::new(config.clone(), core);
     for listener in &config.listeners {
         let app = router::build(state.clone(), &listener.apis);
         let socket = TcpListener::bind((listener.address, listener.port))

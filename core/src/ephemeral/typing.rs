@@ -1,4 +1,6 @@
 //! Typing notifications: kept in memory with an expiry, as they are worthless after a restart.
+//! Processes sharing a PostgreSQL database apply each other's changes (`notifier::relay`), so
+//! each holds every user's typing; serials are each process's own.
 //! Each room's list carries the serial of its last change, which sync tokens compare against.
 //! Serials come from one counter that starts at the process's start time in milliseconds and
 //! takes the clock's value when that is higher, so they keep rising across restarts; a token's
@@ -52,8 +54,22 @@ impl Default for Typing {
 const MAX_TIMEOUT_MS: i64 = 120_000;
 
 impl Typing {
-    /// Starts (`Some(timeout)`) or stops typing, and wakes the room's syncs.
+    /// Starts (`Some(timeout)`) or stops typing through this process: applies it, wakes the
+    /// room's syncs and has the other processes apply it too.
     pub fn set(self: &Arc<Self>, notifier: &Arc<Notifier>, room_id: &str, user_id: &str, timeout_ms: Option<i64>) {
+        self.apply(notifier, room_id, user_id, timeout_ms);
+        notifier.typing_changed(room_id, user_id, timeout_ms);
+    }
+
+    /// Applies a typing change made here or relayed from another process (the caller wakes the
+    /// room's syncs). Each process expires its own entries and wakes its own syncs then.
+    pub(crate) fn apply(
+        self: &Arc<Self>,
+        notifier: &Arc<Notifier>,
+        room_id: &str,
+        user_id: &str,
+        timeout_ms: Option<i64>,
+    ) {
         let now = now_ms();
         {
             let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
@@ -69,14 +85,13 @@ impl Typing {
             }
             room.serial = serial;
         }
-        notifier.room_changed(room_id);
         if let Some(t) = timeout_ms {
             // Expire the entry when its time is up and tell the room's syncs.
             let (this, notifier, room_id) = (self.clone(), notifier.clone(), room_id.to_owned());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(t.clamp(0, MAX_TIMEOUT_MS) as u64 + 5)).await;
                 if this.expire(&room_id) {
-                    notifier.room_changed(&room_id);
+                    notifier.wake([room_id.as_str()], []);
                 }
             });
         }

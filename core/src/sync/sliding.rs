@@ -4,8 +4,9 @@
 //!
 //! A connection (user, device, `conn_id`) remembers, per room, the position up to which the
 //! client has been sent data, so each response carries only what is new. Connections live in
-//! memory; a `pos` the server does not know (e.g. after a restart) is answered with
-//! `M_UNKNOWN_POS`, on which clients start a fresh connection.
+//! memory, each process with its own; a `pos` the process does not know (another process
+//! handed it out, or this one before a restart) is answered with `M_UNKNOWN_POS`, on which
+//! clients start a fresh connection.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -108,9 +109,35 @@ struct Connection {
     next_id: u64,
 }
 
-#[derive(Default)]
 pub struct Connections {
+    /// Begins every `pos` handed out here. A `pos` from another process (or from an earlier
+    /// run of this one) names what that process sent, unknown here: it must be answered with
+    /// `M_UNKNOWN_POS`, not taken for the `pos` with the same number here.
+    issuer: String,
     map: Mutex<HashMap<(String, String, String), Connection>>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            issuer: crate::util::random_string(8),
+            map: Mutex::default(),
+        }
+    }
+}
+
+impl Connections {
+    fn pos(&self, id: u64) -> String {
+        format!("{}.{id}", self.issuer)
+    }
+
+    /// The id of a `pos` this process handed out.
+    fn id(&self, pos: &str) -> Result<u64> {
+        pos.strip_prefix(self.issuer.as_str())
+            .and_then(|id| id.strip_prefix('.'))
+            .and_then(|id| id.parse().ok())
+            .ok_or(Error::UnknownPos)
+    }
 }
 
 /// Events that move a room up the list (MSC4186's bump event types).
@@ -143,7 +170,7 @@ pub async fn sync(core: &Core, connections: &Connections, session: Session<'_>, 
         match session.pos {
             None => (Connection::default(), None),
             Some(pos) => {
-                let id: u64 = pos.parse().map_err(|_| Error::UnknownPos)?;
+                let id = connections.id(pos)?;
                 let mut state = map.get(&key).ok_or(Error::UnknownPos)?.clone();
                 let (token, rooms) = state
                     .tokens
@@ -204,7 +231,7 @@ fn remember(
         stored.tokens.remove(0);
     }
     stored.rooms = state.rooms;
-    response["pos"] = json!(id.to_string());
+    response["pos"] = json!(connections.pos(id));
 }
 
 fn is_empty(response: &Value) -> bool {
