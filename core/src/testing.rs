@@ -208,4 +208,3 @@ pub async fn on_each_backend<F: AsyncFn(&Scene)>(test: F) {
         }
     }
 }
-

@@ -7,7 +7,10 @@ use std::{collections::HashSet, sync::Arc};
 use ruma::api::client::filter::RoomEventFilter;
 use sqlx::AnyConnection;
 
-use super::{filter as event_filter, visibility};
+use super::{
+    filter as event_filter,
+    visibility::{self, Reader},
+};
 use crate::{
     events::StateMap,
     storage::{
@@ -205,7 +208,17 @@ pub async fn messages(
         Some(token) => Some(parse_key(conn, room_id, token).await?),
         None => None,
     };
-    let window = visible_window(core, conn, user, room_id, (from_key, to), dir, limit, filter).await?;
+    let window = visible_window(
+        core,
+        conn,
+        Reader::User(user),
+        room_id,
+        (from_key, to),
+        dir,
+        limit,
+        filter,
+    )
+    .await?;
     Ok(Messages {
         start: from.map_or_else(|| from_key.token(), str::to_owned),
         end: (window.events.len() >= limit).then(|| window.next.token()),
@@ -228,13 +241,14 @@ pub struct Window {
     pub next: Key,
 }
 
-/// Up to `limit` events from `from` in `dir` (up to `to`, when given) that `user` may see and
-/// `filter` keeps. Hidden and filtered-out events are skipped, so a window may span many more.
+/// Up to `limit` events from `from` in `dir` (up to `to`, when given) that `reader` (a user or
+/// another server) may see and `filter` keeps. Hidden and filtered-out events are skipped, so a
+/// window may span many more.
 #[allow(clippy::too_many_arguments)]
 pub async fn visible_window(
     core: &Core,
     conn: &mut AnyConnection,
-    user: &str,
+    reader: Reader<'_>,
     room_id: &str,
     (from, to): (Key, Option<Key>),
     dir: Dir,
@@ -249,7 +263,7 @@ pub async fn visible_window(
     while window.events.len() < limit {
         let batch = page(conn, room_id, window.next, to, dir, scan).await?;
         let more = batch.len() as i64 == scan;
-        let visible: HashSet<String> = visibility::filter_visible(core, conn, user, room_id, batch.clone())
+        let visible: HashSet<String> = visibility::filter_visible_to(core, conn, reader, room_id, batch.clone())
             .await?
             .into_iter()
             .map(|e| e.event_id)
@@ -321,7 +335,7 @@ pub async fn context(
     let before = visible_window(
         core,
         conn,
-        user,
+        Reader::User(user),
         room_id,
         (before_from, None),
         Dir::Backward,
@@ -332,7 +346,7 @@ pub async fn context(
     let after = visible_window(
         core,
         conn,
-        user,
+        Reader::User(user),
         room_id,
         (Key::of(&event), None),
         Dir::Forward,

@@ -1,5 +1,5 @@
-//! History visibility: which events a user may see, from the room's
-//! `m.room.history_visibility` and the user's membership at each event.
+//! History visibility: which events a user, or another server, may see, from the room's
+//! `m.room.history_visibility` and the memberships at each event.
 
 use std::collections::HashMap;
 
@@ -128,6 +128,102 @@ async fn group_visibility(
     Ok(known)
 }
 
+/// Who reads a room's events: a user (Client-Server API), or another server (`/backfill`,
+/// `/event`, `/get_missing_events`).
+#[derive(Clone, Copy, Debug)]
+pub enum Reader<'a> {
+    User(&'a str),
+    Server(&'a str),
+}
+
+/// Keeps the events `reader` may see, in order.
+pub async fn filter_visible_to(
+    core: &Core,
+    conn: &mut AnyConnection,
+    reader: Reader<'_>,
+    room_id: &str,
+    list: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>> {
+    match reader {
+        Reader::User(user) => filter_visible(core, conn, user, room_id, list).await,
+        Reader::Server(server) => filter_visible_to_server(core, conn, server, list).await,
+    }
+}
+
+/// Keeps the events another server may see, in order: with history visibility
+/// `world_readable` or `shared` every event; `invited`, those at which one of its users was
+/// invited or joined; `joined`, those at which one of them was joined.
+pub async fn filter_visible_to_server(
+    core: &Core,
+    conn: &mut AnyConnection,
+    server: &str,
+    list: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>> {
+    let hv_key = ("m.room.history_visibility".to_owned(), String::new());
+    let suffix = format!(":{server}");
+    // Per state group: the history visibility event and the server's users' member events.
+    let mut per_group: HashMap<i64, (Option<String>, Vec<String>)> = HashMap::new();
+    for event in &list {
+        let Some(group) = event.state_after else { continue };
+        if per_group.contains_key(&group) {
+            continue;
+        }
+        let state = state_store::load(&core.db, conn, group).await?;
+        let members = state
+            .range(("m.room.member".to_owned(), String::new())..)
+            .take_while(|((t, _), _)| t == "m.room.member")
+            .filter(|((_, user), _)| user.ends_with(&suffix))
+            .map(|(_, id)| id.clone())
+            .collect();
+        per_group.insert(group, (state.get(&hv_key).cloned(), members));
+    }
+    let mut ids: Vec<String> = per_group
+        .values()
+        .flat_map(|(hv, members)| hv.iter().chain(members))
+        .cloned()
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let contents: HashMap<String, serde_json::Value> = events::get_many(conn, &ids)
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            let json = serde_json::from_str::<serde_json::Value>(&e.json).ok()?;
+            Some((e.event_id, json["content"].clone()))
+        })
+        .collect();
+    let content_str = |id: &str, field: &str| contents.get(id).and_then(|c| c[field].as_str()).map(str::to_owned);
+    let visible_groups: HashMap<i64, bool> = per_group
+        .iter()
+        .map(|(group, (hv, members))| {
+            let hv = hv
+                .as_deref()
+                .and_then(|id| content_str(id, "history_visibility"))
+                .unwrap_or_else(|| "shared".to_owned());
+            let has = |wanted: &[&str]| {
+                members
+                    .iter()
+                    .any(|id| content_str(id, "membership").is_some_and(|m| wanted.contains(&m.as_str())))
+            };
+            let visible = match hv.as_str() {
+                "world_readable" | "shared" => true,
+                "invited" => has(&["join", "invite"]),
+                _ => has(&["join"]),
+            };
+            (*group, visible)
+        })
+        .collect();
+    Ok(list
+        .into_iter()
+        .filter(|e| {
+            e.state_after
+                .and_then(|g| visible_groups.get(&g))
+                .copied()
+                .unwrap_or(false)
+        })
+        .collect())
+}
+
 /// Whether the user may read the room's current state and timeline at all (joined, or the
 /// room is world-readable, or previously joined for what they saw).
 pub async fn can_read_room(conn: &mut AnyConnection, user: &str, room_id: &str) -> Result<bool> {
@@ -139,4 +235,75 @@ pub async fn can_read_room(conn: &mut AnyConnection, user: &str, room_id: &str) 
     }
     let hv = super::current_state_content(conn, room_id, "m.room.history_visibility", "").await?;
     Ok(hv.is_some_and(|c| c["history_visibility"] == "world_readable"))
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::user_id;
+    use serde_json::json;
+
+    use super::{filter_visible_to, Reader};
+    use crate::{
+        events::{builder::EventTemplate, pipeline::StateAt},
+        rooms::{self, timeline},
+        testing::{join, on_each_backend, stored},
+    };
+
+    /// What another server may read of a room's history depends on the room's history
+    /// visibility and on its own users' memberships at each event.
+    #[tokio::test]
+    async fn another_server_sees_history_as_its_users_membership_allows() {
+        on_each_backend(async |s| {
+            let alice = user_id!("@alice:local.test");
+            let send = async |template: EventTemplate| {
+                rooms::send(&s.local, &s.room_id, alice, template, None)
+                    .await
+                    .unwrap()
+                    .event_id
+            };
+            let say = |body: &str| EventTemplate::message("m.room.message", json!({"msgtype": "m.text", "body": body}));
+            let visibility =
+                |hv: &str| EventTemplate::state("m.room.history_visibility", "", json!({"history_visibility": hv}));
+            let shared = send(say("while shared")).await;
+            send(visibility("joined")).await;
+            let before_join = send(say("before bob joined")).await;
+            let join = s.remote_event(crate::testing::bob(), join(), |_, _| {}).await;
+            stored(s.receive(join, StateAt::PrevEvents).await);
+            let after_join = send(say("after bob joined")).await;
+
+            let mut conn = s.local.db.conn().await.unwrap();
+            let all = timeline::page(
+                &mut conn,
+                &s.room_id,
+                timeline::Key::END,
+                None,
+                timeline::Dir::Backward,
+                100,
+            )
+            .await
+            .unwrap();
+            let seen = async |conn: &mut sqlx::AnyConnection, reader: Reader<'_>| -> Vec<String> {
+                filter_visible_to(&s.local, conn, reader, &s.room_id, all.clone())
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| e.event_id)
+                    .collect()
+            };
+            let remote = seen(&mut conn, Reader::Server("remote.test")).await;
+            assert!(remote.contains(&shared), "history shared before the change");
+            assert!(
+                !remote.contains(&before_join),
+                "joined-only history before its users joined"
+            );
+            assert!(remote.contains(&after_join));
+            let stranger = seen(&mut conn, Reader::Server("elsewhere.test")).await;
+            assert!(stranger.contains(&shared) && !stranger.contains(&after_join));
+            // A user's view goes through the same entry point.
+            assert!(seen(&mut conn, Reader::User(alice.as_str()))
+                .await
+                .contains(&before_join));
+        })
+        .await;
+    }
 }
