@@ -26,7 +26,8 @@ fn main() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if path.is_dir() {
             errors.push(format!(
-                "migrations/{name}/: migrations are files directly in migrations/ (see migrations/README.md)"
+                "migrations/{name}/: migrations are files directly in migrations/ (see migrations/README.md, \
+                 \"A pair from the old layout\")"
             ));
             continue;
         }
@@ -71,8 +72,8 @@ fn main() {
             let text = std::fs::read_to_string(&path).expect("read a migration");
             if let Some(word) = dialect_word(&text) {
                 errors.push(format!(
-                    "migrations/{name}: a shared file writes integers as BIGINT (SQLite reads it as \
-                     INTEGER) and has no {word}; put what differs in a .postgres.sql/.sqlite.sql file"
+                    "migrations/{name}: {word} in a shared file; write integers as BIGINT (SQLite reads it \
+                     as INTEGER) and put what the dialects spell differently in .postgres.sql/.sqlite.sql"
                 ));
             }
         }

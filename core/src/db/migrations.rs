@@ -91,7 +91,7 @@ fn sqlite_types(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
     let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    while let Some(start) = rest.find(|c: char| c == 'b' || c == 'B') {
+    while let Some(start) = rest.find(['b', 'B']) {
         let end = start + "BIGINT".len();
         let found = rest.get(start..end).is_some_and(|w| w.eq_ignore_ascii_case("BIGINT"))
             && !rest[..start].ends_with(is_word)
