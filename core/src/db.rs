@@ -1,10 +1,12 @@
 //! The one storage handle shared by every store module.
 //!
 //! Both backends are driven through sqlx's `Any` driver, so each query is written once and
-//! uses `$N` placeholders, which PostgreSQL and SQLite both accept. Only migrations differ per
-//! dialect (`migrations/postgres`, `migrations/sqlite`).
+//! uses `$N` placeholders, which PostgreSQL and SQLite both accept. The schema is one set of
+//! migrations too (`migrations/`, see `migrations`): a shared file per change, read with
+//! SQLite's integer type on SQLite, plus a file per dialect only where the dialects differ.
 
 pub mod batch;
+pub mod migrations;
 mod sqlite_writer;
 
 use std::{
@@ -223,12 +225,11 @@ impl Db {
         &self.pool
     }
 
-    /// Applies every pending migration of this backend's dialect.
+    /// Applies every pending migration of this backend (see `migrations`), after checking
+    /// that those already applied are unchanged.
     pub async fn migrate(&self) -> Result<()> {
-        match self.backend {
-            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&self.pool).await?,
-            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&self.pool).await?,
-        }
+        let source = migrations::Migrations(migrations::migrations(self.backend));
+        sqlx::migrate::Migrator::new(source).await?.run(&self.pool).await?;
         Ok(())
     }
 

@@ -21,7 +21,8 @@ use sqlx::{any::AnyArguments, AnyConnection, Arguments, Encode, Type};
 use super::Backend;
 use crate::{Error, Result};
 
-/// The SQLSTATE of a failed `require_last` (raised by `weft_require`, see migrations/postgres).
+/// The SQLSTATE of a failed `require_last` (raised by `weft_require`, see
+/// migrations/20261125000012_require_function.postgres.sql).
 const REQUIRED_MISSING: &str = "WH001";
 
 /// Bind parameters per statement sent; both backends allow more (PostgreSQL 65535, SQLite

@@ -11,6 +11,7 @@ mod js_sdk_e2ee;
 mod js_sdk_media;
 mod js_sdk_rooms;
 mod media;
+mod migrations;
 mod multi_process;
 mod push;
 mod read_endpoints;
