@@ -75,6 +75,9 @@ pub struct Ruma<T> {
     pub ip: Option<String>,
     /// The raw JSON body, for endpoints that need fields ruma does not model.
     pub json_body: Option<serde_json::Value>,
+    /// The request's method and path, which a UIA session is bound to.
+    pub http_method: http::Method,
+    pub http_path: String,
 }
 
 impl<T> Ruma<T> {
@@ -168,6 +171,7 @@ where
         let bytes = read_body(body, limit).await?;
         let user = authenticate(state, &parts, T::Authentication::NEED).await?;
         let ip = client_ip(&parts);
+        let (http_method, http_path) = (parts.method.clone(), parts.uri.path().to_owned());
 
         if T::RATE_LIMITED {
             let key = match (&user, &ip) {
@@ -202,6 +206,8 @@ where
             user,
             ip,
             json_body,
+            http_method,
+            http_path,
         })
     }
 }

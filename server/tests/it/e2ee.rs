@@ -510,6 +510,11 @@ both_backends!(cross_signing_and_signatures, |backend| async move {
         keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"],
         "unchanged without UIA"
     );
+    // The session begun for body2's keys does not upload other new keys.
+    let (mut body3, ..) = cross_signing_keys(&alice_id);
+    body3["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "session": session});
+    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body3).await;
+    assert_eq!((status, res["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{res}");
     // Back to the first keys, authenticated.
     let mut authed = body.clone();
     authed["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "session": session});

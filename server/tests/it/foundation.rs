@@ -305,6 +305,63 @@ both_backends!(logout_and_devices, |backend| async move {
     server.stop().await;
 });
 
+both_backends!(uia_session_is_bound_to_its_request, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let c = server.client();
+    let alice = server.register("alice", "pw").await;
+    for device in ["DEVA", "DEVB"] {
+        let (status, body) = c
+            .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "device_id": device}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVA", json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+
+    // The session begun to delete DEVA cannot delete DEVB, nor several devices.
+    let auth = json!({"auth": password_auth("alice", "pw", &session)});
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVB", auth.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let mut many = auth.clone();
+    many["devices"] = json!(["DEVB"]);
+    let (status, body) = alice.post("/_matrix/client/v3/delete_devices", many).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        alice.get("/_matrix/client/v3/devices/DEVB").await.0,
+        200,
+        "DEVB still exists"
+    );
+
+    // A session for one list of devices does not delete another list.
+    let session_b = uia_session(
+        &alice,
+        "/_matrix/client/v3/delete_devices",
+        json!({"devices": ["DEVA"]}),
+    )
+    .await;
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            json!({"devices": ["DEVB"], "auth": password_auth("alice", "pw", &session_b)}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        alice.get("/_matrix/client/v3/devices/DEVB").await.0,
+        200,
+        "DEVB still exists"
+    );
+
+    // The operation it was begun for still completes.
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVA", auth).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice.get("/_matrix/client/v3/devices/DEVA").await.0, 404);
+    server.stop().await;
+});
+
 both_backends!(password_change_and_deactivation, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {
         return;
@@ -346,7 +403,7 @@ both_backends!(password_change_and_deactivation, |backend| async move {
     let session = uia_session(
         &main,
         "/_matrix/client/v3/account/password",
-        json!({"new_password": "newer"}),
+        json!({"new_password": "newer", "logout_devices": false}),
     )
     .await;
     let (status, _) = main

@@ -65,6 +65,7 @@ pub async fn delete(state: AppState, req: Ruma<delete_device::v3::Request>) -> A
     }
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),
@@ -85,6 +86,7 @@ pub async fn delete_many(
     let user = req.sender()?;
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),

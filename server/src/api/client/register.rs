@@ -47,7 +47,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         } else {
             &[uia::DUMMY]
         };
-        let done = uia::check(&state, req.auth.as_ref(), &[flow], None).await?;
+        let done = uia::check(&state, &req, req.auth.as_ref(), &[flow], None).await?;
         if let Some(token) = done.registration_token {
             let mut tx = state.db.write().await?;
             let consumed = registration_tokens::consume(&mut tx, &token).await?;
