@@ -17,6 +17,7 @@ use ruma::{
         auth_scheme::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
         },
+        error::{DeserializationError, FromHttpRequestError},
         path_builder::PathBuilder,
         IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
     },
@@ -187,6 +188,13 @@ where
             }
         }
 
+        // As with Synapse, no body means `{}`: an endpoint whose body fields are all optional
+        // needs none, and one with a required field still answers M_BAD_JSON.
+        let bytes = if bytes.is_empty() && takes_body(&parts.method) && expects_json::<T>() {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         let json_body = if bytes.is_empty() {
             None
         } else {
@@ -198,7 +206,7 @@ where
             if !bytes.is_empty() && json_body.is_none() && expects_json::<T>() {
                 MatrixError::not_json("Content not JSON")
             } else {
-                MatrixError::bad_json(format!("Invalid request: {err}"))
+                parse_error(err)
             }
         })?;
         Ok(Ruma {
@@ -209,6 +217,23 @@ where
             http_method,
             http_path,
         })
+    }
+}
+
+/// Methods whose requests carry a body.
+fn takes_body(method: &http::Method) -> bool {
+    !matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+/// A path or query parameter that does not parse (a room ID without its sigil, a number that
+/// is not one) is M_INVALID_PARAM; ruma reports both as query errors (serde_html_form's error
+/// is serde's plain value error, which the path parser uses too). Anything else is the body's.
+fn parse_error(err: FromHttpRequestError) -> MatrixError {
+    match err {
+        FromHttpRequestError::Deserialization(DeserializationError::Query(_) | DeserializationError::Ident(_)) => {
+            MatrixError::invalid_param(format!("Invalid parameter: {err}"))
+        }
+        _ => MatrixError::bad_json(format!("Invalid request: {err}")),
     }
 }
 

@@ -654,3 +654,75 @@ both_backends!(restricted_join_through_an_allowed_room, |backend| async move {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
     server.stop().await;
 });
+
+both_backends!(joins_with_an_empty_body_and_keeps_the_reason, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+
+    // No body at all (Content-Length: 0), on both join endpoints.
+    for (client, path) in [
+        (&bob, format!("/_matrix/client/v3/join/{room}")),
+        (&carol, format!("/_matrix/client/v3/rooms/{room}/join")),
+    ] {
+        let (status, body) = client.raw(reqwest::Method::POST, &path, "").await;
+        assert_eq!(
+            (status, body["room_id"].as_str()),
+            (200, Some(room.as_str())),
+            "{path}: {body}"
+        );
+    }
+    // Other endpoints whose body fields are all optional take no body either.
+    let (status, body) = bob
+        .raw(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/v3/rooms/{room}/leave"),
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The reason is kept in the member event.
+    let (status, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{room}"),
+            json!({"reason": "back again", "foo": "bar"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, member) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/state/m.room.member/@bob:weft.test"
+        ))
+        .await;
+    assert_eq!((status, member["membership"].as_str()), (200, Some("join")), "{member}");
+    assert_eq!(member["reason"], "back again", "{member}");
+    server.stop().await;
+});
+
+both_backends!(
+    a_malformed_room_id_in_the_path_is_an_invalid_param,
+    |backend| async move {
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        let alice = server.register("alice", "pw").await;
+        for path in [
+            "/_matrix/client/v3/rooms/notaroom/state",
+            "/_matrix/client/v3/rooms/notaroom/messages",
+            "/_matrix/client/v3/profile/notauser",
+        ] {
+            let (status, body) = alice.get(path).await;
+            assert_eq!(
+                (status, body["errcode"].as_str()),
+                (400, Some("M_INVALID_PARAM")),
+                "{path}: {body}"
+            );
+        }
+        server.stop().await;
+    }
+);
