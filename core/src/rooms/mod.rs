@@ -2,6 +2,7 @@
 //! rooms, membership changes, visibility.
 
 pub mod aliases;
+pub mod checks;
 pub mod client_format;
 pub mod create;
 pub mod directory;
@@ -133,7 +134,8 @@ async fn send_at(
     })
 }
 
-/// Sends one local event: serialised per room, idempotent per (device, transaction ID).
+/// Sends one local event: serialised per room, idempotent per (device, transaction ID), and
+/// checked first as a client's (`checks`), so state that would not change is not sent again.
 pub async fn send(
     core: &Core,
     room_id: &str,
@@ -141,6 +143,9 @@ pub async fn send(
     template: EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
+    if let Some(current) = checks::before_send(core, room_id, sender, &template).await? {
+        return Ok(current);
+    }
     match send_once(core, room_id, sender, &template, txn).await {
         // A retry that raced its first attempt past the lock (see `rooms::Locked`) is refused
         // by the unique index on transaction IDs: the first attempt's event is the answer.
