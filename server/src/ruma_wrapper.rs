@@ -202,7 +202,12 @@ where
         };
         let http_req = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_req, &args).map_err(|err| {
+        // Some of ruma's hand-written deserialisers panic on input they do not expect (a login
+        // without `type` indexes a map by a missing key): that is the client's error, not ours.
+        // The request is consumed by the call, so nothing half-parsed is seen after a panic.
+        let parse = std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_req, &args));
+        let parsed = std::panic::catch_unwind(parse).map_err(|_| MatrixError::bad_json("Invalid request"))?;
+        let body = parsed.map_err(|err| {
             if !bytes.is_empty() && json_body.is_none() && expects_json::<T>() {
                 MatrixError::not_json("Content not JSON")
             } else {

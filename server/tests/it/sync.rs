@@ -710,3 +710,37 @@ both_backends!(a_sync_over_many_rooms_reports_each_rooms_own, |backend| async mo
         assert_eq!(joined["timeline"]["limited"], false, "room {r}");
     }
 });
+
+/// The room's `m.typing` user IDs in an incremental sync.
+fn typing_users(sync: &Value, room: &str) -> Value {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["type"] == "m.typing"))
+        .map(|e| e["content"]["user_ids"].clone())
+        .unwrap_or(Value::Null)
+}
+
+both_backends!(typing_stops_without_a_timeout, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/@alice:weft.test");
+
+    let (status, body) = alice.put(&path, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(status, 200, "{body}");
+    let inc = sync(&bob, Some(&token), "").await;
+    assert_eq!(typing_users(&inc, &room), json!(["@alice:weft.test"]), "{inc}");
+    let token = inc["next_batch"].as_str().unwrap().to_owned();
+
+    // `{"typing": false}` needs no timeout, and stops at once.
+    let (status, body) = alice.put(&path, json!({"typing": false})).await;
+    assert_eq!(status, 200, "{body}");
+    let inc = sync(&bob, Some(&token), "").await;
+    assert_eq!(typing_users(&inc, &room), json!([]), "{inc}");
+    server.stop().await;
+});
