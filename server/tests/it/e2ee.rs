@@ -661,6 +661,54 @@ fn backup_key(index: i64, forwarded: i64, verified: bool, tag: &str) -> Value {
     })
 }
 
+both_backends!(backup_versions_must_be_readable, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let good =
+        json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "cHVibGlja2V5" } });
+    let refused = [
+        (
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2" }),
+            "M_BAD_JSON",
+        ),
+        (
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": 5 } }),
+            "M_BAD_JSON",
+        ),
+        (
+            json!({ "algorithm": "org.example.unknown", "auth_data": { "public_key": "x" } }),
+            "M_INVALID_PARAM",
+        ),
+    ];
+    for (body, errcode) in &refused {
+        let (status, res) = alice.post("/_matrix/client/v3/room_keys/version", body.clone()).await;
+        assert_eq!(
+            (status, res["errcode"].as_str()),
+            (400, Some(*errcode)),
+            "{body}: {res}"
+        );
+    }
+    // Nothing was stored: there is still no version.
+    let (status, res) = alice.get("/_matrix/client/v3/room_keys/version").await;
+    assert_eq!((status, res["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{res}");
+
+    let (status, res) = alice.post("/_matrix/client/v3/room_keys/version", good.clone()).await;
+    assert_eq!((status, res["version"].as_str()), (200, Some("1")), "{res}");
+    for (body, errcode) in &refused {
+        let (status, res) = alice.put("/_matrix/client/v3/room_keys/version/1", body.clone()).await;
+        assert_eq!(
+            (status, res["errcode"].as_str()),
+            (400, Some(*errcode)),
+            "{body}: {res}"
+        );
+    }
+    let (status, res) = alice.get("/_matrix/client/v3/room_keys/version/1").await;
+    assert_eq!((status, &res["auth_data"]), (200, &good["auth_data"]), "{res}");
+    server.stop().await;
+});
+
 both_backends!(key_backup_lifecycle, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {
         return;
