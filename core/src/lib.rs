@@ -3,6 +3,7 @@
 //! Nothing here knows HTTP; the server and federation crates translate requests into calls on
 //! these modules and their errors into Matrix errors.
 
+pub mod account_data;
 pub mod accounts;
 pub mod context;
 pub mod db;

@@ -17,6 +17,7 @@ use ruma::{
         auth_scheme::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
         },
+        error::{DeserializationError, FromHttpRequestError},
         path_builder::PathBuilder,
         IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
     },
@@ -75,6 +76,9 @@ pub struct Ruma<T> {
     pub ip: Option<String>,
     /// The raw JSON body, for endpoints that need fields ruma does not model.
     pub json_body: Option<serde_json::Value>,
+    /// The request's method and path, which a UIA session is bound to.
+    pub http_method: http::Method,
+    pub http_path: String,
 }
 
 impl<T> Ruma<T> {
@@ -168,6 +172,7 @@ where
         let bytes = read_body(body, limit).await?;
         let user = authenticate(state, &parts, T::Authentication::NEED).await?;
         let ip = client_ip(&parts);
+        let (http_method, http_path) = (parts.method.clone(), parts.uri.path().to_owned());
 
         if T::RATE_LIMITED {
             let key = match (&user, &ip) {
@@ -183,6 +188,13 @@ where
             }
         }
 
+        // As with Synapse, no body means `{}`: an endpoint whose body fields are all optional
+        // needs none, and one with a required field still answers M_BAD_JSON.
+        let bytes = if bytes.is_empty() && takes_body(&parts.method) && expects_json::<T>() {
+            bytes::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         let json_body = if bytes.is_empty() {
             None
         } else {
@@ -190,11 +202,16 @@ where
         };
         let http_req = http::Request::from_parts(parts, &bytes[..]);
         let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
-        let body = T::try_from_http_request(http_req, &args).map_err(|err| {
+        // Some of ruma's hand-written deserialisers panic on input they do not expect (a login
+        // without `type` indexes a map by a missing key): that is the client's error, not ours.
+        // The request is consumed by the call, so nothing half-parsed is seen after a panic.
+        let parse = std::panic::AssertUnwindSafe(|| T::try_from_http_request(http_req, &args));
+        let parsed = std::panic::catch_unwind(parse).map_err(|_| MatrixError::bad_json("Invalid request"))?;
+        let body = parsed.map_err(|err| {
             if !bytes.is_empty() && json_body.is_none() && expects_json::<T>() {
                 MatrixError::not_json("Content not JSON")
             } else {
-                MatrixError::bad_json(format!("Invalid request: {err}"))
+                parse_error(err)
             }
         })?;
         Ok(Ruma {
@@ -202,7 +219,26 @@ where
             user,
             ip,
             json_body,
+            http_method,
+            http_path,
         })
+    }
+}
+
+/// Methods whose requests carry a body.
+fn takes_body(method: &http::Method) -> bool {
+    !matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+}
+
+/// A path or query parameter that does not parse (a room ID without its sigil, a number that
+/// is not one) is M_INVALID_PARAM; ruma reports both as query errors (serde_html_form's error
+/// is serde's plain value error, which the path parser uses too). Anything else is the body's.
+fn parse_error(err: FromHttpRequestError) -> MatrixError {
+    match err {
+        FromHttpRequestError::Deserialization(DeserializationError::Query(_) | DeserializationError::Ident(_)) => {
+            MatrixError::invalid_param(format!("Invalid parameter: {err}"))
+        }
+        _ => MatrixError::bad_json(format!("Invalid request: {err}")),
     }
 }
 

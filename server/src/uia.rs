@@ -6,11 +6,12 @@ use serde_json::json;
 use weft_core::{
     accounts,
     storage::{registration_tokens, uia},
-    util::random_string,
+    util::{hash_token, random_string},
 };
 
 use crate::{
     error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
     state::AppState,
 };
 
@@ -25,27 +26,36 @@ pub struct Completed {
     pub registration_token: Option<String>,
 }
 
-/// Runs one UIA step. `user_id` is the authenticated user for endpoints that re-authenticate
-/// an existing account (password stage checks that user's password).
-pub async fn check(
+/// Runs one UIA step of `req`, whose `auth` field is `auth`. `user_id` is the authenticated
+/// user for endpoints that re-authenticate an existing account (password stage checks that
+/// user's password).
+pub async fn check<T>(
     state: &AppState,
+    req: &Ruma<T>,
     auth: Option<&AuthData>,
     flows: &[&[&str]],
     user_id: Option<&str>,
 ) -> ApiResult<Completed> {
+    let operation = operation(req, user_id);
     let Some(auth) = auth else {
-        let session = new_session(state, user_id).await?;
+        let session = new_session(state, user_id, &operation).await?;
         return Err(challenge(flows, &session, &[], None));
     };
     let session_id = match auth.session() {
         Some(s) => s.to_owned(),
-        None => new_session(state, user_id).await?,
+        None => new_session(state, user_id, &operation).await?,
     };
     let Some(session) = uia::get(&state.db, &session_id).await? else {
         return Err(MatrixError::not_found("Unknown UIA session").with_status(http::StatusCode::BAD_REQUEST));
     };
     if session.user_id.as_deref() != user_id {
         return Err(MatrixError::forbidden("UIA session belongs to another user"));
+    }
+    // Otherwise a password typed to delete one device would delete another (or several).
+    if session.operation.as_deref() != Some(operation.as_str()) {
+        return Err(MatrixError::forbidden(
+            "Requested operation has changed during the UI authentication session",
+        ));
     }
     let mut completed = session.completed.clone();
     let mut result = Completed::default();
@@ -102,10 +112,28 @@ pub async fn check(
     }
 }
 
-async fn new_session(state: &AppState, user_id: Option<&str>) -> ApiResult<String> {
+/// What a session authorises: a hash of the request's method, path and body without `auth`
+/// (which changes from stage to stage). An absent body counts as `{}`; serde_json's maps are
+/// sorted, so the serialisation does not depend on the client's key order.
+///
+/// Registration (no `user_id`) binds method and path only, as Synapse does: clients change its
+/// body between stages (matrix-js-sdk adds `initial_device_display_name`), and its session
+/// authorises nothing about an existing account; the completing request is checked on its own.
+fn operation<T>(req: &Ruma<T>, user_id: Option<&str>) -> String {
+    let mut body = match user_id {
+        Some(_) => req.json_body.clone().unwrap_or_else(|| json!({})),
+        None => json!({}),
+    };
+    if let Some(object) = body.as_object_mut() {
+        object.remove("auth");
+    }
+    hash_token(&format!("{}\n{}\n{body}", req.http_method, req.http_path))
+}
+
+async fn new_session(state: &AppState, user_id: Option<&str>, operation: &str) -> ApiResult<String> {
     let session_id = random_string(24);
     let mut tx = state.db.write().await?;
-    uia::create(&mut tx, &session_id, user_id).await?;
+    uia::create(&mut tx, &session_id, user_id, operation).await?;
     tx.commit().await?;
     Ok(session_id)
 }

@@ -120,7 +120,32 @@ async fn existing_version(conn: &mut AnyConnection, user_id: &str, version: &str
     row.map(|r| r.0).ok_or(BackupError::NotFound)
 }
 
+/// The one backup algorithm the spec defines.
+const CURVE25519_AES_SHA2: &str = "m.megolm_backup.v1.curve25519-aes-sha2";
+
+/// A version's `{"algorithm", "auth_data"}` must be one clients can read back: a version stored
+/// without them answers every read with something no client can parse.
+fn check_algorithm(algorithm: &Value) -> Result<()> {
+    match algorithm["algorithm"].as_str() {
+        Some(CURVE25519_AES_SHA2) => {}
+        Some(other) => return Err(Error::InvalidParam(format!("Unknown backup algorithm {other}"))),
+        None => return Err(Error::BadJson("A backup version needs an algorithm".into())),
+    }
+    let auth_data = &algorithm["auth_data"];
+    if !auth_data.is_object() {
+        return Err(Error::BadJson("A backup version needs auth_data".into()));
+    }
+    if !auth_data["public_key"].is_string() {
+        return Err(Error::BadJson("auth_data needs a public_key string".into()));
+    }
+    if !matches!(auth_data.get("signatures"), None | Some(Value::Object(_))) {
+        return Err(Error::BadJson("auth_data.signatures must be an object".into()));
+    }
+    Ok(())
+}
+
 pub async fn create_version(core: &Core, user_id: &str, algorithm: &Value) -> Result<String> {
+    check_algorithm(algorithm)?;
     let mut tx = core.db.write().await?;
     let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(version) FROM backup_versions WHERE user_id = $1")
         .bind(user_id)
@@ -175,6 +200,7 @@ async fn count(conn: &mut AnyConnection, user_id: &str, version: i64) -> Result<
 
 /// Replaces a version's auth data; the algorithm must stay the same.
 pub async fn update_version(core: &Core, user_id: &str, version: &str, algorithm: &Value) -> BackupResult<()> {
+    check_algorithm(algorithm)?;
     let mut tx = core.db.write().await?;
     let v = existing_version(&mut tx, user_id, version).await?;
     let (old,): (String,) = sqlx::query_as("SELECT algorithm FROM backup_versions WHERE user_id = $1 AND version = $2")

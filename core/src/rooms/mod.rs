@@ -2,6 +2,7 @@
 //! serialised per room), creating rooms, membership changes, visibility.
 
 pub mod aliases;
+pub mod checks;
 pub mod client_format;
 pub mod create;
 pub mod directory;

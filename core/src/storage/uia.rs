@@ -9,27 +9,33 @@ use crate::{util::now_ms, Db, Result};
 pub struct Session {
     pub completed: Vec<String>,
     pub user_id: Option<String>,
+    /// The hash of the request the session was started for (see `weft::uia::operation`).
+    pub operation: Option<String>,
 }
 
-pub async fn create(conn: &mut AnyConnection, session_id: &str, user_id: Option<&str>) -> Result<()> {
-    sqlx::query("INSERT INTO uia_sessions (session_id, completed, user_id, created_ts) VALUES ($1, '[]', $2, $3)")
-        .bind(session_id)
-        .bind(user_id)
-        .bind(now_ms())
+pub async fn create(conn: &mut AnyConnection, session_id: &str, user_id: Option<&str>, operation: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO uia_sessions (session_id, completed, user_id, created_ts, operation) VALUES ($1, '[]', $2, $3, $4)",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .bind(now_ms())
+    .bind(operation)
         .execute(conn)
         .await?;
     Ok(())
 }
 
 pub async fn get(db: &Db, session_id: &str) -> Result<Option<Session>> {
-    let row: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT completed, user_id FROM uia_sessions WHERE session_id = $1")
+    let row: Option<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT completed, user_id, operation FROM uia_sessions WHERE session_id = $1")
             .bind(session_id)
             .fetch_optional(db.pool())
             .await?;
-    Ok(row.map(|(completed, user_id)| Session {
+    Ok(row.map(|(completed, user_id, operation)| Session {
         completed: serde_json::from_str(&completed).unwrap_or_default(),
         user_id,
+        operation,
     }))
 }
 

@@ -510,6 +510,11 @@ both_backends!(cross_signing_and_signatures, |backend| async move {
         keys["master_keys"][&alice_id]["keys"], body["master_key"]["keys"],
         "unchanged without UIA"
     );
+    // The session begun for body2's keys does not upload other new keys.
+    let (mut body3, ..) = cross_signing_keys(&alice_id);
+    body3["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "session": session});
+    let (status, res) = alice.post("/_matrix/client/v3/keys/device_signing/upload", body3).await;
+    assert_eq!((status, res["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{res}");
     // Back to the first keys, authenticated.
     let mut authed = body.clone();
     authed["auth"] = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "session": session});
@@ -655,6 +660,54 @@ fn backup_key(index: i64, forwarded: i64, verified: bool, tag: &str) -> Value {
         "session_data": { "ephemeral": tag, "ciphertext": tag, "mac": tag },
     })
 }
+
+both_backends!(backup_versions_must_be_readable, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let good =
+        json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": "cHVibGlja2V5" } });
+    let refused = [
+        (
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2" }),
+            "M_BAD_JSON",
+        ),
+        (
+            json!({ "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": { "public_key": 5 } }),
+            "M_BAD_JSON",
+        ),
+        (
+            json!({ "algorithm": "org.example.unknown", "auth_data": { "public_key": "x" } }),
+            "M_INVALID_PARAM",
+        ),
+    ];
+    for (body, errcode) in &refused {
+        let (status, res) = alice.post("/_matrix/client/v3/room_keys/version", body.clone()).await;
+        assert_eq!(
+            (status, res["errcode"].as_str()),
+            (400, Some(*errcode)),
+            "{body}: {res}"
+        );
+    }
+    // Nothing was stored: there is still no version.
+    let (status, res) = alice.get("/_matrix/client/v3/room_keys/version").await;
+    assert_eq!((status, res["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{res}");
+
+    let (status, res) = alice.post("/_matrix/client/v3/room_keys/version", good.clone()).await;
+    assert_eq!((status, res["version"].as_str()), (200, Some("1")), "{res}");
+    for (body, errcode) in &refused {
+        let (status, res) = alice.put("/_matrix/client/v3/room_keys/version/1", body.clone()).await;
+        assert_eq!(
+            (status, res["errcode"].as_str()),
+            (400, Some(*errcode)),
+            "{body}: {res}"
+        );
+    }
+    let (status, res) = alice.get("/_matrix/client/v3/room_keys/version/1").await;
+    assert_eq!((status, &res["auth_data"]), (200, &good["auth_data"]), "{res}");
+    server.stop().await;
+});
 
 both_backends!(key_backup_lifecycle, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {

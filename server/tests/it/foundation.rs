@@ -305,6 +305,63 @@ both_backends!(logout_and_devices, |backend| async move {
     server.stop().await;
 });
 
+both_backends!(uia_session_is_bound_to_its_request, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let c = server.client();
+    let alice = server.register("alice", "pw").await;
+    for device in ["DEVA", "DEVB"] {
+        let (status, body) = c
+            .post("/_matrix/client/v3/login", json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "pw", "device_id": device}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVA", json!({})).await;
+    assert_eq!(status, 401, "{body}");
+    let session = body["session"].as_str().unwrap().to_owned();
+
+    // The session begun to delete DEVA cannot delete DEVB, nor several devices.
+    let auth = json!({"auth": password_auth("alice", "pw", &session)});
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVB", auth.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let mut many = auth.clone();
+    many["devices"] = json!(["DEVB"]);
+    let (status, body) = alice.post("/_matrix/client/v3/delete_devices", many).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        alice.get("/_matrix/client/v3/devices/DEVB").await.0,
+        200,
+        "DEVB still exists"
+    );
+
+    // A session for one list of devices does not delete another list.
+    let session_b = uia_session(
+        &alice,
+        "/_matrix/client/v3/delete_devices",
+        json!({"devices": ["DEVA"]}),
+    )
+    .await;
+    let (status, body) = alice
+        .post(
+            "/_matrix/client/v3/delete_devices",
+            json!({"devices": ["DEVB"], "auth": password_auth("alice", "pw", &session_b)}),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    assert_eq!(
+        alice.get("/_matrix/client/v3/devices/DEVB").await.0,
+        200,
+        "DEVB still exists"
+    );
+
+    // The operation it was begun for still completes.
+    let (status, body) = alice.delete("/_matrix/client/v3/devices/DEVA", auth).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice.get("/_matrix/client/v3/devices/DEVA").await.0, 404);
+    server.stop().await;
+});
+
 both_backends!(password_change_and_deactivation, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {
         return;
@@ -346,7 +403,7 @@ both_backends!(password_change_and_deactivation, |backend| async move {
     let session = uia_session(
         &main,
         "/_matrix/client/v3/account/password",
-        json!({"new_password": "newer"}),
+        json!({"new_password": "newer", "logout_devices": false}),
     )
     .await;
     let (status, _) = main
@@ -650,4 +707,77 @@ both_backends!(tls_listener, |backend| async move {
     assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
     running.shutdown().await;
     db.drop_db().await;
+});
+
+both_backends!(login_without_a_type_is_a_bad_request, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let c = server.client();
+    server.register("frank", "pw").await;
+    for body in [
+        json!({}),
+        json!({"identifier": {"type": "m.id.user", "user": "frank"}, "password": "pw"}),
+        json!({"type": 5, "password": "pw"}),
+    ] {
+        let (status, res) = c.post("/_matrix/client/v3/login", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {res}");
+        assert!(
+            matches!(res["errcode"].as_str(), Some("M_BAD_JSON" | "M_UNKNOWN")),
+            "{body}: {res}"
+        );
+    }
+    let (status, res) = c.raw(reqwest::Method::POST, "/_matrix/client/v3/login", "").await;
+    assert_eq!(status, 400, "no body: {res}");
+    assert!(
+        matches!(res["errcode"].as_str(), Some("M_BAD_JSON" | "M_UNKNOWN")),
+        "{res}"
+    );
+    server.stop().await;
+});
+
+both_backends!(devices_without_a_name_omit_it, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let c = server.client();
+    let gail = server.register("gail", "pw").await;
+    let (_, body) = login(&c, "gail", "pw").await;
+    let unnamed = body["device_id"].as_str().unwrap().to_owned();
+    let (status, body) = gail.get("/_matrix/client/v3/devices").await;
+    assert_eq!(status, 200, "{body}");
+    let device = body["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_id"] == unnamed.as_str())
+        .unwrap();
+    assert!(device.get("display_name").is_none(), "{device}");
+    let (status, device) = gail.get(&format!("/_matrix/client/v3/devices/{unnamed}")).await;
+    assert_eq!(status, 200, "{device}");
+    assert!(device.get("display_name").is_none(), "{device}");
+    server.stop().await;
+});
+
+both_backends!(registration_with_inhibit_login_makes_no_session, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let c = server.client();
+    let body = json!({"username": "hana", "password": "pw", "inhibit_login": true});
+    let session = uia_session(&c, "/_matrix/client/v3/register", body.clone()).await;
+    let mut authed = body;
+    authed["auth"] = json!({"type": "m.login.dummy", "session": session});
+    let (status, res) = c.post("/_matrix/client/v3/register", authed).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["user_id"], "@hana:weft.test");
+    assert!(res.get("access_token").is_none(), "{res}");
+    assert!(res.get("device_id").is_none(), "{res}");
+    // The account works, and the login is its only device.
+    let (status, res) = login(&c, "hana", "pw").await;
+    assert_eq!(status, 200, "{res}");
+    let hana = c.with_token(res["access_token"].as_str().unwrap());
+    let (_, res) = hana.get("/_matrix/client/v3/devices").await;
+    assert_eq!(res["devices"].as_array().unwrap().len(), 1, "{res}");
+    server.stop().await;
 });

@@ -13,7 +13,7 @@ use crate::{
 
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
-async fn sliding(client: &Client, pos: Option<&str>, timeout: u64, body: Value) -> (u16, Value) {
+pub async fn sliding(client: &Client, pos: Option<&str>, timeout: u64, body: Value) -> (u16, Value) {
     let mut path = format!("{PATH}?timeout={timeout}");
     if let Some(p) = pos {
         path.push_str(&format!("&pos={p}"));

@@ -9,6 +9,7 @@ use crate::{
     both_backends,
     harness::*,
     rooms::{create_room, send_text, urlencode},
+    sliding_sync::sliding,
 };
 
 pub async fn sync(client: &Client, since: Option<&str>, extra: &str) -> Value {
@@ -709,4 +710,109 @@ both_backends!(a_sync_over_many_rooms_reports_each_rooms_own, |backend| async mo
         assert_eq!(timeline_bodies(joined), vec![format!("room {r} late")], "room {r}");
         assert_eq!(joined["timeline"]["limited"], false, "room {r}");
     }
+});
+
+/// The room's `m.typing` user IDs in an incremental sync.
+fn typing_users(sync: &Value, room: &str) -> Value {
+    sync["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["type"] == "m.typing"))
+        .map(|e| e["content"]["user_ids"].clone())
+        .unwrap_or(Value::Null)
+}
+
+both_backends!(typing_stops_without_a_timeout, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+    let token = sync(&bob, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let path = format!("/_matrix/client/v3/rooms/{room}/typing/@alice:weft.test");
+
+    let (status, body) = alice.put(&path, json!({"typing": true, "timeout": 30000})).await;
+    assert_eq!(status, 200, "{body}");
+    let inc = sync(&bob, Some(&token), "").await;
+    assert_eq!(typing_users(&inc, &room), json!(["@alice:weft.test"]), "{inc}");
+    let token = inc["next_batch"].as_str().unwrap().to_owned();
+
+    // `{"typing": false}` needs no timeout, and stops at once.
+    let (status, body) = alice.put(&path, json!({"typing": false})).await;
+    assert_eq!(status, 200, "{body}");
+    let inc = sync(&bob, Some(&token), "").await;
+    assert_eq!(typing_users(&inc, &room), json!([]), "{inc}");
+    server.stop().await;
+});
+
+/// The room's `m.tag` content in a sync's per-room account data, if it carries one.
+fn synced_tags(sync: &Value, room: &str) -> Option<Value> {
+    sync["rooms"]["join"][room]["account_data"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == "m.tag")
+        .map(|e| e["content"].clone())
+}
+
+both_backends!(room_tags_are_synced_account_data, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let tags = format!("/_matrix/client/v3/user/@alice:weft.test/rooms/{room}/tags");
+    let favourite = format!("{tags}/m.favourite");
+    let (status, body) = alice.get(&tags).await;
+    assert_eq!((status, body), (200, json!({"tags": {}})));
+    let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let sliding_body = json!({
+        "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 0 } },
+        "extensions": { "account_data": { "enabled": true } },
+    });
+    let (status, first) = sliding(&alice, None, 0, sliding_body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let pos = first["pos"].as_str().unwrap().to_owned();
+
+    let (status, body) = alice.put(&favourite, json!({"order": 0.5})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = alice.get(&tags).await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"tags": {"m.favourite": {"order": 0.5}}})),
+        "{body}"
+    );
+    // Only for yourself.
+    let (status, body) = bob.get(&tags).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, body) = bob.put(&favourite, json!({"order": 1})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    let (status, body) = bob.delete(&favourite, json!({})).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+
+    // Both syncs carry the change as the room's m.tag account data.
+    let inc = sync(&alice, Some(&token), "").await;
+    assert_eq!(
+        synced_tags(&inc, &room),
+        Some(json!({"tags": {"m.favourite": {"order": 0.5}}})),
+        "{inc}"
+    );
+    let token = inc["next_batch"].as_str().unwrap().to_owned();
+    let (status, next) = sliding(&alice, Some(&pos), 0, sliding_body.clone()).await;
+    assert_eq!(status, 200, "{next}");
+    let synced = next["extensions"]["account_data"]["rooms"][&room]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["type"] == "m.tag"))
+        .map(|e| e["content"].clone());
+    assert_eq!(synced, Some(json!({"tags": {"m.favourite": {"order": 0.5}}})), "{next}");
+
+    // Deleting it leaves no tags, and syncs say so.
+    let (status, body) = alice.delete(&favourite, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = alice.get(&tags).await;
+    assert_eq!(body, json!({"tags": {}}));
+    let inc = sync(&alice, Some(&token), "").await;
+    assert_eq!(synced_tags(&inc, &room), Some(json!({"tags": {}})), "{inc}");
+    server.stop().await;
 });

@@ -106,7 +106,9 @@ pub(crate) async fn prepare_local(
     }
 }
 
-/// Sends one local event: serialised per room, idempotent per (device, transaction ID).
+/// Sends one local event: serialised per room, idempotent per (device, transaction ID), and
+/// checked first as a client's (`rooms::checks`), so state that would not change is not sent
+/// again.
 pub async fn send(
     core: &Core,
     room_id: &str,
@@ -114,6 +116,9 @@ pub async fn send(
     template: EventTemplate,
     txn: Option<(&str, &str, &str)>,
 ) -> Result<Sent> {
+    if let Some(current) = super::super::checks::before_send(core, room_id, sender, &template).await? {
+        return Ok(current);
+    }
     match send_once(core, room_id, sender, &template, txn).await {
         // A retry that raced its first attempt past the lock (see `rooms::Locked`) is refused
         // by the unique index on transaction IDs: the first attempt's event is the answer.

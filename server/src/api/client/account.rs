@@ -26,6 +26,7 @@ pub async fn change_password(
     let user = req.sender()?;
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),
@@ -52,6 +53,7 @@ pub async fn deactivate(state: AppState, req: Ruma<deactivate::v3::Request>) -> 
     let user = req.sender()?;
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),

@@ -1,12 +1,14 @@
-//! Global and per-room account data.
+//! Global and per-room account data, and room tags (`/user/{userId}/rooms/{roomId}/tags`).
 
 use ruma::{
-    api::client::config::{
-        get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
+    api::client::{
+        config::{get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data},
+        tag::{create_tag, delete_tag, get_tags},
     },
     serde::Raw,
     UserId,
 };
+use serde_json::Value;
 use weft_core::storage::account_data;
 
 use crate::{
@@ -51,10 +53,7 @@ async fn store(
     check_own(user, target)?;
     check_settable(event_type)?;
     let content = body_object(body)?;
-    let mut tx = state.db.write().await?;
-    account_data::put(&mut tx, user.user_id.as_str(), room_id, event_type, &content).await?;
-    tx.commit().await?;
-    state.core.notifier.user_changed(user.user_id.as_str());
+    weft_core::account_data::put(&state.core, user.user_id.as_str(), room_id, event_type, &content).await?;
     Ok(())
 }
 
@@ -125,4 +124,29 @@ pub async fn get_room(
     )
     .await?;
     Ok(get_room_account_data::v3::Response::new(raw))
+}
+
+pub async fn get_tags(state: AppState, req: Ruma<get_tags::v3::Request>) -> ApiResult<Value> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    Ok(weft_core::account_data::tags(&state.core, user.user_id.as_str(), req.room_id.as_str()).await?)
+}
+
+pub async fn put_tag(state: AppState, req: Ruma<create_tag::v3::Request>) -> ApiResult<create_tag::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    // What the client sent (ruma checked `order`), so fields ruma does not model survive.
+    let info = match &req.json_body {
+        Some(info @ Value::Object(_)) => info.clone(),
+        _ => return Err(MatrixError::bad_json("Tag info must be a JSON object")),
+    };
+    weft_core::account_data::set_tag(&state.core, user.user_id.as_str(), req.room_id.as_str(), &req.tag, info).await?;
+    Ok(create_tag::v3::Response::new())
+}
+
+pub async fn delete_tag(state: AppState, req: Ruma<delete_tag::v3::Request>) -> ApiResult<delete_tag::v3::Response> {
+    let user = req.sender()?;
+    check_own(user, &req.user_id)?;
+    weft_core::account_data::remove_tag(&state.core, user.user_id.as_str(), req.room_id.as_str(), &req.tag).await?;
+    Ok(delete_tag::v3::Response::new())
 }

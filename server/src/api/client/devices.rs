@@ -1,9 +1,7 @@
 //! `/devices`, `/devices/{deviceId}`, `/delete_devices`.
 
-use ruma::{
-    api::client::device::{self, delete_device, delete_devices, get_device, get_devices, update_device},
-    MilliSecondsSinceUnixEpoch, UInt,
-};
+use ruma::api::client::device::{delete_device, delete_devices, get_device, get_devices, update_device};
+use serde_json::{json, Value};
 use weft_core::storage::devices;
 
 use crate::{
@@ -13,29 +11,34 @@ use crate::{
     uia,
 };
 
-fn to_ruma(d: devices::Device) -> device::Device {
-    let mut out = device::Device::new(d.device_id.into());
-    out.display_name = d.display_name;
-    out.last_seen_ip = d.last_seen_ip;
-    out.last_seen_ts = d
-        .last_seen_ts
-        .and_then(|ts| UInt::new(ts as u64))
-        .map(MilliSecondsSinceUnixEpoch);
+/// A device as clients see it. Built here rather than with ruma's `Device`, which sends
+/// `null` for an unset `display_name` or `last_seen_ip` where the spec says to omit them.
+fn device_json(d: devices::Device) -> Value {
+    let mut out = json!({ "device_id": d.device_id });
+    if let Some(name) = d.display_name {
+        out["display_name"] = json!(name);
+    }
+    if let Some(ip) = d.last_seen_ip {
+        out["last_seen_ip"] = json!(ip);
+    }
+    if let Some(ts) = d.last_seen_ts {
+        out["last_seen_ts"] = json!(ts);
+    }
     out
 }
 
-pub async fn list(state: AppState, req: Ruma<get_devices::v3::Request>) -> ApiResult<get_devices::v3::Response> {
+pub async fn list(state: AppState, req: Ruma<get_devices::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
     let list = devices::list(&state.db, user.user_id.as_str()).await?;
-    Ok(get_devices::v3::Response::new(list.into_iter().map(to_ruma).collect()))
+    Ok(json!({ "devices": list.into_iter().map(device_json).collect::<Vec<_>>() }))
 }
 
-pub async fn get(state: AppState, req: Ruma<get_device::v3::Request>) -> ApiResult<get_device::v3::Response> {
+pub async fn get(state: AppState, req: Ruma<get_device::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
     let device = devices::get(&state.db, user.user_id.as_str(), req.device_id.as_str())
         .await?
         .ok_or_else(|| MatrixError::not_found("Device not found"))?;
-    Ok(get_device::v3::Response::new(to_ruma(device)))
+    Ok(device_json(device))
 }
 
 pub async fn update(state: AppState, req: Ruma<update_device::v3::Request>) -> ApiResult<update_device::v3::Response> {
@@ -65,6 +68,7 @@ pub async fn delete(state: AppState, req: Ruma<delete_device::v3::Request>) -> A
     }
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),
@@ -85,6 +89,7 @@ pub async fn delete_many(
     let user = req.sender()?;
     uia::check(
         &state,
+        &req,
         req.auth.as_ref(),
         &[&[uia::PASSWORD]],
         Some(user.user_id.as_str()),

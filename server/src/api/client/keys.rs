@@ -180,6 +180,7 @@ async fn upload_signing(
     if needs_auth {
         uia::check(
             &state,
+            &req,
             req.auth.as_ref(),
             &[&[uia::PASSWORD]],
             Some(user.user_id.as_str()),

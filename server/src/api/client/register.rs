@@ -1,9 +1,7 @@
 //! `/register` and `/register/available`.
 
-use ruma::{
-    api::client::account::{get_username_availability, register, register::RegistrationKind},
-    OwnedUserId,
-};
+use ruma::api::client::account::{get_username_availability, register, register::RegistrationKind};
+use serde_json::{json, Value};
 use weft_core::{
     accounts::{self, SessionRequest},
     storage::{registration_tokens, users},
@@ -17,7 +15,7 @@ use crate::{
     uia,
 };
 
-pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiResult<register::v3::Response> {
+pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiResult<Value> {
     let reg = &state.config.registration;
     let is_guest = req.kind == RegistrationKind::Guest;
     if is_guest && !reg.allow_guests {
@@ -47,7 +45,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         } else {
             &[uia::DUMMY]
         };
-        let done = uia::check(&state, req.auth.as_ref(), &[flow], None).await?;
+        let done = uia::check(&state, &req, req.auth.as_ref(), &[flow], None).await?;
         if let Some(token) = done.registration_token {
             let mut tx = state.db.write().await?;
             let consumed = registration_tokens::consume(&mut tx, &token).await?;
@@ -77,17 +75,25 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
     )
     .await?;
 
-    let user_id: OwnedUserId = user_id
-        .try_into()
-        .map_err(|_| MatrixError::invalid_username("Invalid user ID"))?;
-    let mut response = register::v3::Response::new(user_id);
-    if let Some(s) = issued {
-        response.access_token = Some(s.access_token);
-        response.device_id = Some(s.device_id.into());
-        response.refresh_token = s.refresh_token;
-        response.expires_in = s.expires_in_ms.map(|ms| std::time::Duration::from_millis(ms as u64));
+    Ok(registered(&user_id, issued))
+}
+
+/// The answer to a registration. Built here rather than with ruma's response, which sends
+/// `"device_id": null` when `inhibit_login` asked for no session: a client must then see
+/// neither an access token nor a device.
+fn registered(user_id: &str, session: Option<accounts::Session>) -> Value {
+    let mut out = json!({ "user_id": user_id });
+    if let Some(s) = session {
+        out["access_token"] = json!(s.access_token);
+        out["device_id"] = json!(s.device_id);
+        if let Some(refresh) = s.refresh_token {
+            out["refresh_token"] = json!(refresh);
+        }
+        if let Some(ms) = s.expires_in_ms {
+            out["expires_in_ms"] = json!(ms);
+        }
     }
-    Ok(response)
+    out
 }
 
 pub async fn available(
