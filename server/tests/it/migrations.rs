@@ -73,36 +73,39 @@ async fn schema(pool: &AnyPool, backend: Backend) -> Vec<String> {
     lines
 }
 
-both_backends!(an_upgraded_database_gets_the_schema_of_a_fresh_one, |backend| async move {
-    let Some((old_test_db, old)) = old_database(backend).await else {
-        return;
-    };
-    // The old release's versions keep their recorded checksums (else this fails), and the
-    // versions added since apply on top.
-    old.migrate().await.unwrap();
-    let new_test_db = TestDb::new(backend).await.unwrap();
-    let new = Db::connect(&new_test_db.url, 2).await.unwrap();
-    new.migrate().await.unwrap();
+both_backends!(
+    an_upgraded_database_gets_the_schema_of_a_fresh_one,
+    |backend| async move {
+        let Some((old_test_db, old)) = old_database(backend).await else {
+            return;
+        };
+        // The old release's versions keep their recorded checksums (else this fails), and the
+        // versions added since apply on top.
+        old.migrate().await.unwrap();
+        let new_test_db = TestDb::new(backend).await.unwrap();
+        let new = Db::connect(&new_test_db.url, 2).await.unwrap();
+        new.migrate().await.unwrap();
 
-    let old_schema = schema(old.pool(), backend).await;
-    let new_schema = schema(new.pool(), backend).await;
-    assert!(
-        old_schema.iter().any(|l| l.contains("event_search")),
-        "the dump sees the schema"
-    );
-    let only_old: Vec<_> = old_schema.iter().filter(|l| !new_schema.contains(l)).collect();
-    let only_new: Vec<_> = new_schema.iter().filter(|l| !old_schema.contains(l)).collect();
-    assert!(
-        only_old.is_empty() && only_new.is_empty(),
-        "schemas differ\nonly old: {only_old:#?}\nonly new: {only_new:#?}"
-    );
-    assert_eq!(old_schema, new_schema);
+        let old_schema = schema(old.pool(), backend).await;
+        let new_schema = schema(new.pool(), backend).await;
+        assert!(
+            old_schema.iter().any(|l| l.contains("event_search")),
+            "the dump sees the schema"
+        );
+        let only_old: Vec<_> = old_schema.iter().filter(|l| !new_schema.contains(l)).collect();
+        let only_new: Vec<_> = new_schema.iter().filter(|l| !old_schema.contains(l)).collect();
+        assert!(
+            only_old.is_empty() && only_new.is_empty(),
+            "schemas differ\nonly old: {only_old:#?}\nonly new: {only_new:#?}"
+        );
+        assert_eq!(old_schema, new_schema);
 
-    old.close().await;
-    new.close().await;
-    old_test_db.drop_db().await;
-    new_test_db.drop_db().await;
-});
+        old.close().await;
+        new.close().await;
+        old_test_db.drop_db().await;
+        new_test_db.drop_db().await;
+    }
+);
 
 both_backends!(
     an_old_database_keeps_its_data_and_takes_a_new_migration,
