@@ -54,7 +54,7 @@ pub enum UserCommand {
     },
 }
 
-pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
+pub use crate::config::EXAMPLE_CONFIG;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

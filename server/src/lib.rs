@@ -3,14 +3,12 @@
 
 pub mod api;
 pub mod cli;
-pub mod config;
-pub mod error;
 pub mod memory;
 pub mod pusher;
-pub mod rate_limit;
 pub mod router;
-pub mod ruma_wrapper;
 pub mod server;
-pub mod state;
 pub mod tls;
 pub mod uia;
+
+// The HTTP glue, shared with the federation crate, under the paths the handlers use.
+pub use weft_http::{config, error, rate_limit, ruma_wrapper, state};

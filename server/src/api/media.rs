@@ -32,7 +32,7 @@ use tokio::io::AsyncReadExt;
 use weft_core::media::{
     preview::PreviewSettings,
     thumbnail::{Method, Spec, Thumbnail},
-    MediaError, MediaRecord, Repo, Settings, Target, Upload,
+    MediaRecord, Repo, Settings, Target, Upload,
 };
 
 use crate::{
@@ -79,32 +79,6 @@ fn repo(state: &AppState) -> Repo {
         },
     };
     Repo::new(state.db.clone(), state.core.server_name.clone(), settings)
-}
-
-impl From<MediaError> for MatrixError {
-    fn from(err: MediaError) -> MatrixError {
-        let custom = |status, errcode, message: String| MatrixError {
-            status,
-            errcode,
-            message,
-            extra: None,
-        };
-        match err {
-            MediaError::Core(e) => e.into(),
-            MediaError::NotFound(m) => MatrixError::not_found(m),
-            MediaError::Forbidden(m) => MatrixError::forbidden(m),
-            MediaError::TooLarge(m) => MatrixError::too_large(m),
-            MediaError::InvalidParam(m) => MatrixError::invalid_param(m),
-            // Synapse's answer to its media upload limits.
-            MediaError::QuotaExceeded(m) => custom(StatusCode::BAD_REQUEST, "M_RESOURCE_LIMIT_EXCEEDED", m),
-            MediaError::TooManyPending(m) => custom(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", m),
-            e @ MediaError::CannotOverwrite => custom(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", e.to_string()),
-            e @ MediaError::NotYetUploaded => custom(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", e.to_string()),
-            // The spec's answer when "the server cannot thumbnail the content".
-            MediaError::CannotThumbnail(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_REQUEST),
-            MediaError::Upstream(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_GATEWAY),
-        }
-    }
 }
 
 fn mxc(state: &AppState, media_id: &str) -> OwnedMxcUri {

@@ -9,6 +9,9 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+/// `config.example.toml`: every setting, commented, with its default.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -339,7 +342,7 @@ mod tests {
 
     #[test]
     fn example_config_is_the_default() {
-        let from_example = load_str(crate::cli::EXAMPLE_CONFIG).expect("example config loads");
+        let from_example = load_str(EXAMPLE_CONFIG).expect("example config loads");
         let default = Config::default();
         assert_eq!(
             toml::to_string(&from_example).unwrap(),

@@ -18,10 +18,11 @@ use ruma::{
             AccessToken, AccessTokenOptional, AppserviceToken, AppserviceTokenOptional, NoAccessToken, NoAuthentication,
         },
         error::{DeserializationError, FromHttpRequestError},
+        federation::authentication::ServerSignatures,
         path_builder::PathBuilder,
         IncomingRequest, IncomingRequestExt, Metadata, OutgoingResponse, OutgoingResponseExt,
     },
-    OwnedDeviceId, OwnedUserId,
+    OwnedDeviceId, OwnedServerName, OwnedUserId,
 };
 
 use crate::{
@@ -29,12 +30,16 @@ use crate::{
     state::AppState,
 };
 
-/// Whether an endpoint needs an access token.
+/// What authenticates a request to an endpoint.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum AuthNeed {
     None,
+    /// An access token, if the request has one.
     Optional,
+    /// An access token.
     Required,
+    /// Another server's signature (X-Matrix), checked by the state's `ServerAuth`.
+    ServerSignatures,
 }
 
 pub trait AuthRequirement {
@@ -59,6 +64,9 @@ impl AuthRequirement for NoAuthentication {
 impl AuthRequirement for NoAccessToken {
     const NEED: AuthNeed = AuthNeed::None;
 }
+impl AuthRequirement for ServerSignatures {
+    const NEED: AuthNeed = AuthNeed::ServerSignatures;
+}
 
 /// The authenticated caller of a request.
 #[derive(Clone, Debug)]
@@ -73,6 +81,8 @@ pub struct AuthUser {
 pub struct Ruma<T> {
     pub body: T,
     pub user: Option<AuthUser>,
+    /// The server that signed the request, for endpoints that need server signatures.
+    pub origin: Option<OwnedServerName>,
     pub ip: Option<String>,
     /// The raw JSON body, for endpoints that need fields ruma does not model.
     pub json_body: Option<serde_json::Value>,
@@ -115,7 +125,7 @@ pub async fn authenticate(
     parts: &http::request::Parts,
     need: AuthNeed,
 ) -> ApiResult<Option<AuthUser>> {
-    if need == AuthNeed::None {
+    if matches!(need, AuthNeed::None | AuthNeed::ServerSignatures) {
         return Ok(None);
     }
     let Some(token) = access_token(parts) else {
@@ -139,6 +149,16 @@ pub fn client_ip(parts: &http::request::Parts) -> Option<String> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string())
+}
+
+/// The server that signed a request, as the state's `ServerAuth` finds it.
+async fn verify_server(state: &AppState, parts: &http::request::Parts, body: &[u8]) -> ApiResult<OwnedServerName> {
+    match &state.server_auth {
+        Some(auth) => auth.verify(parts, body).await,
+        None => Err(MatrixError::unauthorized(
+            "This server does not take requests from other servers",
+        )),
+    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with M_TOO_LARGE.
@@ -171,6 +191,10 @@ where
         let limit = body_limit::<T>(state);
         let bytes = read_body(body, limit).await?;
         let user = authenticate(state, &parts, T::Authentication::NEED).await?;
+        let origin = match T::Authentication::NEED {
+            AuthNeed::ServerSignatures => Some(verify_server(state, &parts, &bytes).await?),
+            _ => None,
+        };
         let ip = client_ip(&parts);
         let (http_method, http_path) = (parts.method.clone(), parts.uri.path().to_owned());
 
@@ -217,6 +241,7 @@ where
         Ok(Ruma {
             body,
             user,
+            origin,
             ip,
             json_body,
             http_method,
@@ -353,5 +378,81 @@ impl RumaRoute for Router<AppState> {
             }
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::{body::Body, Router};
+    use futures::future::BoxFuture;
+    use ruma::{api::federation::event::get_event, owned_server_name, MilliSecondsSinceUnixEpoch, OwnedServerName};
+    use tower::ServiceExt;
+
+    use super::RumaRoute;
+    use crate::{
+        config::Config,
+        error::MatrixError,
+        state::{AppState, ServerAuth},
+    };
+
+    /// Takes every request as signed by one server.
+    struct TrustsOne(OwnedServerName);
+
+    impl ServerAuth for TrustsOne {
+        fn verify<'a>(
+            &'a self,
+            _: &'a http::request::Parts,
+            _: &'a [u8],
+        ) -> BoxFuture<'a, Result<OwnedServerName, MatrixError>> {
+            Box::pin(async move { Ok(self.0.clone()) })
+        }
+    }
+
+    async fn state(server_auth: Option<Arc<dyn ServerAuth>>) -> AppState {
+        let dir = std::env::temp_dir().join(format!("weft-http-{}", weft_core::util::random_string(12)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = weft_core::Db::connect(&format!("sqlite://{}/weft.db", dir.display()), 2)
+            .await
+            .unwrap();
+        let key = weft_core::signing_key::load_or_create(&dir.join("signing.key")).unwrap();
+        let core = weft_core::Core::new(db, owned_server_name!("local.test"), key);
+        AppState::with_server_auth(Config::default(), core, server_auth)
+    }
+
+    /// A federation endpoint answering with the server that signed the request.
+    async fn get_event(state: AppState) -> http::Response<Body> {
+        let router = Router::new()
+            .ruma(|_: AppState, req: super::Ruma<get_event::v1::Request>| async move {
+                let origin = req.origin.clone().expect("a signed request has an origin");
+                let pdu = serde_json::value::to_raw_value(&serde_json::json!({})).unwrap();
+                Ok(get_event::v1::Response::new(
+                    origin,
+                    MilliSecondsSinceUnixEpoch::now(),
+                    pdu,
+                ))
+            })
+            .with_state(state);
+        let request = http::Request::get("/_matrix/federation/v1/event/$abc")
+            .header(
+                http::header::AUTHORIZATION,
+                "X-Matrix origin=\"remote.test\",key=\"ed25519:1\",sig=\"x\"",
+            )
+            .body(Body::empty())
+            .unwrap();
+        router.oneshot(request).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_signed_endpoints_need_a_verifier_and_get_the_origin() {
+        let refused = get_event(state(None).await).await;
+        assert_eq!(refused.status(), http::StatusCode::UNAUTHORIZED);
+
+        let verified = get_event(state(Some(Arc::new(TrustsOne(owned_server_name!("remote.test"))))).await).await;
+        assert_eq!(verified.status(), http::StatusCode::OK);
+        let body = axum::body::to_bytes(verified.into_body(), 1 << 16).await.unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["origin"], "remote.test");
     }
 }

@@ -132,3 +132,40 @@ impl From<weft_core::Error> for MatrixError {
         }
     }
 }
+
+/// The media repository's errors, as Synapse answers them.
+impl From<weft_core::media::MediaError> for MatrixError {
+    fn from(err: weft_core::media::MediaError) -> MatrixError {
+        let custom = |status, errcode, message: String| MatrixError {
+            status,
+            errcode,
+            message,
+            extra: None,
+        };
+        match err {
+            weft_core::media::MediaError::Core(e) => e.into(),
+            weft_core::media::MediaError::NotFound(m) => MatrixError::not_found(m),
+            weft_core::media::MediaError::Forbidden(m) => MatrixError::forbidden(m),
+            weft_core::media::MediaError::TooLarge(m) => MatrixError::too_large(m),
+            weft_core::media::MediaError::InvalidParam(m) => MatrixError::invalid_param(m),
+            // Synapse's answer to its media upload limits.
+            weft_core::media::MediaError::QuotaExceeded(m) => {
+                custom(StatusCode::BAD_REQUEST, "M_RESOURCE_LIMIT_EXCEEDED", m)
+            }
+            weft_core::media::MediaError::TooManyPending(m) => {
+                custom(StatusCode::TOO_MANY_REQUESTS, "M_LIMIT_EXCEEDED", m)
+            }
+            e @ weft_core::media::MediaError::CannotOverwrite => {
+                custom(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", e.to_string())
+            }
+            e @ weft_core::media::MediaError::NotYetUploaded => {
+                custom(StatusCode::GATEWAY_TIMEOUT, "M_NOT_YET_UPLOADED", e.to_string())
+            }
+            // The spec's answer when "the server cannot thumbnail the content".
+            weft_core::media::MediaError::CannotThumbnail(m) => {
+                MatrixError::unknown(m).with_status(StatusCode::BAD_REQUEST)
+            }
+            weft_core::media::MediaError::Upstream(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_GATEWAY),
+        }
+    }
+}
