@@ -75,17 +75,20 @@ PID_B=$!
 wait_up "weft B" "$PORT_B" "$PID_B" "$WORK/weft-b.log"
 
 log "running the two-process scenarios (A = :$PORT_A, B = :$PORT_B)"
+# Other work on the machine shows in the figures: note the load around the run.
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 BENCH_SHARED_SECRET="$SECRET" "$BENCH_BIN" run --server weft \
     --base "http://127.0.0.1:$PORT_A" --second-base "http://127.0.0.1:$PORT_B" \
     --scenarios two_process_fanout,two_process_send \
     ${QUICK[@]+"${QUICK[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} | tee "$RESULTS/weft.jsonl"
 
+LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"
 stop_pid "$PID_B" "weft B"; PID_B=""
 stop_pid "$PID_A" "weft A"; PID_A=""
 
 {
     echo "Weft $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'), two processes on one PostgreSQL database${QUICK:+, quick}"
-    echo "Machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "Machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') at $(grep -m1 'cpu MHz' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') MHz; load average $LOAD_BEFORE before the scenarios, $LOAD_AFTER after"
     echo
     "$BENCH_BIN" table "$RESULTS/weft.jsonl"
 } | tee "$RESULTS/table.md"
