@@ -2,6 +2,7 @@
 # Side-by-side benchmark of Weft and Synapse on one machine (loopback only).
 #
 #   bench/run.sh [--db sqlite|postgres] [--quick] [-- extra weft-bench run args]
+#   bench/run.sh --two-processes [...]   # Weft only: bench/two_processes.sh [...]
 #
 # Installs Synapse into a virtualenv ($HOME/.cache/weft-bench-venv) if missing, then runs every
 # weft-bench scenario with the same parameters against Weft and then Synapse, each alone on
@@ -17,17 +18,19 @@ while [ $# -gt 0 ]; do
         --db) DB="$2"; shift 2 ;;
         --db=*) DB="${1#--db=}"; shift ;;
         --quick) QUICK=(--quick); shift ;;
+        --two-processes) shift; exec "$(dirname "$0")/two_processes.sh" "$@" ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 case "$DB" in sqlite|postgres) ;; *) echo "--db must be sqlite or postgres" >&2; exit 2 ;; esac
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft-target}"
 VENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-venv}"
-PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
 SECRET="bench-secret-$RANDOM$RANDOM"
 WORK="$(mktemp -d /tmp/weft-bench.XXXXXX)"
 RESULTS="${WEFT_BENCH_RESULTS:-$HOME/.cache/weft-bench-results}/$(date -u +%Y%m%dT%H%M%SZ)-$DB${QUICK:+-quick}"
@@ -36,26 +39,6 @@ SYN_PID=""
 WEFT_PID=""
 SYN_DB=weft_bench_synapse
 WEFT_DB=weft_bench_weft
-
-log() { echo "== $*" >&2; }
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-psql_admin() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -v ON_ERROR_STOP=1 -qtAc "$1"; }
-
-stop_pid() {
-    local pid="$1" name="$2"
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        log "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-}
 
 cleanup() {
     stop_pid "$WEFT_PID" weft
@@ -123,57 +106,12 @@ start_synapse() {
 
 # --- Weft --------------------------------------------------------------------------------------
 WEFT_PORT="$(free_port)"
-cat >"$WORK/weft/weft.toml" <<EOF
-server_name = "weft.bench"
-public_baseurl = "http://127.0.0.1:$WEFT_PORT/"
-signing_key_path = "$WORK/weft/signing.key"
-
-[database]
-url = "$WEFT_DB_URL"
-
-[[listeners]]
-address = "127.0.0.1"
-port = $WEFT_PORT
-apis = ["client", "media", "admin"]
-
-[registration]
-enabled = false
-shared_secret = "$SECRET"
-
-[rate_limits]
-enabled = false
-
-[media]
-path = "$WORK/weft/media"
-
-[federation]
-enabled = false
-EOF
+write_weft_config "$WORK/weft/weft.toml" "$WORK/weft" "$WEFT_PORT" "$WEFT_DB_URL" "$SECRET"
 log "starting Weft on 127.0.0.1:$WEFT_PORT ($DB)"
-# Weft reads every WEFT_* variable as configuration: start it without any from this shell.
-UNSET_WEFT=()
-for v in $(compgen -e | grep '^WEFT_' || true); do UNSET_WEFT+=(-u "$v"); done
 (cd "$WORK/weft" && exec env ${UNSET_WEFT[@]+"${UNSET_WEFT[@]}"} "$WEFT_BIN" serve --config "$WORK/weft/weft.toml" >"$WORK/weft/weft.log" 2>&1) &
 WEFT_PID=$!
 
-wait_up() {
-    local name="$1" port="$2" pid="$3"
-    for _ in $(seq 1 300); do
-        if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
-            log "$name is up"
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name exited during start-up; its logs:" >&2
-            tail -n 40 "$WORK/synapse/stderr.log" "$WORK/synapse/homeserver.log" "$WORK/weft/weft.log" >&2 2>/dev/null || true
-            return 1
-        fi
-        sleep 0.5
-    done
-    echo "$name did not answer /_matrix/client/versions within 150 s" >&2
-    return 1
-}
-wait_up weft "$WEFT_PORT" "$WEFT_PID"
+wait_up weft "$WEFT_PORT" "$WEFT_PID" "$WORK/weft/weft.log"
 
 # --- Scenarios ---------------------------------------------------------------------------------
 run_one() {
@@ -186,7 +124,7 @@ run_one weft "$WEFT_PORT" "$WEFT_PID"
 stop_pid "$WEFT_PID" weft; WEFT_PID=""
 
 start_synapse
-wait_up synapse "$SYN_PORT" "$SYN_PID"
+wait_up synapse "$SYN_PORT" "$SYN_PID" "$WORK/synapse/stderr.log" "$WORK/synapse/homeserver.log"
 run_one synapse "$SYN_PORT" "$SYN_PID"
 stop_pid "$SYN_PID" synapse; SYN_PID=""
 

@@ -143,3 +143,78 @@ pub fn compare(a: &Path, b: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// `weft-bench table R`: one row per result line (scenario and variant) with its throughput,
+/// latency percentiles and errors, and what the scenario checked in the last column.
+pub fn table(path: &Path) -> Result<()> {
+    let rows = load(path)?;
+    println!("| scenario | ops/s | p50 ms | p90 ms | p99 ms | max ms | samples | errors | notes |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for r in &rows {
+        if let Some(f) = r["failed"].as_str() {
+            println!(
+                "| {} | - | - | - | - | - | - | {} | failed: {} |",
+                key(r),
+                fmt(&r["errors"]),
+                f.chars().take(120).collect::<String>()
+            );
+            continue;
+        }
+        let mut notes = Vec::new();
+        if !r["delivered"].is_null() {
+            notes.push(format!(
+                "delivered {}/{}, missing {}; from just before the send: p50 {}, p90 {}, p99 {} ms; {} before the 200",
+                fmt(&r["delivered"]),
+                fmt(&r["expected"]),
+                fmt(&r["missing"]),
+                fmt(&r["start_p50_ms"]),
+                fmt(&r["start_p90_ms"]),
+                fmt(&r["start_p99_ms"]),
+                fmt(&r["early"]),
+            ));
+        }
+        if !r["verified"].is_null() {
+            let reads = r["verify_reads"].as_u64().unwrap_or(1);
+            notes.push(format!(
+                "{} acknowledged; /messages through {} process{}: {} (missing {}, duplicates {}, unacknowledged {})",
+                fmt(&r["acked"]),
+                reads,
+                if reads == 1 { "" } else { "es" },
+                if r["verified"] == true {
+                    "each exactly once"
+                } else {
+                    "MISMATCH"
+                },
+                fmt(&r["verify_missing"]),
+                fmt(&r["verify_duplicates"]),
+                fmt(&r["verify_unacked"]),
+            ));
+        }
+        if !r["peak_rss_mb"].is_null() {
+            notes.push(format!("peak RSS {} MB", fmt(&r["peak_rss_mb"])));
+        }
+        if let Some(kinds) = r["error_samples"].as_array() {
+            for k in kinds {
+                notes.push(format!(
+                    "{} × {}: {}",
+                    fmt(&k["count"]),
+                    k["kind"].as_str().unwrap_or("?"),
+                    k["first"].as_str().unwrap_or("").chars().take(80).collect::<String>()
+                ));
+            }
+        }
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            key(r),
+            fmt(&r["ops_per_sec"]),
+            fmt(&r["p50_ms"]),
+            fmt(&r["p90_ms"]),
+            fmt(&r["p99_ms"]),
+            fmt(&r["max_ms"]),
+            fmt(&r["samples"]),
+            fmt(&r["errors"]),
+            notes.join("; ").replace('|', "/"),
+        );
+    }
+    Ok(())
+}

@@ -2,12 +2,16 @@
 //! Synapse) on the same workload. Loopback targets only.
 //!
 //! `weft-bench run --base http://127.0.0.1:PORT --server NAME --secret S [--pid PID] [--quick]`
-//! prints one JSON line per scenario; `weft-bench compare A.jsonl B.jsonl` prints a table.
+//! prints one JSON line per scenario; `weft-bench compare A.jsonl B.jsonl` prints a table of
+//! two servers, `weft-bench table R.jsonl` one of a single result file. With `--second-base`
+//! (a second process of the same server on the same database) the `two_process_*` scenarios
+//! spread their clients over both.
 
 mod client;
 mod compare;
 mod scenarios;
 mod stats;
+mod two_process;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -33,15 +37,26 @@ enum Cmd {
         /// Results of the reference server (e.g. Synapse).
         b: PathBuf,
     },
+    /// A Markdown table of one result file (no comparison): e.g. the two-process scenarios.
+    Table {
+        /// Results (JSON lines).
+        file: PathBuf,
+    },
 }
 
 const ALL: &str = "send,fanout,initial_sync,join,messages,sliding_sync";
+/// The scenarios that need `--second-base` (not in the default list).
+const TWO_PROCESS: &str = "two_process_fanout,two_process_send";
 
 #[derive(Args)]
 struct RunArgs {
     /// Base URL of the server (loopback only), e.g. http://127.0.0.1:8008
-    #[arg(long)]
+    #[arg(long, alias = "url")]
     base: String,
+    /// Base URL of a second process of the same server, on the same database (loopback
+    /// only); the two_process_* scenarios need it.
+    #[arg(long, alias = "second-url")]
+    second_base: Option<String>,
     /// Name written in the results ("weft", "synapse").
     #[arg(long)]
     server: String,
@@ -54,7 +69,8 @@ struct RunArgs {
     /// Small parameters (a few minutes for both servers).
     #[arg(long)]
     quick: bool,
-    /// Comma-separated scenarios to run.
+    /// Comma-separated scenarios to run (default: all single-server ones; the two-process
+    /// ones are two_process_fanout and two_process_send).
     #[arg(long, default_value = ALL)]
     scenarios: String,
     /// Upper bound on each scenario's timed part, in seconds.
@@ -73,6 +89,12 @@ struct RunArgs {
     fanout_messages: Option<usize>,
     #[arg(long)]
     fanout_gap_ms: Option<u64>,
+    /// Receivers held on the second process in two_process_fanout.
+    #[arg(long)]
+    cross_receivers: Option<usize>,
+    /// Messages sent in each variant of two_process_fanout (spaced by --fanout-gap-ms).
+    #[arg(long)]
+    cross_messages: Option<usize>,
     #[arg(long)]
     isync_rooms: Option<usize>,
     #[arg(long)]
@@ -96,6 +118,8 @@ pub struct Params {
     pub fanout_receivers: usize,
     pub fanout_messages: usize,
     pub fanout_gap_ms: u64,
+    pub cross_receivers: usize,
+    pub cross_messages: usize,
     pub isync_rooms: usize,
     pub isync_messages: usize,
     pub isync_reps: usize,
@@ -116,6 +140,8 @@ impl RunArgs {
             fanout_receivers: qf(self.fanout_receivers, 10, 50),
             fanout_messages: qf(self.fanout_messages, 20, 50),
             fanout_gap_ms: self.fanout_gap_ms.unwrap_or(100),
+            cross_receivers: qf(self.cross_receivers, 10, 20),
+            cross_messages: qf(self.cross_messages, 20, 50),
             isync_rooms: qf(self.isync_rooms, 20, 50),
             isync_messages: qf(self.isync_messages, 10, 20),
             isync_reps: qf(self.isync_reps, 3, 5),
@@ -136,8 +162,17 @@ async fn run(args: RunArgs) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
     let run_id = format!("{:x}", nanos % 0xffff_ffff);
+    let second = match &args.second_base {
+        Some(b) => Some(client::Server::new(
+            b,
+            &args.secret,
+            Duration::from_secs(args.request_timeout),
+        )?),
+        None => None,
+    };
     let ctx = scenarios::Ctx {
         srv,
+        second,
         server: args.server.clone(),
         run_id,
         p: args.params(),
@@ -179,9 +214,26 @@ async fn run(args: RunArgs) -> Result<()> {
                     scenarios::sliding_sync(&ctx, m).await
                 }
             }
+            "two_process_fanout" | "two_process_send" => {
+                let lines = if name == "two_process_fanout" {
+                    two_process::fanout(&ctx).await
+                } else {
+                    two_process::send(&ctx).await
+                };
+                match lines {
+                    Ok(lines) => lines.iter().for_each(emit),
+                    Err(e) => emit(&failed(name, &ctx.server, &e)),
+                }
+                eprintln!(
+                    "[{}] scenario {name} done in {:.1}s",
+                    ctx.server,
+                    t.elapsed().as_secs_f64()
+                );
+                continue;
+            }
             "join" => scenarios::join(&ctx).await,
             "messages" => scenarios::messages(&ctx).await,
-            other => Err(anyhow::anyhow!("unknown scenario {other} (known: {ALL})")),
+            other => Err(anyhow::anyhow!("unknown scenario {other} (known: {ALL},{TWO_PROCESS})")),
         };
         match result {
             Ok(l) => emit(&l),
@@ -200,7 +252,7 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// A scenario that could not run (its setup failed): still one line, with the reason.
-fn failed(scenario: &str, server: &str, e: &anyhow::Error) -> serde_json::Value {
+pub(crate) fn failed(scenario: &str, server: &str, e: &anyhow::Error) -> serde_json::Value {
     json!({ "scenario": scenario, "server": server, "failed": format!("{e:#}"), "errors": 1 })
 }
 
@@ -209,5 +261,6 @@ async fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => run(args).await,
         Cmd::Compare { a, b } => compare::compare(&a, &b),
+        Cmd::Table { file } => compare::table(&file),
     }
 }

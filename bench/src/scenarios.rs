@@ -20,6 +20,8 @@ use crate::{
 
 pub struct Ctx {
     pub srv: Server,
+    /// A second process of the same server on the same database (`--second-base`).
+    pub second: Option<Server>,
     pub server: String,
     /// Unique per run, so user names never collide with an earlier run on the same database.
     pub run_id: String,
@@ -58,21 +60,36 @@ impl Ctx {
 
 /// `send`: `C` concurrent senders, `N` messages in all, into one room or into a room each.
 pub async fn send(ctx: &Ctx, room_each: bool) -> Result<Value> {
-    let (c, n) = (ctx.p.send_concurrency, ctx.p.send_total);
     let variant = if room_each { "room_each" } else { "one_room" };
-    let users = ctx
-        .srv
-        .register_many(&ctx.users(&format!("s{}", &variant[..1])), c)
-        .await?;
+    let tag = format!("s{}", &variant[..1]);
+    send_on(ctx, &[&ctx.srv], room_each, "send", variant, &tag, false).await
+}
+
+/// The send workload with sender `k` on `servers[k % servers.len()]` (several processes
+/// serving one database); rooms are made on the first. With `verify`, every room is paged
+/// back with /messages through each server afterwards (not timed), and an acknowledged event
+/// missing or seen twice, or a message in the room nobody was told was sent, is an error.
+pub async fn send_on(
+    ctx: &Ctx,
+    servers: &[&Server],
+    room_each: bool,
+    scenario: &str,
+    variant: &str,
+    tag: &str,
+    verify: bool,
+) -> Result<Value> {
+    let (c, n) = (ctx.p.send_concurrency, ctx.p.send_total);
+    let on = |k: usize| servers[k % servers.len()];
+    let users = on(0).register_many(&ctx.users(tag), c).await?;
     let mut rooms = Vec::new();
     if room_each {
-        for u in &users {
-            rooms.push(ctx.srv.create_room(u, "send bench").await?);
+        for (k, u) in users.iter().enumerate() {
+            rooms.push(on(k).create_room(u, "send bench").await?);
         }
     } else {
-        let room = ctx.srv.create_room(&users[0], "send bench").await?;
-        for u in &users[1..] {
-            ctx.srv.join(u, &room).await?;
+        let room = on(0).create_room(&users[0], "send bench").await?;
+        for (k, u) in users.iter().enumerate().skip(1) {
+            on(k).join(u, &room).await?;
         }
         rooms = vec![room; c];
     }
@@ -80,43 +97,150 @@ pub async fn send(ctx: &Ctx, room_each: bool) -> Result<Value> {
     let start = Instant::now();
     let tasks = users.iter().zip(&rooms).enumerate().map(|(k, (u, room))| {
         let per = n / c + usize::from(k < n % c);
+        let srv = on(k);
         async move {
             let mut rec = Rec::default();
+            let mut acked = Vec::new();
             for i in 0..per {
                 if Instant::now() > deadline {
                     rec.err_msg("deadline", "scenario time bound reached");
                     break;
                 }
-                let txn = format!("{}-{variant}-{k}-{i}", ctx.run_id);
+                let txn = format!("{}-{tag}-{k}-{i}", ctx.run_id);
                 let t = Instant::now();
-                match ctx
-                    .srv
+                match srv
                     .send_text(u, room, &txn, &format!("message {i} from sender {k}"))
                     .await
                 {
-                    Ok(_) => rec.ok(t.elapsed()),
+                    Ok(id) => {
+                        rec.ok(t.elapsed());
+                        acked.push(id);
+                    }
                     Err(e) => rec.err(&e),
                 }
             }
-            rec
+            (rec, room.clone(), acked)
         }
     });
     let mut rec = Rec::default();
-    for r in futures::future::join_all(tasks).await {
+    let mut acked: HashMap<String, Vec<String>> = HashMap::new();
+    for (r, room, ids) in futures::future::join_all(tasks).await {
         rec.merge(r);
+        acked.entry(room).or_default().extend(ids);
     }
     let elapsed = start.elapsed();
     let ops = rec.lat_ms.len() as u64;
+    let mut extra = json!({});
+    if verify {
+        extra = verify_rooms(servers, &users[0], &acked, n, &mut rec).await;
+    }
     Ok(line(
-        "send",
+        scenario,
         Some(variant),
         &ctx.server,
-        json!({ "senders": c, "messages": n }),
+        json!({ "senders": c, "messages": n, "processes": servers.len() }),
         &rec,
         ops,
         elapsed,
-        json!({}),
+        extra,
     ))
+}
+
+/// Pages each room of `acked` (room -> acknowledged event IDs) back with /messages through
+/// every server, as `reader` (a member of every room: sender 0 is in the shared room, and a
+/// room each is public, so it joins first), and counts each acknowledged event: it must be
+/// there exactly once, and no other message may be. Mismatches go into `rec` as errors.
+async fn verify_rooms(
+    servers: &[&Server],
+    reader: &User,
+    acked: &HashMap<String, Vec<String>>,
+    n: usize,
+    rec: &mut Rec,
+) -> Value {
+    let (mut missing, mut duplicates, mut unacked, mut read) = (0u64, 0u64, 0u64, 0u64);
+    let acked_total: usize = acked.values().map(Vec::len).sum();
+    for (s, srv) in servers.iter().enumerate() {
+        for (room, ids) in acked {
+            if let Err(e) = srv.join(reader, room).await {
+                rec.err_msg("verify", &format!("joining {room} to read it: {e}"));
+                continue;
+            }
+            let mut count: HashMap<String, u64> = HashMap::new();
+            let mut from: Option<String> = None;
+            let mut complete = false;
+            for _ in 0..n / 100 + 20 {
+                let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", seg(room));
+                if let Some(f) = &from {
+                    path.push_str(&format!("&from={}", q(f)));
+                }
+                let v = match srv.get(&path, &reader.token).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        rec.err_msg("verify", &format!("paging {room} on server {s}: {e}"));
+                        break;
+                    }
+                };
+                let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
+                for ev in &chunk {
+                    if ev["type"] == "m.room.message" {
+                        if let Some(id) = ev["event_id"].as_str() {
+                            *count.entry(id.to_owned()).or_default() += 1;
+                        }
+                    }
+                }
+                match v["end"].as_str() {
+                    Some(end) if !chunk.is_empty() => from = Some(end.to_owned()),
+                    _ => {
+                        complete = true;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                rec.err_msg(
+                    "verify",
+                    &format!("paging {room} on server {s} did not reach its start"),
+                );
+            }
+            read += count.values().sum::<u64>();
+            for id in ids {
+                match count.remove(id) {
+                    None => missing += 1,
+                    Some(1) => {}
+                    Some(k) => duplicates += k - 1,
+                }
+            }
+            // What is left was not acknowledged by any send into this room.
+            unacked += count.values().sum::<u64>();
+        }
+    }
+    for (kind, k, what) in [
+        ("verify_missing", missing, "acknowledged events absent from /messages"),
+        (
+            "verify_duplicates",
+            duplicates,
+            "extra copies of acknowledged events in /messages",
+        ),
+        (
+            "verify_unacked",
+            unacked,
+            "messages in the room that no send acknowledged",
+        ),
+    ] {
+        if k > 0 {
+            rec.err_msg(kind, &format!("{k} {what} (summed over {} servers)", servers.len()));
+            rec.errors += k - 1;
+        }
+    }
+    json!({
+        "acked": acked_total,
+        "messages_read": read,
+        "verify_reads": servers.len(),
+        "verify_missing": missing,
+        "verify_duplicates": duplicates,
+        "verify_unacked": unacked,
+        "verified": missing == 0 && duplicates == 0 && unacked == 0 && read == (acked_total * servers.len()) as u64,
+    })
 }
 
 fn timeline_events<'a>(sync: &'a Value, room: &str) -> impl Iterator<Item = &'a Value> {
@@ -130,11 +254,29 @@ fn timeline_events<'a>(sync: &'a Value, room: &str) -> impl Iterator<Item = &'a 
 /// latency is from the sender's 200 to each receiver's /sync returning the event.
 pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     let (r, m) = (ctx.p.fanout_receivers, ctx.p.fanout_messages);
-    let users = ctx.srv.register_many(&ctx.users("f"), r + 1).await?;
+    fanout_on(ctx, &ctx.srv, &ctx.srv, r, m, "fanout", None, "f").await
+}
+
+/// The fanout workload with the sender on `send_srv` and the receivers (their joins and
+/// long-polls) on `recv_srv`: the same server, or another process on the same database.
+/// Besides the delay from the sender's 200 (`p50_ms`...), gives the delay from just before
+/// the send (`start_p50_ms`...) and how many deliveries came before the 200 (`early`).
+#[allow(clippy::too_many_arguments)]
+pub async fn fanout_on(
+    ctx: &Ctx,
+    send_srv: &Server,
+    recv_srv: &Server,
+    r: usize,
+    m: usize,
+    scenario: &str,
+    variant: Option<&str>,
+    tag: &str,
+) -> Result<Value> {
+    let users = send_srv.register_many(&ctx.users(tag), r + 1).await?;
     let sender = users[0].clone();
-    let room = ctx.srv.create_room(&sender, "fanout bench").await?;
+    let room = send_srv.create_room(&sender, "fanout bench").await?;
     for u in &users[1..] {
-        ctx.srv.join(u, &room).await?;
+        recv_srv.join(u, &room).await?;
     }
     let filter = q(
         &json!({ "room": { "rooms": [room], "timeline": { "limit": 100 } }, "presence": { "not_types": ["*"] } })
@@ -143,8 +285,8 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     let deadline = ctx.deadline();
     let ready = Arc::new(Barrier::new(r + 1));
     let mut handles = Vec::new();
-    for u in users[1..].iter().cloned() {
-        let (srv, room, filter, ready) = (ctx.srv.clone(), room.clone(), filter.clone(), ready.clone());
+    for u in users.into_iter().skip(1) {
+        let (srv, room, filter, ready) = (recv_srv.clone(), room.clone(), filter.clone(), ready.clone());
         handles.push(tokio::spawn(async move {
             let mut rec = Rec::default();
             let mut seen: HashMap<String, Instant> = HashMap::new();
@@ -194,16 +336,18 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     // Let every receiver get its first long-poll in.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut rec = Rec::default();
-    let mut sent: HashMap<String, Instant> = HashMap::new();
+    // Event ID -> (just before the send, the sender's 200).
+    let mut sent: HashMap<String, (Instant, Instant)> = HashMap::new();
     let start = Instant::now();
     for i in 0..m {
         if Instant::now() > deadline {
             break;
         }
-        let txn = format!("{}-fanout-{i}", ctx.run_id);
-        match ctx.srv.send_text(&sender, &room, &txn, &format!("fanout {i}")).await {
+        let txn = format!("{}-{tag}-{i}", ctx.run_id);
+        let before = Instant::now();
+        match send_srv.send_text(&sender, &room, &txn, &format!("fanout {i}")).await {
             Ok(id) => {
-                sent.insert(id, Instant::now());
+                sent.insert(id, (before, Instant::now()));
             }
             Err(e) => rec.err(&e),
         }
@@ -211,15 +355,19 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
     }
     let mut delivered = 0u64;
     let mut missing = 0u64;
+    let mut early = 0u64;
+    let mut from_start = Vec::new();
     for h in handles {
         let (r_rec, seen) = h.await?;
         rec.merge(r_rec);
-        for (id, t_sent) in &sent {
+        for (id, (t_before, t_sent)) in &sent {
             match seen.get(id) {
                 // A /sync may return before the sender's 200 arrives: count that as 0 ms.
                 Some(t_recv) => {
                     delivered += 1;
+                    early += u64::from(t_recv < t_sent);
                     rec.ok(t_recv.saturating_duration_since(*t_sent));
+                    from_start.push(t_recv.saturating_duration_since(*t_before).as_secs_f64() * 1000.0);
                 }
                 None => missing += 1,
             }
@@ -233,10 +381,19 @@ pub async fn fanout(ctx: &Ctx) -> Result<Value> {
         );
         rec.errors += missing - 1;
     }
-    let extra = json!({ "delivered": delivered, "expected": (r * sent.len()) as u64, "missing": missing, "ops_note": "deliveries per second over the whole send window" });
+    let extra = json!({
+        "delivered": delivered,
+        "expected": (r * sent.len()) as u64,
+        "missing": missing,
+        "early": early,
+        "start_p50_ms": round2(pct(&from_start, 50.0)),
+        "start_p90_ms": round2(pct(&from_start, 90.0)),
+        "start_p99_ms": round2(pct(&from_start, 99.0)),
+        "ops_note": "deliveries per second over the whole send window; start_* from just before each send",
+    });
     Ok(line(
-        "fanout",
-        None,
+        scenario,
+        variant,
         &ctx.server,
         json!({ "receivers": r, "messages": m, "gap_ms": ctx.p.fanout_gap_ms }),
         &rec,
