@@ -28,6 +28,11 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
     if apis.contains(&Api::Admin) {
         router = router.merge(api::admin::router());
     }
+    if apis.contains(&Api::Federation) {
+        router = router.merge(weft_federation::router());
+    } else if apis.contains(&Api::Keys) {
+        router = router.merge(weft_federation::keys_router());
+    }
     router
         .fallback(|| async { MatrixError::unrecognized("Unrecognized request") })
         .method_not_allowed_fallback(|| async { MatrixError::unrecognized_method() })

@@ -5,6 +5,7 @@ mod harness;
 mod aliases_directory;
 mod durability;
 mod e2ee;
+mod federation;
 mod foundation;
 mod js_sdk;
 mod js_sdk_e2ee;

@@ -1,0 +1,4 @@
+//! Server-Server API endpoints, one module per area of their path.
+
+pub mod keys;
+pub mod version;

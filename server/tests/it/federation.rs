@@ -1,0 +1,89 @@
+//! The Server-Server API as another server sees it: the key server and the version endpoint on
+//! a listener with the `federation` API.
+
+use ruma::{canonical_json::CanonicalJsonValue, signatures::PublicKeyMap};
+
+use crate::{both_backends, harness::TestServer};
+
+async fn start(backend: crate::harness::Backend) -> Option<TestServer> {
+    TestServer::start_with(backend, |config| {
+        config.listeners[0].apis.push(weft::config::Api::Federation);
+    })
+    .await
+}
+
+both_backends!(the_key_server_serves_a_self_signed_current_key, |backend| async move {
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let client = server.client();
+    let (status, keys) = client.get("/_matrix/key/v2/server").await;
+    assert_eq!(status, 200, "{keys}");
+    let server_name = server.config.server_name.clone();
+    assert_eq!(keys["server_name"], server_name.as_str());
+    let now = weft_core::util::now_ms();
+    let valid_until = keys["valid_until_ts"].as_i64().expect("valid_until_ts");
+    assert!(
+        valid_until > now + 60 * 60 * 1000,
+        "valid for a while: {valid_until} vs {now}"
+    );
+
+    // The key in the answer verifies the answer's own signature, and it is the one in the
+    // server's key file.
+    let (key_id, key) = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .next()
+        .expect("a verify key");
+    let public = key["key"].as_str().unwrap();
+    let on_disk = weft_core::signing_key::load_or_create(&server.config.signing_key_path).unwrap();
+    assert_eq!(
+        (key_id.as_str(), public),
+        (on_disk.key_id.as_str(), on_disk.public_key_base64().as_str())
+    );
+    let CanonicalJsonValue::Object(object) = ruma::canonical_json::to_canonical_value(&keys).unwrap() else {
+        panic!("an object");
+    };
+    let mut public_keys = PublicKeyMap::new();
+    public_keys.insert(
+        server_name.clone(),
+        [(key_id.clone(), ruma::serde::Base64::parse(public).unwrap())].into(),
+    );
+    ruma::signatures::verify_json(&public_keys, &object).expect("self-signed");
+    // A tampered answer does not verify.
+    let mut tampered = object.clone();
+    tampered.insert(
+        "valid_until_ts".into(),
+        CanonicalJsonValue::Integer((valid_until + 1).try_into().unwrap()),
+    );
+    assert!(ruma::signatures::verify_json(&public_keys, &tampered).is_err());
+    server.stop().await;
+});
+
+both_backends!(the_federation_version_names_weft, |backend| async move {
+    let Some(server) = start(backend).await else {
+        return;
+    };
+    let (status, body) = server.client().get("/_matrix/federation/v1/version").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["server"]["name"], "Weft");
+    assert_eq!(body["server"]["version"], env!("CARGO_PKG_VERSION"));
+    server.stop().await;
+});
+
+both_backends!(
+    federation_endpoints_are_only_on_federation_listeners,
+    |backend| async move {
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        let (status, body) = server.client().get("/_matrix/federation/v1/version").await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (404, Some("M_UNRECOGNIZED")),
+            "{body}"
+        );
+        server.stop().await;
+    }
+);
