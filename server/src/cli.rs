@@ -27,6 +27,18 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage the server's signing key.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Replace the signing key with a new one; the old one's public half stays published as
+    /// an old verify key. Restart the server to sign with the new key.
+    Rotate(ConfigArg),
 }
 
 #[derive(clap::Args)]
@@ -63,6 +75,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(arg) => serve(load(&arg)?).await,
+        Command::Key {
+            command: KeyCommand::Rotate(arg),
+        } => {
+            let config = load(&arg)?;
+            let key = weft_core::signing_key::rotate(&config.signing_key_path)?;
+            println!(
+                "new signing key {} in {}; restart the server to use it",
+                key.key_id,
+                config.signing_key_path.display()
+            );
+            Ok(())
+        }
         Command::Migrate(arg) => {
             let config = load(&arg)?;
             init_logging(&config);

@@ -21,17 +21,29 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 
 /// # `GET /_matrix/key/v2/server`
 ///
-/// The server's current verify key, signed with it, valid for `KEY_VALIDITY`.
+/// The server's current verify key and its former ones (after `weft key rotate`), signed with
+/// the current key, valid for `KEY_VALIDITY`.
 async fn server_keys(
     state: AppState,
     _: Ruma<get_server_keys::v2::Request>,
 ) -> ApiResult<get_server_keys::v2::Response> {
     let core = &state.core;
     let valid_until = weft_core::util::now_ms() + KEY_VALIDITY.as_millis() as i64;
+    let old_verify_keys: serde_json::Map<String, serde_json::Value> = core
+        .key
+        .old_keys
+        .iter()
+        .map(|old| {
+            (
+                old.key_id.clone(),
+                json!({ "key": old.public_key, "expired_ts": old.expired_ts }),
+            )
+        })
+        .collect();
     let keys = json!({
         "server_name": core.server_name,
         "verify_keys": { &core.key.key_id: { "key": core.key.public_key_base64() } },
-        "old_verify_keys": {},
+        "old_verify_keys": old_verify_keys,
         "valid_until_ts": valid_until,
     });
     let CanonicalJsonValue::Object(mut object) = ruma::canonical_json::to_canonical_value(&keys)

@@ -87,3 +87,30 @@ both_backends!(
         server.stop().await;
     }
 );
+
+both_backends!(a_rotated_key_is_published_as_an_old_verify_key, |backend| async move {
+    let Some(mut server) = start(backend).await else {
+        return;
+    };
+    let (_, before) = server.client().get("/_matrix/key/v2/server").await;
+    let (old_id, old_key) = before["verify_keys"].as_object().unwrap().iter().next().unwrap();
+    let (old_id, old_key) = (old_id.clone(), old_key["key"].clone());
+
+    // What `weft key rotate` does, then a restart.
+    let rotated = weft_core::signing_key::rotate(&server.config.signing_key_path).unwrap();
+    server.restart().await;
+    let (status, after) = server.client().get("/_matrix/key/v2/server").await;
+    assert_eq!(status, 200, "{after}");
+    let current: Vec<&String> = after["verify_keys"].as_object().unwrap().keys().collect();
+    assert_eq!(current, [&rotated.key_id]);
+    assert_ne!(rotated.key_id, old_id);
+    let old = &after["old_verify_keys"][&old_id];
+    assert_eq!(old["key"], old_key, "{after}");
+    assert!(old["expired_ts"].as_i64().unwrap() <= weft_core::util::now_ms());
+    // Signed with the new key only.
+    let signatures = after["signatures"][server.config.server_name.as_str()]
+        .as_object()
+        .unwrap();
+    assert_eq!(signatures.keys().collect::<Vec<_>>(), [&rotated.key_id]);
+    server.stop().await;
+});
