@@ -24,6 +24,7 @@ pub mod sync;
 #[cfg(test)]
 pub mod testing;
 pub mod util;
+pub mod voip;
 
 pub use context::Core;
 pub use db::{Backend, Db, WriteTx};

@@ -32,6 +32,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub media: MediaConfig,
     pub federation: FederationConfig,
+    pub voip: VoipConfig,
     pub log: LogConfig,
 }
 
@@ -139,6 +140,25 @@ impl MediaConfig {
     }
 }
 
+/// TURN servers handed to clients for calls (`/voip/turnServer`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoipConfig {
+    /// `turn:` / `turns:` URIs; empty means no TURN server is offered.
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret`): credentials are
+    /// made per user and expire.
+    pub turn_shared_secret: String,
+    /// Fixed credentials, for a TURN server without a shared secret.
+    pub turn_username: String,
+    pub turn_password: String,
+    /// How long credentials made with the shared secret stay valid.
+    #[serde(with = "humantime_serde")]
+    pub turn_user_lifetime: Duration,
+    /// Whether guests get TURN credentials too.
+    pub turn_allow_guests: bool,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
@@ -178,6 +198,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             media: MediaConfig::default(),
             federation: FederationConfig::default(),
+            voip: VoipConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -237,6 +258,19 @@ impl Default for FederationConfig {
             enabled: true,
             ca_file: String::new(),
             allow_loopback: false,
+        }
+    }
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        VoipConfig {
+            turn_uris: Vec::new(),
+            turn_shared_secret: String::new(),
+            turn_username: String::new(),
+            turn_password: String::new(),
+            turn_user_lifetime: Duration::from_secs(60 * 60),
+            turn_allow_guests: true,
         }
     }
 }

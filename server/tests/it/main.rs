@@ -22,3 +22,4 @@ mod search_directory_reports;
 mod sliding_sync;
 mod storage_batch;
 mod sync;
+mod voip;

@@ -34,6 +34,7 @@ pub mod to_device;
 pub mod typing;
 pub mod upgrade;
 pub mod user_directory;
+pub mod voip;
 
 use axum::Router;
 
@@ -98,6 +99,7 @@ pub fn router() -> Router<AppState> {
         .ruma_json(account_data::get_tags)
         .ruma(account_data::put_tag)
         .ruma(account_data::delete_tag)
+        .ruma_json(voip::turn_server)
         .ruma(room::create_room)
         .ruma(room::joined_rooms)
         .ruma(membership::join_by_id)
