@@ -14,6 +14,7 @@ pub mod events;
 pub mod media;
 pub mod memo;
 pub mod notifier;
+pub mod openid;
 pub mod presence;
 pub mod push;
 pub mod rooms;

@@ -18,5 +18,6 @@ pub fn keys_router() -> Router<AppState> {
 /// The Server-Server API (`/_matrix/federation/...`), for a listener with the `federation`
 /// API; it serves the key server too, as servers expect on their federation port.
 pub fn router() -> Router<AppState> {
-    api::version::routes(keys_router())
+    let router = api::version::routes(keys_router());
+    api::openid::routes(router)
 }

@@ -1,4 +1,5 @@
 //! Server-Server API endpoints, one module per area of their path.
 
 pub mod keys;
+pub mod openid;
 pub mod version;

@@ -14,6 +14,7 @@ mod js_sdk_rooms;
 mod media;
 mod migrations;
 mod multi_process;
+mod openid;
 mod push;
 mod read_endpoints;
 mod relations_upgrade_spaces;

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod members;
 pub mod membership;
 pub mod message;
+pub mod openid;
 pub mod presence;
 pub mod profile;
 pub mod push;
@@ -100,6 +101,7 @@ pub fn router() -> Router<AppState> {
         .ruma(account_data::put_tag)
         .ruma(account_data::delete_tag)
         .ruma_json(voip::turn_server)
+        .ruma(openid::request_token)
         .ruma(room::create_room)
         .ruma(room::joined_rooms)
         .ruma(membership::join_by_id)
