@@ -101,14 +101,7 @@ async fn group_visibility(
         .collect();
     ids.sort();
     ids.dedup();
-    let contents: HashMap<String, serde_json::Value> = events::get_many(conn, &ids)
-        .await?
-        .into_iter()
-        .filter_map(|e| {
-            let json = serde_json::from_str::<serde_json::Value>(&e.json).ok()?;
-            Some((e.event_id, json["content"].clone()))
-        })
-        .collect();
+    let contents = contents_of(conn, &ids).await?;
     let field = |id: &Option<String>, name: &str, default: &str| {
         id.as_ref()
             .and_then(|id| contents.get(id))
@@ -184,14 +177,7 @@ pub async fn filter_visible_to_server(
         .collect();
     ids.sort();
     ids.dedup();
-    let contents: HashMap<String, serde_json::Value> = events::get_many(conn, &ids)
-        .await?
-        .into_iter()
-        .filter_map(|e| {
-            let json = serde_json::from_str::<serde_json::Value>(&e.json).ok()?;
-            Some((e.event_id, json["content"].clone()))
-        })
-        .collect();
+    let contents = contents_of(conn, &ids).await?;
     let content_str = |id: &str, field: &str| contents.get(id).and_then(|c| c[field].as_str()).map(str::to_owned);
     let visible_groups: HashMap<i64, bool> = per_group
         .iter()
@@ -220,6 +206,18 @@ pub async fn filter_visible_to_server(
                 .and_then(|g| visible_groups.get(&g))
                 .copied()
                 .unwrap_or(false)
+        })
+        .collect())
+}
+
+/// The contents of these events, by ID, in one query.
+async fn contents_of(conn: &mut AnyConnection, ids: &[String]) -> Result<HashMap<String, serde_json::Value>> {
+    Ok(events::get_many(conn, ids)
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            let json = serde_json::from_str::<serde_json::Value>(&e.json).ok()?;
+            Some((e.event_id, json["content"].clone()))
         })
         .collect())
 }

@@ -141,28 +141,17 @@ pub async fn commit(
         _ => before_group,
     };
 
-    let json = serde_json::to_string(&pdu.json).map_err(Error::internal)?;
-    let event_id = pdu.event_id.to_string();
     let accepted = rejected.is_none() && !soft_failed;
-    let event_type = pdu.kind.to_string();
+    let text = RowText::of(&pdu)?;
+    let event_id = &text.event_id;
     let row = events::NewEventRow {
-        event_id: &event_id,
-        room_id: &room_id,
-        depth: pdu.depth,
-        event_type: &event_type,
-        state_key: pdu.state_key.as_deref(),
-        sender: pdu.sender.as_str(),
-        origin_server_ts: i64::from(pdu.origin_server_ts.0),
-        json: &json,
-        outlier: false,
         rejected_reason: rejected.as_deref(),
         soft_failed,
         state_before: before_group,
         state_after: after_group,
         txn: write.txn,
+        ..text.row(&pdu)
     };
-    // The writes are collected and sent at the end in one statement (see `db::batch`): what
-    // is read below is the room as it was before this event.
     let slot = match (accepted, write.backfilled) {
         (false, _) => Slot::None,
         (true, false) => Slot::Live,
@@ -174,7 +163,7 @@ pub async fn commit(
     } else {
         events::insert(&mut batch, &row, slot);
     }
-    events::insert_edges(&mut batch, &event_id, &prev, &auth);
+    events::insert_edges(&mut batch, event_id, &prev, &auth);
 
     if !accepted {
         batch.run(conn).await?;
@@ -204,10 +193,10 @@ pub async fn commit(
 
     // Forward extremities: the event replaces its prev events, unless a known event already
     // builds on it (a received event arriving late; a local one was built just now).
-    let referenced = !local && events::is_referenced(conn, &event_id).await?;
+    let referenced = !local && events::is_referenced(conn, event_id).await?;
     let mut extremities = head.extremities.clone();
     extremities.retain(|e| !prev.contains(e));
-    if !referenced && !extremities.contains(&event_id) {
+    if !referenced && !extremities.contains(event_id) {
         extremities.push(event_id.clone());
     }
     extremities.sort_unstable();
@@ -215,7 +204,7 @@ pub async fn commit(
     // Current state: the event's own state, or the resolution of every extremity's.
     let old_current = state_store::load_or_empty(db, conn, current_group).await?;
     let new_current_group =
-        current_group_after(core, conn, rules, &room_id, &event_id, &extremities, after_group).await?;
+        current_group_after(core, conn, rules, &room_id, event_id, &extremities, after_group).await?;
     let new_current = state_store::load_or_empty(db, conn, new_current_group).await?;
     if new_current_group != current_group {
         rooms::apply_current_state_delta(&mut batch, &room_id, &old_current, &new_current);
@@ -336,31 +325,60 @@ pub async fn store_outlier(core: &Core, conn: &mut AnyConnection, checked: Check
         ..
     } = checked;
     pdu.rejected = rejected.is_some();
-    let json = serde_json::to_string(&pdu.json).map_err(Error::internal)?;
-    let (event_id, room_id, event_type) = (pdu.event_id.to_string(), pdu.room_id.to_string(), pdu.kind.to_string());
+    let text = RowText::of(&pdu)?;
     let row = events::NewEventRow {
-        event_id: &event_id,
-        room_id: &room_id,
-        depth: pdu.depth,
-        event_type: &event_type,
-        state_key: pdu.state_key.as_deref(),
-        sender: pdu.sender.as_str(),
-        origin_server_ts: i64::from(pdu.origin_server_ts.0),
-        json: &json,
         outlier: true,
         rejected_reason: rejected.as_deref(),
-        soft_failed: false,
-        state_before: None,
-        state_after: None,
-        txn: None,
+        ..text.row(&pdu)
     };
     let mut batch = core.db.batch();
     events::insert(&mut batch, &row, Slot::None);
-    events::insert_edges(&mut batch, &event_id, &[], &auth);
+    events::insert_edges(&mut batch, &text.event_id, &[], &auth);
     batch.run(conn).await?;
     let mut outcome = Outcome::not_in_timeline(pdu, None, rejected, false);
     outcome.outlier = true;
     Ok(outcome)
+}
+
+/// The strings an event's row is written from, owned here so that the row (and the write
+/// batch) can borrow them.
+struct RowText {
+    event_id: String,
+    room_id: String,
+    event_type: String,
+    json: String,
+}
+
+impl RowText {
+    fn of(pdu: &Pdu) -> Result<RowText> {
+        Ok(RowText {
+            event_id: pdu.event_id.to_string(),
+            room_id: pdu.room_id.to_string(),
+            event_type: pdu.kind.to_string(),
+            json: serde_json::to_string(&pdu.json).map_err(Error::internal)?,
+        })
+    }
+
+    /// The event's row with nothing known beyond the event: a full event, accepted, without
+    /// state groups or a transaction ID.
+    fn row<'a>(&'a self, pdu: &'a Pdu) -> events::NewEventRow<'a> {
+        events::NewEventRow {
+            event_id: &self.event_id,
+            room_id: &self.room_id,
+            depth: pdu.depth,
+            event_type: &self.event_type,
+            state_key: pdu.state_key.as_deref(),
+            sender: pdu.sender.as_str(),
+            origin_server_ts: i64::from(pdu.origin_server_ts.0),
+            json: &self.json,
+            outlier: false,
+            rejected_reason: None,
+            soft_failed: false,
+            state_before: None,
+            state_after: None,
+            txn: None,
+        }
+    }
 }
 
 /// Mirrors changed `m.room.member` state into `room_memberships`, at the batch's position.
