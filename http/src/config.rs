@@ -157,6 +157,9 @@ pub struct VoipConfig {
     pub turn_user_lifetime: Duration,
     /// Whether guests get TURN credentials too.
     pub turn_allow_guests: bool,
+    /// Where Element Call gets LiveKit tokens (an lk-jwt-service, MSC4195), advertised as the
+    /// MatrixRTC transport in `/.well-known/matrix/client`; empty advertises none.
+    pub livekit_service_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -271,6 +274,7 @@ impl Default for VoipConfig {
             turn_password: String::new(),
             turn_user_lifetime: Duration::from_secs(60 * 60),
             turn_allow_guests: true,
+            livekit_service_url: String::new(),
         }
     }
 }

@@ -87,3 +87,31 @@ both_backends!(fixed_credentials_and_guests, |backend| async move {
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
     server.stop().await;
 });
+
+both_backends!(
+    the_livekit_service_is_advertised_as_the_rtc_transport,
+    |backend| async move {
+        let Some(server) = TestServer::start_with(backend, |config| {
+            config.voip.livekit_service_url = "https://livekit-jwt.example.org".into();
+        })
+        .await
+        else {
+            return;
+        };
+        let (status, body) = server.client().get("/.well-known/matrix/client").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["m.homeserver"]["base_url"], server.config.base_url());
+        assert_eq!(
+            body["org.matrix.msc4143.rtc_foci"],
+            json!([{ "type": "livekit", "livekit_service_url": "https://livekit-jwt.example.org" }])
+        );
+        server.stop().await;
+        // Without one, no transport is advertised.
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        let (_, body) = server.client().get("/.well-known/matrix/client").await;
+        assert!(body.get("org.matrix.msc4143.rtc_foci").is_none(), "{body}");
+        server.stop().await;
+    }
+);

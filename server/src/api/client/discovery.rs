@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use ruma::api::client::discovery::{discover_homeserver, get_supported_versions};
+use serde_json::{json, Value};
 
 use crate::{error::ApiResult, ruma_wrapper::Ruma, state::AppState};
 
@@ -25,11 +26,15 @@ pub async fn versions(
     Ok(response)
 }
 
-pub async fn client_well_known(
-    state: AppState,
-    _: Ruma<discover_homeserver::Request>,
-) -> ApiResult<discover_homeserver::Response> {
-    Ok(discover_homeserver::Response::new(
-        discover_homeserver::HomeserverInfo::new(state.config.base_url().to_owned()),
-    ))
+/// # `GET /.well-known/matrix/client`
+///
+/// The homeserver's base URL, and the MatrixRTC transport (a LiveKit token service) when one
+/// is configured, under the unstable name Element Call reads (MSC4143).
+pub async fn client_well_known(state: AppState, _: Ruma<discover_homeserver::Request>) -> ApiResult<Value> {
+    let mut body = json!({ "m.homeserver": { "base_url": state.config.base_url() } });
+    let livekit = &state.config.voip.livekit_service_url;
+    if !livekit.is_empty() {
+        body["org.matrix.msc4143.rtc_foci"] = json!([{ "type": "livekit", "livekit_service_url": livekit }]);
+    }
+    Ok(body)
 }

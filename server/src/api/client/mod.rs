@@ -69,7 +69,7 @@ pub fn router() -> Router<AppState> {
     }
     router
         .ruma(discovery::versions)
-        .ruma(discovery::client_well_known)
+        .ruma_json(discovery::client_well_known)
         .ruma(capabilities::get_capabilities)
         .ruma_json(register::register)
         .ruma(register::available)
