@@ -2,6 +2,7 @@
 //! that waits on the notifier rather than polling the database.
 
 mod batch;
+pub mod legacy;
 pub mod sliding;
 pub mod token;
 
