@@ -1,11 +1,25 @@
 //! Account data: a user's global and per-room data, and room tags, which are the room's
 //! `m.tag` data (`{"tags": {tag: info}}`) edited one tag at a time.
 
+use std::collections::HashSet;
+
 use serde_json::{json, Map, Value};
+use sqlx::AnyConnection;
 
 use crate::{storage::account_data, Core, Error, Result};
 
 const TAGS: &str = "m.tag";
+const IGNORED_USERS: &str = "m.ignored_user_list";
+
+/// The users `user_id` ignores (the keys of `ignored_users` in their `m.ignored_user_list`).
+pub async fn ignored_users(conn: &mut AnyConnection, user_id: &str) -> Result<HashSet<String>> {
+    let stored = account_data::get(conn, user_id, "", IGNORED_USERS).await?;
+    let content: Value = stored.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default();
+    Ok(content["ignored_users"]
+        .as_object()
+        .map(|users| users.keys().cloned().collect())
+        .unwrap_or_default())
+}
 
 /// Stores one piece of account data (`room_id` "" for global) and wakes the user's syncs,
 /// which carry it from then on.

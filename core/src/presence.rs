@@ -137,13 +137,13 @@ pub async fn users_sharing_rooms(conn: &mut AnyConnection, user_id: &str) -> Res
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// Presence changes in `(since, until]` of users sharing a room with `user_id`.
+/// Presence changes in `(since, until]` of the user and of users sharing a room with them.
 pub async fn changes_for(conn: &mut AnyConnection, user_id: &str, since: i64, until: i64) -> Result<Vec<Presence>> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts FROM presence p
-         WHERE p.stream_pos > $2 AND p.stream_pos <= $3 AND p.user_id IN (
+         WHERE p.stream_pos > $2 AND p.stream_pos <= $3 AND (p.user_id = $1 OR p.user_id IN (
              SELECT b.user_id FROM room_memberships a JOIN room_memberships b ON a.room_id = b.room_id
-             WHERE a.user_id = $1 AND a.membership = 'join' AND b.membership = 'join')
+             WHERE a.user_id = $1 AND a.membership = 'join' AND b.membership = 'join'))
          ORDER BY p.stream_pos",
     )
     .bind(user_id)
@@ -151,15 +151,42 @@ pub async fn changes_for(conn: &mut AnyConnection, user_id: &str, since: i64, un
     .bind(until)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Presence {
-            user_id: r.0,
-            state: r.1,
-            status_msg: r.2,
-            last_active_ts: r.3,
-        })
-        .collect())
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// The presence of users the user newly shares a room with: those who joined one of the
+/// user's rooms, and the members of rooms the user joined, with a membership event between
+/// the `events` stream positions `since` and `until`. A sync reports them whether or not their
+/// presence changed, since the user had not seen it.
+pub async fn of_new_room_mates(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    since: i64,
+    until: i64,
+) -> Result<Vec<Presence>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT p.user_id, p.state, p.status_msg, p.last_active_ts FROM presence p
+         WHERE p.user_id <> $1 AND p.user_id IN (
+             SELECT b.user_id FROM room_memberships a JOIN room_memberships b ON a.room_id = b.room_id
+             WHERE a.user_id = $1 AND a.membership = 'join' AND b.membership = 'join'
+               AND ((b.stream_pos > $2 AND b.stream_pos <= $3) OR (a.stream_pos > $2 AND a.stream_pos <= $3)))
+         ORDER BY p.stream_pos",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(until)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+fn from_row(r: Row) -> Presence {
+    Presence {
+        user_id: r.0,
+        state: r.1,
+        status_msg: r.2,
+        last_active_ts: r.3,
+    }
 }
 
 #[cfg(test)]

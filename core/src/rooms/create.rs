@@ -2,11 +2,12 @@
 
 use ruma::{OwnedUserId, RoomVersionId, UserId};
 use serde_json::{json, Map, Value};
+use sqlx::AnyConnection;
 
 use crate::{
     events::{
         builder::{self, EventTemplate},
-        pipeline, rules_for, StateMap,
+        pipeline, rules_for, Pdu, StateMap,
     },
     storage::{rooms, users},
     util::random_string,
@@ -41,22 +42,60 @@ pub struct Created {
 }
 
 pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Result<Created> {
+    let profiles = Profiles::read(core, creator, &req).await?;
+    let mut tx = core.db.write().await?;
+    let (created, sent) = create_in_tx(core, &mut tx, creator, req, profiles, None).await?;
+    tx.commit().await?;
+    for pdu in &sent {
+        super::notify_committed(core, pdu);
+    }
+    Ok(created)
+}
+
+/// The profiles a room's initial member events carry, read before the transaction: never
+/// wait for a second pooled connection while holding one.
+pub(crate) struct Profiles {
+    creator: Option<users::User>,
+    invitee_names: Vec<Option<String>>,
+}
+
+impl Profiles {
+    pub(crate) async fn read(core: &Core, creator: &UserId, req: &CreateRoom) -> Result<Profiles> {
+        let profile = users::get(&core.db, creator.as_str()).await?;
+        let mut invitee_names = Vec::new();
+        for invitee in &req.invite {
+            invitee_names.push(
+                users::get(&core.db, invitee.as_str())
+                    .await?
+                    .and_then(|p| p.displayname),
+            );
+        }
+        Ok(Profiles {
+            creator: profile,
+            invitee_names,
+        })
+    }
+}
+
+/// Creates the room inside `tx` (with the given ID, or a new one; a version whose room IDs are
+/// hashes of the create event ignores it) and returns it with the events to announce once
+/// `tx` committed.
+pub(crate) async fn create_in_tx(
+    core: &Core,
+    tx: &mut AnyConnection,
+    creator: &UserId,
+    req: CreateRoom,
+    profiles: Profiles,
+    room_id: Option<String>,
+) -> Result<(Created, Vec<Pdu>)> {
     let rules = rules_for(req.version.as_str())?;
     let privileged_creators = rules.authorization.explicitly_privilege_room_creators;
-    // Profiles are read before the transaction: never wait for a second pooled connection
-    // while holding one.
-    let profile = users::get(&core.db, creator.as_str()).await?;
-    let mut invitee_names = Vec::new();
-    for invitee in &req.invite {
-        invitee_names.push(
-            users::get(&core.db, invitee.as_str())
-                .await?
-                .and_then(|p| p.displayname),
-        );
-    }
-    let mut tx = core.db.write().await?;
+    let Profiles {
+        creator: profile,
+        invitee_names,
+    } = profiles;
     if let Some(alias) = &req.alias {
-        if rooms::alias_get(&mut tx, alias).await?.is_some() {
+        if rooms::alias_get(tx, alias).await?.is_some() {
             return Err(Error::RoomInUse("Room alias already taken".into()));
         }
     }
@@ -71,13 +110,13 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     let room_id = if rules.authorization.room_create_event_id_as_room_id {
         None
     } else {
-        Some(format!("!{}:{}", random_string(18), core.server_name))
+        Some(room_id.unwrap_or_else(|| new_room_id(core)))
     };
     // A room has no head before its create event.
     let no_head = rooms::Head::default();
     let create_pdu = builder::build(
         core,
-        &mut tx,
+        tx,
         &rules,
         room_id.as_deref(),
         creator,
@@ -87,10 +126,10 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
     )
     .await?;
     let room_id = create_pdu.room_id.to_string();
-    rooms::insert(&mut tx, &room_id, req.version.as_str(), creator.as_str()).await?;
-    rooms::lock(&mut tx, &room_id).await?;
+    rooms::insert(tx, &room_id, req.version.as_str(), creator.as_str()).await?;
+    rooms::lock(tx, &room_id).await?;
     // The create event's own checks; a content the rules refuse is the request's fault.
-    let checked = super::writer::prepare_local(core, &mut tx, &rules, create_pdu)
+    let checked = super::writer::prepare_local(core, tx, &rules, create_pdu)
         .await
         .map_err(|e| match e {
             Error::Forbidden(reason) => Error::BadJson(format!("invalid create event: {reason}")),
@@ -98,7 +137,7 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         })?;
     let outcome = pipeline::commit(
         core,
-        &mut tx,
+        tx,
         &rules,
         checked,
         &no_head,
@@ -206,23 +245,27 @@ pub async fn create_room(core: &Core, creator: &UserId, req: CreateRoom) -> Resu
         .ok_or_else(|| Error::Internal("the create event left no head".into()))?;
     let mut sent = Vec::new();
     for t in &templates {
-        let (pdu, pos, after) = super::send_in_tx(core, &mut tx, &room_id, creator, t, &head).await?;
+        let (pdu, pos, after) = super::send_in_tx(core, tx, &room_id, creator, t, &head).await?;
         last = pos;
         head = after;
         sent.push(pdu);
     }
     if let Some(alias) = &req.alias {
-        rooms::alias_insert(&mut tx, alias, &room_id, creator.as_str()).await?;
+        rooms::alias_insert(tx, alias, &room_id, creator.as_str()).await?;
     }
     if req.public {
-        rooms::set_public(&mut tx, &room_id, true).await?;
+        rooms::set_public(tx, &room_id, true).await?;
     }
-    tx.commit().await?;
-    for pdu in &sent {
-        super::notify_committed(core, pdu);
-    }
-    Ok(Created {
-        room_id,
-        last_stream_pos: last,
-    })
+    Ok((
+        Created {
+            room_id,
+            last_stream_pos: last,
+        },
+        sent,
+    ))
+}
+
+/// A room ID for a version whose room IDs are not hashes of the create event.
+pub(crate) fn new_room_id(core: &Core) -> String {
+    format!("!{}:{}", random_string(18), core.server_name)
 }

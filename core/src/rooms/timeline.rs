@@ -305,6 +305,21 @@ pub async fn visible_event(
         .ok_or_else(not_found)
 }
 
+/// An event `user` may see, found by its ID alone (the deprecated `GET /events/{eventId}`);
+/// NotFound as `visible_event` otherwise.
+pub async fn visible_event_by_id(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user: &str,
+    event_id: &str,
+) -> Result<StoredEvent> {
+    let room_id = events::get(conn, event_id)
+        .await?
+        .map(|e| e.room_id)
+        .ok_or_else(|| Error::NotFound("Event not found".into()))?;
+    visible_event(core, conn, user, &room_id, event_id).await
+}
+
 /// An event with the visible events around it (`/context`).
 #[derive(Debug)]
 pub struct Context {

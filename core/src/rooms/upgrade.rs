@@ -7,7 +7,7 @@ use sqlx::AnyConnection;
 
 use super::{
     create::{self, CreateRoom, Preset},
-    current_state, power, room_rules, send, send_in_tx,
+    current_state, power, room_rules, send_in_tx,
 };
 use crate::{
     events::{builder::EventTemplate, rules_for, StateMap},
@@ -51,21 +51,12 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
         .await?
         .unwrap_or_default();
     let mut creation_content = Map::new();
-    // The predecessor names the last event known in the old room (optional since v12, whose
-    // room IDs are hashes of the create event and so cannot refer to the tombstone).
-    let last_event = events::query(
-        &mut conn,
-        "WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos DESC LIMIT 1",
-        &[room_id],
-    )
-    .await?
-    .pop()
-    .map(|e| e.event_id);
-    let mut predecessor = json!({ "room_id": room_id });
-    if let Some(event_id) = last_event {
-        predecessor["event_id"] = json!(event_id);
-    }
-    creation_content.insert("predecessor".into(), predecessor);
+    // The predecessor names the old room's tombstone, which names the new room: the new room's
+    // ID is chosen first. A v12 room's ID is the hash of its create event, so the tombstone
+    // comes after it there and the predecessor names the room alone (as with Synapse).
+    let hashed_ids = new_rules.authorization.room_create_event_id_as_room_id;
+    let new_room_id = (!hashed_ids).then(|| create::new_room_id(core));
+    creation_content.insert("predecessor".into(), json!({ "room_id": room_id }));
     for key in ["type", "m.federate"] {
         if let Some(v) = create_content.get(key) {
             creation_content.insert(key.into(), v.clone());
@@ -92,39 +83,24 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
     let was_public = rooms::is_public(&mut conn, room_id).await?.unwrap_or(false);
     drop(conn);
 
-    let created = create::create_room(
-        core,
-        user,
-        CreateRoom {
-            version: req.new_version,
-            preset: if join_rule["join_rule"] == "public" {
-                Preset::PublicChat
-            } else {
-                Preset::PrivateChat
-            },
-            creation_content,
-            power_level_override: None,
-            name: None,
-            topic: None,
-            alias: None,
-            invite: Vec::new(),
-            is_direct: false,
-            initial_state,
-            public: was_public,
+    let new_room = CreateRoom {
+        version: req.new_version,
+        preset: if join_rule["join_rule"] == "public" {
+            Preset::PublicChat
+        } else {
+            Preset::PrivateChat
         },
-    )
-    .await?;
-    let new_room = created.room_id;
-
-    let tombstone = json!({ "body": "This room has been replaced", "replacement_room": new_room });
-    send(
-        core,
-        room_id,
-        user,
-        EventTemplate::state("m.room.tombstone", "", tombstone),
-        None,
-    )
-    .await?;
+        creation_content,
+        power_level_override: None,
+        name: None,
+        topic: None,
+        alias: None,
+        invite: Vec::new(),
+        is_direct: false,
+        initial_state,
+        public: was_public,
+    };
+    let new_room = replace_room(core, user, room_id, new_room, new_room_id).await?;
     // Like Synapse, what follows is best effort: the upgrade itself has happened.
     if let Err(err) = restrict_old_room(core, user, room_id).await {
         tracing::info!(%room_id, error = %err, "could not restrict the old room's power levels");
@@ -133,6 +109,54 @@ pub async fn upgrade_room(core: &Core, user: &UserId, room_id: &str, req: Upgrad
         tracing::warn!(%room_id, error = %err, "could not move aliases to the upgraded room");
     }
     Ok(new_room)
+}
+
+/// Tombstones `room_id` and creates its replacement in one transaction, so neither happens
+/// without the other: the tombstone first when the new room's ID is known beforehand (its
+/// create event then names the tombstone), else the new room first.
+async fn replace_room(
+    core: &Core,
+    user: &UserId,
+    room_id: &str,
+    mut new_room: CreateRoom,
+    new_room_id: Option<String>,
+) -> Result<String> {
+    let profiles = create::Profiles::read(core, user, &new_room).await?;
+    let mut tx = core.db.write().await?;
+    let Some(head) = rooms::lock(&mut tx, room_id).await? else {
+        return Err(Error::NotFound("Unknown room".into()));
+    };
+    let tombstone = |new_room: &str| {
+        EventTemplate::state(
+            "m.room.tombstone",
+            "",
+            json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+        )
+    };
+    let (created, sent) = match new_room_id {
+        Some(new_room_id) => {
+            let (pdu, _, _) = send_in_tx(core, &mut tx, room_id, user, &tombstone(&new_room_id), &head).await?;
+            new_room.creation_content.insert(
+                "predecessor".into(),
+                json!({ "room_id": room_id, "event_id": pdu.event_id }),
+            );
+            let (created, mut sent) =
+                create::create_in_tx(core, &mut tx, user, new_room, profiles, Some(new_room_id)).await?;
+            sent.push(pdu);
+            (created, sent)
+        }
+        None => {
+            let (created, mut sent) = create::create_in_tx(core, &mut tx, user, new_room, profiles, None).await?;
+            let (pdu, _, _) = send_in_tx(core, &mut tx, room_id, user, &tombstone(&created.room_id), &head).await?;
+            sent.push(pdu);
+            (created, sent)
+        }
+    };
+    tx.commit().await?;
+    for pdu in &sent {
+        super::notify_committed(core, pdu);
+    }
+    Ok(created.room_id)
 }
 
 /// Only a joined user with the power to send `m.room.tombstone` may upgrade.

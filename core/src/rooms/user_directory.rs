@@ -1,11 +1,11 @@
 //! The user directory (`POST /user_directory/search`): users who share a room with the
-//! searcher, plus members of public rooms, matched by word prefixes of their user ID's
+//! searcher, plus members of public (joinable or world-readable) rooms, matched by word prefixes of their user ID's
 //! localpart or display name. Deactivated users never appear.
 
 use serde_json::Value;
 use sqlx::AnyConnection;
 
-use crate::Result;
+use crate::{storage::InList, Result};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectoryUser {
@@ -48,31 +48,39 @@ fn matches(term: &str, user: &DirectoryUser) -> bool {
     wanted.iter().all(|w| have.iter().any(|h| h.starts_with(w.as_str())))
 }
 
-/// Rooms whose current join rule is `public`.
-async fn public_join_rule_rooms(conn: &mut AnyConnection) -> Result<Vec<String>> {
+/// Rooms public in the user directory's sense (Synapse's): anyone may join them (join rule
+/// `public`) or read them (history visibility `world_readable`).
+async fn public_rooms(conn: &mut AnyConnection) -> Result<Vec<String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT cs.room_id, e.json FROM current_state cs JOIN events e ON e.event_id = cs.event_id
-         WHERE cs.event_type = 'm.room.join_rules' AND cs.state_key = ''",
+         WHERE cs.state_key = '' AND cs.event_type IN ('m.room.join_rules', 'm.room.history_visibility')",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
+    let mut rooms: Vec<String> = rows
         .into_iter()
-        .filter(|(_, json)| serde_json::from_str::<Value>(json).is_ok_and(|j| j["content"]["join_rule"] == "public"))
+        .filter(|(_, json)| {
+            serde_json::from_str::<Value>(json).is_ok_and(|j| {
+                j["content"]["join_rule"] == "public" || j["content"]["history_visibility"] == "world_readable"
+            })
+        })
         .map(|(room, _)| room)
-        .collect())
+        .collect();
+    rooms.sort();
+    rooms.dedup();
+    Ok(rooms)
 }
 
-/// Candidates: joined members of rooms the searcher is joined to or that are public, with
-/// their global profile, and whether they share a room with the searcher. The searcher is
-/// left out, as Synapse does for private rooms: nobody looks themselves up.
+/// Candidates: joined members of rooms the searcher is joined to or that are public (or
+/// listed in the room directory), with their global profile, and whether they share a room
+/// with the searcher. The searcher is left out: nobody looks themselves up.
 async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(DirectoryUser, bool)>> {
-    let public = public_join_rule_rooms(conn).await?;
+    let public = public_rooms(conn).await?;
+    let list = InList::new(conn, 2, public.len());
     let public_cond = if public.is_empty() {
         String::new()
     } else {
-        let ph: Vec<String> = (2..2 + public.len()).map(|i| format!("${i}")).collect();
-        format!(" OR m.room_id IN ({})", ph.join(", "))
+        format!(" OR m.room_id IN ({})", list.sql())
     };
     let sql = format!(
         "SELECT m.user_id, u.displayname, u.avatar_url,
@@ -86,8 +94,8 @@ async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(Dir
          GROUP BY m.user_id, u.displayname, u.avatar_url"
     );
     let mut query = sqlx::query_as::<_, (String, Option<String>, Option<String>, i64)>(&sql).bind(searcher);
-    for room in &public {
-        query = query.bind(room.as_str());
+    for value in list.binds(&public) {
+        query = query.bind(value);
     }
     let rows = query.fetch_all(conn).await?;
     Ok(rows

@@ -46,13 +46,38 @@ pub(super) async fn latest_events(
     to: i64,
     limit: i64,
 ) -> Result<HashMap<String, Vec<StoredEvent>>> {
+    window_events(conn, room_ids, (from, to), limit, true).await
+}
+
+/// Up to `limit` oldest timeline events per room with positions in `(from, to]`, oldest first
+/// within each room.
+pub(super) async fn earliest_events(
+    conn: &mut AnyConnection,
+    room_ids: &[String],
+    from: i64,
+    to: i64,
+    limit: i64,
+) -> Result<HashMap<String, Vec<StoredEvent>>> {
+    window_events(conn, room_ids, (from, to), limit, false).await
+}
+
+async fn window_events(
+    conn: &mut AnyConnection,
+    room_ids: &[String],
+    (from, to): (i64, i64),
+    limit: i64,
+    newest_first: bool,
+) -> Result<HashMap<String, Vec<StoredEvent>>> {
     let mut out: HashMap<String, Vec<StoredEvent>> = HashMap::new();
+    let order = if newest_first { "DESC" } else { "ASC" };
     let sql = per_room(
         Backend::of(conn),
         4,
         events::COLUMNS,
-        "x.stream_pos > $1 AND x.stream_pos <= $2 AND x.stream_pos IS NOT NULL
-         ORDER BY x.stream_pos DESC LIMIT $3",
+        &format!(
+            "x.stream_pos > $1 AND x.stream_pos <= $2 AND x.stream_pos IS NOT NULL
+             ORDER BY x.stream_pos {order} LIMIT $3"
+        ),
     );
     for chunk in room_ids.chunks(IN_CHUNK) {
         let q = sqlx::query(&sql).bind(from).bind(to).bind(limit).bind(json_list(chunk));
@@ -63,7 +88,11 @@ pub(super) async fn latest_events(
     }
     for list in out.values_mut() {
         // Rows come back in any order the database likes.
-        list.sort_by_key(|e| std::cmp::Reverse(e.stream_pos));
+        if newest_first {
+            list.sort_by_key(|e| std::cmp::Reverse(e.stream_pos));
+        } else {
+            list.sort_by_key(|e| e.stream_pos);
+        }
     }
     Ok(out)
 }

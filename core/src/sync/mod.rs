@@ -2,6 +2,7 @@
 //! that waits on the notifier rather than polling the database.
 
 mod batch;
+pub mod legacy;
 pub mod sliding;
 pub mod token;
 
@@ -108,6 +109,55 @@ pub(crate) async fn user_memberships(conn: &mut AnyConnection, user_id: &str) ->
         .collect())
 }
 
+/// The user's memberships less the invites of users they ignore, which no sync shows.
+pub(crate) async fn without_ignored_invites(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    mut memberships: Vec<Membership>,
+) -> Result<Vec<Membership>> {
+    let invites: Vec<String> = memberships
+        .iter()
+        .filter(|m| m.membership == "invite")
+        .map(|m| m.event_id.clone())
+        .collect();
+    if invites.is_empty() {
+        return Ok(memberships);
+    }
+    let ignored = crate::account_data::ignored_users(conn, user_id).await?;
+    if ignored.is_empty() {
+        return Ok(memberships);
+    }
+    let from_ignored: HashSet<String> = events::get_many(conn, &invites)
+        .await?
+        .into_iter()
+        .filter(|e| ignored.contains(&e.sender))
+        .map(|e| e.event_id)
+        .collect();
+    memberships.retain(|m| !from_ignored.contains(&m.event_id));
+    Ok(memberships)
+}
+
+/// The timeline events a sync shows the user: those they may see (`currently_joined` as for
+/// `visibility::filter_visible_many`), less the non-state events of users they ignore (their
+/// state events still make up the room's state).
+pub(crate) async fn shown_events(
+    core: &Core,
+    conn: &mut AnyConnection,
+    user_id: &str,
+    currently_joined: &HashMap<String, String>,
+    candidates: Vec<StoredEvent>,
+) -> Result<Vec<StoredEvent>> {
+    if candidates.is_empty() {
+        return Ok(candidates);
+    }
+    let mut visible = visibility::filter_visible_many(core, conn, user_id, currently_joined, candidates).await?;
+    let ignored = crate::account_data::ignored_users(conn, user_id).await?;
+    if !ignored.is_empty() {
+        visible.retain(|e| e.state_key.is_some() || !ignored.contains(&e.sender));
+    }
+    Ok(visible)
+}
+
 fn is_empty(response: &Value) -> bool {
     let rooms = &response["rooms"];
     ["join", "invite", "leave", "knock"]
@@ -156,6 +206,7 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
             Arc::new(memberships.iter().map(|m| m.room_id.clone()).collect()),
         ),
     );
+    let memberships = without_ignored_invites(&mut conn, &req.user_id, memberships).await?;
     // A read whose stream has not moved past the token would find nothing: skipped.
     let changed_account_data = if since.account_data == now.account_data {
         Vec::new()
@@ -167,11 +218,11 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
     } else {
         RoomChanges::read(core, &mut conn, since, now).await?
     };
+    // Only a membership event can make users start or stop sharing a room.
+    let memberships_moved = changes.events.values().any(|has_member| *has_member);
     let device_lists = match &req.since {
         None => Default::default(),
         Some(since) => {
-            // Only a membership event can make users start or stop sharing a room.
-            let memberships_moved = changes.events.values().any(|has_member| *has_member);
             crate::e2ee::device_lists::changes(&mut conn, &req.user_id, since, &now, memberships_moved).await?
         }
     };
@@ -244,7 +295,7 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
         "next_batch": now.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": presence_events(&mut conn, req, since, now).await? },
+        "presence": { "events": presence_events(&mut conn, req, since, now, memberships_moved).await? },
         "to_device": { "events": to_device },
         "device_lists": device_lists,
         "device_one_time_keys_count": keys.one_time_key_counts,
@@ -295,12 +346,14 @@ struct JoinedPlan<'a> {
     newly_joined: bool,
 }
 
-/// Presence of users sharing a room with the user, changed since the token.
+/// Presence of the user and of users sharing a room with them, changed since the token, and
+/// on an incremental sync in which memberships moved, that of users newly sharing a room.
 async fn presence_events(
     conn: &mut AnyConnection,
     req: &SyncRequest,
     since: SyncToken,
     now: SyncToken,
+    memberships_moved: bool,
 ) -> Result<Vec<Value>> {
     if req
         .filter
@@ -309,12 +362,20 @@ async fn presence_events(
         .iter()
         .any(|t| t == "*" || t == "m.presence")
         || req.filter.presence.limit.is_some_and(|l| u64::from(l) == 0)
-        || since.presence == now.presence
     {
         return Ok(Vec::new());
     }
-    let changes = crate::presence::changes_for(conn, &req.user_id, since.presence, now.presence).await?;
-    Ok(changes.iter().map(|p| p.to_event()).collect())
+    let mut list = if since.presence == now.presence {
+        Vec::new()
+    } else {
+        crate::presence::changes_for(conn, &req.user_id, since.presence, now.presence).await?
+    };
+    if req.since.is_some() && memberships_moved {
+        let new_mates = crate::presence::of_new_room_mates(conn, &req.user_id, since.events, now.events).await?;
+        let known: HashSet<String> = list.iter().map(|p| p.user_id.clone()).collect();
+        list.extend(new_mates.into_iter().filter(|p| !known.contains(&p.user_id)));
+    }
+    Ok(list.iter().map(|p| p.to_event()).collect())
 }
 
 fn timeline_limit(filter: &RoomEventFilter) -> i64 {
@@ -364,7 +425,7 @@ async fn timelines(
             },
         );
     }
-    let visible = visibility::filter_visible_many(core, conn, &req.user_id, currently_joined, candidates).await?;
+    let visible = shown_events(core, conn, &req.user_id, currently_joined, candidates).await?;
     for event in visible {
         if filter::event_matches(&req.filter.room.timeline, &event) {
             if let Some(t) = out.get_mut(&event.room_id) {

@@ -18,12 +18,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sqlx::AnyConnection;
 
-use super::{receipt_content, stripped_state, user_memberships, SyncToken};
+use super::{receipt_content, shown_events, stripped_state, user_memberships, without_ignored_invites, SyncToken};
 use crate::{
     ephemeral::receipts,
     rooms::{
         client_format::{self, Viewer},
-        timeline, visibility,
+        timeline,
     },
     storage::{
         account_data,
@@ -317,6 +317,7 @@ async fn build(
         .into_iter()
         .filter(|m| matches!(m.membership.as_str(), "join" | "invite" | "knock") && m.stream_pos <= now.events)
         .collect();
+    let memberships = without_ignored_invites(&mut conn, session.user_id, memberships).await?;
     let room_ids: Vec<String> = memberships.iter().map(|m| m.room_id.clone()).collect();
     let positions = positions(&mut conn, &room_ids, now.events).await?;
     let stamps: HashMap<String, i64> = positions
@@ -518,7 +519,7 @@ async fn rooms_data(
         .map(|(job, _)| (job.room_id.to_owned(), job.m.event_id.clone()))
         .collect();
     let mut timelines: HashMap<String, Vec<StoredEvent>> = HashMap::new();
-    for event in visibility::filter_visible_many(core, conn, session.user_id, &currently_joined, candidates).await? {
+    for event in shown_events(core, conn, session.user_id, &currently_joined, candidates).await? {
         timelines.entry(event.room_id.clone()).or_default().push(event);
     }
 

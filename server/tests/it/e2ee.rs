@@ -120,9 +120,10 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     let bob = server.register("bob", "pw").await;
     let (alice_id, alice_dev) = whoami(&alice).await;
 
-    // A broken self-signature, and keys claiming another device, are refused.
-    let (mut keys, _) = device_keys(&alice).await;
-    keys["keys"][format!("curve25519:{alice_dev}")] = json!("dGFtcGVyZWQ");
+    // Keys claiming another user, or another device, are refused.
+    let (mut keys, key) = device_keys(&alice).await;
+    keys["user_id"] = json!("@bob:weft.test");
+    key.sign("@bob:weft.test", &mut keys);
     let (status, body) = alice
         .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
         .await;
@@ -134,10 +135,14 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     let (mut keys, key) = device_keys(&alice).await;
     keys["device_id"] = json!("OTHERDEVICE");
     key.sign(&alice_id, &mut keys);
-    let (status, _) = alice
+    let (status, body) = alice
         .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (_, body) = bob
         .post(
             "/_matrix/client/v3/keys/query",
@@ -220,6 +225,49 @@ both_backends!(device_keys_upload_query_and_counts, |backend| async move {
     assert_eq!(body["device_keys"][&alice_id], json!({}), "{body}");
     server.stop().await;
 });
+
+// As Synapse, the server does not verify the device's self-signature: the clients that
+// query the keys do.
+both_backends!(
+    device_keys_without_a_valid_self_signature_are_stored,
+    |backend| async move {
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        let alice = server.register("alice", "pw").await;
+        let bob = server.register("bob", "pw").await;
+        let (alice_id, alice_dev) = whoami(&alice).await;
+        let (mut keys, _) = device_keys(&alice).await;
+        keys["keys"][format!("curve25519:{alice_dev}")] = json!("dGFtcGVyZWQ");
+        let (status, body) = alice
+            .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": keys }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, body) = bob
+            .post(
+                "/_matrix/client/v3/keys/query",
+                json!({ "device_keys": { &alice_id: [] } }),
+            )
+            .await;
+        assert_eq!(
+            body["device_keys"][&alice_id][&alice_dev]["keys"], keys["keys"],
+            "{body}"
+        );
+        // Unsigned keys too.
+        let second = login(&server, "alice", "pw").await;
+        let (_, second_dev) = whoami(&second).await;
+        let unsigned = json!({
+            "user_id": alice_id, "device_id": second_dev,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": { format!("curve25519:{second_dev}"): "Y3VydmU", format!("ed25519:{second_dev}"): "ZWQ" },
+        });
+        let (status, body) = second
+            .post("/_matrix/client/v3/keys/upload", json!({ "device_keys": unsigned }))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        server.stop().await;
+    }
+);
 
 both_backends!(claim_then_fallback, |backend| async move {
     let Some(server) = TestServer::start(backend).await else {
@@ -851,14 +899,14 @@ both_backends!(dehydrated_device, |backend| async move {
     key.sign(&alice_id, &mut keys);
     let data = json!({ "algorithm": "org.matrix.msc3814.v2", "device_pickle": "pickle", "nonce": "nonce" });
     let mut bad = keys.clone();
-    bad["keys"]["curve25519:DEHYDRATED1"] = json!("b3RoZXI");
+    bad["user_id"] = json!("@bob:weft.test");
     let (status, _) = alice
         .put(
             base,
             json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": bad }),
         )
         .await;
-    assert_eq!(status, 400, "badly signed device keys are refused");
+    assert_eq!(status, 400, "another user's device keys are refused");
     let (status, body) = alice
         .put(base, json!({ "device_id": "DEHYDRATED1", "device_data": data, "device_keys": keys, "one_time_keys": otks("D", 1) }))
         .await;

@@ -869,3 +869,132 @@ both_backends!(pushers_go_with_their_device, |backend| async move {
     assert_eq!(list["pushers"], json!([]), "a logged-out device keeps no pusher");
     server.stop().await;
 });
+
+both_backends!(rule_ids_with_sigils_and_malformed_rules, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    // Room and sender rules are named by room and user IDs, sent as they are or encoded.
+    for (kind, id, path_id) in [
+        ("room", "!abc:weft.test", "!abc:weft.test".to_owned()),
+        ("room", "!def:weft.test", urlencode("!def:weft.test")),
+        ("sender", "@bob:weft.test", "@bob:weft.test".to_owned()),
+        ("sender", "@carol:weft.test", urlencode("@carol:weft.test")),
+    ] {
+        let (status, body) = alice
+            .put(
+                &format!("{RULES}/global/{kind}/{path_id}"),
+                json!({"actions": ["notify"]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{kind} {path_id}: {body}");
+        let (status, got) = alice.get(&format!("{RULES}/global/{kind}/{path_id}")).await;
+        assert_eq!((status, got["rule_id"].as_str()), (200, Some(id)), "{got}");
+    }
+    // Override and underride rules may be named like IDs too.
+    for (kind, path_id, id) in [
+        ("override", "@user:weft.test".to_owned(), "@user:weft.test"),
+        ("override", urlencode("!room:weft.test"), "!room:weft.test"),
+        ("underride", urlencode("#alias:weft.test"), "#alias:weft.test"),
+    ] {
+        let rule = json!({
+            "conditions": [{"kind": "event_match", "key": "room_id", "pattern": "!room:weft.test"}],
+            "actions": ["notify"],
+        });
+        let (status, body) = alice.put(&format!("{RULES}/global/{kind}/{path_id}"), rule).await;
+        assert_eq!(status, 200, "{kind} {path_id}: {body}");
+        let (status, got) = alice.get(&format!("{RULES}/global/{kind}/{path_id}")).await;
+        assert_eq!((status, got["rule_id"].as_str()), (200, Some(id)), "{got}");
+        let (status, body) = alice
+            .put(
+                &format!("{RULES}/global/{kind}/{path_id}/enabled"),
+                json!({"enabled": false}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, all) = alice.get(&format!("{RULES}/")).await;
+    assert!(
+        rule_ids(&all["global"], "room").contains(&"!abc:weft.test".to_owned()),
+        "{all}"
+    );
+    assert!(
+        rule_ids(&all["global"], "override").contains(&"@user:weft.test".to_owned()),
+        "{all}"
+    );
+    // Deleted, then gone.
+    let (status, body) = alice
+        .delete(&format!("{RULES}/global/room/!abc:weft.test"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = alice.get(&format!("{RULES}/global/room/!abc:weft.test")).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, body) = alice
+        .delete(&format!("{RULES}/global/room/!abc:weft.test"), json!({}))
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+
+    // Malformed rules are the request's fault: 400, never 404.
+    let bad_bodies = [
+        ("override", "x1", json!({"actions": "notify"})),
+        ("override", "x2", json!({"conditions": "none", "actions": []})),
+        ("override", "x3", json!({"conditions": [{"kind": 5}], "actions": []})),
+        ("content", "x4", json!({"actions": ["notify"]})),
+        ("room", "!r:weft.test", json!({})),
+        ("sender", "@s:weft.test", json!({"actions": [{"set_tweak": 5}]})),
+        ("underride", "x5", json!([])),
+    ];
+    for (kind, id, body) in bad_bodies {
+        let (status, resp) = alice.put(&format!("{RULES}/global/{kind}/{id}"), body.clone()).await;
+        assert_eq!(status, 400, "{kind}/{id} {body}: {resp}");
+        let code = resp["errcode"].as_str().unwrap_or_default();
+        assert!(
+            ["M_BAD_JSON", "M_INVALID_PARAM", "M_NOT_JSON"].contains(&code),
+            "{resp}"
+        );
+        assert_eq!(
+            alice.get(&format!("{RULES}/global/{kind}/{id}")).await.0,
+            404,
+            "nothing stored"
+        );
+    }
+    let (status, resp) = alice
+        .raw(
+            reqwest::Method::PUT,
+            &format!("{RULES}/global/override/x6"),
+            "{not json",
+        )
+        .await;
+    assert_eq!(status, 400, "{resp}");
+    for method in [reqwest::Method::PUT, reqwest::Method::GET, reqwest::Method::DELETE] {
+        let body = (method == reqwest::Method::PUT).then(|| json!({"actions": []}));
+        let (status, resp) = alice
+            .request(method.clone(), &format!("{RULES}/global/nonsense/x7"), body)
+            .await;
+        assert_eq!(status, 400, "{method} of an unknown kind: {resp}");
+    }
+    // Paths that name no rule: no or an unknown scope, kind or attribute, no rule ID, a slash.
+    for (method, path) in [
+        (reqwest::Method::PUT, "//override/x8"),
+        (reqwest::Method::PUT, "/device/override/x8"),
+        (reqwest::Method::PUT, "/global//x8"),
+        (reqwest::Method::PUT, "/global/override/"),
+        (reqwest::Method::PUT, "/global/override/x8/ham"),
+        (reqwest::Method::PUT, "/global/override/x8/not_an_attr"),
+        (reqwest::Method::GET, "/global/override/x8/not_an_attr"),
+        (reqwest::Method::GET, "/global/nonsense/"),
+        (reqwest::Method::GET, "/nonsense/"),
+    ] {
+        let body = (method == reqwest::Method::PUT).then(|| json!({"conditions": [], "actions": []}));
+        let (status, resp) = alice.request(method.clone(), &format!("{RULES}{path}"), body).await;
+        assert_eq!(status, 400, "{method} {path}: {resp}");
+    }
+    for path in ["/enabled", "/actions"] {
+        let (status, resp) = alice.get(&format!("{RULES}/global/nonsense/x7{path}")).await;
+        assert_eq!(status, 400, "{path} of an unknown kind: {resp}");
+        let (status, resp) = alice.get(&format!("{RULES}/global/override/unknown{path}")).await;
+        assert_eq!((status, resp["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{resp}");
+    }
+    server.stop().await;
+});

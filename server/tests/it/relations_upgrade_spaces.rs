@@ -293,6 +293,16 @@ both_backends!(room_upgrade, |backend| async move {
         .await;
     assert_eq!(create["predecessor"]["room_id"], room.as_str(), "{create}");
     assert_eq!(create["room_version"], "11");
+    // The predecessor names the old room's tombstone event.
+    let (_, old_state) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state")).await;
+    let tombstone_id = old_state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "m.room.tombstone")
+        .map(|e| e["event_id"].clone())
+        .unwrap();
+    assert_eq!(create["predecessor"]["event_id"], tombstone_id, "{create}");
     let (_, name) = alice
         .get(&format!("/_matrix/client/v3/rooms/{new_room}/state/m.room.name"))
         .await;

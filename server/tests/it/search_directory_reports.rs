@@ -404,6 +404,27 @@ both_backends!(user_directory_search, |backend| async move {
     // Dave sees carol (public room) but not bob (no shared room), nor himself.
     assert_eq!(directory(&dave, "b", None).await.0, vec!["@carol:weft.test"]);
 
+    // A room anyone may join, unlisted: its members are found by room-mates and by anyone.
+    let frank = server.register("frank", "pw").await;
+    let open = create_room(&frank, json!({"preset": "public_chat"})).await;
+    assert_eq!(directory(&dave, "frank", None).await.0, vec!["@frank:weft.test"]);
+    let (status, _) = alice.post(&format!("/_matrix/client/v3/join/{open}"), json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(directory(&alice, "frank", None).await.0, vec!["@frank:weft.test"]);
+    assert_eq!(directory(&frank, "alice", None).await.0, vec!["@alice:weft.test"]);
+    // An invite-only room readable by anyone (world_readable) is public too.
+    let gina = server.register("gina", "pw").await;
+    let readable = create_room(&gina, json!({"preset": "private_chat"})).await;
+    assert_eq!(directory(&dave, "gina", None).await.0, Vec::<String>::new());
+    let (status, _) = gina
+        .put(
+            &format!("/_matrix/client/v3/rooms/{readable}/state/m.room.history_visibility"),
+            json!({"history_visibility": "world_readable"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(directory(&dave, "gina", None).await.0, vec!["@gina:weft.test"]);
+
     // Deactivated users vanish.
     assert_eq!(directory(&alice, "erin", None).await.0, vec!["@erin:weft.test"]);
     let path = "/_matrix/client/v3/account/deactivate";

@@ -816,3 +816,142 @@ both_backends!(room_tags_are_synced_account_data, |backend| async move {
     assert_eq!(synced_tags(&inc, &room), Some(json!({"tags": {}})), "{inc}");
     server.stop().await;
 });
+
+both_backends!(ignored_users_are_left_out_of_syncs, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    for c in [&bob, &carol] {
+        assert_eq!(
+            c.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0,
+            200
+        );
+    }
+    let (status, body) = alice
+        .put(
+            "/_matrix/client/v3/user/@alice:weft.test/account_data/m.ignored_user_list",
+            json!({"ignored_users": {"@bob:weft.test": {}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    send_text(&bob, &room, "b1", "from bob").await;
+    send_text(&carol, &room, "c1", "from carol").await;
+    // Bob's state events still make up the room's state.
+    let (status, _) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@bob:weft.test"),
+            json!({"membership": "join", "displayname": "Bob in the room"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let initial = sync(&alice, None, "").await;
+    let joined = &initial["rooms"]["join"][&room];
+    assert_eq!(timeline_bodies(joined), vec!["from carol"], "{joined}");
+    assert!(
+        joined["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(joined["state"]["events"].as_array().unwrap())
+            .any(|e| e["type"] == "m.room.member" && e["content"]["displayname"] == "Bob in the room"),
+        "{joined}"
+    );
+    let token = initial["next_batch"].as_str().unwrap().to_owned();
+
+    // Incremental: bob's messages and bob's invites stay out; carol's arrive.
+    send_text(&bob, &room, "b2", "bob again").await;
+    send_text(&carol, &room, "c2", "carol again").await;
+    let bobs_room = create_room(&bob, json!({"invite": ["@alice:weft.test"]})).await;
+    let carols_room = create_room(&carol, json!({"invite": ["@alice:weft.test"]})).await;
+    let inc = sync(&alice, Some(&token), "").await;
+    assert_eq!(
+        timeline_bodies(&inc["rooms"]["join"][&room]),
+        vec!["carol again"],
+        "{inc}"
+    );
+    assert!(inc["rooms"]["invite"].get(&bobs_room).is_none(), "{inc}");
+    assert!(inc["rooms"]["invite"].get(&carols_room).is_some(), "{inc}");
+    let initial = sync(&alice, None, "").await;
+    assert!(initial["rooms"]["invite"].get(&bobs_room).is_none(), "{initial}");
+
+    // Simplified sliding sync: the same.
+    let body = json!({
+        "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 10, "required_state": [["m.room.member", "@bob:weft.test"]] } },
+    });
+    let (status, body) = sliding(&alice, None, 0, body).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lists"]["all"]["count"], 2, "the room and carol's invite: {body}");
+    assert!(body["rooms"].get(&bobs_room).is_none(), "{body}");
+    let bodies: Vec<&str> = body["rooms"][&room]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, vec!["from carol", "carol again"], "{body}");
+    assert_eq!(
+        body["rooms"][&room]["required_state"][0]["content"]["displayname"], "Bob in the room",
+        "{body}"
+    );
+    server.stop().await;
+});
+
+fn presence_of(sync: &Value) -> Vec<String> {
+    sync["presence"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["sender"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+both_backends!(own_presence_and_new_room_mates_presence, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    // Syncing marks a user online, and they see that themselves, in no room at all.
+    let alice = server.register("alice", "pw").await;
+    let initial = sync(&alice, None, "").await;
+    assert_eq!(presence_of(&initial), vec!["@alice:weft.test"], "{initial}");
+    let event = &initial["presence"]["events"][0];
+    assert_eq!(event["content"]["presence"], "online", "{event}");
+
+    // Bob and carol are online (their syncs) before sharing any room with alice.
+    let bob = server.register("bob", "pw").await;
+    let carol = server.register("carol", "pw").await;
+    sync(&bob, None, "").await;
+    sync(&carol, None, "").await;
+    let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+    let carols = create_room(&carol, json!({"preset": "public_chat"})).await;
+    let token = sync(&alice, None, "").await["next_batch"].as_str().unwrap().to_owned();
+    let quiet = sync(&alice, Some(&token), "").await;
+    assert!(presence_of(&quiet).is_empty(), "{quiet}");
+
+    // Bob joins alice's room: his presence comes with it, unchanged as it is.
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await.0,
+        200
+    );
+    let inc = sync(&alice, Some(&token), "").await;
+    assert_eq!(presence_of(&inc), vec!["@bob:weft.test"], "{inc}");
+    assert_eq!(inc["presence"]["events"][0]["content"]["presence"], "online");
+    let token = inc["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice joins carol's room: carol's presence comes with it.
+    assert_eq!(
+        alice
+            .post(&format!("/_matrix/client/v3/join/{carols}"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let inc = sync(&alice, Some(&token), "").await;
+    assert_eq!(presence_of(&inc), vec!["@carol:weft.test"], "{inc}");
+    server.stop().await;
+});

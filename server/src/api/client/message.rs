@@ -42,9 +42,15 @@ pub async fn send(
     req: Ruma<send_message_event::v3::Request>,
 ) -> ApiResult<send_message_event::v3::Response> {
     let user = req.sender()?;
-    let content = content_object(&req.json_body)?;
-    let kind = req.event_type.to_string();
-    let mut template = EventTemplate::message(&kind, content);
+    let template = message_template(&req.event_type.to_string(), &req.json_body)?;
+    let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
+    Ok(send_message_event::v3::Response::new(event_id))
+}
+
+/// A message event of `kind` with the request's body as content.
+pub fn message_template(kind: &str, json_body: &Option<Value>) -> ApiResult<EventTemplate> {
+    let content = content_object(json_body)?;
+    let mut template = EventTemplate::message(kind, content);
     if kind == "m.room.redaction" {
         // Core checks the target of a redaction it knows as one.
         let target = template.content["redacts"]
@@ -52,8 +58,7 @@ pub async fn send(
             .ok_or_else(|| MatrixError::bad_json("m.room.redaction needs content.redacts"))?;
         template.redacts = Some(target.to_owned());
     }
-    let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
-    Ok(send_message_event::v3::Response::new(event_id))
+    Ok(template)
 }
 
 /// Sends as the user's device, idempotent per transaction ID.

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod event;
 pub mod filter;
 pub mod keys;
+pub mod legacy;
 pub mod members;
 pub mod membership;
 pub mod message;
@@ -53,6 +54,7 @@ pub fn router() -> Router<AppState> {
         context::routes,
         dehydrated_device::routes,
         keys::routes,
+        legacy::routes,
         to_device::routes,
         directory::routes,
         event::routes,

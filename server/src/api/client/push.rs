@@ -1,6 +1,6 @@
 //! Push rules (`/pushrules/...`), pushers (`/pushers`, `/pushers/set`) and `/notifications`.
 
-use axum::Router;
+use axum::{http::StatusCode, routing::any, Router};
 use ruma::{
     api::client::push::{
         delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
@@ -21,6 +21,8 @@ use crate::{
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
+        .route("/_matrix/client/r0/pushrules/{*rest}", any(malformed_path))
+        .route("/_matrix/client/v3/pushrules/{*rest}", any(malformed_path))
         .ruma(get_all)
         .ruma(get_global)
         .ruma(get_rule)
@@ -33,6 +35,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(get_pushers_list)
         .ruma(set_pusher_handler)
         .ruma(get_notifications_list)
+}
+
+/// A path under `/pushrules/` that no endpoint matches (no or an unknown scope, kind or
+/// attribute, an empty rule ID, one with a slash) is a malformed request for a rule, 400 as
+/// Synapse answers, rather than an unknown endpoint.
+async fn malformed_path() -> MatrixError {
+    MatrixError::unrecognized("Malformed push rule path").with_status(StatusCode::BAD_REQUEST)
 }
 
 async fn get_all(
