@@ -6,6 +6,7 @@ mod aliases_directory;
 mod durability;
 mod e2ee;
 mod foundation;
+mod fuzz;
 mod js_sdk;
 mod js_sdk_e2ee;
 mod js_sdk_media;
