@@ -7,6 +7,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use axum::{
@@ -23,9 +24,11 @@ use http_body::{Body as _, Frame, SizeHint};
 use serde_json::json;
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    classify::{ServerErrorsAsFailures, SharedClassifier},
     cors::{Any, CorsLayer},
     trace::TraceLayer,
 };
+use tracing::Span;
 
 use crate::{api, config::Api, error::MatrixError, state::AppState};
 
@@ -50,8 +53,52 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
         }))
         .layer(cors())
         .layer(middleware::from_fn(close_if_body_unread))
-        .layer(TraceLayer::new_for_http())
+        .layer(access_log())
         .with_state(state)
+}
+
+/// One `info` line per request once answered, as Synapse logs: method, path (without an
+/// access token), status, duration, and the user once authentication named them (on the
+/// request's span, which every line logged while handling the request carries too).
+fn access_log() -> TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    impl Fn(&Request) -> Span + Clone,
+    (),
+    impl Fn(&Response, Duration, &Span) + Clone,
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            tracing::info_span!(
+                "request",
+                method = %req.method(),
+                path = %loggable_path(req.uri()),
+                user = tracing::field::Empty,
+            )
+        })
+        .on_request(())
+        .on_response(|res: &Response, latency: Duration, _: &Span| {
+            tracing::info!(
+                status = res.status().as_u16(),
+                duration_ms = latency.as_millis() as u64,
+                "answered"
+            );
+        })
+}
+
+/// The request's path and query without the `access_token` parameter.
+fn loggable_path(uri: &http::Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.path().to_owned();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some("access_token"))
+        .collect();
+    if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    }
 }
 
 /// Element Web runs on another origin; it needs these CORS answers on every endpoint.

@@ -12,6 +12,7 @@ mod js_sdk_e2ee;
 mod js_sdk_media;
 mod js_sdk_rooms;
 mod legacy;
+mod logs;
 mod media;
 mod migrations;
 mod multi_process;
