@@ -242,6 +242,8 @@ pub async fn authenticate(db: &Db, access_token: &str) -> Result<tokens::TokenOw
     if owner.expires_ts.is_some_and(|e| e <= now_ms()) {
         return Err(Error::UnknownToken { soft_logout: true });
     }
+    // The caller's span names the user from here on (a request's span: the access log's).
+    tracing::Span::current().record("user", tracing::field::display(&owner.user_id));
     Ok(owner)
 }
 

@@ -3,7 +3,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("configuration: {0}")]
@@ -38,6 +38,22 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        // PostgreSQL refuses text with NUL characters (SQLite stores it): the client's input
+        // (a path parameter, a string in a body), not the server's fault.
+        if let sqlx::Error::Database(db) = &err {
+            if db.code().as_deref() == Some(CHARACTER_NOT_IN_REPERTOIRE) {
+                return Error::InvalidParam("Text must not contain NUL characters".into());
+            }
+        }
+        Error::Database(err)
+    }
+}
+
+/// PostgreSQL's SQLSTATE for a NUL character in text.
+const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 
 impl Error {
     pub fn internal(what: impl std::fmt::Display) -> Error {
