@@ -17,6 +17,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/.well-known/matrix/client"),
     ("GET", "/.well-known/matrix/server"),
     ("GET", "/_matrix/client/v3/capabilities"),
+    ("GET", "/_matrix/client/v3/voip/turnServer"),
+    ("POST", "/_matrix/client/v3/user/{user_id}/openid/request_token"),
     ("GET", "/_matrix/client/v3/sync"),
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"),
     ("POST", "/_matrix/client/v3/keys/claim"),
