@@ -23,6 +23,9 @@ pub struct Config {
     pub signing_key_path: PathBuf,
     /// Largest accepted request body (bytes), media uploads excepted.
     pub max_request_size: usize,
+    /// A PEM file of CA certificates that outbound HTTPS (push gateways, URL previews) trusts
+    /// besides the usual public roots, for private deployments; empty for none.
+    pub extra_ca_file: String,
     /// Lifetime of access tokens issued together with a refresh token.
     #[serde(with = "humantime_serde")]
     pub access_token_lifetime: Duration,
@@ -187,6 +190,7 @@ impl Default for Config {
             server_name: "localhost:8008".into(),
             public_baseurl: "http://localhost:8008/".into(),
             signing_key_path: "data/signing.key".into(),
+            extra_ca_file: String::new(),
             max_request_size: 1024 * 1024,
             access_token_lifetime: Duration::from_secs(5 * 60),
             database: DatabaseConfig::default(),
@@ -339,7 +343,23 @@ impl Config {
             return Err("rate_limits.per_second must be positive".into());
         }
         self.media.validate()?;
+        self.extra_roots()?;
         Ok(())
+    }
+
+    /// The certificates of `extra_ca_file`, for outbound HTTPS clients to trust.
+    pub fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        if self.extra_ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pem =
+            std::fs::read(&self.extra_ca_file).map_err(|e| format!("extra_ca_file: {}: {e}", self.extra_ca_file))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("extra_ca_file: {}: {e}", self.extra_ca_file))?;
+        if roots.is_empty() {
+            return Err(format!("extra_ca_file: {} holds no certificate", self.extra_ca_file));
+        }
+        Ok(roots)
     }
 
     /// The public base URL without a trailing slash.
@@ -392,6 +412,20 @@ mod tests {
     fn unknown_key_is_named() {
         let err = load_str("server_name = \"a.b\"\n[database]\nurll = \"x\"\n").unwrap_err();
         assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_extra_ca_file_is_named() {
+        let err = load_str("extra_ca_file = \"/nonexistent/ca.pem\"\n").unwrap_err();
+        assert!(
+            err.contains("extra_ca_file") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("weft-not-a-ca-{}", std::process::id()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let err = load_str(&format!("extra_ca_file = {:?}\n", not_pem.display().to_string())).unwrap_err();
+        assert!(err.contains("extra_ca_file"), "{err}");
+        let _ = std::fs::remove_file(not_pem);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Inner {
     pub core: Core,
     pub rate_limiter: RateLimiter,
     pub server_auth: Option<Arc<dyn ServerAuth>>,
+    /// The CA certificates of `extra_ca_file`, read once, for outbound HTTPS clients.
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 impl AppState {
@@ -39,7 +41,10 @@ impl AppState {
     /// An app state whose federation endpoints check request signatures with `server_auth`.
     pub fn with_server_auth(config: Config, core: Core, server_auth: Option<Arc<dyn ServerAuth>>) -> AppState {
         let rate_limiter = RateLimiter::new(&config.rate_limits);
+        // Checked when the configuration was loaded.
+        let extra_roots = config.extra_roots().unwrap_or_default();
         AppState(Arc::new(Inner {
+            extra_roots,
             db: core.db.clone(),
             config,
             core,

@@ -40,7 +40,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).build() {
+    let builder = state.extra_roots.iter().fold(reqwest::Client::builder(), |b, root| {
+        b.add_root_certificate(root.clone())
+    });
+    let client = match builder.timeout(REQUEST_TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the HTTP client; pushers are disabled");

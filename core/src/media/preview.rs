@@ -40,6 +40,8 @@ pub struct PreviewSettings {
     pub max_size: u64,
     /// Time limit of one whole preview (all hops and the image).
     pub timeout: Duration,
+    /// CA certificates trusted besides the public roots (`extra_ca_file`).
+    pub extra_roots: Vec<reqwest::Certificate>,
 }
 
 /// An address range in CIDR notation (`10.0.0.0/8`, `fe80::/10`, or one address).
@@ -330,6 +332,9 @@ async fn fetch_one(settings: &PreviewSettings, url: &Url) -> MediaResult<reqwest
         // Any name not pinned below (there should be none) fails to resolve.
         .dns_resolver(Arc::new(RefuseResolver))
         .user_agent("Weft URL preview");
+    for root in &settings.extra_roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
     let is_ip_literal = host
         .trim_start_matches('[')
         .trim_end_matches(']')

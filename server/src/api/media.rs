@@ -76,6 +76,7 @@ fn repo(state: &AppState) -> Repo {
             allowlist: ranges(&c.url_preview_ip_allowlist),
             max_size: c.url_preview_max_size,
             timeout: c.url_preview_timeout,
+            extra_roots: state.extra_roots.clone(),
         },
     };
     Repo::new(state.db.clone(), state.core.server_name.clone(), settings)

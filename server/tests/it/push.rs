@@ -590,6 +590,38 @@ struct Gateway {
 
 impl Gateway {
     async fn start(reject: &[&str], flaky: &[&str]) -> Gateway {
+        let (app, received) = Self::app(reject, flaky);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Gateway {
+            url: format!("http://{addr}/_matrix/push/v1/notify"),
+            received,
+            task,
+        }
+    }
+
+    /// The gateway over HTTPS as `localhost`, with a certificate from `tls` (a private CA's).
+    async fn start_tls(tls: Arc<rustls::ServerConfig>) -> Gateway {
+        let (app, received) = Self::app(&[], &[]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+        let task = tokio::spawn(async move {
+            let _ = axum_server::from_tcp_rustls(listener, config)
+                .serve(app.into_make_service())
+                .await;
+        });
+        Gateway {
+            url: format!("https://localhost:{}/_matrix/push/v1/notify", addr.port()),
+            received,
+            task,
+        }
+    }
+
+    fn app(reject: &[&str], flaky: &[&str]) -> (axum::Router, Arc<Mutex<Vec<Value>>>) {
         use axum::{routing::post, Json, Router};
         let received: Arc<Mutex<Vec<Value>>> = Arc::default();
         let reject: Vec<String> = reject.iter().map(|s| (*s).to_owned()).collect();
@@ -615,16 +647,7 @@ impl Gateway {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Gateway {
-            url: format!("http://{addr}/_matrix/push/v1/notify"),
-            received,
-            task,
-        }
+        (app, received)
     }
 
     fn for_key(&self, pushkey: &str) -> Vec<Value> {
@@ -997,4 +1020,64 @@ both_backends!(rule_ids_with_sigils_and_malformed_rules, |backend| async move {
         assert_eq!((status, resp["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{resp}");
     }
     server.stop().await;
+});
+
+// A push gateway of a private deployment, its certificate from a CA of its own: reached when
+// `extra_ca_file` names that CA, and not otherwise.
+both_backends!(a_push_gateway_behind_a_private_ca, |backend| async move {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let gateway = Gateway::start_tls(Arc::new(tls)).await;
+
+    for trusted in [true, false] {
+        let ca_pem = ca.pem();
+        let Some(server) = TestServer::start_with(backend, |config| {
+            if trusted {
+                let path = std::env::temp_dir().join(format!("weft-ca-{}.pem", weft_core::util::random_string(8)));
+                std::fs::write(&path, ca_pem).unwrap();
+                config.extra_ca_file = path.display().to_string();
+            }
+        })
+        .await
+        else {
+            return;
+        };
+        let pushkey = if trusted { "trusted" } else { "untrusted" };
+        let alice = server.register("alice", "pw").await;
+        let bob = server.register("bob", "pw").await;
+        let room = create_room(&alice, json!({"preset": "public_chat"})).await;
+        let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = bob
+            .post(
+                "/_matrix/client/v3/pushers/set",
+                pusher(pushkey, &gateway.url, json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        send_text(&alice, &room, "t1", "over https").await;
+        if trusted {
+            let got = gateway.wait_for(pushkey, 1).await;
+            assert_eq!(got.len(), 1, "the gateway behind the private CA is reached");
+        } else {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(gateway.for_key(pushkey).is_empty(), "an unknown CA is not trusted");
+        }
+        server.stop().await;
+    }
 });
