@@ -259,6 +259,11 @@ pub async fn visible_window(
         events: Vec::new(),
         next: from,
     };
+    // A user does not see the messages of users they ignore (their state events still count).
+    let ignored = match reader {
+        Reader::User(user) => crate::account_data::ignored_users(conn, user).await?,
+        Reader::Server(_) => Default::default(),
+    };
     let scan = SCAN_BATCH.max(limit as i64);
     while window.events.len() < limit {
         let batch = page(conn, room_id, window.next, to, dir, scan).await?;
@@ -270,7 +275,8 @@ pub async fn visible_window(
             .collect();
         for event in batch {
             window.next = Key::past(&event, dir);
-            if visible.contains(&event.event_id) && event_filter::event_matches(filter, &event) {
+            let from_ignored = event.state_key.is_none() && ignored.contains(&event.sender);
+            if visible.contains(&event.event_id) && !from_ignored && event_filter::event_matches(filter, &event) {
                 window.events.push(event);
                 if window.events.len() == limit {
                     return Ok(window);

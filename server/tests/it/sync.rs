@@ -879,6 +879,20 @@ both_backends!(ignored_users_are_left_out_of_syncs, |backend| async move {
     let initial = sync(&alice, None, "").await;
     assert!(initial["rooms"]["invite"].get(&bobs_room).is_none(), "{initial}");
 
+    // Paging back through history leaves them out too.
+    let (status, page) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50"))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let paged: Vec<&str> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(paged, vec!["carol again", "from carol"], "{page}");
+
     // Simplified sliding sync: the same.
     let body = json!({
         "lists": { "all": { "ranges": [[0, 10]], "timeline_limit": 10, "required_state": [["m.room.member", "@bob:weft.test"]] } },
