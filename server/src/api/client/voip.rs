@@ -1,7 +1,5 @@
 //! `/voip/turnServer`: TURN credentials for calls.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use ruma::api::client::voip::get_turn_server_info;
 use serde_json::{json, Value};
 
@@ -25,10 +23,10 @@ pub async fn turn_server(state: AppState, req: Ruma<get_turn_server_info::v3::Re
         return Err(MatrixError::forbidden("Guests may not use the TURN server"));
     }
     let (username, password, ttl) = if !voip.turn_shared_secret.is_empty() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now_secs = (weft_core::util::now_ms() / 1000) as u64;
         let ttl = voip.turn_user_lifetime.as_secs();
         let (username, password) =
-            weft_core::voip::turn_credentials(&voip.turn_shared_secret, user.user_id.as_str(), now.as_secs() + ttl);
+            weft_core::voip::turn_credentials(&voip.turn_shared_secret, user.user_id.as_str(), now_secs + ttl);
         (username, password, ttl)
     } else if !voip.turn_username.is_empty() {
         (voip.turn_username.clone(), voip.turn_password.clone(), 86_400)
