@@ -23,7 +23,7 @@ pub struct Config {
     pub signing_key_path: PathBuf,
     /// Largest accepted request body (bytes), media uploads excepted.
     pub max_request_size: usize,
-    /// A PEM file of CA certificates that outbound HTTPS (push gateways, URL previews) trusts
+    /// A PEM file of CA certificates that outbound HTTPS (federation, push gateways, URL previews) trusts
     /// besides the usual public roots, for private deployments; empty for none.
     pub extra_ca_file: String,
     /// Lifetime of access tokens issued together with a refresh token.
@@ -168,11 +168,17 @@ pub struct VoipConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
+    /// Whether this server talks to other servers at all; off, rooms stay local and requests
+    /// to the Server-Server API are refused.
     pub enabled: bool,
-    /// An extra trusted CA certificate (PEM) for outbound federation, for test deployments.
-    pub ca_file: String,
-    /// Allow private and loopback destinations (tests only).
-    pub allow_loopback: bool,
+    /// Servers asked for another server's keys when that server cannot be reached
+    /// (`/_matrix/key/v2/query`), e.g. `["matrix.org"]`.
+    pub trusted_key_servers: Vec<String>,
+    /// Skips certificate checks on outbound federation. Test setups only.
+    pub tls_insecure_skip_verify: bool,
+    /// Served as `m.server` at `/.well-known/matrix/server` when set (`host[:port]`), to
+    /// delegate federation to another host; empty serves nothing there.
+    pub well_known_server: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -263,8 +269,9 @@ impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
             enabled: true,
-            ca_file: String::new(),
-            allow_loopback: false,
+            trusted_key_servers: Vec::new(),
+            tls_insecure_skip_verify: false,
+            well_known_server: String::new(),
         }
     }
 }

@@ -352,6 +352,26 @@ pub async fn members(conn: &mut AnyConnection, room_id: &str, membership: &str) 
     Ok(rows.into_iter().map(membership_from).collect())
 }
 
+/// The servers with a joined member in a room, sorted: where the room's events go, and who may
+/// read its state over federation.
+pub async fn servers_in_room(conn: &mut AnyConnection, room_id: &str) -> Result<Vec<String>> {
+    let users: Vec<(String,)> =
+        sqlx::query_as("SELECT user_id FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
+            .bind(room_id)
+            .fetch_all(conn)
+            .await?;
+    let servers: std::collections::BTreeSet<String> = users
+        .into_iter()
+        .filter_map(|(user,)| user.split_once(':').map(|(_, server)| server.to_owned()))
+        .collect();
+    Ok(servers.into_iter().collect())
+}
+
+/// Whether `server` has a joined member in the room.
+pub async fn server_in_room(conn: &mut AnyConnection, room_id: &str, server: &str) -> Result<bool> {
+    Ok(servers_in_room(conn, room_id).await?.iter().any(|s| s == server))
+}
+
 /// Rooms in which the user currently has the given membership (forgotten rooms excluded).
 pub async fn rooms_of_user(conn: &mut AnyConnection, user_id: &str, membership: &str) -> Result<Vec<Membership>> {
     let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
