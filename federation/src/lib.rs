@@ -6,6 +6,8 @@
 //! path: `api/<area>.rs`.
 
 pub mod api;
+pub mod client;
+pub mod discovery;
 
 use axum::Router;
 use weft_http::state::AppState;

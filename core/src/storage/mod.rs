@@ -7,6 +7,7 @@ pub mod events;
 pub mod filters;
 pub mod registration_tokens;
 pub mod rooms;
+pub mod server_keys;
 pub mod state;
 pub mod tokens;
 pub mod uia;

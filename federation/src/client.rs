@@ -1,0 +1,241 @@
+//! Requests to other servers: found by server discovery, over TLS, signed with this server's
+//! key (the X-Matrix `Authorization` header) when the endpoint asks for it, answered as ruma's
+//! typed responses.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use ruma::{
+    api::{
+        auth_scheme::{AuthScheme, NoAuthentication},
+        federation::authentication::{ServerSignatures, XMatrixSigningInput},
+        path_builder::SinglePath,
+        IncomingResponseExt, OutgoingRequest, OutgoingRequestExt,
+    },
+    signatures::Ed25519KeyPair,
+    OwnedServerName, ServerName,
+};
+use weft_core::Core;
+
+use crate::discovery::Resolver;
+
+/// A request gives up after this long unless it says otherwise (`send_with_timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest answer read; a send_join answer for a room of tens of thousands of members is
+/// tens of MiB.
+const MAX_RESPONSE: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    #[error("{0} is this server")]
+    ToSelf(OwnedServerName),
+    #[error("federation is disabled on this server")]
+    Disabled,
+    #[error("cannot reach {server}: {message}")]
+    Unreachable { server: OwnedServerName, message: String },
+    #[error("{server} answered {status}: {errcode} {message}")]
+    Remote {
+        server: OwnedServerName,
+        status: u16,
+        errcode: String,
+        message: String,
+    },
+    #[error("{server} answered something unexpected: {message}")]
+    BadResponse { server: OwnedServerName, message: String },
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+impl FederationError {
+    /// The Matrix error code another server answered with, if it answered one.
+    pub fn errcode(&self) -> Option<&str> {
+        match self {
+            FederationError::Remote { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status another server answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FederationError::Remote { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// How an endpoint's authentication scheme is filled in for an outgoing request.
+pub trait Signing: AuthScheme {
+    fn input<'a>(origin: &ServerName, destination: &ServerName, key: &'a Ed25519KeyPair) -> Self::Input<'a>;
+}
+
+impl Signing for ServerSignatures {
+    fn input<'a>(origin: &ServerName, destination: &ServerName, key: &'a Ed25519KeyPair) -> Self::Input<'a> {
+        XMatrixSigningInput::new(origin.to_owned(), destination.to_owned(), key)
+    }
+}
+
+impl Signing for NoAuthentication {
+    fn input<'a>(_: &ServerName, _: &ServerName, _: &'a Ed25519KeyPair) -> Self::Input<'a> {}
+}
+
+/// The outbound side of federation; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Core,
+    http: reqwest::Client,
+    resolver: Resolver,
+    enabled: bool,
+}
+
+/// What the client needs from the configuration.
+pub struct Settings<'a> {
+    pub enabled: bool,
+    /// Extra CA certificates trusted besides the public roots (`extra_ca_file`).
+    pub extra_roots: &'a [reqwest::Certificate],
+    /// Accept any certificate (tests only).
+    pub insecure: bool,
+}
+
+impl Client {
+    pub fn new(core: Core, settings: Settings<'_>) -> Result<Client, FederationError> {
+        let builder = || {
+            let builder = settings
+                .extra_roots
+                .iter()
+                .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root.clone()))
+                .danger_accept_invalid_certs(settings.insecure)
+                .user_agent(concat!("Weft/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10))
+                .pool_idle_timeout(Duration::from_secs(90));
+            builder
+        };
+        let build_error = |e: reqwest::Error| FederationError::Request(format!("HTTP client: {e}"));
+        // `.well-known/matrix/server` is fetched with ordinary resolution; the federation
+        // requests themselves connect where discovery said.
+        let resolver = Resolver::new(builder().build().map_err(build_error)?);
+        let http = builder().dns_resolver(resolver.dns()).build().map_err(build_error)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                core,
+                http,
+                resolver,
+                enabled: settings.enabled,
+            }),
+        })
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.inner.core
+    }
+
+    /// Sends `request` to `destination` and reads its answer.
+    pub async fn send<R>(&self, destination: &ServerName, request: R) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+        R::Authentication: Signing,
+    {
+        self.send_with_timeout(destination, request, DEFAULT_TIMEOUT).await
+    }
+
+    pub async fn send_with_timeout<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+        R::Authentication: Signing,
+    {
+        let inner = &self.inner;
+        if !inner.enabled {
+            return Err(FederationError::Disabled);
+        }
+        if destination == inner.core.server_name {
+            return Err(FederationError::ToSelf(destination.to_owned()));
+        }
+        let unreachable = |message: String| FederationError::Unreachable {
+            server: destination.to_owned(),
+            message,
+        };
+        let target = inner
+            .resolver
+            .resolve(destination)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let base = format!("https://{}", target.authority);
+        let auth = R::Authentication::input(&inner.core.server_name, destination, &inner.core.key.keypair);
+        let request: http::Request<Vec<u8>> = request
+            .try_into_http_request(&base, auth, ())
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        let (parts, body) = request.into_parts();
+        let url = parts.uri.to_string();
+        let mut outgoing = inner
+            .http
+            .request(parts.method, &url)
+            .headers(parts.headers)
+            .timeout(timeout);
+        if !body.is_empty() {
+            outgoing = outgoing.body(body);
+        }
+        let response = outgoing.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = read_capped(response, MAX_RESPONSE)
+            .await
+            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+        if !status.is_success() {
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(FederationError::Remote {
+                server: destination.to_owned(),
+                status: status.as_u16(),
+                errcode: body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
+                message: body["error"].as_str().unwrap_or_default().to_owned(),
+            });
+        }
+        let mut http_response = http::Response::builder().status(status);
+        if let Some(h) = http_response.headers_mut() {
+            *h = headers;
+        }
+        let http_response = http_response
+            .body(&bytes[..])
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| FederationError::BadResponse {
+            server: destination.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// An error with its causes: reqwest's own message alone rarely says what went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|len| len as usize > limit) {
+        return Err(format!("larger than {limit} bytes"));
+    }
+    let mut stream = response.bytes_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(format!("larger than {limit} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
