@@ -107,7 +107,9 @@ impl Client {
             let builder = settings
                 .extra_roots
                 .iter()
-                .fold(reqwest::Client::builder(), |b, root| b.add_root_certificate(root.clone()))
+                .fold(reqwest::Client::builder(), |b, root| {
+                    b.add_root_certificate(root.clone())
+                })
                 .danger_accept_invalid_certs(settings.insecure)
                 .user_agent(concat!("Weft/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(10))

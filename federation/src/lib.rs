@@ -6,11 +6,60 @@
 //! path: `api/<area>.rs`.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod keys;
+
+use std::sync::Arc;
 
 use axum::Router;
-use weft_http::state::AppState;
+use ruma::OwnedServerName;
+use weft_core::Core;
+use weft_http::{config::Config, error::MatrixError, state::AppState};
+
+/// The federation side of a running server: the client that reaches other servers and the key
+/// ring that checks what they sign. Installed in the app state as its `ServerAuth`; handlers
+/// reach it with `of(&state)`.
+pub struct Federation {
+    pub client: client::Client,
+    pub keys: keys::KeyRing,
+}
+
+impl Federation {
+    pub fn new(core: Core, config: &Config, extra_roots: &[reqwest::Certificate]) -> Result<Arc<Federation>, String> {
+        let client = client::Client::new(
+            core,
+            client::Settings {
+                enabled: config.federation.enabled,
+                extra_roots,
+                insecure: config.federation.tls_insecure_skip_verify,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let notaries = config
+            .federation
+            .trusted_key_servers
+            .iter()
+            .map(|name| {
+                OwnedServerName::try_from(name.as_str())
+                    .map_err(|_| format!("federation.trusted_key_servers: {name:?} is not a server name"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = keys::KeyRing::new(client.clone(), notaries);
+        Ok(Arc::new(Federation { client, keys }))
+    }
+}
+
+/// The server's federation state, from the app state it was installed in
+/// (`AppState::with_server_auth`); M_FORBIDDEN when federation is off.
+pub fn of(state: &AppState) -> Result<&Federation, MatrixError> {
+    state
+        .server_auth
+        .as_ref()
+        .and_then(|auth| auth.as_any().downcast_ref::<Federation>())
+        .ok_or_else(|| MatrixError::forbidden("Federation is disabled on this server"))
+}
 
 /// The key server (`/_matrix/key/...`), for a listener with the `keys` API.
 pub fn keys_router() -> Router<AppState> {

@@ -408,6 +408,10 @@ mod tests {
         ) -> BoxFuture<'a, Result<OwnedServerName, MatrixError>> {
             Box::pin(async move { Ok(self.0.clone()) })
         }
+
+        fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+            self
+        }
     }
 
     async fn state(server_auth: Option<Arc<dyn ServerAuth>>) -> AppState {

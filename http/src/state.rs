@@ -12,12 +12,16 @@ use crate::{config::Config, error::MatrixError, rate_limit::RateLimiter};
 /// method, URI, origin, destination and body) and answers which server sent it. The federation
 /// crate provides it; without one, requests to endpoints that need server signatures are
 /// refused.
-pub trait ServerAuth: Send + Sync {
+pub trait ServerAuth: Send + Sync + 'static {
     fn verify<'a>(
         &'a self,
         parts: &'a http::request::Parts,
         body: &'a [u8],
     ) -> BoxFuture<'a, Result<OwnedServerName, MatrixError>>;
+
+    /// The provider itself, so that the crate that provided it reaches the rest of its state
+    /// (the federation client, the key ring) through the app state.
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync);
 }
 
 #[derive(Clone)]

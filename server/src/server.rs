@@ -62,7 +62,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // Before serving: other processes on this database must be heard from the start.
         tasks.push(relay::start(&core, &config.database.url, stop_rx.clone()).await?);
     }
-    let state = AppState::new(config.clone(), core);
+    let federation = if config.federation.enabled {
+        let extra_roots = config.extra_roots().map_err(|e| anyhow::anyhow!(e))?;
+        let federation =
+            weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;
+        Some(federation as std::sync::Arc<dyn weft_http::state::ServerAuth>)
+    } else {
+        None
+    };
+    let state = AppState::with_server_auth(config.clone(), core, federation);
     for listener in &config.listeners {
         let app = router::build(state.clone(), &listener.apis);
         let socket = TcpListener::bind((listener.address, listener.port))
