@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client;
 pub mod discovery;
 pub mod keys;
+pub mod receive;
 
 use std::sync::Arc;
 

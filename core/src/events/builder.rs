@@ -66,6 +66,23 @@ pub async fn build(
     head: &Head,
     current: &StateMap,
 ) -> Result<Pdu> {
+    let object = unsigned(core, conn, rules, room_id, sender, template, head, current).await?;
+    sign(core, rules, object)
+}
+
+/// The event `build` makes, before it is hashed and signed: what `make_join` hands to another
+/// server, whose user will send it.
+#[allow(clippy::too_many_arguments)]
+pub async fn unsigned(
+    core: &Core,
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    room_id: Option<&str>,
+    sender: &UserId,
+    template: &EventTemplate,
+    head: &Head,
+    current: &StateMap,
+) -> Result<CanonicalJsonObject> {
     let mut prev_ids = head.extremities.clone();
     prev_ids.truncate(MAX_PREV_EVENTS);
     let prevs = cache::load(&core.db, conn, rules, &prev_ids).await?;
@@ -136,15 +153,28 @@ pub async fn build(
             object["content"]["redacts"] = json!(redacts);
         }
     }
-    if rules.event_id_format == EventIdFormatVersion::V1 {
-        object["event_id"] = json!(format!("${}:{}", random_string(18), core.server_name));
-        object["origin"] = json!(core.server_name);
+    match ruma::canonical_json::to_canonical_value(&object) {
+        Ok(CanonicalJsonValue::Object(o)) => Ok(o),
+        Ok(_) => Err(Error::BadJson("event is not an object".into())),
+        Err(e) => Err(Error::BadJson(format!("event is not canonical JSON: {e}"))),
     }
-    let mut object: CanonicalJsonObject = match ruma::canonical_json::to_canonical_value(&object) {
-        Ok(CanonicalJsonValue::Object(o)) => o,
-        Ok(_) => return Err(Error::BadJson("event is not an object".into())),
-        Err(e) => return Err(Error::BadJson(format!("event is not canonical JSON: {e}"))),
-    };
+}
+
+/// Hashes and signs an event this server sends (built here, or a template another server
+/// built for a local user's join), giving it its ID (rooms v1 and v2 name it here).
+pub fn sign(core: &Core, rules: &RoomVersionRules, mut object: CanonicalJsonObject) -> Result<Pdu> {
+    object.remove("signatures");
+    object.remove("hashes");
+    object.remove("unsigned");
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        object.insert(
+            "event_id".into(),
+            CanonicalJsonValue::String(format!("${}:{}", random_string(18), core.server_name)),
+        );
+        object.insert("origin".into(), CanonicalJsonValue::String(core.server_name.to_string()));
+    } else {
+        object.remove("event_id");
+    }
     ruma::signatures::hash_and_sign_event(
         core.server_name.as_str(),
         &core.key.keypair,

@@ -66,7 +66,7 @@ pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str
 
 /// For a restricted room the user may join through an allowed room, picks a local member who
 /// can invite to sign off the join (`join_authorised_via_users_server`).
-async fn restricted_join_authoriser(core: &Core, room_id: &str, user: &UserId) -> Result<Option<String>> {
+pub(super) async fn restricted_join_authoriser(core: &Core, room_id: &str, user: &UserId) -> Result<Option<String>> {
     let mut conn = core.db.conn().await?;
     let Some(join_rules) = super::current_state_content(&mut conn, room_id, "m.room.join_rules", "").await? else {
         return Ok(None);

@@ -14,6 +14,7 @@ pub mod relations;
 pub mod reports;
 pub mod search;
 pub mod steps;
+pub mod templates;
 pub mod timeline;
 pub mod turns;
 pub mod upgrade;

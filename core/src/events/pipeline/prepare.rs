@@ -264,7 +264,7 @@ fn absent(wanted: &[String], found: &[Arc<GraphEvent>]) -> Vec<OwnedEventId> {
 /// Why the auth rules reject `pdu` against `state`, if they do. `checked` loads the state's
 /// events only after checking them against the database (a supplied state's IDs came from
 /// outside).
-pub(super) async fn auth_against(
+pub(crate) async fn auth_against(
     db: &Db,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,

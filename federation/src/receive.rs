@@ -1,0 +1,318 @@
+//! Storing events received from another server: each PDU goes through core's pipeline
+//! (`rooms::writer::receive`), and what its checks find missing is fetched here, with no lock
+//! held, from the server that sent it: the keys that signed it, its auth chain (as outliers),
+//! its missing prev events (`/get_missing_events`), or, when the gap is too wide, the state at
+//! its prev events (`/state_ids`, with `/event` for what is unknown), resolved into the state
+//! before it.
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures::future::BoxFuture;
+use ruma::{
+    api::federation::{
+        authorization::get_event_authorization,
+        event::{get_event, get_missing_events, get_room_state_ids},
+    },
+    canonical_json::CanonicalJsonObject,
+    room_version_rules::RoomVersionRules,
+    OwnedEventId, OwnedRoomId, ServerName,
+};
+use serde_json::value::RawValue;
+use weft_core::{
+    events::{
+        pipeline::{Outcome, StateAt},
+        rules_for, Pdu, StateMap,
+    },
+    rooms::writer::{self, Received},
+    storage::{events, rooms},
+};
+
+use crate::Federation;
+
+/// The largest PDU the spec allows, in bytes of its JSON.
+pub const MAX_PDU_SIZE: usize = 65_536;
+/// Events asked for at once when filling a gap; a wider gap is bridged with the state instead.
+const MISSING_EVENTS_LIMIT: u32 = 10;
+/// Rounds of fetching an outlier batch's missing auth events before giving up on the rest.
+const AUTH_ROUNDS: usize = 3;
+
+/// A room as received events need it: its version and rules.
+#[derive(Clone)]
+pub struct RoomVersion {
+    pub room_id: OwnedRoomId,
+    pub version: String,
+    pub rules: Arc<RoomVersionRules>,
+}
+
+impl RoomVersion {
+    pub fn new(room_id: OwnedRoomId, version: &str) -> Result<RoomVersion, String> {
+        let rules = rules_for(version).map_err(|e| e.to_string())?;
+        Ok(RoomVersion {
+            room_id,
+            version: version.to_owned(),
+            rules: Arc::new(rules),
+        })
+    }
+
+    /// The version of a room this server knows.
+    pub async fn of_known(fed: &Federation, room_id: &OwnedRoomId) -> Result<Option<RoomVersion>, String> {
+        let core = fed.client.core();
+        let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+        match rooms::version(&core.db, &mut conn, room_id.as_str()).await.map_err(|e| e.to_string())? {
+            Some(version) => RoomVersion::new(room_id.clone(), &version).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parses a PDU of `room`: size, JSON, event ID per the room version, the fields the pipeline
+/// needs, and that it belongs to this room.
+pub fn parse_pdu(raw: &RawValue, room: &RoomVersion) -> Result<Pdu, String> {
+    if raw.get().len() > MAX_PDU_SIZE {
+        return Err(format!("the PDU is larger than {MAX_PDU_SIZE} bytes"));
+    }
+    let json: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| format!("malformed PDU: {e}"))?;
+    let event_id = Pdu::compute_event_id(&json, &room.rules).map_err(|e| e.to_string())?;
+    let pdu = Pdu::from_json(event_id, json, &room.rules).map_err(|e| e.to_string())?;
+    if pdu.room_id != room.room_id {
+        return Err(format!("the PDU is of {}, not {}", pdu.room_id, room.room_id));
+    }
+    Ok(pdu)
+}
+
+/// The room ID a PDU names, before anything else is known about it.
+pub fn room_id_of(raw: &RawValue) -> Option<OwnedRoomId> {
+    #[derive(serde::Deserialize)]
+    struct RoomOnly {
+        room_id: OwnedRoomId,
+    }
+    serde_json::from_str::<RoomOnly>(raw.get()).ok().map(|r| r.room_id)
+}
+
+/// Receives PDUs of one room, fetching what they need from `from`.
+pub struct Receiver<'a> {
+    pub fed: &'a Federation,
+    pub from: &'a ServerName,
+    pub room: RoomVersion,
+}
+
+impl Receiver<'_> {
+    /// Stores a PDU into the room's graph (or rejects or soft-fails it), fetching missing
+    /// auth events, prev events or the state before it as needed.
+    pub async fn receive(&self, pdu: Pdu) -> Result<Outcome, String> {
+        self.receive_with(pdu, StateAt::PrevEvents, true).await
+    }
+
+    fn receive_with(&self, pdu: Pdu, mut state_at: StateAt, fill_gaps: bool) -> BoxFuture<'_, Result<Outcome, String>> {
+        Box::pin(async move {
+            let core = self.fed.client.core();
+            let mut fill_gaps = fill_gaps;
+            // Each round fetches one kind of missing piece; four cover auth events, state
+            // events, a gap, and the state across a gap.
+            for _ in 0..5 {
+                let keys = self.fed.keys.keys_for_pdu(&pdu.json, &self.room.rules).await;
+                let received = writer::receive(core, &self.room.version, pdu.clone(), &keys, state_at.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let missing = match received {
+                    Received::Stored(outcome) => return Ok(outcome),
+                    Received::Missing(missing) => missing,
+                };
+                if !missing.auth_events.is_empty() {
+                    self.fetch_auth_chain(&pdu.event_id).await?;
+                }
+                if !missing.state_events.is_empty() {
+                    self.fetch_outliers(&missing.state_events).await?;
+                }
+                if !missing.prev_events.is_empty() && matches!(state_at, StateAt::PrevEvents) {
+                    if fill_gaps {
+                        fill_gaps = false;
+                        self.fetch_missing_prevs(&pdu).await?;
+                    } else {
+                        state_at = StateAt::Supplied(Arc::new(self.state_before(&pdu).await?));
+                    }
+                }
+            }
+            Err(format!("{}: its auth events or state could not be completed", pdu.event_id))
+        })
+    }
+
+    /// Stores events as outliers, each once its own auth events are stored, fetching those
+    /// that are missing from `from`.
+    pub async fn store_outliers(&self, pdus: Vec<Pdu>) -> Result<(), String> {
+        let core = self.fed.client.core();
+        let mut pending = pdus;
+        pending.sort_by_key(|p| p.depth);
+        for round in 0..=AUTH_ROUNDS {
+            let mut waiting = Vec::new();
+            let mut wanted: Vec<OwnedEventId> = Vec::new();
+            let mut progress = false;
+            for pdu in std::mem::take(&mut pending) {
+                let keys = self.fed.keys.keys_for_pdu(&pdu.json, &self.room.rules).await;
+                match writer::receive(core, &self.room.version, pdu.clone(), &keys, StateAt::Unknown).await {
+                    Ok(Received::Stored(_)) => progress = true,
+                    Ok(Received::Missing(missing)) => {
+                        wanted.extend(missing.auth_events);
+                        waiting.push(pdu);
+                    }
+                    // A bad event of a batch (a forged signature, say) is left out; whatever
+                    // needs it is then missing its auth events and refused in turn.
+                    Err(e) => tracing::info!(event_id = %pdu.event_id, from = %self.from, error = %e, "refused an event"),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            pending = waiting;
+            let in_batch: HashSet<&OwnedEventId> = pending.iter().map(|p| &p.event_id).collect();
+            let fetch: Vec<OwnedEventId> = wanted
+                .into_iter()
+                .filter(|id| !in_batch.contains(id))
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            if fetch.is_empty() && !progress {
+                break;
+            }
+            if round < AUTH_ROUNDS {
+                for id in fetch {
+                    pending.push(self.fetch_event(&id).await?);
+                }
+                pending.sort_by_key(|p| p.depth);
+            }
+        }
+        Err(format!("{} events could not have their auth events completed", pending.len()))
+    }
+
+    /// Fetches an event from `from`, checking that it is the one asked for.
+    async fn fetch_event(&self, event_id: &OwnedEventId) -> Result<Pdu, String> {
+        let response = self
+            .fed
+            .client
+            .send(self.from, get_event::v1::Request::new(event_id.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let pdu = parse_pdu(&response.pdu, &self.room)?;
+        if &pdu.event_id != event_id {
+            return Err(format!("{} answered another event for {event_id}", self.from));
+        }
+        Ok(pdu)
+    }
+
+    /// Fetches events by ID and stores them as outliers (with their auth chains).
+    async fn fetch_outliers(&self, ids: &[OwnedEventId]) -> Result<(), String> {
+        let mut pdus = Vec::new();
+        for id in ids {
+            pdus.push(self.fetch_event(id).await?);
+        }
+        self.store_outliers(pdus).await
+    }
+
+    /// Fetches an event's auth chain and stores it as outliers.
+    async fn fetch_auth_chain(&self, event_id: &OwnedEventId) -> Result<(), String> {
+        let response = self
+            .fed
+            .client
+            .send(
+                self.from,
+                get_event_authorization::v1::Request::new(self.room.room_id.clone(), event_id.clone()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let pdus = response
+            .auth_chain
+            .iter()
+            .filter_map(|raw| parse_pdu(raw, &self.room).ok())
+            .collect();
+        self.store_outliers(pdus).await
+    }
+
+    /// Fetches the events between the room's forward extremities and `pdu`, and receives
+    /// them oldest first (each may in turn need the state across a wider gap).
+    async fn fetch_missing_prevs(&self, pdu: &Pdu) -> Result<(), String> {
+        let core = self.fed.client.core();
+        let earliest: Vec<OwnedEventId> = {
+            let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+            rooms::head(&mut conn, self.room.room_id.as_str())
+                .await
+                .map_err(|e| e.to_string())?
+                .extremities
+                .iter()
+                .filter_map(|id| OwnedEventId::try_from(id.as_str()).ok())
+                .collect()
+        };
+        let mut request =
+            get_missing_events::v1::Request::new(self.room.room_id.clone(), earliest, vec![pdu.event_id.clone()]);
+        request.limit = MISSING_EVENTS_LIMIT.into();
+        let response = match self.fed.client.send(self.from, request).await {
+            Ok(response) => response,
+            // Not fatal: the state before the event bridges the gap instead.
+            Err(e) => {
+                tracing::info!(from = %self.from, error = %e, "get_missing_events failed");
+                return Ok(());
+            }
+        };
+        let mut fetched: Vec<Pdu> = response
+            .events
+            .iter()
+            .filter_map(|raw| parse_pdu(raw, &self.room).ok())
+            .filter(|p| p.event_id != pdu.event_id)
+            .collect();
+        fetched.sort_by_key(|p| p.depth);
+        for missing in fetched {
+            let id = missing.event_id.clone();
+            if let Err(e) = self.receive_with(missing, StateAt::PrevEvents, false).await {
+                tracing::info!(event_id = %id, error = %e, "a missing event could not be stored");
+            }
+        }
+        Ok(())
+    }
+
+    /// The state before `pdu`: the state after each of its prev events, asked of `from`
+    /// (`/state_ids` answers the state before an event; a state event adds itself), with the
+    /// events not stored here fetched as outliers, resolved together.
+    async fn state_before(&self, pdu: &Pdu) -> Result<StateMap, String> {
+        let core = self.fed.client.core();
+        let mut states = Vec::new();
+        for prev in &pdu.prev_events {
+            let response = self
+                .fed
+                .client
+                .send(
+                    self.from,
+                    get_room_state_ids::v1::Request::new(prev.clone(), self.room.room_id.clone()),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut ids: Vec<OwnedEventId> = response.pdu_ids.clone();
+            ids.push(prev.clone());
+            let as_strings: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            let known = {
+                let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+                events::known(&mut conn, &as_strings).await.map_err(|e| e.to_string())?
+            };
+            let unknown: Vec<OwnedEventId> = ids.into_iter().filter(|id| !known.contains(id.as_str())).collect();
+            self.fetch_outliers(&unknown).await?;
+            let mut state = StateMap::new();
+            let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+            let stored = events::get_many(&mut conn, &response.pdu_ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+                .await
+                .map_err(|e| e.to_string())?;
+            for event in stored.iter().chain(events::get(&mut conn, prev.as_str()).await.map_err(|e| e.to_string())?.iter()) {
+                if let Some(key) = &event.state_key {
+                    if !event.rejected {
+                        state.insert((event.event_type.clone(), key.clone()), event.event_id.clone());
+                    }
+                }
+            }
+            states.push(Arc::new(state));
+        }
+        if states.len() == 1 {
+            return Ok(states.pop().map(|s| (*s).clone()).unwrap_or_default());
+        }
+        let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+        weft_core::events::state::resolve(&mut conn, &self.room.rules, &states)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
