@@ -9,8 +9,12 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod join;
 pub mod keys;
+pub mod membership;
+pub mod query;
 pub mod receive;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -25,6 +29,8 @@ use weft_http::{config::Config, error::MatrixError, state::AppState};
 pub struct Federation {
     pub client: client::Client,
     pub keys: keys::KeyRing,
+    /// Received PDUs are processed one room at a time in arrival order.
+    pub room_queues: transaction::RoomQueues,
 }
 
 impl Federation {
@@ -48,7 +54,11 @@ impl Federation {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys = keys::KeyRing::new(client.clone(), notaries);
-        Ok(Arc::new(Federation { client, keys }))
+        Ok(Arc::new(Federation {
+            client,
+            keys,
+            room_queues: transaction::RoomQueues::default(),
+        }))
     }
 }
 
@@ -71,5 +81,7 @@ pub fn keys_router() -> Router<AppState> {
 /// API; it serves the key server too, as servers expect on their federation port.
 pub fn router() -> Router<AppState> {
     let router = api::version::routes(keys_router());
+    let router = api::send::routes(router);
+    let router = api::membership::routes(router);
     api::openid::routes(router)
 }

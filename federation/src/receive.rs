@@ -58,7 +58,10 @@ impl RoomVersion {
     pub async fn of_known(fed: &Federation, room_id: &OwnedRoomId) -> Result<Option<RoomVersion>, String> {
         let core = fed.client.core();
         let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
-        match rooms::version(&core.db, &mut conn, room_id.as_str()).await.map_err(|e| e.to_string())? {
+        match rooms::version(&core.db, &mut conn, room_id.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Some(version) => RoomVersion::new(room_id.clone(), &version).map(Some),
             None => Ok(None),
         }
@@ -133,7 +136,10 @@ impl Receiver<'_> {
                     }
                 }
             }
-            Err(format!("{}: its auth events or state could not be completed", pdu.event_id))
+            Err(format!(
+                "{}: its auth events or state could not be completed",
+                pdu.event_id
+            ))
         })
     }
 
@@ -157,7 +163,9 @@ impl Receiver<'_> {
                     }
                     // A bad event of a batch (a forged signature, say) is left out; whatever
                     // needs it is then missing its auth events and refused in turn.
-                    Err(e) => tracing::info!(event_id = %pdu.event_id, from = %self.from, error = %e, "refused an event"),
+                    Err(e) => {
+                        tracing::info!(event_id = %pdu.event_id, from = %self.from, error = %e, "refused an event")
+                    }
                 }
             }
             if waiting.is_empty() {
@@ -181,7 +189,10 @@ impl Receiver<'_> {
                 pending.sort_by_key(|p| p.depth);
             }
         }
-        Err(format!("{} events could not have their auth events completed", pending.len()))
+        Err(format!(
+            "{} events could not have their auth events completed",
+            pending.len()
+        ))
     }
 
     /// Fetches an event from `from`, checking that it is the one asked for.
@@ -295,10 +306,18 @@ impl Receiver<'_> {
             self.fetch_outliers(&unknown).await?;
             let mut state = StateMap::new();
             let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
-            let stored = events::get_many(&mut conn, &response.pdu_ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
-                .await
-                .map_err(|e| e.to_string())?;
-            for event in stored.iter().chain(events::get(&mut conn, prev.as_str()).await.map_err(|e| e.to_string())?.iter()) {
+            let stored = events::get_many(
+                &mut conn,
+                &response.pdu_ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            for event in stored.iter().chain(
+                events::get(&mut conn, prev.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .iter(),
+            ) {
                 if let Some(key) = &event.state_key {
                     if !event.rejected {
                         state.insert((event.event_type.clone(), key.clone()), event.event_id.clone());

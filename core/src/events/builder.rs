@@ -171,7 +171,10 @@ pub fn sign(core: &Core, rules: &RoomVersionRules, mut object: CanonicalJsonObje
             "event_id".into(),
             CanonicalJsonValue::String(format!("${}:{}", random_string(18), core.server_name)),
         );
-        object.insert("origin".into(), CanonicalJsonValue::String(core.server_name.to_string()));
+        object.insert(
+            "origin".into(),
+            CanonicalJsonValue::String(core.server_name.to_string()),
+        );
     } else {
         object.remove("event_id");
     }

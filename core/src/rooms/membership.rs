@@ -52,6 +52,26 @@ async fn send_member(core: &Core, room_id: &str, sender: &UserId, target: &str, 
     .await
 }
 
+/// The servers of whoever invited `user` to the room, if they are invited: where a room this
+/// server is not in can be joined through.
+pub async fn invite_servers(core: &Core, room_id: &str, user: &UserId) -> Result<Vec<ruma::OwnedServerName>> {
+    let mut conn = core.db.conn().await?;
+    let Some(m) = rooms::membership(&mut conn, room_id, user.as_str()).await? else {
+        return Ok(Vec::new());
+    };
+    if m.membership != "invite" {
+        return Ok(Vec::new());
+    }
+    let Some(invite) = crate::storage::events::get(&mut conn, &m.event_id).await? else {
+        return Ok(Vec::new());
+    };
+    Ok(UserId::parse(&invite.sender)
+        .ok()
+        .map(|sender| sender.server_name().to_owned())
+        .into_iter()
+        .collect())
+}
+
 pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
     ensure_room(core, room_id).await?;
     if membership_of(core, room_id, user.as_str()).await?.as_deref() == Some("ban") {

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod devices;
 pub mod events;
 pub mod filters;
+pub mod inbound_transactions;
 pub mod registration_tokens;
 pub mod rooms;
 pub mod server_keys;

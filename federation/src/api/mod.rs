@@ -1,5 +1,7 @@
 //! Server-Server API endpoints, one module per area of their path.
 
 pub mod keys;
+pub mod membership;
 pub mod openid;
+pub mod send;
 pub mod version;

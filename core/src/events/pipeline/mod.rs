@@ -24,8 +24,8 @@ mod prepare;
 mod tests;
 
 pub use commit::{commit, store_outlier, Accepted, NoSteps, Steps, Write};
-pub use prepare::{prepare, Checked, Missing, Prepared, StateAt, Trust};
 pub(crate) use prepare::auth_against;
+pub use prepare::{prepare, Checked, Missing, Prepared, StateAt, Trust};
 
 use super::Pdu;
 use crate::storage::{events::StoredEvent, rooms::Head};

@@ -8,7 +8,7 @@ use ruma::{
             unban_user,
         },
     },
-    OwnedRoomId, RoomOrAliasId,
+    OwnedRoomId, OwnedServerName, RoomOrAliasId,
 };
 use weft_core::{rooms::membership, storage::rooms};
 
@@ -20,6 +20,24 @@ use crate::{
 
 /// Resolves a room ID or a local alias to a room ID.
 pub async fn resolve_room(state: &AppState, id: &RoomOrAliasId) -> ApiResult<OwnedRoomId> {
+    resolve_room_with_servers(state, id).await.map(|(room_id, _)| room_id)
+}
+
+/// Resolves a room ID or an alias (another server's through federation) to a room ID, with
+/// the servers the alias names to join through.
+async fn resolve_room_with_servers(
+    state: &AppState,
+    id: &RoomOrAliasId,
+) -> ApiResult<(OwnedRoomId, Vec<OwnedServerName>)> {
+    if let Err(alias) = <&ruma::RoomId>::try_from(id) {
+        if alias.server_name() != state.core.server_name {
+            return weft_federation::query::room_alias(weft_federation::of(state)?, alias).await;
+        }
+    }
+    Ok((resolve_local(state, id).await?, Vec::new()))
+}
+
+async fn resolve_local(state: &AppState, id: &RoomOrAliasId) -> ApiResult<OwnedRoomId> {
     match <&ruma::RoomId>::try_from(id) {
         Ok(room_id) => Ok(room_id.to_owned()),
         Err(alias) => {
@@ -46,13 +64,46 @@ async fn check_guest_access(state: &AppState, user: &crate::ruma_wrapper::AuthUs
     }
 }
 
+/// Joins a room: here when this server is in it, else through the servers given, the room ID's
+/// own server (rooms before v12 name the server that created them) and those of the user's
+/// pending invite.
+async fn join(
+    state: &AppState,
+    user: &crate::ruma_wrapper::AuthUser,
+    room_id: &OwnedRoomId,
+    mut servers: Vec<OwnedServerName>,
+    reason: Option<&str>,
+) -> ApiResult<()> {
+    let core = &state.core;
+    let in_room = {
+        let mut conn = state.db.conn().await?;
+        rooms::server_in_room(&mut conn, room_id.as_str(), core.server_name.as_str()).await?
+    };
+    if !in_room {
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
+        servers.extend(membership::invite_servers(core, room_id.as_str(), &user.user_id).await?);
+        servers.retain(|s| *s != core.server_name);
+        let mut seen = std::collections::HashSet::new();
+        servers.retain(|s| seen.insert(s.clone()));
+        if !servers.is_empty() {
+            let fed = weft_federation::of(state)?;
+            weft_federation::join::join_remote(fed, room_id, &user.user_id, &servers, reason).await?;
+            return Ok(());
+        }
+    }
+    check_guest_access(state, user, room_id.as_str()).await?;
+    membership::join(core, room_id.as_str(), &user.user_id, reason).await?;
+    Ok(())
+}
+
 pub async fn join_by_id(
     state: AppState,
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.sender()?;
-    check_guest_access(&state, user, req.room_id.as_str()).await?;
-    membership::join(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    join(&state, user, &req.room_id, Vec::new(), req.reason.as_deref()).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id.clone()))
 }
 
@@ -61,9 +112,9 @@ pub async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.sender()?;
-    let room_id = resolve_room(&state, &req.room_id_or_alias).await?;
-    check_guest_access(&state, user, room_id.as_str()).await?;
-    membership::join(&state.core, room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
+    let (room_id, mut servers) = resolve_room_with_servers(&state, &req.room_id_or_alias).await?;
+    servers.splice(0..0, req.via.iter().cloned());
+    join(&state, user, &room_id, servers, req.reason.as_deref()).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

@@ -1,0 +1,97 @@
+//! Joins and leaves of other servers' users: `make_join`/`send_join` (v2),
+//! `make_leave`/`send_leave` (v2).
+
+use axum::Router;
+use ruma::{
+    api::federation::membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+    RoomVersionId,
+};
+use weft_core::rooms::templates;
+use weft_http::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::{Ruma, RumaRoute},
+    state::AppState,
+};
+
+use crate::membership::{self, raw_list, to_raw};
+
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router.ruma(make_join).ruma(send_join).ruma(make_leave).ruma(send_leave)
+}
+
+fn origin<T>(req: &Ruma<T>) -> ApiResult<ruma::OwnedServerName> {
+    req.origin
+        .clone()
+        .ok_or_else(|| MatrixError::unauthorized("Not signed"))
+}
+
+fn version_id(version: &str) -> ApiResult<RoomVersionId> {
+    RoomVersionId::try_from(version).map_err(|e| MatrixError::unknown(e.to_string()))
+}
+
+/// # `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+async fn make_join(
+    state: AppState,
+    req: Ruma<prepare_join_event::v1::Request>,
+) -> ApiResult<prepare_join_event::v1::Response> {
+    let fed = crate::of(&state)?;
+    let origin = origin(&req)?;
+    // A server that names no version supports only v1, per the spec.
+    let supported = if req.ver.is_empty() {
+        vec![RoomVersionId::V1]
+    } else {
+        req.ver.clone()
+    };
+    let (version, event) =
+        membership::template(fed, &origin, &req.room_id, &req.user_id, "join", Some(&supported)).await?;
+    let mut response = prepare_join_event::v1::Response::new(to_raw(&event));
+    response.room_version = Some(version_id(&version)?);
+    Ok(response)
+}
+
+/// # `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+///
+/// The state before the join and its auth chain, in full (`omit_members` is not honoured yet:
+/// the spec lets a server answer in full).
+async fn send_join(
+    state: AppState,
+    req: Ruma<create_join_event::v2::Request>,
+) -> ApiResult<create_join_event::v2::Response> {
+    let fed = crate::of(&state)?;
+    let origin = origin(&req)?;
+    let pdu = membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "join").await?;
+    let (state_events, auth_chain) = templates::state_and_auth_chain_before(&state.core, pdu.event_id.as_str()).await?;
+    let mut room_state = create_join_event::v2::RoomState::new();
+    room_state.state = raw_list(state_events);
+    room_state.auth_chain = raw_list(auth_chain);
+    room_state.event = Some(to_raw(&pdu.json));
+    let mut conn = state.db.conn().await?;
+    room_state.servers_in_room =
+        Some(weft_core::storage::rooms::servers_in_room(&mut conn, req.room_id.as_str()).await?);
+    Ok(create_join_event::v2::Response::new(room_state))
+}
+
+/// # `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+async fn make_leave(
+    state: AppState,
+    req: Ruma<prepare_leave_event::v1::Request>,
+) -> ApiResult<prepare_leave_event::v1::Response> {
+    let fed = crate::of(&state)?;
+    let origin = origin(&req)?;
+    let (version, event) = membership::template(fed, &origin, &req.room_id, &req.user_id, "leave", None).await?;
+    Ok(prepare_leave_event::v1::Response::new(
+        Some(version_id(&version)?),
+        to_raw(&event),
+    ))
+}
+
+/// # `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+async fn send_leave(
+    state: AppState,
+    req: Ruma<create_leave_event::v2::Request>,
+) -> ApiResult<create_leave_event::v2::Response> {
+    let fed = crate::of(&state)?;
+    let origin = origin(&req)?;
+    membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "leave").await?;
+    Ok(create_leave_event::v2::Response::new())
+}

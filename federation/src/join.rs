@@ -1,0 +1,181 @@
+//! A local user joins a room this server is not in: `make_join` on a server in the room, the
+//! template signed here, `send_join`, and the room's state and auth chain from the answer
+//! checked and stored, after which the join enters the graph with that state.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::federation::membership::{create_join_event, prepare_join_event},
+    canonical_json::{CanonicalJsonObject, CanonicalJsonValue},
+    OwnedEventId, OwnedRoomId, OwnedServerName, RoomVersionId, UserId,
+};
+use weft_core::{
+    events::{builder, pipeline::StateAt, StateMap},
+    rooms::writer::{self, Received},
+    storage::{events, users},
+    util::now_ms,
+};
+use weft_http::error::MatrixError;
+
+use crate::{
+    membership::{template_membership, to_raw},
+    receive::{parse_pdu, Receiver, RoomVersion},
+    Federation,
+};
+
+/// The room versions this server can join.
+pub fn supported_versions() -> Vec<RoomVersionId> {
+    ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
+        .iter()
+        .filter_map(|v| RoomVersionId::try_from(*v).ok())
+        .collect()
+}
+
+/// Joins `user` to `room_id` through the first of `servers` that lets them; answers the join's
+/// event ID.
+pub async fn join_remote(
+    fed: &Federation,
+    room_id: &OwnedRoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    reason: Option<&str>,
+) -> Result<OwnedEventId, MatrixError> {
+    let core = fed.client.core();
+    let mut last_error = MatrixError::not_found("No server to join the room through");
+    for server in servers.iter().filter(|s| **s != core.server_name) {
+        match join_through(fed, server, room_id, user, reason).await {
+            Ok(event_id) => return Ok(event_id),
+            Err(e) => {
+                tracing::info!(%room_id, %server, error = %e.message, "cannot join through this server");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn join_through(
+    fed: &Federation,
+    server: &OwnedServerName,
+    room_id: &OwnedRoomId,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<OwnedEventId, MatrixError> {
+    let core = fed.client.core();
+    let mut make = prepare_join_event::v1::Request::new(room_id.clone(), user.to_owned());
+    make.ver = supported_versions();
+    let made = fed.client.send(server, make).await.map_err(remote_error)?;
+    let version = made.room_version.map(|v| v.to_string()).unwrap_or_else(|| "1".into());
+    let room = RoomVersion::new(room_id.clone(), &version).map_err(MatrixError::unsupported_room_version)?;
+
+    let mut object: CanonicalJsonObject = serde_json::from_str(made.event.get())
+        .map_err(|e| MatrixError::unknown(format!("{server} sent a malformed join template: {e}")))?;
+    let is_ours = matches!(object.get("sender"), Some(CanonicalJsonValue::String(s)) if s == user.as_str())
+        && matches!(object.get("state_key"), Some(CanonicalJsonValue::String(s)) if s == user.as_str())
+        && matches!(object.get("room_id"), Some(CanonicalJsonValue::String(r)) if r == room_id.as_str())
+        && template_membership(&object) == Some("join");
+    if !is_ours {
+        return Err(MatrixError::unknown(format!(
+            "{server} sent a join template for something else"
+        )));
+    }
+    fill_content(core, &mut object, user, reason).await?;
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(now_ms().try_into().unwrap_or_default()),
+    );
+    let pdu = builder::sign(core, &room.rules, object)?;
+
+    let send = create_join_event::v2::Request::new(room_id.clone(), pdu.event_id.clone(), to_raw(&pdu.json));
+    let answer = fed
+        .client
+        .send_with_timeout(server, send, std::time::Duration::from_secs(300))
+        .await
+        .map_err(remote_error)?
+        .room_state;
+    // A restricted join comes back countersigned by the server that authorised it.
+    let pdu = match &answer.event {
+        Some(raw) => match parse_pdu(raw, &room) {
+            Ok(signed) if signed.event_id == pdu.event_id => signed,
+            _ => pdu,
+        },
+        None => pdu,
+    };
+
+    let receiver = Receiver {
+        fed,
+        from: server,
+        room: room.clone(),
+    };
+    let parsed = |list: &[Box<serde_json::value::RawValue>]| {
+        list.iter()
+            .filter_map(|raw| parse_pdu(raw, &room).ok())
+            .collect::<Vec<_>>()
+    };
+    let state_pdus = parsed(&answer.state);
+    let mut outliers = parsed(&answer.auth_chain);
+    outliers.extend(state_pdus.iter().cloned());
+    if let Err(e) = receiver.store_outliers(outliers).await {
+        tracing::info!(%room_id, %server, error = %e, "some of the room's state could not be stored");
+    }
+    // The state is what of the answer's state passed the checks.
+    let ids: Vec<String> = state_pdus.iter().map(|p| p.event_id.to_string()).collect();
+    let mut conn = core.db.conn().await?;
+    let stored = events::get_many(&mut conn, &ids).await?;
+    drop(conn);
+    let mut state = StateMap::new();
+    for event in stored.into_iter().filter(|e| !e.rejected) {
+        if let Some(key) = event.state_key {
+            state.insert((event.event_type, key), event.event_id);
+        }
+    }
+    if state.is_empty() {
+        return Err(MatrixError::unknown(format!("{server} sent no usable room state")));
+    }
+    let keys = fed.keys.keys_for_pdu(&pdu.json, &room.rules).await;
+    let event_id = pdu.event_id.clone();
+    match writer::receive(core, &room.version, pdu, &keys, StateAt::Supplied(Arc::new(state))).await? {
+        Received::Stored(outcome) => match outcome.rejected {
+            None if !outcome.soft_failed => Ok(event_id),
+            _ => Err(MatrixError::forbidden("The room's state does not allow the join")),
+        },
+        Received::Missing(missing) => Err(MatrixError::unknown(format!(
+            "{server} sent an incomplete room state: {missing:?}"
+        ))),
+    }
+}
+
+/// The joining user's profile and reason in the join's content, beside what the template holds
+/// (`join_authorised_via_users_server` for a restricted room).
+async fn fill_content(
+    core: &weft_core::Core,
+    object: &mut CanonicalJsonObject,
+    user: &UserId,
+    reason: Option<&str>,
+) -> Result<(), MatrixError> {
+    let Some(CanonicalJsonValue::Object(content)) = object.get_mut("content") else {
+        return Err(MatrixError::unknown("The join template has no content"));
+    };
+    if let Some(profile) = users::get(&core.db, user.as_str()).await? {
+        if let Some(name) = profile.displayname {
+            content.insert("displayname".into(), CanonicalJsonValue::String(name));
+        }
+        if let Some(url) = profile.avatar_url {
+            content.insert("avatar_url".into(), CanonicalJsonValue::String(url));
+        }
+    }
+    if let Some(reason) = reason {
+        content.insert("reason".into(), CanonicalJsonValue::String(reason.to_owned()));
+    }
+    Ok(())
+}
+
+/// Another server's refusal as this server's error to its client.
+pub fn remote_error(e: crate::client::FederationError) -> MatrixError {
+    match (e.status(), e.errcode()) {
+        (Some(403), _) => MatrixError::forbidden(e.to_string()),
+        (Some(404), _) => MatrixError::not_found(e.to_string()),
+        (Some(400), Some("M_INCOMPATIBLE_ROOM_VERSION")) => MatrixError::unsupported_room_version(e.to_string()),
+        _ => MatrixError::unknown(e.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
+    }
+}

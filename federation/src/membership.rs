@@ -1,0 +1,138 @@
+//! Membership events of other servers' users in rooms this server is in (the serving side of
+//! `make_join`/`send_join`, `make_leave`/`send_leave`): templates built on this server's view of
+//! the room, and the signed events received back through the pipeline.
+
+use ruma::{
+    canonical_json::{CanonicalJsonObject, CanonicalJsonValue},
+    OwnedEventId, OwnedRoomId, ServerName, UserId,
+};
+use serde_json::value::RawValue;
+use weft_core::{events::Pdu, rooms::templates};
+use weft_http::error::MatrixError;
+
+use crate::{
+    receive::{parse_pdu, Receiver, RoomVersion},
+    Federation,
+};
+
+/// The unsigned `membership` event for `user`, asked by `origin`, with the room's version.
+pub async fn template(
+    fed: &Federation,
+    origin: &ServerName,
+    room_id: &OwnedRoomId,
+    user: &UserId,
+    membership: &str,
+    supported_versions: Option<&[ruma::RoomVersionId]>,
+) -> Result<(String, CanonicalJsonObject), MatrixError> {
+    if user.server_name() != origin {
+        return Err(MatrixError::forbidden(format!("{user} is not a user of {origin}")));
+    }
+    let core = fed.client.core();
+    let (version, object) = templates::membership_template(core, room_id.as_str(), user, membership).await?;
+    if let Some(supported) = supported_versions {
+        if !supported.iter().any(|v| v.as_str() == version) {
+            return Err(MatrixError {
+                status: http::StatusCode::BAD_REQUEST,
+                errcode: "M_INCOMPATIBLE_ROOM_VERSION",
+                message: format!("The room is of version {version}, which {origin} does not support"),
+                extra: Some(serde_json::json!({ "room_version": version })),
+            });
+        }
+    }
+    Ok((version, object))
+}
+
+/// Receives `origin`'s signed `membership` event (`send_join`, `send_leave`): it must be the
+/// one named in the path, of a user of `origin`, and pass the auth rules. A restricted join
+/// this server authorised is countersigned first. Answers the event as stored.
+pub async fn receive(
+    fed: &Federation,
+    origin: &ServerName,
+    room_id: &OwnedRoomId,
+    event_id: &OwnedEventId,
+    raw: &RawValue,
+    membership: &str,
+) -> Result<Pdu, MatrixError> {
+    let core = fed.client.core();
+    let room = RoomVersion::of_known(fed, room_id)
+        .await
+        .map_err(MatrixError::unknown)?
+        .ok_or_else(|| MatrixError::not_found("This server is not in the room"))?;
+    let mut pdu = parse_pdu(raw, &room).map_err(MatrixError::bad_json)?;
+    if &pdu.event_id != event_id {
+        return Err(MatrixError::bad_json("The event is not the one named in the path"));
+    }
+    let content: serde_json::Value = pdu.content_value();
+    if pdu.kind.to_string() != "m.room.member"
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        || content["membership"] != membership
+    {
+        return Err(MatrixError::bad_json(format!("Not a {membership} of its sender")));
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(MatrixError::forbidden(format!(
+            "{} is not a user of {origin}",
+            pdu.sender
+        )));
+    }
+    let authoriser = content["join_authorised_via_users_server"]
+        .as_str()
+        .and_then(|u| UserId::parse(u).ok());
+    if membership == "join" && authoriser.is_some_and(|u| core.is_local(&u)) {
+        pdu = countersign(core, &room, pdu)?;
+    }
+    let receiver = Receiver {
+        fed,
+        from: origin,
+        room,
+    };
+    let outcome = receiver.receive(pdu).await.map_err(MatrixError::bad_json)?;
+    if let Some(reason) = outcome.rejected {
+        return Err(MatrixError::forbidden(format!(
+            "The room does not allow this {membership}: {reason}"
+        )));
+    }
+    if outcome.soft_failed {
+        return Err(MatrixError::forbidden(format!(
+            "The room's current state does not allow this {membership}"
+        )));
+    }
+    Ok(outcome.pdu)
+}
+
+/// Adds this server's signature to a restricted join it authorised.
+fn countersign(core: &weft_core::Core, room: &RoomVersion, pdu: Pdu) -> Result<Pdu, MatrixError> {
+    let mut json = pdu.json.clone();
+    ruma::signatures::sign_event(
+        core.server_name.as_str(),
+        &core.key.keypair,
+        &mut json,
+        &room.rules.redaction,
+    )
+    .map_err(|e| MatrixError::bad_json(format!("cannot sign the join: {e}")))?;
+    Pdu::from_json(pdu.event_id, json, &room.rules).map_err(|e| MatrixError::bad_json(e.to_string()))
+}
+
+/// A PDU's JSON as it travels.
+pub fn to_raw(json: &CanonicalJsonObject) -> Box<RawValue> {
+    serde_json::value::to_raw_value(json).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON"))
+}
+
+/// Stored events' JSON as they travel.
+pub fn raw_list(jsons: Vec<String>) -> Vec<Box<RawValue>> {
+    jsons
+        .into_iter()
+        .filter_map(|j| RawValue::from_string(j).ok())
+        .collect()
+}
+
+/// The `membership` of a template event's content.
+pub fn template_membership(object: &CanonicalJsonObject) -> Option<&str> {
+    match object.get("content") {
+        Some(CanonicalJsonValue::Object(content)) => match content.get("membership") {
+            Some(CanonicalJsonValue::String(m)) => Some(m),
+            _ => None,
+        },
+        _ => None,
+    }
+}
