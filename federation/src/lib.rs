@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod membership;
@@ -83,5 +84,6 @@ pub fn router() -> Router<AppState> {
     let router = api::version::routes(keys_router());
     let router = api::send::routes(router);
     let router = api::membership::routes(router);
+    let router = api::invite::routes(router);
     api::openid::routes(router)
 }

@@ -151,6 +151,18 @@ pub async fn invite(
     reason: Option<&str>,
     is_direct: bool,
 ) -> Result<Sent> {
+    let content = invite_content(core, room_id, target, reason, is_direct).await?;
+    send_member(core, room_id, sender, target.as_str(), content).await
+}
+
+/// The content of an invite of `target`, after the checks that make refusals clear.
+async fn invite_content(
+    core: &Core,
+    room_id: &str,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<Value> {
     ensure_room(core, room_id).await?;
     match membership_of(core, room_id, target.as_str()).await?.as_deref() {
         Some("join") => return Err(Error::Forbidden(format!("{target} is already in the room"))),
@@ -168,8 +180,53 @@ pub async fn invite(
     if is_direct {
         content["is_direct"] = json!(true);
     }
-    send_member(core, room_id, sender, target.as_str(), content).await
+    Ok(content)
 }
+
+/// An invite of a user of another server, built on the room's current head and checked, but
+/// not sent: their server countersigns it first (`/invite`), and it enters the room through
+/// the room writer after. With it, the room's stripped state for the invitee (the signed
+/// events, as servers since Matrix 1.16 expect).
+pub async fn build_remote_invite(
+    core: &Core,
+    room_id: &str,
+    sender: &UserId,
+    target: &UserId,
+    reason: Option<&str>,
+    is_direct: bool,
+) -> Result<(String, crate::events::Pdu, Vec<String>)> {
+    let content = invite_content(core, room_id, target, reason, is_direct).await?;
+    let template = EventTemplate::state("m.room.member", target.as_str(), content);
+    let mut conn = core.db.conn().await?;
+    let (version, rules) = room_rules(core, &mut conn, room_id).await?;
+    let head = rooms::head(&mut conn, room_id).await?;
+    let state = current_state(core, &mut conn, room_id).await?;
+    let pdu =
+        crate::events::builder::build(core, &mut conn, &rules, Some(room_id), sender, &template, &head, &state).await?;
+    // Refused here with the auth rules' reason rather than after a round trip.
+    crate::rooms::writer::prepare_local(core, &mut conn, &rules, pdu.clone()).await?;
+    let ids: Vec<String> = INVITE_STATE_TYPES
+        .iter()
+        .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
+        .collect();
+    let stripped = crate::storage::events::get_many(&mut conn, &ids)
+        .await?
+        .into_iter()
+        .map(|e| e.json)
+        .collect();
+    Ok((version, pdu, stripped))
+}
+
+/// The state an invitee sees of a room before joining.
+pub const INVITE_STATE_TYPES: [&str; 7] = [
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+];
 
 pub async fn leave(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
     ensure_room(core, room_id).await?;

@@ -9,6 +9,7 @@ pub mod directory;
 pub mod filter;
 pub mod hierarchy;
 pub mod membership;
+pub mod out_of_band;
 pub mod power;
 pub mod relations;
 pub mod reports;

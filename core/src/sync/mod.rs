@@ -709,19 +709,26 @@ pub(crate) async fn stripped_state(
     room_id: &str,
     member_event: &str,
 ) -> Result<Vec<Value>> {
+    let strip = |json: &Value| json!({ "type": json["type"], "state_key": json["state_key"], "content": json["content"], "sender": json["sender"] });
+    // An invite from another server to a room this server is not in carries the room's
+    // stripped state as its server sent it (see rooms::out_of_band).
+    if let Some(member) = events::get(conn, member_event).await? {
+        let json: Value = serde_json::from_str(&member.json).unwrap_or_default();
+        if let Some(sent) = json["unsigned"]["invite_room_state"].as_array() {
+            let mut list: Vec<Value> = sent
+                .iter()
+                .filter(|e| e["type"].is_string() && e["state_key"].is_string())
+                .map(strip)
+                .collect();
+            list.push(strip(&json));
+            return Ok(list);
+        }
+    }
     let state = crate::rooms::current_state(core, conn, room_id).await?;
-    let mut ids: Vec<String> = [
-        "m.room.create",
-        "m.room.join_rules",
-        "m.room.name",
-        "m.room.avatar",
-        "m.room.canonical_alias",
-        "m.room.encryption",
-        "m.room.topic",
-    ]
-    .iter()
-    .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
-    .collect();
+    let mut ids: Vec<String> = crate::rooms::membership::INVITE_STATE_TYPES
+        .iter()
+        .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
+        .collect();
     ids.push(member_event.to_owned());
     let list = events::get_many(conn, &ids).await?;
     Ok(list

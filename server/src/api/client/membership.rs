@@ -125,6 +125,18 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Api
             .with_status(http::StatusCode::BAD_REQUEST));
     };
     let is_direct = req.json_body.as_ref().is_some_and(|b| b["is_direct"] == true);
+    if !state.core.is_local(&recipient.user_id) {
+        weft_federation::invite::invite_remote(
+            weft_federation::of(&state)?,
+            &req.room_id,
+            &user.user_id,
+            &recipient.user_id,
+            recipient.reason.as_deref(),
+            is_direct,
+        )
+        .await?;
+        return Ok(invite_user::v3::Response::new());
+    }
     membership::invite(
         &state.core,
         req.room_id.as_str(),
@@ -139,6 +151,16 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Api
 
 pub async fn leave(state: AppState, req: Ruma<leave_room::v3::Request>) -> ApiResult<leave_room::v3::Response> {
     let user = req.sender()?;
+    // An invite to a room this server is not in is rejected through the inviting server.
+    if !weft_core::rooms::out_of_band::is_in_room(&state.core, req.room_id.as_str()).await? {
+        let servers = membership::invite_servers(&state.core, req.room_id.as_str(), &user.user_id).await?;
+        if !servers.is_empty() {
+            let fed = weft_federation::of(&state)?;
+            weft_federation::invite::reject_remote(fed, &req.room_id, &user.user_id, &servers, req.reason.as_deref())
+                .await?;
+            return Ok(leave_room::v3::Response::new());
+        }
+    }
     membership::leave(&state.core, req.room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
     Ok(leave_room::v3::Response::new())
 }
