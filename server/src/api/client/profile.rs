@@ -13,9 +13,32 @@ use crate::{
     state::AppState,
 };
 
-async fn load(state: &AppState, user_id: &UserId) -> ApiResult<User> {
+/// What a profile shows.
+struct Profile {
+    displayname: Option<String>,
+    avatar_url: Option<String>,
+}
+
+/// A user's profile: this server's users from the database, others' asked of their server.
+async fn load(state: &AppState, user_id: &UserId) -> ApiResult<Profile> {
+    if !state.core.is_local(user_id) {
+        let answer = weft_federation::query::profile(weft_federation::of(state)?, user_id, None).await?;
+        let field = |name: &str| answer.data.get(name).and_then(Value::as_str).map(str::to_owned);
+        return Ok(Profile {
+            displayname: field("displayname"),
+            avatar_url: field("avatar_url"),
+        });
+    }
     match users::get(&state.db, user_id.as_str()).await? {
-        Some(user) if !user.deactivated => Ok(user),
+        Some(User {
+            deactivated: false,
+            displayname,
+            avatar_url,
+            ..
+        }) => Ok(Profile {
+            displayname,
+            avatar_url,
+        }),
         _ => Err(MatrixError::not_found("Profile not found")),
     }
 }
