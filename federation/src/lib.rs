@@ -19,5 +19,9 @@ pub fn keys_router() -> Router<AppState> {
 /// API; it serves the key server too, as servers expect on their federation port.
 pub fn router() -> Router<AppState> {
     let router = api::version::routes(keys_router());
-    api::openid::routes(router)
+    let router = api::openid::routes(router);
+    let router = api::event::routes(router);
+    let router = api::state::routes(router);
+    let router = api::backfill::routes(router);
+    api::query::routes(router)
 }
