@@ -91,6 +91,7 @@ pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<St
 /// The stored prev events of any of these events (each once).
 pub async fn prev_events_of(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
     let mut out: Vec<StoredEvent> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for chunk in ids.chunks(super::IN_CHUNK) {
         let list = super::InList::new(conn, 1, chunk.len());
         let tail = format!(
@@ -100,7 +101,7 @@ pub async fn prev_events_of(conn: &mut AnyConnection, ids: &[String]) -> Result<
         let binds = list.binds(chunk);
         let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
         for event in query(&mut *conn, &tail, &binds).await? {
-            if !out.iter().any(|e| e.event_id == event.event_id) {
+            if seen.insert(event.event_id.clone()) {
                 out.push(event);
             }
         }
