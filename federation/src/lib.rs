@@ -85,5 +85,9 @@ pub fn router() -> Router<AppState> {
     let router = api::send::routes(router);
     let router = api::membership::routes(router);
     let router = api::invite::routes(router);
-    api::openid::routes(router)
+    let router = api::openid::routes(router);
+    let router = api::event::routes(router);
+    let router = api::state::routes(router);
+    let router = api::backfill::routes(router);
+    api::query::routes(router)
 }

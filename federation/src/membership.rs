@@ -118,14 +118,6 @@ pub fn to_raw(json: &CanonicalJsonObject) -> Box<RawValue> {
     serde_json::value::to_raw_value(json).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON"))
 }
 
-/// Stored events' JSON as they travel.
-pub fn raw_list(jsons: Vec<String>) -> Vec<Box<RawValue>> {
-    jsons
-        .into_iter()
-        .filter_map(|j| RawValue::from_string(j).ok())
-        .collect()
-}
-
 /// The `membership` of a template event's content.
 pub fn template_membership(object: &CanonicalJsonObject) -> Option<&str> {
     match object.get("content") {

@@ -1,12 +1,14 @@
 //! Room logic on top of the event graph: the room writer (local sends and received events,
 //! serialised per room), creating rooms, membership changes, visibility.
 
+pub mod acl;
 pub mod aliases;
 pub mod checks;
 pub mod client_format;
 pub mod create;
 pub mod directory;
 pub mod filter;
+pub mod for_servers;
 pub mod hierarchy;
 pub mod membership;
 pub mod out_of_band;

@@ -48,29 +48,3 @@ pub async fn membership_template(
     }
     Ok((version, object))
 }
-
-/// What a server that sent a membership event needs to take part in the room from there: the
-/// state before the event and the auth chain of that state and the event, as signed PDUs
-/// (`send_join`'s answer).
-pub async fn state_and_auth_chain_before(core: &Core, event_id: &str) -> Result<(Vec<String>, Vec<String>)> {
-    let mut conn = core.db.conn().await?;
-    let stored = crate::storage::events::get(&mut conn, event_id)
-        .await?
-        .ok_or_else(|| Error::NotFound("Unknown event".into()))?;
-    let state = crate::storage::state::load_or_empty(&core.db, &mut conn, stored.state_before).await?;
-    let state_ids: Vec<String> = state.values().cloned().collect();
-    let start: Vec<String> = state_ids
-        .iter()
-        .cloned()
-        .chain(std::iter::once(event_id.to_owned()))
-        .collect();
-    let mut chain: Vec<String> = crate::events::auth_chain::auth_chain(&mut conn, start)
-        .await?
-        .into_iter()
-        .collect();
-    chain.sort();
-    let json_of = |events: Vec<crate::storage::events::StoredEvent>| events.into_iter().map(|e| e.json).collect();
-    let state_events = crate::storage::events::get_many(&mut conn, &state_ids).await?;
-    let chain_events = crate::storage::events::get_many(&mut conn, &chain).await?;
-    Ok((json_of(state_events), json_of(chain_events)))
-}

@@ -88,6 +88,65 @@ pub async fn get_many(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<St
     Ok(out)
 }
 
+/// The stored prev events of any of these events (each once).
+pub async fn prev_events_of(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<StoredEvent>> {
+    let mut out: Vec<StoredEvent> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let list = super::InList::new(conn, 1, chunk.len());
+        let tail = format!(
+            "WHERE event_id IN (SELECT prev_event_id FROM event_edges WHERE event_id IN ({}))",
+            list.sql()
+        );
+        let binds = list.binds(chunk);
+        let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
+        for event in query(&mut *conn, &tail, &binds).await? {
+            if seen.insert(event.event_id.clone()) {
+                out.push(event);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The room's stored events reachable from `from` (themselves included) through prev events
+/// while their depth stays at or above `min_depth`, not rejected: the `limit` deepest, deepest
+/// first. Depth falls along every prev edge, so the walk never needs to leave the window to
+/// find an event inside it, and one recursive query reads the whole window.
+pub async fn ancestors_in_window(
+    conn: &mut AnyConnection,
+    room_id: &str,
+    from: &[String],
+    min_depth: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>> {
+    let list = super::InList::new(conn, 4, from.len());
+    let sql = format!(
+        "WITH RECURSIVE walk (event_id) AS (
+             SELECT event_id FROM events WHERE event_id IN ({list}) AND room_id = $1 AND depth >= $2
+             UNION
+             SELECT p.event_id FROM event_edges e
+               JOIN walk ON e.event_id = walk.event_id
+               JOIN events p ON p.event_id = e.prev_event_id
+               WHERE p.room_id = $1 AND p.depth >= $2
+         )
+         SELECT {COLUMNS} FROM events
+         WHERE event_id IN (SELECT event_id FROM walk) AND rejected_reason IS NULL
+         ORDER BY depth DESC, event_id LIMIT $3",
+        list = list.sql()
+    );
+    let mut q = sqlx::query(&sql)
+        .persistent(super::keep_prepared(from.len()))
+        .bind(room_id)
+        .bind(min_depth)
+        .bind(limit);
+    for b in list.binds(from) {
+        q = q.bind(b);
+    }
+    let rows = q.fetch_all(conn).await?;
+    Ok(rows.iter().map(from_row).collect::<std::result::Result<_, _>>()?)
+}
+
 /// The sender of a room's create event, if it is stored (as a full event or an outlier).
 pub async fn create_event_sender(conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
     Ok(sqlx::query_scalar(

@@ -6,23 +6,17 @@ use ruma::{
     api::federation::membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
     RoomVersionId,
 };
-use weft_core::rooms::templates;
+use weft_core::rooms::for_servers;
 use weft_http::{
     error::{ApiResult, MatrixError},
     ruma_wrapper::{Ruma, RumaRoute},
     state::AppState,
 };
 
-use crate::membership::{self, raw_list, to_raw};
+use crate::membership::{self, to_raw};
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router.ruma(make_join).ruma(send_join).ruma(make_leave).ruma(send_leave)
-}
-
-fn origin<T>(req: &Ruma<T>) -> ApiResult<ruma::OwnedServerName> {
-    req.origin
-        .clone()
-        .ok_or_else(|| MatrixError::unauthorized("Not signed"))
 }
 
 fn version_id(version: &str) -> ApiResult<RoomVersionId> {
@@ -35,7 +29,7 @@ async fn make_join(
     req: Ruma<prepare_join_event::v1::Request>,
 ) -> ApiResult<prepare_join_event::v1::Response> {
     let fed = crate::of(&state)?;
-    let origin = origin(&req)?;
+    let origin = super::origin(&req)?.to_owned();
     // A server that names no version supports only v1, per the spec.
     let supported = if req.ver.is_empty() {
         vec![RoomVersionId::V1]
@@ -58,12 +52,20 @@ async fn send_join(
     req: Ruma<create_join_event::v2::Request>,
 ) -> ApiResult<create_join_event::v2::Response> {
     let fed = crate::of(&state)?;
-    let origin = origin(&req)?;
+    let origin = super::origin(&req)?.to_owned();
     let pdu = membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "join").await?;
-    let (state_events, auth_chain) = templates::state_and_auth_chain_before(&state.core, pdu.event_id.as_str()).await?;
+    // The joining server now has a member in the room, so it may read the state before its
+    // join like any server in the room.
+    let before = for_servers::state(
+        &state.core,
+        origin.as_str(),
+        req.room_id.as_str(),
+        pdu.event_id.as_str(),
+    )
+    .await?;
     let mut room_state = create_join_event::v2::RoomState::new();
-    room_state.state = raw_list(state_events);
-    room_state.auth_chain = raw_list(auth_chain);
+    room_state.state = super::pdus(before.state);
+    room_state.auth_chain = super::pdus(before.auth_chain);
     room_state.event = Some(to_raw(&pdu.json));
     let mut conn = state.db.conn().await?;
     room_state.servers_in_room =
@@ -77,7 +79,7 @@ async fn make_leave(
     req: Ruma<prepare_leave_event::v1::Request>,
 ) -> ApiResult<prepare_leave_event::v1::Response> {
     let fed = crate::of(&state)?;
-    let origin = origin(&req)?;
+    let origin = super::origin(&req)?.to_owned();
     let (version, event) = membership::template(fed, &origin, &req.room_id, &req.user_id, "leave", None).await?;
     Ok(prepare_leave_event::v1::Response::new(
         Some(version_id(&version)?),
@@ -91,7 +93,7 @@ async fn send_leave(
     req: Ruma<create_leave_event::v2::Request>,
 ) -> ApiResult<create_leave_event::v2::Response> {
     let fed = crate::of(&state)?;
-    let origin = origin(&req)?;
+    let origin = super::origin(&req)?.to_owned();
     membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new())
 }

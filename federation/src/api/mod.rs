@@ -1,8 +1,34 @@
 //! Server-Server API endpoints, one module per area of their path.
 
+pub mod backfill;
+pub mod event;
 pub mod invite;
 pub mod keys;
 pub mod membership;
 pub mod openid;
+pub mod query;
 pub mod send;
+pub mod state;
+#[cfg(test)]
+mod tests;
 pub mod version;
+
+use ruma::ServerName;
+use weft_http::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
+};
+
+/// The server that signed a request. `Ruma` verifies the signature of every endpoint that
+/// needs one before the handler runs, so a missing origin is a route mounted on the wrong
+/// kind of endpoint; it is refused rather than trusted.
+pub(crate) fn origin<T>(req: &Ruma<T>) -> ApiResult<&ServerName> {
+    req.origin
+        .as_deref()
+        .ok_or_else(|| MatrixError::unauthorized("This endpoint needs a signed request from a server"))
+}
+
+/// PDUs as ruma's responses carry them.
+pub(crate) fn pdus(served: Vec<weft_core::rooms::for_servers::ServedPdu>) -> Vec<Box<serde_json::value::RawValue>> {
+    served.into_iter().map(|p| p.pdu).collect()
+}
