@@ -134,3 +134,180 @@ fn expires(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     };
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{net::SocketAddr, sync::Arc};
+
+    use axum::{
+        http::{header, HeaderMap, HeaderValue, StatusCode},
+        response::{IntoResponse, Response},
+        Router,
+    };
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    const HOUR: Duration = Duration::from_secs(60 * 60);
+
+    #[test]
+    fn the_cache_period_follows_cache_control_then_expires_then_a_day() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let in_3h = httpdate::fmt_http_date(now + 3 * HOUR);
+        let cases: &[(&[(&'static str, &str)], Duration)] = &[
+            (&[], DEFAULT_CACHE),
+            (&[("cache-control", "public, max-age=7200")], 2 * HOUR),
+            (&[("cache-control", "max-age=\"7200\"")], 2 * HOUR),
+            // max-age wins over Expires.
+            (&[("cache-control", "max-age=7200"), ("expires", &in_3h)], 2 * HOUR),
+            (&[("expires", &in_3h)], 3 * HOUR),
+            // Capped at 48 hours.
+            (&[("cache-control", "max-age=999999999")], MAX_CACHE),
+            // Never below the floor, however stale the answer says it is.
+            (&[("cache-control", "no-store")], MIN_CACHE),
+            (&[("cache-control", "max-age=7200, no-cache")], MIN_CACHE),
+            (&[("cache-control", "max-age=0")], MIN_CACHE),
+            (&[("cache-control", "max-age=soon")], MIN_CACHE),
+            (&[("expires", "0")], MIN_CACHE),
+            (&[("expires", &httpdate::fmt_http_date(now - HOUR))], MIN_CACHE),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(cache_period(&headers(pairs), now), *expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_body_must_name_a_server() {
+        assert_eq!(
+            parse(br#"{"m.server": "matrix.example.org:443"}"#).unwrap(),
+            "matrix.example.org:443"
+        );
+        assert_eq!(parse(br#"{"m.server": "[::1]"}"#).unwrap(), "[::1]");
+        for bad in [
+            &b"not json"[..],
+            br#"{"m.server": 42}"#,
+            br#"{"m.homeserver": "example.org"}"#,
+            br#"{"m.server": "https://example.org"}"#,
+            br#"{"m.server": "example.org:99999"}"#,
+            br#"["m.server"]"#,
+        ] {
+            assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    /// One HTTPS server for every test host (the client resolves them all to it), answering
+    /// by Host header.
+    async fn well_known(headers: HeaderMap) -> Response {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default();
+        let json = |body: &str| ([(header::CONTENT_TYPE, "application/json")], body.to_owned());
+        match host {
+            "ok.test" => (
+                [(header::CACHE_CONTROL, "max-age=7200")],
+                json(r#"{"m.server": "matrix.ok.test:443"}"#),
+            )
+                .into_response(),
+            "moved.test" => (
+                StatusCode::MOVED_PERMANENTLY,
+                [(header::LOCATION, "https://ok.test/.well-known/matrix/server")],
+            )
+                .into_response(),
+            "loop.test" => (
+                StatusCode::FOUND,
+                [(header::LOCATION, "https://loop.test/.well-known/matrix/server")],
+            )
+                .into_response(),
+            "bad.test" => json("<html>").into_response(),
+            "huge.test" => json(&format!(
+                r#"{{"m.server": "a.test", "pad": "{}"}}"#,
+                "x".repeat(MAX_BODY)
+            ))
+            .into_response(),
+            "teapot.test" => (StatusCode::IM_A_TEAPOT, json(r#"{"m.server": "a.test"}"#)).into_response(),
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    const HOSTS: [&str; 7] = [
+        "ok.test",
+        "moved.test",
+        "loop.test",
+        "bad.test",
+        "huge.test",
+        "teapot.test",
+        "missing.test",
+    ];
+
+    /// Serves [`well_known`] over TLS on a loopback port with a certificate for [`HOSTS`] from
+    /// a test CA; answers a client that trusts that CA and reaches the hosts there.
+    async fn https_server() -> reqwest::Client {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(HOSTS.map(String::from).to_vec())
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(well_known);
+        let server = axum_server::from_tcp_rustls(
+            listener,
+            axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
+        );
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+
+        let mut client = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap());
+        for host in HOSTS {
+            // Port 443 is the URL's, implied; the address's port is used instead.
+            client = client.resolve(host, SocketAddr::from(([127, 0, 0, 1], addr.port())));
+        }
+        client.build().unwrap()
+    }
+
+    #[tokio::test]
+    async fn fetching_over_https_follows_redirects_and_refuses_what_is_not_a_delegation() {
+        let source = HttpWellKnown {
+            http: https_server().await,
+        };
+        let fetched = source.fetch("ok.test").await;
+        assert_eq!(fetched.answer.unwrap(), "matrix.ok.test:443");
+        assert_eq!(fetched.keep_for, 2 * HOUR);
+        let fetched = source.fetch("moved.test").await;
+        assert_eq!(fetched.answer.unwrap(), "matrix.ok.test:443", "redirect followed");
+        for (host, why) in [
+            ("loop.test", "redirect"),
+            ("bad.test", "not JSON"),
+            ("huge.test", "larger than"),
+            ("teapot.test", "status 418"),
+            ("missing.test", "status 404"),
+        ] {
+            let fetched = source.fetch(host).await;
+            let error = fetched.answer.unwrap_err();
+            assert!(error.contains(why), "{host}: {error}");
+            assert_eq!(fetched.keep_for, ERROR_CACHE, "{host}");
+        }
+    }
+}
