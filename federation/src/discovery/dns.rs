@@ -100,3 +100,29 @@ fn none_or_error<T>(name: &str, e: ResolveError) -> Result<Vec<T>, DnsError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real resolver, without a network: `localhost` comes from the hosts file.
+    #[tokio::test]
+    async fn hickory_reads_the_hosts_file() {
+        let ips = HickoryDns::from_system().ips("localhost").await.unwrap();
+        assert!(ips.iter().any(|ip| ip.is_loopback()), "{ips:?}");
+    }
+
+    /// The resolver is made where the federation client is, perhaps before any runtime runs.
+    #[test]
+    fn a_resolver_is_made_outside_a_runtime() {
+        let resolver = super::super::Resolver::new(reqwest::Client::new());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let destination = runtime
+            .block_on(resolver.resolve(ruma::server_name!("127.0.0.1")))
+            .unwrap();
+        assert_eq!(destination.authority, "127.0.0.1:8448");
+    }
+}

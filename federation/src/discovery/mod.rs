@@ -16,6 +16,8 @@
 mod connect;
 mod dns;
 #[cfg(test)]
+mod test_tls;
+#[cfg(test)]
 mod tests;
 mod well_known;
 

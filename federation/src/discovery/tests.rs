@@ -448,3 +448,38 @@ async fn the_http_clients_dns_connects_routed_hosts_to_their_targets() {
         addrs(&["192.0.2.1:8443"]).unwrap()
     );
 }
+
+/// The federation client's way: a URL of the destination's authority, this resolver's DNS. An
+/// SRV-routed host is reached on its target's port, with the Host header and certificate of
+/// the bare hostname.
+#[tokio::test]
+async fn a_reqwest_client_reaches_an_srv_target_through_the_resolvers_dns() {
+    use axum::{http::HeaderMap, Router};
+    let echo_host = |headers: HeaderMap| async move {
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let server = super::test_tls::serve(&["fed.test"], Router::new().fallback(echo_host));
+    let port = server.addr.port();
+    let (r, _, _) = resolver(
+        FakeDns::default()
+            .srv("_matrix-fed._tcp.fed.test", &[(0, 0, port, "target.test")])
+            .host("target.test", &["127.0.0.1"]),
+        FakeWellKnown::default(),
+    );
+    let destination = r.resolve(server_name!("fed.test")).await.unwrap();
+    assert_eq!(destination.base_url(), "https://fed.test");
+    let http = server.client_builder().dns_resolver2(r.dns()).build().unwrap();
+    let host = http
+        .get(format!("{}/_matrix/federation/v1/version", destination.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(host, "fed.test");
+}

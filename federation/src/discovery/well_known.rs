@@ -137,8 +137,6 @@ fn expires(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use std::{net::SocketAddr, sync::Arc};
-
     use axum::{
         http::{header, HeaderMap, HeaderValue, StatusCode},
         response::{IntoResponse, Response},
@@ -247,42 +245,13 @@ mod tests {
         "missing.test",
     ];
 
-    /// Serves [`well_known`] over TLS on a loopback port with a certificate for [`HOSTS`] from
-    /// a test CA; answers a client that trusts that CA and reaches the hosts there.
+    /// [`well_known`] over HTTPS, and a client that reaches every test host there.
     async fn https_server() -> reqwest::Client {
-        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap()).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(HOSTS.map(String::from).to_vec())
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-            )
-            .unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().fallback(well_known);
-        let server = axum_server::from_tcp_rustls(
-            listener,
-            axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls)),
-        );
-        tokio::spawn(async move { server.serve(app.into_make_service()).await });
-
-        let mut client = reqwest::Client::builder()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap());
+        let server = super::super::test_tls::serve(&HOSTS, Router::new().fallback(well_known));
+        let mut client = server.client_builder();
         for host in HOSTS {
             // Port 443 is the URL's, implied; the address's port is used instead.
-            client = client.resolve(host, SocketAddr::from(([127, 0, 0, 1], addr.port())));
+            client = client.resolve(host, server.addr);
         }
         client.build().unwrap()
     }
