@@ -120,7 +120,7 @@ impl Client {
         // `.well-known/matrix/server` is fetched with ordinary resolution; the federation
         // requests themselves connect where discovery said.
         let resolver = Resolver::new(builder().build().map_err(build_error)?);
-        let http = builder().dns_resolver(resolver.dns()).build().map_err(build_error)?;
+        let http = builder().dns_resolver2(resolver.dns()).build().map_err(build_error)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 core,
@@ -170,7 +170,7 @@ impl Client {
             .resolve(destination)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let base = format!("https://{}", target.authority);
+        let base = target.base_url();
         let auth = R::Authentication::input(&inner.core.server_name, destination, &inner.core.key.keypair);
         let request: http::Request<Vec<u8>> = request
             .try_into_http_request(&base, auth, ())

@@ -349,6 +349,12 @@ impl Config {
         if self.rate_limits.per_second <= 0.0 {
             return Err("rate_limits.per_second must be positive".into());
         }
+        let delegated = &self.federation.well_known_server;
+        if !delegated.is_empty() && ruma::ServerName::parse(delegated).is_err() {
+            return Err(format!(
+                "federation.well_known_server: {delegated:?} is not a server name (host[:port])"
+            ));
+        }
         self.media.validate()?;
         self.extra_roots()?;
         Ok(())
@@ -441,6 +447,9 @@ mod tests {
         assert!(err.contains("listeners") && err.contains("port"), "{err}");
         let err = load_str("server_name = \"not a name!\"\n").unwrap_err();
         assert!(err.contains("server_name"), "{err}");
+        let err = load_str("[federation]\nwell_known_server = \"https://matrix.example.org\"\n").unwrap_err();
+        assert!(err.contains("federation.well_known_server"), "{err}");
+        load_str("[federation]\nwell_known_server = \"matrix.example.org:443\"\n").expect("a server name");
     }
 
     #[test]

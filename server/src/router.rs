@@ -16,12 +16,10 @@ use axum::{
     http::{header, HeaderValue, Method, Version},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
+    Router,
 };
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
-use serde_json::json;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     classify::{ServerErrorsAsFailures, SharedClassifier},
@@ -35,9 +33,7 @@ use crate::{api, config::Api, error::MatrixError, state::AppState};
 pub fn build(state: AppState, apis: &[Api]) -> Router {
     let mut router = Router::new();
     if apis.contains(&Api::Client) {
-        router = router
-            .merge(api::client::router())
-            .route("/.well-known/matrix/server", get(server_well_known));
+        router = router.merge(api::client::router());
     }
     if apis.contains(&Api::Media) {
         router = router.merge(api::media::router());
@@ -124,17 +120,6 @@ fn cors() -> CorsLayer {
             header::AUTHORIZATION,
             header::DATE,
         ])
-}
-
-async fn server_well_known(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
-    let server = &state.config.server_name;
-    // A server name without a port delegates to port 443 of the same host.
-    let delegated = if server.contains(':') && !server.ends_with(']') {
-        server.clone()
-    } else {
-        format!("{server}:443")
-    };
-    Json(json!({ "m.server": delegated }))
 }
 
 /// A handler that answers without reading the request's body (a fallback, an endpoint that

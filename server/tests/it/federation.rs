@@ -1,9 +1,14 @@
 //! The Server-Server API as another server sees it: the key server and the version endpoint on
-//! a listener with the `federation` API.
+//! a listener with the `federation` API, over TLS from a test CA on federated test servers, and
+//! the `.well-known` delegation.
 
 use ruma::{canonical_json::CanonicalJsonValue, signatures::PublicKeyMap};
 
-use crate::{both_backends, harness::TestServer};
+use crate::{
+    both_backends,
+    harness::TestServer,
+    harness_federation::{start_federation, FederatedServer, TestCa},
+};
 
 async fn start(backend: crate::harness::Backend) -> Option<TestServer> {
     TestServer::start_with(backend, |config| {
@@ -114,3 +119,93 @@ both_backends!(a_rotated_key_is_published_as_an_old_verify_key, |backend| async 
     assert_eq!(signatures.keys().collect::<Vec<_>>(), [&rotated.key_id]);
     server.stop().await;
 });
+
+both_backends!(
+    the_server_well_known_delegates_federation_when_configured,
+    |backend| async move {
+        let Some(server) = TestServer::start_with(backend, |config| {
+            config.federation.well_known_server = "matrix.example.org:443".into();
+        })
+        .await
+        else {
+            return;
+        };
+        let (status, body) = server.client().get("/.well-known/matrix/server").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, serde_json::json!({"m.server": "matrix.example.org:443"}));
+        server.stop().await;
+    }
+);
+
+/// `GET <path>` on a server's federation listener with `http`; the JSON body, or the error.
+async fn get_json(http: &reqwest::Client, server: &FederatedServer, path: &str) -> Result<serde_json::Value, String> {
+    let response = http
+        .get(format!("{}{path}", server.federation_url()))
+        .send()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.map_err(|e| e.to_string())
+}
+
+both_backends!(
+    federated_servers_serve_the_federation_api_over_tls_from_the_test_ca,
+    |backend| async move {
+        let Some((ca, servers)) = start_federation(backend, 2).await else {
+            return;
+        };
+        assert_ne!(servers[0].server_name(), servers[1].server_name());
+        let trusting = ca.client();
+        for server in &servers {
+            assert_eq!(
+                server.server_name(),
+                format!("127.0.0.1:{}", server.federation_addr.port())
+            );
+            let version = get_json(&trusting, server, "/_matrix/federation/v1/version")
+                .await
+                .unwrap();
+            assert_eq!(version["server"]["name"], "Weft");
+            let keys = get_json(&trusting, server, "/_matrix/key/v2/server").await.unwrap();
+            assert_eq!(keys["server_name"], server.server_name());
+            // The client APIs stay on the plain listener.
+            let (status, _) = server.client().get("/_matrix/client/versions").await;
+            assert_eq!(status, 200);
+        }
+        // Certificates are checked: a client with only the public roots refuses them, and one
+        // trusting another test CA too.
+        let stranger = TestCa::new();
+        for (who, http) in [
+            ("public roots", reqwest::Client::new()),
+            ("another CA", stranger.client()),
+        ] {
+            let e = get_json(&http, &servers[0], "/_matrix/key/v2/server")
+                .await
+                .unwrap_err();
+            assert!(e.to_lowercase().contains("certificate"), "{who}: {e}");
+        }
+        for server in servers {
+            server.stop().await;
+        }
+    }
+);
+
+both_backends!(
+    a_federated_server_restarts_on_its_ports_with_its_key,
+    |backend| async move {
+        let ca = TestCa::new();
+        let Some(mut server) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let alice = server.register("alice", "pw").await;
+        let http = ca.client();
+        let before = get_json(&http, &server, "/_matrix/key/v2/server").await.unwrap();
+        server.restart().await;
+        let after = get_json(&http, &server, "/_matrix/key/v2/server").await.unwrap();
+        assert_eq!(before["verify_keys"], after["verify_keys"]);
+        // Same database: the account is still there, reached at the same address.
+        let (status, body) = alice.get("/_matrix/client/v3/account/whoami").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["user_id"], format!("@alice:{}", server.server_name()));
+        server.stop().await;
+    }
+);

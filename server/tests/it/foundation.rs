@@ -38,9 +38,10 @@ both_backends!(discovery, |backend| async move {
     let (status, body) = c.get("/.well-known/matrix/client").await;
     assert_eq!(status, 200);
     assert_eq!(body["m.homeserver"]["base_url"], "http://127.0.0.1");
+    // No delegation configured: nothing is served (federation.rs tests a configured one).
     let (status, body) = c.get("/.well-known/matrix/server").await;
-    assert_eq!(status, 200);
-    assert_eq!(body["m.server"], "weft.test:443");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
     // CORS for Element Web.
     let res = reqwest::Client::new()
         .request(

@@ -1,6 +1,7 @@
 //! Integration tests: real servers on loopback, on SQLite and PostgreSQL.
 
 mod harness;
+mod harness_federation;
 
 mod aliases_directory;
 mod durability;

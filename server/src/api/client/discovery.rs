@@ -1,11 +1,21 @@
-//! `/versions` and `/.well-known/matrix/client`.
+//! `/versions`, `/.well-known/matrix/client` and `/.well-known/matrix/server`.
 
 use std::collections::BTreeMap;
 
-use ruma::api::client::discovery::{discover_homeserver, get_supported_versions};
+use ruma::{
+    api::{
+        client::discovery::{discover_homeserver, get_supported_versions},
+        federation::discovery::discover_homeserver as discover_federation_server,
+    },
+    ServerName,
+};
 use serde_json::{json, Value};
 
-use crate::{error::ApiResult, ruma_wrapper::Ruma, state::AppState};
+use crate::{
+    error::{ApiResult, MatrixError},
+    ruma_wrapper::Ruma,
+    state::AppState,
+};
 
 /// Spec versions whose Client-Server API this server speaks.
 const VERSIONS: &[&str] = &[
@@ -37,4 +47,22 @@ pub async fn client_well_known(state: AppState, _: Ruma<discover_homeserver::Req
         body["org.matrix.msc4143.rtc_foci"] = json!([{ "type": "livekit", "livekit_service_url": livekit }]);
     }
     Ok(body)
+}
+
+/// # `GET /.well-known/matrix/server`
+///
+/// Delegates federation to `federation.well_known_server` when that is set; otherwise there is
+/// nothing to say (404), and other servers find this one by DNS (SRV, else port 8448).
+pub async fn server_well_known(
+    state: AppState,
+    _: Ruma<discover_federation_server::Request>,
+) -> ApiResult<discover_federation_server::Response> {
+    let delegated = &state.config.federation.well_known_server;
+    if delegated.is_empty() {
+        return Err(MatrixError::not_found("No federation delegation is configured"));
+    }
+    // Checked when the configuration was loaded.
+    let server = ServerName::parse(delegated)
+        .map_err(|_| MatrixError::not_found("No valid federation delegation is configured"))?;
+    Ok(discover_federation_server::Response::new(server))
 }

@@ -72,6 +72,7 @@ pub fn router() -> Router<AppState> {
     router
         .ruma(discovery::versions)
         .ruma_json(discovery::client_well_known)
+        .ruma(discovery::server_well_known)
         .ruma(capabilities::get_capabilities)
         .ruma_json(register::register)
         .ruma(register::available)
