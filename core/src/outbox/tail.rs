@@ -5,17 +5,20 @@
 //! commit leaves both as they were, and two tailers (say, one whose lease expired while it
 //! worked) take turns on the row, the second reading the position the first wrote.
 //!
-//! Destinations are read from the room's *current* membership, which may be later than the
-//! event. A server that joined since then receives the event too (it would have fetched it
-//! anyway); a server that left since then does not, except that a membership event about a
-//! remote user always goes to that user's server, so a kicked or banned server's users (or an
-//! invited one) learn of it even though nobody there is joined.
+//! Destinations are the servers with a member joined at the event, plus, for a membership
+//! event about a remote user, that user's server (a kicked, banned or invited user's server
+//! learns of it even though nobody there is joined). They are found from the room's current
+//! members: a server whose member's current join is at or before the event was joined at the
+//! event; one whose joined members all changed membership since (the tailer lags, say after a
+//! restart) is checked against the state after the event, so it is not sent history from
+//! before it joined. A server whose members all left since the event is not sent it: it no
+//! longer follows the room (its own leave still reaches it, by the rule above).
 
 use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{AnyConnection, Row};
 
-use crate::{storage::rooms as room_store, Core, Error, Result};
+use crate::{Core, Error, Result};
 
 /// Events read per transaction: bounds how long a round holds the tailer's row.
 const EVENTS_PER_ROUND: i64 = 200;
@@ -69,8 +72,12 @@ struct Candidate {
     sender: String,
     event_type: String,
     state_key: Option<String>,
+    state_after: Option<i64>,
     live: bool,
 }
+
+/// A room's currently joined members, by server: (user, position of their membership).
+type JoinedByServer = HashMap<String, Vec<(String, i64)>>;
 
 async fn tail_round(core: &Core) -> Result<Round> {
     let mut tx = core.db.write().await?;
@@ -95,13 +102,13 @@ async fn tail_round(core: &Core) -> Result<Round> {
         _ => upto.max(from),
     };
 
-    let mut servers_of_room: HashMap<String, Vec<String>> = HashMap::new();
+    let mut joined: HashMap<String, JoinedByServer> = HashMap::new();
     let mut queued_events: Vec<(String, BTreeSet<String>)> = Vec::new();
     for event in candidates {
         if !event.live || !sent_here(core, &event.sender) {
             continue;
         }
-        let destinations = destinations(core, &mut tx, &mut servers_of_room, &event).await?;
+        let destinations = destinations(core, &mut tx, &mut joined, &event).await?;
         if !destinations.is_empty() {
             queued_events.push((event.event_id, destinations));
         }
@@ -118,7 +125,8 @@ async fn tail_round(core: &Core) -> Result<Round> {
 
 async fn read_events(conn: &mut AnyConnection, from: i64, upto: i64) -> Result<Vec<Candidate>> {
     let rows = sqlx::query(
-        "SELECT stream_pos, event_id, room_id, sender, event_type, state_key, outlier, rejected_reason, soft_failed
+        "SELECT stream_pos, event_id, room_id, sender, event_type, state_key, outlier, rejected_reason, soft_failed,
+                state_after
          FROM events WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos LIMIT $3",
     )
     .bind(from)
@@ -138,6 +146,7 @@ async fn read_events(conn: &mut AnyConnection, from: i64, upto: i64) -> Result<V
                 sender: r.try_get(3)?,
                 event_type: r.try_get(4)?,
                 state_key: r.try_get(5)?,
+                state_after: r.try_get(9)?,
                 live: outlier == 0 && rejected.is_none() && soft_failed == 0,
             })
         })
@@ -151,22 +160,29 @@ fn sent_here(core: &Core, sender: &str) -> bool {
     ruma::UserId::parse(sender).is_ok_and(|user| core.is_local(&user))
 }
 
-/// The servers an event goes to: those with a joined member in its room now, plus the server
-/// of a remote user whose membership it is about; never this server.
+/// The servers an event goes to (see the module's comment); never this server.
 async fn destinations(
     core: &Core,
     conn: &mut AnyConnection,
-    servers_of_room: &mut HashMap<String, Vec<String>>,
+    joined: &mut HashMap<String, JoinedByServer>,
     event: &Candidate,
 ) -> Result<BTreeSet<String>> {
-    if !servers_of_room.contains_key(&event.room_id) {
-        let servers = room_store::servers_in_room(conn, &event.room_id).await?;
-        servers_of_room.insert(event.room_id.clone(), servers);
+    if !joined.contains_key(&event.room_id) {
+        let members = joined_by_server(conn, &event.room_id).await?;
+        joined.insert(event.room_id.clone(), members);
     }
-    let mut out: BTreeSet<String> = servers_of_room
-        .get(&event.room_id)
-        .map(|servers| servers.iter().cloned().collect())
-        .unwrap_or_default();
+    let mut out = BTreeSet::new();
+    let mut state_after = None;
+    for (server, members) in joined.get(&event.room_id).into_iter().flatten() {
+        if server == core.server_name.as_str() {
+            continue;
+        }
+        let joined_then = members.iter().any(|(_, pos)| *pos <= event.stream_pos)
+            || joined_at_event(core, conn, &mut state_after, event, members).await?;
+        if joined_then {
+            out.insert(server.clone());
+        }
+    }
     if event.event_type == "m.room.member" {
         if let Some(target) = event.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) {
             out.insert(target.server_name().to_string());
@@ -174,6 +190,57 @@ async fn destinations(
     }
     out.remove(core.server_name.as_str());
     Ok(out)
+}
+
+async fn joined_by_server(conn: &mut AnyConnection, room_id: &str) -> Result<JoinedByServer> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT user_id, stream_pos FROM room_memberships WHERE room_id = $1 AND membership = 'join'")
+            .bind(room_id)
+            .fetch_all(conn)
+            .await?;
+    let mut out = JoinedByServer::new();
+    for (user_id, pos) in rows {
+        if let Some((_, server)) = user_id.split_once(':') {
+            out.entry(server.to_owned()).or_default().push((user_id, pos));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether one of `members` (whose memberships all changed after the event) was joined at the
+/// event, by the state after it. An event without a state group counts as joined.
+async fn joined_at_event(
+    core: &Core,
+    conn: &mut AnyConnection,
+    state_after: &mut Option<std::sync::Arc<crate::events::StateMap>>,
+    event: &Candidate,
+    members: &[(String, i64)],
+) -> Result<bool> {
+    let Some(group) = event.state_after else {
+        return Ok(true);
+    };
+    if state_after.is_none() {
+        *state_after = Some(crate::storage::state::load(&core.db, conn, group).await?);
+    }
+    let Some(state) = state_after.as_ref() else {
+        return Ok(true);
+    };
+    for (user_id, _) in members {
+        let Some(member_event) = state.get(&("m.room.member".to_owned(), user_id.clone())) else {
+            continue;
+        };
+        let json: Option<String> = sqlx::query_scalar("SELECT json FROM events WHERE event_id = $1")
+            .bind(member_event)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let membership = json
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+            .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned));
+        if membership.as_deref() == Some("join") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Inserts one row per (event, destination), each event at its own new position of the
