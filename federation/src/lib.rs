@@ -6,6 +6,7 @@
 //! path: `api/<area>.rs`.
 
 pub mod api;
+pub mod sender;
 
 use axum::Router;
 use weft_http::state::AppState;
