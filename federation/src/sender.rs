@@ -174,14 +174,13 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stopped(&mut stop) => {}
             _ = wake.changed() => {}
-            Some(destination) = done_rx.recv() => {
-                tasks.remove(&destination);
-            }
+            // A destination's task ended: its destination may have more by now. (Finished tasks
+            // are removed by `round`: a message may arrive after its destination's next task
+            // started, and must not make this loop forget that one.)
+            Some(_) = done_rx.recv() => {}
             _ = tokio::time::sleep(shared.config.poll_interval) => {}
         }
-        while let Ok(destination) = done_rx.try_recv() {
-            tasks.remove(&destination);
-        }
+        while done_rx.try_recv().is_ok() {}
     }
     // Each destination's task sees `stop` too and ends without waiting for its send.
     for (_, task) in tasks {
