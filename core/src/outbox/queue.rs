@@ -72,12 +72,16 @@ pub async fn enqueue_edu(conn: &mut AnyConnection, destination: &str, edu: &Valu
 /// sent (an event no longer stored, JSON that does not parse) are dropped with a warning.
 pub async fn next_batch(core: &Core, destination: &str) -> Result<Option<Batch>> {
     let mut tx = core.db.write().await?;
-    let pinned: Option<i64> =
-        sqlx::query_scalar("SELECT txn_last_pos FROM federation_destinations WHERE destination = $1")
-            .bind(destination)
-            .fetch_optional(&mut *tx)
-            .await?
-            .flatten();
+    // Locks the destination's row (PostgreSQL), so two senders (a lease taken over from a
+    // stalled holder) read the same pin rather than each pinning a batch of its own.
+    let pinned: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO federation_destinations (destination) VALUES ($1)
+         ON CONFLICT (destination) DO UPDATE SET txn_last_pos = federation_destinations.txn_last_pos
+         RETURNING txn_last_pos",
+    )
+    .bind(destination)
+    .fetch_one(&mut *tx)
+    .await?;
     let mut rows = match pinned {
         Some(last) => read_rows(&mut tx, destination, Some(last)).await?,
         None => Vec::new(),
