@@ -15,6 +15,7 @@ pub mod media;
 pub mod memo;
 pub mod notifier;
 pub mod openid;
+pub mod outbox;
 pub mod presence;
 pub mod push;
 pub mod rooms;

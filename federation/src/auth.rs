@@ -48,6 +48,11 @@ impl ServerAuth for Federation {
             header
                 .verify_http_request(&request, &core.server_name, &public_keys)
                 .map_err(|e| refuse(format!("Bad X-Matrix signature from {}: {e}", header.origin)))?;
+            // A server that reaches this one is up: what is queued for it goes now, not at the
+            // end of its backoff.
+            if let Err(e) = weft_core::outbox::wake_destination(core, header.origin.as_str()).await {
+                tracing::warn!(origin = %header.origin, error = %e, "cannot clear the destination's backoff");
+            }
             Ok(header.origin)
         })
     }

@@ -15,7 +15,9 @@ pub mod keys;
 pub mod membership;
 pub mod query;
 pub mod receive;
+pub mod sender;
 pub mod transaction;
+pub mod transport;
 
 use std::sync::Arc;
 

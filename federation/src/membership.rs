@@ -97,7 +97,29 @@ pub async fn receive(
             "The room's current state does not allow this {membership}"
         )));
     }
+    forward(core, room_id.as_str(), origin, outcome.pdu.event_id.as_str()).await?;
     Ok(outcome.pdu)
+}
+
+/// Passes an event another server sent here alone (a membership through `send_join` or
+/// `send_leave`) on to the other servers in the room, as the server it chose to go through.
+async fn forward(
+    core: &weft_core::Core,
+    room_id: &str,
+    origin: &ServerName,
+    event_id: &str,
+) -> Result<(), MatrixError> {
+    let mut tx = core.db.write().await?;
+    let destinations: Vec<String> = weft_core::storage::rooms::servers_in_room(&mut tx, room_id)
+        .await?
+        .into_iter()
+        .filter(|s| s != origin.as_str() && s != core.server_name.as_str())
+        .collect();
+    weft_core::outbox::enqueue_pdu(&mut tx, &destinations, event_id).await?;
+    tx.commit().await?;
+    // Wakes the sender (it listens to the notifier).
+    core.notifier.room_changed(room_id);
+    Ok(())
 }
 
 /// Adds this server's signature to a restricted join it authorised.

@@ -66,6 +66,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let extra_roots = config.extra_roots().map_err(|e| anyhow::anyhow!(e))?;
         let federation =
             weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;
+        tasks.push(weft_federation::sender::spawn(
+            core.clone(),
+            std::sync::Arc::new(federation.client.clone()),
+            stop_rx.clone(),
+        ));
         Some(federation as std::sync::Arc<dyn weft_http::state::ServerAuth>)
     } else {
         None
