@@ -7,6 +7,7 @@ mod aliases_directory;
 mod durability;
 mod e2ee;
 mod federation;
+mod federation_rooms;
 mod foundation;
 mod fuzz;
 mod js_sdk;

@@ -1,0 +1,248 @@
+//! Rooms shared by three weft servers on loopback, over TLS from a test CA: joins by alias and
+//! by ID, messages every way in one order, state changes, invites accepted and rejected, and
+//! leaves, each seen by every server.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::{
+    both_backends,
+    harness::Client,
+    harness_federation::{start_federation, FederatedServer},
+    rooms::create_room,
+};
+
+/// How long federation gets to deliver something before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Polls `check` until it answers `Some`, or fails the test naming `what`.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The room's message bodies as `client` sees them, oldest first.
+async fn bodies(client: &Client, room: &str) -> Vec<String> {
+    let (status, page) = client
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+            enc(room)
+        ))
+        .await;
+    if status != 200 {
+        return Vec::new();
+    }
+    let mut list: Vec<String> = page["chunk"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(str::to_owned))
+        .collect();
+    list.reverse();
+    list
+}
+
+async fn send_text(client: &Client, room: &str, body: &str) {
+    let (status, sent) = client
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(room),
+                weft_core::util::random_string(8)
+            ),
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+}
+
+async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
+    let (status, event) = client
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(user)
+        ))
+        .await;
+    (status == 200).then(|| event["membership"].as_str().unwrap_or_default().to_owned())
+}
+
+fn user_id(localpart: &str, server: &FederatedServer) -> String {
+    format!("@{localpart}:{}", server.server_name())
+}
+
+both_backends!(three_servers_share_a_room, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 3).await else {
+        return;
+    };
+    let [a, b, c] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let carol = c.register("carol", "password-carol").await;
+
+    let room = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "room_alias_name": "lobby", "name": "Lobby" }),
+    )
+    .await;
+    // Bob joins by the alias of A, which B resolves over federation.
+    let alias = format!("#lobby:{}", a.server_name());
+    let (status, joined) = bob
+        .post(&format!("/_matrix/client/v3/join/{}", enc(&alias)), json!({}))
+        .await;
+    assert_eq!(status, 200, "join by alias: {joined}");
+    assert_eq!(joined["room_id"], room.as_str());
+    // Carol joins by room ID through A.
+    let (status, joined) = carol
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a.server_name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "join by ID: {joined}");
+
+    // Each server learns of every join: C's join reaches B through A.
+    for (who, client) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+        for joiner in [user_id("bob", b), user_id("carol", c)] {
+            eventually(&format!("{who} to see {joiner} joined"), || async {
+                (membership(client, &room, &joiner).await.as_deref() == Some("join")).then_some(())
+            })
+            .await;
+        }
+    }
+
+    send_text(&alice, &room, "from A").await;
+    eventually("A's message on B and C", || async {
+        (bodies(&bob, &room).await == ["from A"] && bodies(&carol, &room).await == ["from A"]).then_some(())
+    })
+    .await;
+    send_text(&bob, &room, "from B").await;
+    eventually("B's message on A and C", || async {
+        (bodies(&alice, &room).await.len() == 2 && bodies(&carol, &room).await.len() == 2).then_some(())
+    })
+    .await;
+    send_text(&carol, &room, "from C").await;
+    let expected = ["from A", "from B", "from C"];
+    for (who, client) in [("alice", &alice), ("bob", &bob), ("carol", &carol)] {
+        eventually(&format!("{who} to see all three messages in order"), || async {
+            (bodies(client, &room).await == expected).then_some(())
+        })
+        .await;
+    }
+
+    // A state change on A is the current state everywhere.
+    let (status, _) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)),
+            json!({ "topic": "federated" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for client in [&bob, &carol] {
+        eventually("the topic everywhere", || async {
+            let (status, topic) = client
+                .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&room)))
+                .await;
+            (status == 200 && topic["topic"] == "federated").then_some(())
+        })
+        .await;
+    }
+
+    // Bob leaves; everyone sees it, and he receives no more messages.
+    let (status, _) = bob
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for client in [&alice, &carol] {
+        eventually("bob's leave everywhere", || async {
+            (membership(client, &room, &user_id("bob", b)).await.as_deref() == Some("leave")).then_some(())
+        })
+        .await;
+    }
+
+    for server in servers {
+        server.stop().await;
+    }
+});
+
+both_backends!(invites_across_servers_are_accepted_and_rejected, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let dave = b.register("dave", "password-dave").await;
+    let erin = b.register("erin", "password-erin").await;
+    let room = create_room(&alice, json!({ "preset": "private_chat", "name": "Secret" })).await;
+
+    for invitee in ["dave", "erin"] {
+        let (status, body) = alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                json!({ "user_id": user_id(invitee, b) }),
+            )
+            .await;
+        assert_eq!(status, 200, "invite {invitee}: {body}");
+    }
+    // The invite shows in the invitee's sync with the room's name from the stripped state.
+    let invite_state: Value = eventually("dave's invite in his sync", || async {
+        let (_, sync) = dave.get("/_matrix/client/v3/sync?timeout=0").await;
+        sync["rooms"]["invite"].get(&room).cloned()
+    })
+    .await;
+    let names: Vec<&Value> = invite_state["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.name")
+        .collect();
+    assert_eq!(names[0]["content"]["name"], "Secret", "{invite_state}");
+
+    // Dave accepts, Erin rejects; Alice sees both.
+    let (status, body) = dave
+        .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "accept: {body}");
+    let (status, body) = erin
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "reject: {body}");
+    eventually("dave joined, on A", || async {
+        (membership(&alice, &room, &user_id("dave", b)).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+    eventually("erin's rejection, on A", || async {
+        (membership(&alice, &room, &user_id("erin", b)).await.as_deref() == Some("leave")).then_some(())
+    })
+    .await;
+    // Erin's sync no longer offers the invite.
+    let (_, sync) = erin.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
+
+    // Messages flow to the member who accepted.
+    send_text(&alice, &room, "welcome").await;
+    eventually("alice's message on B", || async {
+        (bodies(&dave, &room).await == ["welcome"]).then_some(())
+    })
+    .await;
+
+    for server in servers {
+        server.stop().await;
+    }
+});
