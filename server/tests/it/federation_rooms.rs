@@ -246,3 +246,44 @@ both_backends!(invites_across_servers_are_accepted_and_rejected, |backend| async
         server.stop().await;
     }
 });
+
+both_backends!(rooms_of_every_version_federate, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    for version in 1..=12 {
+        let room = create_room(
+            &alice,
+            json!({ "preset": "public_chat", "room_version": version.to_string() }),
+        )
+        .await;
+        let (status, joined) = bob
+            .post(
+                &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a.server_name())),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "v{version}: {joined}");
+        send_text(&bob, &room, &format!("hello v{version}")).await;
+        // Sent once B's message is in, so that it follows it everywhere (sent at the same
+        // time, the two would be concurrent, ordered differently on each server).
+        eventually(&format!("B's message of the v{version} room on A"), || async {
+            (bodies(&alice, &room).await.len() == 1).then_some(())
+        })
+        .await;
+        send_text(&alice, &room, &format!("welcome v{version}")).await;
+        let expected = [format!("hello v{version}"), format!("welcome v{version}")];
+        for client in [&alice, &bob] {
+            eventually(&format!("both messages of the v{version} room"), || async {
+                (bodies(client, &room).await == expected).then_some(())
+            })
+            .await;
+        }
+    }
+    for server in servers {
+        server.stop().await;
+    }
+});
