@@ -10,7 +10,7 @@ use ruma::{
     signatures::Verified,
     OwnedEventId, OwnedRoomId, RoomVersionId, ServerName, UserId,
 };
-use serde_json::{value::RawValue, Value};
+use serde_json::value::RawValue;
 use weft_core::{
     events::{builder, pipeline::StateAt},
     rooms::{membership, out_of_band, writer},
@@ -86,15 +86,7 @@ pub async fn receive(
     .map_err(|e| MatrixError::unknown(format!("cannot sign the invite: {e}")))?;
     let signed_pdu = weft_core::events::Pdu::from_json(pdu.event_id.clone(), signed.clone(), &room.rules)?;
     if !out_of_band::is_in_room(core, room_id.as_str()).await? {
-        let stripped: Vec<Value> = invite_room_state
-            .iter()
-            .filter_map(|s| match s {
-                RawStrippedState::Pdu(raw) => serde_json::from_str(raw.get()).ok(),
-                #[allow(deprecated)]
-                RawStrippedState::Stripped(raw) => serde_json::from_str(raw.json().get()).ok(),
-                _ => None,
-            })
-            .collect();
+        let stripped = crate::knock::stripped_values(invite_room_state);
         out_of_band::store(core, &signed_pdu, stripped).await?;
     }
     // When this server is in the room, the invite arrives in a transaction like any event.

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod invite;
 pub mod join;
 pub mod keys;
+pub mod knock;
 pub mod membership;
 pub mod query;
 pub mod receive;

@@ -205,16 +205,32 @@ pub async fn build_remote_invite(
         crate::events::builder::build(core, &mut conn, &rules, Some(room_id), sender, &template, &head, &state).await?;
     // Refused here with the auth rules' reason rather than after a round trip.
     crate::rooms::writer::prepare_local(core, &mut conn, &rules, pdu.clone()).await?;
+    let stripped = stripped_state_pdus(&mut conn, &state).await?;
+    Ok((version, pdu, stripped))
+}
+
+/// The state an invitee or a knocker sees of a room before joining, as the signed events
+/// servers send each other (Matrix 1.16).
+pub async fn stripped_state_pdus(
+    conn: &mut sqlx::AnyConnection,
+    state: &crate::events::StateMap,
+) -> Result<Vec<String>> {
     let ids: Vec<String> = INVITE_STATE_TYPES
         .iter()
         .filter_map(|t| state.get(&((*t).to_owned(), String::new())).cloned())
         .collect();
-    let stripped = crate::storage::events::get_many(&mut conn, &ids)
+    Ok(crate::storage::events::get_many(conn, &ids)
         .await?
         .into_iter()
         .map(|e| e.json)
-        .collect();
-    Ok((version, pdu, stripped))
+        .collect())
+}
+
+/// `stripped_state_pdus` of a room's current state.
+pub async fn current_stripped_state(core: &Core, room_id: &str) -> Result<Vec<String>> {
+    let mut conn = core.db.conn().await?;
+    let state = current_state(core, &mut conn, room_id).await?;
+    stripped_state_pdus(&mut conn, &state).await
 }
 
 /// The state an invitee sees of a room before joining.

@@ -1,9 +1,12 @@
-//! Joins and leaves of other servers' users: `make_join`/`send_join` (v2),
-//! `make_leave`/`send_leave` (v2).
+//! Joins, leaves and knocks of other servers' users: `make_join`/`send_join` (v2),
+//! `make_leave`/`send_leave` (v2), `make_knock`/`send_knock`.
 
 use axum::Router;
 use ruma::{
-    api::federation::membership::{create_join_event, create_leave_event, prepare_join_event, prepare_leave_event},
+    api::federation::membership::{
+        create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
+        prepare_leave_event, RawStrippedState,
+    },
     RoomVersionId,
 };
 use weft_core::rooms::for_servers;
@@ -16,7 +19,13 @@ use weft_http::{
 use crate::membership::{self, to_raw};
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
-    router.ruma(make_join).ruma(send_join).ruma(make_leave).ruma(send_leave)
+    router
+        .ruma(make_join)
+        .ruma(send_join)
+        .ruma(make_leave)
+        .ruma(send_leave)
+        .ruma(make_knock)
+        .ruma(send_knock)
 }
 
 fn version_id(version: &str) -> ApiResult<RoomVersionId> {
@@ -96,4 +105,39 @@ async fn send_leave(
     let origin = super::origin(&req)?.to_owned();
     membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "leave").await?;
     Ok(create_leave_event::v2::Response::new())
+}
+
+/// # `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+async fn make_knock(
+    state: AppState,
+    req: Ruma<prepare_knock_event::v1::Request>,
+) -> ApiResult<prepare_knock_event::v1::Response> {
+    let fed = crate::of(&state)?;
+    let origin = super::origin(&req)?.to_owned();
+    let (version, event) =
+        membership::template(fed, &origin, &req.room_id, &req.user_id, "knock", Some(&req.ver)).await?;
+    Ok(prepare_knock_event::v1::Response::new(
+        version_id(&version)?,
+        to_raw(&event),
+    ))
+}
+
+/// # `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+///
+/// Answers the room's stripped state, which the knocker's server shows them.
+async fn send_knock(
+    state: AppState,
+    req: Ruma<create_knock_event::v1::Request>,
+) -> ApiResult<create_knock_event::v1::Response> {
+    let fed = crate::of(&state)?;
+    let origin = super::origin(&req)?.to_owned();
+    membership::receive(fed, &origin, &req.room_id, &req.event_id, &req.pdu, "knock").await?;
+    let stripped = weft_core::rooms::membership::current_stripped_state(&state.core, req.room_id.as_str()).await?;
+    Ok(create_knock_event::v1::Response::new(
+        stripped
+            .into_iter()
+            .filter_map(|json| serde_json::value::RawValue::from_string(json).ok())
+            .map(RawStrippedState::Pdu)
+            .collect(),
+    ))
 }

@@ -287,3 +287,104 @@ both_backends!(rooms_of_every_version_federate, |backend| async move {
         server.stop().await;
     }
 });
+
+both_backends!(knocks_and_restricted_joins_cross_servers, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let carol = b.register("carol", "password-carol").await;
+    let via = format!("?via={}", enc(a.server_name()));
+
+    // A knock from B shows as a knock on both servers, with the room's name for the knocker.
+    let knock_room = create_room(
+        &alice,
+        json!({
+            "room_version": "10",
+            "name": "Knock here",
+            "initial_state": [{ "type": "m.room.join_rules", "state_key": "", "content": { "join_rule": "knock" } }],
+        }),
+    )
+    .await;
+    let (status, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/knock/{}{via}", enc(&knock_room)),
+            json!({ "reason": "let me in" }),
+        )
+        .await;
+    assert_eq!(status, 200, "knock: {body}");
+    eventually("bob's knock on A", || async {
+        (membership(&alice, &knock_room, &user_id("bob", b)).await.as_deref() == Some("knock")).then_some(())
+    })
+    .await;
+    let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    let knock_state = &sync["rooms"]["knock"][&knock_room]["knock_state"]["events"];
+    assert!(
+        knock_state.as_array().is_some_and(|events| events
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Knock here")),
+        "{sync}"
+    );
+    // Let in by an invite, then joined.
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&knock_room)),
+            json!({ "user_id": user_id("bob", b) }),
+        )
+        .await;
+    assert_eq!(status, 200, "invite after knock: {body}");
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/join/{}{via}", enc(&knock_room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "join after invite: {body}");
+    eventually("bob joined the knock room, on A", || async {
+        (membership(&alice, &knock_room, &user_id("bob", b)).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+
+    // A restricted room lets in members of its allowed room, authorised by A's user.
+    let lobby = create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let restricted = create_room(
+        &alice,
+        json!({
+            "room_version": "10",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": { "join_rule": "restricted", "allow": [{ "type": "m.room_membership", "room_id": lobby }] },
+            }],
+        }),
+    )
+    .await;
+    // Carol is in no allowed room: refused.
+    let (status, body) = carol
+        .post(&format!("/_matrix/client/v3/join/{}{via}", enc(&restricted)), json!({}))
+        .await;
+    assert_eq!(status, 403, "a join without an allowed room: {body}");
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/join/{}{via}", enc(&lobby)), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/join/{}{via}", enc(&restricted)), json!({}))
+        .await;
+    assert_eq!(status, 200, "a join through an allowed room: {body}");
+    let (_, member) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&restricted),
+            enc(&user_id("bob", b))
+        ))
+        .await;
+    assert_eq!(member["membership"], "join", "{member}");
+    assert_eq!(
+        member["join_authorised_via_users_server"],
+        user_id("alice", a),
+        "{member}"
+    );
+
+    for server in servers {
+        server.stop().await;
+    }
+});

@@ -212,7 +212,17 @@ pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Api
 
 pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
     let user = req.sender()?;
-    let room_id = resolve_room(&state, &req.room_id_or_alias).await?;
+    let (room_id, mut servers) = resolve_room_with_servers(&state, &req.room_id_or_alias).await?;
+    if !weft_core::rooms::out_of_band::is_in_room(&state.core, room_id.as_str()).await? {
+        servers.splice(0..0, req.via.iter().cloned());
+        servers.extend(room_id.server_name().map(ToOwned::to_owned));
+        servers.retain(|s| *s != state.core.server_name);
+        if !servers.is_empty() {
+            let fed = weft_federation::of(&state)?;
+            weft_federation::knock::knock_remote(fed, &room_id, &user.user_id, &servers, req.reason.as_deref()).await?;
+            return Ok(knock_room::v3::Response::new(room_id));
+        }
+    }
     membership::knock(&state.core, room_id.as_str(), &user.user_id, req.reason.as_deref()).await?;
     Ok(knock_room::v3::Response::new(room_id))
 }
