@@ -56,7 +56,10 @@ pub async fn release(core: &Core, name: &str, holder: &str) -> Result<()> {
 /// sending to a destination) back for up to a lease's length. Answers how many there were.
 pub async fn clear_all(core: &Core) -> Result<u64> {
     let mut tx = core.db.write().await?;
-    let cleared = sqlx::query("DELETE FROM leases").execute(&mut *tx).await?.rows_affected();
+    let cleared = sqlx::query("DELETE FROM leases")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     tx.commit().await?;
     Ok(cleared)
 }

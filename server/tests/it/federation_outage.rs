@@ -96,7 +96,9 @@ async fn sees_exactly(who: &str, client: &Client, room: &str, prefix: &str, expe
 /// Waits until `sender` has recorded a failed send to `destination`: it tried while the
 /// destination was down and backed off.
 async fn backed_off(sender: &FederatedProcess, destination: &str) {
-    let db = weft_core::Db::connect(&sender.db.url, 1).await.expect("the sender's database");
+    let db = weft_core::Db::connect(&sender.db.url, 1)
+        .await
+        .expect("the sender's database");
     eventually(&format!("the sender to back {destination} off"), || async {
         let count: Option<i64> =
             sqlx::query_scalar("SELECT retry_count FROM federation_destinations WHERE destination = $1")
@@ -168,7 +170,9 @@ both_backends!(a_killed_server_receives_what_it_missed, |backend| async move {
     // Bob's sync from before the kill brings exactly the missed messages, in order, once.
     let filter = enc(&json!({ "room": { "timeline": { "limit": 100 } } }).to_string());
     let (status, caught_up) = bob
-        .get(&format!("/_matrix/client/v3/sync?timeout=0&since={since}&filter={filter}"))
+        .get(&format!(
+            "/_matrix/client/v3/sync?timeout=0&since={since}&filter={filter}"
+        ))
         .await;
     assert_eq!(status, 200, "{caught_up}");
     let timeline = &caught_up["rooms"]["join"][&room]["timeline"];

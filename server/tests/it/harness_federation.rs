@@ -271,8 +271,13 @@ impl FederatedProcess {
             let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
             if !exited && tokio::time::Instant::now() < deadline {
                 let client_up = reqwest::get(&versions).await.is_ok_and(|r| r.status().is_success());
-                let federation_up =
-                    client_up && self.https.get(&federation).send().await.is_ok_and(|r| r.status().is_success());
+                let federation_up = client_up
+                    && self
+                        .https
+                        .get(&federation)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
                 if federation_up {
                     return Ok(());
                 }
