@@ -63,6 +63,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tasks.push(relay::start(&core, &config.database.url, stop_rx.clone()).await?);
     }
     let federation = if config.federation.enabled {
+        if core.db.backend() == Backend::Sqlite {
+            // SQLite is one process: leases left in it are this server's previous run's, which
+            // was killed. Without this, outbound federation would wait for them to expire.
+            let cleared = weft_core::outbox::lease::clear_all(&core).await?;
+            if cleared > 0 {
+                tracing::info!(cleared, "dropped the leases a previous run left behind");
+            }
+        }
         let extra_roots = config.extra_roots().map_err(|e| anyhow::anyhow!(e))?;
         let federation =
             weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;

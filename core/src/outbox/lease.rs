@@ -49,3 +49,17 @@ pub async fn release(core: &Core, name: &str, holder: &str) -> Result<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// Drops every lease. Only for a database that one process uses (SQLite), at that process's
+/// start: any lease found then was left by its previous run, which ended without releasing it
+/// (a crash or SIGKILL), and waiting for it to expire would hold the work (tailing the outbox,
+/// sending to a destination) back for up to a lease's length. Answers how many there were.
+pub async fn clear_all(core: &Core) -> Result<u64> {
+    let mut tx = core.db.write().await?;
+    let cleared = sqlx::query("DELETE FROM leases")
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(cleared)
+}

@@ -14,14 +14,14 @@ use crate::{
 };
 
 /// How long federation gets to deliver something before a test gives up.
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Polls `check` until it answers `Some`, or fails the test naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -37,7 +37,7 @@ where
 }
 
 /// The room's message bodies as `client` sees them, oldest first.
-async fn bodies(client: &Client, room: &str) -> Vec<String> {
+pub(crate) async fn bodies(client: &Client, room: &str) -> Vec<String> {
     let (status, page) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
@@ -58,7 +58,7 @@ async fn bodies(client: &Client, room: &str) -> Vec<String> {
     list
 }
 
-async fn send_text(client: &Client, room: &str, body: &str) {
+pub(crate) async fn send_text(client: &Client, room: &str, body: &str) {
     let (status, sent) = client
         .put(
             &format!(
@@ -72,7 +72,7 @@ async fn send_text(client: &Client, room: &str, body: &str) {
     assert_eq!(status, 200, "{sent}");
 }
 
-async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
+pub(crate) async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
     let (status, event) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
@@ -383,6 +383,104 @@ both_backends!(knocks_and_restricted_joins_cross_servers, |backend| async move {
         user_id("alice", a),
         "{member}"
     );
+
+    for server in servers {
+        server.stop().await;
+    }
+});
+
+/// The user's sync since `since` (`None`: an initial sync) with a long timeline.
+async fn sync_since(client: &Client, since: Option<&str>) -> Value {
+    let filter = enc(&json!({ "room": { "timeline": { "limit": 50 } } }).to_string());
+    let since = since.map(|s| format!("&since={s}")).unwrap_or_default();
+    let (status, sync) = client
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={filter}{since}"))
+        .await;
+    assert_eq!(status, 200, "{sync}");
+    sync
+}
+
+/// The `m.room.member` event about `user` in a sync section's timeline, if any.
+fn membership_in(section: &Value, user: &str) -> Option<Value> {
+    section["timeline"]["events"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == user)
+        .cloned()
+}
+
+both_backends!(a_remote_user_is_kicked_then_banned, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let (alice_id, bob_id) = (user_id("alice", a), user_id("bob", b));
+    let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Strict" })).await;
+    let join_path = format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a.server_name()));
+    let (status, joined) = bob.post(&join_path, json!({})).await;
+    assert_eq!(status, 200, "join: {joined}");
+    eventually("bob joined, on A", || async {
+        (membership(&alice, &room, &bob_id).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+    let since = sync_since(&bob, None).await["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice kicks Bob: his sync moves the room to `leave`, with Alice's leave event for him.
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+            json!({ "user_id": bob_id, "reason": "calm down" }),
+        )
+        .await;
+    assert_eq!(status, 200, "kick: {body}");
+    let kicked = eventually("bob's sync to show the kick", || async {
+        let sync = sync_since(&bob, Some(&since)).await;
+        sync["rooms"]["leave"].get(&room).cloned().map(|left| (sync, left))
+    })
+    .await;
+    let (sync, left) = kicked;
+    let kick = membership_in(&left, &bob_id).unwrap_or_else(|| panic!("the kick in bob's leave section: {left}"));
+    assert_eq!(kick["content"]["membership"], "leave", "{kick}");
+    assert_eq!(kick["sender"], alice_id.as_str(), "{kick}");
+    assert_eq!(kick["content"]["reason"], "calm down", "{kick}");
+    assert!(sync["rooms"]["join"].get(&room).is_none(), "{sync}");
+    assert_eq!(membership(&alice, &room, &bob_id).await.as_deref(), Some("leave"));
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice bans him: both servers hold the ban, and his sync shows it.
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            json!({ "user_id": bob_id, "reason": "enough" }),
+        )
+        .await;
+    assert_eq!(status, 200, "ban: {body}");
+    assert_eq!(membership(&alice, &room, &bob_id).await.as_deref(), Some("ban"));
+    let ban = eventually("bob's sync to show the ban", || async {
+        let sync = sync_since(&bob, Some(&since)).await;
+        membership_in(&sync["rooms"]["leave"][&room], &bob_id)
+    })
+    .await;
+    assert_eq!(ban["content"]["membership"], "ban", "{ban}");
+    assert_eq!(ban["sender"], alice_id.as_str(), "{ban}");
+    eventually("the ban on B", || async {
+        (membership(&bob, &room, &bob_id).await.as_deref() == Some("ban")).then_some(())
+    })
+    .await;
+
+    // He cannot come back, by ID or through the room's server.
+    let (status, body) = bob.post(&join_path, json!({})).await;
+    assert_eq!(status, 403, "a banned user's join: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert_eq!(membership(&alice, &room, &bob_id).await.as_deref(), Some("ban"));
+    // What Alice says now does not reach him.
+    send_text(&alice, &room, "after the ban").await;
+    let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["join"].get(&room).is_none(), "{sync}");
+    assert!(bodies(&bob, &room).await.iter().all(|b| b != "after the ban"));
 
     for server in servers {
         server.stop().await;

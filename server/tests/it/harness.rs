@@ -170,24 +170,7 @@ impl TestServer {
     /// Registers a user through open registration (UIA with m.login.dummy) and returns a
     /// client logged in as them.
     pub async fn register(&self, localpart: &str, password: &str) -> Client {
-        let mut client = self.client();
-        let (status, body) = client
-            .post(
-                "/_matrix/client/v3/register",
-                json!({"username": localpart, "password": password}),
-            )
-            .await;
-        assert_eq!(status, 401, "{body}");
-        let session = body["session"].as_str().unwrap().to_owned();
-        let (status, body) = client
-            .post(
-                "/_matrix/client/v3/register",
-                json!({"username": localpart, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        client.token = Some(body["access_token"].as_str().unwrap().to_owned());
-        client
+        self.client().register(localpart, password).await
     }
 }
 
@@ -200,6 +183,27 @@ pub struct Client {
 }
 
 impl Client {
+    /// Registers a user at this client's server through open registration (UIA with
+    /// m.login.dummy) and returns a client logged in as them.
+    pub async fn register(&self, localpart: &str, password: &str) -> Client {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": localpart, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+        let session = body["session"].as_str().unwrap().to_owned();
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": localpart, "password": password, "auth": {"type": "m.login.dummy", "session": session}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        self.with_token(body["access_token"].as_str().unwrap())
+    }
+
     pub fn with_token(&self, token: &str) -> Client {
         Client {
             token: Some(token.to_owned()),

@@ -16,7 +16,7 @@ use weft::{
     server,
 };
 
-use crate::harness::{test_config, Backend, TestDb, TestServer};
+use crate::harness::{test_config, Backend, Client, TestDb, TestServer};
 
 /// A certificate authority made for one test, its certificate written as PEM.
 pub struct TestCa {
@@ -193,4 +193,149 @@ fn federated_config(db: &TestDb, port: u16, ca: &TestCa, cert: &Path, key: &Path
     });
     config.extra_ca_file = ca.pem_path().display().to_string();
     config
+}
+
+/// A federated weft run as a child process (the `weft` binary with a config file written from
+/// the same configuration `FederatedServer` uses), so that a test can stop it with SIGKILL, as
+/// a crash or a power cut would, and start it again on the same database and ports. Its log
+/// (level `warn`) goes to `weft.log` in its directory, printed when a start fails.
+pub struct FederatedProcess {
+    pub db: TestDb,
+    config_path: PathBuf,
+    server_name: String,
+    child: Option<std::process::Child>,
+    /// The plain client listener.
+    pub addr: SocketAddr,
+    pub federation_addr: SocketAddr,
+    /// Trusts the test CA, for readiness checks on the federation listener.
+    https: reqwest::Client,
+}
+
+impl FederatedProcess {
+    /// Starts one, or `None` when the backend is not available.
+    pub async fn spawn(backend: Backend, ca: &TestCa) -> Option<FederatedProcess> {
+        let db = TestDb::new(backend).await?;
+        let (cert, key) = ca.issue(&["127.0.0.1"], &db.dir);
+        let mut process = FederatedProcess {
+            config_path: db.dir.join("weft.toml"),
+            server_name: String::new(),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            federation_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            https: ca.client(),
+            db,
+        };
+        // Both ports are chosen before the child binds them; another process may take one in
+        // between, hence a few tries.
+        for attempt in 1..=5 {
+            let (client_port, federation_port) = (free_port(), free_port());
+            let mut config = federated_config(&process.db, federation_port, ca, &cert, &key);
+            config.listeners[0].port = client_port;
+            let toml = toml::to_string(&config).expect("the configuration as TOML");
+            std::fs::write(&process.config_path, toml).unwrap();
+            process.server_name = config.server_name;
+            process.addr.set_port(client_port);
+            process.federation_addr.set_port(federation_port);
+            match process.try_start().await {
+                Ok(()) => return Some(process),
+                Err(log) if attempt < 5 && log.contains("cannot listen") => continue,
+                Err(log) => panic!("weft (child process) did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts the child and waits until both listeners answer; on failure, kills it and
+    /// answers its log.
+    async fn try_start(&mut self) -> Result<(), String> {
+        assert!(self.child.is_none(), "already running");
+        let log_path = self.db.dir.join("weft.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run the weft binary");
+        self.child = Some(child);
+        let versions = format!("{}/_matrix/client/versions", self.url());
+        let federation = format!("https://{}/_matrix/federation/v1/version", self.federation_addr);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            if !exited && tokio::time::Instant::now() < deadline {
+                let client_up = reqwest::get(&versions).await.is_ok_and(|r| r.status().is_success());
+                let federation_up = client_up
+                    && self
+                        .https
+                        .get(&federation)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                if federation_up {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            self.kill();
+            return Err(std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
+    }
+
+    /// Starts it again after `kill`, on the same database and ports.
+    pub async fn start(&mut self) {
+        if let Err(log) = self.try_start().await {
+            panic!("weft (child process) did not restart:\n{log}");
+        }
+    }
+
+    /// SIGKILL: the process ends at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server name other servers know it by: `127.0.0.1:<federation port>`.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// The plain client listener's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.url(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn register(&self, localpart: &str, password: &str) -> Client {
+        self.client().register(localpart, password).await
+    }
+
+    /// Kills it and drops its database.
+    pub async fn stop(mut self) {
+        self.kill();
+        self.db.drop_db().await;
+    }
+}
+
+impl Drop for FederatedProcess {
+    /// A failed test still ends its child (the database stays, as with `TestServer`).
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -77,6 +77,16 @@ fn ensure_node_modules() {
 /// Runs one node:test file in tests/js against `server`: `Err` (with node's output) unless
 /// every test in it passed.
 pub(crate) async fn run_node_test(server: &TestServer, file: &str) -> Result<String, String> {
+    let env = [
+        ("WEFT_URL", server.url()),
+        ("WEFT_SERVER_NAME", server.config.server_name.clone()),
+    ];
+    run_node_test_with(file, &env).await
+}
+
+/// Runs one node:test file in tests/js with `env` (the servers' URLs and names): `Err` (with
+/// node's output) unless every test in it passed.
+pub(crate) async fn run_node_test_with(file: &str, env: &[(&str, String)]) -> Result<String, String> {
     let dir = js_dir();
     let child = tokio::process::Command::new("node")
         // matrix-js-sdk arms a timer for every request's local timeout (80 s past a /sync
@@ -84,8 +94,7 @@ pub(crate) async fn run_node_test(server: &TestServer, file: &str) -> Result<Str
         // client idles that long after its last test.
         .args(["--test", "--test-force-exit", file])
         .current_dir(&dir)
-        .env("WEFT_URL", server.url())
-        .env("WEFT_SERVER_NAME", &server.config.server_name)
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
