@@ -93,6 +93,11 @@ pub struct SenderConfig {
     /// How long a lease lasts; holders renew it every third of that.
     pub lease_ttl: Duration,
     pub backoff: Backoff,
+    /// Who this process is to the leases. A name that stays the same when the same process
+    /// restarts lets it take back at once the leases its killed run left (they are "already
+    /// ours"), where a random one waits for them to expire; two live processes must never
+    /// share one. `None`: a random name.
+    pub holder: Option<String>,
 }
 
 impl Default for SenderConfig {
@@ -101,6 +106,7 @@ impl Default for SenderConfig {
             poll_interval: Duration::from_secs(5),
             lease_ttl: Duration::from_secs(30),
             backoff: Backoff::DEFAULT,
+            holder: None,
         }
     }
 }
@@ -121,8 +127,8 @@ pub fn spawn_with(
     let shared = Arc::new(Shared {
         core,
         transport,
+        holder: config.holder.clone().unwrap_or_else(|| util::random_string(24)),
         config,
-        holder: util::random_string(24),
     });
     tokio::spawn(run(shared, stop))
 }

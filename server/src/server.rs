@@ -74,10 +74,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let extra_roots = config.extra_roots().map_err(|e| anyhow::anyhow!(e))?;
         let federation =
             weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;
-        tasks.push(weft_federation::sender::spawn(
+        let sender = weft_federation::sender::SenderConfig {
+            holder: lease_holder(&config),
+            ..Default::default()
+        };
+        tasks.push(weft_federation::sender::spawn_with(
             core.clone(),
             std::sync::Arc::new(federation.client.clone()),
             stop_rx.clone(),
+            sender,
         ));
         Some(federation as std::sync::Arc<dyn weft_http::state::ServerAuth>)
     } else {
@@ -139,4 +144,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stop,
         tasks,
     })
+}
+
+/// This process's name to the outbox's leases: its host and listeners, which a restart keeps
+/// and which no other live process on the same database shares (two processes cannot listen
+/// on one host's same ports). A restarted process thus takes back its killed run's leases at
+/// once instead of waiting for them to expire. `None` (a random name) when a listener takes
+/// any free port, which another process may share.
+fn lease_holder(config: &Config) -> Option<String> {
+    if config.listeners.iter().any(|l| l.port == 0) {
+        return None;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| format!("{}:{}", l.address, l.port))
+        .collect();
+    Some(format!("{host}/{}", listeners.join(",")))
 }
