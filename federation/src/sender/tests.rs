@@ -174,6 +174,7 @@ fn config() -> SenderConfig {
             first: Duration::from_millis(200),
             max: Duration::from_secs(2),
         },
+        holder: None,
     }
 }
 

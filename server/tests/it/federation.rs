@@ -209,3 +209,78 @@ both_backends!(
         server.stop().await;
     }
 );
+
+/// The keys in a key answer that verify its signature by `server`, given the keys to check it
+/// with.
+fn signed_by(answer: &serde_json::Value, server: &str, keys: &serde_json::Value) -> bool {
+    // Only `server`'s signature is checked: the others are left out.
+    let mut answer = answer.clone();
+    let own = answer["signatures"][server].clone();
+    answer["signatures"] = serde_json::json!({ server: own });
+    let CanonicalJsonValue::Object(object) = ruma::canonical_json::to_canonical_value(&answer).unwrap() else {
+        return false;
+    };
+    let set = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, k)| {
+            (
+                id.clone(),
+                ruma::serde::Base64::parse(k["key"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let mut map = PublicKeyMap::new();
+    map.insert(server.to_owned(), set);
+    ruma::signatures::verify_json(&map, &object).is_ok()
+}
+
+both_backends!(
+    a_server_vouches_for_another_servers_keys_as_a_notary,
+    |backend| async move {
+        let Some((ca, servers)) = start_federation(backend, 2).await else {
+            return;
+        };
+        let [a, b] = &servers[..] else { unreachable!() };
+        let http = ca.client();
+        let a_keys = get_json(&http, a, "/_matrix/key/v2/server").await.unwrap();
+        let b_keys = get_json(&http, b, "/_matrix/key/v2/server").await.unwrap();
+        // A fetches B's keys from B and answers them signed by B and countersigned by A, by GET and
+        // by POST with a validity wanted.
+        let one = get_json(&http, a, &format!("/_matrix/key/v2/query/{}", b.server_name()))
+            .await
+            .unwrap();
+        let batch: serde_json::Value = http
+            .post(format!("{}/_matrix/key/v2/query", a.federation_url()))
+            .json(&serde_json::json!({
+                "server_keys": { b.server_name(): { b_keys["verify_keys"].as_object().unwrap().keys().next().unwrap(): {
+                    "minimum_valid_until_ts": weft_core::util::now_ms() + 60_000
+                } } }
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for answer in [&one, &batch] {
+            let keys = answer["server_keys"].as_array().expect("server_keys");
+            assert_eq!(keys.len(), 1, "{answer}");
+            let vouched = &keys[0];
+            assert_eq!(vouched["server_name"], b.server_name());
+            assert_eq!(vouched["verify_keys"], b_keys["verify_keys"]);
+            assert!(signed_by(vouched, b.server_name(), &b_keys), "signed by B: {vouched}");
+            assert!(
+                signed_by(vouched, a.server_name(), &a_keys),
+                "countersigned by A: {vouched}"
+            );
+        }
+        // A server it cannot reach and knows nothing of: no keys, not an error.
+        let none = get_json(&http, a, "/_matrix/key/v2/query/127.0.0.1:1").await.unwrap();
+        assert_eq!(none["server_keys"], serde_json::json!([]), "{none}");
+        for server in servers {
+            server.stop().await;
+        }
+    }
+);
