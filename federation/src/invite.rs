@@ -37,6 +37,8 @@ pub async fn receive(
     invite_room_state: &[RawStrippedState],
 ) -> Result<Box<RawValue>, MatrixError> {
     let core = fed.client.core();
+    // A room this server is not in has no ACL here: the invite is taken.
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, "an invite").await?;
     let room = RoomVersion::new(room_id.clone(), version.as_str()).map_err(|_| MatrixError {
         status: http::StatusCode::BAD_REQUEST,
         errcode: "M_INCOMPATIBLE_ROOM_VERSION",

@@ -28,6 +28,7 @@ pub async fn template(
         return Err(MatrixError::forbidden(format!("{user} is not a user of {origin}")));
     }
     let core = fed.client.core();
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, &format!("make_{membership}")).await?;
     let (version, object) = templates::membership_template(core, room_id.as_str(), user, membership).await?;
     if let Some(supported) = supported_versions {
         if !supported.iter().any(|v| v.as_str() == version) {
@@ -58,6 +59,7 @@ pub async fn receive(
         .await
         .map_err(MatrixError::unknown)?
         .ok_or_else(|| MatrixError::not_found("This server is not in the room"))?;
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, &format!("send_{membership}")).await?;
     let mut pdu = parse_pdu(raw, &room).map_err(MatrixError::bad_json)?;
     if &pdu.event_id != event_id {
         return Err(MatrixError::bad_json("The event is not the one named in the path"));
