@@ -21,7 +21,7 @@ fn enc(s: &str) -> String {
 }
 
 /// Polls `check` until it answers `Some`, or fails the test naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -37,7 +37,7 @@ where
 }
 
 /// The room's message bodies as `client` sees them, oldest first.
-async fn bodies(client: &Client, room: &str) -> Vec<String> {
+pub(crate) async fn bodies(client: &Client, room: &str) -> Vec<String> {
     let (status, page) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
@@ -58,7 +58,7 @@ async fn bodies(client: &Client, room: &str) -> Vec<String> {
     list
 }
 
-async fn send_text(client: &Client, room: &str, body: &str) {
+pub(crate) async fn send_text(client: &Client, room: &str, body: &str) {
     let (status, sent) = client
         .put(
             &format!(
@@ -72,7 +72,7 @@ async fn send_text(client: &Client, room: &str, body: &str) {
     assert_eq!(status, 200, "{sent}");
 }
 
-async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
+pub(crate) async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
     let (status, event) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
@@ -83,7 +83,7 @@ async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
     (status == 200).then(|| event["membership"].as_str().unwrap_or_default().to_owned())
 }
 
-fn user_id(localpart: &str, server: &FederatedServer) -> String {
+pub(crate) fn user_id(localpart: &str, server: &FederatedServer) -> String {
     format!("@{localpart}:{}", server.server_name())
 }
 
