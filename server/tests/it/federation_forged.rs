@@ -34,7 +34,11 @@ impl Shared {
         let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Forgeries" })).await;
         let (status, joined) = bob
             .post(
-                &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(servers[0].server_name())),
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    enc(&room),
+                    enc(servers[0].server_name())
+                ),
                 json!({}),
             )
             .await;
@@ -91,7 +95,12 @@ impl Shared {
 
 /// A text message by `sender`, signed as the forger's server with its key.
 fn message(view: &RoomView, forger: &Forger, sender: &str, body: &str) -> (String, Value) {
-    let mut event = view.event(sender, "m.room.message", None, json!({ "msgtype": "m.text", "body": body }));
+    let mut event = view.event(
+        sender,
+        "m.room.message",
+        None,
+        json!({ "msgtype": "m.text", "body": body }),
+    );
     view.sign(&mut event, &forger.origin, &forger.key);
     finish(view, event)
 }
@@ -192,9 +201,7 @@ both_backends!(
             ),
         ];
         for (what, authorization, sent) in cases {
-            let (status, answer) = forger
-                .send_raw(a, Method::PUT, &path("t1"), authorization, sent)
-                .await;
+            let (status, answer) = forger.send_raw(a, Method::PUT, &path("t1"), authorization, sent).await;
             assert_eq!(
                 (status, answer["errcode"].as_str()),
                 (401, Some("M_UNAUTHORIZED")),
@@ -229,10 +236,12 @@ both_backends!(
         // A transaction whose body names another origin than the signature's.
         let mut lying = forger.transaction_body(Vec::new(), Vec::new());
         lying["origin"] = json!(a.server_name());
-        let (status, answer) = forger
-            .request(a, Method::PUT, &path("t3"), Some(&lying))
-            .await;
-        assert_eq!((status, answer["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{answer}");
+        let (status, answer) = forger.request(a, Method::PUT, &path("t3"), Some(&lying)).await;
+        assert_eq!(
+            (status, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{answer}"
+        );
         s.stop().await;
     }
 );
@@ -414,7 +423,10 @@ both_backends!(
         assert_eq!(status, 200, "{answer}");
         let results = results(&answer);
         assert_eq!(results[&good], json!({}), "{answer}");
-        assert!(results.get(&oversized).is_none_or(|r| r["error"].is_string()), "{answer}");
+        assert!(
+            results.get(&oversized).is_none_or(|r| r["error"].is_string()),
+            "{answer}"
+        );
         assert_eq!(s.event_on_a(&oversized).await.0, 404);
         assert_eq!(bodies(&s.alice, &s.room).await, ["still here"]);
 
@@ -423,11 +435,22 @@ both_backends!(
             .map(|i| message(&view, &forger, &bob, &format!("flood {i}")).1)
             .collect();
         let (status, answer) = forger.transaction(s.a(), "too-many", many).await;
-        assert_eq!((status, answer["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{answer}");
-        let edus: Vec<Value> = (0..101).map(|_| json!({ "edu_type": "m.typing", "content": {} })).collect();
+        assert_eq!(
+            (status, answer["errcode"].as_str()),
+            (400, Some("M_BAD_JSON")),
+            "{answer}"
+        );
+        let edus: Vec<Value> = (0..101)
+            .map(|_| json!({ "edu_type": "m.typing", "content": {} }))
+            .collect();
         let body = forger.transaction_body(Vec::new(), edus);
         let (status, answer) = forger
-            .request(s.a(), Method::PUT, "/_matrix/federation/v1/send/too-many-edus", Some(&body))
+            .request(
+                s.a(),
+                Method::PUT,
+                "/_matrix/federation/v1/send/too-many-edus",
+                Some(&body),
+            )
             .await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(bodies(&s.alice, &s.room).await, ["still here"]);
@@ -435,7 +458,10 @@ both_backends!(
         // Transactions that are not transactions.
         for (what, body) in [
             ("no pdus", json!({ "origin": forger.origin, "origin_server_ts": 1 })),
-            ("pdus not a list", json!({ "origin": forger.origin, "origin_server_ts": 1, "pdus": "x" })),
+            (
+                "pdus not a list",
+                json!({ "origin": forger.origin, "origin_server_ts": 1, "pdus": "x" }),
+            ),
             ("an array", json!([])),
         ] {
             let (status, answer) = forger
@@ -447,295 +473,301 @@ both_backends!(
     }
 );
 
-both_backends!(
-    a_server_acl_refuses_the_servers_it_denies,
-    |backend| async move {
-        let Some(s) = Shared::start(backend).await else {
-            return;
-        };
-        let forger = s.forger();
-        let view = s.view(&forger).await;
-        let (a, b) = (s.a(), s.b());
-        let (bob, carl) = (user_id("bob", b), user_id("carl", b));
-        let make_join = format!(
-            "/_matrix/federation/v1/make_join/{}/{}?ver={}",
-            enc(&s.room),
-            enc(&carl),
-            view.version
-        );
-        let (status, template) = forger.request(a, Method::GET, &make_join, None).await;
-        assert_eq!(status, 200, "before the ACL, B may join: {template}");
+both_backends!(a_server_acl_refuses_the_servers_it_denies, |backend| async move {
+    let Some(s) = Shared::start(backend).await else {
+        return;
+    };
+    let forger = s.forger();
+    let view = s.view(&forger).await;
+    let (a, b) = (s.a(), s.b());
+    let (bob, carl) = (user_id("bob", b), user_id("carl", b));
+    let make_join = format!(
+        "/_matrix/federation/v1/make_join/{}/{}?ver={}",
+        enc(&s.room),
+        enc(&carl),
+        view.version
+    );
+    let (status, template) = forger.request(a, Method::GET, &make_join, None).await;
+    assert_eq!(status, 200, "before the ACL, B may join: {template}");
 
-        // Both test servers are IP literals on 127.0.0.1 (their ports differ, and ACLs ignore
-        // ports), so no ACL can deny one by name and not the other. An ACL refusing IP literals
-        // denies both: A is this room's own server, to which its ACL does not apply, so what it
-        // shows is what A refuses of B. (B refuses A's later events too, by the same ACL.)
-        let (status, sent) = s
-            .alice
-            .put(
-                &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl", enc(&s.room)),
-                json!({ "allow": ["*"], "deny": [], "allow_ip_literals": false }),
-            )
-            .await;
-        assert_eq!(status, 200, "{sent}");
-        // The ACL event itself reaches B, allowed by the state before it.
-        eventually("the ACL on B", || async {
-            let (status, _) = s
-                .bob
-                .get(&format!(
-                    "/_matrix/client/v3/rooms/{}/state/m.room.server_acl",
-                    enc(&s.room)
-                ))
-                .await;
-            (status == 200).then_some(())
-        })
+    // Both test servers are IP literals on 127.0.0.1 (their ports differ, and ACLs ignore
+    // ports), so no ACL can deny one by name and not the other. An ACL refusing IP literals
+    // denies both: A is this room's own server, to which its ACL does not apply, so what it
+    // shows is what A refuses of B. (B refuses A's later events too, by the same ACL.)
+    let (status, sent) = s
+        .alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.server_acl", enc(&s.room)),
+            json!({ "allow": ["*"], "deny": [], "allow_ip_literals": false }),
+        )
         .await;
+    assert_eq!(status, 200, "{sent}");
+    // The ACL event itself reaches B, allowed by the state before it.
+    eventually("the ACL on B", || async {
+        let (status, _) = s
+            .bob
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.server_acl",
+                enc(&s.room)
+            ))
+            .await;
+        (status == 200).then_some(())
+    })
+    .await;
 
-        // B's PDUs are refused, whoever sent them (the check is on the transaction's origin).
-        let (denied, denied_pdu) = message(&view, &forger, &bob, "after the ACL");
-        let (status, answer) = forger.transaction(a, "acl", vec![denied_pdu]).await;
-        assert_eq!(status, 200, "{answer}");
-        let error = results(&answer)[&denied]["error"].as_str().unwrap_or_default().to_owned();
-        assert!(error.contains("ACL"), "{answer}");
-        assert_eq!(s.event_on_a(&denied).await.0, 404);
-        assert!(bodies(&s.alice, &s.room).await.is_empty());
+    // B's PDUs are refused, whoever sent them (the check is on the transaction's origin).
+    let (denied, denied_pdu) = message(&view, &forger, &bob, "after the ACL");
+    let (status, answer) = forger.transaction(a, "acl", vec![denied_pdu]).await;
+    assert_eq!(status, 200, "{answer}");
+    let error = results(&answer)[&denied]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("ACL"), "{answer}");
+    assert_eq!(s.event_on_a(&denied).await.0, 404);
+    assert!(bodies(&s.alice, &s.room).await.is_empty());
 
-        // Joins, leaves and invites through A are refused.
-        let forbidden = |what: &str, (status, answer): (u16, Value)| {
-            assert_eq!(
-                (status, answer["errcode"].as_str()),
-                (403, Some("M_FORBIDDEN")),
-                "{what}: {answer}"
-            );
-        };
-        forbidden("make_join", forger.request(a, Method::GET, &make_join, None).await);
-        let make_leave = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            enc(&s.room),
-            enc(&bob)
+    // Joins, leaves and invites through A are refused.
+    let forbidden = |what: &str, (status, answer): (u16, Value)| {
+        assert_eq!(
+            (status, answer["errcode"].as_str()),
+            (403, Some("M_FORBIDDEN")),
+            "{what}: {answer}"
         );
-        forbidden("make_leave", forger.request(a, Method::GET, &make_leave, None).await);
-        // Carl's join from the template A gave before the ACL, signed.
-        let mut join: CanonicalJsonObject = serde_json::from_value(template["event"].clone()).unwrap();
-        join.insert(
-            "origin_server_ts".into(),
-            CanonicalJsonValue::Integer(weft_core::util::now_ms().try_into().unwrap()),
-        );
-        view.sign(&mut join, &forger.origin, &forger.key);
-        let (join_id, join_pdu) = finish(&view, join);
-        forbidden(
-            "send_join",
-            forger
-                .request(
-                    a,
-                    Method::PUT,
-                    &format!("/_matrix/federation/v2/send_join/{}/{}", enc(&s.room), enc(&join_id)),
-                    Some(&join_pdu),
-                )
-                .await,
-        );
-        let mut leave = view.event(&bob, "m.room.member", Some(&bob), json!({ "membership": "leave" }));
-        view.sign(&mut leave, &forger.origin, &forger.key);
-        let (leave_id, leave_pdu) = finish(&view, leave);
-        forbidden(
-            "send_leave",
-            forger
-                .request(
-                    a,
-                    Method::PUT,
-                    &format!("/_matrix/federation/v2/send_leave/{}/{}", enc(&s.room), enc(&leave_id)),
-                    Some(&leave_pdu),
-                )
-                .await,
-        );
-        let dora = a.register("dora", "password-dora").await;
-        let dora_id = user_id("dora", a);
-        let mut invite = view.event(&bob, "m.room.member", Some(&dora_id), json!({ "membership": "invite" }));
-        view.sign(&mut invite, &forger.origin, &forger.key);
-        let (invite_id, invite_pdu) = finish(&view, invite);
-        forbidden(
-            "invite",
-            forger
-                .request(
-                    a,
-                    Method::PUT,
-                    &format!("/_matrix/federation/v2/invite/{}/{}", enc(&s.room), enc(&invite_id)),
-                    Some(&json!({ "room_version": view.version, "event": invite_pdu, "invite_room_state": [] })),
-                )
-                .await,
-        );
-        // And what B reads of the room.
-        forbidden(
-            "state_ids",
-            forger
-                .request(
-                    a,
-                    Method::GET,
-                    &format!(
-                        "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                        enc(&s.room),
-                        enc(&view.prev)
-                    ),
-                    None,
-                )
-                .await,
-        );
-
-        // Nothing of it changed the room on A: Carl never joined, Bob is still in, Dora was
-        // not invited.
-        assert_eq!(membership(&s.alice, &s.room, &carl).await, None);
-        assert_eq!(membership(&s.alice, &s.room, &bob).await.as_deref(), Some("join"));
-        let (_, sync) = dora.get("/_matrix/client/v3/sync?timeout=0").await;
-        assert!(sync["rooms"]["invite"].get(&s.room).is_none(), "{sync}");
-        s.stop().await;
-    }
-);
-
-both_backends!(
-    forged_joins_leaves_and_invites_are_refused,
-    |backend| async move {
-        let Some(s) = Shared::start(backend).await else {
-            return;
-        };
-        let forger = s.forger();
-        let view = s.view(&forger).await;
-        let (a, b) = (s.a(), s.b());
-        let (alice_id, bob, carl) = (user_id("alice", a), user_id("bob", b), user_id("carl", b));
-        let room = enc(&s.room);
-        let dora = a.register("dora", "password-dora").await;
-        let dora_id = user_id("dora", a);
-        let refused = |what: &str, (status, answer): (u16, Value), expected: (u16, &str)| {
-            assert_eq!(
-                (status, answer["errcode"].as_str().unwrap_or_default()),
-                expected,
-                "{what}: {answer}"
-            );
-        };
-        let put = |path: String, body: Value| {
-            let forger = &forger;
-            async move { forger.request(a, Method::PUT, &path, Some(&body)).await }
-        };
-        let membership_event = |sender: &str, target: &str, membership: &str| {
-            view.event(sender, "m.room.member", Some(target), json!({ "membership": membership }))
-        };
-
-        // make_join: only for the asking server's users, only for rooms A knows.
-        let make_join = |user: &str, room: &str| {
-            format!(
-                "/_matrix/federation/v1/make_join/{}/{}?ver={}",
-                enc(room),
-                enc(user),
-                view.version
-            )
-        };
-        refused(
-            "make_join for a user of A",
-            forger.request(a, Method::GET, &make_join(&dora_id, &s.room), None).await,
-            (403, "M_FORBIDDEN"),
-        );
-        refused(
-            "make_join for an unknown room",
-            forger
-                .request(a, Method::GET, &make_join(&carl, &format!("!unknown:{}", a.server_name())), None)
-                .await,
-            (404, "M_NOT_FOUND"),
-        );
-
-        // send_join of forged joins.
-        let send_join = |id: &str| format!("/_matrix/federation/v2/send_join/{room}/{}", enc(id));
-        let mut join = membership_event(&carl, &carl, "join");
-        view.sign(&mut join, &forger.origin, &forger.other_key());
-        let (id, pdu) = finish(&view, join);
-        refused(
-            "a join signed with another key",
-            put(send_join(&id), pdu).await,
-            (403, "M_FORBIDDEN"),
-        );
-        let mut join = membership_event(&carl, &carl, "join");
-        view.sign(&mut join, &forger.origin, &forger.key);
-        if let Some(CanonicalJsonValue::Object(content)) = join.get_mut("content") {
-            content.insert("displayname".into(), CanonicalJsonValue::String("changed".into()));
-        }
-        let (id, pdu) = finish(&view, join);
-        refused(
-            "a join changed after signing",
-            put(send_join(&id), pdu).await,
-            (403, "M_FORBIDDEN"),
-        );
-        let mut join = membership_event(&dora_id, &dora_id, "join");
-        view.sign(&mut join, &forger.origin, &forger.key);
-        let (id, pdu) = finish(&view, join);
-        refused(
-            "a join of A's user, signed by B",
-            put(send_join(&id), pdu).await,
-            (403, "M_FORBIDDEN"),
-        );
-        let mut join = membership_event(&carl, &carl, "join");
-        view.sign(&mut join, &forger.origin, &forger.key);
-        let (_, pdu) = finish(&view, join);
-        refused(
-            "a join under another event's ID",
-            put(send_join(&view.prev), pdu).await,
-            (400, "M_BAD_JSON"),
-        );
-        let (id, pdu) = message(&view, &forger, &carl, "not a join");
-        refused(
-            "a message as a join",
-            put(send_join(&id), pdu).await,
-            (400, "M_BAD_JSON"),
-        );
-        for garbage in [json!("x"), json!([]), json!({}), json!({ "room_id": s.room })] {
-            let (status, answer) = put(send_join("$garbage"), garbage.clone()).await;
-            assert!(
-                (400..500).contains(&status),
-                "send_join of {garbage}: {status} {answer}"
-            );
-        }
-        // send_leave of someone else: Alice's leave, signed by B.
-        let mut leave = membership_event(&alice_id, &alice_id, "leave");
-        view.sign(&mut leave, &forger.origin, &forger.key);
-        let (id, pdu) = finish(&view, leave);
-        refused(
-            "a leave of A's user",
-            put(
-                format!("/_matrix/federation/v2/send_leave/{room}/{}", enc(&id)),
-                pdu,
+    };
+    forbidden("make_join", forger.request(a, Method::GET, &make_join, None).await);
+    let make_leave = format!("/_matrix/federation/v1/make_leave/{}/{}", enc(&s.room), enc(&bob));
+    forbidden("make_leave", forger.request(a, Method::GET, &make_leave, None).await);
+    // Carl's join from the template A gave before the ACL, signed.
+    let mut join: CanonicalJsonObject = serde_json::from_value(template["event"].clone()).unwrap();
+    join.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(weft_core::util::now_ms().try_into().unwrap()),
+    );
+    view.sign(&mut join, &forger.origin, &forger.key);
+    let (join_id, join_pdu) = finish(&view, join);
+    forbidden(
+        "send_join",
+        forger
+            .request(
+                a,
+                Method::PUT,
+                &format!("/_matrix/federation/v2/send_join/{}/{}", enc(&s.room), enc(&join_id)),
+                Some(&join_pdu),
             )
             .await,
-            (403, "M_FORBIDDEN"),
-        );
-
-        // Invites: a bad signature, an unknown user, an unknown room version.
-        let invite = |target: &str, key: &ruma::signatures::Ed25519KeyPair, version: &str| {
-            let mut event = membership_event(&bob, target, "invite");
-            view.sign(&mut event, &forger.origin, key);
-            let (id, pdu) = finish(&view, event);
-            (
-                format!("/_matrix/federation/v2/invite/{room}/{}", enc(&id)),
-                json!({ "room_version": version, "event": pdu, "invite_room_state": [] }),
+    );
+    let mut leave = view.event(&bob, "m.room.member", Some(&bob), json!({ "membership": "leave" }));
+    view.sign(&mut leave, &forger.origin, &forger.key);
+    let (leave_id, leave_pdu) = finish(&view, leave);
+    forbidden(
+        "send_leave",
+        forger
+            .request(
+                a,
+                Method::PUT,
+                &format!("/_matrix/federation/v2/send_leave/{}/{}", enc(&s.room), enc(&leave_id)),
+                Some(&leave_pdu),
             )
-        };
-        let (path, body) = invite(&dora_id, &forger.other_key(), &view.version);
-        refused("an invite with a bad signature", put(path, body).await, (403, "M_FORBIDDEN"));
-        let nobody = format!("@nobody:{}", a.server_name());
-        let (path, body) = invite(&nobody, &forger.key, &view.version);
-        refused("an invite of an unknown user", put(path, body).await, (404, "M_NOT_FOUND"));
-        let (path, body) = invite(&dora_id, &forger.key, "999");
-        refused(
-            "an invite in an unknown room version",
-            put(path, body).await,
-            (400, "M_INCOMPATIBLE_ROOM_VERSION"),
-        );
+            .await,
+    );
+    let dora = a.register("dora", "password-dora").await;
+    let dora_id = user_id("dora", a);
+    let mut invite = view.event(&bob, "m.room.member", Some(&dora_id), json!({ "membership": "invite" }));
+    view.sign(&mut invite, &forger.origin, &forger.key);
+    let (invite_id, invite_pdu) = finish(&view, invite);
+    forbidden(
+        "invite",
+        forger
+            .request(
+                a,
+                Method::PUT,
+                &format!("/_matrix/federation/v2/invite/{}/{}", enc(&s.room), enc(&invite_id)),
+                Some(&json!({ "room_version": view.version, "event": invite_pdu, "invite_room_state": [] })),
+            )
+            .await,
+    );
+    // And what B reads of the room.
+    forbidden(
+        "state_ids",
+        forger
+            .request(
+                a,
+                Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    enc(&s.room),
+                    enc(&view.prev)
+                ),
+                None,
+            )
+            .await,
+    );
 
-        // Nothing of it changed the room: Carl is not in, Alice still is, Dora was not invited.
-        assert_eq!(membership(&s.alice, &s.room, &carl).await, None);
-        assert_eq!(membership(&s.alice, &s.room, &dora_id).await, None);
+    // Nothing of it changed the room on A: Carl never joined, Bob is still in, Dora was
+    // not invited.
+    assert_eq!(membership(&s.alice, &s.room, &carl).await, None);
+    assert_eq!(membership(&s.alice, &s.room, &bob).await.as_deref(), Some("join"));
+    let (_, sync) = dora.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&s.room).is_none(), "{sync}");
+    s.stop().await;
+});
+
+both_backends!(forged_joins_leaves_and_invites_are_refused, |backend| async move {
+    let Some(s) = Shared::start(backend).await else {
+        return;
+    };
+    let forger = s.forger();
+    let view = s.view(&forger).await;
+    let (a, b) = (s.a(), s.b());
+    let (alice_id, bob, carl) = (user_id("alice", a), user_id("bob", b), user_id("carl", b));
+    let room = enc(&s.room);
+    let dora = a.register("dora", "password-dora").await;
+    let dora_id = user_id("dora", a);
+    let refused = |what: &str, (status, answer): (u16, Value), expected: (u16, &str)| {
         assert_eq!(
-            membership(&s.alice, &s.room, &alice_id).await.as_deref(),
-            Some("join")
+            (status, answer["errcode"].as_str().unwrap_or_default()),
+            expected,
+            "{what}: {answer}"
         );
-        let (_, sync) = dora.get("/_matrix/client/v3/sync?timeout=0").await;
-        assert!(sync["rooms"]["invite"].get(&s.room).is_none(), "{sync}");
-        s.stop().await;
+    };
+    let put = |path: String, body: Value| {
+        let forger = &forger;
+        async move { forger.request(a, Method::PUT, &path, Some(&body)).await }
+    };
+    let membership_event = |sender: &str, target: &str, membership: &str| {
+        view.event(
+            sender,
+            "m.room.member",
+            Some(target),
+            json!({ "membership": membership }),
+        )
+    };
+
+    // make_join: only for the asking server's users, only for rooms A knows.
+    let make_join = |user: &str, room: &str| {
+        format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver={}",
+            enc(room),
+            enc(user),
+            view.version
+        )
+    };
+    refused(
+        "make_join for a user of A",
+        forger
+            .request(a, Method::GET, &make_join(&dora_id, &s.room), None)
+            .await,
+        (403, "M_FORBIDDEN"),
+    );
+    refused(
+        "make_join for an unknown room",
+        forger
+            .request(
+                a,
+                Method::GET,
+                &make_join(&carl, &format!("!unknown:{}", a.server_name())),
+                None,
+            )
+            .await,
+        (404, "M_NOT_FOUND"),
+    );
+
+    // send_join of forged joins.
+    let send_join = |id: &str| format!("/_matrix/federation/v2/send_join/{room}/{}", enc(id));
+    let mut join = membership_event(&carl, &carl, "join");
+    view.sign(&mut join, &forger.origin, &forger.other_key());
+    let (id, pdu) = finish(&view, join);
+    refused(
+        "a join signed with another key",
+        put(send_join(&id), pdu).await,
+        (403, "M_FORBIDDEN"),
+    );
+    let mut join = membership_event(&carl, &carl, "join");
+    view.sign(&mut join, &forger.origin, &forger.key);
+    if let Some(CanonicalJsonValue::Object(content)) = join.get_mut("content") {
+        content.insert("displayname".into(), CanonicalJsonValue::String("changed".into()));
     }
-);
+    let (id, pdu) = finish(&view, join);
+    refused(
+        "a join changed after signing",
+        put(send_join(&id), pdu).await,
+        (403, "M_FORBIDDEN"),
+    );
+    let mut join = membership_event(&dora_id, &dora_id, "join");
+    view.sign(&mut join, &forger.origin, &forger.key);
+    let (id, pdu) = finish(&view, join);
+    refused(
+        "a join of A's user, signed by B",
+        put(send_join(&id), pdu).await,
+        (403, "M_FORBIDDEN"),
+    );
+    let mut join = membership_event(&carl, &carl, "join");
+    view.sign(&mut join, &forger.origin, &forger.key);
+    let (_, pdu) = finish(&view, join);
+    refused(
+        "a join under another event's ID",
+        put(send_join(&view.prev), pdu).await,
+        (400, "M_BAD_JSON"),
+    );
+    let (id, pdu) = message(&view, &forger, &carl, "not a join");
+    refused(
+        "a message as a join",
+        put(send_join(&id), pdu).await,
+        (400, "M_BAD_JSON"),
+    );
+    for garbage in [json!("x"), json!([]), json!({}), json!({ "room_id": s.room })] {
+        let (status, answer) = put(send_join("$garbage"), garbage.clone()).await;
+        assert!(
+            (400..500).contains(&status),
+            "send_join of {garbage}: {status} {answer}"
+        );
+    }
+    // send_leave of someone else: Alice's leave, signed by B.
+    let mut leave = membership_event(&alice_id, &alice_id, "leave");
+    view.sign(&mut leave, &forger.origin, &forger.key);
+    let (id, pdu) = finish(&view, leave);
+    refused(
+        "a leave of A's user",
+        put(format!("/_matrix/federation/v2/send_leave/{room}/{}", enc(&id)), pdu).await,
+        (403, "M_FORBIDDEN"),
+    );
+
+    // Invites: a bad signature, an unknown user, an unknown room version.
+    let invite = |target: &str, key: &ruma::signatures::Ed25519KeyPair, version: &str| {
+        let mut event = membership_event(&bob, target, "invite");
+        view.sign(&mut event, &forger.origin, key);
+        let (id, pdu) = finish(&view, event);
+        (
+            format!("/_matrix/federation/v2/invite/{room}/{}", enc(&id)),
+            json!({ "room_version": version, "event": pdu, "invite_room_state": [] }),
+        )
+    };
+    let (path, body) = invite(&dora_id, &forger.other_key(), &view.version);
+    refused(
+        "an invite with a bad signature",
+        put(path, body).await,
+        (403, "M_FORBIDDEN"),
+    );
+    let nobody = format!("@nobody:{}", a.server_name());
+    let (path, body) = invite(&nobody, &forger.key, &view.version);
+    refused(
+        "an invite of an unknown user",
+        put(path, body).await,
+        (404, "M_NOT_FOUND"),
+    );
+    let (path, body) = invite(&dora_id, &forger.key, "999");
+    refused(
+        "an invite in an unknown room version",
+        put(path, body).await,
+        (400, "M_INCOMPATIBLE_ROOM_VERSION"),
+    );
+
+    // Nothing of it changed the room: Carl is not in, Alice still is, Dora was not invited.
+    assert_eq!(membership(&s.alice, &s.room, &carl).await, None);
+    assert_eq!(membership(&s.alice, &s.room, &dora_id).await, None);
+    assert_eq!(membership(&s.alice, &s.room, &alice_id).await.as_deref(), Some("join"));
+    let (_, sync) = dora.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&s.room).is_none(), "{sync}");
+    s.stop().await;
+});

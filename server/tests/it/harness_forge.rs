@@ -99,7 +99,13 @@ impl Forger {
     }
 
     /// A request to `to`, signed properly as this forger.
-    pub async fn request(&self, to: &FederatedServer, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        to: &FederatedServer,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
         let authorization = Forger::authorization(&self.origin, to.server_name(), &self.key, &method, path, &body);
         self.send_raw(to, method, path, Some(authorization), body).await
@@ -108,8 +114,13 @@ impl Forger {
     /// `PUT /send/{txn_id}` to `to` with these PDUs, signed properly.
     pub async fn transaction(&self, to: &FederatedServer, txn_id: &str, pdus: Vec<Value>) -> (u16, Value) {
         let body = self.transaction_body(pdus, Vec::new());
-        self.request(to, Method::PUT, &format!("/_matrix/federation/v1/send/{txn_id}"), Some(&body))
-            .await
+        self.request(
+            to,
+            Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn_id}"),
+            Some(&body),
+        )
+        .await
     }
 
     pub fn transaction_body(&self, pdus: Vec<Value>, edus: Vec<Value>) -> Value {
@@ -168,7 +179,10 @@ impl RoomView {
             .get(&format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"))
             .await;
         assert_eq!(status, 200, "{page}");
-        let prev = page["chunk"][0]["event_id"].as_str().expect("a latest event").to_owned();
+        let prev = page["chunk"][0]["event_id"]
+            .as_str()
+            .expect("a latest event")
+            .to_owned();
         let (status, served) = forger
             .request(
                 host,
