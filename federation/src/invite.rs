@@ -7,7 +7,6 @@
 
 use ruma::{
     api::federation::membership::{create_invite, create_leave_event, prepare_leave_event, RawStrippedState},
-    signatures::Verified,
     OwnedEventId, OwnedRoomId, RoomVersionId, ServerName, UserId,
 };
 use serde_json::value::RawValue;
@@ -21,7 +20,7 @@ use weft_http::error::MatrixError;
 
 use crate::{
     join::remote_error,
-    membership::{template_membership, to_raw},
+    membership::{template_membership, to_raw, verify_signed},
     receive::{parse_pdu, RoomVersion},
     Federation,
 };
@@ -37,6 +36,8 @@ pub async fn receive(
     invite_room_state: &[RawStrippedState],
 ) -> Result<Box<RawValue>, MatrixError> {
     let core = fed.client.core();
+    // A room this server is not in has no ACL here: the invite is taken.
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, "an invite").await?;
     let room = RoomVersion::new(room_id.clone(), version.as_str()).map_err(|_| MatrixError {
         status: http::StatusCode::BAD_REQUEST,
         errcode: "M_INCOMPATIBLE_ROOM_VERSION",
@@ -66,16 +67,7 @@ pub async fn receive(
     {
         return Err(MatrixError::not_found(format!("Unknown user {target}")));
     }
-    let keys = fed.keys.keys_for_pdu(&pdu.json, &room.rules).await;
-    match ruma::signatures::verify_event(&keys, &pdu.json, &room.rules) {
-        Ok(Verified::All) => {}
-        Ok(Verified::Signatures) => return Err(MatrixError::forbidden("The invite's content hash does not match")),
-        Err(e) => {
-            return Err(MatrixError::forbidden(format!(
-                "The invite is not signed by its sender's server: {e}"
-            )))
-        }
-    }
+    verify_signed(fed, &pdu, &room, "invite").await?;
     let mut signed = pdu.json.clone();
     ruma::signatures::sign_event(
         core.server_name.as_str(),

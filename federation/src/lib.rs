@@ -5,6 +5,7 @@
 //! stream. Nothing here knows the Client-Server API. Endpoints are found by the area of their
 //! path: `api/<area>.rs`.
 
+pub mod acl;
 pub mod api;
 pub mod auth;
 pub mod client;

@@ -28,6 +28,7 @@ pub async fn template(
         return Err(MatrixError::forbidden(format!("{user} is not a user of {origin}")));
     }
     let core = fed.client.core();
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, &format!("make_{membership}")).await?;
     let (version, object) = templates::membership_template(core, room_id.as_str(), user, membership).await?;
     if let Some(supported) = supported_versions {
         if !supported.iter().any(|v| v.as_str() == version) {
@@ -58,6 +59,7 @@ pub async fn receive(
         .await
         .map_err(MatrixError::unknown)?
         .ok_or_else(|| MatrixError::not_found("This server is not in the room"))?;
+    crate::acl::ensure_allowed(core, room_id.as_str(), origin, &format!("send_{membership}")).await?;
     let mut pdu = parse_pdu(raw, &room).map_err(MatrixError::bad_json)?;
     if &pdu.event_id != event_id {
         return Err(MatrixError::bad_json("The event is not the one named in the path"));
@@ -75,6 +77,7 @@ pub async fn receive(
             pdu.sender
         )));
     }
+    verify_signed(fed, &pdu, &room, membership).await?;
     let authoriser = content["join_authorised_via_users_server"]
         .as_str()
         .and_then(|u| UserId::parse(u).ok());
@@ -99,6 +102,21 @@ pub async fn receive(
     }
     forward(core, room_id.as_str(), origin, outcome.pdu.event_id.as_str()).await?;
     Ok(outcome.pdu)
+}
+
+/// Checks the signatures and hashes of an event its sender's server sent here itself (a
+/// membership through `send_join`/`send_leave`, an invite): 403 when they fail, rather than the
+/// 400 the pipeline's error would give. Its own server just signed it, so a hash mismatch is
+/// refused too, not kept redacted as a relayed event would be.
+pub async fn verify_signed(fed: &Federation, pdu: &Pdu, room: &RoomVersion, what: &str) -> Result<(), MatrixError> {
+    let keys = fed.keys.keys_for_pdu(&pdu.json, &room.rules).await;
+    let why = match ruma::signatures::verify_event(&keys, &pdu.json, &room.rules) {
+        Ok(ruma::signatures::Verified::All) => return Ok(()),
+        Ok(ruma::signatures::Verified::Signatures) => "its content hash does not match".to_owned(),
+        Err(e) => format!("it is not signed by its sender's server: {e}"),
+    };
+    tracing::info!(event_id = %pdu.event_id, sender = %pdu.sender, "refused {what}: {why}");
+    Err(MatrixError::forbidden(format!("The {what} was refused: {why}")))
 }
 
 /// Passes an event another server sent here alone (a membership through `send_join` or

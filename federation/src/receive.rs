@@ -71,10 +71,12 @@ impl RoomVersion {
 /// Parses a PDU of `room`: size, JSON, event ID per the room version, the fields the pipeline
 /// needs, and that it belongs to this room.
 pub fn parse_pdu(raw: &RawValue, room: &RoomVersion) -> Result<Pdu, String> {
-    if raw.get().len() > MAX_PDU_SIZE {
+    let json: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| format!("malformed PDU: {e}"))?;
+    // The limit is on the canonical form: a text longer only by its whitespace is measured
+    // again.
+    if raw.get().len() > MAX_PDU_SIZE && serde_json::to_string(&json).map_or(true, |c| c.len() > MAX_PDU_SIZE) {
         return Err(format!("the PDU is larger than {MAX_PDU_SIZE} bytes"));
     }
-    let json: CanonicalJsonObject = serde_json::from_str(raw.get()).map_err(|e| format!("malformed PDU: {e}"))?;
     let event_id = Pdu::compute_event_id(&json, &room.rules).map_err(|e| e.to_string())?;
     let pdu = Pdu::from_json(event_id, json, &room.rules).map_err(|e| e.to_string())?;
     if pdu.room_id != room.room_id {

@@ -1,6 +1,10 @@
 //! Inbound transactions (`/send/{txnId}`): answered once per (origin, txnId); PDUs grouped by
 //! room, each room's in order and one batch at a time, rooms side by side, so a room slow to
-//! fill a gap never holds up the others; a bad PDU gets its error and the rest go on.
+//! fill a gap never holds up the others; a bad PDU gets its error and the rest go on. A room
+//! whose server ACL denies the origin has all its PDUs refused (`acl`).
+//!
+//! EDUs are not processed yet (`api::send` ignores them); when they are, those naming a room
+//! (typing, receipts) go through `acl::allowed` for the origin like the room's PDUs.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -97,6 +101,23 @@ async fn receive_room(
             return Vec::new();
         }
     };
+    // The spec checks the ACL against the transaction's origin, whoever sent each PDU.
+    match crate::acl::allowed(fed.client.core(), room_id.as_str(), origin).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(%origin, %room_id, count = pdus.len(), "refused PDUs: the room's server ACL denies the transaction's origin");
+            let error = format!("the room's server ACL denies {origin}");
+            return pdus
+                .into_iter()
+                .filter_map(|raw| parse_pdu(raw, &room).ok())
+                .map(|pdu| (pdu.event_id, Err(error.clone())))
+                .collect();
+        }
+        Err(e) => {
+            tracing::warn!(%origin, %room_id, error = %e, "cannot read the room's server ACL");
+            return Vec::new();
+        }
+    }
     let lock = fed.room_queues.lock_for(&room_id);
     let _turn = lock.lock().await;
     let receiver = Receiver {

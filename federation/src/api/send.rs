@@ -34,6 +34,8 @@ async fn send(
             "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
+    // EDUs are not processed yet; when they are, each one about a room is checked against
+    // the room's server ACL first (see `crate::acl`).
     let results = transaction::process(fed, &origin, req.transaction_id.as_str(), &req.pdus).await?;
     Ok(send_transaction_message::v1::Response::new(results))
 }

@@ -83,7 +83,7 @@ pub(crate) async fn membership(client: &Client, room: &str, user: &str) -> Optio
     (status == 200).then(|| event["membership"].as_str().unwrap_or_default().to_owned())
 }
 
-fn user_id(localpart: &str, server: &FederatedServer) -> String {
+pub(crate) fn user_id(localpart: &str, server: &FederatedServer) -> String {
     format!("@{localpart}:{}", server.server_name())
 }
 

@@ -2,11 +2,13 @@
 
 mod harness;
 mod harness_federation;
+mod harness_forge;
 
 mod aliases_directory;
 mod durability;
 mod e2ee;
 mod federation;
+mod federation_forged;
 mod federation_outage;
 mod federation_rooms;
 mod foundation;
