@@ -77,13 +77,15 @@ pub async fn receive(
             pdu.sender
         )));
     }
-    verify_signed(fed, &pdu, &room, membership).await?;
+    // A restricted join this server authorised needs its signature too before it verifies;
+    // the sender's own signature is still checked against the same event.
     let authoriser = content["join_authorised_via_users_server"]
         .as_str()
         .and_then(|u| UserId::parse(u).ok());
     if membership == "join" && authoriser.is_some_and(|u| core.is_local(&u)) {
         pdu = countersign(core, &room, pdu)?;
     }
+    verify_signed(fed, &pdu, &room, membership).await?;
     let receiver = Receiver {
         fed,
         from: origin,
