@@ -68,21 +68,13 @@ pub async fn receive(
         return Err(MatrixError::not_found(format!("Unknown user {target}")));
     }
     verify_signed(fed, &pdu, &room, "invite").await?;
-    let mut signed = pdu.json.clone();
-    ruma::signatures::sign_event(
-        core.server_name.as_str(),
-        &core.key.keypair,
-        &mut signed,
-        &room.rules.redaction,
-    )
-    .map_err(|e| MatrixError::unknown(format!("cannot sign the invite: {e}")))?;
-    let signed_pdu = weft_core::events::Pdu::from_json(pdu.event_id.clone(), signed.clone(), &room.rules)?;
+    let signed_pdu = crate::membership::countersign(core, &room, pdu)?;
     if !out_of_band::is_in_room(core, room_id.as_str()).await? {
         let stripped = crate::knock::stripped_values(invite_room_state);
         out_of_band::store(core, &signed_pdu, stripped).await?;
     }
     // When this server is in the room, the invite arrives in a transaction like any event.
-    Ok(to_raw(&signed))
+    Ok(to_raw(&signed_pdu.json))
 }
 
 /// A local user invites `target`, a user of another server, into a room of this server.
@@ -143,15 +135,14 @@ pub async fn reject_remote(
     reason: Option<&str>,
 ) -> Result<(), MatrixError> {
     let core = fed.client.core();
-    for server in servers.iter().filter(|s| **s != core.server_name) {
-        match leave_through(fed, server, room_id, user, reason).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = %e.message, "cannot reject the invite through this server")
-            }
-        }
+    let none = MatrixError::not_found("No server to reject the invite through");
+    let told = crate::membership::through_first(fed, servers, "reject an invite", none, |server| async move {
+        leave_through(fed, &server, room_id, user, reason).await
+    })
+    .await;
+    if told.is_err() {
+        out_of_band::reject_locally(core, room_id.as_str(), user.as_str()).await?;
     }
-    out_of_band::reject_locally(core, room_id.as_str(), user.as_str()).await?;
     Ok(())
 }
 

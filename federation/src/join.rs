@@ -40,18 +40,11 @@ pub async fn join_remote(
     servers: &[OwnedServerName],
     reason: Option<&str>,
 ) -> Result<OwnedEventId, MatrixError> {
-    let core = fed.client.core();
-    let mut last_error = MatrixError::not_found("No server to join the room through");
-    for server in servers.iter().filter(|s| **s != core.server_name) {
-        match join_through(fed, server, room_id, user, reason).await {
-            Ok(event_id) => return Ok(event_id),
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = %e.message, "cannot join through this server");
-                last_error = e;
-            }
-        }
-    }
-    Err(last_error)
+    let none = MatrixError::not_found("No server to join the room through");
+    crate::membership::through_first(fed, servers, "join", none, |server| async move {
+        join_through(fed, &server, room_id, user, reason).await
+    })
+    .await
 }
 
 async fn join_through(

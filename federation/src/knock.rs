@@ -26,18 +26,11 @@ pub async fn knock_remote(
     servers: &[OwnedServerName],
     reason: Option<&str>,
 ) -> Result<(), MatrixError> {
-    let core = fed.client.core();
-    let mut last_error = MatrixError::not_found("No server to knock through");
-    for server in servers.iter().filter(|s| **s != core.server_name) {
-        match knock_through(fed, server, room_id, user, reason).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::info!(%room_id, %server, error = %e.message, "cannot knock through this server");
-                last_error = e;
-            }
-        }
-    }
-    Err(last_error)
+    let none = MatrixError::not_found("No server to knock through");
+    crate::membership::through_first(fed, servers, "knock", none, |server| async move {
+        knock_through(fed, &server, room_id, user, reason).await
+    })
+    .await
 }
 
 async fn knock_through(

@@ -142,8 +142,9 @@ async fn forward(
     Ok(())
 }
 
-/// Adds this server's signature to a restricted join it authorised.
-fn countersign(core: &weft_core::Core, room: &RoomVersion, pdu: Pdu) -> Result<Pdu, MatrixError> {
+/// Adds this server's signature to another server's event: a restricted join it authorised, an
+/// invite of one of its users.
+pub fn countersign(core: &weft_core::Core, room: &RoomVersion, pdu: Pdu) -> Result<Pdu, MatrixError> {
     let mut json = pdu.json.clone();
     ruma::signatures::sign_event(
         core.server_name.as_str(),
@@ -151,8 +152,36 @@ fn countersign(core: &weft_core::Core, room: &RoomVersion, pdu: Pdu) -> Result<P
         &mut json,
         &room.rules.redaction,
     )
-    .map_err(|e| MatrixError::bad_json(format!("cannot sign the join: {e}")))?;
+    .map_err(|e| MatrixError::bad_json(format!("cannot sign the event: {e}")))?;
     Pdu::from_json(pdu.event_id, json, &room.rules).map_err(|e| MatrixError::bad_json(e.to_string()))
+}
+
+/// Tries `attempt` through each of `servers` but this one, in order, until one succeeds;
+/// otherwise the last refusal (or `none` when there was no server to try). `what` names the
+/// attempt in the log line of each failure.
+pub async fn through_first<T, F, Fut>(
+    fed: &Federation,
+    servers: &[ruma::OwnedServerName],
+    what: &str,
+    none: MatrixError,
+    mut attempt: F,
+) -> Result<T, MatrixError>
+where
+    F: FnMut(ruma::OwnedServerName) -> Fut,
+    Fut: std::future::Future<Output = Result<T, MatrixError>>,
+{
+    let own = &fed.client.core().server_name;
+    let mut last_error = none;
+    for server in servers.iter().filter(|s| *s != own) {
+        match attempt(server.clone()).await {
+            Ok(done) => return Ok(done),
+            Err(e) => {
+                tracing::info!(%server, error = %e.message, "cannot {what} through this server");
+                last_error = e;
+            }
+        }
+    }
+    Err(last_error)
 }
 
 /// A PDU's JSON as it travels.
