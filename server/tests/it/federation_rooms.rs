@@ -16,12 +16,12 @@ use crate::{
 /// How long federation gets to deliver something before a test gives up.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-fn enc(s: &str) -> String {
+pub(crate) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Polls `check` until it answers `Some`, or fails the test naming `what`.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -37,7 +37,7 @@ where
 }
 
 /// The room's message bodies as `client` sees them, oldest first.
-async fn bodies(client: &Client, room: &str) -> Vec<String> {
+pub(crate) async fn bodies(client: &Client, room: &str) -> Vec<String> {
     let (status, page) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
@@ -58,7 +58,7 @@ async fn bodies(client: &Client, room: &str) -> Vec<String> {
     list
 }
 
-async fn send_text(client: &Client, room: &str, body: &str) {
+pub(crate) async fn send_text(client: &Client, room: &str, body: &str) {
     let (status, sent) = client
         .put(
             &format!(
@@ -72,7 +72,7 @@ async fn send_text(client: &Client, room: &str, body: &str) {
     assert_eq!(status, 200, "{sent}");
 }
 
-async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
+pub(crate) async fn membership(client: &Client, room: &str, user: &str) -> Option<String> {
     let (status, event) = client
         .get(&format!(
             "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",

@@ -2,12 +2,14 @@
 
 mod harness;
 mod harness_federation;
+mod harness_synapse;
 
 mod aliases_directory;
 mod durability;
 mod e2ee;
 mod federation;
 mod federation_rooms;
+mod federation_synapse;
 mod foundation;
 mod fuzz;
 mod js_sdk;
