@@ -1,9 +1,11 @@
 //! Interop with Synapse (`harness_synapse`): a weft server and a Synapse on loopback, over TLS
 //! from one test CA. Synapse's users join weft's rooms and weft's users Synapse's, by alias and
-//! by ID; messages go both ways; invites go both ways and are accepted; each server answers
-//! profile lookups of the other's users. Each side is checked through its own client API.
+//! by ID; messages go both ways; invites go both ways, accepted and rejected; users leave each
+//! other's rooms; each server answers profile lookups of the other's users. Each side is checked through its own client API.
 //!
 //! Without `WEFT_TEST_SYNAPSE` (set by .ci/run) these tests print a SKIPPED line and pass.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Value};
 
@@ -43,6 +45,37 @@ async fn set_displayname(client: &Client, user: &str, name: &str) {
 /// `user`'s profile as `client`'s server answers it (over federation for a remote user).
 async fn profile(client: &Client, user: &str) -> (u16, Value) {
     client.get(&format!("/_matrix/client/v3/profile/{}", enc(user))).await
+}
+
+/// An initial sync made now. Synapse answers a repeated identical sync from a cache for a
+/// while, so each one carries a filter of its own (a timeline limit no other asked for).
+async fn fresh_sync(client: &Client) -> Value {
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let limit = 10 + SERIAL.fetch_add(1, Ordering::Relaxed);
+    let filter = json!({ "room": { "timeline": { "limit": limit } } }).to_string();
+    let (status, sync) = client
+        .get(&format!("/_matrix/client/v3/sync?timeout=0&filter={}", enc(&filter)))
+        .await;
+    if status == 200 {
+        sync
+    } else {
+        Value::Null
+    }
+}
+
+/// The room's entry under `rooms.invite` in `client`'s sync, once it is there.
+async fn invite_in_sync(client: &Client, room: &str, what: &str) -> Value {
+    eventually(what, || async { fresh_sync(client).await["rooms"]["invite"].get(room).cloned() }).await
+}
+
+/// The room name in an invite's stripped state.
+fn room_name_in(invite: &Value) -> Option<String> {
+    invite["invite_state"]["events"]
+        .as_array()?
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .and_then(|e| e["content"]["name"].as_str())
+        .map(str::to_owned)
 }
 
 // Both backends: Synapse starts in a few seconds, which the two halves pay once each.
@@ -156,6 +189,26 @@ both_backends!(synapse_and_weft_join_each_others_rooms, |backend| async move {
     let (status, body) = profile(&sam, &format!("@nobody:{}", weft.server_name())).await;
     assert_eq!(status, 404, "{body}");
 
+    // Leaves both ways: Sam leaves the weft room, Bob the Synapse room; both servers see it.
+    let (status, body) = sam
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "Synapse's user leaves weft's room: {body}");
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "weft's user leaves Synapse's room: {body}");
+    for (what, client, room, user) in [
+        ("sam's leave on weft", &alice, &weft_room, &sam_id),
+        ("bob's leave on Synapse", &sam, &synapse_room, &bob_id),
+        ("bob's leave on weft", &alice, &synapse_room, &bob_id),
+    ] {
+        eventually(what, || async {
+            (membership(client, room, user).await.as_deref() == Some("leave")).then_some(())
+        })
+        .await;
+    }
+
     drop(synapse);
     weft.stop().await;
 });
@@ -165,62 +218,85 @@ both_backends!(invites_between_synapse_and_weft, |backend| async move {
         return;
     };
     let alice = weft.register("alice", "password-alice").await;
+    let erin = weft.register("erin", "password-erin").await;
     let sam = synapse.register("sam").await;
+    let tess = synapse.register("tess").await;
     let alice_id = format!("@alice:{}", weft.server_name());
+    let erin_id = format!("@erin:{}", weft.server_name());
     let sam_id = synapse.user_id("sam");
+    let tess_id = synapse.user_id("tess");
 
-    // Weft invites Synapse's user to a private room; he accepts.
+    // Weft invites Synapse's users to a private room; Sam accepts, Tess rejects.
     let weft_room = create_room(&alice, json!({ "preset": "private_chat", "name": "Weft secret" })).await;
-    let (status, body) = alice
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&weft_room)),
-            json!({ "user_id": sam_id }),
-        )
-        .await;
-    assert_eq!(status, 200, "weft invites Synapse's user: {body}");
-    eventually("the invite in sam's sync on Synapse", || async {
-        let (_, sync) = sam.get("/_matrix/client/v3/sync?timeout=0").await;
-        sync["rooms"]["invite"].get(&weft_room).cloned()
-    })
-    .await;
+    for invitee in [&sam_id, &tess_id] {
+        let (status, body) = alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&weft_room)),
+                json!({ "user_id": invitee }),
+            )
+            .await;
+        assert_eq!(status, 200, "weft invites Synapse's {invitee}: {body}");
+    }
+    for (who, client) in [("sam", &sam), ("tess", &tess)] {
+        let invite = invite_in_sync(client, &weft_room, &format!("{who}'s invite in his sync on Synapse")).await;
+        assert_eq!(room_name_in(&invite).as_deref(), Some("Weft secret"), "{invite}");
+    }
     let (status, body) = sam
         .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&weft_room)), json!({}))
         .await;
     assert_eq!(status, 200, "Synapse's user accepts: {body}");
+    let (status, body) = tess
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "Synapse's user rejects: {body}");
     eventually("sam joined, on weft", || async {
         joined(&alice, &weft_room, &sam_id).await.then_some(())
     })
     .await;
-
-    // Synapse invites weft's user to a private room; she accepts.
-    let synapse_room = create_room(&sam, json!({ "preset": "private_chat", "name": "Synapse secret" })).await;
-    let (status, body) = sam
-        .post(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&synapse_room)),
-            json!({ "user_id": alice_id }),
-        )
-        .await;
-    assert_eq!(status, 200, "Synapse invites weft's user: {body}");
-    let invite: Value = eventually("the invite in alice's sync on weft", || async {
-        let (_, sync) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
-        sync["rooms"]["invite"].get(&synapse_room).cloned()
+    eventually("tess's rejection, on weft", || async {
+        (membership(&alice, &weft_room, &tess_id).await.as_deref() == Some("leave")).then_some(())
     })
     .await;
-    let names: Vec<&Value> = invite["invite_state"]["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["type"] == "m.room.name")
-        .collect();
-    assert_eq!(names.first().map(|e| &e["content"]["name"]), Some(&json!("Synapse secret")), "{invite}");
+
+    // Synapse invites weft's users to a private room; Alice accepts, Erin rejects.
+    let synapse_room = create_room(&sam, json!({ "preset": "private_chat", "name": "Synapse secret" })).await;
+    for invitee in [&alice_id, &erin_id] {
+        let (status, body) = sam
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&synapse_room)),
+                json!({ "user_id": invitee }),
+            )
+            .await;
+        assert_eq!(status, 200, "Synapse invites weft's {invitee}: {body}");
+    }
+    for (who, client) in [("alice", &alice), ("erin", &erin)] {
+        let invite = invite_in_sync(client, &synapse_room, &format!("{who}'s invite in her sync on weft")).await;
+        assert_eq!(room_name_in(&invite).as_deref(), Some("Synapse secret"), "{invite}");
+    }
     let (status, body) = alice
         .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&synapse_room)), json!({}))
         .await;
     assert_eq!(status, 200, "weft's user accepts: {body}");
+    let (status, body) = erin
+        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "weft's user rejects: {body}");
     eventually("alice joined, on Synapse", || async {
         joined(&sam, &synapse_room, &alice_id).await.then_some(())
     })
     .await;
+    eventually("erin's rejection, on Synapse", || async {
+        (membership(&sam, &synapse_room, &erin_id).await.as_deref() == Some("leave")).then_some(())
+    })
+    .await;
+    // The rejected invites leave the invitees' syncs.
+    for (who, client, room) in [("tess", &tess, &weft_room), ("erin", &erin, &synapse_room)] {
+        eventually(&format!("{who}'s invite gone from her sync"), || async {
+            let sync = fresh_sync(client).await;
+            (sync.is_object() && sync["rooms"]["invite"].get(room.as_str()).is_none()).then_some(())
+        })
+        .await;
+    }
 
     // The members who accepted receive each other's messages in both rooms.
     send_text(&alice, &weft_room, "welcome from weft").await;

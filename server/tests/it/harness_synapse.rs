@@ -48,9 +48,8 @@ pub fn synapse_python() -> Option<PathBuf> {
 /// A running Synapse, killed on drop.
 pub struct Synapse {
     child: Child,
-    /// `127.0.0.1:<federation port>`.
+    /// `127.0.0.1:<federation port>`: its federation listener.
     pub server_name: String,
-    pub federation_addr: SocketAddr,
     /// The plain client (and admin) listener.
     pub client_addr: SocketAddr,
     dir: PathBuf,
@@ -92,7 +91,6 @@ impl Synapse {
             let mut synapse = Synapse {
                 child,
                 server_name,
-                federation_addr,
                 client_addr,
                 dir: dir.clone(),
             };
