@@ -1,7 +1,9 @@
 //! Interop with Synapse (`harness_synapse`): a weft server and a Synapse on loopback, over TLS
 //! from one test CA. Synapse's users join weft's rooms and weft's users Synapse's, by alias and
-//! by ID; messages go both ways; invites go both ways, accepted and rejected; users leave each
-//! other's rooms; each server answers profile lookups of the other's users. Each side is checked through its own client API.
+//! by ID; messages go both ways (read through /messages and /sync) and a topic set on Synapse
+//! is weft's current state; invites go both ways, accepted and rejected; users leave each
+//! other's rooms; each server answers profile lookups of the other's users. Each side is
+//! checked through its own client API.
 //!
 //! Without `WEFT_TEST_SYNAPSE` (set by .ci/run) these tests print a SKIPPED line and pass.
 
@@ -65,7 +67,10 @@ async fn fresh_sync(client: &Client) -> Value {
 
 /// The room's entry under `rooms.invite` in `client`'s sync, once it is there.
 async fn invite_in_sync(client: &Client, room: &str, what: &str) -> Value {
-    eventually(what, || async { fresh_sync(client).await["rooms"]["invite"].get(room).cloned() }).await
+    eventually(what, || async {
+        fresh_sync(client).await["rooms"]["invite"].get(room).cloned()
+    })
+    .await
 }
 
 /// The room name in an invite's stripped state.
@@ -169,6 +174,39 @@ both_backends!(synapse_and_weft_join_each_others_rooms, |backend| async move {
         (bodies(&bob, &synapse_room).await.len() == 2).then_some(())
     })
     .await;
+    // Each side's sync shows the other side's message in the room's timeline.
+    for (who, client, room, body) in [
+        ("alice", &alice, &synapse_room, "hello from Synapse"),
+        ("sam", &sam, &weft_room, "hello from weft"),
+    ] {
+        eventually(&format!("{body:?} in {who}'s sync"), || async {
+            let sync = fresh_sync(client).await;
+            let timeline = sync["rooms"]["join"][room.as_str()]["timeline"]["events"]
+                .as_array()?
+                .clone();
+            timeline.iter().any(|e| e["content"]["body"] == body).then_some(())
+        })
+        .await;
+    }
+
+    // A state change on Synapse is the room's current state on weft.
+    let (status, body) = sam
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.topic", enc(&synapse_room)),
+            json!({ "topic": "set on Synapse" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("Synapse's topic on weft", || async {
+        let (status, topic) = alice
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic",
+                enc(&synapse_room)
+            ))
+            .await;
+        (status == 200 && topic["topic"] == "set on Synapse").then_some(())
+    })
+    .await;
 
     // Profiles of the other server's users, asked of each server.
     set_displayname(&alice, &alice_id, "Alice of Weft").await;
@@ -182,7 +220,11 @@ both_backends!(synapse_and_weft_join_each_others_rooms, |backend| async move {
     let (status, body) = alice
         .get(&format!("/_matrix/client/v3/profile/{}/displayname", enc(&sam_id)))
         .await;
-    assert_eq!((status, &body["displayname"]), (200, &json!("Sam of Synapse")), "{body}");
+    assert_eq!(
+        (status, &body["displayname"]),
+        (200, &json!("Sam of Synapse")),
+        "{body}"
+    );
     // A user neither server has.
     let (status, body) = profile(&alice, &synapse.user_id("nobody")).await;
     assert_eq!(status, 404, "{body}");
@@ -191,11 +233,17 @@ both_backends!(synapse_and_weft_join_each_others_rooms, |backend| async move {
 
     // Leaves both ways: Sam leaves the weft room, Bob the Synapse room; both servers see it.
     let (status, body) = sam
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "Synapse's user leaves weft's room: {body}");
     let (status, body) = bob
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "weft's user leaves Synapse's room: {body}");
     for (what, client, room, user) in [
@@ -246,7 +294,10 @@ both_backends!(invites_between_synapse_and_weft, |backend| async move {
         .await;
     assert_eq!(status, 200, "Synapse's user accepts: {body}");
     let (status, body) = tess
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&weft_room)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "Synapse's user rejects: {body}");
     eventually("sam joined, on weft", || async {
@@ -274,11 +325,17 @@ both_backends!(invites_between_synapse_and_weft, |backend| async move {
         assert_eq!(room_name_in(&invite).as_deref(), Some("Synapse secret"), "{invite}");
     }
     let (status, body) = alice
-        .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&synapse_room)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&synapse_room)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "weft's user accepts: {body}");
     let (status, body) = erin
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&synapse_room)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "weft's user rejects: {body}");
     eventually("alice joined, on Synapse", || async {
