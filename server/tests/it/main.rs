@@ -3,6 +3,7 @@
 mod harness;
 mod harness_federation;
 mod harness_forge;
+mod harness_synapse;
 
 mod aliases_directory;
 mod durability;
@@ -11,6 +12,7 @@ mod federation;
 mod federation_forged;
 mod federation_outage;
 mod federation_rooms;
+mod federation_synapse;
 mod foundation;
 mod fuzz;
 mod js_sdk;
