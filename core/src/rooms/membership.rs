@@ -72,6 +72,42 @@ pub async fn invite_servers(core: &Core, room_id: &str, user: &UserId) -> Result
         .collect())
 }
 
+/// After a profile change: a new join event in each room the user is in, carrying the display
+/// name and avatar now in their profile, so that members (here and on other servers) see the
+/// change. Rooms whose member event already matches are left alone; a room that refuses the
+/// event (the user lost the right to change their own state there) is skipped.
+pub async fn refresh_profile(core: &Core, user: &UserId) -> Result<()> {
+    let rooms_joined = {
+        let mut conn = core.db.conn().await?;
+        rooms::rooms_of_user(&mut conn, user.as_str(), "join").await?
+    };
+    let profile = profile_content(core, user, "join").await?;
+    for m in rooms_joined {
+        let current = {
+            let mut conn = core.db.conn().await?;
+            super::current_state_content(&mut conn, &m.room_id, "m.room.member", user.as_str()).await?
+        };
+        let Some(mut content) = current else { continue };
+        if content["displayname"] == profile["displayname"] && content["avatar_url"] == profile["avatar_url"] {
+            continue;
+        }
+        for field in ["displayname", "avatar_url"] {
+            match profile.get(field) {
+                Some(value) => content[field] = value.clone(),
+                None => {
+                    if let Some(object) = content.as_object_mut() {
+                        object.remove(field);
+                    }
+                }
+            }
+        }
+        if let Err(e) = send_member(core, &m.room_id, user, user.as_str(), content).await {
+            tracing::info!(room_id = %m.room_id, %user, error = %e, "cannot carry a profile change into a room");
+        }
+    }
+    Ok(())
+}
+
 pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
     ensure_room(core, room_id).await?;
     if membership_of(core, room_id, user.as_str()).await?.as_deref() == Some("ban") {

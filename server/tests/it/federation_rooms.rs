@@ -164,6 +164,28 @@ both_backends!(three_servers_share_a_room, |backend| async move {
         .await;
     }
 
+    // A new display name reaches the room's members on every server.
+    let (status, _) = carol
+        .put(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&user_id("carol", c))),
+            json!({ "displayname": "Carol of C" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for client in [&alice, &bob] {
+        eventually("carol's new name in the room everywhere", || async {
+            let (status, member) = client
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                    enc(&room),
+                    enc(&user_id("carol", c))
+                ))
+                .await;
+            (status == 200 && member["displayname"] == "Carol of C").then_some(())
+        })
+        .await;
+    }
+
     // Bob leaves; everyone sees it, and he receives no more messages.
     let (status, _) = bob
         .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))

@@ -82,6 +82,7 @@ pub async fn set_displayname(
     let mut tx = state.db.write().await?;
     users::set_displayname(&mut tx, req.user_id.as_str(), name).await?;
     tx.commit().await?;
+    weft_core::rooms::membership::refresh_profile(&state.core, &req.user_id).await?;
     Ok(set_display_name::v3::Response::new())
 }
 
@@ -109,5 +110,6 @@ pub async fn set_avatar_url(
     let mut tx = state.db.write().await?;
     users::set_avatar_url(&mut tx, req.user_id.as_str(), url).await?;
     tx.commit().await?;
+    weft_core::rooms::membership::refresh_profile(&state.core, &req.user_id).await?;
     Ok(set_avatar_url::v3::Response::new())
 }
