@@ -3,9 +3,8 @@
 //!
 //! Applied to `/send` PDUs (per room, on the transaction's origin, as the spec says: not on
 //! each PDU's sender), `make_join`/`send_join`, `make_leave`/`send_leave` and `/invite`; the
-//! reads of `rooms::for_servers` check it themselves. EDUs are not processed yet: when they
-//! are, each one naming a room (typing, receipts) must pass `allowed` for the transaction's
-//! origin too, and be dropped otherwise.
+//! reads of `rooms::for_servers` check it themselves; EDUs naming a room (typing, receipts)
+//! pass `allowed` for the transaction's origin or are dropped (`edu.rs`).
 
 use ruma::ServerName;
 use weft_core::{rooms::acl, Core};

@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod edu;
 pub mod invite;
 pub mod join;
 pub mod keys;

@@ -3,8 +3,7 @@
 //! fill a gap never holds up the others; a bad PDU gets its error and the rest go on. A room
 //! whose server ACL denies the origin has all its PDUs refused (`acl`).
 //!
-//! EDUs are not processed yet (`api::send` ignores them); when they are, those naming a room
-//! (typing, receipts) go through `acl::allowed` for the origin like the room's PDUs.
+//! EDUs are applied by `edu.rs`, once per transaction like its PDUs.
 
 use std::{
     collections::{BTreeMap, HashMap},

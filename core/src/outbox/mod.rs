@@ -17,6 +17,7 @@
 pub mod destinations;
 pub mod lease;
 pub mod queue;
+mod room_edus;
 pub mod tail;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ pub use destinations::{
     DestinationState, Retry,
 };
 pub use queue::{ack, discard, enqueue_edu, enqueue_pdu, next_batch, Batch, MAX_EDUS, MAX_PDUS};
+pub use room_edus::enqueue_for_room;
 pub use tail::tail;
 
 /// The lease name of the tailer.

@@ -34,8 +34,14 @@ async fn send(
             "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    // EDUs are not processed yet; when they are, each one about a room is checked against
-    // the room's server ACL first (see `crate::acl`).
-    let results = transaction::process(fed, &origin, req.transaction_id.as_str(), &req.pdus).await?;
+    let txn_id = req.transaction_id.as_str();
+    // A transaction answered before is not applied again, its EDUs included.
+    let first_time = weft_core::storage::inbound_transactions::answer(&state.db, origin.as_str(), txn_id)
+        .await?
+        .is_none();
+    let results = transaction::process(fed, &origin, txn_id, &req.pdus).await?;
+    if first_time {
+        crate::edu::process(fed, &origin, &req.edus).await;
+    }
     Ok(send_transaction_message::v1::Response::new(results))
 }

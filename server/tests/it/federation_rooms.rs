@@ -508,3 +508,101 @@ both_backends!(a_remote_user_is_kicked_then_banned, |backend| async move {
         server.stop().await;
     }
 });
+
+both_backends!(typing_and_read_receipts_cross_servers, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let (status, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a.server_name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let bob_id = user_id("bob", b);
+    eventually("bob joined, on A", || async {
+        (membership(&alice, &room, &bob_id).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+
+    // Bob types on B: Alice's sync on A shows it.
+    let (status, _) = bob
+        .put(
+            &format!("/_matrix/client/v3/rooms/{}/typing/{}", enc(&room), enc(&bob_id)),
+            json!({ "typing": true, "timeout": 20000 }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let ephemeral_of = |sync: &Value| sync["rooms"]["join"][&room]["ephemeral"]["events"].clone();
+    eventually("bob typing, in alice's sync", || async {
+        let (_, sync) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+        let events = ephemeral_of(&sync);
+        events
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["type"] == "m.typing"
+                    && e["content"]["user_ids"]
+                        .as_array()
+                        .is_some_and(|u| u.contains(&json!(bob_id)))
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Bob reads Alice's message on B: Alice's sync on A shows his receipt on it.
+    send_text(&alice, &room, "read me").await;
+    let (_, page) = eventually("alice's message on B", || async {
+        let (status, page) = bob
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5",
+                enc(&room)
+            ))
+            .await;
+        let found = page["chunk"]
+            .as_array()?
+            .iter()
+            .any(|e| e["content"]["body"] == "read me");
+        (status == 200 && found).then_some(((), page))
+    })
+    .await;
+    let event_id = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["content"]["body"] == "read me")
+        .unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = bob
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(&room),
+                enc(&event_id)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("bob's receipt, in alice's sync", || async {
+        let (_, sync) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+        let events = ephemeral_of(&sync);
+        events
+            .as_array()?
+            .iter()
+            .any(|e| e["type"] == "m.receipt" && e["content"][&event_id]["m.read"].get(&bob_id).is_some())
+            .then_some(())
+    })
+    .await;
+
+    for server in servers {
+        server.stop().await;
+    }
+});

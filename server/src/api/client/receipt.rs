@@ -67,6 +67,18 @@ async fn put_receipt(
     if stored {
         state.core.notifier.room_changed(room_id);
         state.core.notifier.user_changed(user.user_id.as_str());
+        // Public read receipts go to the room's other servers too.
+        if receipt_type == "m.read" {
+            let mut data = json!({ "ts": weft_core::util::now_ms() });
+            if !thread_id.is_empty() {
+                data["thread_id"] = json!(thread_id);
+            }
+            let edu = json!({
+                "edu_type": "m.receipt",
+                "content": { room_id: { "m.read": { user.user_id.as_str(): { "event_ids": [event_id], "data": data } } } },
+            });
+            weft_core::outbox::enqueue_for_room(&state.core, room_id, &edu).await?;
+        }
     }
     Ok(())
 }

@@ -34,5 +34,10 @@ pub async fn set_typing(
         user.user_id.as_str(),
         timeout,
     );
+    let edu = serde_json::json!({
+        "edu_type": "m.typing",
+        "content": { "room_id": req.room_id, "user_id": user.user_id, "typing": timeout.is_some() },
+    });
+    weft_core::outbox::enqueue_for_room(&state.core, req.room_id.as_str(), &edu).await?;
     Ok(create_typing_event::v3::Response::new())
 }
