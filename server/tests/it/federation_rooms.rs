@@ -606,3 +606,38 @@ both_backends!(typing_and_read_receipts_cross_servers, |backend| async move {
         server.stop().await;
     }
 });
+
+both_backends!(
+    an_invite_is_rejected_when_the_inviting_server_is_down,
+    |backend| async move {
+        let Some((_ca, mut servers)) = start_federation(backend, 2).await else {
+            return;
+        };
+        let b = servers.pop().unwrap();
+        let a = servers.pop().unwrap();
+        let alice = a.register("alice", "password-alice").await;
+        let frank = b.register("frank", "password-frank").await;
+        let room = create_room(&alice, json!({ "preset": "private_chat", "name": "Gone soon" })).await;
+        let (status, body) = alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                json!({ "user_id": user_id("frank", &b) }),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        eventually("frank's invite in his sync", || async {
+            let (_, sync) = frank.get("/_matrix/client/v3/sync?timeout=0").await;
+            sync["rooms"]["invite"].get(&room).map(|_| ())
+        })
+        .await;
+        a.stop().await;
+        // The inviting server cannot be told; the invite still leaves Frank's sync.
+        let (status, body) = frank
+            .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (_, sync) = frank.get("/_matrix/client/v3/sync?timeout=0").await;
+        assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
+        b.stop().await;
+    }
+);
