@@ -196,6 +196,27 @@ pub fn table(path: &Path) -> Result<()> {
                 fmt(&r["verify_unacked"]),
             ));
         }
+        if r["scenario"] == "federation_latency" {
+            notes.push(format!(
+                "p95 {} ms; from just before the send p50 {}, p95 {} ms; missing {}; join over federation {} ms",
+                fmt(&r["p95_ms"]),
+                fmt(&r["start_p50_ms"]),
+                fmt(&r["start_p95_ms"]),
+                fmt(&r["missing"]),
+                fmt(&r["join_ms"]),
+            ));
+        }
+        if r["scenario"] == "federation_throughput" {
+            notes.push(format!(
+                "{}/{} received (ops/s = received per second); sent at {}/s over {} s; last arrival {} ms after the last 200; p95 {} ms",
+                fmt(&r["received"]),
+                fmt(&r["acked"]),
+                fmt(&r["sent_per_sec"]),
+                fmt(&r["send_s"]),
+                fmt(&r["lag_after_last_send_ms"]),
+                fmt(&r["p95_ms"]),
+            ));
+        }
         if !r["peak_rss_mb"].is_null() {
             notes.push(format!("peak RSS {} MB", fmt(&r["peak_rss_mb"])));
         }

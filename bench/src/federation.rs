@@ -84,6 +84,8 @@ struct Seen {
 }
 
 struct Receiver {
+    srv: Server,
+    user: User,
     seen: Arc<Mutex<Seen>>,
     changed: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -94,8 +96,9 @@ impl Receiver {
         self.seen.lock().unwrap().at.get(id).copied()
     }
 
-    /// Waits until every ID in `ids` has arrived, or `until`; answers how many have.
-    async fn wait_all(&mut self, ids: &[String], until: Instant) -> usize {
+    /// Waits until every ID in `ids` has arrived, or `until`, or `idle` without any new
+    /// arrival; answers how many have.
+    async fn wait_all(&mut self, ids: &[String], until: Instant, idle: Duration) -> usize {
         loop {
             self.changed.borrow_and_update();
             let have = {
@@ -105,7 +108,7 @@ impl Receiver {
             if have == ids.len() {
                 return have;
             }
-            let left = until.saturating_duration_since(Instant::now());
+            let left = until.saturating_duration_since(Instant::now()).min(idle);
             // Gives up at `until`, or if the long-poll task has ended.
             if left.is_zero() || !matches!(tokio::time::timeout(left, self.changed.changed()).await, Ok(Ok(()))) {
                 return have;
@@ -135,6 +138,7 @@ async fn start_receiver(srv: Server, user: User, room: String) -> Result<Receive
     let seen = Arc::new(Mutex::new(Seen::default()));
     let (tx, rx) = watch::channel(0u64);
     let seen2 = seen.clone();
+    let (srv_out, user_out) = (srv.clone(), user.clone());
     let task = tokio::spawn(async move {
         loop {
             let path = format!("filter={filter}&timeout=10000&since={}", q(&token));
@@ -169,6 +173,8 @@ async fn start_receiver(srv: Server, user: User, room: String) -> Result<Receive
         }
     });
     Ok(Receiver {
+        srv: srv_out,
+        user: user_out,
         seen,
         changed: rx,
         task,
@@ -211,6 +217,25 @@ async fn fill_gap(srv: &Server, user: &User, room: &str, prev: &str, seen: &Mute
         out.extend(ids);
         match v["end"].as_str() {
             Some(end) if !known && !empty => from = end.to_owned(),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Every m.room.message ID in the room's /messages (dir=b), up to `pages` pages of 100.
+async fn all_message_ids(srv: &Server, user: &User, room: &str, pages: usize) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut from: Option<String> = None;
+    for _ in 0..pages {
+        let mut path = format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100", seg(room));
+        if let Some(f) = &from {
+            path.push_str(&format!("&from={}", q(f)));
+        }
+        let Ok(v) = srv.get(&path, &user.token).await else { break };
+        out.extend(message_ids(v["chunk"].as_array()));
+        match v["end"].as_str() {
+            Some(end) if v["chunk"].as_array().is_some_and(|c| !c.is_empty()) => from = Some(end.to_owned()),
             _ => break,
         }
     }
@@ -302,7 +327,9 @@ async fn latency(
             }
         };
         let ok = Instant::now();
-        let got = recv.wait_all(std::slice::from_ref(&id), ok + arrival_timeout).await;
+        let got = recv
+            .wait_all(std::slice::from_ref(&id), ok + arrival_timeout, arrival_timeout)
+            .await;
         if measured {
             match recv.arrival(&id) {
                 Some(at) if got == 1 => {
@@ -391,7 +418,9 @@ async fn throughput(
     }
     let sent_all = Instant::now();
     let ids: Vec<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    let received = recv.wait_all(&ids, deadline.max(sent_all + Duration::from_secs(30))).await;
+    // Until all are in, the time bound, or 30 s without a new arrival.
+    let idle = Duration::from_secs(30);
+    let received = recv.wait_all(&ids, deadline.max(sent_all + idle), idle).await;
     let mut last_arrival = start;
     let mut missing = 0u64;
     for (id, ok) in &acked {
@@ -403,8 +432,25 @@ async fn throughput(
             None => missing += 1,
         }
     }
+    // Events missing from B's long-poll: are they on server 2 at all? (Not timed.) An event
+    // server 2 fetched as a missing prev_event or backfilled may be in /messages without
+    // ever being in a /sync timeline.
+    let mut missing_but_in_messages = Value::Null;
     if missing > 0 {
-        rec.err_msg("missing", &format!("{missing} of {} acknowledged events never reached B", acked.len()));
+        let left: Vec<&String> = acked
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| recv.arrival(id).is_none())
+            .collect();
+        let in_room = all_message_ids(&recv.srv, &recv.user, room, acked.len() / 100 + 20).await;
+        missing_but_in_messages = json!(left.iter().filter(|id| in_room.contains(**id)).count());
+        rec.err_msg(
+            "missing",
+            &format!(
+                "{missing} of {} acknowledged events never reached B's long-poll ({missing_but_in_messages} of them are in server 2's /messages)",
+                acked.len()
+            ),
+        );
         rec.errors += missing - 1;
     }
     let all_in = last_arrival.saturating_duration_since(start);
@@ -431,6 +477,7 @@ async fn throughput(
             "acked": acked.len(),
             "received": received,
             "missing": missing,
+            "missing_but_in_messages": missing_but_in_messages,
             "sync_errors": sync_errors,
             "limited_syncs": gaps,
             "ops_note": "events received by server 2 per second, from the first send to the last arrival; latencies from each send's 200 to its arrival",
