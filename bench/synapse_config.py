@@ -1,10 +1,16 @@
 """Edits a Synapse config made by `--generate-config` for the benchmark.
 
 usage: synapse_config.py CONFIG PORT SECRET sqlite|postgres DB_PATH_OR_NAME
+           [federation=FED_PORT cert=TLS_CRT key=TLS_KEY ca=CA_PEM]
 
 Loopback HTTP listener (client + admin API) without TLS, no federation listener, shared-secret
 registration, rate limits out of the way, no stats reporting, no key servers, and a fresh
 database. Uses PyYAML, which Synapse itself depends on.
+
+With the optional federation arguments (bench/federation.sh): a second listener on
+127.0.0.1:FED_PORT with TLS (federation and key APIs) using TLS_CRT/TLS_KEY, outbound
+federation trusting only the CA in CA_PEM (`federation_custom_ca_list`, certificates still
+verified), and loopback addresses allowed as federation destinations (`ip_range_blacklist: []`).
 """
 
 import sys
@@ -12,6 +18,7 @@ import sys
 import yaml
 
 path, port, secret, db_kind, db = sys.argv[1:6]
+extra = dict(a.split("=", 1) for a in sys.argv[6:])
 
 with open(path) as f:
     cfg = yaml.safe_load(f)
@@ -26,6 +33,23 @@ cfg["listeners"] = [
         "resources": [{"names": ["client"], "compress": False}],
     }
 ]
+if "federation" in extra:
+    cfg["listeners"].append(
+        {
+            "port": int(extra["federation"]),
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": True,
+            "x_forwarded": False,
+            "resources": [{"names": ["federation", "keys"], "compress": False}],
+        }
+    )
+    cfg["tls_certificate_path"] = extra["cert"]
+    cfg["tls_private_key_path"] = extra["key"]
+    cfg["federation_custom_ca_list"] = [extra["ca"]]
+    cfg["federation_verify_certificates"] = True
+    # The default blocklist holds 127.0.0.0/8: every server here is on loopback.
+    cfg["ip_range_blacklist"] = []
 cfg["registration_shared_secret"] = secret
 cfg["enable_registration"] = False
 cfg["report_stats"] = False

@@ -208,6 +208,19 @@ impl Server {
         .map(|_| ())
     }
 
+    /// Joins a room by ID through other servers (`?via=`): a join over federation when this
+    /// server is not in the room yet.
+    pub async fn join_via(&self, user: &User, room_id: &str, via: &[&str]) -> Result<(), ApiError> {
+        let query: Vec<String> = via.iter().map(|v| format!("via={}", seg(v))).collect();
+        self.post(
+            &format!("/_matrix/client/v3/join/{}?{}", seg(room_id), query.join("&")),
+            &user.token,
+            &json!({}),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Sends one text message; returns the event ID.
     pub async fn send_text(&self, user: &User, room_id: &str, txn: &str, body: &str) -> Result<String, ApiError> {
         let path = format!(

@@ -17,7 +17,13 @@ const METRICS: &[(&str, &str, Better)] = &[
     ("events_per_sec", "events/s", Better::Higher),
     ("p50_ms", "p50 ms", Better::Lower),
     ("p90_ms", "p90 ms", Better::Lower),
+    ("p95_ms", "p95 ms", Better::Lower),
     ("p99_ms", "p99 ms", Better::Lower),
+    ("delivery_max_ms", "max ms", Better::Lower),
+    ("received_per_sec", "received events/s", Better::Higher),
+    ("sent_per_sec", "sent events/s", Better::Higher),
+    ("lag_after_last_send_ms", "lag after last send ms", Better::Lower),
+    ("join_ms", "join over federation ms", Better::Lower),
     ("first_ms", "first (cold) ms", Better::Lower),
     ("first_tenth_mean_ms", "first 10% mean ms", Better::Lower),
     ("last_tenth_mean_ms", "last 10% mean ms", Better::Lower),
@@ -188,6 +194,27 @@ pub fn table(path: &Path) -> Result<()> {
                 fmt(&r["verify_missing"]),
                 fmt(&r["verify_duplicates"]),
                 fmt(&r["verify_unacked"]),
+            ));
+        }
+        if r["scenario"] == "federation_latency" {
+            notes.push(format!(
+                "p95 {} ms; from just before the send p50 {}, p95 {} ms; missing {}; join over federation {} ms",
+                fmt(&r["p95_ms"]),
+                fmt(&r["start_p50_ms"]),
+                fmt(&r["start_p95_ms"]),
+                fmt(&r["missing"]),
+                fmt(&r["join_ms"]),
+            ));
+        }
+        if r["scenario"] == "federation_throughput" {
+            notes.push(format!(
+                "{}/{} received (ops/s = received per second); sent at {}/s over {} s; last arrival {} ms after the last 200; p95 {} ms",
+                fmt(&r["received"]),
+                fmt(&r["acked"]),
+                fmt(&r["sent_per_sec"]),
+                fmt(&r["send_s"]),
+                fmt(&r["lag_after_last_send_ms"]),
+                fmt(&r["p95_ms"]),
             ));
         }
         if !r["peak_rss_mb"].is_null() {

@@ -5,10 +5,11 @@
 //! prints one JSON line per scenario; `weft-bench compare A.jsonl B.jsonl` prints a table of
 //! two servers, `weft-bench table R.jsonl` one of a single result file. With `--second-base`
 //! (a second process of the same server on the same database) the `two_process_*` scenarios
-//! spread their clients over both.
+//! spread their clients over both. `weft-bench federation` measures two federating servers.
 
 mod client;
 mod compare;
+mod federation;
 mod scenarios;
 mod stats;
 mod two_process;
@@ -37,6 +38,9 @@ enum Cmd {
         /// Results of the reference server (e.g. Synapse).
         b: PathBuf,
     },
+    /// Two servers of one kind federating (bench/federation.sh): delay from a send on one to
+    /// its arrival in a long-poll on the other, and inbound throughput for one busy room.
+    Federation(federation::FedArgs),
     /// A Markdown table of one result file (no comparison): e.g. the two-process scenarios.
     Table {
         /// Results (JSON lines).
@@ -262,5 +266,6 @@ async fn main() -> Result<()> {
         Cmd::Run(args) => run(args).await,
         Cmd::Compare { a, b } => compare::compare(&a, &b),
         Cmd::Table { file } => compare::table(&file),
+        Cmd::Federation(args) => federation::run(args).await,
     }
 }

@@ -1,0 +1,255 @@
+#!/usr/bin/env bash
+# Federation side by side: two Weft servers federating, then two Synapse servers (loopback).
+#
+#   bench/federation.sh [--db sqlite|postgres] [--quick] [--only weft|synapse] [-- extra weft-bench federation args]
+#
+# Makes a throwaway CA and a certificate for 127.0.0.1 (openssl), starts two Weft servers, each
+# with a TLS federation listener and server name 127.0.0.1:PORT, trusting the CA; runs
+# `weft-bench federation` (user A on server 1 makes a public room, user B on server 2 joins it
+# and long-polls /sync: delay from each send to its arrival on the other server, then the
+# inbound throughput of one busy room); stops them; does the same with two Synapse servers; and
+# prints a table with the Weft/Synapse ratios. See bench/README.md.
+set -euo pipefail
+
+DB=sqlite
+QUICK=()
+ONLY=""
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --db) DB="$2"; shift 2 ;;
+        --db=*) DB="${1#--db=}"; shift ;;
+        --quick) QUICK=(--quick); shift ;;
+        --only) ONLY="$2"; shift 2 ;;
+        --only=*) ONLY="${1#--only=}"; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+case "$DB" in sqlite|postgres) ;; *) echo "--db must be sqlite or postgres" >&2; exit 2 ;; esac
+case "$ONLY" in ""|weft|synapse) ;; *) echo "--only must be weft or synapse" >&2; exit 2 ;; esac
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weft-target}"
+VENV="${WEFT_BENCH_VENV:-$HOME/.cache/weft-bench-venv}"
+SECRET="bench-secret-$RANDOM$RANDOM"
+WORK="$(mktemp -d /tmp/weft-bench-fed.XXXXXX)"
+RESULTS="${WEFT_BENCH_RESULTS:-$HOME/.cache/weft-bench-results}/$(date -u +%Y%m%dT%H%M%SZ)-federation-$DB${QUICK:+-quick}"
+mkdir -p "$RESULTS"
+# PIDs of the servers this script started, by name (weft1 weft2 synapse1 synapse2).
+declare -A PIDS=()
+DBS=(weft_bench_fed_weft1 weft_bench_fed_weft2 weft_bench_fed_synapse1 weft_bench_fed_synapse2)
+
+stop_all() {
+    local name
+    for name in "${!PIDS[@]}"; do
+        stop_pid "${PIDS[$name]}" "$name"
+        unset "PIDS[$name]"
+    done
+}
+
+cleanup() {
+    stop_all
+    if [ "$DB" = postgres ]; then
+        for d in "${DBS[@]}"; do psql_admin "DROP DATABASE IF EXISTS $d WITH (FORCE)" || true; done
+    fi
+    for n in weft1 weft2 synapse1 synapse2; do
+        cp "$WORK/$n/server.log" "$RESULTS/$n.log" 2>/dev/null || true
+        cp "$WORK/$n/homeserver.log" "$RESULTS/$n.homeserver.log" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- Synapse install (once), as run.sh ---------------------------------------------------------
+if [ "$ONLY" != weft ]; then
+    if ! "$VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
+        log "installing matrix-synapse into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --upgrade pip
+        "$VENV/bin/pip" install --quiet matrix-synapse psycopg2-binary
+    fi
+    SYN_VERSION="$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
+    log "Synapse $SYN_VERSION"
+fi
+
+# --- Build Weft and the load generator ---------------------------------------------------------
+log "building weft and weft-bench (release)"
+(cd "$ROOT" && cargo build --release -p weft -p weft-bench)
+WEFT_BIN="$CARGO_TARGET_DIR/release/weft"
+BENCH_BIN="$CARGO_TARGET_DIR/release/weft-bench"
+
+# --- A throwaway CA and one certificate for 127.0.0.1 (every server here is on it) -------------
+mkdir -p "$WORK/tls"
+CA="$WORK/tls/ca.pem"
+CERT="$WORK/tls/tls.crt"
+KEY="$WORK/tls/tls.key"
+(
+    cd "$WORK/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -keyout ca.key -out ca.pem -subj "/CN=weft bench CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout tls.key -out tls.csr -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n' >ext.cnf
+    openssl x509 -req -in tls.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+        -extfile ext.cnf -out tls.crt 2>/dev/null
+)
+log "CA and certificate for 127.0.0.1 in $WORK/tls"
+
+# fresh_db NAME [synapse]: a new PostgreSQL database (Synapse's with C collation).
+fresh_db() {
+    psql_admin "DROP DATABASE IF EXISTS $1 WITH (FORCE)"
+    if [ "${2:-}" = synapse ]; then
+        psql_admin "CREATE DATABASE $1 LC_COLLATE='C' LC_CTYPE='C' ENCODING 'UTF8' TEMPLATE template0"
+    else
+        psql_admin "CREATE DATABASE $1"
+    fi
+}
+
+# wait_federation NAME FED_PORT PID LOG...: the TLS federation listener answers with a
+# certificate the CA vouches for.
+wait_federation() {
+    local name="$1" port="$2" pid="$3"
+    shift 3
+    for _ in $(seq 1 120); do
+        if curl -fsS --cacert "$CA" "https://127.0.0.1:$port/_matrix/federation/v1/version" >/dev/null 2>&1; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited during start-up; its logs:" >&2
+            tail -n 40 "$@" >&2 2>/dev/null || true
+            return 1
+        fi
+        sleep 0.5
+    done
+    echo "$name's federation listener did not answer within 60 s" >&2
+    return 1
+}
+
+# Client port and federation port of each server.
+declare -A CPORT=() FPORT=()
+for n in weft1 weft2 synapse1 synapse2; do
+    CPORT[$n]="$(free_port)"
+    FPORT[$n]="$(free_port)"
+done
+
+# start_weft NAME: writes its config (shared secret, rate limits off, federation on over TLS
+# with server name 127.0.0.1:FPORT, trusting the CA; everything else default) and starts it.
+start_weft() {
+    local n="$1" dir="$WORK/$1" db_url
+    mkdir -p "$dir"
+    if [ "$DB" = postgres ]; then
+        fresh_db "weft_bench_fed_$n"
+        db_url="$PG_URL_BASE/weft_bench_fed_$n"
+    else
+        db_url="sqlite://$dir/weft.db"
+    fi
+    cat >"$dir/weft.toml" <<CONF
+server_name = "127.0.0.1:${FPORT[$n]}"
+public_baseurl = "http://127.0.0.1:${CPORT[$n]}/"
+signing_key_path = "$dir/signing.key"
+extra_ca_file = "$CA"
+
+[database]
+url = "$db_url"
+
+[[listeners]]
+address = "127.0.0.1"
+port = ${CPORT[$n]}
+apis = ["client", "media", "admin"]
+
+[[listeners]]
+address = "127.0.0.1"
+port = ${FPORT[$n]}
+apis = ["federation", "keys"]
+tls_cert = "$CERT"
+tls_key = "$KEY"
+
+[registration]
+enabled = false
+shared_secret = "$SECRET"
+
+[rate_limits]
+enabled = false
+
+[media]
+path = "$dir/media"
+
+[federation]
+enabled = true
+CONF
+    log "starting $n: client 127.0.0.1:${CPORT[$n]}, server name 127.0.0.1:${FPORT[$n]} ($DB)"
+    (cd "$dir" && exec env ${UNSET_WEFT[@]+"${UNSET_WEFT[@]}"} "$WEFT_BIN" serve --config "$dir/weft.toml" >"$dir/server.log" 2>&1) &
+    PIDS[$n]=$!
+}
+
+# start_synapse NAME: generates a config, edits it with synapse_config.py (with a TLS
+# federation listener, the CA, loopback destinations allowed) and starts it.
+start_synapse() {
+    local n="$1" dir="$WORK/$1" db_arg
+    mkdir -p "$dir/data"
+    if [ "$DB" = postgres ]; then
+        fresh_db "weft_bench_fed_$n" synapse
+        db_arg="weft_bench_fed_$n"
+    else
+        db_arg="$dir/data/homeserver.db"
+    fi
+    (cd "$dir" && "$VENV/bin/python" -m synapse.app.homeserver \
+        --server-name "127.0.0.1:${FPORT[$n]}" \
+        --config-path "$dir/homeserver.yaml" \
+        --data-directory "$dir/data" \
+        --generate-config --report-stats=no >/dev/null)
+    "$VENV/bin/python" "$ROOT/bench/synapse_config.py" "$dir/homeserver.yaml" "${CPORT[$n]}" "$SECRET" "$DB" "$db_arg" \
+        "federation=${FPORT[$n]}" "cert=$CERT" "key=$KEY" "ca=$CA"
+    # The generated log config writes homeserver.log in the working directory.
+    log "starting $n: client 127.0.0.1:${CPORT[$n]}, server name 127.0.0.1:${FPORT[$n]} ($DB)"
+    (cd "$dir" && exec "$VENV/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" \
+        >"$dir/server.log" 2>&1) &
+    PIDS[$n]=$!
+}
+
+# run_pair KIND: starts KIND1 and KIND2, waits for both listeners, runs the scenarios, stops both.
+run_pair() {
+    local kind="$1" a="${1}1" b="${1}2"
+    "start_$kind" "$a"
+    "start_$kind" "$b"
+    for n in "$a" "$b"; do
+        wait_up "$n" "${CPORT[$n]}" "${PIDS[$n]}" "$WORK/$n/server.log" "$WORK/$n/homeserver.log"
+        wait_federation "$n" "${FPORT[$n]}" "${PIDS[$n]}" "$WORK/$n/server.log" "$WORK/$n/homeserver.log"
+    done
+    log "running the federation scenarios: $a (127.0.0.1:${FPORT[$a]}) -> $b (127.0.0.1:${FPORT[$b]})"
+    local load_before load_after
+    load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+    BENCH_SHARED_SECRET="$SECRET" "$BENCH_BIN" federation --server "$kind" \
+        --base "http://127.0.0.1:${CPORT[$a]}" --second-base "http://127.0.0.1:${CPORT[$b]}" \
+        --via "127.0.0.1:${FPORT[$a]}" \
+        ${QUICK[@]+"${QUICK[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} | tee "$RESULTS/$kind.jsonl"
+    load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "$kind: load average $load_before before, $load_after after" >>"$RESULTS/load.txt"
+    for n in "$b" "$a"; do
+        stop_pid "${PIDS[$n]}" "$n"
+        unset "PIDS[$n]"
+    done
+}
+
+# Each pair runs alone on the machine: Weft's pair first, then Synapse's.
+[ "$ONLY" = synapse ] || run_pair weft
+[ "$ONLY" = weft ] || run_pair synapse
+
+# --- Table -------------------------------------------------------------------------------------
+{
+    echo "Federation: Weft ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')) pair vs Synapse ${SYN_VERSION:-(not run)} pair, database $DB${QUICK:+, quick}"
+    echo "Machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); $(tr '\n' ';' <"$RESULTS/load.txt")"
+    echo
+    if [ -z "$ONLY" ]; then
+        "$BENCH_BIN" compare "$RESULTS/weft.jsonl" "$RESULTS/synapse.jsonl"
+    else
+        "$BENCH_BIN" table "$RESULTS/$ONLY.jsonl"
+    fi
+} | tee "$RESULTS/table.md"
+log "results in $RESULTS"
