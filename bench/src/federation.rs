@@ -232,7 +232,9 @@ async fn all_message_ids(srv: &Server, user: &User, room: &str, pages: usize) ->
         if let Some(f) = &from {
             path.push_str(&format!("&from={}", q(f)));
         }
-        let Ok(v) = srv.get(&path, &user.token).await else { break };
+        let Ok(v) = srv.get(&path, &user.token).await else {
+            break;
+        };
         out.extend(message_ids(v["chunk"].as_array()));
         match v["end"].as_str() {
             Some(end) if v["chunk"].as_array().is_some_and(|c| !c.is_empty()) => from = Some(end.to_owned()),
@@ -252,7 +254,10 @@ pub async fn run(a: FedArgs) -> Result<()> {
     let scenario_timeout = Duration::from_secs(a.scenario_timeout.unwrap_or(if a.quick { 180 } else { 600 }));
     let run_id = format!(
         "{:x}",
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() % 0xffff_ffff
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+            % 0xffff_ffff
     );
     eprintln!(
         "[{}] federation: latency N={n} (+{} warm-up, gap {} ms), throughput {c}x{k}",
@@ -286,9 +291,15 @@ pub async fn run(a: FedArgs) -> Result<()> {
     let mut recv = start_receiver(s2.clone(), user_b.clone(), room.clone()).await?;
 
     let lat = latency(&a, &s1, &user_a, &room, &mut recv, n, &run_id, join_ms).await;
-    println!("{}", lat.unwrap_or_else(|e| crate::failed("federation_latency", &a.server, &e)));
+    println!(
+        "{}",
+        lat.unwrap_or_else(|e| crate::failed("federation_latency", &a.server, &e))
+    );
     let thr = throughput(&a, &s1, &senders, &room, &mut recv, k, &run_id, scenario_timeout).await;
-    println!("{}", thr.unwrap_or_else(|e| crate::failed("federation_throughput", &a.server, &e)));
+    println!(
+        "{}",
+        thr.unwrap_or_else(|e| crate::failed("federation_throughput", &a.server, &e))
+    );
     recv.task.abort();
     Ok(())
 }
