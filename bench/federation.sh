@@ -65,23 +65,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- Synapse install (once), as run.sh ---------------------------------------------------------
-if [ "$ONLY" != weft ]; then
-    if ! "$VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
-        log "installing matrix-synapse into $VENV"
-        python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet --upgrade pip
-        "$VENV/bin/pip" install --quiet matrix-synapse psycopg2-binary
-    fi
-    SYN_VERSION="$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
-    log "Synapse $SYN_VERSION"
-fi
-
-# --- Build Weft and the load generator ---------------------------------------------------------
-log "building weft and weft-bench (release)"
-(cd "$ROOT" && cargo build --release -p weft -p weft-bench)
-WEFT_BIN="$CARGO_TARGET_DIR/release/weft"
-BENCH_BIN="$CARGO_TARGET_DIR/release/weft-bench"
+# --- Synapse install (once), and the release builds -------------------------------------------
+[ "$ONLY" != weft ] && install_synapse
+build_release
 
 # --- A throwaway CA and one certificate for 127.0.0.1 (every server here is on it) -------------
 mkdir -p "$WORK/tls"
@@ -111,24 +97,12 @@ fresh_db() {
     fi
 }
 
-# wait_federation NAME FED_PORT PID LOG...: the TLS federation listener answers with a
-# certificate the CA vouches for.
+# wait_federation NAME FED_PORT PID LOG...: the TLS federation listener answers, its
+# certificate checked against the throwaway CA.
 wait_federation() {
     local name="$1" port="$2" pid="$3"
     shift 3
-    for _ in $(seq 1 120); do
-        if curl -fsS --cacert "$CA" "https://127.0.0.1:$port/_matrix/federation/v1/version" >/dev/null 2>&1; then
-            return 0
-        fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "$name exited during start-up; its logs:" >&2
-            tail -n 40 "$@" >&2 2>/dev/null || true
-            return 1
-        fi
-        sleep 0.5
-    done
-    echo "$name's federation listener did not answer within 60 s" >&2
-    return 1
+    wait_url "$name (federation)" "https://127.0.0.1:$port/_matrix/federation/v1/version" "$pid" "$@" -- --cacert "$CA"
 }
 
 # Client port and federation port of each server.

@@ -1,4 +1,5 @@
-# Shell helpers shared by bench/run.sh and bench/two_processes.sh (sourced, not run).
+# Shell helpers shared by bench/run.sh, bench/two_processes.sh and bench/federation.sh
+# (sourced, not run).
 
 PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
 
@@ -23,24 +24,55 @@ stop_pid() {
     fi
 }
 
-# wait_up NAME PORT PID LOG...: waits for /_matrix/client/versions; on failure shows the logs.
-wait_up() {
-    local name="$1" port="$2" pid="$3"
+# wait_url NAME URL PID LOG... [-- CURL_ARGS...]: waits (up to 150 s) until URL answers; on
+# failure shows the logs.
+wait_url() {
+    local name="$1" url="$2" pid="$3"
     shift 3
+    local logs=() curl_args=()
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do logs+=("$1"); shift; done
+    [ "${1:-}" = -- ] && shift && curl_args=("$@")
     for _ in $(seq 1 300); do
-        if curl -fsS "http://127.0.0.1:$port/_matrix/client/versions" >/dev/null 2>&1; then
+        if curl -fsS "${curl_args[@]}" "$url" >/dev/null 2>&1; then
             log "$name is up"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "$name exited during start-up; its logs:" >&2
-            tail -n 40 "$@" >&2 2>/dev/null || true
+            tail -n 40 "${logs[@]}" >&2 2>/dev/null || true
             return 1
         fi
         sleep 0.5
     done
-    echo "$name did not answer /_matrix/client/versions within 150 s" >&2
+    echo "$name did not answer $url within 150 s" >&2
     return 1
+}
+
+# wait_up NAME PORT PID LOG...: waits for /_matrix/client/versions; on failure shows the logs.
+wait_up() {
+    local name="$1" port="$2" pid="$3"
+    shift 3
+    wait_url "$name" "http://127.0.0.1:$port/_matrix/client/versions" "$pid" "$@"
+}
+
+# install_synapse: matrix-synapse (with psycopg2) in $VENV unless there; sets SYN_VERSION.
+install_synapse() {
+    if ! "$VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
+        log "installing matrix-synapse into $VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --upgrade pip
+        "$VENV/bin/pip" install --quiet matrix-synapse psycopg2-binary
+    fi
+    SYN_VERSION="$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
+    log "Synapse $SYN_VERSION"
+}
+
+# build_release: the release weft and weft-bench; sets WEFT_BIN and BENCH_BIN.
+build_release() {
+    log "building weft and weft-bench (release)"
+    (cd "$ROOT" && cargo build --release -p weft -p weft-bench)
+    WEFT_BIN="$CARGO_TARGET_DIR/release/weft"
+    BENCH_BIN="$CARGO_TARGET_DIR/release/weft-bench"
 }
 
 # write_weft_config FILE DIR PORT DB_URL SECRET: the benchmark's Weft config (shared secret,

@@ -56,21 +56,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# --- Synapse install (once) -------------------------------------------------------------------
-if ! "$VENV/bin/python" -c 'import synapse, psycopg2' 2>/dev/null; then
-    log "installing matrix-synapse into $VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet matrix-synapse psycopg2-binary
-fi
-SYN_VERSION="$("$VENV/bin/python" -c 'import synapse; print(synapse.__version__)')"
-log "Synapse $SYN_VERSION"
-
-# --- Build Weft and the load generator ---------------------------------------------------------
-log "building weft and weft-bench (release)"
-(cd "$ROOT" && cargo build --release -p weft -p weft-bench)
-WEFT_BIN="$CARGO_TARGET_DIR/release/weft"
-BENCH_BIN="$CARGO_TARGET_DIR/release/weft-bench"
+# --- Synapse install (once), and the release builds -------------------------------------------
+install_synapse
+build_release
 
 # --- Fresh databases ---------------------------------------------------------------------------
 mkdir -p "$WORK/synapse/data" "$WORK/weft"
