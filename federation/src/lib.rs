@@ -94,5 +94,6 @@ pub fn router() -> Router<AppState> {
     let router = api::event::routes(router);
     let router = api::state::routes(router);
     let router = api::backfill::routes(router);
+    let router = api::directory::routes(router);
     api::query::routes(router)
 }

@@ -2,7 +2,10 @@
 //! and their users' profiles.
 
 use ruma::{
-    api::federation::query::{get_profile_information, get_room_information},
+    api::federation::{
+        directory::get_public_rooms_filtered,
+        query::{get_profile_information, get_room_information},
+    },
     OwnedRoomId, OwnedServerName, RoomAliasId, UserId,
 };
 use weft_http::error::MatrixError;
@@ -34,4 +37,13 @@ pub async fn profile(
     let mut request = get_profile_information::v1::Request::new(user.to_owned());
     request.field = field.map(Into::into);
     fed.client.send(user.server_name(), request).await.map_err(remote_error)
+}
+
+/// Another server's room directory, for a local user browsing it (`/publicRooms?server=`).
+pub async fn public_rooms(
+    fed: &Federation,
+    server: &ruma::ServerName,
+    request: get_public_rooms_filtered::v1::Request,
+) -> Result<get_public_rooms_filtered::v1::Response, MatrixError> {
+    fed.client.send(server, request).await.map_err(remote_error)
 }

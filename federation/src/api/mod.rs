@@ -1,6 +1,7 @@
 //! Server-Server API endpoints, one module per area of their path.
 
 pub mod backfill;
+pub mod directory;
 pub mod event;
 pub mod invite;
 pub mod keys;

@@ -641,3 +641,48 @@ both_backends!(
         b.stop().await;
     }
 );
+
+both_backends!(another_servers_public_rooms_are_listed, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let room = create_room(
+        &alice,
+        json!({ "preset": "public_chat", "name": "Open house", "visibility": "public" }),
+    )
+    .await;
+    create_room(&alice, json!({ "preset": "private_chat", "name": "Not listed" })).await;
+    // Bob browses A's directory from B, unfiltered and filtered.
+    let (status, listed) = bob
+        .get(&format!(
+            "/_matrix/client/v3/publicRooms?server={}",
+            enc(a.server_name())
+        ))
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["Open house"], "{listed}");
+    assert_eq!(listed["chunk"][0]["room_id"], room.as_str());
+    let (status, filtered) = bob
+        .post(
+            &format!("/_matrix/client/v3/publicRooms?server={}", enc(a.server_name())),
+            json!({ "filter": { "generic_search_term": "nothing like it" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{filtered}");
+    assert_eq!(filtered["chunk"], json!([]), "{filtered}");
+    // B's own directory does not list A's room.
+    let (_, own) = bob.get("/_matrix/client/v3/publicRooms").await;
+    assert_eq!(own["chunk"], json!([]), "{own}");
+    for server in servers {
+        server.stop().await;
+    }
+});

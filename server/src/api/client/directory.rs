@@ -57,14 +57,26 @@ pub async fn set_visibility(
     Ok(set_room_visibility::v3::Response::new())
 }
 
-/// Only this server's directory can be served until federation exists.
-fn ensure_own_server(state: &AppState, server: Option<&ServerName>) -> ApiResult<()> {
-    match server {
-        Some(s) if s != state.core.server_name => Err(MatrixError::not_found(format!(
-            "Cannot list the public rooms of {s}: federation is not supported yet"
-        ))),
-        _ => Ok(()),
-    }
+/// Whether a `/publicRooms` request names another server's directory.
+fn other_server<'a>(state: &AppState, server: Option<&'a ServerName>) -> Option<&'a ServerName> {
+    server.filter(|s| *s != state.core.server_name)
+}
+
+/// Another server's directory, asked over federation with the client's query.
+async fn remote_directory(
+    state: &AppState,
+    server: &ServerName,
+    limit: Option<UInt>,
+    since: Option<String>,
+    filter: ruma::directory::Filter,
+    room_network: RoomNetwork,
+) -> ApiResult<ruma::api::federation::directory::get_public_rooms_filtered::v1::Response> {
+    let mut request = ruma::api::federation::directory::get_public_rooms_filtered::v1::Request::new();
+    request.limit = limit;
+    request.since = since;
+    request.filter = filter;
+    request.room_network = room_network;
+    weft_federation::query::public_rooms(weft_federation::of(state)?, server, request).await
 }
 
 fn limit(limit: Option<UInt>) -> Option<usize> {
@@ -79,7 +91,21 @@ pub async fn public_rooms(
     state: AppState,
     req: Ruma<get_public_rooms::v3::Request>,
 ) -> ApiResult<get_public_rooms::v3::Response> {
-    ensure_own_server(&state, req.server.as_deref())?;
+    if let Some(server) = other_server(&state, req.server.as_deref()) {
+        let answer = remote_directory(
+            &state,
+            server,
+            req.limit,
+            req.since.clone(),
+            Default::default(),
+            RoomNetwork::Matrix,
+        )
+        .await?;
+        let mut res = get_public_rooms::v3::Response::new(answer.chunk);
+        (res.next_batch, res.prev_batch, res.total_room_count_estimate) =
+            (answer.next_batch, answer.prev_batch, answer.total_room_count_estimate);
+        return Ok(res);
+    }
     let query = Query {
         limit: limit(req.limit),
         since: req.since.clone(),
@@ -97,8 +123,25 @@ pub async fn public_rooms_filtered(
     req: Ruma<get_public_rooms_filtered::v3::Request>,
 ) -> ApiResult<get_public_rooms_filtered::v3::Response> {
     req.sender()?;
-    ensure_own_server(&state, req.server.as_deref())?;
     let mut res = get_public_rooms_filtered::v3::Response::new();
+    if let Some(server) = other_server(&state, req.server.as_deref()) {
+        let answer = remote_directory(
+            &state,
+            server,
+            req.limit,
+            req.since.clone(),
+            req.filter.clone(),
+            req.room_network.clone(),
+        )
+        .await?;
+        (res.chunk, res.next_batch, res.prev_batch, res.total_room_count_estimate) = (
+            answer.chunk,
+            answer.next_batch,
+            answer.prev_batch,
+            answer.total_room_count_estimate,
+        );
+        return Ok(res);
+    }
     // No third-party networks are bridged here, so their directories are empty.
     if matches!(req.room_network, RoomNetwork::ThirdParty(_)) {
         res.total_room_count_estimate = Some(UInt::MIN);
