@@ -3,7 +3,7 @@
 //! it take part; anything else is dropped with a log line. Other kinds (presence, device
 //! lists, to-device) are not handled yet.
 
-use ruma::{serde::Raw, ServerName, UserId};
+use ruma::{api::federation::transactions::edu::Edu, serde::Raw, ServerName, UserId};
 use serde_json::Value;
 use weft_core::{
     ephemeral::receipts::{self, Receipt},
@@ -17,11 +17,7 @@ use crate::Federation;
 const REMOTE_TYPING_MS: i64 = 30_000;
 
 /// Applies a transaction's EDUs; a bad one is logged and skipped.
-pub async fn process(
-    fed: &Federation,
-    origin: &ServerName,
-    edus: &[Raw<ruma::api::federation::transactions::edu::Edu>],
-) {
+pub async fn process(fed: &Federation, origin: &ServerName, edus: &[Raw<Edu>]) {
     for raw in edus {
         let Ok(edu) = serde_json::from_str::<Value>(raw.json().get()) else {
             tracing::info!(%origin, "dropped an EDU that is not JSON");

@@ -3,14 +3,15 @@
 //! fill a gap never holds up the others; a bad PDU gets its error and the rest go on. A room
 //! whose server ACL denies the origin has all its PDUs refused (`acl`).
 //!
-//! EDUs are applied by `edu.rs`, once per transaction like its PDUs.
+//! Its EDUs are applied by `edu.rs` once the PDUs are in; a transaction answered before is
+//! applied no more, EDUs included.
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, Weak},
 };
 
-use ruma::{OwnedEventId, OwnedRoomId, ServerName};
+use ruma::{api::federation::transactions::edu::Edu, serde::Raw, OwnedEventId, OwnedRoomId, ServerName};
 use serde_json::value::RawValue;
 use weft_core::storage::inbound_transactions;
 
@@ -43,12 +44,14 @@ impl RoomQueues {
 
 pub type PduResults = BTreeMap<OwnedEventId, Result<(), String>>;
 
-/// Processes a transaction's PDUs, or answers as before when it was processed already.
+/// Processes a transaction's PDUs and EDUs, or answers as before when it was processed
+/// already.
 pub async fn process(
     fed: &Federation,
     origin: &ServerName,
     txn_id: &str,
     pdus: &[Box<RawValue>],
+    edus: &[Raw<Edu>],
 ) -> Result<PduResults, weft_core::Error> {
     let db = &fed.client.core().db;
     if let Some(answer) = inbound_transactions::answer(db, origin.as_str(), txn_id).await? {
@@ -71,6 +74,7 @@ pub async fn process(
         .into_iter()
         .map(|(room, list)| receive_room(fed, origin, room, list));
     let results: PduResults = futures::future::join_all(rooms).await.into_iter().flatten().collect();
+    crate::edu::process(fed, origin, edus).await;
     let answer: BTreeMap<&OwnedEventId, Option<&String>> =
         results.iter().map(|(id, r)| (id, r.as_ref().err())).collect();
     let answer = serde_json::to_string(&answer).map_err(weft_core::Error::internal)?;

@@ -71,6 +71,23 @@ pub struct Query {
     pub room_types: Vec<Option<String>>,
 }
 
+impl Query {
+    /// A query as the client and federation APIs take it: `limit`, `since`, and a filter's
+    /// search term and room types (an empty filter for the GET forms).
+    pub fn from_request(limit: Option<UInt>, since: Option<String>, filter: &ruma::directory::Filter) -> Query {
+        Query {
+            limit: limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX)),
+            since,
+            search: filter.generic_search_term.clone(),
+            room_types: filter
+                .room_types
+                .iter()
+                .map(|t| t.as_str().map(str::to_owned))
+                .collect(),
+        }
+    }
+}
+
 /// One page of the directory.
 #[derive(Clone, Debug)]
 pub struct Page {
@@ -78,6 +95,13 @@ pub struct Page {
     pub next_batch: Option<String>,
     pub prev_batch: Option<String>,
     pub total: usize,
+}
+
+impl Page {
+    /// `total_room_count_estimate` as the responses carry it.
+    pub fn total_estimate(&self) -> Option<UInt> {
+        UInt::try_from(self.total as u64).ok()
+    }
 }
 
 /// Tokens are offsets into the (ordered, filtered) list: `p<offset>`.

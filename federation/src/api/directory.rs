@@ -5,9 +5,8 @@ use axum::Router;
 use ruma::{
     api::federation::directory::{get_public_rooms, get_public_rooms_filtered},
     directory::RoomNetwork,
-    UInt,
 };
-use weft_core::rooms::directory::{self, Page, Query};
+use weft_core::rooms::directory::{self, Query};
 use weft_http::{
     error::ApiResult,
     ruma_wrapper::{Ruma, RumaRoute},
@@ -16,14 +15,6 @@ use weft_http::{
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router.ruma(public_rooms).ruma(public_rooms_filtered)
-}
-
-fn limit(limit: Option<UInt>) -> Option<usize> {
-    limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
-}
-
-fn total(page: &Page) -> Option<UInt> {
-    UInt::try_from(page.total as u64).ok()
 }
 
 /// No third-party networks are bridged here, so their directories are empty.
@@ -40,13 +31,9 @@ async fn public_rooms(
     if third_party(&req.room_network) {
         return Ok(res);
     }
-    let query = Query {
-        limit: limit(req.limit),
-        since: req.since.clone(),
-        ..Query::default()
-    };
+    let query = Query::from_request(req.limit, req.since.clone(), &Default::default());
     let page = directory::public_rooms(&state.core, &query).await?;
-    res.total_room_count_estimate = total(&page);
+    res.total_room_count_estimate = page.total_estimate();
     (res.chunk, res.next_batch, res.prev_batch) = (page.chunk, page.next_batch, page.prev_batch);
     Ok(res)
 }
@@ -60,19 +47,9 @@ async fn public_rooms_filtered(
     if third_party(&req.room_network) {
         return Ok(res);
     }
-    let query = Query {
-        limit: limit(req.limit),
-        since: req.since.clone(),
-        search: req.filter.generic_search_term.clone(),
-        room_types: req
-            .filter
-            .room_types
-            .iter()
-            .map(|t| t.as_str().map(str::to_owned))
-            .collect(),
-    };
+    let query = Query::from_request(req.limit, req.since.clone(), &req.filter);
     let page = directory::public_rooms(&state.core, &query).await?;
-    res.total_room_count_estimate = total(&page);
+    res.total_room_count_estimate = page.total_estimate();
     (res.chunk, res.next_batch, res.prev_batch) = (page.chunk, page.next_batch, page.prev_batch);
     Ok(res)
 }

@@ -34,14 +34,6 @@ async fn send(
             "A transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    let txn_id = req.transaction_id.as_str();
-    // A transaction answered before is not applied again, its EDUs included.
-    let first_time = weft_core::storage::inbound_transactions::answer(&state.db, origin.as_str(), txn_id)
-        .await?
-        .is_none();
-    let results = transaction::process(fed, &origin, txn_id, &req.pdus).await?;
-    if first_time {
-        crate::edu::process(fed, &origin, &req.edus).await;
-    }
+    let results = transaction::process(fed, &origin, req.transaction_id.as_str(), &req.pdus, &req.edus).await?;
     Ok(send_transaction_message::v1::Response::new(results))
 }

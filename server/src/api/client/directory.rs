@@ -10,7 +10,7 @@ use ruma::{
     directory::RoomNetwork,
     ServerName, UInt,
 };
-use weft_core::rooms::directory::{self as core_directory, Page, Query};
+use weft_core::rooms::directory::{self as core_directory, Query};
 
 use crate::{
     error::{ApiResult, MatrixError},
@@ -79,14 +79,6 @@ async fn remote_directory(
     weft_federation::query::public_rooms(weft_federation::of(state)?, server, request).await
 }
 
-fn limit(limit: Option<UInt>) -> Option<usize> {
-    limit.map(|l| usize::try_from(u64::from(l)).unwrap_or(usize::MAX))
-}
-
-fn total(page: &Page) -> Option<UInt> {
-    UInt::try_from(page.total as u64).ok()
-}
-
 pub async fn public_rooms(
     state: AppState,
     req: Ruma<get_public_rooms::v3::Request>,
@@ -106,14 +98,10 @@ pub async fn public_rooms(
             (answer.next_batch, answer.prev_batch, answer.total_room_count_estimate);
         return Ok(res);
     }
-    let query = Query {
-        limit: limit(req.limit),
-        since: req.since.clone(),
-        ..Query::default()
-    };
+    let query = Query::from_request(req.limit, req.since.clone(), &Default::default());
     let page = core_directory::public_rooms(&state.core, &query).await?;
     let mut res = get_public_rooms::v3::Response::new(Vec::new());
-    res.total_room_count_estimate = total(&page);
+    res.total_room_count_estimate = page.total_estimate();
     (res.chunk, res.next_batch, res.prev_batch) = (page.chunk, page.next_batch, page.prev_batch);
     Ok(res)
 }
@@ -147,19 +135,9 @@ pub async fn public_rooms_filtered(
         res.total_room_count_estimate = Some(UInt::MIN);
         return Ok(res);
     }
-    let query = Query {
-        limit: limit(req.limit),
-        since: req.since.clone(),
-        search: req.filter.generic_search_term.clone(),
-        room_types: req
-            .filter
-            .room_types
-            .iter()
-            .map(|t| t.as_str().map(str::to_owned))
-            .collect(),
-    };
+    let query = Query::from_request(req.limit, req.since.clone(), &req.filter);
     let page = core_directory::public_rooms(&state.core, &query).await?;
-    res.total_room_count_estimate = total(&page);
+    res.total_room_count_estimate = page.total_estimate();
     (res.chunk, res.next_batch, res.prev_batch) = (page.chunk, page.next_batch, page.prev_batch);
     Ok(res)
 }
