@@ -176,6 +176,12 @@ pub struct FederationConfig {
     pub trusted_key_servers: Vec<String>,
     /// Skips certificate checks on outbound federation. Test setups only.
     pub tls_insecure_skip_verify: bool,
+    /// A PEM file of CA certificates that outbound federation alone trusts besides
+    /// `extra_ca_file`'s (a private federation, a test suite's fake servers); empty for none.
+    pub ca_file: String,
+    /// Kept so that configurations written for it still load: outbound federation does not
+    /// filter destinations by address yet, so loopback and private ones are always reached.
+    pub allow_loopback: bool,
     /// Served as `m.server` at `/.well-known/matrix/server` when set (`host[:port]`), to
     /// delegate federation to another host; empty serves nothing there.
     pub well_known_server: String,
@@ -271,6 +277,8 @@ impl Default for FederationConfig {
             enabled: true,
             trusted_key_servers: Vec::new(),
             tls_insecure_skip_verify: false,
+            ca_file: String::new(),
+            allow_loopback: false,
             well_known_server: String::new(),
         }
     }
@@ -356,22 +364,20 @@ impl Config {
             ));
         }
         self.media.validate()?;
-        self.extra_roots()?;
+        self.federation_roots()?;
         Ok(())
     }
 
     /// The certificates of `extra_ca_file`, for outbound HTTPS clients to trust.
     pub fn extra_roots(&self) -> Result<Vec<reqwest::Certificate>, String> {
-        if self.extra_ca_file.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pem =
-            std::fs::read(&self.extra_ca_file).map_err(|e| format!("extra_ca_file: {}: {e}", self.extra_ca_file))?;
-        let roots = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("extra_ca_file: {}: {e}", self.extra_ca_file))?;
-        if roots.is_empty() {
-            return Err(format!("extra_ca_file: {} holds no certificate", self.extra_ca_file));
-        }
+        read_roots("extra_ca_file", &self.extra_ca_file)
+    }
+
+    /// What outbound federation trusts besides the public roots: `extra_ca_file`'s CAs and
+    /// `federation.ca_file`'s.
+    pub fn federation_roots(&self) -> Result<Vec<reqwest::Certificate>, String> {
+        let mut roots = self.extra_roots()?;
+        roots.extend(read_roots("federation.ca_file", &self.federation.ca_file)?);
         Ok(roots)
     }
 
@@ -379,6 +385,19 @@ impl Config {
     pub fn base_url(&self) -> &str {
         self.public_baseurl.trim_end_matches('/')
     }
+}
+
+/// The CA certificates of a PEM file named by the setting `key` (none for an empty path).
+fn read_roots(key: &str, path: &str) -> Result<Vec<reqwest::Certificate>, String> {
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pem = std::fs::read(path).map_err(|e| format!("{key}: {path}: {e}"))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{key}: {path}: {e}"))?;
+    if roots.is_empty() {
+        return Err(format!("{key}: {path} holds no certificate"));
+    }
+    Ok(roots)
 }
 
 /// Turns figment's errors into one line per problem, each naming the key.

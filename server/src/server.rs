@@ -71,7 +71,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 tracing::info!(cleared, "dropped the leases a previous run left behind");
             }
         }
-        let extra_roots = config.extra_roots().map_err(|e| anyhow::anyhow!(e))?;
+        let extra_roots = config.federation_roots().map_err(|e| anyhow::anyhow!(e))?;
         let federation =
             weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;
         let sender = weft_federation::sender::SenderConfig {
