@@ -40,7 +40,7 @@ pub async fn receive(
     crate::acl::ensure_allowed(core, room_id.as_str(), origin, "an invite").await?;
     let room = RoomVersion::new(room_id.clone(), version.as_str()).map_err(|_| MatrixError {
         status: http::StatusCode::BAD_REQUEST,
-        errcode: "M_INCOMPATIBLE_ROOM_VERSION",
+        errcode: "M_INCOMPATIBLE_ROOM_VERSION".into(),
         message: format!("Room version {version} is not supported here"),
         extra: Some(serde_json::json!({ "room_version": version })),
     })?;

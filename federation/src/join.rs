@@ -164,11 +164,17 @@ async fn fill_content(
 }
 
 /// Another server's refusal as this server's error to its client.
+/// A refusal (4xx with a Matrix error code) is passed on as the other server gave it, so the
+/// client learns why (`M_FORBIDDEN`, `M_INCOMPATIBLE_ROOM_VERSION`...); anything else is the
+/// other server failing, 502.
 pub fn remote_error(e: crate::client::FederationError) -> MatrixError {
     match (e.status(), e.errcode()) {
+        (Some(status @ 400..=499), Some(errcode)) if errcode.starts_with("M_") && errcode != "M_UNKNOWN" => {
+            let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
+            MatrixError::from_remote(status, errcode.to_owned(), e.to_string())
+        }
         (Some(403), _) => MatrixError::forbidden(e.to_string()),
         (Some(404), _) => MatrixError::not_found(e.to_string()),
-        (Some(400), Some("M_INCOMPATIBLE_ROOM_VERSION")) => MatrixError::unsupported_room_version(e.to_string()),
         _ => MatrixError::unknown(e.to_string()).with_status(http::StatusCode::BAD_GATEWAY),
     }
 }

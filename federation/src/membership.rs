@@ -34,7 +34,7 @@ pub async fn template(
         if !supported.iter().any(|v| v.as_str() == version) {
             return Err(MatrixError {
                 status: http::StatusCode::BAD_REQUEST,
-                errcode: "M_INCOMPATIBLE_ROOM_VERSION",
+                errcode: "M_INCOMPATIBLE_ROOM_VERSION".into(),
                 message: format!("The room is of version {version}, which {origin} does not support"),
                 extra: Some(serde_json::json!({ "room_version": version })),
             });

@@ -32,7 +32,9 @@ use crate::Federation;
 /// The largest PDU the spec allows, in bytes of its JSON.
 pub const MAX_PDU_SIZE: usize = 65_536;
 /// Events asked for at once when filling a gap; a wider gap is bridged with the state instead.
-const MISSING_EVENTS_LIMIT: u32 = 10;
+/// Not the spec's default of 10, which ruma leaves out of the request, and some servers insist
+/// on seeing a limit.
+const MISSING_EVENTS_LIMIT: u32 = 20;
 /// Rounds of fetching an outlier batch's missing auth events before giving up on the rest.
 const AUTH_ROUNDS: usize = 3;
 
@@ -111,6 +113,7 @@ impl Receiver<'_> {
     fn receive_with(&self, pdu: Pdu, mut state_at: StateAt, fill_gaps: bool) -> BoxFuture<'_, Result<Outcome, String>> {
         Box::pin(async move {
             let core = self.fed.client.core();
+            let pushed = fill_gaps;
             let mut fill_gaps = fill_gaps;
             // Each round fetches one kind of missing piece; four cover auth events, state
             // events, a gap, and the state across a gap.
@@ -124,7 +127,12 @@ impl Receiver<'_> {
                     Received::Missing(missing) => missing,
                 };
                 if !missing.auth_events.is_empty() {
-                    self.fetch_auth_chain(&pdu.event_id).await?;
+                    // The whole chain in one request; a server that does not serve
+                    // `/event_auth` is asked for the missing events one by one.
+                    if let Err(e) = self.fetch_auth_chain(&pdu.event_id).await {
+                        tracing::info!(from = %self.from, error = %e, "event_auth failed; fetching the missing auth events one by one");
+                        self.fetch_outliers(&missing.auth_events).await?;
+                    }
                 }
                 if !missing.state_events.is_empty() {
                     self.fetch_outliers(&missing.state_events).await?;
@@ -133,6 +141,16 @@ impl Receiver<'_> {
                     if fill_gaps {
                         fill_gaps = false;
                         self.fetch_missing_prevs(&pdu).await?;
+                        // A pushed event whose gap its sender would not fill is dropped, not
+                        // given state from elsewhere: the sender is the one that should know
+                        // its prev events, and the next event it sends tries again. Events
+                        // pulled into a gap get the state across it (below) instead.
+                        if pushed && !self.prevs_known(&pdu).await? {
+                            return Err(format!(
+                                "{} did not divulge the prev events of {}",
+                                self.from, pdu.event_id
+                            ));
+                        }
                     } else {
                         state_at = StateAt::Supplied(Arc::new(self.state_before(&pdu).await?));
                     }
@@ -210,6 +228,16 @@ impl Receiver<'_> {
             return Err(format!("{} answered another event for {event_id}", self.from));
         }
         Ok(pdu)
+    }
+
+    /// Whether every prev event of `pdu` is stored (as an event of the graph, not an outlier).
+    async fn prevs_known(&self, pdu: &Pdu) -> Result<bool, String> {
+        let ids: Vec<String> = pdu.prev_events.iter().map(|id| id.to_string()).collect();
+        let mut conn = self.fed.client.core().db.conn().await.map_err(|e| e.to_string())?;
+        let known = events::known_in_graph(&mut conn, &ids)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(ids.iter().all(|id| known.contains(id.as_str())))
     }
 
     /// Fetches events by ID and stores them as outliers (with their auth chains).

@@ -139,10 +139,14 @@ async fn receive_room(
         };
         let event_id = pdu.event_id.clone();
         let result = match receiver.receive(pdu).await {
-            Ok(outcome) => match outcome.rejected {
-                Some(reason) => Err(format!("rejected: {reason}")),
-                None => Ok(()),
-            },
+            // A rejected event was still handled: it is stored as rejected, and the sender's
+            // retrying it would change nothing, so it is not reported as an error.
+            Ok(outcome) => {
+                if let Some(reason) = outcome.rejected {
+                    tracing::info!(%origin, %room_id, %event_id, %reason, "a received PDU was rejected");
+                }
+                Ok(())
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &result {

@@ -29,7 +29,16 @@ impl Transport for Client {
                 .map_err(|e| SendError::permanent(format!("the queued PDUs do not parse: {e}")))?;
             request.edus = serde_json::from_value(body["edus"].clone())
                 .map_err(|e| SendError::permanent(format!("the queued EDUs do not parse: {e}")))?;
-            let answer = self.send(&destination, request).await.map_err(classify)?;
+            let answer = match self.send(&destination, request).await {
+                Ok(answer) => answer,
+                // A success status whose body is not the spec's shape (some servers answer
+                // `{}`) still acknowledges the transaction; sending it again would not help.
+                Err(FederationError::BadResponse { message, .. }) => {
+                    tracing::debug!(%destination, %message, "the destination acknowledged a transaction with an unexpected body");
+                    return Ok(());
+                }
+                Err(e) => return Err(classify(e)),
+            };
             // A PDU the destination refused is its verdict, not a delivery failure: sending
             // it again would be refused again.
             for (event_id, result) in answer.pdus {

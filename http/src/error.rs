@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 #[derive(Debug)]
 pub struct MatrixError {
     pub status: StatusCode,
-    pub errcode: &'static str,
+    pub errcode: std::borrow::Cow<'static, str>,
     pub message: String,
     /// Extra top-level fields (`soft_logout`, `retry_after_ms`, UIA's `flows`...).
     pub extra: Option<Value>,
@@ -22,7 +22,7 @@ macro_rules! constructors {
     ($($name:ident => $status:ident, $code:literal;)*) => {
         impl MatrixError {
             $(pub fn $name(message: impl Into<String>) -> MatrixError {
-                MatrixError { status: StatusCode::$status, errcode: $code, message: message.into(), extra: None }
+                MatrixError { status: StatusCode::$status, errcode: std::borrow::Cow::Borrowed($code), message: message.into(), extra: None }
             })*
         }
     };
@@ -55,7 +55,7 @@ impl MatrixError {
     pub fn unknown_token(soft_logout: bool) -> MatrixError {
         MatrixError {
             status: StatusCode::UNAUTHORIZED,
-            errcode: "M_UNKNOWN_TOKEN",
+            errcode: "M_UNKNOWN_TOKEN".into(),
             message: "Unknown or expired access token".into(),
             extra: Some(json!({ "soft_logout": soft_logout })),
         }
@@ -71,7 +71,7 @@ impl MatrixError {
     pub fn limit_exceeded(retry_after_ms: u64) -> MatrixError {
         MatrixError {
             status: StatusCode::TOO_MANY_REQUESTS,
-            errcode: "M_LIMIT_EXCEEDED",
+            errcode: "M_LIMIT_EXCEEDED".into(),
             message: "Too many requests".into(),
             extra: Some(json!({ "retry_after_ms": retry_after_ms })),
         }
@@ -81,9 +81,20 @@ impl MatrixError {
     pub fn uia(info: Value) -> MatrixError {
         MatrixError {
             status: StatusCode::UNAUTHORIZED,
-            errcode: "",
+            errcode: "".into(),
             message: String::new(),
             extra: Some(info),
+        }
+    }
+
+    /// Another server's refusal passed on as it came (its status and code), for a request
+    /// this server made on a client's behalf.
+    pub fn from_remote(status: StatusCode, errcode: String, message: impl Into<String>) -> MatrixError {
+        MatrixError {
+            status,
+            errcode: errcode.into(),
+            message: message.into(),
+            extra: None,
         }
     }
 
@@ -136,9 +147,9 @@ impl From<weft_core::Error> for MatrixError {
 /// The media repository's errors, as Synapse answers them.
 impl From<weft_core::media::MediaError> for MatrixError {
     fn from(err: weft_core::media::MediaError) -> MatrixError {
-        let custom = |status, errcode, message: String| MatrixError {
+        let custom = |status, errcode: &'static str, message: String| MatrixError {
             status,
-            errcode,
+            errcode: errcode.into(),
             message,
             extra: None,
         };

@@ -172,6 +172,24 @@ pub async fn known(conn: &mut AnyConnection, ids: &[String]) -> Result<std::coll
     Ok(out)
 }
 
+/// Which of these event IDs are stored as events of the graph (not outliers).
+pub async fn known_in_graph(conn: &mut AnyConnection, ids: &[String]) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::with_capacity(ids.len());
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let list = super::InList::new(conn, 1, chunk.len());
+        let sql = format!(
+            "SELECT event_id FROM events WHERE outlier = 0 AND event_id IN ({})",
+            list.sql()
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql).persistent(super::keep_prepared(chunk.len()));
+        for b in list.binds(chunk) {
+            q = q.bind(b);
+        }
+        out.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(out)
+}
+
 pub struct NewEventRow<'a> {
     pub event_id: &'a str,
     pub room_id: &'a str,

@@ -1,7 +1,7 @@
-//! Joins, leaves and knocks of other servers' users: `make_join`/`send_join` (v2),
-//! `make_leave`/`send_leave` (v2), `make_knock`/`send_knock`.
+//! Joins, leaves and knocks of other servers' users: `make_join`/`send_join` (v2, and the
+//! deprecated v1), `make_leave`/`send_leave` (v2 and v1), `make_knock`/`send_knock`.
 
-use axum::Router;
+use axum::{extract::State, routing::put, Router};
 use ruma::{
     api::federation::membership::{
         create_join_event, create_knock_event, create_leave_event, prepare_join_event, prepare_knock_event,
@@ -26,6 +26,25 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .ruma(send_leave)
         .ruma(make_knock)
         .ruma(send_knock)
+        // v1 differs from v2 only in wrapping its answer in `[200, answer]` (a historical bug
+        // the spec kept); older servers still use it. ruma no longer has the v1 types, and the
+        // request is the same, so v2's parses it.
+        .route(
+            "/_matrix/federation/v1/send_join/{room_id}/{event_id}",
+            put(
+                |State(state): State<AppState>, req: Ruma<create_join_event::v2::Request>| async move {
+                    super::v1_wrapped(send_join(state, req).await?)
+                },
+            ),
+        )
+        .route(
+            "/_matrix/federation/v1/send_leave/{room_id}/{event_id}",
+            put(
+                |State(state): State<AppState>, req: Ruma<create_leave_event::v2::Request>| async move {
+                    super::v1_wrapped(send_leave(state, req).await?)
+                },
+            ),
+        )
 }
 
 fn version_id(version: &str) -> ApiResult<RoomVersionId> {

@@ -14,7 +14,7 @@ pub mod state;
 mod tests;
 pub mod version;
 
-use ruma::ServerName;
+use ruma::{api::OutgoingResponseExt, ServerName};
 use weft_http::{
     error::{ApiResult, MatrixError},
     ruma_wrapper::Ruma,
@@ -27,6 +27,16 @@ pub(crate) fn origin<T>(req: &Ruma<T>) -> ApiResult<&ServerName> {
     req.origin
         .as_deref()
         .ok_or_else(|| MatrixError::unauthorized("This endpoint needs a signed request from a server"))
+}
+
+/// A v2 answer as the deprecated v1 endpoints give it: `[200, answer]`.
+pub(crate) fn v1_wrapped<T: ruma::api::OutgoingResponse>(response: T) -> ApiResult<axum::Json<serde_json::Value>> {
+    let http = response
+        .try_into_http_response::<Vec<u8>>()
+        .map_err(|e| MatrixError::unknown(format!("serialising the answer: {e}")))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(http.body()).map_err(|e| MatrixError::unknown(format!("the answer: {e}")))?;
+    Ok(axum::Json(serde_json::json!([200, body])))
 }
 
 /// PDUs as ruma's responses carry them.

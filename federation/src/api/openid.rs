@@ -24,7 +24,7 @@ async fn userinfo(
         .and_then(|u| OwnedUserId::try_from(u).ok())
         .ok_or_else(|| MatrixError {
             status: axum::http::StatusCode::UNAUTHORIZED,
-            errcode: "M_UNKNOWN_TOKEN",
+            errcode: "M_UNKNOWN_TOKEN".into(),
             message: "Unknown or expired OpenID token".into(),
             extra: None,
         })?;

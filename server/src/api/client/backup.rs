@@ -48,7 +48,7 @@ fn backup_error(e: BackupError) -> MatrixError {
         BackupError::NotFound => MatrixError::not_found("Unknown backup version"),
         BackupError::WrongVersion { current } => MatrixError {
             status: StatusCode::FORBIDDEN,
-            errcode: "M_WRONG_ROOM_KEYS_VERSION",
+            errcode: "M_WRONG_ROOM_KEYS_VERSION".into(),
             message: "Wrong backup version".into(),
             extra: Some(json!({ "current_version": current })),
         },
