@@ -39,6 +39,8 @@ pub enum FederationError {
         status: u16,
         errcode: String,
         message: String,
+        /// The error's other fields (`room_version` with M_INCOMPATIBLE_ROOM_VERSION...).
+        extra: serde_json::Map<String, serde_json::Value>,
     },
     #[error("{server} answered something unexpected: {message}")]
     BadResponse { server: OwnedServerName, message: String },
@@ -51,6 +53,14 @@ impl FederationError {
     pub fn errcode(&self) -> Option<&str> {
         match self {
             FederationError::Remote { errcode, .. } => Some(errcode),
+            _ => None,
+        }
+    }
+
+    /// The other fields of another server's error answer.
+    pub fn extra(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        match self {
+            FederationError::Remote { extra, .. } if !extra.is_empty() => Some(extra),
             _ => None,
         }
     }
@@ -193,11 +203,18 @@ impl Client {
             .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
         if !status.is_success() {
             let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let mut extra = match body {
+                serde_json::Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            };
+            let mut field = |name: &str| extra.remove(name).and_then(|v| v.as_str().map(str::to_owned));
+            let (errcode, message) = (field("errcode"), field("error"));
             return Err(FederationError::Remote {
                 server: destination.to_owned(),
                 status: status.as_u16(),
-                errcode: body["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned(),
-                message: body["error"].as_str().unwrap_or_default().to_owned(),
+                errcode: errcode.unwrap_or_else(|| "M_UNKNOWN".to_owned()),
+                message: message.unwrap_or_default(),
+                extra,
             });
         }
         let mut http_response = http::Response::builder().status(status);

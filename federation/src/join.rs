@@ -171,7 +171,9 @@ pub fn remote_error(e: crate::client::FederationError) -> MatrixError {
     match (e.status(), e.errcode()) {
         (Some(status @ 400..=499), Some(errcode)) if errcode.starts_with("M_") && errcode != "M_UNKNOWN" => {
             let status = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_REQUEST);
-            MatrixError::from_remote(status, errcode.to_owned(), e.to_string())
+            let mut error = MatrixError::from_remote(status, errcode.to_owned(), e.to_string());
+            error.extra = e.extra().map(|extra| serde_json::Value::Object(extra.clone()));
+            error
         }
         (Some(403), _) => MatrixError::forbidden(e.to_string()),
         (Some(404), _) => MatrixError::not_found(e.to_string()),

@@ -316,6 +316,25 @@ impl Receiver<'_> {
         let core = self.fed.client.core();
         let mut states = Vec::new();
         for prev in &pdu.prev_events {
+            // A prev event stored here with its state needs no asking.
+            let local = {
+                let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+                match events::get(&mut conn, prev.as_str()).await.map_err(|e| e.to_string())? {
+                    Some(stored) if !stored.outlier => match stored.state_after {
+                        Some(group) => Some(
+                            weft_core::storage::state::load(&core.db, &mut conn, group)
+                                .await
+                                .map_err(|e| e.to_string())?,
+                        ),
+                        None => None,
+                    },
+                    _ => None,
+                }
+            };
+            if let Some(state) = local {
+                states.push(state);
+                continue;
+            }
             let response = self
                 .fed
                 .client

@@ -151,8 +151,9 @@ pub fn client_ip(parts: &http::request::Parts) -> Option<String> {
         .map(|c| c.0.ip().to_string())
 }
 
-/// The server that signed a request, as the state's `ServerAuth` finds it.
-async fn verify_server(state: &AppState, parts: &http::request::Parts, body: &[u8]) -> ApiResult<OwnedServerName> {
+/// The server that signed a request, as the state's `ServerAuth` finds it (for the few
+/// endpoints ruma has no type for).
+pub async fn verify_server(state: &AppState, parts: &http::request::Parts, body: &[u8]) -> ApiResult<OwnedServerName> {
     match &state.server_auth {
         Some(auth) => auth.verify(parts, body).await,
         None => Err(MatrixError::unauthorized(

@@ -37,11 +37,10 @@ pub async fn state_before(
     rules: &RoomVersionRules,
     prevs: &[Arc<GraphEvent>],
 ) -> Result<StateBefore> {
-    let mut groups: Vec<i64> = prevs
-        .iter()
-        .filter(|e| !e.pdu.rejected)
-        .filter_map(|e| e.state_after)
-        .collect();
+    // A rejected prev event counts with its state after, which is the state before it (a
+    // rejected event changes nothing), as the spec has it: another server may well build on
+    // an event this one rejected.
+    let mut groups: Vec<i64> = prevs.iter().filter_map(|e| e.state_after).collect();
     groups.sort_unstable();
     groups.dedup();
     match groups.as_slice() {

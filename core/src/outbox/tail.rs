@@ -6,8 +6,8 @@
 //! worked) take turns on the row, the second reading the position the first wrote.
 //!
 //! Destinations are the servers with a member joined at the event, plus, for a membership
-//! event about a remote user, that user's server (a kicked, banned or invited user's server
-//! learns of it even though nobody there is joined). They are found from the room's current
+//! event about a remote user other than an invite (which `/invite` delivered), that user's
+//! server (a kicked or banned user's server learns of it even though nobody there is joined). They are found from the room's current
 //! members: a server whose member's current join is at or before the event was joined at the
 //! event; one whose joined members all changed membership since (the tailer lags, say after a
 //! restart) is checked against the state after the event, so it is not sent history from
@@ -185,11 +185,26 @@ async fn destinations(
     }
     if event.event_type == "m.room.member" {
         if let Some(target) = event.state_key.as_deref().and_then(|k| ruma::UserId::parse(k).ok()) {
-            out.insert(target.server_name().to_string());
+            // An invite reached the invitee's server through `/invite` already; in a
+            // transaction it would be an event of a room that server does not know.
+            if !core.is_local(&target) && membership_of(conn, &event.event_id).await?.as_deref() != Some("invite") {
+                out.insert(target.server_name().to_string());
+            }
         }
     }
     out.remove(core.server_name.as_str());
     Ok(out)
+}
+
+/// The `membership` of a stored membership event.
+async fn membership_of(conn: &mut AnyConnection, event_id: &str) -> Result<Option<String>> {
+    let json: Option<String> = sqlx::query_scalar("SELECT json FROM events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(json
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+        .and_then(|v| v["content"]["membership"].as_str().map(str::to_owned)))
 }
 
 async fn joined_by_server(conn: &mut AnyConnection, room_id: &str) -> Result<JoinedByServer> {

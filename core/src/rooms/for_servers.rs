@@ -266,7 +266,9 @@ async fn state_and_chain_ids(
 ) -> Result<(Vec<String>, Vec<String>)> {
     ensure_may_read(conn, room_id, origin).await?;
     let stored = event_in_room(conn, room_id, event_id).await?;
-    if stored.outlier {
+    // A rejected event is not part of the room: its state is not served, as for an event
+    // this server does not have.
+    if stored.outlier || stored.rejected {
         return Err(Error::NotFound(format!(
             "The state at event {event_id} is not known here"
         )));

@@ -210,6 +210,15 @@ pub async fn prepare(
     if let (None, Some(before), false) = (&rejected, &before, is_create) {
         rejected = auth_against(db, conn, rules, &pdu, &before.state, supplied).await?;
     }
+    // 6. A redaction of a known event of another room: the auth rules cannot see the target,
+    // but such a redaction redacts nothing and has no place in this room's timeline.
+    if let (None, Some(target)) = (&rejected, &pdu.redacts) {
+        if let Some(stored) = events::get(conn, target.as_str()).await? {
+            if stored.room_id != pdu.room_id.as_str() {
+                rejected = Some(format!("redacts {target} of another room"));
+            }
+        }
+    }
     Ok(Prepared::Checked(Checked {
         pdu,
         rejected,
