@@ -25,9 +25,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 /// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}`
 ///
 /// v1 sends the event itself as the body, with the stripped state in its `unsigned`, and names
-/// no room version: like other servers, it is taken as version 1, whose event format and
-/// invite rules version 2 shares. (ruma's v1 type expects fields of the oldest event format
-/// and keeps only some, so the body is read as sent.)
+/// no room version: it is the room's when this server is in the room, else the one the
+/// stripped create event names, else version 1 (whose event format and invite rules version 2
+/// shares), as other servers take it. (ruma's v1 type expects fields of the oldest event
+/// format and keeps only some, so the body is read as sent.)
 async fn invite_v1(
     State(state): State<AppState>,
     Path((room_id, event_id)): Path<(OwnedRoomId, OwnedEventId)>,
@@ -37,21 +38,25 @@ async fn invite_v1(
     let (parts, body) = request.into_parts();
     let bytes = read_body(body, state.config.max_request_size).await?;
     let origin = verify_server(&state, &parts, &bytes).await?;
-    let body: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| MatrixError::not_json(e.to_string()))?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| MatrixError::not_json(e.to_string()))?;
     let invite_room_state: Vec<RawStrippedState> =
         serde_json::from_value(body["unsigned"]["invite_room_state"].clone()).unwrap_or_default();
     let raw = serde_json::value::to_raw_value(&body).map_err(|e| MatrixError::bad_json(e.to_string()))?;
-    let event = crate::invite::receive(
-        fed,
-        &origin,
-        &room_id,
-        &event_id,
-        &RoomVersionId::V1,
-        &raw,
-        &invite_room_state,
-    )
-    .await?;
+    let stripped_version = || {
+        body["unsigned"]["invite_room_state"]
+            .as_array()?
+            .iter()
+            .find(|e| e["type"] == "m.room.create")?["content"]["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+    };
+    let version = match crate::receive::RoomVersion::of_known(fed, &room_id).await {
+        Ok(Some(room)) => RoomVersionId::try_from(room.version.as_str()).ok(),
+        _ => None,
+    }
+    .or_else(stripped_version)
+    .unwrap_or(RoomVersionId::V1);
+    let event = crate::invite::receive(fed, &origin, &room_id, &event_id, &version, &raw, &invite_room_state).await?;
     let event: serde_json::Value =
         serde_json::from_str(event.get()).map_err(|e| MatrixError::unknown(e.to_string()))?;
     Ok(Json(serde_json::json!([200, { "event": event }])))

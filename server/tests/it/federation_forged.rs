@@ -18,16 +18,16 @@ use crate::{
 };
 
 /// Two servers sharing a public room: Alice (on A) created it, Bob (on B) joined through A.
-struct Shared {
-    ca: TestCa,
-    servers: Vec<FederatedServer>,
-    alice: Client,
-    bob: Client,
-    room: String,
+pub(crate) struct Shared {
+    pub ca: TestCa,
+    pub servers: Vec<FederatedServer>,
+    pub alice: Client,
+    pub bob: Client,
+    pub room: String,
 }
 
 impl Shared {
-    async fn start(backend: Backend) -> Option<Shared> {
+    pub(crate) async fn start(backend: Backend) -> Option<Shared> {
         let (ca, servers) = start_federation(backend, 2).await?;
         let alice = servers[0].register("alice", "password-alice").await;
         let bob = servers[1].register("bob", "password-bob").await;
@@ -57,26 +57,26 @@ impl Shared {
         })
     }
 
-    fn a(&self) -> &FederatedServer {
+    pub(crate) fn a(&self) -> &FederatedServer {
         &self.servers[0]
     }
 
-    fn b(&self) -> &FederatedServer {
+    pub(crate) fn b(&self) -> &FederatedServer {
         &self.servers[1]
     }
 
     /// B, as the attacker: its name and its real key.
-    fn forger(&self) -> Forger {
+    pub(crate) fn forger(&self) -> Forger {
         Forger::as_server(&self.ca, self.b())
     }
 
-    async fn view(&self, forger: &Forger) -> RoomView {
+    pub(crate) async fn view(&self, forger: &Forger) -> RoomView {
         RoomView::read(forger, self.a(), &self.alice, &self.room).await
     }
 
     /// The status of `event_id` through Alice's client API on A (404: not there, or not
     /// accepted) and the event.
-    async fn event_on_a(&self, event_id: &str) -> (u16, Value) {
+    pub(crate) async fn event_on_a(&self, event_id: &str) -> (u16, Value) {
         self.alice
             .get(&format!(
                 "/_matrix/client/v3/rooms/{}/event/{}",
@@ -86,7 +86,7 @@ impl Shared {
             .await
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for server in self.servers {
             server.stop().await;
         }
@@ -94,7 +94,7 @@ impl Shared {
 }
 
 /// A text message by `sender`, signed as the forger's server with its key.
-fn message(view: &RoomView, forger: &Forger, sender: &str, body: &str) -> (String, Value) {
+pub(crate) fn message(view: &RoomView, forger: &Forger, sender: &str, body: &str) -> (String, Value) {
     let mut event = view.event(
         sender,
         "m.room.message",
@@ -106,12 +106,12 @@ fn message(view: &RoomView, forger: &Forger, sender: &str, body: &str) -> (Strin
 }
 
 /// The event's ID and its JSON as it travels.
-fn finish(view: &RoomView, event: CanonicalJsonObject) -> (String, Value) {
+pub(crate) fn finish(view: &RoomView, event: CanonicalJsonObject) -> (String, Value) {
     (view.event_id(&event), serde_json::to_value(&event).unwrap())
 }
 
 /// The per-PDU results of a `/send` answer.
-fn results(answer: &Value) -> &serde_json::Map<String, Value> {
+pub(crate) fn results(answer: &Value) -> &serde_json::Map<String, Value> {
     answer["pdus"].as_object().expect("a results map")
 }
 

@@ -75,6 +75,29 @@ impl Forger {
         http::HeaderValue::from(&header).to_str().expect("ASCII").to_owned()
     }
 
+    /// The `Authorization` header for a request whose JSON body need not be canonical JSON (a
+    /// float, say), which ruma will not sign: signed over the body as sent, keys sorted, as
+    /// other implementations sign it.
+    pub fn authorization_of_json(&self, destination: &str, method: &Method, path: &str, body: &Value) -> String {
+        use ruma::signatures::KeyPair;
+        // `serde_json` keeps object keys sorted (no `preserve_order`), so this is the
+        // canonical form of `body` as far as it has one.
+        let signed = json!({
+            "method": method.as_str(),
+            "uri": path,
+            "origin": self.origin,
+            "destination": destination,
+            "content": body,
+        });
+        let signature = self.key.sign(serde_json::to_string(&signed).unwrap().as_bytes());
+        format!(
+            "X-Matrix origin=\"{}\",destination=\"{destination}\",key=\"{}\",sig=\"{}\"",
+            self.origin,
+            self.key_id,
+            signature.base64()
+        )
+    }
+
     /// Sends `body` to `to`'s federation listener with `authorization` (or none); the status
     /// and the JSON answer.
     pub async fn send_raw(

@@ -46,25 +46,18 @@ pub async fn create(state: AppState, req: Ruma<create_alias::v3::Request>) -> Ap
 }
 
 /// Another server's alias is asked of that server; a local one answers the servers in the
-/// room, this one first, to join through.
+/// room to join through, as other servers are answered.
 pub async fn resolve(state: AppState, req: Ruma<get_alias::v3::Request>) -> ApiResult<get_alias::v3::Response> {
     if req.room_alias.server_name() != state.core.server_name {
         let (room_id, servers) =
             weft_federation::query::room_alias(weft_federation::of(&state)?, &req.room_alias).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
-    let room_id = core_aliases::resolve(&state.core, &req.room_alias).await?;
-    let mut servers = vec![state.core.server_name.clone()];
-    let mut conn = state.db.conn().await?;
-    for server in weft_core::storage::rooms::servers_in_room(&mut conn, &room_id).await? {
-        match ruma::OwnedServerName::try_from(server) {
-            Ok(server) if !servers.contains(&server) => servers.push(server),
-            _ => {}
-        }
-    }
+    let (room_id, servers) = weft_core::rooms::for_servers::room_alias(&state.core, &req.room_alias).await?;
     let room_id = room_id
         .try_into()
         .map_err(|_| MatrixError::unknown("Stored room ID is invalid"))?;
+    let servers = servers.into_iter().filter_map(|s| s.try_into().ok()).collect();
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
