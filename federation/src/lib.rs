@@ -15,6 +15,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod knock;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod receive;
@@ -37,6 +38,8 @@ pub struct Federation {
     pub keys: keys::KeyRing,
     /// Received PDUs are processed one room at a time in arrival order.
     pub room_queues: transaction::RoomQueues,
+    /// Remote media fetches under way (one per media at a time).
+    pub media_fetches: media::Fetches,
 }
 
 impl Federation {
@@ -64,6 +67,7 @@ impl Federation {
             client,
             keys,
             room_queues: transaction::RoomQueues::default(),
+            media_fetches: media::Fetches::default(),
         }))
     }
 }
@@ -95,5 +99,6 @@ pub fn router() -> Router<AppState> {
     let router = api::state::routes(router);
     let router = api::backfill::routes(router);
     let router = api::directory::routes(router);
+    let router = api::media::routes(router);
     api::query::routes(router)
 }
