@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod discovery;
 pub mod edu;
