@@ -290,6 +290,13 @@ struct Lookup {
 /// here or fetched now.
 async fn find(state: &AppState, repo: &Repo, server_name: &ServerName, media_id: &str, look: Lookup) -> ApiResult<MediaRecord> {
     if !repo.is_local(server_name.as_str()) {
+        // As Synapse: with authenticated media on, media fetched from other servers is
+        // authenticated-only too.
+        if look.api == Api::Legacy && repo.settings.enable_authenticated_media {
+            return Err(MatrixError::not_found(
+                "Media not found (use the authenticated media endpoints)",
+            ));
+        }
         if let Some(kept) = repo.remote(server_name.as_str(), media_id).await? {
             return Ok(kept);
         }
