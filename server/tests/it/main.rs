@@ -15,6 +15,7 @@ mod federation_media;
 mod federation_outage;
 mod federation_rooms;
 mod federation_synapse;
+mod federation_synapse_history;
 mod foundation;
 mod fuzz;
 mod js_sdk;
