@@ -1,7 +1,8 @@
 //! Media across servers: a client on one server downloads and thumbnails media uploaded on
 //! another (fetched over `/_matrix/federation/v1/media/download`, kept, and served from the
-//! copy once the origin is gone), media over the configured size is refused, and the
-//! federation endpoints answer only signed requests, as multipart/mixed.
+//! copy once the origin is gone), media over the configured size is refused, the
+//! federation endpoints answer only signed requests, as multipart/mixed, and a server
+//! without them is asked on the legacy download, once however many ask at the same time.
 
 use std::io::Cursor;
 
@@ -220,5 +221,106 @@ both_backends!(concurrent_requests_for_remote_media_all_get_it, |backend| async 
         assert_eq!(got.body, bytes);
     }
     a.stop().await;
+    b.stop().await;
+});
+
+/// A stand-in for a server from before authenticated media, on loopback TLS from the test CA:
+/// it answers the federation media download as an unknown endpoint (404 `M_UNRECOGNIZED`, as
+/// Synapse did) and serves the legacy `/_matrix/media/v3/download`, counting what it is asked.
+struct OldServer {
+    name: String,
+    legacy_asks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    handle: axum_server::Handle,
+}
+
+impl OldServer {
+    async fn start(ca: &TestCa, file: &'static [u8]) -> OldServer {
+        use std::sync::{atomic::AtomicUsize, Arc};
+
+        use axum::{
+            extract::{Path, RawQuery},
+            http::StatusCode,
+            response::IntoResponse,
+            routing::get,
+            Router,
+        };
+        let dir = std::env::temp_dir().join(format!("weft-old-server-{}", weft_core::util::random_string(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = ca.issue(&["127.0.0.1"], &dir);
+        let legacy_asks = Arc::new(AtomicUsize::new(0));
+        let counter = legacy_asks.clone();
+        let app = Router::new()
+            .route(
+                "/_matrix/federation/v1/media/download/{id}",
+                get(|| async {
+                    (
+                        StatusCode::NOT_FOUND,
+                        axum::Json(serde_json::json!({ "errcode": "M_UNRECOGNIZED", "error": "Unrecognized request" })),
+                    )
+                }),
+            )
+            .route(
+                "/_matrix/media/v3/download/{server}/{id}",
+                get(move |Path((_, id)): Path<(String, String)>, RawQuery(query): RawQuery| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        // Another server asks only for this server's own media.
+                        if id != "old-media" || query.as_deref() != Some("allow_remote=false") {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        (
+                            [
+                                ("content-type", "text/plain"),
+                                ("content-disposition", "attachment; filename=\"old.txt\""),
+                            ],
+                            file,
+                        )
+                            .into_response()
+                    }
+                }),
+            );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let name = listener.local_addr().unwrap().to_string();
+        let tls = axum_server::tls_rustls::RustlsConfig::from_config(weft::tls::server_config(&cert, &key).unwrap());
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
+        tokio::spawn(async move { server.serve(app.into_make_service()).await });
+        OldServer {
+            name,
+            legacy_asks,
+            handle,
+        }
+    }
+}
+
+both_backends!(media_of_a_server_without_authenticated_media_comes_from_the_legacy_endpoint, |backend| async move {
+    let ca = TestCa::new();
+    let Some(b) = FederatedServer::start(backend, &ca).await else {
+        return;
+    };
+    let old = OldServer::start(&ca, b"kept from the old days").await;
+    let bob = b.register("bob", "password-bob").await;
+
+    // Asked for by several requests at once, it is fetched once.
+    let path = format!("/_matrix/client/v1/media/download/{}/old-media", old.name);
+    let all = futures::future::join_all((0..5).map(|_| get(&bob, &path))).await;
+    for got in &all {
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        assert_eq!(got.body, b"kept from the old days");
+        assert_eq!(got.header("content-type"), "text/plain");
+        let disposition = ContentDisposition::try_from(got.header("content-disposition").as_bytes()).unwrap();
+        assert_eq!(disposition.filename.as_deref(), Some("old.txt"));
+    }
+    assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // And served from B's copy afterwards.
+    let again = get(&bob, &path).await;
+    assert_eq!(again.body, b"kept from the old days");
+    assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // What the old server does not have is not found.
+    let missing = get(&bob, &format!("/_matrix/client/v1/media/download/{}/gone", old.name)).await;
+    assert_eq!(missing.status, 404, "{}", String::from_utf8_lossy(&missing.body));
+
+    old.handle.shutdown();
     b.stop().await;
 });
