@@ -250,15 +250,15 @@ impl Client {
 
     /// Where requests to `destination` go, found by server discovery.
     async fn base_url(&self, destination: &ServerName) -> Result<String, FederationError> {
-        let target =
-            self.inner
-                .resolver
-                .resolve(destination)
-                .await
-                .map_err(|e| FederationError::Unreachable {
-                    server: destination.to_owned(),
-                    message: e.to_string(),
-                })?;
+        let target = self
+            .inner
+            .resolver
+            .resolve(destination)
+            .await
+            .map_err(|e| FederationError::Unreachable {
+                server: destination.to_owned(),
+                message: e.to_string(),
+            })?;
         Ok(target.base_url())
     }
 
@@ -278,7 +278,11 @@ impl Client {
         let status = response.status();
         let headers = response.headers().clone();
         // An error's body is read up to its own small cap: it is only a Matrix error.
-        let cap = if status.is_success() { limit } else { limit.min(64 * 1024) };
+        let cap = if status.is_success() {
+            limit
+        } else {
+            limit.min(64 * 1024)
+        };
         let bytes = match read_capped(response, cap).await {
             Ok(bytes) => bytes,
             Err(ReadError::TooLarge) if status.is_success() => {

@@ -32,11 +32,14 @@ const FRAMING: usize = 64 * 1024;
 /// same media fetch it once.
 #[derive(Default)]
 pub struct Fetches {
-    inflight: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    inflight: Mutex<HashMap<(String, String), Turn>>,
 }
 
+/// Held by the request fetching one media; the others wait for it.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
 impl Fetches {
-    fn lock_for(&self, origin: &str, media_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock_for(&self, origin: &str, media_id: &str) -> Turn {
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((origin.to_owned(), media_id.to_owned())).or_default().clone()
     }
@@ -70,7 +73,12 @@ struct Fetched {
     filename: Option<String>,
 }
 
-async fn fetch_and_keep(fed: &Federation, repo: &Repo, origin: &ServerName, media_id: &str) -> MediaResult<MediaRecord> {
+async fn fetch_and_keep(
+    fed: &Federation,
+    repo: &Repo,
+    origin: &ServerName,
+    media_id: &str,
+) -> MediaResult<MediaRecord> {
     let limit = usize::try_from(repo.settings.max_upload_size).unwrap_or(usize::MAX);
     let fetched = fetch(fed, origin, media_id, limit).await?;
     let mut upload = repo.begin_remote().await?;
@@ -108,7 +116,9 @@ async fn fetch(fed: &Federation, origin: &ServerName, media_id: &str, limit: usi
                     .map_err(|e| media_error(e, origin, limit))?;
                 Ok(from_headers(&headers, bytes))
             }
-            _ => Err(MediaError::Upstream(format!("{origin} answered a kind of content this server does not know"))),
+            _ => Err(MediaError::Upstream(format!(
+                "{origin} answered a kind of content this server does not know"
+            ))),
         },
         Err(e) if lacks_endpoint(&e) => {
             tracing::debug!(%origin, error = %e, "no authenticated media download; trying the legacy one");
@@ -131,11 +141,10 @@ async fn fetch(fed: &Federation, origin: &ServerName, media_id: &str, limit: usi
 /// A server that does not serve the authenticated media endpoints answers an unknown
 /// endpoint (Synapse before 1.111: 404 `M_UNRECOGNIZED`; others 400 or 405).
 fn lacks_endpoint(e: &FederationError) -> bool {
-    match (e.status(), e.errcode()) {
-        (Some(404), Some("M_UNRECOGNIZED")) => true,
-        (Some(400 | 405 | 501), _) => true,
-        _ => false,
-    }
+    matches!(
+        (e.status(), e.errcode()),
+        (Some(404), Some("M_UNRECOGNIZED")) | (Some(400 | 405 | 501), _)
+    )
 }
 
 fn from_headers(headers: &http::HeaderMap, bytes: Vec<u8>) -> Fetched {

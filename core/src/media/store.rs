@@ -404,28 +404,33 @@ pub async fn insert_thumbnail(db: &Db, key: &ThumbnailKey<'_>, blob: &Blob, cont
 
 // ----- Remote media kept here -----
 
+/// sha256, content type, filename, size, fetched_ts.
+type RemoteRow = (String, Option<String>, Option<String>, i64, i64);
+
 /// The kept copy of another server's media.
 pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<MediaRecord>> {
-    let row: Option<(String, Option<String>, Option<String>, i64, i64)> = sqlx::query_as(
+    let row: Option<RemoteRow> = sqlx::query_as(
         "SELECT sha256, content_type, filename, size, fetched_ts FROM remote_media WHERE origin = $1 AND media_id = $2",
     )
     .bind(origin)
     .bind(media_id)
     .fetch_optional(db.pool())
     .await?;
-    Ok(row.map(|(sha256, content_type, filename, size, fetched_ts)| MediaRecord {
-        media_id: media_id.to_owned(),
-        sha256: Some(sha256),
-        content_type,
-        filename,
-        size,
-        uploader: String::new(),
-        created_ts: fetched_ts,
-        unused_expires_ts: None,
-        // Another server's media was never refused by the legacy endpoints for that reason.
-        authenticated: false,
-        origin: Some(origin.to_owned()),
-    }))
+    Ok(
+        row.map(|(sha256, content_type, filename, size, fetched_ts)| MediaRecord {
+            media_id: media_id.to_owned(),
+            sha256: Some(sha256),
+            content_type,
+            filename,
+            size,
+            uploader: String::new(),
+            created_ts: fetched_ts,
+            unused_expires_ts: None,
+            // Another server's media was never refused by the legacy endpoints for that reason.
+            authenticated: false,
+            origin: Some(origin.to_owned()),
+        }),
+    )
 }
 
 /// Records fetched remote media; a concurrent fetch of the same media that recorded first wins.

@@ -36,7 +36,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// # `GET /_matrix/federation/v1/media/download/{mediaId}`
-async fn download(State(state): State<AppState>, req: Ruma<fed_media::get_content::v1::Request>) -> ApiResult<Response> {
+async fn download(
+    State(state): State<AppState>,
+    req: Ruma<fed_media::get_content::v1::Request>,
+) -> ApiResult<Response> {
     origin(&req)?;
     let repo = repo(&state);
     let record = repo

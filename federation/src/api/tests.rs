@@ -160,7 +160,11 @@ async fn unknown_media_is_not_found() {
         "/_matrix/federation/v1/media/thumbnail/NoSuchMedia?width=32&height=32",
     ] {
         let (status, body) = s.call("GET", path, None).await;
-        assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{path}: {body}");
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (404, Some("M_NOT_FOUND")),
+            "{path}: {body}"
+        );
     }
 }
 

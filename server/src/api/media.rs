@@ -288,7 +288,13 @@ struct Lookup {
 
 /// Finds uploaded media for a download through `api`: local media, or another server's, kept
 /// here or fetched now.
-async fn find(state: &AppState, repo: &Repo, server_name: &ServerName, media_id: &str, look: Lookup) -> ApiResult<MediaRecord> {
+async fn find(
+    state: &AppState,
+    repo: &Repo,
+    server_name: &ServerName,
+    media_id: &str,
+    look: Lookup,
+) -> ApiResult<MediaRecord> {
     if !repo.is_local(server_name.as_str()) {
         // As Synapse: with authenticated media on, media fetched from other servers is
         // authenticated-only too.

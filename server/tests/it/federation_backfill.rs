@@ -56,71 +56,80 @@ async fn join_via(client: &Client, room: &str, via: &str) {
     assert_eq!(status, 200, "join: {body}");
 }
 
-both_backends!(a_late_joiner_pages_back_through_history_from_before_its_join, |backend| async move {
-    let Some((_ca, servers)) = start_federation(backend, 2).await else {
-        return;
-    };
-    let [a, b] = &servers[..] else { unreachable!() };
-    let alice = a.register("alice", "password-alice").await;
-    let bob = b.register("bob", "password-bob").await;
-    // public_chat: history visibility "shared", so members see what was said before they came.
-    let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Old times" })).await;
-    let said: Vec<String> = (0..45).map(|i| format!("before bob {i}")).collect();
-    for body in &said {
-        send_text(&alice, &room, body).await;
-    }
+both_backends!(
+    a_late_joiner_pages_back_through_history_from_before_its_join,
+    |backend| async move {
+        let Some((_ca, servers)) = start_federation(backend, 2).await else {
+            return;
+        };
+        let [a, b] = &servers[..] else { unreachable!() };
+        let alice = a.register("alice", "password-alice").await;
+        let bob = b.register("bob", "password-bob").await;
+        // public_chat: history visibility "shared", so members see what was said before they came.
+        let room = create_room(&alice, json!({ "preset": "public_chat", "name": "Old times" })).await;
+        let said: Vec<String> = (0..45).map(|i| format!("before bob {i}")).collect();
+        for body in &said {
+            send_text(&alice, &room, body).await;
+        }
 
-    join_via(&bob, &room, a.server_name()).await;
-    let (_, first_sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
-    let since = first_sync["next_batch"].as_str().unwrap().to_owned();
+        join_via(&bob, &room, a.server_name()).await;
+        let (_, first_sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+        let since = first_sync["next_batch"].as_str().unwrap().to_owned();
 
-    // Pages of 10 go back past Bob's join to the room's creation, without a gap or a repeat.
-    let (events, pages) = page_back_all(&bob, &room, 10).await;
-    assert_eq!(message_bodies(&events), said);
-    assert!(pages >= 5, "{pages} pages");
-    assert_eq!(events[0]["type"], "m.room.create", "the history starts at the room's creation");
-    let ids: Vec<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
-    let unique: std::collections::HashSet<&&str> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "no event twice");
-    let last = events.last().unwrap();
-    assert_eq!(last["type"], "m.room.member");
-    assert_eq!(last["state_key"], user_id("bob", b));
+        // Pages of 10 go back past Bob's join to the room's creation, without a gap or a repeat.
+        let (events, pages) = page_back_all(&bob, &room, 10).await;
+        assert_eq!(message_bodies(&events), said);
+        assert!(pages >= 5, "{pages} pages");
+        assert_eq!(
+            events[0]["type"], "m.room.create",
+            "the history starts at the room's creation"
+        );
+        let ids: Vec<&str> = events.iter().filter_map(|e| e["event_id"].as_str()).collect();
+        let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "no event twice");
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "m.room.member");
+        assert_eq!(last["state_key"], user_id("bob", b));
 
-    // Old history is not news: an incremental sync shows none of it...
-    let (_, sync) = bob
-        .get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)))
-        .await;
-    let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
-    assert!(
-        message_bodies(timeline.as_array().map(Vec::as_slice).unwrap_or_default()).is_empty(),
-        "{sync}"
-    );
-    // ...and new messages still arrive after it, also in /messages.
-    send_text(&alice, &room, "after bob").await;
-    eventually("the new message on B", || async {
+        // Old history is not news: an incremental sync shows none of it...
         let (_, sync) = bob
             .get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)))
             .await;
-        let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].clone();
-        (message_bodies(timeline.as_array()?) == ["after bob"]).then_some(())
-    })
-    .await;
-    let (events, _) = page_back_all(&bob, &room, 100).await;
-    let mut expected = said.clone();
-    expected.push("after bob".into());
-    assert_eq!(message_bodies(&events), expected);
-
-    // A page that starts from the end and asks for everything gets it in one go.
-    let (status, page) = bob
-        .get(&format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200", enc(&room)))
+        let timeline = &sync["rooms"]["join"][&room]["timeline"]["events"];
+        assert!(
+            message_bodies(timeline.as_array().map(Vec::as_slice).unwrap_or_default()).is_empty(),
+            "{sync}"
+        );
+        // ...and new messages still arrive after it, also in /messages.
+        send_text(&alice, &room, "after bob").await;
+        eventually("the new message on B", || async {
+            let (_, sync) = bob
+                .get(&format!("/_matrix/client/v3/sync?timeout=0&since={}", enc(&since)))
+                .await;
+            let timeline = sync["rooms"]["join"][&room]["timeline"]["events"].clone();
+            (message_bodies(timeline.as_array()?) == ["after bob"]).then_some(())
+        })
         .await;
-    assert_eq!(status, 200);
-    assert!(page["end"].is_null(), "the whole room fits: {page}");
+        let (events, _) = page_back_all(&bob, &room, 100).await;
+        let mut expected = said.clone();
+        expected.push("after bob".into());
+        assert_eq!(message_bodies(&events), expected);
 
-    for server in servers {
-        server.stop().await;
+        // A page that starts from the end and asks for everything gets it in one go.
+        let (status, page) = bob
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=200",
+                enc(&room)
+            ))
+            .await;
+        assert_eq!(status, 200);
+        assert!(page["end"].is_null(), "the whole room fits: {page}");
+
+        for server in servers {
+            server.stop().await;
+        }
     }
-});
+);
 
 both_backends!(backfill_tries_another_server_when_one_is_down, |backend| async move {
     let Some((_ca, mut servers)) = start_federation(backend, 3).await else {

@@ -134,7 +134,10 @@ both_backends!(remote_media_is_fetched_kept_and_thumbnailed, |backend| async mov
 
     // Media larger than B fetches is refused, and not kept: asking again refuses again.
     let big = upload(&alice, noise(B_LIMIT + 50_000), "application/octet-stream", "big.bin").await;
-    let big_path = format!("/_matrix/client/v1/media/download/{}", big.strip_prefix("mxc://").unwrap());
+    let big_path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        big.strip_prefix("mxc://").unwrap()
+    );
     for _ in 0..2 {
         let refused = get(&bob, &big_path).await;
         assert_eq!(refused.status, 502, "{}", String::from_utf8_lossy(&refused.body));
@@ -145,7 +148,10 @@ both_backends!(remote_media_is_fetched_kept_and_thumbnailed, |backend| async mov
     let fits_mxc = upload(&alice, fits.clone(), "application/octet-stream", "fits.bin").await;
     let got = get(
         &bob,
-        &format!("/_matrix/client/v1/media/download/{}", fits_mxc.strip_prefix("mxc://").unwrap()),
+        &format!(
+            "/_matrix/client/v1/media/download/{}",
+            fits_mxc.strip_prefix("mxc://").unwrap()
+        ),
     )
     .await;
     assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
@@ -188,8 +194,17 @@ both_backends!(remote_media_is_fetched_kept_and_thumbnailed, |backend| async mov
     let image = image::load_from_memory(&crop.body).expect("a thumbnail image");
     assert_eq!((image.width(), image.height()), (32, 32));
     // Media B never fetched cannot be had while A is down.
-    let unreachable = get(&bob, &format!("/_matrix/client/v1/media/download/{origin}/NeverFetched")).await;
-    assert_eq!(unreachable.status, 502, "{}", String::from_utf8_lossy(&unreachable.body));
+    let unreachable = get(
+        &bob,
+        &format!("/_matrix/client/v1/media/download/{origin}/NeverFetched"),
+    )
+    .await;
+    assert_eq!(
+        unreachable.status,
+        502,
+        "{}",
+        String::from_utf8_lossy(&unreachable.body)
+    );
     // The legacy endpoint's allow_remote=false answers only what is kept, and with
     // authenticated media on (the default) not even that.
     let legacy = get(
@@ -213,7 +228,10 @@ both_backends!(concurrent_requests_for_remote_media_all_get_it, |backend| async 
     let bob = b.register("bob", "password-bob").await;
     let bytes = noise(200_000);
     let mxc = upload(&alice, bytes.clone(), "application/octet-stream", "shared.bin").await;
-    let path = format!("/_matrix/client/v1/media/download/{}", mxc.strip_prefix("mxc://").unwrap());
+    let path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        mxc.strip_prefix("mxc://").unwrap()
+    );
     // Those that wait for the one fetch under way get what it kept.
     let fetches = (0..6).map(|_| get(&bob, &path));
     for got in futures::future::join_all(fetches).await {
@@ -261,24 +279,26 @@ impl OldServer {
             )
             .route(
                 "/_matrix/media/v3/download/{server}/{id}",
-                get(move |Path((_, id)): Path<(String, String)>, RawQuery(query): RawQuery| {
-                    let counter = counter.clone();
-                    async move {
-                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        // Another server asks only for this server's own media.
-                        if id != "old-media" || query.as_deref() != Some("allow_remote=false") {
-                            return StatusCode::NOT_FOUND.into_response();
+                get(
+                    move |Path((_, id)): Path<(String, String)>, RawQuery(query): RawQuery| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            // Another server asks only for this server's own media.
+                            if id != "old-media" || query.as_deref() != Some("allow_remote=false") {
+                                return StatusCode::NOT_FOUND.into_response();
+                            }
+                            (
+                                [
+                                    ("content-type", "text/plain"),
+                                    ("content-disposition", "attachment; filename=\"old.txt\""),
+                                ],
+                                file,
+                            )
+                                .into_response()
                         }
-                        (
-                            [
-                                ("content-type", "text/plain"),
-                                ("content-disposition", "attachment; filename=\"old.txt\""),
-                            ],
-                            file,
-                        )
-                            .into_response()
-                    }
-                }),
+                    },
+                ),
             );
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let name = listener.local_addr().unwrap().to_string();
@@ -294,33 +314,36 @@ impl OldServer {
     }
 }
 
-both_backends!(media_of_a_server_without_authenticated_media_comes_from_the_legacy_endpoint, |backend| async move {
-    let ca = TestCa::new();
-    let Some(b) = FederatedServer::start(backend, &ca).await else {
-        return;
-    };
-    let old = OldServer::start(&ca, b"kept from the old days").await;
-    let bob = b.register("bob", "password-bob").await;
+both_backends!(
+    media_of_a_server_without_authenticated_media_comes_from_the_legacy_endpoint,
+    |backend| async move {
+        let ca = TestCa::new();
+        let Some(b) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let old = OldServer::start(&ca, b"kept from the old days").await;
+        let bob = b.register("bob", "password-bob").await;
 
-    // Asked for by several requests at once, it is fetched once.
-    let path = format!("/_matrix/client/v1/media/download/{}/old-media", old.name);
-    let all = futures::future::join_all((0..5).map(|_| get(&bob, &path))).await;
-    for got in &all {
-        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
-        assert_eq!(got.body, b"kept from the old days");
-        assert_eq!(got.header("content-type"), "text/plain");
-        let disposition = ContentDisposition::try_from(got.header("content-disposition").as_bytes()).unwrap();
-        assert_eq!(disposition.filename.as_deref(), Some("old.txt"));
+        // Asked for by several requests at once, it is fetched once.
+        let path = format!("/_matrix/client/v1/media/download/{}/old-media", old.name);
+        let all = futures::future::join_all((0..5).map(|_| get(&bob, &path))).await;
+        for got in &all {
+            assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+            assert_eq!(got.body, b"kept from the old days");
+            assert_eq!(got.header("content-type"), "text/plain");
+            let disposition = ContentDisposition::try_from(got.header("content-disposition").as_bytes()).unwrap();
+            assert_eq!(disposition.filename.as_deref(), Some("old.txt"));
+        }
+        assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // And served from B's copy afterwards.
+        let again = get(&bob, &path).await;
+        assert_eq!(again.body, b"kept from the old days");
+        assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // What the old server does not have is not found.
+        let missing = get(&bob, &format!("/_matrix/client/v1/media/download/{}/gone", old.name)).await;
+        assert_eq!(missing.status, 404, "{}", String::from_utf8_lossy(&missing.body));
+
+        old.handle.shutdown();
+        b.stop().await;
     }
-    assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // And served from B's copy afterwards.
-    let again = get(&bob, &path).await;
-    assert_eq!(again.body, b"kept from the old days");
-    assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // What the old server does not have is not found.
-    let missing = get(&bob, &format!("/_matrix/client/v1/media/download/{}/gone", old.name)).await;
-    assert_eq!(missing.status, 404, "{}", String::from_utf8_lossy(&missing.body));
-
-    old.handle.shutdown();
-    b.stop().await;
-});
+);

@@ -137,7 +137,10 @@ both_backends!(history_and_media_between_weft_and_synapse, |backend| async move 
     // Media uploaded on weft, downloaded through Synapse.
     let weft_picture = png(64, 32, 10);
     let mxc = upload(&alice, weft_picture.clone(), "image/png").await;
-    let path = format!("/_matrix/client/v1/media/download/{}", mxc.strip_prefix("mxc://").unwrap());
+    let path = format!(
+        "/_matrix/client/v1/media/download/{}",
+        mxc.strip_prefix("mxc://").unwrap()
+    );
     let (status, body) = get_bytes(&sam, &path).await;
     assert_eq!(status, 200, "{}", failed(&String::from_utf8_lossy(&body)));
     assert_eq!(body, weft_picture);
