@@ -21,6 +21,9 @@ pub struct Core {
     pub room_turns: Arc<crate::rooms::turns::RoomTurns>,
     /// The sync streams' positions, read once for the requests that ask together.
     pub positions: Arc<crate::streams::SharedPositions>,
+    /// Where older history of rooms joined over federation comes from (installed by the
+    /// federation crate; see rooms::history).
+    pub history: Arc<crate::rooms::history::History>,
 }
 
 impl Core {
@@ -35,6 +38,7 @@ impl Core {
             sliding: Arc::default(),
             memos: Arc::default(),
             room_turns: Arc::default(),
+            history: Arc::default(),
         }
     }
 

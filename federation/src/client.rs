@@ -46,6 +46,9 @@ pub enum FederationError {
     BadResponse { server: OwnedServerName, message: String },
     #[error("cannot build the request: {0}")]
     Request(String),
+    /// The answer was longer than the caller reads (media over the configured size).
+    #[error("{server} answered more than {limit} bytes")]
+    TooLarge { server: OwnedServerName, limit: usize },
 }
 
 impl FederationError {
@@ -164,23 +167,25 @@ impl Client {
         R: OutgoingRequest<PathBuilder = SinglePath>,
         R::Authentication: Signing,
     {
+        self.send_capped(destination, request, timeout, MAX_RESPONSE).await
+    }
+
+    /// `send_with_timeout`, reading at most `limit` bytes of the answer: a longer one is
+    /// `TooLarge`, found out as it arrives (media, whose size is the caller's to limit).
+    pub async fn send_capped<R>(
+        &self,
+        destination: &ServerName,
+        request: R,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<R::IncomingResponse, FederationError>
+    where
+        R: OutgoingRequest<PathBuilder = SinglePath>,
+        R::Authentication: Signing,
+    {
         let inner = &self.inner;
-        if !inner.enabled {
-            return Err(FederationError::Disabled);
-        }
-        if destination == inner.core.server_name {
-            return Err(FederationError::ToSelf(destination.to_owned()));
-        }
-        let unreachable = |message: String| FederationError::Unreachable {
-            server: destination.to_owned(),
-            message,
-        };
-        let target = inner
-            .resolver
-            .resolve(destination)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let base = target.base_url();
+        self.check_destination(destination)?;
+        let base = self.base_url(destination).await?;
         let auth = R::Authentication::input(&inner.core.server_name, destination, &inner.core.key.keypair);
         let request: http::Request<Vec<u8>> = request
             .try_into_http_request(&base, auth, ())
@@ -195,12 +200,110 @@ impl Client {
         if !body.is_empty() {
             outgoing = outgoing.body(body);
         }
+        let (headers, bytes) = self.exchange(destination, outgoing, limit).await?;
+        let mut http_response = http::Response::builder().status(http::StatusCode::OK);
+        if let Some(h) = http_response.headers_mut() {
+            *h = headers;
+        }
+        let http_response = http_response
+            .body(&bytes[..])
+            .map_err(|e| FederationError::Request(e.to_string()))?;
+        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| FederationError::BadResponse {
+            server: destination.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// An unsigned `GET` of `path_and_query` on another server (endpoints ruma's server-side
+    /// types do not cover, such as the legacy media download), at most `limit` bytes of it:
+    /// the answer's headers and body.
+    pub async fn get_unsigned(
+        &self,
+        destination: &ServerName,
+        path_and_query: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(http::HeaderMap, Vec<u8>), FederationError> {
+        self.check_destination(destination)?;
+        let base = self.base_url(destination).await?;
+        let outgoing = self
+            .inner
+            .http
+            .get(format!("{}{path_and_query}", base.trim_end_matches('/')))
+            .timeout(timeout);
+        self.exchange(destination, outgoing, limit).await
+    }
+
+    /// A `GET` of a URL another server named (a media download's `Location`), unsigned, at
+    /// most `limit` bytes of it.
+    pub async fn get_url(
+        &self,
+        server: &ServerName,
+        url: &str,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<(http::HeaderMap, Vec<u8>), FederationError> {
+        self.check_destination(server)?;
+        let outgoing = self.inner.http.get(url).timeout(timeout);
+        self.exchange(server, outgoing, limit).await
+    }
+
+    fn check_destination(&self, destination: &ServerName) -> Result<(), FederationError> {
+        if !self.inner.enabled {
+            return Err(FederationError::Disabled);
+        }
+        if destination == self.inner.core.server_name {
+            return Err(FederationError::ToSelf(destination.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Where requests to `destination` go, found by server discovery.
+    async fn base_url(&self, destination: &ServerName) -> Result<String, FederationError> {
+        let target = self
+            .inner
+            .resolver
+            .resolve(destination)
+            .await
+            .map_err(|e| FederationError::Unreachable {
+                server: destination.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(target.base_url())
+    }
+
+    /// Sends a request and reads a successful answer's headers and at most `limit` bytes of
+    /// its body; an error answer becomes `Remote` with its Matrix error code.
+    async fn exchange(
+        &self,
+        destination: &ServerName,
+        outgoing: reqwest::RequestBuilder,
+        limit: usize,
+    ) -> Result<(http::HeaderMap, Vec<u8>), FederationError> {
+        let unreachable = |message: String| FederationError::Unreachable {
+            server: destination.to_owned(),
+            message,
+        };
         let response = outgoing.send().await.map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = read_capped(response, MAX_RESPONSE)
-            .await
-            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
+        // An error's body is read up to its own small cap: it is only a Matrix error.
+        let cap = if status.is_success() {
+            limit
+        } else {
+            limit.min(64 * 1024)
+        };
+        let bytes = match read_capped(response, cap).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge) if status.is_success() => {
+                return Err(FederationError::TooLarge {
+                    server: destination.to_owned(),
+                    limit,
+                })
+            }
+            Err(ReadError::TooLarge) => Vec::new(),
+            Err(ReadError::Failed(e)) => return Err(unreachable(format!("reading the answer: {e}"))),
+        };
         if !status.is_success() {
             let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let mut extra = match body {
@@ -217,17 +320,7 @@ impl Client {
                 extra,
             });
         }
-        let mut http_response = http::Response::builder().status(status);
-        if let Some(h) = http_response.headers_mut() {
-            *h = headers;
-        }
-        let http_response = http_response
-            .body(&bytes[..])
-            .map_err(|e| FederationError::Request(e.to_string()))?;
-        R::IncomingResponse::try_from_http_response(http_response).map_err(|e| FederationError::BadResponse {
-            server: destination.to_owned(),
-            message: e.to_string(),
-        })
+        Ok((headers, bytes))
     }
 }
 
@@ -243,16 +336,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     message
 }
 
-async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+enum ReadError {
+    TooLarge,
+    Failed(String),
+}
+
+/// Reads a body as it arrives, stopping as soon as it passes `limit` bytes.
+async fn read_capped(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
     if response.content_length().is_some_and(|len| len as usize > limit) {
-        return Err(format!("larger than {limit} bytes"));
+        return Err(ReadError::TooLarge);
     }
     let mut stream = response.bytes_stream();
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| error_chain(&e))?;
+        let chunk = chunk.map_err(|e| ReadError::Failed(error_chain(&e)))?;
         if bytes.len() + chunk.len() > limit {
-            return Err(format!("larger than {limit} bytes"));
+            return Err(ReadError::TooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }

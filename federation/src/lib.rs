@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod api;
 pub mod auth;
+pub mod backfill;
 pub mod client;
 pub mod discovery;
 pub mod edu;
@@ -15,6 +16,7 @@ pub mod invite;
 pub mod join;
 pub mod keys;
 pub mod knock;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod receive;
@@ -37,6 +39,8 @@ pub struct Federation {
     pub keys: keys::KeyRing,
     /// Received PDUs are processed one room at a time in arrival order.
     pub room_queues: transaction::RoomQueues,
+    /// Remote media fetches under way (one per media at a time).
+    pub media_fetches: media::Fetches,
 }
 
 impl Federation {
@@ -64,6 +68,7 @@ impl Federation {
             client,
             keys,
             room_queues: transaction::RoomQueues::default(),
+            media_fetches: media::Fetches::default(),
         }))
     }
 }
@@ -95,5 +100,6 @@ pub fn router() -> Router<AppState> {
     let router = api::state::routes(router);
     let router = api::backfill::routes(router);
     let router = api::directory::routes(router);
+    let router = api::media::routes(router);
     api::query::routes(router)
 }

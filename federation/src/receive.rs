@@ -107,10 +107,23 @@ impl Receiver<'_> {
     /// Stores a PDU into the room's graph (or rejects or soft-fails it), fetching missing
     /// auth events, prev events or the state before it as needed.
     pub async fn receive(&self, pdu: Pdu) -> Result<Outcome, String> {
-        self.receive_with(pdu, StateAt::PrevEvents, true).await
+        self.receive_with(pdu, StateAt::PrevEvents, true, false).await
     }
 
-    fn receive_with(&self, pdu: Pdu, mut state_at: StateAt, fill_gaps: bool) -> BoxFuture<'_, Result<Outcome, String>> {
+    /// Stores an event of the room's older history (`/backfill`'s answer, received oldest
+    /// first) below every live position: its prev events are older still, so when they are
+    /// not stored the state before it is asked for at once rather than the gap filled.
+    pub async fn backfill(&self, pdu: Pdu) -> Result<Outcome, String> {
+        self.receive_with(pdu, StateAt::PrevEvents, false, true).await
+    }
+
+    fn receive_with(
+        &self,
+        pdu: Pdu,
+        mut state_at: StateAt,
+        fill_gaps: bool,
+        backfilled: bool,
+    ) -> BoxFuture<'_, Result<Outcome, String>> {
         Box::pin(async move {
             let core = self.fed.client.core();
             let pushed = fill_gaps;
@@ -119,9 +132,13 @@ impl Receiver<'_> {
             // events, a gap, and the state across a gap.
             for _ in 0..5 {
                 let keys = self.fed.keys.keys_for_pdu(&pdu.json, &self.room.rules).await;
-                let received = writer::receive(core, &self.room.version, pdu.clone(), &keys, state_at.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let version = &self.room.version;
+                let received = if backfilled {
+                    writer::backfill(core, version, pdu.clone(), &keys, state_at.clone()).await
+                } else {
+                    writer::receive(core, version, pdu.clone(), &keys, state_at.clone()).await
+                }
+                .map_err(|e| e.to_string())?;
                 let missing = match received {
                     Received::Stored(outcome) => return Ok(outcome),
                     Received::Missing(missing) => missing,
@@ -302,7 +319,7 @@ impl Receiver<'_> {
         fetched.sort_by_key(|p| p.depth);
         for missing in fetched {
             let id = missing.event_id.clone();
-            if let Err(e) = self.receive_with(missing, StateAt::PrevEvents, false).await {
+            if let Err(e) = self.receive_with(missing, StateAt::PrevEvents, false, false).await {
                 tracing::info!(event_id = %id, error = %e, "a missing event could not be stored");
             }
         }

@@ -101,7 +101,7 @@ pub struct RateLimitConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     pub path: PathBuf,
-    /// Largest accepted upload in bytes.
+    /// Largest accepted upload in bytes, and largest media fetched from another server.
     pub max_upload_size: usize,
     /// Bytes of uploads each user may store in total; 0 is unlimited.
     pub max_user_storage: u64,

@@ -177,6 +177,10 @@ impl From<weft_core::media::MediaError> for MatrixError {
                 MatrixError::unknown(m).with_status(StatusCode::BAD_REQUEST)
             }
             weft_core::media::MediaError::Upstream(m) => MatrixError::unknown(m).with_status(StatusCode::BAD_GATEWAY),
+            // The spec's answer for content too large for the server to serve.
+            weft_core::media::MediaError::RemoteTooLarge(m) => {
+                MatrixError::too_large(m).with_status(StatusCode::BAD_GATEWAY)
+            }
         }
     }
 }

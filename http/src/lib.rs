@@ -9,12 +9,15 @@
 //! - `error`: `MatrixError`, the Matrix error every handler answers with, and the mapping from
 //!   core's errors.
 //! - `rate_limit`: per-user and per-IP token buckets.
+//! - `media`: the configured media repository and file streams, for the client and
+//!   federation media endpoints.
 //!
 //! Nothing here knows a particular API: the binary (`weft`) and the federation crate build
 //! their routers from it.
 
 pub mod config;
 pub mod error;
+pub mod media;
 pub mod rate_limit;
 pub mod ruma_wrapper;
 pub mod state;

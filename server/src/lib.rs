@@ -11,4 +11,4 @@ pub mod tls;
 pub mod uia;
 
 // The HTTP glue, shared with the federation crate, under the paths the handlers use.
-pub use weft_http::{config, error, rate_limit, ruma_wrapper, state};
+pub use weft_http::{config, error, media, rate_limit, ruma_wrapper, state};

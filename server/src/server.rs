@@ -74,6 +74,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let extra_roots = config.federation_roots().map_err(|e| anyhow::anyhow!(e))?;
         let federation =
             weft_federation::Federation::new(core.clone(), &config, &extra_roots).map_err(|e| anyhow::anyhow!(e))?;
+        // Paging back past the start of a room joined over federation fetches its history.
+        weft_federation::backfill::install(&federation);
         let sender = weft_federation::sender::SenderConfig {
             holder: lease_holder(&config),
             ..Default::default()

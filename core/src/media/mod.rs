@@ -1,8 +1,9 @@
 //! The media repository: files on disk by content hash, metadata in the database, thumbnails
 //! and URL previews.
 //!
-//! Only local media exists for now: without federation, an MXC URI of another server is
-//! unknown (404).
+//! Media of other servers is fetched over federation (by `weft-federation`) and kept here
+//! like local content, one `remote_media` row per (origin, media ID); its thumbnails are made
+//! here from that copy.
 
 pub mod preview;
 pub mod store;
@@ -58,9 +59,13 @@ pub enum MediaError {
     CannotThumbnail(String),
     #[error("{0}")]
     InvalidParam(String),
-    /// A URL preview could not be fetched from the remote site.
+    /// A URL preview could not be fetched from the remote site, or remote media from its
+    /// server.
     #[error("{0}")]
     Upstream(String),
+    /// Remote media is larger than this server fetches.
+    #[error("{0}")]
+    RemoteTooLarge(String),
 }
 
 impl From<sqlx::Error> for MediaError {
@@ -249,13 +254,44 @@ impl Repo {
         Ok(media_id)
     }
 
-    /// The record of a local media ID, uploaded or not; remote server names are unknown
-    /// until federation exists.
+    /// Whether an MXC URI's server name is this server's.
+    pub fn is_local(&self, server_name: &str) -> bool {
+        server_name == self.server_name.as_str()
+    }
+
+    /// The kept copy of another server's media, if it was fetched before.
+    pub async fn remote(&self, origin: &str, media_id: &str) -> MediaResult<Option<MediaRecord>> {
+        Ok(store::get_remote(&self.db, origin, media_id).await?)
+    }
+
+    /// Starts receiving another server's media: at most `max_upload_size` bytes, the limit
+    /// enforced as the bytes arrive.
+    pub async fn begin_remote(&self) -> MediaResult<Upload> {
+        Ok(self.blobs.begin(self.settings.max_upload_size).await?)
+    }
+
+    /// Keeps fetched remote media: the file, then its row. Answers the record kept (another
+    /// fetch's, when one recorded the same media first).
+    pub async fn finish_remote(
+        &self,
+        origin: &str,
+        media_id: &str,
+        upload: Upload,
+        content_type: Option<&str>,
+        filename: Option<&str>,
+    ) -> MediaResult<MediaRecord> {
+        let blob = upload.finish().await?;
+        store::insert_remote(&self.db, origin, media_id, &blob, content_type, filename).await?;
+        store::get_remote(&self.db, origin, media_id)
+            .await?
+            .ok_or_else(|| MediaError::Core(crate::Error::internal("remote media just recorded is gone")))
+    }
+
+    /// The record of a local media ID, uploaded or not. Another server's media is not found
+    /// here (see `remote`).
     pub async fn local(&self, server_name: &str, media_id: &str) -> MediaResult<MediaRecord> {
-        if server_name != self.server_name.as_str() {
-            return Err(MediaError::NotFound(
-                "Remote media is not available (no federation yet)".into(),
-            ));
+        if !self.is_local(server_name) {
+            return Err(MediaError::NotFound("Media not found".into()));
         }
         let record = store::get(&self.db, media_id).await?;
         match record {

@@ -193,6 +193,8 @@ pub struct MediaRecord {
     /// Uploaded while authenticated media was enforced: the legacy unauthenticated endpoints
     /// refuse it.
     pub authenticated: bool,
+    /// The server of remote media kept here (`remote_media`); `None` for this server's own.
+    pub origin: Option<String>,
 }
 
 type MediaRow = (
@@ -221,6 +223,7 @@ fn from_row(r: MediaRow) -> MediaRecord {
         created_ts: r.6,
         unused_expires_ts: r.7,
         authenticated: r.8 != 0,
+        origin: None,
     }
 }
 
@@ -328,6 +331,8 @@ pub struct ThumbnailRecord {
 /// The key a thumbnail is generated (and found) by.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ThumbnailKey<'a> {
+    /// The server of remote media; `None` for local media.
+    pub origin: Option<&'a str>,
     pub media_id: &'a str,
     pub width: u32,
     pub height: u32,
@@ -336,17 +341,27 @@ pub struct ThumbnailKey<'a> {
 }
 
 pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> Result<Option<ThumbnailRecord>> {
-    let row: Option<(String, String, i64)> = sqlx::query_as(
-        "SELECT sha256, content_type, size FROM media_thumbnails
-         WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5",
-    )
-    .bind(key.media_id)
-    .bind(key.width as i64)
-    .bind(key.height as i64)
-    .bind(key.method)
-    .bind(key.animated as i64)
-    .fetch_optional(db.pool())
-    .await?;
+    // Local and remote thumbnails live in two tables; the remote one's key adds the origin.
+    let sql = match key.origin {
+        None => {
+            "SELECT sha256, content_type, size FROM media_thumbnails
+             WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5"
+        }
+        Some(_) => {
+            "SELECT sha256, content_type, size FROM remote_media_thumbnails
+             WHERE media_id = $1 AND width = $2 AND height = $3 AND method = $4 AND animated = $5 AND origin = $6"
+        }
+    };
+    let mut query = sqlx::query_as::<_, (String, String, i64)>(sql)
+        .bind(key.media_id)
+        .bind(key.width as i64)
+        .bind(key.height as i64)
+        .bind(key.method)
+        .bind(key.animated as i64);
+    if let Some(origin) = key.origin {
+        query = query.bind(origin);
+    }
+    let row = query.fetch_optional(db.pool()).await?;
     Ok(row.map(|(sha256, content_type, size)| ThumbnailRecord {
         sha256,
         content_type,
@@ -356,19 +371,88 @@ pub async fn get_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> Result<Option<Thu
 
 /// Records a generated thumbnail; a concurrent request that made the same one first wins.
 pub async fn insert_thumbnail(db: &Db, key: &ThumbnailKey<'_>, blob: &Blob, content_type: &str) -> Result<()> {
+    let sql = match key.origin {
+        None => {
+            "INSERT INTO media_thumbnails (media_id, width, height, method, animated, sha256, content_type, size, created_ts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (media_id, width, height, method, animated) DO NOTHING"
+        }
+        Some(_) => {
+            "INSERT INTO remote_media_thumbnails
+                 (media_id, width, height, method, animated, sha256, content_type, size, created_ts, origin)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (origin, media_id, width, height, method, animated) DO NOTHING"
+        }
+    };
+    let mut query = sqlx::query(sql)
+        .bind(key.media_id)
+        .bind(key.width as i64)
+        .bind(key.height as i64)
+        .bind(key.method)
+        .bind(key.animated as i64)
+        .bind(&blob.sha256)
+        .bind(content_type)
+        .bind(blob.size as i64)
+        .bind(util::now_ms());
+    if let Some(origin) = key.origin {
+        query = query.bind(origin);
+    }
+    let mut tx = db.write().await?;
+    query.execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+// ----- Remote media kept here -----
+
+/// sha256, content type, filename, size, fetched_ts.
+type RemoteRow = (String, Option<String>, Option<String>, i64, i64);
+
+/// The kept copy of another server's media.
+pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<MediaRecord>> {
+    let row: Option<RemoteRow> = sqlx::query_as(
+        "SELECT sha256, content_type, filename, size, fetched_ts FROM remote_media WHERE origin = $1 AND media_id = $2",
+    )
+    .bind(origin)
+    .bind(media_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(
+        row.map(|(sha256, content_type, filename, size, fetched_ts)| MediaRecord {
+            media_id: media_id.to_owned(),
+            sha256: Some(sha256),
+            content_type,
+            filename,
+            size,
+            uploader: String::new(),
+            created_ts: fetched_ts,
+            unused_expires_ts: None,
+            // Another server's media was never refused by the legacy endpoints for that reason.
+            authenticated: false,
+            origin: Some(origin.to_owned()),
+        }),
+    )
+}
+
+/// Records fetched remote media; a concurrent fetch of the same media that recorded first wins.
+pub async fn insert_remote(
+    db: &Db,
+    origin: &str,
+    media_id: &str,
+    blob: &Blob,
+    content_type: Option<&str>,
+    filename: Option<&str>,
+) -> Result<()> {
     let mut tx = db.write().await?;
     sqlx::query(
-        "INSERT INTO media_thumbnails (media_id, width, height, method, animated, sha256, content_type, size, created_ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (media_id, width, height, method, animated) DO NOTHING",
+        "INSERT INTO remote_media (origin, media_id, sha256, content_type, filename, size, fetched_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (origin, media_id) DO NOTHING",
     )
-    .bind(key.media_id)
-    .bind(key.width as i64)
-    .bind(key.height as i64)
-    .bind(key.method)
-    .bind(key.animated as i64)
+    .bind(origin)
+    .bind(media_id)
     .bind(&blob.sha256)
     .bind(content_type)
+    .bind(filename)
     .bind(blob.size as i64)
     .bind(util::now_ms())
     .execute(&mut *tx)

@@ -46,6 +46,35 @@ pub struct Spec {
     pub animated: bool,
 }
 
+impl Spec {
+    /// A thumbnail request's parameters as the client and federation APIs carry them
+    /// (`method` defaults to scale).
+    pub fn from_request(
+        width: u64,
+        height: u64,
+        method: Option<&ruma::media::Method>,
+        animated: Option<bool>,
+    ) -> MediaResult<Spec> {
+        let method = match method {
+            None | Some(ruma::media::Method::Scale) => Method::Scale,
+            Some(ruma::media::Method::Crop) => Method::Crop,
+            Some(other) => {
+                return Err(MediaError::InvalidParam(format!(
+                    "Unknown thumbnail method {:?}",
+                    other.as_str()
+                )))
+            }
+        };
+        let dim = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        Ok(Spec {
+            width: dim(width),
+            height: dim(height),
+            method,
+            animated: animated.unwrap_or(false),
+        })
+    }
+}
+
 /// What to send for a thumbnail request.
 pub enum Thumbnail {
     /// A generated thumbnail, stored.
@@ -67,6 +96,7 @@ impl Repo {
         };
         let sha256 = record.sha256.as_deref().ok_or(MediaError::NotYetUploaded)?;
         let key = ThumbnailKey {
+            origin: record.origin.as_deref(),
             media_id: &record.media_id,
             width: spec.width,
             height: spec.height,

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod filter;
 pub mod for_servers;
 pub mod hierarchy;
+pub mod history;
 pub mod membership;
 pub mod out_of_band;
 pub mod power;

@@ -34,6 +34,10 @@ impl Steps for RoomSteps {
         }
         store_relation(batch, pdu);
         super::search::index_event(batch, pdu);
+        if at.backfilled {
+            // Old history notifies nobody: its members read (or missed) it long ago.
+            return Ok(());
+        }
         crate::push::evaluate(
             core,
             conn,

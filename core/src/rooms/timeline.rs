@@ -226,6 +226,41 @@ pub async fn messages(
     })
 }
 
+/// Rounds of fetching older history for one page (each up to `history::FETCH_LIMIT` events).
+const HISTORY_ROUNDS: usize = 5;
+
+/// `/messages` for a client: `messages`, and when a backwards page runs out before `limit`
+/// events, the room's older history fetched from other servers (`rooms::history`) and the page
+/// read again, so that the client sees it as if it had always been here. No pooled connection
+/// is held while history is fetched.
+#[allow(clippy::too_many_arguments)]
+pub async fn messages_with_history(
+    core: &Core,
+    user: &str,
+    room_id: &str,
+    tokens: (Option<&str>, Option<&str>),
+    dir: Dir,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Messages> {
+    let mut rounds = 0;
+    loop {
+        let page = {
+            let mut conn = core.db.conn().await?;
+            messages(core, &mut conn, user, room_id, tokens, dir, limit, filter).await?
+        };
+        // Only a page that reached the start of what is stored here (no `end`, no `to` that
+        // stopped it) can lack history.
+        if dir != Dir::Backward || page.end.is_some() || tokens.1.is_some() || rounds == HISTORY_ROUNDS {
+            return Ok(page);
+        }
+        rounds += 1;
+        if !super::history::fill(core, room_id).await? {
+            return Ok(page);
+        }
+    }
+}
+
 // ----- Windows of visible events, `/context`, member lists at a position, timestamp lookup -----
 
 /// Events scanned per query while looking for visible, filter-matching ones.

@@ -5,6 +5,7 @@ pub mod directory;
 pub mod event;
 pub mod invite;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;

@@ -153,6 +153,22 @@ async fn room_reads_refuse_a_server_without_a_member() {
 }
 
 #[tokio::test]
+async fn unknown_media_is_not_found() {
+    let s = scene().await;
+    for path in [
+        "/_matrix/federation/v1/media/download/NoSuchMedia",
+        "/_matrix/federation/v1/media/thumbnail/NoSuchMedia?width=32&height=32",
+    ] {
+        let (status, body) = s.call("GET", path, None).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (404, Some("M_NOT_FOUND")),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn query_answers_aliases_and_profiles_of_this_server() {
     let s = scene().await;
     let (status, body) = s
@@ -218,6 +234,13 @@ async fn bad_input_is_a_client_error() {
             Some(json!({"limit": "ten"})),
         ),
         ("POST", "/_matrix/federation/v1/get_missing_events/{room}", None),
+        ("GET", "/_matrix/federation/v1/media/thumbnail/abc?width=32", None),
+        (
+            "GET",
+            "/_matrix/federation/v1/media/thumbnail/abc?width=32&height=32&method=spin",
+            None,
+        ),
+        ("GET", "/_matrix/federation/v1/media/download/abc?timeout_ms=soon", None),
     ];
     for (method, path, body) in cases {
         let (status, body) = s.call(method, path, body).await;

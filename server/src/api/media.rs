@@ -3,7 +3,8 @@
 //! ones. Logic lives in `weft_core::media`.
 //!
 //! Uploads are streamed to disk (never held in memory whole) and files are streamed back.
-//! Only local media exists: an MXC URI of another server is 404 until federation exists.
+//! Another server's media is fetched over federation the first time it is asked for and kept
+//! (`weft_federation::media`); its thumbnails are made here from that copy.
 
 // The legacy `/_matrix/media/v3/*` endpoints are deprecated since Matrix 1.11 but still served.
 #![allow(deprecated)]
@@ -26,13 +27,11 @@ use ruma::{
         IncomingRequest, IncomingRequestExt,
     },
     http_headers::{ContentDisposition, ContentDispositionType},
-    MilliSecondsSinceUnixEpoch, OwnedMxcUri, UInt,
+    MilliSecondsSinceUnixEpoch, OwnedMxcUri, ServerName, UInt,
 };
-use tokio::io::AsyncReadExt;
 use weft_core::media::{
-    preview::PreviewSettings,
-    thumbnail::{Method, Spec, Thumbnail},
-    MediaRecord, Repo, Settings, Target, Upload,
+    thumbnail::{Spec, Thumbnail},
+    MediaRecord, Repo, Target, Upload,
 };
 
 use crate::{
@@ -58,29 +57,7 @@ pub fn router() -> Router<AppState> {
     raw_route(router, thumbnail_legacy)
 }
 
-/// The media repository as configured.
-fn repo(state: &AppState) -> Repo {
-    let c = &state.config.media;
-    // Validated at startup, so no range fails to parse here.
-    let ranges = |list: &[String]| list.iter().filter_map(|r| r.parse().ok()).collect();
-    let settings = Settings {
-        path: c.path.clone(),
-        max_upload_size: c.max_upload_size as u64,
-        max_user_storage: c.max_user_storage,
-        enable_authenticated_media: c.enable_authenticated_media,
-        unused_expiration: c.unused_expiration_time,
-        max_pending_uploads: c.max_pending_media_uploads,
-        preview: PreviewSettings {
-            enabled: c.url_preview_enabled,
-            extra_blocklist: ranges(&c.url_preview_ip_blocklist),
-            allowlist: ranges(&c.url_preview_ip_allowlist),
-            max_size: c.url_preview_max_size,
-            timeout: c.url_preview_timeout,
-            extra_roots: state.extra_roots.clone(),
-        },
-    };
-    Repo::new(state.db.clone(), state.core.server_name.clone(), settings)
-}
+use crate::media::{file_stream, repo};
 
 fn mxc(state: &AppState, media_id: &str) -> OwnedMxcUri {
     OwnedMxcUri::from(format!("mxc://{}/{media_id}", state.core.server_name))
@@ -300,10 +277,43 @@ enum Api {
     Legacy,
 }
 
-/// Finds uploaded local media for a download through `api`.
-async fn find(repo: &Repo, server_name: &str, media_id: &str, timeout: Duration, api: Api) -> ApiResult<MediaRecord> {
-    let record = repo.uploaded(server_name, media_id, timeout).await?;
-    if api == Api::Legacy && repo.settings.enable_authenticated_media && record.authenticated {
+/// Where a download may look: the legacy endpoints' `allow_remote=false` keeps a request from
+/// fetching another server's media (answering only what is kept here).
+#[derive(Clone, Copy)]
+struct Lookup {
+    timeout: Duration,
+    api: Api,
+    allow_remote: bool,
+}
+
+/// Finds uploaded media for a download through `api`: local media, or another server's, kept
+/// here or fetched now.
+async fn find(
+    state: &AppState,
+    repo: &Repo,
+    server_name: &ServerName,
+    media_id: &str,
+    look: Lookup,
+) -> ApiResult<MediaRecord> {
+    if !repo.is_local(server_name.as_str()) {
+        // As Synapse: with authenticated media on, media fetched from other servers is
+        // authenticated-only too.
+        if look.api == Api::Legacy && repo.settings.enable_authenticated_media {
+            return Err(MatrixError::not_found(
+                "Media not found (use the authenticated media endpoints)",
+            ));
+        }
+        if let Some(kept) = repo.remote(server_name.as_str(), media_id).await? {
+            return Ok(kept);
+        }
+        if !look.allow_remote || !state.config.federation.enabled {
+            return Err(MatrixError::not_found("Media not found"));
+        }
+        let fed = weft_federation::of(state)?;
+        return Ok(weft_federation::media::remote(fed, repo, server_name, media_id).await?);
+    }
+    let record = repo.uploaded(server_name.as_str(), media_id, look.timeout).await?;
+    if look.api == Api::Legacy && repo.settings.enable_authenticated_media && record.authenticated {
         return Err(MatrixError::not_found(
             "Media not found (use the authenticated media endpoints)",
         ));
@@ -313,14 +323,14 @@ async fn find(repo: &Repo, server_name: &str, media_id: &str, timeout: Duration,
 
 async fn download(
     state: &AppState,
-    server_name: &str,
+    server_name: &ServerName,
     media_id: &str,
     filename: Option<String>,
-    timeout: Duration,
-    api: Api,
+    look: Lookup,
 ) -> ApiResult<Response> {
+    let api = look.api;
     let repo = repo(state);
-    let record = find(&repo, server_name, media_id, timeout, api).await?;
+    let record = find(state, &repo, server_name, media_id, look).await?;
     let file = repo.open(&record).await?;
     let content_type = record.content_type.as_deref().unwrap_or("application/octet-stream");
     let filename = filename.or(record.filename.clone());
@@ -330,11 +340,14 @@ async fn download(
 async fn download_v1(state: AppState, req: Ruma<v1::get_content::v1::Request>) -> ApiResult<Response> {
     download(
         &state,
-        req.server_name.as_str(),
+        &req.server_name,
         &req.media_id,
         None,
-        req.timeout_ms,
-        Api::Authenticated,
+        Lookup {
+            timeout: req.timeout_ms,
+            api: Api::Authenticated,
+            allow_remote: true,
+        },
     )
     .await
 }
@@ -343,11 +356,14 @@ async fn download_as_v1(state: AppState, req: Ruma<v1::get_content_as_filename::
     let name = Some(req.filename.clone());
     download(
         &state,
-        req.server_name.as_str(),
+        &req.server_name,
         &req.media_id,
         name,
-        req.timeout_ms,
-        Api::Authenticated,
+        Lookup {
+            timeout: req.timeout_ms,
+            api: Api::Authenticated,
+            allow_remote: true,
+        },
     )
     .await
 }
@@ -355,11 +371,14 @@ async fn download_as_v1(state: AppState, req: Ruma<v1::get_content_as_filename::
 async fn download_legacy(state: AppState, req: Ruma<legacy::get_content::v3::Request>) -> ApiResult<Response> {
     download(
         &state,
-        req.server_name.as_str(),
+        &req.server_name,
         &req.media_id,
         None,
-        req.timeout_ms,
-        Api::Legacy,
+        Lookup {
+            timeout: req.timeout_ms,
+            api: Api::Legacy,
+            allow_remote: req.allow_remote,
+        },
     )
     .await
 }
@@ -371,46 +390,39 @@ async fn download_as_legacy(
     let name = Some(req.filename.clone());
     download(
         &state,
-        req.server_name.as_str(),
+        &req.server_name,
         &req.media_id,
         name,
-        req.timeout_ms,
-        Api::Legacy,
+        Lookup {
+            timeout: req.timeout_ms,
+            api: Api::Legacy,
+            allow_remote: req.allow_remote,
+        },
     )
     .await
 }
 
 /// The parts of a thumbnail request both endpoint families share.
 struct ThumbnailQuery<'a> {
-    server_name: &'a str,
+    server_name: &'a ServerName,
     media_id: &'a str,
     width: UInt,
     height: UInt,
     method: Option<&'a ruma::media::Method>,
     animated: Option<bool>,
     timeout: Duration,
+    allow_remote: bool,
 }
 
 async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResult<Response> {
-    let method = match q.method {
-        None | Some(ruma::media::Method::Scale) => Method::Scale,
-        Some(ruma::media::Method::Crop) => Method::Crop,
-        Some(other) => {
-            return Err(MatrixError::invalid_param(format!(
-                "Unknown thumbnail method {:?}",
-                other.as_str()
-            )))
-        }
-    };
-    let dim = |v: UInt| u32::try_from(u64::from(v)).unwrap_or(u32::MAX);
-    let spec = Spec {
-        width: dim(q.width),
-        height: dim(q.height),
-        method,
-        animated: q.animated.unwrap_or(false),
-    };
+    let spec = Spec::from_request(q.width.into(), q.height.into(), q.method, q.animated)?;
     let repo = repo(state);
-    let record = find(&repo, q.server_name, q.media_id, q.timeout, api).await?;
+    let look = Lookup {
+        timeout: q.timeout,
+        api,
+        allow_remote: q.allow_remote,
+    };
+    let record = find(state, &repo, q.server_name, q.media_id, look).await?;
     match repo.thumbnail(&record, spec).await? {
         Thumbnail::Stored(thumb) => {
             let file = repo.open_blob(&thumb.sha256).await?;
@@ -426,13 +438,14 @@ async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResu
 
 async fn thumbnail_v1(state: AppState, req: Ruma<v1::get_content_thumbnail::v1::Request>) -> ApiResult<Response> {
     let q = ThumbnailQuery {
-        server_name: req.server_name.as_str(),
+        server_name: &req.server_name,
         media_id: &req.media_id,
         width: req.width,
         height: req.height,
         method: req.method.as_ref(),
         animated: req.animated,
         timeout: req.timeout_ms,
+        allow_remote: true,
     };
     thumbnail(&state, q, Api::Authenticated).await
 }
@@ -442,13 +455,14 @@ async fn thumbnail_legacy(
     req: Ruma<legacy::get_content_thumbnail::v3::Request>,
 ) -> ApiResult<Response> {
     let q = ThumbnailQuery {
-        server_name: req.server_name.as_str(),
+        server_name: &req.server_name,
         media_id: &req.media_id,
         width: req.width,
         height: req.height,
         method: req.method.as_ref(),
         animated: req.animated,
         timeout: req.timeout_ms,
+        allow_remote: req.allow_remote,
     };
     thumbnail(&state, q, Api::Legacy).await
 }
@@ -497,17 +511,4 @@ fn file_response(file: tokio::fs::File, size: u64, content_type: &str, filename:
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     response
-}
-
-/// A file as a stream of chunks, read as the client takes them.
-fn file_stream(file: tokio::fs::File) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    futures::stream::try_unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        Ok(Some((bytes::Bytes::from(buf), file)))
-    })
 }

@@ -102,15 +102,15 @@ pub async fn messages(
     let user = req.sender()?;
     let room_id = req.room_id.as_str();
     let core = &state.core;
-    let mut conn = state.db.conn().await?;
     let dir = match req.dir {
         Direction::Backward => timeline::Dir::Backward,
         Direction::Forward => timeline::Dir::Forward,
     };
     let limit = u64::from(req.limit).clamp(1, 1000) as usize;
-    let page = timeline::messages(
+    // Older history of a room joined over federation is fetched here when the page reaches
+    // the start of what this server has.
+    let page = timeline::messages_with_history(
         core,
-        &mut conn,
         user.user_id.as_str(),
         room_id,
         (req.from.as_deref(), req.to.as_deref()),
@@ -119,6 +119,7 @@ pub async fn messages(
         &req.filter,
     )
     .await?;
+    let mut conn = state.db.conn().await?;
     let viewer = Viewer {
         user_id: user.user_id.as_str(),
         device_id: Some(user.device_id.as_str()),
