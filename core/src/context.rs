@@ -21,6 +21,8 @@ pub struct Core {
     pub room_turns: Arc<crate::rooms::turns::RoomTurns>,
     /// The sync streams' positions, read once for the requests that ask together.
     pub positions: Arc<crate::streams::SharedPositions>,
+    /// Wakes this process's delayed-event timer when an event is scheduled or restarted here.
+    pub delayed_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Core {
@@ -35,6 +37,7 @@ impl Core {
             sliding: Arc::default(),
             memos: Arc::default(),
             room_turns: Arc::default(),
+            delayed_wake: Arc::default(),
         }
     }
 

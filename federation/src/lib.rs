@@ -95,5 +95,6 @@ pub fn router() -> Router<AppState> {
     let router = api::state::routes(router);
     let router = api::backfill::routes(router);
     let router = api::directory::routes(router);
+    let router = api::rtc::routes(router);
     api::query::routes(router)
 }

@@ -89,9 +89,20 @@ pub struct Ruma<T> {
     /// The request's method and path, which a UIA session is bound to.
     pub http_method: http::Method,
     pub http_path: String,
+    /// The raw query string, for parameters ruma's type of the endpoint does not model (the
+    /// delay of a delayed event on the send endpoints, MSC4140).
+    pub http_query: Option<String>,
 }
 
 impl<T> Ruma<T> {
+    /// A query parameter's first value, decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.http_query.as_deref()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The caller; only endpoints with optional auth can lack one.
     pub fn sender(&self) -> ApiResult<&AuthUser> {
         self.user
@@ -197,6 +208,7 @@ where
         };
         let ip = client_ip(&parts);
         let (http_method, http_path) = (parts.method.clone(), parts.uri.path().to_owned());
+        let http_query = parts.uri.query().map(str::to_owned);
 
         if T::RATE_LIMITED {
             let key = match (&user, &ip) {
@@ -246,6 +258,7 @@ where
             json_body,
             http_method,
             http_path,
+            http_query,
         })
     }
 }

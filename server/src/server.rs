@@ -138,6 +138,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, apis = ?listener.apis, "listening");
     }
     tasks.push(crate::pusher::spawn(state.clone(), stop_rx.clone()));
+    if state.config.delayed_events.enabled {
+        tasks.push(crate::delayed_timer::spawn(state.clone(), stop_rx.clone()));
+    }
     Ok(Running {
         addrs,
         state,

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod membership;
 pub mod openid;
 pub mod query;
+pub mod rtc;
 pub mod send;
 pub mod state;
 #[cfg(test)]
