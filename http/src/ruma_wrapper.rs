@@ -313,6 +313,17 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// `path`, and for a path ending in a state key also the forms that address the empty one
+/// (`/state/{type}` and `/state/{type}/`).
+fn with_empty_state_key(path: &str) -> Vec<String> {
+    let mut paths = vec![path.to_owned()];
+    if let Some(base) = path.strip_suffix("/{state_key}") {
+        paths.push(base.to_owned());
+        paths.push(format!("{base}/"));
+    }
+    paths
+}
+
 /// Mounts a handler `async fn(AppState, Ruma<Req>) -> ApiResult<Req::OutgoingResponse>` on
 /// every path of `Req`.
 pub trait RumaRoute {
@@ -346,16 +357,18 @@ impl RumaJsonRoute for Router<AppState> {
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            self = self.route(
-                path,
-                on(
-                    filter,
-                    move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
-                        handler(state, req).await.map(axum::Json)
-                    },
-                ),
-            );
+            for path in with_empty_state_key(path) {
+                let handler = handler.clone();
+                self = self.route(
+                    &path,
+                    on(
+                        filter,
+                        move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                            handler(state, req).await.map(axum::Json)
+                        },
+                    ),
+                );
+            }
         }
         self
     }
@@ -372,12 +385,7 @@ impl RumaRoute for Router<AppState> {
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
-            let mut paths = vec![path.to_owned()];
-            if let Some(base) = path.strip_suffix("/{state_key}") {
-                paths.push(base.to_owned());
-                paths.push(format!("{base}/"));
-            }
-            for path in paths {
+            for path in with_empty_state_key(path) {
                 let handler = handler.clone();
                 self = self.route(
                     &path,

@@ -29,6 +29,7 @@ mod openid;
 mod push;
 mod read_endpoints;
 mod relations_upgrade_spaces;
+mod rtc;
 mod rooms;
 mod search_directory_reports;
 mod sliding_sync;
