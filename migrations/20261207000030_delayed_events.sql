@@ -22,3 +22,18 @@ CREATE TABLE delayed_events (
 CREATE INDEX delayed_events_due ON delayed_events (send_ts) WHERE outcome IS NULL;
 CREATE INDEX delayed_events_user ON delayed_events (user_id, finalised_ts);
 CREATE UNIQUE INDEX delayed_events_txn ON delayed_events (user_id, device_id, txn_id);
+
+-- Delayed leave events a user handed to this server to manage (MSC4195's
+-- `delegate_delayed_leave`): restarted while the participant is connected to the SFU, sent
+-- once it disconnects. One per (user, room, slot, member); a new delay_id replaces the old.
+CREATE TABLE rtc_delegations (
+    user_id TEXT NOT NULL,
+    room_id TEXT NOT NULL,
+    slot_id TEXT NOT NULL,
+    member_id TEXT NOT NULL,
+    delay_id TEXT NOT NULL,
+    livekit_room TEXT NOT NULL,
+    livekit_identity TEXT NOT NULL,
+    created_ts BIGINT NOT NULL,
+    PRIMARY KEY (user_id, room_id, slot_id, member_id)
+);

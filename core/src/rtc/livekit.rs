@@ -88,6 +88,9 @@ struct VideoGrant<'a> {
     /// Never for clients: it also lets its holder delete any room (MSC4195). The server itself
     /// creates rooms (`create_room`).
     room_create: bool,
+    /// For this server's own questions about a room (its participants).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room_admin: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     can_publish: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,6 +137,7 @@ pub fn join_token(sfu: &Sfu, room: &str, identity: &str, name: Option<&str>, gra
                 room: Some(room),
                 room_join: true,
                 room_create: false,
+                room_admin: None,
                 can_publish: Some(grants.can_publish),
                 can_subscribe: Some(true),
                 can_update_own_metadata: Some(grants.can_update_own_metadata),
@@ -155,14 +159,10 @@ fn http_base(sfu: &Sfu) -> String {
     }
 }
 
-/// How long an empty room stays open for its first participant (as lk-jwt-service).
-const EMPTY_TIMEOUT_SECS: u64 = 5 * 60;
-
-/// Creates `room` on the SFU (Twirp's `RoomService.CreateRoom`, which answers the existing room
-/// when there is one): the holders of join tokens may not create rooms themselves.
-pub async fn create_room(http: &reqwest::Client, sfu: &Sfu, room: &str) -> Result<()> {
+/// A token for this server's own calls to the SFU's room service about `room`.
+fn service_token(sfu: &Sfu, room: &str, create: bool) -> Result<String> {
     let now = now_ms() / 1000;
-    let token = sign(
+    sign(
         sfu,
         &Claims {
             iss: &sfu.api_key,
@@ -173,30 +173,60 @@ pub async fn create_room(http: &reqwest::Client, sfu: &Sfu, room: &str) -> Resul
             video: VideoGrant {
                 room: Some(room),
                 room_join: false,
-                room_create: true,
+                room_create: create,
+                room_admin: Some(!create),
                 can_publish: None,
                 can_subscribe: None,
                 can_update_own_metadata: None,
                 hidden: None,
             },
         },
-    )?;
-    let url = format!("{}/twirp/livekit.RoomService/CreateRoom", http_base(sfu));
+    )
+}
+
+/// Calls `method` of the SFU's room service (Twirp, JSON); its HTTP status and body.
+async fn room_service(http: &reqwest::Client, sfu: &Sfu, method: &str, token: String, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
+    let url = format!("{}/twirp/livekit.RoomService/{method}", http_base(sfu));
     let response = http
         .post(&url)
         .bearer_auth(token)
-        .json(&serde_json::json!({ "name": room, "empty_timeout": EMPTY_TIMEOUT_SECS }))
+        .json(&body)
         .timeout(Duration::from_secs(10))
         .send()
         .await
-        .map_err(|e| Error::Internal(format!("creating the LiveKit room at {url}: {e}")))?;
-    if !response.status().is_success() {
-        return Err(Error::Internal(format!(
-            "creating the LiveKit room at {url}: the SFU answered {}",
-            response.status()
-        )));
+        .map_err(|e| Error::Internal(format!("asking the SFU at {url}: {e}")))?;
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Whether `identity` is connected to `room` on the SFU (`RoomService.GetParticipant`, which
+/// answers Twirp's `not_found` for a participant or room that is not there).
+pub async fn is_connected(http: &reqwest::Client, sfu: &Sfu, room: &str, identity: &str) -> Result<bool> {
+    let token = service_token(sfu, room, false)?;
+    let body = serde_json::json!({ "room": room, "identity": identity });
+    match room_service(http, sfu, "GetParticipant", token, body).await? {
+        (200, _) => Ok(true),
+        (404, _) => Ok(false),
+        (_, answer) if answer["code"] == "not_found" => Ok(false),
+        (status, answer) => Err(Error::Internal(format!("the SFU answered {status}: {answer}"))),
     }
-    Ok(())
+}
+
+/// How long an empty room stays open for its first participant (as lk-jwt-service).
+const EMPTY_TIMEOUT_SECS: u64 = 5 * 60;
+
+/// Creates `room` on the SFU (Twirp's `RoomService.CreateRoom`, which answers the existing room
+/// when there is one): the holders of join tokens may not create rooms themselves.
+pub async fn create_room(http: &reqwest::Client, sfu: &Sfu, room: &str) -> Result<()> {
+    let token = service_token(sfu, room, true)?;
+    let body = serde_json::json!({ "name": room, "empty_timeout": EMPTY_TIMEOUT_SECS });
+    match room_service(http, sfu, "CreateRoom", token, body).await? {
+        (200, _) => Ok(()),
+        (status, answer) => Err(Error::Internal(format!(
+            "creating the LiveKit room: the SFU answered {status}: {answer}"
+        ))),
+    }
 }
 
 #[cfg(test)]

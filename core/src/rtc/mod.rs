@@ -1,6 +1,7 @@
 //! MatrixRTC: who may join a room's call, and the LiveKit access tokens this server issues for
 //! its own SFU (`livekit.rs`), so that Element Call needs no separate token service.
 
+pub mod delegation;
 pub mod livekit;
 
 use crate::{storage::rooms, Core, Error, Result};
@@ -19,7 +20,7 @@ pub async fn check_may_join_call(core: &Core, room_id: &str, user_id: &str) -> R
 }
 
 /// The HTTP client for the SFU's API (room creation), made once.
-fn sfu_http() -> &'static reqwest::Client {
+pub(crate) fn sfu_http() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT.get_or_init(reqwest::Client::new)
 }
@@ -75,4 +76,34 @@ pub async fn service_token(
         can_update_own_metadata: true,
     };
     livekit::join_token(sfu, room, identity, None, grants)
+}
+
+/// Hands the scheduled delayed leave event `delay_id` of `user_id` in `room_id` to this server
+/// (see `delegation`), for the participant `identity` in the slot's LiveKit room. The event
+/// must be one of the user's, in that room, still scheduled (400 `M_INVALID_PARAM`).
+pub async fn delegate_leave(
+    core: &Core,
+    sfu: &livekit::Sfu,
+    user_id: &ruma::UserId,
+    room_id: &str,
+    slot_id: &str,
+    member_id: &str,
+    delay_id: &str,
+    identity: String,
+) -> Result<()> {
+    if !crate::delayed_events::is_scheduled_by(core, delay_id, user_id.as_str(), room_id).await? {
+        return Err(Error::InvalidParam(format!(
+            "{delay_id} is no scheduled delayed event of yours in {room_id}"
+        )));
+    }
+    let delegation = delegation::Delegation {
+        user_id: user_id.to_string(),
+        room_id: room_id.to_owned(),
+        slot_id: slot_id.to_owned(),
+        member_id: member_id.to_owned(),
+        delay_id: delay_id.to_owned(),
+        livekit_room: livekit::room_name(room_id, slot_id),
+        livekit_identity: identity,
+    };
+    delegation::delegate(core, sfu, delegation).await
 }

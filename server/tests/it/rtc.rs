@@ -63,6 +63,25 @@ fn verify(python: &PathBuf, token: &str, derive: &[&str]) -> Result<Value, Strin
 #[derive(Clone, Default)]
 struct FakeSfu {
     created: Arc<Mutex<Vec<(String, Value)>>>,
+    /// Whether participants are connected, and whom the server asked about.
+    connected: Arc<std::sync::atomic::AtomicBool>,
+    asked: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+async fn get_participant_call(State(sfu): State<FakeSfu>, Json(body): Json<Value>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let room = body["room"].as_str().unwrap_or_default().to_owned();
+    let identity = body["identity"].as_str().unwrap_or_default().to_owned();
+    sfu.asked.lock().unwrap().push((room, identity.clone()));
+    if sfu.connected.load(std::sync::atomic::Ordering::SeqCst) {
+        Json(json!({ "identity": identity, "state": "ACTIVE" })).into_response()
+    } else {
+        (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({ "code": "not_found", "msg": "participant does not exist" })),
+        )
+            .into_response()
+    }
 }
 
 async fn create_room_call(State(sfu): State<FakeSfu>, headers: HeaderMap, Json(body): Json<Value>) -> Json<Value> {
@@ -81,6 +100,7 @@ async fn start_fake_sfu() -> (String, FakeSfu) {
     let sfu = FakeSfu::default();
     let app = Router::new()
         .route("/twirp/livekit.RoomService/CreateRoom", post(create_room_call))
+        .route("/twirp/livekit.RoomService/GetParticipant", post(get_participant_call))
         .with_state(sfu.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -282,6 +302,82 @@ both_backends!(livekit_endpoints_are_off_by_default, |backend| async move {
     assert_eq!((status, &transports["rtc_transports"]), (200, &json!([])), "{transports}");
     let (_, well_known) = server.client().get("/.well-known/matrix/client").await;
     assert!(well_known.get("org.matrix.msc4143.rtc_foci").is_none(), "{well_known}");
+    server.stop().await;
+});
+
+both_backends!(delegated_leave_events_follow_the_sfu, |backend| async move {
+    let (sfu_url, sfu) = start_fake_sfu().await;
+    let Some(server) = TestServer::start_with(backend, |config| {
+        config.livekit.url = sfu_url.clone();
+        config.livekit.api_key = API_KEY.into();
+        config.livekit.api_secret = API_SECRET.into();
+    })
+    .await
+    else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let (alice_id, _) = whoami(&alice).await;
+    let room = create_room(&alice, json!({})).await;
+    let member_key = format!("_{alice_id}_m.call");
+    // Alice's call membership, and its delayed end (an empty membership).
+    let (status, body) = alice
+        .put(
+            &format!("/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{member_key}"),
+            json!({ "application": "m.call", "call_id": "" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, res) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{member_key}?org.matrix.msc4140.delay=1500"
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{res}");
+    let delay_id = res["delay_id"].as_str().unwrap().to_owned();
+    const DELEGATE: &str = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave";
+    let delegation = |url: &str, delay_id: &str| {
+        json!({ "url": url, "room_id": room, "slot_id": "m.call#ROOM", "member_id": "mem", "delay_id": delay_id })
+    };
+    // Only this server's SFU, and only one's own scheduled event in that room.
+    let (status, body) = alice.post(DELEGATE, delegation("wss://elsewhere.example", &delay_id)).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = alice.post(DELEGATE, delegation(&sfu_url, "not-a-delay-id")).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+
+    sfu.connected.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = alice.post(DELEGATE, delegation(&sfu_url, &delay_id)).await;
+    assert_eq!(status, 200, "{body}");
+    let membership = || {
+        let (alice, room, key) = (alice.clone(), room.clone(), member_key.clone());
+        async move {
+            alice
+                .get(&format!("/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{key}"))
+                .await
+                .1
+        }
+    };
+    // Connected for more than twice the delay: the server kept the event from firing.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(membership().await["application"], "m.call", "the leave event fired while connected");
+    let asked = sfu.asked.lock().unwrap().last().cloned().expect("the server asked the SFU");
+    assert_eq!(asked.0, weft_core::rtc::livekit::room_name(&room, "m.call#ROOM"));
+    let identity = weft_core::rtc::livekit::Identity::Member { user_id: &alice_id, member_id: "mem" }.derive();
+    assert_eq!(asked.1, identity);
+    // Gone from the SFU: the leave event is sent at once, well before its delay would.
+    sfu.connected.store(false, std::sync::atomic::Ordering::SeqCst);
+    let gone = Instant::now();
+    let deadline = gone + Duration::from_secs(5);
+    while membership().await.get("application").is_some() {
+        assert!(Instant::now() < deadline, "the leave event was never sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let finalised = listed(&alice, "finalised").await;
+    assert_eq!(finalised[0]["delay_id"].as_str(), Some(delay_id.as_str()), "{finalised:?}");
+    assert!(finalised[0]["event_id"].is_string());
     server.stop().await;
 });
 

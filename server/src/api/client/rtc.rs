@@ -7,7 +7,10 @@
 use axum::{extract::State, routing::post, Json, Router};
 use ruma::{
     api::{
-        client::rtc::{livekit::get_token, transports, RtcTransport},
+        client::rtc::{
+            livekit::{delegate_delayed_leave, get_token},
+            transports, RtcTransport,
+        },
         federation::{openid::get_openid_userinfo, rtc::livekit::get_token as federation_get_token},
     },
     OwnedUserId, UserId,
@@ -27,8 +30,13 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .ruma(transports)
         .ruma(get_token)
+        .ruma(delegate_leave)
         .route(&format!("{LIVEKIT_SERVICE_PATH}/sfu/get"), post(service_sfu_get))
         .route(&format!("{LIVEKIT_SERVICE_PATH}/get_token"), post(service_get_token))
+        .route(
+            &format!("{LIVEKIT_SERVICE_PATH}/delegate_delayed_leave"),
+            post(service_delegate_leave),
+        )
 }
 
 /// # `GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports`
@@ -95,6 +103,35 @@ async fn get_token(state: AppState, req: Ruma<get_token::v1::Request>) -> ApiRes
     Ok(get_token::v1::Response::new(answer.jwt))
 }
 
+/// # `POST /_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave`
+///
+/// The user's scheduled leave event for a member of a slot, handed to this server to restart
+/// while the member is connected to this server's SFU and to send once it is not.
+async fn delegate_leave(
+    state: AppState,
+    req: Ruma<delegate_delayed_leave::v1::Request>,
+) -> ApiResult<delegate_delayed_leave::v1::Response> {
+    let user = req.sender()?;
+    let sfu = own_sfu(&state, &req.url)?;
+    let identity = livekit::Identity::Member {
+        user_id: user.user_id.as_str(),
+        member_id: &req.member_id,
+    }
+    .derive();
+    rtc::delegate_leave(
+        &state.core,
+        &sfu,
+        &user.user_id,
+        req.room_id.as_str(),
+        &req.slot_id,
+        &req.member_id,
+        &req.delay_id,
+        identity,
+    )
+    .await?;
+    Ok(delegate_delayed_leave::v1::Response::new())
+}
+
 /// This server's SFU, if `url` names it (400 `M_INVALID_PARAM` otherwise, as MSC4195 says).
 pub fn own_sfu(state: &AppState, url: &str) -> ApiResult<livekit::Sfu> {
     match state.config.livekit.sfu() {
@@ -132,6 +169,19 @@ struct Member {
     claimed_user_id: String,
     #[serde(default)]
     claimed_device_id: String,
+}
+
+/// lk-jwt-service's `/delegate_delayed_leave` body.
+#[derive(Deserialize)]
+struct ServiceDelegate {
+    #[serde(default)]
+    room_id: String,
+    #[serde(default)]
+    slot_id: String,
+    openid_token: OpenIdToken,
+    member: Member,
+    #[serde(default)]
+    delay_id: String,
 }
 
 /// lk-jwt-service's `/get_token` body.
@@ -245,4 +295,49 @@ async fn service_get_token(State(state): State<AppState>, request: axum::extract
     .derive();
     let jwt = rtc::service_token(&state.core, &sfu, &user, &req.room_id, &room, &identity).await?;
     Ok(Json(json!({ "url": sfu.url, "jwt": jwt })))
+}
+
+/// # `POST /livekit/jwt/delegate_delayed_leave`
+///
+/// lk-jwt-service's delegation, for a user of this server (the delayed event lives here; a
+/// user of another server delegates to theirs): the member's scheduled leave event is
+/// restarted while they are connected to the SFU and sent once they are not.
+async fn service_delegate_leave(State(state): State<AppState>, request: axum::extract::Request) -> ApiResult<Json<Value>> {
+    let (sfu, req) = service_request::<ServiceDelegate>(&state, request).await?;
+    let member = &req.member;
+    if req.room_id.is_empty() || req.slot_id.is_empty() || req.delay_id.is_empty() {
+        return Err(MatrixError::bad_json("The request needs room_id, slot_id and delay_id"));
+    }
+    if member.id.is_empty() || member.claimed_user_id.is_empty() || member.claimed_device_id.is_empty() {
+        return Err(MatrixError::bad_json(
+            "member needs id, claimed_user_id and claimed_device_id",
+        ));
+    }
+    let user = openid_user(&state, &req.openid_token).await?;
+    if user.as_str() != member.claimed_user_id {
+        return Err(MatrixError::unauthorized("The request could not be authorised"));
+    }
+    if !state.core.is_local(&user) {
+        return Err(MatrixError::bad_json(
+            "Delayed events are delegated to the user's own server",
+        ));
+    }
+    let identity = livekit::Identity::Device {
+        user_id: user.as_str(),
+        device_id: &member.claimed_device_id,
+        member_id: &member.id,
+    }
+    .derive();
+    rtc::delegate_leave(
+        &state.core,
+        &sfu,
+        &user,
+        &req.room_id,
+        &req.slot_id,
+        &member.id,
+        &req.delay_id,
+        identity,
+    )
+    .await?;
+    Ok(Json(json!({})))
 }
