@@ -635,3 +635,83 @@ both_backends!(delayed_events_are_sent_once_by_several_processes, |backend| asyn
     }
     server.stop().await;
 });
+
+both_backends!(livekit_tokens_across_servers, |backend| async move {
+    let Some(python) = livekit_python() else { return };
+    let (sfu_url, _sfu) = start_fake_sfu().await;
+    let ca = crate::harness_federation::TestCa::new();
+    let Some(a) = crate::harness_federation::FederatedServer::start_with(backend, &ca, |config| {
+        config.livekit.url = sfu_url.clone();
+        config.livekit.api_key = API_KEY.into();
+        config.livekit.api_secret = API_SECRET.into();
+    })
+    .await
+    else {
+        return;
+    };
+    let Some(b) = crate::harness_federation::FederatedServer::start(backend, &ca).await else { return };
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let carol = b.register("carol", "pw").await;
+    let (bob_id, bob_device) = whoami(&bob).await;
+    let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let via = form_urlencoded::byte_serialize(a.server_name().as_bytes()).collect::<String>();
+    let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{room}?server_name={via}"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // lk-jwt-service's /sfu/get on A with Bob's OpenID token from B: A asks B who it is.
+    let token = openid_token(&bob, &bob_id).await;
+    assert_eq!(token["matrix_server_name"], b.server_name());
+    let (status, answer) = a
+        .client()
+        .post(
+            "/livekit/jwt/sfu/get",
+            json!({ "room": room, "openid_token": token, "device_id": bob_device }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let claims = verify(&python, answer["jwt"].as_str().unwrap(), &[]).unwrap();
+    assert_eq!(claims["identity"], format!("{bob_id}:{bob_device}"));
+    // A token that B does not know is refused by A.
+    let (status, body) = a
+        .client()
+        .post(
+            "/livekit/jwt/sfu/get",
+            json!({ "room": room, "device_id": "D",
+                    "openid_token": { "access_token": "made-up", "matrix_server_name": b.server_name() } }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+
+    // MSC4195: Bob asks his own server B for a token for A's SFU; B asks A over federation.
+    let request = json!({
+        "server_name": a.server_name(), "url": sfu_url, "room_id": room, "slot_id": "m.call#ROOM", "member_id": "bm",
+    });
+    let (status, answer) = bob.post(MSC4195_GET_TOKEN, request.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let claims = verify(
+        &python,
+        answer["jwt"].as_str().unwrap(),
+        &[&room, "m.call#ROOM", &bob_id, "bm"],
+    )
+    .unwrap();
+    assert_eq!(claims["identity"], claims["expected_identity"], "{claims}");
+    assert_eq!(claims["video"]["room"], claims["expected_room"], "{claims}");
+    // Bob publishes on his own server's SFU, not on A's: this token only subscribes.
+    assert_eq!(claims["video"]["can_publish"], false, "{claims}");
+    assert_eq!(claims["video"]["can_subscribe"], true, "{claims}");
+    // Carol is not in the room: B refuses her before asking A.
+    let (status, body) = carol.post(MSC4195_GET_TOKEN, request).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
+    // An SFU A does not have: A's refusal reaches Bob as it is.
+    let (status, body) = bob
+        .post(
+            MSC4195_GET_TOKEN,
+            json!({ "server_name": a.server_name(), "url": "wss://elsewhere.example", "room_id": room,
+                    "slot_id": "m.call#ROOM", "member_id": "bm" }),
+        )
+        .await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    a.stop().await;
+    b.stop().await;
+});
