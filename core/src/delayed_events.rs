@@ -105,12 +105,11 @@ pub async fn schedule(core: &Core, new: NewDelayed<'_>) -> Result<String> {
 
 /// How many delayed events `user_id` has scheduled, and when the next of them is due.
 pub async fn scheduled_of(core: &Core, user_id: &str) -> Result<(i64, Option<i64>)> {
-    let row: (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MIN(send_ts) FROM delayed_events WHERE user_id = $1 AND outcome IS NULL",
-    )
-    .bind(user_id)
-    .fetch_one(core.db.pool())
-    .await?;
+    let row: (i64, Option<i64>) =
+        sqlx::query_as("SELECT COUNT(*), MIN(send_ts) FROM delayed_events WHERE user_id = $1 AND outcome IS NULL")
+            .bind(user_id)
+            .fetch_one(core.db.pool())
+            .await?;
     Ok(row)
 }
 
@@ -373,9 +372,11 @@ pub async fn fire_due(core: &Core, describe: impl Fn(Error) -> (String, String))
             break;
         }
     }
-    Ok(sqlx::query_scalar("SELECT MIN(send_ts) FROM delayed_events WHERE outcome IS NULL")
-        .fetch_one(core.db.pool())
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT MIN(send_ts) FROM delayed_events WHERE outcome IS NULL")
+            .fetch_one(core.db.pool())
+            .await?,
+    )
 }
 
 /// Whether `delay_id` is a scheduled delayed event of `user_id` in `room_id`.

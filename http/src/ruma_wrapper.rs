@@ -324,6 +324,28 @@ fn with_empty_state_key(path: &str) -> Vec<String> {
     paths
 }
 
+/// Mounts a ruma handler at one more `path` than its endpoint's own (the stable path of a
+/// proposal ruma names only the unstable one of).
+pub fn also_at<Req, F, Fut>(router: Router<AppState>, path: &str, handler: F) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthRequirement,
+    Req::OutgoingResponse: Send + 'static,
+    F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<Req::OutgoingResponse>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    router.route(
+        path,
+        on(
+            filter,
+            move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                handler(state, req).await.map(RumaResponse)
+            },
+        ),
+    )
+}
+
 /// Mounts a handler `async fn(AppState, Ruma<Req>) -> ApiResult<Req::OutgoingResponse>` on
 /// every path of `Req`.
 pub trait RumaRoute {

@@ -97,12 +97,11 @@ async fn still_ours(core: &Core, d: &Delegation) -> Result<Option<(i64, i64)>> {
     if current.map(|(id,)| id) != Some(d.delay_id.clone()) {
         return Ok(None);
     }
-    let scheduled: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT delay_ms, running_since FROM delayed_events WHERE delay_id = $1 AND outcome IS NULL",
-    )
-    .bind(&d.delay_id)
-    .fetch_optional(core.db.pool())
-    .await?;
+    let scheduled: Option<(i64, i64)> =
+        sqlx::query_as("SELECT delay_ms, running_since FROM delayed_events WHERE delay_id = $1 AND outcome IS NULL")
+            .bind(&d.delay_id)
+            .fetch_optional(core.db.pool())
+            .await?;
     Ok(scheduled)
 }
 

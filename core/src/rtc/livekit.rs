@@ -185,7 +185,13 @@ fn service_token(sfu: &Sfu, room: &str, create: bool) -> Result<String> {
 }
 
 /// Calls `method` of the SFU's room service (Twirp, JSON); its HTTP status and body.
-async fn room_service(http: &reqwest::Client, sfu: &Sfu, method: &str, token: String, body: serde_json::Value) -> Result<(u16, serde_json::Value)> {
+async fn room_service(
+    http: &reqwest::Client,
+    sfu: &Sfu,
+    method: &str,
+    token: String,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
     let url = format!("{}/twirp/livekit.RoomService/{method}", http_base(sfu));
     let response = http
         .post(&url)

@@ -78,19 +78,25 @@ pub async fn service_token(
     livekit::join_token(sfu, room, identity, None, grants)
 }
 
-/// Hands the scheduled delayed leave event `delay_id` of `user_id` in `room_id` to this server
-/// (see `delegation`), for the participant `identity` in the slot's LiveKit room. The event
-/// must be one of the user's, in that room, still scheduled (400 `M_INVALID_PARAM`).
+/// A member of a MatrixRTC slot in a room.
+pub struct SlotMember<'a> {
+    pub room_id: &'a str,
+    pub slot_id: &'a str,
+    pub member_id: &'a str,
+}
+
+/// Hands the scheduled delayed leave event `delay_id` of `user_id` to this server (see
+/// `delegation`), for `member` as the participant `identity` in the slot's LiveKit room. The
+/// event must be one of the user's, in that room, still scheduled (400 `M_INVALID_PARAM`).
 pub async fn delegate_leave(
     core: &Core,
     sfu: &livekit::Sfu,
     user_id: &ruma::UserId,
-    room_id: &str,
-    slot_id: &str,
-    member_id: &str,
+    member: SlotMember<'_>,
     delay_id: &str,
     identity: String,
 ) -> Result<()> {
+    let room_id = member.room_id;
     if !crate::delayed_events::is_scheduled_by(core, delay_id, user_id.as_str(), room_id).await? {
         return Err(Error::InvalidParam(format!(
             "{delay_id} is no scheduled delayed event of yours in {room_id}"
@@ -99,10 +105,10 @@ pub async fn delegate_leave(
     let delegation = delegation::Delegation {
         user_id: user_id.to_string(),
         room_id: room_id.to_owned(),
-        slot_id: slot_id.to_owned(),
-        member_id: member_id.to_owned(),
+        slot_id: member.slot_id.to_owned(),
+        member_id: member.member_id.to_owned(),
         delay_id: delay_id.to_owned(),
-        livekit_room: livekit::room_name(room_id, slot_id),
+        livekit_room: livekit::room_name(room_id, member.slot_id),
         livekit_identity: identity,
     };
     delegation::delegate(core, sfu, delegation).await

@@ -7,17 +7,23 @@ use ruma::api::federation::rtc::livekit::get_token;
 use weft_core::rtc;
 use weft_http::{
     error::{ApiResult, MatrixError},
-    ruma_wrapper::{Ruma, RumaRoute},
+    ruma_wrapper::{also_at, Ruma, RumaRoute},
     state::AppState,
 };
 
 use super::origin;
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
-    router.ruma(livekit_token)
+    // Also at the path MSC4195 gives for when it is stable.
+    also_at(
+        router.ruma(livekit_token),
+        "/_matrix/federation/v1/rtc/livekit/get_token",
+        livekit_token,
+    )
 }
 
 /// # `POST /_matrix/federation/unstable/io.element.msc4195/rtc/livekit/get_token`
+/// # `POST /_matrix/federation/v1/rtc/livekit/get_token`
 ///
 /// For a user of the asking server joined to the room as this server sees it; the token
 /// subscribes only (users publish on their own server's SFU).

@@ -110,7 +110,10 @@ async fn start_fake_sfu() -> (String, FakeSfu) {
 
 async fn openid_token(client: &Client, user_id: &str) -> Value {
     let (status, token) = client
-        .post(&format!("/_matrix/client/v3/user/{user_id}/openid/request_token"), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/user/{user_id}/openid/request_token"),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 200, "{token}");
     token
@@ -119,7 +122,10 @@ async fn openid_token(client: &Client, user_id: &str) -> Value {
 async fn whoami(client: &Client) -> (String, String) {
     let (status, me) = client.get("/_matrix/client/v3/account/whoami").await;
     assert_eq!(status, 200, "{me}");
-    (me["user_id"].as_str().unwrap().to_owned(), me["device_id"].as_str().unwrap().to_owned())
+    (
+        me["user_id"].as_str().unwrap().to_owned(),
+        me["device_id"].as_str().unwrap().to_owned(),
+    )
 }
 
 const MSC4195_GET_TOKEN: &str = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token";
@@ -161,6 +167,9 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
             { "type": "m.livekit", "url": sfu_url },
         ])
     );
+    // Also at the path MSC4143 gives for when it is stable.
+    let (status, stable) = alice.get("/_matrix/client/v1/rtc/transports").await;
+    assert_eq!((status, &stable), (200, &transports));
 
     // lk-jwt-service's legacy /sfu/get, as today's Element Call calls it.
     let token = openid_token(&alice, &alice_id).await;
@@ -177,7 +186,12 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
     assert_eq!(claims["identity"], format!("{alice_id}:{alice_device}"));
     assert_eq!(video["room"], claims["expected_room"], "{claims}");
     assert_eq!(
-        (&video["room_join"], &video["can_publish"], &video["can_subscribe"], &video["room_create"]),
+        (
+            &video["room_join"],
+            &video["can_publish"],
+            &video["can_subscribe"],
+            &video["room_create"]
+        ),
         (&json!(true), &json!(true), &json!(true), &json!(false)),
         "{claims}"
     );
@@ -224,7 +238,11 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
             }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{body}"
+    );
 
     // MSC4195: the client asks its own server with its access token.
     let (status, answer) = alice
@@ -252,7 +270,11 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
             json!({ "url": "wss://elsewhere.example", "room_id": room, "slot_id": "s", "member_id": "m" }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
 
     // Bob is not in the room: no token, whichever way he asks.
     let created_before = sfu.created.lock().unwrap().len();
@@ -271,7 +293,11 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
         )
         .await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{body}");
-    assert_eq!(sfu.created.lock().unwrap().len(), created_before, "no room is made for a refusal");
+    assert_eq!(
+        sfu.created.lock().unwrap().len(),
+        created_before,
+        "no room is made for a refusal"
+    );
 
     // A made-up OpenID token, or a good one said to be from another server, is refused.
     let (status, body) = anyone
@@ -281,7 +307,11 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
                     "openid_token": { "access_token": "made-up", "matrix_server_name": server.config.server_name } }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{body}"
+    );
     // Malformed requests are the client's error.
     let (status, body) = anyone.post("/livekit/jwt/sfu/get", json!({ "room": room })).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")), "{body}");
@@ -289,17 +319,30 @@ both_backends!(livekit_tokens_verify_with_livekits_verifier, |backend| async mov
 });
 
 both_backends!(livekit_endpoints_are_off_by_default, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let (status, body) = server
         .client()
-        .post("/livekit/jwt/sfu/get", json!({ "room": "!r:x", "device_id": "D", "openid_token": {} }))
+        .post(
+            "/livekit/jwt/sfu/get",
+            json!({ "room": "!r:x", "device_id": "D", "openid_token": {} }),
+        )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED")),
+        "{body}"
+    );
     let (status, transports) = alice
         .get("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports")
         .await;
-    assert_eq!((status, &transports["rtc_transports"]), (200, &json!([])), "{transports}");
+    assert_eq!(
+        (status, &transports["rtc_transports"]),
+        (200, &json!([])),
+        "{transports}"
+    );
     let (_, well_known) = server.client().get("/.well-known/matrix/client").await;
     assert!(well_known.get("org.matrix.msc4143.rtc_foci").is_none(), "{well_known}");
     server.stop().await;
@@ -339,14 +382,22 @@ both_backends!(delegated_leave_events_follow_the_sfu, |backend| async move {
     assert_eq!(status, 200, "{res}");
     let delay_id = res["delay_id"].as_str().unwrap().to_owned();
     const DELEGATE: &str = "/_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave";
-    let delegation = |url: &str, delay_id: &str| {
-        json!({ "url": url, "room_id": room, "slot_id": "m.call#ROOM", "member_id": "mem", "delay_id": delay_id })
-    };
+    let delegation = |url: &str, delay_id: &str| json!({ "url": url, "room_id": room, "slot_id": "m.call#ROOM", "member_id": "mem", "delay_id": delay_id });
     // Only this server's SFU, and only one's own scheduled event in that room.
-    let (status, body) = alice.post(DELEGATE, delegation("wss://elsewhere.example", &delay_id)).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = alice
+        .post(DELEGATE, delegation("wss://elsewhere.example", &delay_id))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (status, body) = alice.post(DELEGATE, delegation(&sfu_url, "not-a-delay-id")).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
 
     sfu.connected.store(true, std::sync::atomic::Ordering::SeqCst);
     let (status, body) = alice.post(DELEGATE, delegation(&sfu_url, &delay_id)).await;
@@ -355,17 +406,33 @@ both_backends!(delegated_leave_events_follow_the_sfu, |backend| async move {
         let (alice, room, key) = (alice.clone(), room.clone(), member_key.clone());
         async move {
             alice
-                .get(&format!("/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{key}"))
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{room}/state/org.matrix.msc3401.call.member/{key}"
+                ))
                 .await
                 .1
         }
     };
     // Connected for more than twice the delay: the server kept the event from firing.
     tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert_eq!(membership().await["application"], "m.call", "the leave event fired while connected");
-    let asked = sfu.asked.lock().unwrap().last().cloned().expect("the server asked the SFU");
+    assert_eq!(
+        membership().await["application"],
+        "m.call",
+        "the leave event fired while connected"
+    );
+    let asked = sfu
+        .asked
+        .lock()
+        .unwrap()
+        .last()
+        .cloned()
+        .expect("the server asked the SFU");
     assert_eq!(asked.0, weft_core::rtc::livekit::room_name(&room, "m.call#ROOM"));
-    let identity = weft_core::rtc::livekit::Identity::Member { user_id: &alice_id, member_id: "mem" }.derive();
+    let identity = weft_core::rtc::livekit::Identity::Member {
+        user_id: &alice_id,
+        member_id: "mem",
+    }
+    .derive();
     assert_eq!(asked.1, identity);
     // Gone from the SFU: the leave event is sent at once, well before its delay would.
     sfu.connected.store(false, std::sync::atomic::Ordering::SeqCst);
@@ -376,7 +443,11 @@ both_backends!(delegated_leave_events_follow_the_sfu, |backend| async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let finalised = listed(&alice, "finalised").await;
-    assert_eq!(finalised[0]["delay_id"].as_str(), Some(delay_id.as_str()), "{finalised:?}");
+    assert_eq!(
+        finalised[0]["delay_id"].as_str(),
+        Some(delay_id.as_str()),
+        "{finalised:?}"
+    );
     assert!(finalised[0]["event_id"].is_string());
     server.stop().await;
 });
@@ -443,7 +514,9 @@ async fn listed(client: &Client, status: &str) -> Vec<Value> {
 }
 
 both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({})).await;
     let (_, versions) = server.client().get("/_matrix/client/versions").await;
@@ -454,7 +527,10 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
     let fired = schedule_message(&alice, &room, "t1", "on time", 1500).await;
     let scheduled = listed(&alice, "scheduled").await;
     assert_eq!(scheduled.len(), 1, "{scheduled:?}");
-    assert_eq!((scheduled[0]["delay_id"].as_str(), &scheduled[0]["delay"]), (Some(fired.as_str()), &json!(1500)));
+    assert_eq!(
+        (scheduled[0]["delay_id"].as_str(), &scheduled[0]["delay"]),
+        (Some(fired.as_str()), &json!(1500))
+    );
     assert_eq!(scheduled[0]["content"]["body"], "on time");
     // A retry of the same transaction is the same delayed event.
     assert_eq!(schedule_message(&alice, &room, "t1", "on time", 1500).await, fired);
@@ -488,10 +564,17 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let topic = |c: Client| {
         let room = room.clone();
-        async move { c.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/")).await }
+        async move {
+            c.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"))
+                .await
+        }
     };
     assert!(started.elapsed() > Duration::from_millis(2000));
-    assert_ne!(topic(alice.clone()).await.1["topic"], "restarted", "sent on its first schedule");
+    assert_ne!(
+        topic(alice.clone()).await.1["topic"],
+        "restarted",
+        "sent on its first schedule"
+    );
     let deadline = Instant::now() + Duration::from_secs(8);
     while topic(alice.clone()).await.1["topic"] != "restarted" {
         assert!(Instant::now() < deadline, "the restarted event was never sent");
@@ -511,7 +594,9 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
     // Sent now, long before its delay; with the first form of the endpoint (action in the
     // body, access token).
     let now = schedule_message(&alice, &room, "t4", "sent now", 600_000).await;
-    let (status, body) = alice.post(&format!("{DELAYED}/{now}"), json!({ "action": "send" })).await;
+    let (status, body) = alice
+        .post(&format!("{DELAYED}/{now}"), json!({ "action": "send" }))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(count_of(&alice, &room, "sent now").await, 1);
     let (status, one) = alice.get(&format!("{DELAYED}/{now}")).await;
@@ -525,7 +610,11 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
             json!({ "msgtype": "m.text", "body": "too late" }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_MAX_DELAY_EXCEEDED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_MAX_DELAY_EXCEEDED")),
+        "{body}"
+    );
     assert_eq!(body["max_delay"], 86_400_000);
     let (status, body) = alice
         .put(
@@ -533,7 +622,11 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
             json!({ "msgtype": "m.text", "body": "x" }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (status, body) = act(&alice, "no-such-delay", "send").await;
     assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
     assert!(listed(&alice, "scheduled").await.is_empty());
@@ -545,11 +638,15 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
 });
 
 both_backends!(delayed_events_follow_the_auth_rules_when_sent, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let bob = server.register("bob", "pw").await;
     let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
-    let (status, body) = bob.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({})).await;
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     // Bob may schedule a topic change, but not make it: it fails when it fires, and says why.
     let (status, res) = bob
@@ -571,12 +668,16 @@ both_backends!(delayed_events_follow_the_auth_rules_when_sent, |backend| async m
     };
     assert_eq!(failed["error"]["errcode"], "M_FORBIDDEN", "{failed}");
     assert!(failed.get("event_id").is_none(), "{failed}");
-    let (_, topic) = alice.get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/")).await;
+    let (_, topic) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic/"))
+        .await;
     assert_ne!(topic["topic"], "bob's");
     // Membership is not for this endpoint, delayed or not.
     let (status, body) = bob
         .put(
-            &format!("/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:weft.test?org.matrix.msc4140.delay=500"),
+            &format!(
+                "/_matrix/client/v3/rooms/{room}/state/m.room.member/@alice:weft.test?org.matrix.msc4140.delay=500"
+            ),
             json!({ "membership": "leave" }),
         )
         .await;
@@ -586,7 +687,9 @@ both_backends!(delayed_events_follow_the_auth_rules_when_sent, |backend| async m
 });
 
 both_backends!(delayed_events_fire_after_a_restart, |backend| async move {
-    let Some(mut server) = TestServer::start(backend).await else { return };
+    let Some(mut server) = TestServer::start(backend).await else {
+        return;
+    };
     let alice = server.register("alice", "pw").await;
     let room = create_room(&alice, json!({})).await;
     let scheduled_at = Instant::now();
@@ -603,38 +706,47 @@ both_backends!(delayed_events_fire_after_a_restart, |backend| async move {
     server.stop().await;
 });
 
-both_backends!(delayed_events_are_sent_once_by_several_processes, |backend| async move {
-    let Some(server) = TestServer::start(backend).await else { return };
-    // A second process on the same database (PostgreSQL; SQLite is one process).
-    let second = match backend {
-        Backend::Postgres => Some(weft::server::start(server.config.clone()).await.expect("second process")),
-        Backend::Sqlite => None,
-    };
-    let alice = server.register("alice", "pw").await;
-    let room = create_room(&alice, json!({})).await;
-    let on_second = match &second {
-        Some(s) => Client {
-            base: format!("http://{}", s.addrs[0]),
-            ..alice.clone()
-        },
-        None => alice.clone(),
-    };
-    for i in 0..10 {
-        let via = if i % 2 == 0 { &alice } else { &on_second };
-        schedule_message(via, &room, &format!("m{i}"), &format!("once {i}"), 800).await;
+both_backends!(
+    delayed_events_are_sent_once_by_several_processes,
+    |backend| async move {
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        // A second process on the same database (PostgreSQL; SQLite is one process).
+        let second = match backend {
+            Backend::Postgres => Some(
+                weft::server::start(server.config.clone())
+                    .await
+                    .expect("second process"),
+            ),
+            Backend::Sqlite => None,
+        };
+        let alice = server.register("alice", "pw").await;
+        let room = create_room(&alice, json!({})).await;
+        let on_second = match &second {
+            Some(s) => Client {
+                base: format!("http://{}", s.addrs[0]),
+                ..alice.clone()
+            },
+            None => alice.clone(),
+        };
+        for i in 0..10 {
+            let via = if i % 2 == 0 { &alice } else { &on_second };
+            schedule_message(via, &room, &format!("m{i}"), &format!("once {i}"), 800).await;
+        }
+        wait_for(&alice, &room, "once 9", Duration::from_secs(12)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let seen = bodies(&alice, &room).await;
+        for i in 0..10 {
+            let body = format!("once {i}");
+            assert_eq!(seen.iter().filter(|b| **b == body).count(), 1, "{body:?} in {seen:?}");
+        }
+        if let Some(second) = second {
+            second.shutdown().await;
+        }
+        server.stop().await;
     }
-    wait_for(&alice, &room, "once 9", Duration::from_secs(12)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen = bodies(&alice, &room).await;
-    for i in 0..10 {
-        let body = format!("once {i}");
-        assert_eq!(seen.iter().filter(|b| **b == body).count(), 1, "{body:?} in {seen:?}");
-    }
-    if let Some(second) = second {
-        second.shutdown().await;
-    }
-    server.stop().await;
-});
+);
 
 both_backends!(livekit_tokens_across_servers, |backend| async move {
     let Some(python) = livekit_python() else { return };
@@ -649,14 +761,18 @@ both_backends!(livekit_tokens_across_servers, |backend| async move {
     else {
         return;
     };
-    let Some(b) = crate::harness_federation::FederatedServer::start(backend, &ca).await else { return };
+    let Some(b) = crate::harness_federation::FederatedServer::start(backend, &ca).await else {
+        return;
+    };
     let alice = a.register("alice", "pw").await;
     let bob = b.register("bob", "pw").await;
     let carol = b.register("carol", "pw").await;
     let (bob_id, bob_device) = whoami(&bob).await;
     let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
     let via = form_urlencoded::byte_serialize(a.server_name().as_bytes()).collect::<String>();
-    let (status, body) = bob.post(&format!("/_matrix/client/v3/join/{room}?server_name={via}"), json!({})).await;
+    let (status, body) = bob
+        .post(&format!("/_matrix/client/v3/join/{room}?server_name={via}"), json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
 
     // lk-jwt-service's /sfu/get on A with Bob's OpenID token from B: A asks B who it is.
@@ -681,7 +797,11 @@ both_backends!(livekit_tokens_across_servers, |backend| async move {
                     "openid_token": { "access_token": "made-up", "matrix_server_name": b.server_name() } }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("M_UNAUTHORIZED")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNAUTHORIZED")),
+        "{body}"
+    );
 
     // MSC4195: Bob asks his own server B for a token for A's SFU; B asks A over federation.
     let request = json!({
@@ -711,7 +831,11 @@ both_backends!(livekit_tokens_across_servers, |backend| async move {
                     "slot_id": "m.call#ROOM", "member_id": "bm" }),
         )
         .await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     a.stop().await;
     b.stop().await;
 });

@@ -58,11 +58,15 @@ pub struct Request<'a> {
 pub async fn schedule(state: &AppState, user: &AuthUser, req: Request<'_>) -> ApiResult<String> {
     let config = &state.config.delayed_events;
     if !config.enabled {
-        return Err(MatrixError::unrecognized("Delayed events are not enabled on this server")
-            .with_status(StatusCode::BAD_REQUEST));
+        return Err(
+            MatrixError::unrecognized("Delayed events are not enabled on this server")
+                .with_status(StatusCode::BAD_REQUEST),
+        );
     }
     if req.delay_ms <= 0 {
-        return Err(MatrixError::invalid_param("The delay must be a positive number of milliseconds"));
+        return Err(MatrixError::invalid_param(
+            "The delay must be a positive number of milliseconds",
+        ));
     }
     let max_delay = config.max_delay.as_millis() as i64;
     if req.delay_ms > max_delay {
@@ -206,7 +210,10 @@ async fn update_v1(
 ) -> ApiResult<update_delayed_event::unstable_v1::Response> {
     let user = req.sender()?;
     let action = action_of(&req.action)?;
-    if delayed::get(&state.core, user.user_id.as_str(), &req.delay_id).await?.is_none() {
+    if delayed::get(&state.core, user.user_id.as_str(), &req.delay_id)
+        .await?
+        .is_none()
+    {
         return Err(MatrixError::not_found("No such delayed event"));
     }
     act(&state, &req.delay_id, action).await?;

@@ -22,15 +22,21 @@ use weft_core::rtc::{self, livekit};
 use crate::{
     config::LIVEKIT_SERVICE_PATH,
     error::{ApiResult, MatrixError},
-    ruma_wrapper::{client_ip, read_body, Ruma, RumaRoute},
+    ruma_wrapper::{also_at, client_ip, read_body, Ruma, RumaRoute},
     state::AppState,
 };
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    let router = router.ruma(transports).ruma(get_token).ruma(delegate_leave);
+    // The paths the proposals give for when they are stable, which ruma 0.17 does not name yet.
+    let router = also_at(router, "/_matrix/client/v1/rtc/transports", transports);
+    let router = also_at(router, "/_matrix/client/v1/rtc/livekit/get_token", get_token);
+    let router = also_at(
+        router,
+        "/_matrix/client/v1/rtc/livekit/delegate_delayed_leave",
+        delegate_leave,
+    );
     router
-        .ruma(transports)
-        .ruma(get_token)
-        .ruma(delegate_leave)
         .route(&format!("{LIVEKIT_SERVICE_PATH}/sfu/get"), post(service_sfu_get))
         .route(&format!("{LIVEKIT_SERVICE_PATH}/get_token"), post(service_get_token))
         .route(
@@ -40,6 +46,7 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
 }
 
 /// # `GET /_matrix/client/unstable/org.matrix.msc4143/rtc/transports`
+/// # `GET /_matrix/client/v1/rtc/transports`
 ///
 /// The token service Element Call asks (`livekit`, as in `/.well-known/matrix/client`) and,
 /// when this server issues tokens for an SFU itself, that SFU (`m.livekit`, MSC4195).
@@ -53,14 +60,14 @@ async fn transports(state: AppState, req: Ruma<transports::v1::Request>) -> ApiR
     if state.config.livekit.enabled() {
         let mut data = Map::new();
         data.insert("url".into(), json!(state.config.livekit.url));
-        offered.push(
-            RtcTransport::new("m.livekit", data).map_err(|e| MatrixError::unknown(format!("transport: {e}")))?,
-        );
+        offered
+            .push(RtcTransport::new("m.livekit", data).map_err(|e| MatrixError::unknown(format!("transport: {e}")))?);
     }
     Ok(transports::v1::Response::new(offered))
 }
 
 /// # `POST /_matrix/client/unstable/io.element.msc4195/rtc/livekit/get_token`
+/// # `POST /_matrix/client/v1/rtc/livekit/get_token`
 ///
 /// A token for the SFU at `url` of `server_name` (this server by default): issued here for
 /// this server's SFU, else asked of that server over federation, whose refusals (403, 400)
@@ -104,6 +111,7 @@ async fn get_token(state: AppState, req: Ruma<get_token::v1::Request>) -> ApiRes
 }
 
 /// # `POST /_matrix/client/unstable/io.element.msc4195/rtc/livekit/delegate_delayed_leave`
+/// # `POST /_matrix/client/v1/rtc/livekit/delegate_delayed_leave`
 ///
 /// The user's scheduled leave event for a member of a slot, handed to this server to restart
 /// while the member is connected to this server's SFU and to send once it is not.
@@ -122,9 +130,11 @@ async fn delegate_leave(
         &state.core,
         &sfu,
         &user.user_id,
-        req.room_id.as_str(),
-        &req.slot_id,
-        &req.member_id,
+        rtc::SlotMember {
+            room_id: req.room_id.as_str(),
+            slot_id: &req.slot_id,
+            member_id: &req.member_id,
+        },
         &req.delay_id,
         identity,
     )
@@ -136,7 +146,9 @@ async fn delegate_leave(
 pub fn own_sfu(state: &AppState, url: &str) -> ApiResult<livekit::Sfu> {
     match state.config.livekit.sfu() {
         Some(sfu) if rtc::is_our_sfu(&sfu, url) => Ok(sfu),
-        Some(_) => Err(MatrixError::invalid_param(format!("{url} is not an SFU of this server"))),
+        Some(_) => Err(MatrixError::invalid_param(format!(
+            "{url} is not an SFU of this server"
+        ))),
         None => Err(MatrixError::invalid_param("This server has no LiveKit SFU")),
     }
 }
@@ -234,7 +246,10 @@ async fn openid_user(state: &AppState, token: &OpenIdToken) -> ApiResult<OwnedUs
     let fed = weft_federation::of(state)?;
     let answer = fed
         .client
-        .send(&server, get_openid_userinfo::v1::Request::new(token.access_token.clone()))
+        .send(
+            &server,
+            get_openid_userinfo::v1::Request::new(token.access_token.clone()),
+        )
         .await
         .map_err(|e| {
             tracing::info!(error = %e, "an OpenID token could not be checked at its server");
@@ -302,7 +317,10 @@ async fn service_get_token(State(state): State<AppState>, request: axum::extract
 /// lk-jwt-service's delegation, for a user of this server (the delayed event lives here; a
 /// user of another server delegates to theirs): the member's scheduled leave event is
 /// restarted while they are connected to the SFU and sent once they are not.
-async fn service_delegate_leave(State(state): State<AppState>, request: axum::extract::Request) -> ApiResult<Json<Value>> {
+async fn service_delegate_leave(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+) -> ApiResult<Json<Value>> {
     let (sfu, req) = service_request::<ServiceDelegate>(&state, request).await?;
     let member = &req.member;
     if req.room_id.is_empty() || req.slot_id.is_empty() || req.delay_id.is_empty() {
@@ -332,9 +350,11 @@ async fn service_delegate_leave(State(state): State<AppState>, request: axum::ex
         &state.core,
         &sfu,
         &user,
-        &req.room_id,
-        &req.slot_id,
-        &member.id,
+        rtc::SlotMember {
+            room_id: &req.room_id,
+            slot_id: &req.slot_id,
+            member_id: &member.id,
+        },
         &req.delay_id,
         identity,
     )
