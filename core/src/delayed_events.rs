@@ -20,8 +20,9 @@ use crate::{
     Core, Error, Result,
 };
 
-/// The device name under which fired events are sent, with the `delay_id` as transaction ID.
-const TXN_DEVICE: &str = "org.matrix.msc4140";
+/// The device name under which fired events are sent, with the `delay_id` as transaction ID
+/// (which `client_format` shows their sender as `unsigned.org.matrix.msc4140.delay_id`).
+pub const TXN_DEVICE: &str = "org.matrix.msc4140";
 
 /// How long a claim holds before another process may take the row over (a claimant that died).
 const CLAIM_MS: i64 = 60_000;

@@ -208,7 +208,8 @@ impl LivekitConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DelayedEventsConfig {
     pub enabled: bool,
-    /// The longest delay a client may ask for; longer ones answer `M_MAX_DELAY_EXCEEDED`.
+    /// The longest delay a client may ask for; longer ones answer MSC4140's max-delay error
+    /// (`ORG.MATRIX.MSC4140_MAX_DELAY_EXCEEDED` while the proposal is unstable).
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     /// How many delayed events one user may have scheduled at once.

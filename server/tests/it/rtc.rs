@@ -540,7 +540,17 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
     assert!(at - scheduled_at >= Duration::from_millis(1500));
     let finalised = listed(&alice, "finalised").await;
     assert_eq!(finalised[0]["delay_id"].as_str(), Some(fired.as_str()), "{finalised:?}");
-    assert!(finalised[0]["event_id"].is_string(), "{finalised:?}");
+    let event_id = finalised[0]["event_id"].as_str().expect("the event's ID").to_owned();
+    // Its sender sees which delayed event it was; nobody else does.
+    let (status, event) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert_eq!(
+        event["unsigned"]["org.matrix.msc4140.delay_id"].as_str(),
+        Some(fired.as_str()),
+        "{event}"
+    );
     assert!(listed(&alice, "scheduled").await.is_empty());
     // Sending what was sent is fine; cancelling it is a conflict.
     assert_eq!(act(&alice, &fired, "send").await.0, 200);
@@ -612,10 +622,10 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
         .await;
     assert_eq!(
         (status, body["errcode"].as_str()),
-        (400, Some("M_MAX_DELAY_EXCEEDED")),
+        (400, Some("ORG.MATRIX.MSC4140_MAX_DELAY_EXCEEDED")),
         "{body}"
     );
-    assert_eq!(body["max_delay"], 86_400_000);
+    assert_eq!(body["org.matrix.msc4140.max_delay"], 86_400_000);
     let (status, body) = alice
         .put(
             &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t6?org.matrix.msc4140.delay=soon"),
@@ -633,6 +643,27 @@ both_backends!(delayed_events_fire_restart_cancel_send, |backend| async move {
     // Nobody else sees Alice's delayed events.
     let bob = server.register("bob", "pw").await;
     assert!(listed(&bob, "finalised").await.is_empty());
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{room}/invite"),
+            json!({ "user_id": "@bob:weft.test" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        bob.post(&format!("/_matrix/client/v3/rooms/{room}/join"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (status, event) = bob
+        .get(&format!("/_matrix/client/v3/rooms/{room}/event/{event_id}"))
+        .await;
+    assert_eq!(status, 200, "{event}");
+    assert!(
+        event["unsigned"].get("org.matrix.msc4140.delay_id").is_none(),
+        "{event}"
+    );
     assert_eq!(bob.get(&format!("{DELAYED}/{now}")).await.0, 404);
     server.stop().await;
 });

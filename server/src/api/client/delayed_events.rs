@@ -70,11 +70,12 @@ pub async fn schedule(state: &AppState, user: &AuthUser, req: Request<'_>) -> Ap
     }
     let max_delay = config.max_delay.as_millis() as i64;
     if req.delay_ms > max_delay {
+        // The MSC's unstable names, with the stable field beside them for clients that read it.
         return Err(MatrixError {
             status: StatusCode::BAD_REQUEST,
-            errcode: "M_MAX_DELAY_EXCEEDED",
+            errcode: "ORG.MATRIX.MSC4140_MAX_DELAY_EXCEEDED",
             message: "The requested delay exceeds the allowed maximum".into(),
-            extra: Some(json!({ "max_delay": max_delay })),
+            extra: Some(json!({ "org.matrix.msc4140.max_delay": max_delay, "max_delay": max_delay })),
         });
     }
     let (scheduled, next_due) = delayed::scheduled_of(&state.core, user.user_id.as_str()).await?;
