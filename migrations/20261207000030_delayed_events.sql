@@ -22,6 +22,7 @@ CREATE TABLE delayed_events (
 CREATE INDEX delayed_events_due ON delayed_events (send_ts) WHERE outcome IS NULL;
 CREATE INDEX delayed_events_user ON delayed_events (user_id, finalised_ts);
 CREATE UNIQUE INDEX delayed_events_txn ON delayed_events (user_id, device_id, txn_id);
+CREATE INDEX delayed_events_finalised ON delayed_events (finalised_ts) WHERE outcome IS NOT NULL;
 
 -- Delayed leave events a user handed to this server to manage (MSC4195's
 -- `delegate_delayed_leave`): restarted while the participant is connected to the SFU, sent

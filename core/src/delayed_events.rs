@@ -380,6 +380,18 @@ pub async fn fire_due(core: &Core, describe: impl Fn(Error) -> (String, String))
     )
 }
 
+/// Forgets the events finalised longer ago than the listing shows them; how many.
+pub async fn forget_finalised(core: &Core) -> Result<u64> {
+    let mut tx = core.db.write().await?;
+    let n = sqlx::query("DELETE FROM delayed_events WHERE outcome IS NOT NULL AND finalised_ts < $1")
+        .bind(now_ms() - KEEP_FINALISED_MS)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n)
+}
+
 /// Whether `delay_id` is a scheduled delayed event of `user_id` in `room_id`.
 pub async fn is_scheduled_by(core: &Core, delay_id: &str, user_id: &str, room_id: &str) -> Result<bool> {
     let found: Option<(String,)> = sqlx::query_as(

@@ -16,6 +16,8 @@ use crate::{error::MatrixError, state::AppState};
 
 /// The longest the timer sleeps without looking at the database.
 const POLL: Duration = Duration::from_secs(10);
+/// How often finalised events past the listing's week are deleted.
+const CLEANUP: Duration = Duration::from_secs(60 * 60);
 /// How long it waits after a failed pass (the database away).
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -30,7 +32,16 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         let e = MatrixError::from(e);
         (e.errcode.to_owned(), e.message)
     };
+    let mut last_cleanup: Option<std::time::Instant> = None;
     loop {
+        if last_cleanup.is_none_or(|at| at.elapsed() >= CLEANUP) {
+            match delayed_events::forget_finalised(&core).await {
+                Ok(n) if n > 0 => tracing::debug!(forgotten = n, "forgot old finalised delayed events"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot forget old finalised delayed events"),
+            }
+            last_cleanup = Some(std::time::Instant::now());
+        }
         let sleep = match delayed_events::fire_due(&core, describe).await {
             Ok(Some(next)) => Duration::from_millis((next - now_ms()).max(0) as u64).min(POLL),
             Ok(None) => POLL,
