@@ -24,6 +24,8 @@ pub struct Core {
     /// Where older history of rooms joined over federation comes from (installed by the
     /// federation crate; see rooms::history).
     pub history: Arc<crate::rooms::history::History>,
+    /// Wakes this process's delayed-event timer when an event is scheduled or restarted here.
+    pub delayed_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Core {
@@ -39,6 +41,7 @@ impl Core {
             memos: Arc::default(),
             room_turns: Arc::default(),
             history: Arc::default(),
+            delayed_wake: Arc::default(),
         }
     }
 

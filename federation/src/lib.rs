@@ -101,5 +101,6 @@ pub fn router() -> Router<AppState> {
     let router = api::backfill::routes(router);
     let router = api::directory::routes(router);
     let router = api::media::routes(router);
+    let router = api::rtc::routes(router);
     api::query::routes(router)
 }

@@ -9,6 +9,9 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Where this server answers lk-jwt-service's endpoints (`/sfu/get`, `/get_token`).
+pub const LIVEKIT_SERVICE_PATH: &str = "/livekit/jwt";
+
 /// `config.example.toml`: every setting, commented, with its default.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
 
@@ -36,6 +39,8 @@ pub struct Config {
     pub media: MediaConfig,
     pub federation: FederationConfig,
     pub voip: VoipConfig,
+    pub livekit: LivekitConfig,
+    pub delayed_events: DelayedEventsConfig,
     pub log: LogConfig,
 }
 
@@ -165,6 +170,52 @@ pub struct VoipConfig {
     pub livekit_service_url: String,
 }
 
+/// A LiveKit SFU for which this server issues access tokens itself (MatrixRTC, MSC4195), so
+/// that Element Call needs no separate lk-jwt-service. Off while `url` is empty.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LivekitConfig {
+    /// The SFU's WebSocket URL (`wss://livekit.example.org`), handed to clients.
+    pub url: String,
+    /// The API key and secret the SFU is configured with (its `keys:` map); tokens are signed
+    /// with the secret.
+    pub api_key: String,
+    pub api_secret: String,
+    /// How long an issued token lets its holder join.
+    #[serde(with = "humantime_serde")]
+    pub token_lifetime: Duration,
+}
+
+impl LivekitConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The SFU this server issues tokens for, when one is configured.
+    pub fn sfu(&self) -> Option<weft_core::rtc::livekit::Sfu> {
+        self.enabled().then(|| weft_core::rtc::livekit::Sfu {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            api_secret: self.api_secret.clone(),
+            token_lifetime: self.token_lifetime,
+        })
+    }
+}
+
+/// Delayed events (MSC4140): events a client schedules, which this server sends when their
+/// delay runs out unless restarted or cancelled first (Element Call's "hang up if I vanish").
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DelayedEventsConfig {
+    pub enabled: bool,
+    /// The longest delay a client may ask for; longer ones answer MSC4140's max-delay error
+    /// (`ORG.MATRIX.MSC4140_MAX_DELAY_EXCEEDED` while the proposal is unstable).
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// How many delayed events one user may have scheduled at once.
+    pub max_per_user: u32,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
@@ -218,6 +269,8 @@ impl Default for Config {
             media: MediaConfig::default(),
             federation: FederationConfig::default(),
             voip: VoipConfig::default(),
+            livekit: LivekitConfig::default(),
+            delayed_events: DelayedEventsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -280,6 +333,27 @@ impl Default for FederationConfig {
             ca_file: String::new(),
             allow_loopback: false,
             well_known_server: String::new(),
+        }
+    }
+}
+
+impl Default for LivekitConfig {
+    fn default() -> Self {
+        LivekitConfig {
+            url: String::new(),
+            api_key: String::new(),
+            api_secret: String::new(),
+            token_lifetime: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+impl Default for DelayedEventsConfig {
+    fn default() -> Self {
+        DelayedEventsConfig {
+            enabled: true,
+            max_delay: Duration::from_secs(24 * 60 * 60),
+            max_per_user: 100,
         }
     }
 }
@@ -363,6 +437,15 @@ impl Config {
                 "federation.well_known_server: {delegated:?} is not a server name (host[:port])"
             ));
         }
+        let livekit = &self.livekit;
+        if livekit.enabled() {
+            if !(livekit.url.starts_with("ws://") || livekit.url.starts_with("wss://")) {
+                return Err(format!("livekit.url: {:?} must be a ws(s) URL", livekit.url));
+            }
+            if livekit.api_key.is_empty() || livekit.api_secret.is_empty() {
+                return Err("livekit: url needs api_key and api_secret".into());
+            }
+        }
         self.media.validate()?;
         self.federation_roots()?;
         Ok(())
@@ -384,6 +467,18 @@ impl Config {
     /// The public base URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.public_baseurl.trim_end_matches('/')
+    }
+
+    /// Where Element Call gets LiveKit tokens: the configured lk-jwt-service, else this
+    /// server's own compatible endpoints when it issues tokens itself; empty for neither.
+    pub fn livekit_service_url(&self) -> String {
+        if !self.voip.livekit_service_url.is_empty() {
+            self.voip.livekit_service_url.clone()
+        } else if self.livekit.enabled() {
+            format!("{}{LIVEKIT_SERVICE_PATH}", self.base_url())
+        } else {
+            String::new()
+        }
     }
 }
 

@@ -89,9 +89,20 @@ pub struct Ruma<T> {
     /// The request's method and path, which a UIA session is bound to.
     pub http_method: http::Method,
     pub http_path: String,
+    /// The raw query string, for parameters ruma's type of the endpoint does not model (the
+    /// delay of a delayed event on the send endpoints, MSC4140).
+    pub http_query: Option<String>,
 }
 
 impl<T> Ruma<T> {
+    /// A query parameter's first value, decoded.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.http_query.as_deref()?;
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
     /// The caller; only endpoints with optional auth can lack one.
     pub fn sender(&self) -> ApiResult<&AuthUser> {
         self.user
@@ -198,6 +209,7 @@ where
         };
         let ip = client_ip(&parts);
         let (http_method, http_path) = (parts.method.clone(), parts.uri.path().to_owned());
+        let http_query = parts.uri.query().map(str::to_owned);
 
         if T::RATE_LIMITED {
             let key = match (&user, &ip) {
@@ -247,6 +259,7 @@ where
             json_body,
             http_method,
             http_path,
+            http_query,
         })
     }
 }
@@ -301,6 +314,39 @@ impl<T: OutgoingResponse> IntoResponse for RumaResponse<T> {
     }
 }
 
+/// `path`, and for a path ending in a state key also the forms that address the empty one
+/// (`/state/{type}` and `/state/{type}/`).
+fn with_empty_state_key(path: &str) -> Vec<String> {
+    let mut paths = vec![path.to_owned()];
+    if let Some(base) = path.strip_suffix("/{state_key}") {
+        paths.push(base.to_owned());
+        paths.push(format!("{base}/"));
+    }
+    paths
+}
+
+/// Mounts a ruma handler at one more `path` than its endpoint's own (the stable path of a
+/// proposal ruma names only the unstable one of).
+pub fn also_at<Req, F, Fut>(router: Router<AppState>, path: &str, handler: F) -> Router<AppState>
+where
+    Req: IncomingRequest + Send + 'static,
+    Req::Authentication: AuthRequirement,
+    Req::OutgoingResponse: Send + 'static,
+    F: Fn(AppState, Ruma<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ApiResult<Req::OutgoingResponse>> + Send + 'static,
+{
+    let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
+    router.route(
+        path,
+        on(
+            filter,
+            move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                handler(state, req).await.map(RumaResponse)
+            },
+        ),
+    )
+}
+
 /// Mounts a handler `async fn(AppState, Ruma<Req>) -> ApiResult<Req::OutgoingResponse>` on
 /// every path of `Req`.
 pub trait RumaRoute {
@@ -334,16 +380,18 @@ impl RumaJsonRoute for Router<AppState> {
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
-            let handler = handler.clone();
-            self = self.route(
-                path,
-                on(
-                    filter,
-                    move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
-                        handler(state, req).await.map(axum::Json)
-                    },
-                ),
-            );
+            for path in with_empty_state_key(path) {
+                let handler = handler.clone();
+                self = self.route(
+                    &path,
+                    on(
+                        filter,
+                        move |axum::extract::State(state): axum::extract::State<AppState>, req: Ruma<Req>| async move {
+                            handler(state, req).await.map(axum::Json)
+                        },
+                    ),
+                );
+            }
         }
         self
     }
@@ -360,12 +408,7 @@ impl RumaRoute for Router<AppState> {
     {
         let filter = MethodFilter::try_from(Req::METHOD).expect("ruma endpoints use standard methods");
         for path in Req::PATH_BUILDER.all_paths() {
-            let mut paths = vec![path.to_owned()];
-            if let Some(base) = path.strip_suffix("/{state_key}") {
-                paths.push(base.to_owned());
-                paths.push(format!("{base}/"));
-            }
-            for path in paths {
+            for path in with_empty_state_key(path) {
                 let handler = handler.clone();
                 self = self.route(
                     &path,

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod delayed_timer;
 pub mod memory;
 pub mod pusher;
 pub mod router;

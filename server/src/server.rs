@@ -140,6 +140,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, apis = ?listener.apis, "listening");
     }
     tasks.push(crate::pusher::spawn(state.clone(), stop_rx.clone()));
+    if state.config.delayed_events.enabled {
+        tasks.push(crate::delayed_timer::spawn(state.clone(), stop_rx.clone()));
+    }
+    if let Some(sfu) = state.config.livekit.sfu() {
+        // Delegated leave events outlive a restart: watch them again.
+        match weft_core::rtc::delegation::resume(&state.core, &sfu).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(delegations = n, "watching delegated leave events again"),
+            Err(e) => tracing::warn!(error = %e, "cannot resume delegated leave events"),
+        }
+    }
     Ok(Running {
         addrs,
         state,

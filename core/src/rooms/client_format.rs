@@ -117,6 +117,12 @@ async fn format_list(
             {
                 unsigned["transaction_id"] = json!(txn_id);
             }
+            // A delayed event's sender sees which of theirs it was (MSC4140).
+            if viewer.user_id == stored.sender
+                && stored.txn_device.as_deref() == Some(crate::delayed_events::TXN_DEVICE)
+            {
+                unsigned["org.matrix.msc4140.delay_id"] = json!(txn_id);
+            }
         }
         if let Some(because) = because {
             unsigned["redacted_because"] = because;

@@ -9,6 +9,7 @@ pub mod media;
 pub mod membership;
 pub mod openid;
 pub mod query;
+pub mod rtc;
 pub mod send;
 pub mod state;
 #[cfg(test)]

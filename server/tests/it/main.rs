@@ -34,6 +34,7 @@ mod push;
 mod read_endpoints;
 mod relations_upgrade_spaces;
 mod rooms;
+mod rtc;
 mod search_directory_reports;
 mod sliding_sync;
 mod storage_batch;

@@ -24,7 +24,7 @@ const VERSIONS: &[&str] = &[
 ];
 
 pub async fn versions(
-    _: AppState,
+    state: AppState,
     _: Ruma<get_supported_versions::Request>,
 ) -> ApiResult<get_supported_versions::Response> {
     let mut response = get_supported_versions::Response::new(VERSIONS.iter().map(|v| v.to_string()).collect());
@@ -32,6 +32,11 @@ pub async fn versions(
         ("org.matrix.msc2918.refresh_token".to_owned(), true),
         // Simplified sliding sync: Element X only uses a server that announces it.
         ("org.matrix.simplified_msc3575".to_owned(), true),
+        // Delayed events (MSC4140), which Element Call needs to leave a call for a vanished client.
+        ("org.matrix.msc4140".to_owned(), state.config.delayed_events.enabled),
+        // MatrixRTC transports (MSC4143) and LiveKit tokens issued here (MSC4195).
+        ("org.matrix.msc4143".to_owned(), true),
+        ("io.element.msc4195".to_owned(), state.config.livekit.enabled()),
     ]);
     Ok(response)
 }
@@ -42,7 +47,7 @@ pub async fn versions(
 /// is configured, under the unstable name Element Call reads (MSC4143).
 pub async fn client_well_known(state: AppState, _: Ruma<discover_homeserver::Request>) -> ApiResult<Value> {
     let mut body = json!({ "m.homeserver": { "base_url": state.config.base_url() } });
-    let livekit = &state.config.voip.livekit_service_url;
+    let livekit = state.config.livekit_service_url();
     if !livekit.is_empty() {
         body["org.matrix.msc4143.rtc_foci"] = json!([{ "type": "livekit", "livekit_service_url": livekit }]);
     }

@@ -37,14 +37,28 @@ pub fn content_object(json_body: &Option<Value>) -> ApiResult<Value> {
     }
 }
 
-pub async fn send(
-    state: AppState,
-    req: Ruma<send_message_event::v3::Request>,
-) -> ApiResult<send_message_event::v3::Response> {
+/// # `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+///
+/// With `?org.matrix.msc4140.delay=<ms>`, schedules the event instead (a delayed event) and
+/// answers its `delay_id`.
+pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
-    let template = message_template(&req.event_type.to_string(), &req.json_body)?;
+    let kind = req.event_type.to_string();
+    let template = message_template(&kind, &req.json_body)?;
+    if let Some(delay_ms) = super::delayed_events::requested_delay(&req)? {
+        let request = super::delayed_events::Request {
+            room_id: req.room_id.as_str(),
+            event_type: &kind,
+            state_key: None,
+            content: &template.content,
+            txn_id: Some(req.txn_id.as_str()),
+            delay_ms,
+        };
+        let delay_id = super::delayed_events::schedule(&state, user, request).await?;
+        return Ok(json!({ "delay_id": delay_id }));
+    }
     let event_id = send_with_txn(&state, user, req.room_id.as_str(), template, req.txn_id.as_str()).await?;
-    Ok(send_message_event::v3::Response::new(event_id))
+    Ok(json!({ "event_id": event_id }))
 }
 
 /// A message event of `kind` with the request's body as content.

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod capabilities;
 pub mod context;
 pub mod dehydrated_device;
+pub mod delayed_events;
 pub mod devices;
 pub mod directory;
 pub mod discovery;
@@ -26,6 +27,7 @@ pub mod register;
 pub mod relations;
 pub mod report;
 pub mod room;
+pub mod rtc;
 pub mod search;
 pub mod session;
 pub mod sliding_sync;
@@ -53,6 +55,7 @@ pub fn router() -> Router<AppState> {
         backup::routes,
         context::routes,
         dehydrated_device::routes,
+        delayed_events::routes,
         keys::routes,
         legacy::routes,
         to_device::routes,
@@ -62,6 +65,7 @@ pub fn router() -> Router<AppState> {
         push::routes,
         relations::routes,
         report::routes,
+        rtc::routes,
         search::routes,
         space::routes,
         upgrade::routes,
@@ -116,12 +120,12 @@ pub fn router() -> Router<AppState> {
         .ruma(membership::unban)
         .ruma(membership::forget)
         .ruma(membership::knock)
-        .ruma(message::send)
+        .ruma_json(message::send)
         .ruma(message::redact)
         .ruma(message::messages)
         .ruma(state::get_all)
         .ruma(state::get_one)
-        .ruma(state::put)
+        .ruma_json(state::put)
         .ruma_json(sync::sync_v3)
         .ruma_json(sliding_sync::sync_v5)
         .ruma(typing::set_typing)

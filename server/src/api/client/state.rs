@@ -100,27 +100,22 @@ pub async fn get_one(
     Ok(get_state_event_for_key::v3::Response::new(raw))
 }
 
-pub async fn put(
-    state: AppState,
-    req: Ruma<send_state_event::v3::Request>,
-) -> ApiResult<send_state_event::v3::Response> {
+pub async fn put(state: AppState, req: Ruma<send_state_event::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
     let content = content_object(&req.json_body)?;
     let kind = req.event_type.to_string();
-    if kind == "m.room.member" {
-        // Membership goes through the membership endpoints, except a user updating their own
-        // profile in the room.
-        if req.state_key != user.user_id.as_str() || content["membership"] != "join" {
-            return Err(MatrixError::forbidden(
-                "Use the membership endpoints to change membership",
-            ));
-        }
-    }
-    if kind == "m.room.create" {
-        return Err(MatrixError::forbidden("m.room.create cannot be sent"));
-    }
-    if kind == "m.room.canonical_alias" {
-        check_canonical_alias(&state, req.room_id.as_str(), &content).await?;
+    check_state_send(&state, user, req.room_id.as_str(), &kind, &req.state_key, &content).await?;
+    if let Some(delay_ms) = super::delayed_events::requested_delay(&req)? {
+        let request = super::delayed_events::Request {
+            room_id: req.room_id.as_str(),
+            event_type: &kind,
+            state_key: Some(&req.state_key),
+            content: &content,
+            txn_id: None,
+            delay_ms,
+        };
+        let delay_id = super::delayed_events::schedule(&state, user, request).await?;
+        return Ok(serde_json::json!({ "delay_id": delay_id }));
     }
     let sent = rooms::send(
         &state.core,
@@ -130,7 +125,34 @@ pub async fn put(
         None,
     )
     .await?;
-    Ok(send_state_event::v3::Response::new(parse_event_id(&sent.event_id)?))
+    Ok(serde_json::json!({ "event_id": parse_event_id(&sent.event_id)? }))
+}
+
+/// What a client may not send as state through this endpoint, now or delayed.
+pub async fn check_state_send(
+    state: &AppState,
+    user: &AuthUser,
+    room_id: &str,
+    kind: &str,
+    state_key: &str,
+    content: &Value,
+) -> ApiResult<()> {
+    if kind == "m.room.member" {
+        // Membership goes through the membership endpoints, except a user updating their own
+        // profile in the room.
+        if state_key != user.user_id.as_str() || content["membership"] != "join" {
+            return Err(MatrixError::forbidden(
+                "Use the membership endpoints to change membership",
+            ));
+        }
+    }
+    if kind == "m.room.create" {
+        return Err(MatrixError::forbidden("m.room.create cannot be sent"));
+    }
+    if kind == "m.room.canonical_alias" {
+        check_canonical_alias(state, room_id, content).await?;
+    }
+    Ok(())
 }
 
 /// A canonical alias must be a valid alias that points at this room.
