@@ -36,6 +36,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub federation: FederationConfig,
     pub voip: VoipConfig,
+    pub turn: TurnConfig,
     pub log: LogConfig,
 }
 
@@ -165,6 +166,46 @@ pub struct VoipConfig {
     pub livekit_service_url: String,
 }
 
+/// The built-in STUN/TURN relay (off by default), so that a small deployment needs no coturn.
+/// It checks the credentials `/voip/turnServer` makes from `voip.turn_shared_secret`, and its
+/// URIs are advertised there besides `voip.turn_uris`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    /// Addresses (`ip:port`) the relay listens on for UDP.
+    pub udp_listeners: Vec<String>,
+    /// Addresses (`ip:port`) the relay listens on for TCP (TURN over TCP; the relayed traffic
+    /// to peers is UDP either way).
+    pub tcp_listeners: Vec<String>,
+    /// The realm of the long-term credentials; empty is the server name.
+    pub realm: String,
+    /// The address relayed ports are opened on.
+    pub relay_ip: IpAddr,
+    /// The address peers and clients reach relayed ports at, when it differs from `relay_ip`
+    /// (behind NAT, or `relay_ip` unspecified); also the host of the advertised URIs. Empty:
+    /// `relay_ip`.
+    pub external_ip: String,
+    /// The range relayed ports are taken from (inclusive).
+    pub min_port: u16,
+    pub max_port: u16,
+    /// Allocations one user may hold at once (a call takes one or two).
+    pub user_quota: u32,
+    /// Bytes per second relayed for one allocation, each way; what goes over is dropped, as
+    /// UDP would. 0 is unlimited.
+    pub max_bytes_per_second: u64,
+    /// Lets clients relay to loopback peers (127.0.0.0/8, ::1). Tests only: a relay that
+    /// reaches its own host's services is an open door to them.
+    pub allow_loopback_peers: bool,
+    /// Address ranges (CIDR) relayed to even though private, link-local or otherwise
+    /// refused by default (e.g. a LAN whose clients call each other through the relay).
+    pub allowed_peer_ranges: Vec<String>,
+    /// URIs advertised in `/voip/turnServer` for this relay; empty: made from the listeners
+    /// (`turn:HOST:PORT?transport=udp|tcp`, HOST being `external_ip`, else the listener's
+    /// address, else the host of `server_name`).
+    pub uris: Vec<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
@@ -218,6 +259,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             federation: FederationConfig::default(),
             voip: VoipConfig::default(),
+            turn: TurnConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -298,6 +340,64 @@ impl Default for VoipConfig {
     }
 }
 
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: false,
+            udp_listeners: vec!["0.0.0.0:3478".into()],
+            tcp_listeners: vec!["0.0.0.0:3478".into()],
+            realm: String::new(),
+            relay_ip: [0, 0, 0, 0].into(),
+            external_ip: String::new(),
+            min_port: 49152,
+            max_port: 65535,
+            user_quota: 10,
+            max_bytes_per_second: 1_000_000,
+            allow_loopback_peers: false,
+            allowed_peer_ranges: Vec::new(),
+            uris: Vec::new(),
+        }
+    }
+}
+
+impl TurnConfig {
+    fn validate(&self, voip: &VoipConfig) -> Result<(), String> {
+        for range in &self.allowed_peer_ranges {
+            range
+                .parse::<weft_core::media::preview::IpRange>()
+                .map_err(|e| format!("turn.allowed_peer_ranges: {e}"))?;
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if voip.turn_shared_secret.is_empty() {
+            return Err("turn.enabled needs voip.turn_shared_secret: the relay checks credentials made with it".into());
+        }
+        if self.udp_listeners.is_empty() && self.tcp_listeners.is_empty() {
+            return Err("turn.enabled needs at least one of turn.udp_listeners and turn.tcp_listeners".into());
+        }
+        for (key, list) in [("udp_listeners", &self.udp_listeners), ("tcp_listeners", &self.tcp_listeners)] {
+            for addr in list {
+                addr.parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("turn.{key}: {addr:?} is not an ip:port address"))?;
+            }
+        }
+        if !self.external_ip.is_empty() && self.external_ip.parse::<IpAddr>().is_err() {
+            return Err(format!("turn.external_ip: {:?} is not an IP address", self.external_ip));
+        }
+        if self.relay_ip.is_unspecified() && self.external_ip.is_empty() {
+            return Err("turn.external_ip: needed when turn.relay_ip is unspecified (0.0.0.0 or ::), to tell clients where their relayed ports are".into());
+        }
+        if self.min_port == 0 || self.min_port > self.max_port {
+            return Err("turn.min_port and turn.max_port: a range of ports, 0 excluded".into());
+        }
+        if self.user_quota == 0 {
+            return Err("turn.user_quota: at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -364,6 +464,7 @@ impl Config {
             ));
         }
         self.media.validate()?;
+        self.turn.validate(&self.voip)?;
         self.federation_roots()?;
         Ok(())
     }
