@@ -38,8 +38,15 @@ use crate::config::Config;
 
 pub use policy::PeerPolicy;
 
-/// Largest datagram read from a client: a UDP datagram, or one frame of a TCP stream.
-const MAX_PACKET: usize = 65_536;
+/// Largest datagram read from a client: a UDP datagram, or one frame of a TCP stream (media
+/// packets stay under the path MTU, about 1500 bytes).
+const MAX_PACKET: usize = 4096;
+/// How long the crate accepts a nonce it issued (its own constant, RFC 8656's hour).
+const NONCE_LIFETIME: Duration = Duration::from_secs(3600);
+/// Nonces kept at most: every unauthenticated request gets one, and the crate forgets only
+/// those presented again; past this many the oldest go (their clients get 438 Stale Nonce
+/// and retry with a new one).
+const MAX_NONCES: usize = 100_000;
 /// How long a channel binding lasts unless refreshed (RFC 8656's ten minutes).
 const CHANNEL_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -122,6 +129,7 @@ pub async fn start(
         tracing::info!(addr = %local, "TURN relay listening (TCP)");
         tasks.push(tokio::spawn(tcp::accept(listener, shared.clone(), stop.clone())));
     }
+    tasks.push(tokio::spawn(sweep_nonces(shared.clone(), stop.clone())));
     if relay.uris.is_empty() {
         let host = |listener: &SocketAddr| {
             let ip = if !turn.external_ip.is_empty() {
@@ -144,6 +152,27 @@ pub async fn start(
         }
     }
     Ok(Some(relay))
+}
+
+/// Drops expired nonces every ten seconds, and the oldest when there are too many, so that a
+/// flood of unauthenticated requests cannot grow the crate's nonce map without bound.
+async fn sweep_nonces(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let mut nonces = shared.nonces.lock().await;
+        let now = tokio::time::Instant::now();
+        nonces.retain(|_, issued| now.duration_since(*issued) < NONCE_LIFETIME);
+        if nonces.len() > MAX_NONCES {
+            let mut issued: Vec<_> = nonces.values().copied().collect();
+            issued.sort_unstable();
+            let cutoff = issued[issued.len() - MAX_NONCES];
+            nonces.retain(|_, at| *at >= cutoff);
+        }
+    }
 }
 
 /// The host part of a server name (`example.org:8448` -> `example.org`).

@@ -20,9 +20,25 @@ use webrtc_util::{Conn, Error, Result};
 
 use super::Shared;
 
+/// TCP connections served at once; more wait in the kernel's backlog. Each costs a task, a
+/// read buffer and its allocations' state.
+const MAX_CONNECTIONS: usize = 1024;
+/// A connection that sends nothing this long is closed. A client with an allocation
+/// refreshes it (lifetime ten minutes by default) well within it.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 pub(crate) async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut connections = JoinSet::new();
     loop {
+        while connections.len() >= MAX_CONNECTIONS {
+            tokio::select! {
+                _ = connections.join_next() => {}
+                _ = stop.wait_for(|stop| *stop) => break,
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = stop.wait_for(|stop| *stop) => break,
@@ -72,7 +88,9 @@ impl Conn for TcpConn {
     async fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, SocketAddr)> {
         let mut read = self.read.lock().await;
         let mut header = [0u8; 4];
-        read.read_exact(&mut header).await?;
+        tokio::time::timeout(IDLE, read.read_exact(&mut header))
+            .await
+            .map_err(|_| Error::Other("idle TURN connection".into()))??;
         let length = u16::from_be_bytes([header[2], header[3]]) as usize;
         let (total, padded) = match header[0] >> 6 {
             // A STUN message: a 20-byte header, its length a multiple of four.
