@@ -9,7 +9,8 @@
 //!   same minus a direct round trip to the echo peer (what the relay adds, both ways);
 //! - throughput: each allocation `--window` packets in flight; packets relayed per second;
 //! - memory: the relay process's RSS before the allocations and once they are all made (and
-//!   carried a packet), per allocation.
+//!   carried a packet), per allocation;
+//! - CPU: the relay process's CPU time during the throughput measurement, per relayed packet.
 
 use std::{
     net::SocketAddr,
@@ -92,6 +93,7 @@ pub async fn run(args: TurnArgs) -> Result<()> {
         let warm = measure(&allocations, echo_addr, args.size, 1, Duration::from_millis(300)).await;
         let rss_after = rss_kb(args.pid);
         let latency = measure(&allocations, echo_addr, args.size, 1, Duration::from_secs(args.seconds)).await;
+        let cpu_before = cpu_ticks(args.pid);
         let throughput = measure(
             &allocations,
             echo_addr,
@@ -100,6 +102,15 @@ pub async fn run(args: TurnArgs) -> Result<()> {
             Duration::from_secs(args.seconds),
         )
         .await;
+        let cpu_after = cpu_ticks(args.pid);
+        // The relay's own CPU per relayed packet: what it costs, whatever bounds the rate
+        // (on a small machine, often the driver).
+        let cpu_us_per_packet = match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if throughput.echoed > 0 => {
+                Some((after - before) as f64 * 1e6 / ticks_per_sec() / (2.0 * throughput.echoed as f64))
+            }
+            _ => None,
+        };
         let p50 = pct(&latency.rtt_ms, 50.0);
         let per_allocation_kb = match (rss_before, rss_after) {
             (Some(before), Some(after)) => Some((after as f64 - before as f64) / n as f64),
@@ -120,6 +131,7 @@ pub async fn run(args: TurnArgs) -> Result<()> {
             "p99_ms": round2(pct(&latency.rtt_ms, 99.0)),
             "added_p50_ms": round2(p50.map(|p| p - direct_p50)),
             "rss_kb_per_allocation": round2(per_allocation_kb),
+            "cpu_us_per_packet": round2(cpu_us_per_packet),
             "lost": warm.lost + latency.lost + throughput.lost,
             "errors": 0,
         });
@@ -274,6 +286,24 @@ async fn one_allocation(
     let mut m = receiver.await.unwrap_or_default();
     m.lost = sent.load(Ordering::Relaxed).saturating_sub(m.echoed);
     m
+}
+
+/// User plus system CPU time of process `pid` (all threads), in clock ticks.
+fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
 }
 
 /// The resident set of process `pid`, in kB.
