@@ -111,14 +111,22 @@ pub async fn start(
         tcp_addrs: Vec::new(),
         uris: turn.uris.clone(),
     };
+    // A loop handles its packets one at a time, so one UDP socket per core shares each
+    // listener's port: the kernel spreads clients over them by address, and a client's
+    // packets always reach the same socket, hence the same loop and its allocations.
+    let loops = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     for addr in &turn.udp_listeners {
-        let socket = UdpSocket::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("turn: cannot listen on udp {addr}: {e}"))?;
-        let local = socket.local_addr()?;
-        relay.udp_addrs.push(local);
-        tracing::info!(addr = %local, "TURN relay listening (UDP)");
-        tasks.push(tokio::spawn(serve(Arc::new(socket), shared.clone(), stop.clone())));
+        let mut addr: SocketAddr = addr.parse()?;
+        for i in 0..loops {
+            let socket = reuse_port_udp(addr).map_err(|e| anyhow::anyhow!("turn: cannot listen on udp {addr}: {e}"))?;
+            if i == 0 {
+                // Port 0 (any): the other sockets take the port the first one got.
+                addr = socket.local_addr()?;
+                relay.udp_addrs.push(addr);
+                tracing::info!(%addr, loops, "TURN relay listening (UDP)");
+            }
+            tasks.push(tokio::spawn(serve(Arc::new(socket), shared.clone(), stop.clone())));
+        }
     }
     for addr in &turn.tcp_listeners {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -173,6 +181,16 @@ async fn sweep_nonces(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             nonces.retain(|_, at| *at >= cutoff);
         }
     }
+}
+
+/// A UDP socket bound to `addr` with SO_REUSEPORT, for a listener's several loops.
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// The host part of a server name (`example.org:8448` -> `example.org`).
