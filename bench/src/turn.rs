@@ -82,7 +82,10 @@ pub async fn run(args: TurnArgs) -> Result<()> {
         }
     });
     let direct_p50 = direct_rtt_ms(echo_addr, args.size).await?;
-    eprintln!("[{}] direct round trip to the echo peer: p50 {direct_p50:.3} ms", args.server);
+    eprintln!(
+        "[{}] direct round trip to the echo peer: p50 {direct_p50:.3} ms",
+        args.server
+    );
     for n in [1, args.concurrent] {
         let rss_before = rss_kb(args.pid);
         let mut allocations = Vec::with_capacity(n);
@@ -220,7 +223,9 @@ async fn measure(
     let mut tasks = Vec::new();
     for a in allocations {
         let relayed = a.relayed.clone();
-        tasks.push(tokio::spawn(one_allocation(relayed, echo, size, window, start, duration)));
+        tasks.push(tokio::spawn(one_allocation(
+            relayed, echo, size, window, start, duration,
+        )));
     }
     let mut total = Measured::default();
     for t in tasks {

@@ -376,7 +376,10 @@ impl TurnConfig {
         if self.udp_listeners.is_empty() && self.tcp_listeners.is_empty() {
             return Err("turn.enabled needs at least one of turn.udp_listeners and turn.tcp_listeners".into());
         }
-        for (key, list) in [("udp_listeners", &self.udp_listeners), ("tcp_listeners", &self.tcp_listeners)] {
+        for (key, list) in [
+            ("udp_listeners", &self.udp_listeners),
+            ("tcp_listeners", &self.tcp_listeners),
+        ] {
             for addr in list {
                 addr.parse::<std::net::SocketAddr>()
                     .map_err(|_| format!("turn.{key}: {addr:?} is not an ip:port address"))?;
@@ -570,6 +573,26 @@ mod tests {
         let err = load_str("[federation]\nwell_known_server = \"https://matrix.example.org\"\n").unwrap_err();
         assert!(err.contains("federation.well_known_server"), "{err}");
         load_str("[federation]\nwell_known_server = \"matrix.example.org:443\"\n").expect("a server name");
+    }
+
+    #[test]
+    fn an_enabled_turn_relay_needs_the_shared_secret_and_valid_addresses() {
+        let err = load_str("[turn]\nenabled = true\nexternal_ip = \"203.0.113.7\"\n").unwrap_err();
+        assert!(err.contains("voip.turn_shared_secret"), "{err}");
+        let with_secret = "[voip]\nturn_shared_secret = \"s\"\n[turn]\nenabled = true\n";
+        let err = load_str(with_secret).unwrap_err();
+        assert!(
+            err.contains("turn.external_ip"),
+            "0.0.0.0 needs an external address: {err}"
+        );
+        let err = load_str(&format!(
+            "{with_secret}external_ip = \"203.0.113.7\"\nudp_listeners = [\"3478\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("turn.udp_listeners"), "{err}");
+        let err = load_str("[turn]\nallowed_peer_ranges = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(err.contains("turn.allowed_peer_ranges"), "{err}");
+        load_str(&format!("{with_secret}external_ip = \"203.0.113.7\"\n")).expect("a complete relay");
     }
 
     #[test]

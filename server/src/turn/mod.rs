@@ -95,7 +95,10 @@ pub async fn start(
         turn.external_ip.parse()?
     };
     let shared = Arc::new(Shared {
-        auth: Arc::new(auth::SecretAuth::new(config.voip.turn_shared_secret.clone(), realm.clone())),
+        auth: Arc::new(auth::SecretAuth::new(
+            config.voip.turn_shared_secret.clone(),
+            realm.clone(),
+        )),
         realm,
         policy: PeerPolicy::new(turn.allow_loopback_peers, &turn.allowed_peer_ranges).map_err(anyhow::Error::msg)?,
         quotas: relay::Quotas::new(turn.user_quota),

@@ -63,7 +63,15 @@ mod tests {
     #[test]
     fn internal_ranges_are_denied_unless_allowed() {
         let strict = PeerPolicy::new(false, &[]).unwrap();
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.10", "169.254.169.254", "::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.10",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!strict.allows(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["203.0.113.7", "8.8.8.8", "2001:4860::8888"] {

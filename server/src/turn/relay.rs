@@ -103,7 +103,10 @@ impl RelayAddressGenerator for Generator {
             .expect("not poisoned")
             .clone()
             .ok_or_else(|| Error::Other("allocation outside an Allocate request".into()))?;
-        let lease = shared.quotas.take(&user).ok_or_else(|| Error::Other("allocation quota reached".into()))?;
+        let lease = shared
+            .quotas
+            .take(&user)
+            .ok_or_else(|| Error::Other("allocation quota reached".into()))?;
         let ports: Vec<u16> = if requested_port != 0 {
             vec![requested_port]
         } else {

@@ -19,8 +19,8 @@ use tokio::net::UdpSocket;
 use turn::client::{Client as TurnClient, ClientConfig};
 use webrtc_util::Conn;
 
-use crate::harness::{Backend, Client, TestServer};
 use crate::both_backends;
+use crate::harness::{Backend, Client, TestServer};
 
 const PATH: &str = "/_matrix/client/v3/voip/turnServer";
 const SECRET: &str = "turn-test-secret";
@@ -238,7 +238,11 @@ async fn coturn_accepts_weft_credentials_and_refuses_wrong_or_expired_ones() {
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let expired = uclient(&bin, port, &old_username, &old_password, peer_port, &[]).await;
     assert!(!expired.success, "expired credentials are refused: {}", expired.output);
-    assert!(expired.output.contains("Cannot complete Allocation"), "{}", expired.output);
+    assert!(
+        expired.output.contains("Cannot complete Allocation"),
+        "{}",
+        expired.output
+    );
     server.stop().await;
 }
 
@@ -310,7 +314,10 @@ both_backends!(builtin_relay_carries_udp_between_loopback_peers, |backend| async
     let relayed_addr = relayed.local_addr().unwrap();
     assert_eq!(relayed_addr.ip().to_string(), "127.0.0.1");
     let (min, max) = (server.config.turn.min_port, server.config.turn.max_port);
-    assert!((min..=max).contains(&relayed_addr.port()), "{relayed_addr} in {min}..={max}");
+    assert!(
+        (min..=max).contains(&relayed_addr.port()),
+        "{relayed_addr} in {min}..={max}"
+    );
 
     // The peer on the far side: what the client sends through the relay reaches it from the
     // relayed address, and what it answers there reaches the client.
@@ -375,7 +382,10 @@ async fn builtin_relay_refuses_wrong_and_expired_credentials() {
     // A username for another user with alice's password.
     let other = username.replace("@alice:", "@bob:");
     let forged = turn_client(port, &other, &password).await;
-    assert!(forged.allocate().await.is_err(), "a password is only good for its username");
+    assert!(
+        forged.allocate().await.is_err(),
+        "a password is only good for its username"
+    );
     forged.close().await.unwrap();
     // The same credentials once expired.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -400,7 +410,12 @@ async fn builtin_relay_refuses_denied_peers() {
     let (username, password, uris) = credentials(&alice).await;
     let client = turn_client(uri_port(&uris, "udp"), &username, &password).await;
     let relayed = client.allocate().await.unwrap();
-    for denied in ["10.0.0.1:5000", "192.168.1.1:5000", "169.254.169.254:80", "0.0.0.0:5000"] {
+    for denied in [
+        "10.0.0.1:5000",
+        "192.168.1.1:5000",
+        "169.254.169.254:80",
+        "0.0.0.0:5000",
+    ] {
         let err = relayed
             .send_to(b"x", denied.parse().unwrap())
             .await
@@ -493,7 +508,10 @@ async fn builtin_relay_caps_bandwidth_per_allocation() {
     while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), peer.recv_from(&mut [0u8; 2048])).await {
         received += 1;
     }
-    assert!((5..=15).contains(&received), "about 10 of 50 packets relayed, got {received}");
+    assert!(
+        (5..=15).contains(&received),
+        "about 10 of 50 packets relayed, got {received}"
+    );
     client.close().await.unwrap();
     server.stop().await;
 }
@@ -515,7 +533,10 @@ async fn builtin_relay_stops_with_the_server() {
         .expect("the server stops with allocations open");
     // Its sockets are closed: listeners and relayed ports can be taken again.
     StdUdpSocket::bind(relay.udp_addrs[0]).expect("the UDP listener's port is free");
-    assert!(TcpStream::connect(relay.tcp_addrs[0]).is_err(), "the TCP listener is closed");
+    assert!(
+        TcpStream::connect(relay.tcp_addrs[0]).is_err(),
+        "the TCP listener is closed"
+    );
     let mut freed = false;
     for _ in 0..20 {
         if StdUdpSocket::bind(("127.0.0.1", relayed_port)).is_ok() {
