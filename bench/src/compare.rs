@@ -30,6 +30,11 @@ const METRICS: &[(&str, &str, Better)] = &[
     ("last_over_first", "last/first 10%", Better::Lower),
     ("missing", "missing deliveries", Better::Lower),
     ("peak_rss_mb", "peak RSS MB", Better::Lower),
+    ("packets_per_sec", "relayed packets/s", Better::Higher),
+    ("added_p50_ms", "added latency p50 ms", Better::Lower),
+    ("rss_kb_per_allocation", "RSS kB per allocation", Better::Lower),
+    ("cpu_us_per_packet", "relay CPU µs per packet", Better::Lower),
+    ("lost", "lost packets", Better::Lower),
     ("errors", "errors", Better::Lower),
 ];
 

@@ -5,13 +5,15 @@
 //! prints one JSON line per scenario; `weft-bench compare A.jsonl B.jsonl` prints a table of
 //! two servers, `weft-bench table R.jsonl` one of a single result file. With `--second-base`
 //! (a second process of the same server on the same database) the `two_process_*` scenarios
-//! spread their clients over both. `weft-bench federation` measures two federating servers.
+//! spread their clients over both. `weft-bench federation` measures two federating servers,
+//! `weft-bench turn` a TURN relay.
 
 mod client;
 mod compare;
 mod federation;
 mod scenarios;
 mod stats;
+mod turn;
 mod two_process;
 
 use std::{path::PathBuf, time::Duration};
@@ -41,6 +43,9 @@ enum Cmd {
     /// Two servers of one kind federating (bench/federation.sh): delay from a send on one to
     /// its arrival in a long-poll on the other, and inbound throughput for one busy room.
     Federation(federation::FedArgs),
+    /// A TURN relay under load (bench/turn.sh): relayed packets/s, added latency and memory
+    /// per allocation, for 1 allocation and for many at once.
+    Turn(turn::TurnArgs),
     /// A Markdown table of one result file (no comparison): e.g. the two-process scenarios.
     Table {
         /// Results (JSON lines).
@@ -267,5 +272,6 @@ async fn main() -> Result<()> {
         Cmd::Compare { a, b } => compare::compare(&a, &b),
         Cmd::Table { file } => compare::table(&file),
         Cmd::Federation(args) => federation::run(args).await,
+        Cmd::Turn(args) => turn::run(args).await,
     }
 }

@@ -9,10 +9,25 @@ use sha1::Sha1;
 /// Credentials for `user_id` valid until `expiry_secs` (Unix seconds).
 pub fn turn_credentials(shared_secret: &str, user_id: &str, expiry_secs: u64) -> (String, String) {
     let username = format!("{expiry_secs}:{user_id}");
+    let password = turn_password(shared_secret, &username);
+    (username, password)
+}
+
+/// The password of a username in this scheme, as the TURN server (built-in or coturn)
+/// recomputes it to check a client.
+pub fn turn_password(shared_secret: &str, username: &str) -> String {
     let mut mac = Hmac::<Sha1>::new_from_slice(shared_secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(username.as_bytes());
-    let password = STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// When a username of this scheme expires (Unix seconds), `None` when it is not of the scheme.
+pub fn turn_username_expiry(username: &str) -> Option<u64> {
+    let (expiry, user) = username.split_once(':')?;
+    if user.is_empty() {
+        return None;
+    }
+    expiry.parse().ok()
 }
 
 #[cfg(test)]

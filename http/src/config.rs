@@ -41,6 +41,7 @@ pub struct Config {
     pub voip: VoipConfig,
     pub livekit: LivekitConfig,
     pub delayed_events: DelayedEventsConfig,
+    pub turn: TurnConfig,
     pub log: LogConfig,
 }
 
@@ -216,6 +217,46 @@ pub struct DelayedEventsConfig {
     pub max_per_user: u32,
 }
 
+/// The built-in STUN/TURN relay (off by default), so that a small deployment needs no coturn.
+/// It checks the credentials `/voip/turnServer` makes from `voip.turn_shared_secret`, and its
+/// URIs are advertised there besides `voip.turn_uris`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    /// Addresses (`ip:port`) the relay listens on for UDP.
+    pub udp_listeners: Vec<String>,
+    /// Addresses (`ip:port`) the relay listens on for TCP (TURN over TCP; the relayed traffic
+    /// to peers is UDP either way).
+    pub tcp_listeners: Vec<String>,
+    /// The realm of the long-term credentials; empty is the server name.
+    pub realm: String,
+    /// The address relayed ports are opened on.
+    pub relay_ip: IpAddr,
+    /// The address peers and clients reach relayed ports at, when it differs from `relay_ip`
+    /// (behind NAT, or `relay_ip` unspecified); also the host of the advertised URIs. Empty:
+    /// `relay_ip`.
+    pub external_ip: String,
+    /// The range relayed ports are taken from (inclusive).
+    pub min_port: u16,
+    pub max_port: u16,
+    /// Allocations one user may hold at once (a call takes one or two).
+    pub user_quota: u32,
+    /// Bytes per second relayed for one allocation, each way; what goes over is dropped, as
+    /// UDP would. 0 is unlimited.
+    pub max_bytes_per_second: u64,
+    /// Lets clients relay to loopback peers (127.0.0.0/8, ::1). Tests only: a relay that
+    /// reaches its own host's services is an open door to them.
+    pub allow_loopback_peers: bool,
+    /// Address ranges (CIDR) relayed to even though private, link-local or otherwise
+    /// refused by default (e.g. a LAN whose clients call each other through the relay).
+    pub allowed_peer_ranges: Vec<String>,
+    /// URIs advertised in `/voip/turnServer` for this relay; empty: made from the listeners
+    /// (`turn:HOST:PORT?transport=udp|tcp`, HOST being `external_ip`, else the listener's
+    /// address, else the host of `server_name`).
+    pub uris: Vec<String>,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FederationConfig {
@@ -271,6 +312,7 @@ impl Default for Config {
             voip: VoipConfig::default(),
             livekit: LivekitConfig::default(),
             delayed_events: DelayedEventsConfig::default(),
+            turn: TurnConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -372,6 +414,67 @@ impl Default for VoipConfig {
     }
 }
 
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            enabled: false,
+            udp_listeners: vec!["0.0.0.0:3478".into()],
+            tcp_listeners: vec!["0.0.0.0:3478".into()],
+            realm: String::new(),
+            relay_ip: [0, 0, 0, 0].into(),
+            external_ip: String::new(),
+            min_port: 49152,
+            max_port: 65535,
+            user_quota: 10,
+            max_bytes_per_second: 1_000_000,
+            allow_loopback_peers: false,
+            allowed_peer_ranges: Vec::new(),
+            uris: Vec::new(),
+        }
+    }
+}
+
+impl TurnConfig {
+    fn validate(&self, voip: &VoipConfig) -> Result<(), String> {
+        for range in &self.allowed_peer_ranges {
+            range
+                .parse::<weft_core::media::preview::IpRange>()
+                .map_err(|e| format!("turn.allowed_peer_ranges: {e}"))?;
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if voip.turn_shared_secret.is_empty() {
+            return Err("turn.enabled needs voip.turn_shared_secret: the relay checks credentials made with it".into());
+        }
+        if self.udp_listeners.is_empty() && self.tcp_listeners.is_empty() {
+            return Err("turn.enabled needs at least one of turn.udp_listeners and turn.tcp_listeners".into());
+        }
+        for (key, list) in [
+            ("udp_listeners", &self.udp_listeners),
+            ("tcp_listeners", &self.tcp_listeners),
+        ] {
+            for addr in list {
+                addr.parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("turn.{key}: {addr:?} is not an ip:port address"))?;
+            }
+        }
+        if !self.external_ip.is_empty() && self.external_ip.parse::<IpAddr>().is_err() {
+            return Err(format!("turn.external_ip: {:?} is not an IP address", self.external_ip));
+        }
+        if self.relay_ip.is_unspecified() && self.external_ip.is_empty() {
+            return Err("turn.external_ip: needed when turn.relay_ip is unspecified (0.0.0.0 or ::), to tell clients where their relayed ports are".into());
+        }
+        if self.min_port == 0 || self.min_port > self.max_port {
+            return Err("turn.min_port and turn.max_port: a range of ports, 0 excluded".into());
+        }
+        if self.user_quota == 0 {
+            return Err("turn.user_quota: at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -447,6 +550,7 @@ impl Config {
             }
         }
         self.media.validate()?;
+        self.turn.validate(&self.voip)?;
         self.federation_roots()?;
         Ok(())
     }
@@ -564,6 +668,26 @@ mod tests {
         let err = load_str("[federation]\nwell_known_server = \"https://matrix.example.org\"\n").unwrap_err();
         assert!(err.contains("federation.well_known_server"), "{err}");
         load_str("[federation]\nwell_known_server = \"matrix.example.org:443\"\n").expect("a server name");
+    }
+
+    #[test]
+    fn an_enabled_turn_relay_needs_the_shared_secret_and_valid_addresses() {
+        let err = load_str("[turn]\nenabled = true\nexternal_ip = \"203.0.113.7\"\n").unwrap_err();
+        assert!(err.contains("voip.turn_shared_secret"), "{err}");
+        let with_secret = "[voip]\nturn_shared_secret = \"s\"\n[turn]\nenabled = true\n";
+        let err = load_str(with_secret).unwrap_err();
+        assert!(
+            err.contains("turn.external_ip"),
+            "0.0.0.0 needs an external address: {err}"
+        );
+        let err = load_str(&format!(
+            "{with_secret}external_ip = \"203.0.113.7\"\nudp_listeners = [\"3478\"]\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("turn.udp_listeners"), "{err}");
+        let err = load_str("[turn]\nallowed_peer_ranges = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(err.contains("turn.allowed_peer_ranges"), "{err}");
+        load_str(&format!("{with_secret}external_ip = \"203.0.113.7\"\n")).expect("a complete relay");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod pusher;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod turn;
 pub mod uia;
 
 // The HTTP glue, shared with the federation crate, under the paths the handlers use.

@@ -1,5 +1,5 @@
 //! Starting and stopping a server: database, migrations, the notifier's relay (PostgreSQL),
-//! listeners, the pusher.
+//! listeners, the built-in TURN relay (when enabled), the pusher.
 
 use std::net::SocketAddr;
 
@@ -11,6 +11,8 @@ use crate::{config::Config, router, state::AppState};
 /// A running server; dropping it does not stop it, `shutdown` does.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
+    /// The built-in TURN relay's listeners, when it is enabled.
+    pub turn: Option<crate::turn::Relay>,
     pub state: AppState,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -50,7 +52,7 @@ pub async fn open_db(config: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-pub async fn start(config: Config) -> anyhow::Result<Running> {
+pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let db = open_db(&config).await?;
     let key = weft_core::signing_key::load_or_create(&config.signing_key_path)?;
     let server_name = ruma::ServerName::parse(&config.server_name)?;
@@ -90,6 +92,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     } else {
         None
     };
+    let turn = crate::turn::start(&config, stop_rx.clone(), &mut tasks).await?;
+    if let Some(relay) = &turn {
+        // `/voip/turnServer` offers the relay with credentials it accepts.
+        config.voip.turn_uris.extend(relay.uris.iter().cloned());
+    }
     let state = AppState::with_server_auth(config.clone(), core, federation);
     for listener in &config.listeners {
         let app = router::build(state.clone(), &listener.apis);
@@ -153,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     Ok(Running {
         addrs,
+        turn,
         state,
         stop,
         tasks,

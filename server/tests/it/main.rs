@@ -39,4 +39,5 @@ mod search_directory_reports;
 mod sliding_sync;
 mod storage_batch;
 mod sync;
+mod turn;
 mod voip;
