@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod discovery;
+pub mod e2ee;
 pub mod edu;
 pub mod invite;
 pub mod join;
@@ -95,5 +96,6 @@ pub fn router() -> Router<AppState> {
     let router = api::state::routes(router);
     let router = api::backfill::routes(router);
     let router = api::directory::routes(router);
+    let router = api::user::routes(router);
     api::query::routes(router)
 }

@@ -12,6 +12,7 @@ pub mod send;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod user;
 pub mod version;
 
 use ruma::ServerName;
