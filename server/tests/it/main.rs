@@ -9,6 +9,7 @@ mod aliases_directory;
 mod durability;
 mod e2ee;
 mod federation;
+mod federation_e2ee;
 mod federation_forged;
 mod federation_outage;
 mod federation_rooms;
