@@ -19,6 +19,7 @@ mod fuzz;
 mod js_sdk;
 mod js_sdk_e2ee;
 mod js_sdk_federation;
+mod js_sdk_federation_e2ee;
 mod js_sdk_media;
 mod js_sdk_rooms;
 mod legacy;
