@@ -7,7 +7,8 @@
 // messages sent after it appeared.
 //
 // Run by server/tests/it/js_sdk_federation_e2ee.rs with WEFT_URL/WEFT_URL_2 set to the two
-// servers' client base URLs. By hand:
+// servers' client base URLs; server 2 may be a Synapse, with BOB_USERNAME/BOB_PASSWORD naming
+// an account registered there beforehand. By hand:
 //   WEFT_URL=http://127.0.0.1:8008 WEFT_URL_2=http://127.0.0.1:8009 node --test federation_e2ee.test.mjs
 
 import "fake-indexeddb/auto";
@@ -49,7 +50,7 @@ async function login(account) {
         password: account.password,
         initial_device_display_name: "second device",
     });
-    return { ...account, accessToken: res.access_token, deviceId: res.device_id };
+    return { ...account, userId: res.user_id, accessToken: res.access_token, deviceId: res.device_id };
 }
 
 /** Resolves with `check()`'s value once it is truthy (checked every 100 ms), else fails naming `what`. */
@@ -124,10 +125,14 @@ async function knownDevices(client, userId) {
     return [...(devices.get(userId)?.keys() ?? [])];
 }
 
-test("end-to-end encryption across two weft servers", { timeout: 240_000 }, async (t) => {
+test("end-to-end encryption across two servers", { timeout: 240_000 }, async (t) => {
     assert.ok(baseUrl1 && baseUrl2, "WEFT_URL and WEFT_URL_2 must be set to the two servers' base URLs");
     const aliceAccount = await register(baseUrl1, "alice");
-    const bobAccount = await register(baseUrl2, "bob");
+    // Server 2 may be one where the test cannot register (Synapse): then bob's account is
+    // made beforehand and given by name and password.
+    const bobAccount = process.env.BOB_USERNAME
+        ? await login({ baseUrl: baseUrl2, username: process.env.BOB_USERNAME, password: process.env.BOB_PASSWORD })
+        : await register(baseUrl2, "bob");
     const running = new Set();
     t.after(() => running.forEach((c) => c.stopClient()));
 
