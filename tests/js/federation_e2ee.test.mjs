@@ -4,7 +4,7 @@
 // and claimed across servers, room keys sent as to-device messages across servers); then bob
 // signs in on a second device, alice's client learns of it from her own server (device list
 // updates over federation) and shares the room key with it, and the new device decrypts the
-// messages sent after it appeared.
+// messages sent after it appeared; the same for a second device of alice's, learnt by bob.
 //
 // Run by server/tests/it/js_sdk_federation_e2ee.rs with WEFT_URL/WEFT_URL_2 set to the two
 // servers' client base URLs; server 2 may be a Synapse, with BOB_USERNAME/BOB_PASSWORD naming
@@ -207,5 +207,22 @@ test("end-to-end encryption across two servers", { timeout: 240_000 }, async (t)
         assert.equal(text, "for both of bob's devices");
         const first = await until(() => decryptedBody(bob, roomId, sent.later), "bob's first device to decrypt it too");
         assert.equal(first, "for both of bob's devices");
+    });
+
+    await t.test("alice's second device, added later, is learnt by bob and reads his new messages", async () => {
+        const alice2Account = await login(aliceAccount);
+        const alice2 = await startClient(alice2Account, running);
+        await until(
+            async () => (await knownDevices(bob, aliceAccount.userId)).includes(alice2Account.deviceId),
+            "bob's client to learn of alice's second device",
+            () => "",
+        );
+        sent.reply = (await bob.sendTextMessage(roomId, "for both of alice's devices")).event_id;
+        const text = await until(
+            () => decryptedBody(alice2, roomId, sent.reply),
+            "alice's second device to decrypt bob's new message",
+            () => describeRoom(alice2, roomId),
+        );
+        assert.equal(text, "for both of alice's devices");
     });
 });
