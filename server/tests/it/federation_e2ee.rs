@@ -294,3 +294,93 @@ both_backends!(to_device_messages_cross_servers_once, |backend| async move {
     a.stop().await;
     b.stop().await;
 });
+
+both_backends!(device_list_updates_follow_their_prev_id_chain, |backend| async move {
+    let Some((ca, mut servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    let alice = a.register("alice", "password-alice").await;
+    let bob = b.register("bob", "password-bob").await;
+    let bob_id = user_id("bob", &b);
+    let (_, bob_device) = whoami(&bob).await;
+    let (keys, _) = device_keys(&bob).await;
+    upload(&bob, json!({ "device_keys": keys })).await;
+    let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
+    let (status, answer) = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(a.server_name())),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    eventually("bob joined, on A", || async {
+        (membership(&alice, &room, &bob_id).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+
+    // Where B's chain for bob stands, as B tells any server.
+    let as_a = Forger::as_server(&ca, &a);
+    let (status, devices) = as_a
+        .request(
+            &b,
+            Method::GET,
+            &format!("/_matrix/federation/v1/user/devices/{}", enc(&bob_id)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{devices}");
+    let stream_id = devices["stream_id"].as_i64().unwrap();
+    assert_eq!(devices["devices"][0]["device_id"], bob_device.as_str(), "{devices}");
+
+    // Updates made here as B (with B's key) about a device B does not have, so that which
+    // ones A applied shows in alice's queries.
+    let as_b = Forger::as_server(&ca, &b);
+    let update = |device: &str, stream: i64, prev: i64| {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": bob_id, "device_id": device, "stream_id": stream, "prev_id": [prev], "deleted": false,
+            "keys": { "user_id": bob_id, "device_id": device, "algorithms": ["m.megolm.v1.aes-sha2"],
+                      "keys": { format!("ed25519:{device}"): "a2V5" } },
+        }})
+    };
+    let serial = std::sync::atomic::AtomicU64::new(0);
+    let send = |edu: Value| {
+        let body = as_b.transaction_body(Vec::new(), vec![edu]);
+        let txn = format!("chain-{}", serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let as_b = &as_b;
+        let a = &a;
+        async move {
+            let (status, answer) = as_b
+                .request(a, Method::PUT, &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    };
+
+    // One that follows the chain is applied on top of A's copy (the first may only make A
+    // fetch bob's list, if A was not keeping it yet).
+    eventually("the update that follows the chain, in alice's query", || async {
+        send(update("CHAINED", stream_id + 1, stream_id)).await;
+        device_ids(&query(&alice, &bob_id).await, &bob_id)
+            .contains(&"CHAINED".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    // One whose prev_id A never saw says updates were missed: A fetches bob's list from B
+    // again, which has neither device made up here.
+    let (_, first) = alice.get("/_matrix/client/v3/sync?timeout=0").await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    send(update("AFTER_A_GAP", stream_id + 5, stream_id + 4)).await;
+    let answer = query(&alice, &bob_id).await;
+    assert_eq!(device_ids(&answer, &bob_id), vec![bob_device.clone()], "{answer}");
+    assert!(no_failures(&answer), "{answer}");
+    let changed = sync(&alice, Some(&since), "").await;
+    assert!(
+        changed["device_lists"]["changed"].as_array().unwrap().contains(&json!(bob_id)),
+        "{changed}"
+    );
+    a.stop().await;
+    b.stop().await;
+});
