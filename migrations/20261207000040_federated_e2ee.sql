@@ -62,3 +62,4 @@ CREATE TABLE to_device_inbound (
     received_ts BIGINT NOT NULL,
     PRIMARY KEY (origin, message_id)
 );
+CREATE INDEX to_device_inbound_ts ON to_device_inbound (received_ts);

@@ -43,6 +43,7 @@ fn keys_match(keys: &Value, user_id: &str, device_id: &str) -> bool {
 /// Keys of other servers' users (all their devices when a list is empty), added to `result`.
 pub async fn query_keys(
     fed: &Federation,
+    requester: &str,
     requested: &BTreeMap<OwnedUserId, Vec<String>>,
     timeout: Duration,
     result: &mut QueryResult,
@@ -57,10 +58,10 @@ pub async fn query_keys(
             add_cached(result, user_id.as_str(), wanted, list);
             continue;
         }
-        by_server
-            .entry(user_id.server_name().to_owned())
-            .or_default()
-            .insert(user_id.clone(), wanted.iter().map(|d| OwnedDeviceId::from(d.as_str())).collect());
+        by_server.entry(user_id.server_name().to_owned()).or_default().insert(
+            user_id.clone(),
+            wanted.iter().map(|d| OwnedDeviceId::from(d.as_str())).collect(),
+        );
     }
     let asks = by_server.into_iter().map(|(server, users)| async move {
         let answer = fed
@@ -78,6 +79,16 @@ pub async fn query_keys(
             }
         }
     }
+    // The requester's own signatures on these users' master keys are kept only here.
+    let local_suffix = format!(":{}", core.server_name);
+    let mut remote_masters: BTreeMap<String, Value> = result
+        .master_keys
+        .iter()
+        .filter(|(user, _)| !user.ends_with(&local_suffix))
+        .map(|(u, k)| (u.clone(), k.clone()))
+        .collect();
+    remote::add_own_signatures(core, requester, &mut remote_masters).await?;
+    result.master_keys.extend(remote_masters);
     Ok(())
 }
 
@@ -108,7 +119,12 @@ fn add_cached(result: &mut QueryResult, user_id: &str, wanted: &[String], list: 
 /// A server's answer, keeping only what is about its own users and self-consistent; users
 /// whose lists are not kept yet (or are stale) and share a room here are resynced in the
 /// background, so later queries and updates find them.
-async fn add_answer(fed: &Federation, result: &mut QueryResult, server: &OwnedServerName, answer: get_keys::v1::Response) {
+async fn add_answer(
+    fed: &Federation,
+    result: &mut QueryResult,
+    server: &OwnedServerName,
+    answer: get_keys::v1::Response,
+) {
     let ours = |user_id: &UserId| user_id.server_name() == server;
     for (user_id, devices) in answer.device_keys {
         if !ours(&user_id) {
@@ -245,7 +261,10 @@ pub async fn resync(client: &crate::client::Client, user_id: &UserId) {
                 master_key: answer.master_key.as_ref().and_then(parse),
                 self_signing_key: answer.self_signing_key.as_ref().and_then(parse),
             };
-            remote::replace(core, user_id.as_str(), &list).await.map(|_| ()).map_err(|e| e.to_string())
+            remote::replace(core, user_id.as_str(), &list)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
         Ok(answer) => Err(format!("the answer is about {}", answer.user_id)),
         Err(e) => Err(e.to_string()),

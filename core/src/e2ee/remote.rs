@@ -167,7 +167,13 @@ pub async fn replace(core: &Core, user_id: &str, list: &DeviceList) -> Result<bo
         .execute(&mut *tx)
         .await?;
     }
-    store_signing_keys(&mut tx, user_id, list.master_key.as_ref(), list.self_signing_key.as_ref()).await?;
+    store_signing_keys(
+        &mut tx,
+        user_id,
+        list.master_key.as_ref(),
+        list.self_signing_key.as_ref(),
+    )
+    .await?;
     sqlx::query(
         "INSERT INTO remote_device_lists (user_id, stream_id, stale, updated_ts) VALUES ($1, $2, 0, $3)
          ON CONFLICT (user_id) DO UPDATE SET stream_id = excluded.stream_id, stale = 0, updated_ts = excluded.updated_ts",
@@ -278,11 +284,49 @@ async fn read(conn: &mut AnyConnection, user_id: &str) -> Result<Option<(DeviceL
 /// The kept list of `user_id`, unless none is kept or it is stale.
 pub async fn current(core: &Core, user_id: &str) -> Result<Option<DeviceList>> {
     let mut conn = core.db.conn().await?;
-    Ok(read(&mut conn, user_id).await?.and_then(|(list, stale)| (!stale).then_some(list)))
+    Ok(read(&mut conn, user_id)
+        .await?
+        .and_then(|(list, stale)| (!stale).then_some(list)))
 }
 
 /// Whether the user's list is kept and current.
 pub async fn is_current(core: &Core, user_id: &str) -> Result<bool> {
     let mut conn = core.db.conn().await?;
     Ok(tracked(&mut conn, user_id).await?.is_some_and(|(_, stale)| !stale))
+}
+
+/// The kept master key of another server's user: `(public key, key)`, which a local user's
+/// user-signing key may sign (`cross_signing::upload_signatures`).
+pub async fn master_key(conn: &mut AnyConnection, user_id: &str) -> Result<Option<(String, Value)>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT key_json FROM remote_cross_signing_keys WHERE user_id = $1 AND key_type = 'master'")
+            .bind(user_id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row
+        .and_then(|(json,)| serde_json::from_str::<Value>(&json).ok())
+        .and_then(|key| Some((super::single_ed25519_key(&key)?.1, key))))
+}
+
+/// Adds to other servers' users' master keys in a query answer the signatures `requester`
+/// made on them (with their user-signing key), which only this server keeps.
+pub async fn add_own_signatures(core: &Core, requester: &str, master_keys: &mut BTreeMap<String, Value>) -> Result<()> {
+    let mut conn = core.db.conn().await?;
+    for (user_id, key) in master_keys.iter_mut() {
+        let Some((_, public)) = super::single_ed25519_key(key) else {
+            continue;
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT signer_key, signature FROM e2e_signatures WHERE target_user = $1 AND target_key = $2 AND signer_user = $3",
+        )
+        .bind(user_id.as_str())
+        .bind(&public)
+        .bind(requester)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (signer_key, signature) in rows {
+            super::merge_signature(key, requester, &signer_key, &signature);
+        }
+    }
+    Ok(())
 }

@@ -13,6 +13,9 @@ use crate::{
     Core, Result,
 };
 
+/// How long a received `m.direct_to_device`'s (origin, message ID) is remembered.
+const INBOUND_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// Where one message goes: one device, or every device of the user (`*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -120,6 +123,11 @@ pub async fn receive(
         tx.commit().await?;
         return Ok(false);
     }
+    // A sender retries a transaction for a day at most (its backoff's cap); a week is ample.
+    sqlx::query("DELETE FROM to_device_inbound WHERE received_ts < $1")
+        .bind(now_ms() - INBOUND_KEEP_MS)
+        .execute(&mut *tx)
+        .await?;
     let local_suffix = format!(":{}", core.server_name);
     let local: Vec<_> = messages
         .iter()

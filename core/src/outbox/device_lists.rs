@@ -56,11 +56,10 @@ pub async fn tail(core: &Core) -> Result<usize> {
 
 async fn round(core: &Core) -> Result<(usize, bool)> {
     let mut tx = core.db.write().await?;
-    let from: i64 =
-        sqlx::query_scalar("UPDATE device_list_outbound_tail SET pos = pos WHERE id = 0 RETURNING pos")
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::internal("the device list tailer's row is missing"))?;
+    let from: i64 = sqlx::query_scalar("UPDATE device_list_outbound_tail SET pos = pos WHERE id = 0 RETURNING pos")
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::internal("the device list tailer's row is missing"))?;
     let upto: i64 = sqlx::query_scalar("SELECT pos FROM stream_positions WHERE stream = 'device_lists'")
         .fetch_one(&mut *tx)
         .await?;

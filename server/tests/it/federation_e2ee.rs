@@ -60,7 +60,9 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
     let (keys, _) = device_keys(&bob).await;
     upload(&bob, json!({ "device_keys": keys, "one_time_keys": otks("b", 3) })).await;
     let (signing, ..) = cross_signing_keys(&bob_id);
-    let (status, answer) = bob.post("/_matrix/client/v3/keys/device_signing/upload", signing.clone()).await;
+    let (status, answer) = bob
+        .post("/_matrix/client/v3/keys/device_signing/upload", signing.clone())
+        .await;
     assert_eq!(status, 200, "{answer}");
 
     let room = create_room(&alice, json!({ "preset": "public_chat" })).await;
@@ -79,11 +81,46 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
     // Alice's server asks Bob's: his device and cross-signing keys, no failures.
     let answer = query(&alice, &bob_id).await;
     assert_eq!(device_ids(&answer, &bob_id), vec![bob_device.clone()], "{answer}");
-    assert_eq!(answer["device_keys"][&bob_id][&bob_device]["keys"], keys["keys"], "{answer}");
-    assert_eq!(answer["master_keys"][&bob_id]["keys"], signing["master_key"]["keys"], "{answer}");
-    assert_eq!(answer["self_signing_keys"][&bob_id]["keys"], signing["self_signing_key"]["keys"], "{answer}");
+    assert_eq!(
+        answer["device_keys"][&bob_id][&bob_device]["keys"], keys["keys"],
+        "{answer}"
+    );
+    assert_eq!(
+        answer["master_keys"][&bob_id]["keys"], signing["master_key"]["keys"],
+        "{answer}"
+    );
+    assert_eq!(
+        answer["self_signing_keys"][&bob_id]["keys"], signing["self_signing_key"]["keys"],
+        "{answer}"
+    );
     assert!(answer["user_signing_keys"].get(&bob_id).is_none(), "{answer}");
     assert!(no_failures(&answer), "{answer}");
+
+    // Alice verifies Bob: her user-signing key signs his master key (kept here from his
+    // server), and her queries show her signature on it.
+    let alice_id = user_id("alice", &a);
+    let (alice_signing, _, _, alice_usk) = cross_signing_keys(&alice_id);
+    let (status, answer) = alice
+        .post("/_matrix/client/v3/keys/device_signing/upload", alice_signing)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut bob_master = signing["master_key"].clone();
+    alice_usk.sign(&alice_id, &mut bob_master);
+    let master_id = bob_master["keys"].as_object().unwrap().keys().next().unwrap().clone();
+    let master_public = master_id.trim_start_matches("ed25519:").to_owned();
+    eventually("alice's signature on bob's master key accepted", || async {
+        let (status, answer) = alice
+            .post(
+                "/_matrix/client/v3/keys/signatures/upload",
+                json!({ &bob_id: { &master_public: bob_master.clone() } }),
+            )
+            .await;
+        (status == 200 && answer["failures"].as_object().is_none_or(|f| f.is_empty())).then_some(())
+    })
+    .await;
+    let answer = query(&alice, &bob_id).await;
+    let usk_id = format!("ed25519:{}", alice_usk.public);
+    assert!(answer["master_keys"][&bob_id]["signatures"][&alice_id].get(&usk_id).is_some(), "{answer}");
 
     // Claims reach Bob's server: each claim takes another of his one-time keys.
     let mut claimed = Vec::new();
@@ -95,7 +132,10 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
             )
             .await;
         assert_eq!(status, 200, "{answer}");
-        let keys = answer["one_time_keys"][&bob_id][&bob_device].as_object().cloned().unwrap_or_default();
+        let keys = answer["one_time_keys"][&bob_id][&bob_device]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         assert_eq!(keys.len(), 1, "{answer}");
         claimed.extend(keys.keys().cloned());
     }
@@ -144,7 +184,10 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
         ))
         .await;
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["changed"].as_array().unwrap().contains(&json!(bob_id)), "{answer}");
+    assert!(
+        answer["changed"].as_array().unwrap().contains(&json!(bob_id)),
+        "{answer}"
+    );
 
     // Bob renames the new device: the name travels with the update.
     let (status, answer) = bob2
@@ -174,7 +217,10 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
         let bob_id = bob_id.clone();
         async move {
             let answer = sync(&alice, Some(&since), "").await;
-            answer["device_lists"]["left"].as_array()?.contains(&json!(bob_id)).then_some(())
+            answer["device_lists"]["left"]
+                .as_array()?
+                .contains(&json!(bob_id))
+                .then_some(())
         }
     })
     .await;
@@ -200,7 +246,11 @@ both_backends!(to_device_messages_cross_servers_once, |backend| async move {
     let bob2 = login(&b, "bob", "password-bob").await;
 
     // Alice sends to one of Bob's devices, then to all of them; the first send is retried.
-    for (txn, target, n) in [("t1", bob_device.as_str(), 1), ("t1", bob_device.as_str(), 1), ("t2", "*", 2)] {
+    for (txn, target, n) in [
+        ("t1", bob_device.as_str(), 1),
+        ("t1", bob_device.as_str(), 1),
+        ("t2", "*", 2),
+    ] {
         let (status, answer) = alice
             .put(
                 &format!("/_matrix/client/v3/sendToDevice/m.test.ping/{txn}"),
@@ -255,7 +305,12 @@ both_backends!(to_device_messages_cross_servers_once, |backend| async move {
     ] {
         let body = forger.transaction_body(Vec::new(), vec![edu]);
         let (status, answer) = forger
-            .request(&a, Method::PUT, &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
+            .request(
+                &a,
+                Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(&body),
+            )
             .await;
         assert_eq!(status, 200, "{answer}");
     }
@@ -352,7 +407,12 @@ both_backends!(device_list_updates_follow_their_prev_id_chain, |backend| async m
         let a = &a;
         async move {
             let (status, answer) = as_b
-                .request(a, Method::PUT, &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
+                .request(
+                    a,
+                    Method::PUT,
+                    &format!("/_matrix/federation/v1/send/{txn}"),
+                    Some(&body),
+                )
                 .await;
             assert_eq!(status, 200, "{answer}");
         }
@@ -378,7 +438,10 @@ both_backends!(device_list_updates_follow_their_prev_id_chain, |backend| async m
     assert!(no_failures(&answer), "{answer}");
     let changed = sync(&alice, Some(&since), "").await;
     assert!(
-        changed["device_lists"]["changed"].as_array().unwrap().contains(&json!(bob_id)),
+        changed["device_lists"]["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(bob_id)),
         "{changed}"
     );
     a.stop().await;
