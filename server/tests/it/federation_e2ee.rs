@@ -120,7 +120,12 @@ both_backends!(remote_keys_are_queried_claimed_and_kept_current, |backend| async
     .await;
     let answer = query(&alice, &bob_id).await;
     let usk_id = format!("ed25519:{}", alice_usk.public);
-    assert!(answer["master_keys"][&bob_id]["signatures"][&alice_id].get(&usk_id).is_some(), "{answer}");
+    assert!(
+        answer["master_keys"][&bob_id]["signatures"][&alice_id]
+            .get(&usk_id)
+            .is_some(),
+        "{answer}"
+    );
 
     // Claims reach Bob's server: each claim takes another of his one-time keys.
     let mut claimed = Vec::new();

@@ -93,7 +93,16 @@ async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> ApiResult<g
         .collect();
     if !remote.is_empty() {
         match weft_federation::of(&state) {
-            Ok(fed) => weft_federation::e2ee::query_keys(fed, user.user_id.as_str(), &remote, timeout(req.timeout), &mut result).await?,
+            Ok(fed) => {
+                weft_federation::e2ee::query_keys(
+                    fed,
+                    user.user_id.as_str(),
+                    &remote,
+                    timeout(req.timeout),
+                    &mut result,
+                )
+                .await?
+            }
             Err(e) => unreachable_servers(remote.keys(), &e, &mut result.failures),
         }
     }
