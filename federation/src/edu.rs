@@ -1,11 +1,13 @@
 //! EDUs received in transactions: typing notifications (`m.typing`) and read receipts
 //! (`m.receipt`), each about a user of the sending server in a room it is in and whose ACL lets
-//! it take part; anything else is dropped with a log line. Other kinds (presence, device
-//! lists, to-device) are not handled yet.
+//! it take part; device list and cross-signing key updates (`m.device_list_update`,
+//! `m.signing_key_update`) and to-device messages (`m.direct_to_device`) from the sending
+//! server's own users. Anything else is dropped with a log line. Presence is not handled yet.
 
-use ruma::{api::federation::transactions::edu::Edu, serde::Raw, ServerName, UserId};
+use ruma::{api::federation::transactions::edu::Edu, serde::Raw, OwnedUserId, ServerName, UserId};
 use serde_json::Value;
 use weft_core::{
+    e2ee::{remote, to_device},
     ephemeral::receipts::{self, Receipt},
     storage::{events, rooms},
     Core,
@@ -26,6 +28,9 @@ pub async fn process(fed: &Federation, origin: &ServerName, edus: &[Raw<Edu>]) {
         let result = match edu["edu_type"].as_str() {
             Some("m.typing") => typing(fed, origin, &edu["content"]).await,
             Some("m.receipt") => receipt(fed, origin, &edu["content"]).await,
+            Some("m.device_list_update") => device_list_update(fed, origin, &edu["content"]).await,
+            Some("m.signing_key_update") => signing_key_update(fed, origin, &edu["content"]).await,
+            Some("m.direct_to_device") => direct_to_device(fed, origin, &edu["content"]).await,
             _ => Ok(()),
         };
         if let Err(why) = result {
@@ -116,5 +121,109 @@ async fn receipt(fed: &Federation, origin: &ServerName, content: &Value) -> Resu
             }
         }
     }
+    Ok(())
+}
+
+/// A user ID of `origin`'s, or why not.
+fn origin_user(origin: &ServerName, user: Option<&str>) -> Result<OwnedUserId, String> {
+    let user = user.ok_or("no user_id")?;
+    let user_id = UserId::parse(user).map_err(|_| format!("{user} is not a user ID"))?;
+    if user_id.server_name() != origin {
+        return Err(format!("{user} is not a user of {origin}"));
+    }
+    Ok(user_id)
+}
+
+/// A device of the sender's user changed: applied on top of the kept list when it follows the
+/// last update applied, else the list is fetched whole (here, before the next EDU, so that the
+/// updates after it apply in order).
+async fn device_list_update(fed: &Federation, origin: &ServerName, content: &Value) -> Result<(), String> {
+    let user_id = origin_user(origin, content["user_id"].as_str())?;
+    let device_id = content["device_id"].as_str().ok_or("no device_id")?;
+    let stream_id = content["stream_id"].as_i64().ok_or("no stream_id")?;
+    let keys = content.get("keys").filter(|k| k.is_object()).cloned();
+    if keys
+        .as_ref()
+        .is_some_and(|k| k["user_id"] != content["user_id"] || k["device_id"].as_str() != Some(device_id))
+    {
+        return Err("keys of another user or device".into());
+    }
+    let update = remote::Update {
+        user_id: user_id.to_string(),
+        device_id: device_id.to_owned(),
+        stream_id,
+        prev_id: content["prev_id"]
+            .as_array()
+            .map(|ids| ids.iter().filter_map(Value::as_i64).collect())
+            .unwrap_or_default(),
+        deleted: content["deleted"].as_bool().unwrap_or(false),
+        display_name: content["device_display_name"].as_str().map(str::to_owned),
+        keys,
+    };
+    let core = fed.client.core();
+    match remote::apply_update(core, &update).await.map_err(|e| e.to_string())? {
+        remote::Outcome::Resync => crate::e2ee::resync(&fed.client, &user_id).await,
+        remote::Outcome::Applied | remote::Outcome::Ignored => {}
+    }
+    Ok(())
+}
+
+/// The sender's user's master or self-signing key changed.
+async fn signing_key_update(fed: &Federation, origin: &ServerName, content: &Value) -> Result<(), String> {
+    let user_id = origin_user(origin, content["user_id"].as_str())?;
+    let key = |name: &str| {
+        content
+            .get(name)
+            .filter(|k| k.is_object() && k["user_id"].as_str() == Some(user_id.as_str()))
+    };
+    let core = fed.client.core();
+    let kept = remote::apply_signing_keys(core, user_id.as_str(), key("master_key"), key("self_signing_key"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !kept {
+        let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+        if remote::shares_room_with_local(core, &mut conn, user_id.as_str())
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            drop(conn);
+            crate::e2ee::resync(&fed.client, &user_id).await;
+        }
+    }
+    Ok(())
+}
+
+/// To-device messages from one of origin's users to local devices (`*`: all of a user's).
+async fn direct_to_device(fed: &Federation, origin: &ServerName, content: &Value) -> Result<(), String> {
+    let sender = origin_user(origin, content["sender"].as_str())?;
+    let event_type = content["type"].as_str().ok_or("no type")?;
+    let message_id = content["message_id"].as_str().ok_or("no message_id")?;
+    let by_user = content["messages"].as_object().ok_or("no messages")?;
+    let mut messages = Vec::new();
+    for (user, by_device) in by_user {
+        let Some(by_device) = by_device.as_object() else {
+            continue;
+        };
+        for (device, message) in by_device {
+            if !message.is_object() {
+                continue;
+            }
+            let target = match device.as_str() {
+                "*" => to_device::Target::AllDevices,
+                d => to_device::Target::Device(d.to_owned()),
+            };
+            messages.push((user.clone(), target, message.clone()));
+        }
+    }
+    to_device::receive(
+        fed.client.core(),
+        origin.as_str(),
+        message_id,
+        sender.as_str(),
+        event_type,
+        &messages,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok(())
 }

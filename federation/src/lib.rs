@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backfill;
 pub mod client;
 pub mod discovery;
+pub mod e2ee;
 pub mod edu;
 pub mod invite;
 pub mod join;
@@ -102,5 +103,6 @@ pub fn router() -> Router<AppState> {
     let router = api::directory::routes(router);
     let router = api::media::routes(router);
     let router = api::rtc::routes(router);
+    let router = api::user::routes(router);
     api::query::routes(router)
 }

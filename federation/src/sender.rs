@@ -214,6 +214,7 @@ async fn round(
     }
     if tail_lease.held {
         outbox::tail(&shared.core).await?;
+        outbox::device_lists::tail(&shared.core).await?;
     }
     tasks.retain(|_, task| !task.is_finished());
     for destination in outbox::ready_destinations(&shared.core, util::now_ms()).await? {

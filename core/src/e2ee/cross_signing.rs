@@ -222,7 +222,12 @@ async fn check_signed_object(
             return Ok(Err(failure("M_NOT_FOUND", format!("unknown key {key_id}"))));
         }
     } else {
-        let Some((public, master)) = key_of(conn, target_user, "master").await? else {
+        // Another server's user's master key is the one kept with their device list.
+        let master = match key_of(conn, target_user, "master").await? {
+            Some(found) => Some(found),
+            None => super::remote::master_key(conn, target_user).await?,
+        };
+        let Some((public, master)) = master else {
             return Ok(Err(failure("M_NOT_FOUND", format!("{target_user} has no master key"))));
         };
         if public != key_id {

@@ -198,7 +198,7 @@ pub async fn device_key_state(core: &Core, user_id: &str, device_id: &str) -> Re
     Ok(state)
 }
 
-fn server_of(user_id: &str) -> &str {
+pub(crate) fn server_of(user_id: &str) -> &str {
     user_id.split_once(':').map(|(_, s)| s).unwrap_or_default()
 }
 
@@ -212,53 +212,66 @@ pub struct QueryResult {
     pub failures: BTreeMap<String, Value>,
 }
 
-/// Keys of the requested users (all their devices when the list is empty). Signatures others
-/// uploaded are merged in; a master key shows only its owner's and the requester's
-/// signatures, and the user-signing key only to its owner, as the spec asks.
+/// Keys of the requested local users (all their devices when the list is empty). Signatures
+/// others uploaded are merged in; a master key shows only its owner's and the requester's
+/// signatures, and the user-signing key only to its owner, as the spec asks. Other servers'
+/// users are left out: the caller asks their servers (`weft_federation::e2ee`) or the cache
+/// (`e2ee::remote`).
 pub async fn query(core: &Core, requester: &str, requested: &BTreeMap<String, Vec<String>>) -> Result<QueryResult> {
     let mut conn = core.db.conn().await?;
     let mut result = QueryResult::default();
     for (user_id, wanted) in requested {
-        let server = server_of(user_id);
-        if server != core.server_name.as_str() {
-            // No federation yet: report the server as unreachable rather than pretend.
-            result.failures.insert(server.to_owned(), json!({}));
+        if server_of(user_id) != core.server_name.as_str() {
             continue;
         }
-        let signatures = uploaded_signatures(&mut conn, user_id).await?;
-        let devices = device_keys_of(&mut conn, user_id).await?;
-        let mut out = BTreeMap::new();
-        for (device_id, mut keys, display_name) in devices {
-            if !wanted.is_empty() && !wanted.contains(&device_id) {
-                continue;
-            }
-            for (signer, signer_key, sig) in signatures.get(&device_id).into_iter().flatten() {
-                merge_signature(&mut keys, signer, signer_key, sig);
-            }
-            if !keys["unsigned"].is_object() {
-                keys["unsigned"] = json!({});
-            }
-            if let Some(name) = display_name {
-                keys["unsigned"]["device_display_name"] = json!(name);
-            }
-            out.insert(device_id, keys);
-        }
-        result.device_keys.insert(user_id.clone(), out);
-        for (key_type, public_key, mut key) in super::cross_signing::keys_of(&mut conn, user_id).await? {
-            for (signer, signer_key, sig) in signatures.get(&public_key).into_iter().flatten() {
-                if key_type != "master" || signer == user_id || signer == requester {
-                    merge_signature(&mut key, signer, signer_key, sig);
-                }
-            }
-            match key_type.as_str() {
-                "master" => result.master_keys.insert(user_id.clone(), key),
-                "self_signing" => result.self_signing_keys.insert(user_id.clone(), key),
-                "user_signing" if user_id == requester => result.user_signing_keys.insert(user_id.clone(), key),
-                _ => None,
-            };
-        }
+        local_user_keys(&mut conn, requester, user_id, wanted, &mut result).await?;
     }
     Ok(result)
+}
+
+/// One local user's part of a `query` answer, added to `result`. `requester` is empty for
+/// another server asking (it sees no user-signing key and only the owner's signatures on the
+/// master key).
+pub async fn local_user_keys(
+    conn: &mut AnyConnection,
+    requester: &str,
+    user_id: &str,
+    wanted: &[String],
+    result: &mut QueryResult,
+) -> Result<()> {
+    let signatures = uploaded_signatures(&mut *conn, user_id).await?;
+    let devices = device_keys_of(&mut *conn, user_id).await?;
+    let mut out = BTreeMap::new();
+    for (device_id, mut keys, display_name) in devices {
+        if !wanted.is_empty() && !wanted.contains(&device_id) {
+            continue;
+        }
+        for (signer, signer_key, sig) in signatures.get(&device_id).into_iter().flatten() {
+            merge_signature(&mut keys, signer, signer_key, sig);
+        }
+        if !keys["unsigned"].is_object() {
+            keys["unsigned"] = json!({});
+        }
+        if let Some(name) = display_name {
+            keys["unsigned"]["device_display_name"] = json!(name);
+        }
+        out.insert(device_id, keys);
+    }
+    result.device_keys.insert(user_id.to_owned(), out);
+    for (key_type, public_key, mut key) in super::cross_signing::keys_of(&mut *conn, user_id).await? {
+        for (signer, signer_key, sig) in signatures.get(&public_key).into_iter().flatten() {
+            if key_type != "master" || signer == user_id || signer == requester {
+                merge_signature(&mut key, signer, signer_key, sig);
+            }
+        }
+        match key_type.as_str() {
+            "master" => result.master_keys.insert(user_id.to_owned(), key),
+            "self_signing" => result.self_signing_keys.insert(user_id.to_owned(), key),
+            "user_signing" if user_id == requester => result.user_signing_keys.insert(user_id.to_owned(), key),
+            _ => None,
+        };
+    }
+    Ok(())
 }
 
 /// `(device_id, keys, display name)` of every device of the user that still exists.
@@ -295,23 +308,18 @@ async fn uploaded_signatures(
     Ok(map)
 }
 
-/// Claimed keys: user -> device -> key ID -> key, and failures per remote server.
+/// Claimed keys: user -> device -> key ID -> key.
 pub type Claimed = BTreeMap<String, BTreeMap<String, BTreeMap<String, Value>>>;
 
 /// Hands out one one-time key per requested (user, device, algorithm), or the fallback key
 /// (marked used) when none is left. No key is ever given out twice, also under concurrent
-/// claims: see `take_one_time_key`.
-pub async fn claim(
-    core: &Core,
-    requested: &BTreeMap<String, BTreeMap<String, String>>,
-) -> Result<(Claimed, BTreeMap<String, Value>)> {
+/// claims: see `take_one_time_key`. Only local users' keys: other servers' users are left out
+/// (their servers are asked by `weft_federation::e2ee`).
+pub async fn claim(core: &Core, requested: &BTreeMap<String, BTreeMap<String, String>>) -> Result<Claimed> {
     let mut claimed = Claimed::new();
-    let mut failures = BTreeMap::new();
     let mut tx = core.db.write().await?;
     for (user_id, devices) in requested {
-        let server = server_of(user_id);
-        if server != core.server_name.as_str() {
-            failures.insert(server.to_owned(), json!({}));
+        if server_of(user_id) != core.server_name.as_str() {
             continue;
         }
         for (device_id, algorithm) in devices {
@@ -330,7 +338,7 @@ pub async fn claim(
         }
     }
     tx.commit().await?;
-    Ok((claimed, failures))
+    Ok(claimed)
 }
 
 /// Deletes and returns one one-time key. The row is chosen and deleted in one statement; on

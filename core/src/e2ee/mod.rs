@@ -1,4 +1,5 @@
-//! End-to-end encryption support: device keys, one-time and fallback keys, cross-signing, to-device messages, key backup.
+//! End-to-end encryption support: device keys, one-time and fallback keys, cross-signing, to-device messages, key backup;
+//! other servers' users' device lists (`remote`).
 //!
 //! The server never decrypts anything: it stores what clients upload, checks the signatures
 //! that say who vouches for which key, and hands keys and messages to the right devices.
@@ -8,6 +9,7 @@ pub mod cross_signing;
 pub mod dehydrated;
 pub mod device_lists;
 pub mod keys;
+pub mod remote;
 pub mod to_device;
 
 use base64::{

@@ -2,10 +2,19 @@
 //! stream, delivered by sync in order, and deleted only once a later sync's `since` token shows
 //! the device received them.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
 use sqlx::AnyConnection;
 
-use crate::{streams, util::now_ms, Core, Result};
+use crate::{
+    streams,
+    util::{now_ms, random_string},
+    Core, Result,
+};
+
+/// How long a received `m.direct_to_device`'s (origin, message ID) is remembered.
+const INBOUND_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Where one message goes: one device, or every device of the user (`*`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,8 +33,9 @@ pub struct Send<'a> {
 }
 
 /// Stores the messages of one send, once per (sender device, txn ID); returns whether this
-/// call stored them (false for a retried transaction). Recipients on other servers are
-/// skipped (no federation yet), as are devices that do not exist.
+/// call stored them (false for a retried transaction). Messages to other servers' users go
+/// into one `m.direct_to_device` EDU per server, queued in the same transaction (their
+/// servers deliver them); local devices that do not exist are skipped.
 pub async fn send(core: &Core, send: &Send<'_>) -> Result<bool> {
     let mut tx = core.db.write().await?;
     let fresh = sqlx::query(
@@ -44,14 +54,110 @@ pub async fn send(core: &Core, send: &Send<'_>) -> Result<bool> {
         tx.commit().await?;
         return Ok(false);
     }
-    let mut deliveries = Vec::new();
+    let local_suffix = format!(":{}", core.server_name);
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut local = Vec::new();
     for (user, target, content) in &send.messages {
-        for device in target_devices(&mut tx, user, target).await? {
+        if user.ends_with(&local_suffix) {
+            local.push((user.clone(), target.clone(), content.clone()));
+            continue;
+        }
+        let Some((_, server)) = user.split_once(':') else {
+            continue;
+        };
+        let device = match target {
+            Target::Device(d) => d.as_str(),
+            Target::AllDevices => "*",
+        };
+        let per_user = remote.entry(server.to_owned()).or_default();
+        let devices = per_user.entry(user.clone()).or_insert_with(|| json!({}));
+        devices[device] = content.clone();
+    }
+    let users = deliver(&mut tx, send.sender, send.event_type, &local).await?;
+    for (server, messages) in &remote {
+        let edu = json!({
+            "edu_type": "m.direct_to_device",
+            "content": {
+                "sender": send.sender,
+                "type": send.event_type,
+                "message_id": random_string(24),
+                "messages": messages,
+            },
+        });
+        crate::outbox::enqueue_edu(&mut tx, server, &edu).await?;
+    }
+    tx.commit().await?;
+    for user in &users {
+        core.notifier.user_changed(user);
+    }
+    if !remote.is_empty() {
+        // Ticks the federation sender.
+        core.notifier.user_changed(send.sender);
+    }
+    Ok(true)
+}
+
+/// Delivers an `m.direct_to_device` EDU from `origin` to local devices (other servers' users
+/// in it are skipped), once per (origin, message ID); returns whether this call delivered it.
+pub async fn receive(
+    core: &Core,
+    origin: &str,
+    message_id: &str,
+    sender: &str,
+    event_type: &str,
+    messages: &[(String, Target, Value)],
+) -> Result<bool> {
+    let mut tx = core.db.write().await?;
+    let fresh = sqlx::query(
+        "INSERT INTO to_device_inbound (origin, message_id, received_ts) VALUES ($1, $2, $3)
+         ON CONFLICT (origin, message_id) DO NOTHING",
+    )
+    .bind(origin)
+    .bind(message_id)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !fresh {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    // A sender retries a transaction for a day at most (its backoff's cap); a week is ample.
+    sqlx::query("DELETE FROM to_device_inbound WHERE received_ts < $1")
+        .bind(now_ms() - INBOUND_KEEP_MS)
+        .execute(&mut *tx)
+        .await?;
+    let local_suffix = format!(":{}", core.server_name);
+    let local: Vec<_> = messages
+        .iter()
+        .filter(|(user, _, _)| user.ends_with(&local_suffix))
+        .cloned()
+        .collect();
+    let users = deliver(&mut tx, sender, event_type, &local).await?;
+    tx.commit().await?;
+    for user in &users {
+        core.notifier.user_changed(user);
+    }
+    Ok(true)
+}
+
+/// Stores messages for local devices at one new position of the `to_device` stream (taken
+/// last, see streams.rs); returns the users who got some.
+async fn deliver(
+    conn: &mut AnyConnection,
+    sender: &str,
+    event_type: &str,
+    messages: &[(String, Target, Value)],
+) -> Result<Vec<String>> {
+    let mut deliveries = Vec::new();
+    for (user, target, content) in messages {
+        for device in target_devices(&mut *conn, user, target).await? {
             deliveries.push((user.as_str(), device, content));
         }
     }
     if !deliveries.is_empty() {
-        let pos = streams::next_pos(&mut tx, "to_device").await?;
+        let pos = streams::next_pos(&mut *conn, "to_device").await?;
         for (seq, (user, device, content)) in deliveries.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO to_device_messages (recipient_user, recipient_device, stream_pos, seq, sender, event_type, content)
@@ -61,21 +167,17 @@ pub async fn send(core: &Core, send: &Send<'_>) -> Result<bool> {
             .bind(device)
             .bind(pos)
             .bind(seq as i64)
-            .bind(send.sender)
-            .bind(send.event_type)
+            .bind(sender)
+            .bind(event_type)
             .bind(content.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         }
     }
-    tx.commit().await?;
-    let mut users: Vec<&str> = deliveries.iter().map(|d| d.0).collect();
+    let mut users: Vec<String> = deliveries.iter().map(|d| d.0.to_owned()).collect();
     users.sort_unstable();
     users.dedup();
-    for user in users {
-        core.notifier.user_changed(user);
-    }
-    Ok(true)
+    Ok(users)
 }
 
 async fn target_devices(conn: &mut AnyConnection, user_id: &str, target: &Target) -> Result<Vec<String>> {

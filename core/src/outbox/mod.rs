@@ -8,6 +8,8 @@
 //!   pinned until acknowledged so a resend carries the same transaction ID), `ack`, `discard`.
 //! - `destinations`: per-destination backoff after failures (`record_failure`,
 //!   `ready_destinations`, `wake_destination`) and what admins will list.
+//! - `device_lists`: the `device_lists` stream tailed into `m.device_list_update` and
+//!   `m.signing_key_update` EDUs for the servers sharing a room with each local user who changed.
 //! - `lease`: named leases in the database, so one process at a time tails and one process at
 //!   a time sends to a destination.
 //!
@@ -15,6 +17,7 @@
 //! sharing one PostgreSQL; only lease holders act.
 
 pub mod destinations;
+pub mod device_lists;
 pub mod lease;
 pub mod queue;
 mod room_edus;

@@ -84,9 +84,14 @@ pub async fn set_display_name(
         .bind(user_id)
         .bind(device_id)
         .bind(name)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(done.rows_affected() == 1)
+    let found = done.rows_affected() == 1;
+    if found {
+        // The name is part of the keys others query (`unsigned.device_display_name`).
+        crate::e2ee::device_lists::record_changes(conn, &[user_id]).await?;
+    }
+    Ok(found)
 }
 
 pub async fn touch(db: &Db, user_id: &str, device_id: &str, ip: Option<&str>) -> Result<()> {

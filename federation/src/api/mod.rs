@@ -14,6 +14,7 @@ pub mod send;
 pub mod state;
 #[cfg(test)]
 mod tests;
+pub mod user;
 pub mod version;
 
 use ruma::{api::OutgoingResponseExt, ServerName};

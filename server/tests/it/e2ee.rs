@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 use crate::{both_backends, harness::*, rooms::create_room, sync::sync};
 
 /// An ed25519 key whose key ID is `ed25519:<name>`.
-struct Key {
+pub(crate) struct Key {
     pair: Ed25519KeyPair,
-    public: String,
+    pub(crate) public: String,
 }
 
 impl Key {
     /// A device key named by the device ID.
-    fn named(name: &str) -> Key {
+    pub(crate) fn named(name: &str) -> Key {
         let der = Ed25519KeyPair::generate();
         let pair = Ed25519KeyPair::from_der(&der, name.to_owned()).unwrap();
         let public = Base64::<Standard>::new(pair.public_key().to_vec()).encode();
@@ -31,7 +31,7 @@ impl Key {
     }
 
     /// A cross-signing key: named by its own public key.
-    fn cross_signing() -> Key {
+    pub(crate) fn cross_signing() -> Key {
         let der = Ed25519KeyPair::generate();
         let probe = Ed25519KeyPair::from_der(&der, String::new()).unwrap();
         let public = Base64::<Standard>::new(probe.public_key().to_vec()).encode();
@@ -41,14 +41,14 @@ impl Key {
         }
     }
 
-    fn sign(&self, user: &str, object: &mut Value) {
+    pub(crate) fn sign(&self, user: &str, object: &mut Value) {
         let mut canonical: CanonicalJsonObject = serde_json::from_value(object.clone()).unwrap();
         ruma::signatures::sign_json(user, &self.pair, &mut canonical).unwrap();
         *object = serde_json::to_value(canonical).unwrap();
     }
 }
 
-async fn whoami(client: &Client) -> (String, String) {
+pub(crate) async fn whoami(client: &Client) -> (String, String) {
     let (_, me) = client.get("/_matrix/client/v3/account/whoami").await;
     (
         me["user_id"].as_str().unwrap().to_owned(),
@@ -56,7 +56,7 @@ async fn whoami(client: &Client) -> (String, String) {
     )
 }
 
-async fn login(server: &TestServer, user: &str, password: &str) -> Client {
+pub(crate) async fn login(server: &TestServer, user: &str, password: &str) -> Client {
     let (status, body) = server
         .client()
         .post(
@@ -69,7 +69,7 @@ async fn login(server: &TestServer, user: &str, password: &str) -> Client {
 }
 
 /// Signed device keys for the client's device, with its ed25519 key.
-async fn device_keys(client: &Client) -> (Value, Key) {
+pub(crate) async fn device_keys(client: &Client) -> (Value, Key) {
     let (user, device) = whoami(client).await;
     let key = Key::named(&device);
     let mut keys = json!({
@@ -90,7 +90,7 @@ async fn upload_device_keys(client: &Client) -> (Value, Key) {
     (keys, key)
 }
 
-fn otks(prefix: &str, n: usize) -> Value {
+pub(crate) fn otks(prefix: &str, n: usize) -> Value {
     let mut map = serde_json::Map::new();
     for i in 0..n {
         map.insert(
@@ -504,7 +504,7 @@ both_backends!(to_device_messages, |backend| async move {
 });
 
 /// Master, self-signing and user-signing keys for `user`, the latter two signed by the master.
-fn cross_signing_keys(user: &str) -> (Value, Key, Key, Key) {
+pub(crate) fn cross_signing_keys(user: &str) -> (Value, Key, Key, Key) {
     let (master, ssk, usk) = (Key::cross_signing(), Key::cross_signing(), Key::cross_signing());
     let key = |usage: &str, k: &Key| json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{}", k.public): k.public } });
     let mut self_signing = key("self_signing", &ssk);

@@ -55,6 +55,7 @@ pub async fn update(state: AppState, req: Ruma<update_device::v3::Request>) -> A
     if !found {
         return Err(MatrixError::not_found("Device not found"));
     }
+    weft_core::e2ee::device_lists::notify(&state.core, user.user_id.as_str()).await?;
     Ok(update_device::v3::Response::new())
 }
 

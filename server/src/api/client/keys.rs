@@ -1,7 +1,8 @@
 //! `/keys/*`: device, one-time and fallback keys; cross-signing keys and signatures; which
-//! users' device lists changed between two sync tokens.
+//! users' device lists changed between two sync tokens. Other servers' users' keys come from
+//! their servers or the kept device lists (`weft_federation::e2ee`).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use axum::Router;
 use ruma::{
@@ -83,7 +84,28 @@ async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> ApiResult<g
         .iter()
         .map(|(u, ds)| (u.to_string(), ds.iter().map(|d| d.to_string()).collect()))
         .collect();
-    let result = keys::query(&state.core, user.user_id.as_str(), &requested).await?;
+    let mut result = keys::query(&state.core, user.user_id.as_str(), &requested).await?;
+    let remote: BTreeMap<OwnedUserId, Vec<String>> = req
+        .device_keys
+        .iter()
+        .filter(|(u, _)| !state.core.is_local(u))
+        .map(|(u, ds)| (u.clone(), ds.iter().map(|d| d.to_string()).collect()))
+        .collect();
+    if !remote.is_empty() {
+        match weft_federation::of(&state) {
+            Ok(fed) => {
+                weft_federation::e2ee::query_keys(
+                    fed,
+                    user.user_id.as_str(),
+                    &remote,
+                    timeout(req.timeout),
+                    &mut result,
+                )
+                .await?
+            }
+            Err(e) => unreachable_servers(remote.keys(), &e, &mut result.failures),
+        }
+    }
     let mut response = get_keys::v3::Response::new();
     response.failures = result.failures;
     for (user_id, devices) in result.device_keys {
@@ -122,7 +144,25 @@ async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> ApiResult
             )
         })
         .collect();
-    let (claimed, failures) = keys::claim(&state.core, &requested).await?;
+    let mut claimed = keys::claim(&state.core, &requested).await?;
+    let remote: BTreeMap<_, _> = req
+        .one_time_keys
+        .iter()
+        .filter(|(u, _)| !state.core.is_local(u))
+        .map(|(u, ds)| (u.clone(), ds.clone()))
+        .collect();
+    let mut failures = BTreeMap::new();
+    if !remote.is_empty() {
+        match weft_federation::of(&state) {
+            Ok(fed) => {
+                let (remote_claimed, remote_failures) =
+                    weft_federation::e2ee::claim_keys(fed, &remote, timeout(req.timeout)).await;
+                claimed.extend(remote_claimed);
+                failures = remote_failures;
+            }
+            Err(e) => unreachable_servers(remote.keys(), &e, &mut failures),
+        }
+    }
     let mut out = BTreeMap::new();
     for (user_id, devices) in claimed {
         let Ok(user_id) = OwnedUserId::try_from(user_id) else {
@@ -143,6 +183,26 @@ async fn claim(state: AppState, req: Ruma<claim_keys::v3::Request>) -> ApiResult
     let mut response = claim_keys::v3::Response::new(out);
     response.failures = failures;
     Ok(response)
+}
+
+/// How long other servers are given to answer a key query or claim: the client's `timeout`,
+/// else 10 s (the spec's default), at most a minute.
+fn timeout(asked: Option<Duration>) -> Duration {
+    asked.unwrap_or(Duration::from_secs(10)).min(Duration::from_secs(60))
+}
+
+/// `failures` for every server of `users` when federation is off.
+fn unreachable_servers<'a>(
+    users: impl Iterator<Item = &'a OwnedUserId>,
+    why: &MatrixError,
+    failures: &mut BTreeMap<String, Value>,
+) {
+    for user in users {
+        failures.insert(
+            user.server_name().to_string(),
+            json!({ "status": 503, "message": why.message }),
+        );
+    }
 }
 
 async fn changes(state: AppState, req: Ruma<get_key_changes::v3::Request>) -> ApiResult<get_key_changes::v3::Response> {
