@@ -96,7 +96,14 @@ impl Synapse {
             };
             match synapse.wait_until_up().await {
                 Ok(()) => return synapse,
-                Err(failure) => last_failure = failure,
+                Err(failure) => {
+                    last_failure = failure;
+                    // The next attempt uses the same directory: the failed process is stopped
+                    // here, not dropped (which would remove it).
+                    let _ = synapse.child.kill();
+                    let _ = synapse.child.wait();
+                    std::mem::forget(synapse);
+                }
             }
         }
         panic!("Synapse did not start: {last_failure}");
@@ -273,6 +280,14 @@ fn homeserver_config(
         "report_stats": false,
         "enable_metrics": false,
         "bcrypt_rounds": 4,
+        // A send that fails once on a loaded test machine (a timeout, a server still starting)
+        // would otherwise keep Synapse from trying that server again for ten minutes, longer
+        // than any test waits; weft's own sends back off from 5 s.
+        "federation": {
+            "destination_min_retry_interval": 500,
+            "destination_retry_multiplier": 1.5,
+            "destination_max_retry_interval": "5s"
+        },
         "rc_federation": {
             "window_size": 1000, "sleep_limit": 100000, "sleep_delay": 1,
             "reject_limit": 100000, "concurrent": 100000
