@@ -24,6 +24,8 @@ pub const REGISTRATION_TOKEN: &str = "m.login.registration_token";
 pub struct Completed {
     /// The registration token used, to be consumed when the account is created.
     pub registration_token: Option<String>,
+    /// The completed registration session, kept to remember the account it creates.
+    pub registration_session: Option<String>,
 }
 
 /// Runs one UIA step of `req`, whose `auth` field is `auth`. `user_id` is the authenticated
@@ -98,19 +100,40 @@ pub async fn check<T>(
     let done = flows
         .iter()
         .any(|flow| flow.iter().all(|stage| completed.iter().any(|c| c == stage)));
+    // A completed registration session stays: the account it creates is recorded on it, so
+    // that the same request repeated (its answer lost) is answered with that account.
+    let keep = !done || user_id.is_none();
     let mut tx = state.db.write().await?;
-    if done {
-        uia::delete(&mut tx, &session_id).await?;
-    } else {
+    if keep {
         uia::set_completed(&mut tx, &session_id, &completed).await?;
+    } else {
+        uia::delete(&mut tx, &session_id).await?;
     }
     tx.commit().await?;
     if done {
+        if user_id.is_none() {
+            result.registration_session = Some(session_id);
+        }
         Ok(result)
     } else {
         Err(challenge(flows, &session_id, &completed, None))
     }
 }
+
+/// The account a completed registration's session created, when `auth` names such a
+/// session that is at most `REGISTRATION_REPLAY_MS` old.
+pub async fn registered_account(state: &AppState, auth: Option<&AuthData>) -> ApiResult<Option<String>> {
+    let Some(session_id) = auth.and_then(AuthData::session) else {
+        return Ok(None);
+    };
+    Ok(uia::get(&state.db, session_id)
+        .await?
+        .filter(|s| s.user_id.is_none() && s.created_ts > weft_core::util::now_ms() - REGISTRATION_REPLAY_MS)
+        .and_then(|s| s.registered_user_id))
+}
+
+/// How long a completed registration can be repeated: Synapse keeps UIA sessions for 48 hours.
+const REGISTRATION_REPLAY_MS: i64 = 48 * 3600 * 1000;
 
 /// What a session authorises: a hash of the request's method, path and body without `auth`
 /// (which changes from stage to stage). An absent body counts as `{}`; serde_json's maps are

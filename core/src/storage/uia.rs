@@ -11,6 +11,9 @@ pub struct Session {
     pub user_id: Option<String>,
     /// The hash of the request the session was started for (see `weft::uia::operation`).
     pub operation: Option<String>,
+    /// The account a completed registration session created.
+    pub registered_user_id: Option<String>,
+    pub created_ts: i64,
 }
 
 pub async fn create(conn: &mut AnyConnection, session_id: &str, user_id: Option<&str>, operation: &str) -> Result<()> {
@@ -27,16 +30,21 @@ pub async fn create(conn: &mut AnyConnection, session_id: &str, user_id: Option<
 }
 
 pub async fn get(db: &Db, session_id: &str) -> Result<Option<Session>> {
-    let row: Option<(String, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT completed, user_id, operation FROM uia_sessions WHERE session_id = $1")
-            .bind(session_id)
-            .fetch_optional(db.pool())
-            .await?;
-    Ok(row.map(|(completed, user_id, operation)| Session {
-        completed: serde_json::from_str(&completed).unwrap_or_default(),
-        user_id,
-        operation,
-    }))
+    let row: Option<(String, Option<String>, Option<String>, Option<String>, i64)> = sqlx::query_as(
+        "SELECT completed, user_id, operation, registered_user_id, created_ts FROM uia_sessions WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(
+        |(completed, user_id, operation, registered_user_id, created_ts)| Session {
+            completed: serde_json::from_str(&completed).unwrap_or_default(),
+            user_id,
+            operation,
+            registered_user_id,
+            created_ts,
+        },
+    ))
 }
 
 pub async fn set_completed(conn: &mut AnyConnection, session_id: &str, completed: &[String]) -> Result<()> {
@@ -44,6 +52,17 @@ pub async fn set_completed(conn: &mut AnyConnection, session_id: &str, completed
     sqlx::query("UPDATE uia_sessions SET completed = $2 WHERE session_id = $1")
         .bind(session_id)
         .bind(json)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the account a registration session created (the session stays, so that the
+/// same request repeated gets that account).
+pub async fn set_registered(conn: &mut AnyConnection, session_id: &str, user_id: &str) -> Result<()> {
+    sqlx::query("UPDATE uia_sessions SET registered_user_id = $2 WHERE session_id = $1")
+        .bind(session_id)
+        .bind(user_id)
         .execute(conn)
         .await?;
     Ok(())

@@ -33,12 +33,27 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
             random_string(12).to_lowercase()
         ),
     };
+    let session = (!req.inhibit_login).then(|| SessionRequest {
+        device_id: req.device_id.as_ref().map(|d| d.to_string()),
+        display_name: req.initial_device_display_name.clone(),
+        ip: req.ip.clone(),
+        refreshable_lifetime_ms: req
+            .refresh_token
+            .then(|| state.config.access_token_lifetime.as_millis() as i64),
+    });
+    if !is_guest {
+        if let Some(user_id) = uia::registered_account(&state, req.auth.as_ref()).await? {
+            return repeated(&state, &user_id, req.password.as_deref(), session).await;
+        }
+    }
+
     let user_id = accounts::user_id_for(&localpart, &state.config.server_name)?;
     if users::get(&state.db, &user_id).await?.is_some() {
         return Err(MatrixError::user_in_use("User ID already taken"));
     }
 
     // Guests skip UIA; everyone else completes the configured flow.
+    let mut uia_session = None;
     if !is_guest {
         let flow: &[&str] = if reg.require_token {
             &[uia::REGISTRATION_TOKEN]
@@ -46,6 +61,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
             &[uia::DUMMY]
         };
         let done = uia::check(&state, &req, req.auth.as_ref(), &[flow], None).await?;
+        uia_session = done.registration_session;
         if let Some(token) = done.registration_token {
             let mut tx = state.db.write().await?;
             let consumed = registration_tokens::consume(&mut tx, &token).await?;
@@ -56,26 +72,47 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         }
     }
 
-    let session = (!req.inhibit_login).then(|| SessionRequest {
-        device_id: req.device_id.as_ref().map(|d| d.to_string()),
-        display_name: req.initial_device_display_name.clone(),
-        ip: req.ip.clone(),
-        refreshable_lifetime_ms: req
-            .refresh_token
-            .then(|| state.config.access_token_lifetime.as_millis() as i64),
-    });
     let issued = accounts::register(
         &state.db,
-        &user_id,
-        req.password.as_deref(),
-        false,
-        is_guest,
-        Some(&localpart),
-        session,
+        accounts::NewAccount {
+            user_id: &user_id,
+            password: req.password.as_deref(),
+            is_guest,
+            displayname: Some(&localpart),
+            session,
+            uia_session: uia_session.as_deref(),
+            ..Default::default()
+        },
     )
     .await?;
 
     Ok(registered(&user_id, issued))
+}
+
+/// A completed registration repeated with its UIA session (the client lost the answer): the
+/// account it created, logged in again as asked. The password, when sent, must be the
+/// account's, so the session ID alone does not hand out the account.
+async fn repeated(
+    state: &AppState,
+    user_id: &str,
+    password: Option<&str>,
+    session: Option<SessionRequest>,
+) -> ApiResult<Value> {
+    if let Some(password) = password {
+        if !accounts::check_password(&state.db, user_id, password)
+            .await
+            .unwrap_or(false)
+        {
+            return Err(MatrixError::forbidden(
+                "This registration session belongs to another request",
+            ));
+        }
+    }
+    let issued = match session {
+        Some(session) => Some(accounts::login(&state.db, user_id, session).await?),
+        None => None,
+    };
+    Ok(registered(user_id, issued))
 }
 
 /// The answer to a registration. Built here rather than with ruma's response, which sends
