@@ -39,13 +39,21 @@ pub async fn check<T>(
     user_id: Option<&str>,
 ) -> ApiResult<Completed> {
     let operation = operation(req, user_id);
+    // A registration remembers what its first request asked for (see `registration_params`).
+    let params = user_id.is_none().then(|| {
+        let mut body = req.json_body.clone().unwrap_or_else(|| json!({}));
+        if let Some(object) = body.as_object_mut() {
+            object.remove("auth");
+        }
+        body.to_string()
+    });
     let Some(auth) = auth else {
-        let session = new_session(state, user_id, &operation).await?;
+        let session = new_session(state, user_id, &operation, params.as_deref()).await?;
         return Err(challenge(flows, &session, &[], None));
     };
     let session_id = match auth.session() {
         Some(s) => s.to_owned(),
-        None => new_session(state, user_id, &operation).await?,
+        None => new_session(state, user_id, &operation, params.as_deref()).await?,
     };
     let Some(session) = uia::get(&state.db, &session_id).await? else {
         return Err(MatrixError::not_found("Unknown UIA session").with_status(http::StatusCode::BAD_REQUEST));
@@ -132,6 +140,20 @@ pub async fn registered_account(state: &AppState, auth: Option<&AuthData>) -> Ap
         .and_then(|s| s.registered_user_id))
 }
 
+/// The body of the request that started the registration session `auth` names (less
+/// `auth`): clients may send only `auth` in later stages, and the registration then takes the
+/// username, password and login options from the first request, as Synapse does.
+pub async fn registration_params(state: &AppState, auth: Option<&AuthData>) -> ApiResult<Option<serde_json::Value>> {
+    let Some(session_id) = auth.and_then(AuthData::session) else {
+        return Ok(None);
+    };
+    Ok(uia::get(&state.db, session_id)
+        .await?
+        .filter(|s| s.user_id.is_none())
+        .and_then(|s| s.params)
+        .and_then(|p| serde_json::from_str(&p).ok()))
+}
+
 /// How long a completed registration can be repeated: Synapse keeps UIA sessions for 48 hours.
 const REGISTRATION_REPLAY_MS: i64 = 48 * 3600 * 1000;
 
@@ -153,10 +175,15 @@ fn operation<T>(req: &Ruma<T>, user_id: Option<&str>) -> String {
     hash_token(&format!("{}\n{}\n{body}", req.http_method, req.http_path))
 }
 
-async fn new_session(state: &AppState, user_id: Option<&str>, operation: &str) -> ApiResult<String> {
+async fn new_session(
+    state: &AppState,
+    user_id: Option<&str>,
+    operation: &str,
+    params: Option<&str>,
+) -> ApiResult<String> {
     let session_id = random_string(24);
     let mut tx = state.db.write().await?;
-    uia::create(&mut tx, &session_id, user_id, operation).await?;
+    uia::create(&mut tx, &session_id, user_id, operation, params).await?;
     tx.commit().await?;
     Ok(session_id)
 }

@@ -151,7 +151,32 @@ pub(crate) async fn shown_events(
     if candidates.is_empty() {
         return Ok(candidates);
     }
+    // A joined room's current state shows in its timeline even where history visibility hides
+    // the moment it was sent (as Synapse does): the user sees that state anyway.
+    let hidden_state: Vec<StoredEvent> = candidates
+        .iter()
+        .filter(|e| e.state_key.is_some() && currently_joined.contains_key(&e.room_id))
+        .cloned()
+        .collect();
+    let order: HashMap<String, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.event_id.clone(), i))
+        .collect();
     let mut visible = visibility::filter_visible_many(core, conn, user_id, currently_joined, candidates).await?;
+    let shown: HashSet<String> = visible.iter().map(|e| e.event_id.clone()).collect();
+    let mut added = false;
+    for event in hidden_state.into_iter().filter(|e| !shown.contains(&e.event_id)) {
+        let key = event.state_key.as_deref().unwrap_or_default();
+        let current = crate::storage::rooms::current_state_event(conn, &event.room_id, &event.event_type, key).await?;
+        if current.as_deref() == Some(event.event_id.as_str()) {
+            visible.push(event);
+            added = true;
+        }
+    }
+    if added {
+        visible.sort_by_key(|e| order.get(&e.event_id).copied());
+    }
     let ignored = crate::account_data::ignored_users(conn, user_id).await?;
     if !ignored.is_empty() {
         visible.retain(|e| e.state_key.is_some() || !ignored.contains(&e.sender));
@@ -613,6 +638,11 @@ async fn joined_rooms(
         let receipts = room_receipts.remove(room_id).unwrap_or_default();
         if let Some(content) = receipt_content(&receipts, &req.user_id) {
             ephemeral.push(json!({ "type": "m.receipt", "content": content }));
+        }
+        // An incremental sync leaves out a room whose changes the filter all left out.
+        let nothing = timeline_json.is_empty() && state_json.is_empty() && ephemeral.is_empty();
+        if nothing && plan.account_data.is_empty() && !initial && !req.full_state && !plan.newly_joined {
+            continue;
         }
         let (room_counts, thread_counts) = counts.remove(room_id).unwrap_or_default();
         let thread_counts: Map<String, Value> = thread_counts.into_iter().map(|(t, c)| (t, c.to_json())).collect();

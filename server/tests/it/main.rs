@@ -15,6 +15,7 @@ mod federation_rooms;
 mod federation_synapse;
 mod foundation;
 mod fuzz;
+mod history_visibility;
 mod js_sdk;
 mod js_sdk_e2ee;
 mod js_sdk_federation;

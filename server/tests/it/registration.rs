@@ -51,3 +51,47 @@ both_backends!(
         server.stop().await;
     }
 );
+
+both_backends!(
+    registration_remembers_the_first_requests_parameters,
+    |backend| async move {
+        let Some(server) = TestServer::start(backend).await else {
+            return;
+        };
+        let c = server.client();
+        let body = json!({"username": "Juno", "password": "pw", "device_id": "xyzzy",
+                      "initial_device_display_name": "phone"});
+        let (status, res) = c.post("/_matrix/client/v3/register", body).await;
+        assert_eq!(status, 401, "{res}");
+        // The last stage sends only `auth`: the username (lowered), password and device come
+        // from the first request.
+        let auth = json!({"auth": {"type": "m.login.dummy", "session": res["session"]}});
+        let (status, res) = c.post("/_matrix/client/v3/register", auth).await;
+        assert_eq!(status, 200, "{res}");
+        assert_eq!(res["user_id"], "@juno:weft.test");
+        assert_eq!(res["device_id"], "xyzzy");
+        let juno = c.with_token(res["access_token"].as_str().unwrap());
+        let (status, device) = juno.get("/_matrix/client/v3/devices/xyzzy").await;
+        assert_eq!(status, 200, "{device}");
+        assert_eq!(device["display_name"], "phone");
+        let (status, res) = c
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "juno"}, "password": "pw"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{res}");
+
+        // inhibit_login asked for first holds at the end too.
+        let body = json!({"username": "kay", "password": "pw", "inhibit_login": true});
+        let (_, res) = c.post("/_matrix/client/v3/register", body).await;
+        let auth = json!({"auth": {"type": "m.login.dummy", "session": res["session"]}});
+        let (status, res) = c.post("/_matrix/client/v3/register", auth).await;
+        assert_eq!(status, 200, "{res}");
+        assert!(
+            res.get("access_token").is_none() && res.get("device_id").is_none(),
+            "{res}"
+        );
+        server.stop().await;
+    }
+);

@@ -25,19 +25,22 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         return Err(MatrixError::forbidden("Registration has been disabled"));
     }
 
-    let localpart = match (&req.username, is_guest) {
-        (Some(name), false) => name.clone(),
+    let params = Params::of(&state, &req).await?;
+    let localpart = match (&params.username, is_guest) {
+        // Usernames are case-insensitive: Synapse, and clients, send capitals expecting them
+        // lowered.
+        (Some(name), false) => name.to_lowercase(),
         _ => format!(
             "{}{}",
             if is_guest { "guest-" } else { "" },
             random_string(12).to_lowercase()
         ),
     };
-    let session = (!req.inhibit_login).then(|| SessionRequest {
-        device_id: req.device_id.as_ref().map(|d| d.to_string()),
-        display_name: req.initial_device_display_name.clone(),
+    let session = (!params.inhibit_login).then(|| SessionRequest {
+        device_id: params.device_id.clone(),
+        display_name: params.initial_device_display_name.clone(),
         ip: req.ip.clone(),
-        refreshable_lifetime_ms: req
+        refreshable_lifetime_ms: params
             .refresh_token
             .then(|| state.config.access_token_lifetime.as_millis() as i64),
     });
@@ -76,7 +79,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         &state.db,
         accounts::NewAccount {
             user_id: &user_id,
-            password: req.password.as_deref(),
+            password: params.password.as_deref(),
             is_guest,
             displayname: Some(&localpart),
             session,
@@ -89,9 +92,42 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
     Ok(registered(&user_id, issued))
 }
 
+/// What a registration asks for: the request's fields, and for those it leaves out, the ones
+/// the request that started its UIA session sent (clients may send only `auth` later on).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Params {
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    refresh_token: bool,
+}
+
+impl Params {
+    async fn of(state: &AppState, req: &Ruma<register::v3::Request>) -> ApiResult<Params> {
+        let mut merged = uia::registration_params(state, req.auth.as_ref())
+            .await?
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        if let Some(body) = req.json_body.as_ref().and_then(Value::as_object) {
+            for (key, value) in body {
+                if key != "auth" {
+                    merged[key] = value.clone();
+                }
+            }
+        }
+        serde_json::from_value(merged).map_err(|e| MatrixError::bad_json(format!("Invalid registration: {e}")))
+    }
+}
+
 /// A completed registration repeated with its UIA session (the client lost the answer): the
 /// account it created, logged in again as asked. The password, when sent, must be the
-/// account's, so the session ID alone does not hand out the account.
+/// account's: a request that names another password is not the one repeated. (A repeat with
+/// `auth` alone gets the account, as with Synapse: the session ID is the client's secret, and
+/// it is honoured for 48 hours.)
 async fn repeated(
     state: &AppState,
     user_id: &str,
