@@ -75,6 +75,14 @@ pub async fn check<T>(
             completed.push(DUMMY.to_owned());
             None
         }
+        // Another account's password never authenticates this one: refused outright, as
+        // Synapse does, rather than offered another try.
+        AuthData::Password(p)
+            if matches!((&p.identifier, user_id), (UserIdentifier::Matrix(id), Some(expected))
+                if crate::api::client::session::qualify_user(state, &id.user) != expected) =>
+        {
+            return Err(MatrixError::forbidden("The password stage names another user"));
+        }
         AuthData::Password(p) => match password_stage(state, &p.identifier, &p.password, user_id).await? {
             true => {
                 completed.push(PASSWORD.to_owned());
