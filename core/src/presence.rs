@@ -47,6 +47,9 @@ impl Presence {
     pub fn to_legacy_event(&self) -> serde_json::Value {
         let mut event = self.to_event();
         event["content"]["user_id"] = serde_json::json!(self.user_id);
+        if event["content"].get("status_msg").is_none() {
+            event["content"]["status_msg"] = serde_json::Value::Null;
+        }
         event
     }
 }

@@ -84,7 +84,7 @@ pub async fn events(
             let joined: HashMap<String, String> = rooms.into_iter().filter_map(|(r, join)| Some((r, join?))).collect();
             let shown = shown_events(core, &mut conn, user_id, &joined, batch).await?;
             if !shown.is_empty() {
-                let chunk = client_format::format(core, &mut conn, &shown, Some(viewer)).await?;
+                let chunk = with_user_id(client_format::format(core, &mut conn, &shown, Some(viewer)).await?);
                 return Ok(EventsPage {
                     chunk,
                     start: start.to_string(),
@@ -248,8 +248,8 @@ async fn room_snapshot(
     let mut state_events = events::get_many(conn, &state_ids).await?;
     state_events.sort_by_key(|e| e.stream_pos);
 
-    let chunk = client_format::format(core, conn, &messages, Some(viewer)).await?;
-    let state = client_format::format(core, conn, &state_events, Some(viewer)).await?;
+    let chunk = with_user_id(client_format::format(core, conn, &messages, Some(viewer)).await?);
+    let state = with_user_id(client_format::format(core, conn, &state_events, Some(viewer)).await?);
     let public = crate::storage::rooms::is_public(conn, room_id).await?.unwrap_or(false);
     // The presence of the members joined in the state shown.
     let members: Vec<String> = state_events
@@ -274,6 +274,17 @@ async fn room_snapshot(
         room["membership"] = json!(m.membership);
     }
     Ok(room)
+}
+
+/// Events as the deprecated endpoints' clients read them: the sender also as `user_id`, the
+/// field's name before `sender` (Synapse still writes both there).
+fn with_user_id(mut events: Vec<Value>) -> Vec<Value> {
+    for event in &mut events {
+        if let Some(sender) = event.get("sender").cloned() {
+            event["user_id"] = sender;
+        }
+    }
+    events
 }
 
 fn account_data_event(kind: &str, content: &str) -> Value {
