@@ -419,7 +419,8 @@ async fn presence_events(
 }
 
 fn timeline_limit(filter: &RoomEventFilter) -> i64 {
-    filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(1, 500)
+    // A limit of 0 asks for no timeline events (state alone); the room still shows as limited.
+    filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(0, 500)
 }
 
 /// A room's timeline in a sync: the events the user may see, oldest first, and whether older

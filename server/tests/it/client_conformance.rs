@@ -182,3 +182,37 @@ both_backends!(filtered_out_rooms_and_guest_access_state, |backend| async move {
     assert_eq!(guest["guest_access"], "forbidden", "{guest}");
     server.stop().await;
 });
+
+both_backends!(summary_heroes_and_a_zero_timeline_limit, |backend| async move {
+    let Some(server) = TestServer::start(backend).await else {
+        return;
+    };
+    let alice = server.register("alice", "pw").await;
+    let bob = server.register("bob", "pw").await;
+    let named = create_room(&alice, json!({"preset": "public_chat", "name": "A room name"})).await;
+    let unnamed = create_room(&alice, json!({"preset": "public_chat"})).await;
+    for room in [&named, &unnamed] {
+        let (status, _) = bob.post(&format!("/_matrix/client/v3/join/{room}"), json!({})).await;
+        assert_eq!(status, 200);
+    }
+    let filter = format!(
+        "filter={}",
+        urlencode(&json!({"room": {"timeline": {"limit": 0}, "state": {"types": ["m.room.member"]}}}).to_string())
+    );
+    let res = sync(&alice, None, &filter).await;
+    let rooms = &res["rooms"]["join"];
+    // A named room is called by its name; an unnamed one by its members.
+    assert!(rooms[&named]["summary"].get("m.heroes").is_none(), "{res}");
+    assert_eq!(rooms[&named]["summary"]["m.joined_member_count"], 2);
+    assert_eq!(
+        rooms[&unnamed]["summary"]["m.heroes"],
+        json!(["@bob:weft.test"]),
+        "{res}"
+    );
+    // A timeline limit of 0: no events, the state alone.
+    for room in [&named, &unnamed] {
+        assert_eq!(rooms[room]["timeline"]["events"].as_array().unwrap().len(), 0, "{res}");
+        assert_eq!(rooms[room]["state"]["events"].as_array().unwrap().len(), 2, "{res}");
+    }
+    server.stop().await;
+});

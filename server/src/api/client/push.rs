@@ -28,8 +28,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/_matrix/client/r0/pushrules/{*rest}", any(malformed_path))
         .route("/_matrix/client/v3/pushrules/{*rest}", any(malformed_path))
-        .route("/_matrix/client/r0/pushrules/global/{kind}/", get(get_kind).fallback(malformed_path))
-        .route("/_matrix/client/v3/pushrules/global/{kind}/", get(get_kind).fallback(malformed_path))
+        .route(
+            "/_matrix/client/r0/pushrules/global/{kind}/",
+            get(get_kind).fallback(malformed_path),
+        )
+        .route(
+            "/_matrix/client/v3/pushrules/global/{kind}/",
+            get(get_kind).fallback(malformed_path),
+        )
         .ruma(get_all)
         .ruma(get_global)
         .ruma(get_rule)
