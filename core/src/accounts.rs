@@ -130,25 +130,44 @@ pub fn user_id_for(localpart: &str, server_name: &str) -> Result<String> {
     Ok(user_id)
 }
 
+/// An account to create.
+#[derive(Debug, Default)]
+pub struct NewAccount<'a> {
+    pub user_id: &'a str,
+    pub password: Option<&'a str>,
+    pub is_admin: bool,
+    pub is_guest: bool,
+    pub displayname: Option<&'a str>,
+    /// Also logs the account in, returning the new session.
+    pub session: Option<SessionRequest>,
+    /// The registration's UIA session, which remembers the account in the same transaction.
+    pub uia_session: Option<&'a str>,
+}
+
 /// Creates an account. With `session`, also logs it in and returns the new session.
-pub async fn register(
-    db: &Db,
-    user_id: &str,
-    password: Option<&str>,
-    is_admin: bool,
-    is_guest: bool,
-    displayname: Option<&str>,
-    session: Option<SessionRequest>,
-) -> Result<Option<Session>> {
-    let hash = match password {
+pub async fn register(db: &Db, account: NewAccount<'_>) -> Result<Option<Session>> {
+    let hash = match account.password {
         Some(p) => Some(hash_password(p).await?),
         None => None,
     };
+    let user_id = account.user_id;
     let mut tx = db.write().await?;
-    if !users::insert(&mut tx, user_id, hash.as_deref(), is_admin, is_guest, displayname).await? {
+    if !users::insert(
+        &mut tx,
+        user_id,
+        hash.as_deref(),
+        account.is_admin,
+        account.is_guest,
+        account.displayname,
+    )
+    .await?
+    {
         return Err(Error::UserInUse);
     }
-    let issued = match session {
+    if let Some(uia_session) = account.uia_session {
+        crate::storage::uia::set_registered(&mut tx, uia_session, user_id).await?;
+    }
+    let issued = match account.session {
         Some(req) => Some(issue_session(&mut tx, user_id, req).await?),
         None => None,
     };

@@ -8,7 +8,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use quick_cache::{UnitWeighter, Weighter};
 
-use crate::{presence::Presence, storage::events::StoredEvent, util::now_ms};
+use crate::{
+    presence::Presence,
+    storage::events::StoredEvent,
+    sync::{lazy::SentMap, SyncToken},
+    util::now_ms,
+};
 
 /// Entries per memo keyed by user or device: a memo that forgets simply reads again.
 const CAPACITY: usize = 20_000;
@@ -16,6 +21,11 @@ const CAPACITY: usize = 20_000;
 const WINDOWS: usize = 256;
 /// Events held by the timeline and relation memos together, at most (a few MiB).
 const WINDOW_EVENTS: u64 = 4096;
+
+/// Devices whose lazy-loaded members are remembered (about), and member events held for
+/// them all at most (some tens of MiB).
+const LAZY_DEVICES: usize = 4096;
+const LAZY_MEMBERS: u64 = 200_000;
 
 pub struct Memos {
     /// Each user's presence row as last read or written here, with when (ms): `presence::set`
@@ -43,6 +53,20 @@ pub struct Memos {
     /// after the first such read is left out for the others too; it reaches them in their
     /// next sync, as an event past the position.
     pub relations: Memo<(i64, String), Arc<Vec<(String, StoredEvent)>>, ByEvents>,
+    /// Per (user, device, `next_batch`): the lazy-loaded member events that device was sent
+    /// in its rooms (`sync::lazy`). Only a sync from exactly that token uses an entry; a
+    /// forgotten entry means the members are sent again.
+    pub lazy_members: Memo<(String, String, SyncToken), Arc<SentMap>, ByMembers>,
+}
+
+/// Weighs a lazy-members entry by the member events it holds.
+#[derive(Clone, Default)]
+pub struct ByMembers;
+
+impl<K> Weighter<K, Arc<SentMap>> for ByMembers {
+    fn weight(&self, _key: &K, sent: &Arc<SentMap>) -> u64 {
+        sent.values().map(|m| m.len() as u64).sum::<u64>() + 1
+    }
 }
 
 /// Weighs a memo entry by the events it holds (an empty answer still counts one).
@@ -71,6 +95,11 @@ impl Default for Memos {
                 WINDOWS,
                 WINDOW_EVENTS / 2,
                 ByEvents,
+            )),
+            lazy_members: Memo(quick_cache::sync::Cache::with_weighter(
+                LAZY_DEVICES,
+                LAZY_MEMBERS,
+                ByMembers,
             )),
         }
     }

@@ -42,9 +42,33 @@ impl Presence {
         }
         serde_json::json!({ "type": "m.presence", "sender": self.user_id, "content": content })
     }
+    /// The event as the deprecated `/initialSync` and `/events` carry it: with the user also
+    /// in the content, where clients of those endpoints read it.
+    pub fn to_legacy_event(&self) -> serde_json::Value {
+        let mut event = self.to_event();
+        event["content"]["user_id"] = serde_json::json!(self.user_id);
+        if event["content"].get("status_msg").is_none() {
+            event["content"]["status_msg"] = serde_json::Value::Null;
+        }
+        event
+    }
 }
 
 type Row = (String, String, Option<String>, i64);
+
+/// The presence of each of `users`, `offline` for those who never set one.
+pub async fn states_of(conn: &mut AnyConnection, users: &[String]) -> Result<Vec<Presence>> {
+    let mut out = Vec::with_capacity(users.len());
+    for user_id in users {
+        out.push(get(conn, user_id).await?.unwrap_or_else(|| Presence {
+            user_id: user_id.clone(),
+            state: "offline".into(),
+            status_msg: None,
+            last_active_ts: 0,
+        }));
+    }
+    Ok(out)
+}
 
 pub async fn get(conn: &mut AnyConnection, user_id: &str) -> Result<Option<Presence>> {
     let row: Option<Row> =

@@ -110,7 +110,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(p) => (p, false),
                 None => (weft_core::util::random_string(20), true),
             };
-            accounts::register(&db, &user_id, Some(&password), admin, false, Some(&name), None).await?;
+            let account = accounts::NewAccount {
+                user_id: &user_id,
+                password: Some(&password),
+                is_admin: admin,
+                displayname: Some(&name),
+                ..Default::default()
+            };
+            accounts::register(&db, account).await?;
             db.close().await;
             println!("created {user_id}{}", if admin { " (admin)" } else { "" });
             if generated {

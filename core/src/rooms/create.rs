@@ -194,9 +194,11 @@ pub(crate) async fn create_in_tx(
             json!({ "alias": alias }),
         ));
     }
+    // A public room's guest access is `forbidden`, which an absent event means too: like
+    // Synapse, the preset sends none (clients and sytest expect a public room's state without it).
     let (join_rule, history, guest) = match req.preset {
-        Preset::PublicChat => ("public", "shared", "forbidden"),
-        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "shared", "can_join"),
+        Preset::PublicChat => ("public", "shared", None),
+        Preset::PrivateChat | Preset::TrustedPrivateChat => ("invite", "shared", Some("can_join")),
     };
     templates.push(EventTemplate::state(
         "m.room.join_rules",
@@ -208,11 +210,13 @@ pub(crate) async fn create_in_tx(
         "",
         json!({ "history_visibility": history }),
     ));
-    templates.push(EventTemplate::state(
-        "m.room.guest_access",
-        "",
-        json!({ "guest_access": guest }),
-    ));
+    if let Some(guest) = guest {
+        templates.push(EventTemplate::state(
+            "m.room.guest_access",
+            "",
+            json!({ "guest_access": guest }),
+        ));
+    }
     // initial_state overrides the preset's events of the same type and key.
     for t in &req.initial_state {
         templates.retain(|p| !(p.kind == t.kind && p.state_key == t.state_key && p.kind != "m.room.member"));

@@ -108,12 +108,25 @@ pub async fn refresh_profile(core: &Core, user: &UserId) -> Result<()> {
     Ok(())
 }
 
-pub async fn join(core: &Core, room_id: &str, user: &UserId, reason: Option<&str>) -> Result<Sent> {
+/// Joins a local room. `custom` holds fields the client added to the join's content (kept,
+/// as Synapse keeps them, under the membership and profile fields).
+pub async fn join(
+    core: &Core,
+    room_id: &str,
+    user: &UserId,
+    reason: Option<&str>,
+    custom: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Sent> {
     ensure_room(core, room_id).await?;
     if membership_of(core, room_id, user.as_str()).await?.as_deref() == Some("ban") {
         return Err(Error::Forbidden("You are banned from this room".into()));
     }
     let mut content = with_reason(profile_content(core, user, "join").await?, reason);
+    for (key, value) in custom {
+        if content.get(key).is_none() && key != "join_authorised_via_users_server" {
+            content[key] = value.clone();
+        }
+    }
     if let Some(authoriser) = restricted_join_authoriser(core, room_id, user).await? {
         content["join_authorised_via_users_server"] = json!(authoriser);
     }

@@ -172,7 +172,7 @@ pub struct Messages {
     /// In the direction's order.
     pub events: Vec<StoredEvent>,
     pub start: String,
-    /// Where the next page continues; `None` once the visible timeline ran out.
+    /// Where the next page continues; `None` when this page is empty.
     pub end: Option<String>,
 }
 
@@ -221,7 +221,9 @@ pub async fn messages(
     .await?;
     Ok(Messages {
         start: from.map_or_else(|| from_key.token(), str::to_owned),
-        end: (window.events.len() >= limit).then(|| window.next.token()),
+        // Synapse's way, which clients and sytest expect: a page with events says where the
+        // next one starts, even when it will be empty; only an empty page has no `end`.
+        end: (!window.events.is_empty()).then(|| window.next.token()),
         events: window.events,
     })
 }

@@ -208,11 +208,18 @@ async fn transferred_state(
 ) -> Result<Vec<EventTemplate>> {
     let mut out = Vec::new();
     for kind in TRANSFERRED {
-        if let Some(content) = state_content(conn, state, kind, "").await? {
+        match state_content(conn, state, kind, "").await? {
             // Empty content is how a state event is "removed"; nothing to carry over then.
-            if content.as_object().is_some_and(|o| !o.is_empty()) {
+            Some(content) if content.as_object().is_some_and(|o| !o.is_empty()) => {
                 out.push(EventTemplate::state(kind, "", content));
             }
+            // No guest access event means `forbidden`; the new room says so explicitly, so
+            // that it keeps the old room's rule whatever defaults apply there (Synapse's
+            // upgraded rooms always carry one, and sytest counts it).
+            None if *kind == "m.room.guest_access" => {
+                out.push(EventTemplate::state(kind, "", json!({ "guest_access": "forbidden" })));
+            }
+            _ => {}
         }
     }
     if create_content["type"] == "m.space" {

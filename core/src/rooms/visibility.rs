@@ -43,7 +43,27 @@ pub async fn filter_visible_many(
     currently_joined: &HashMap<String, String>,
     list: Vec<StoredEvent>,
 ) -> Result<Vec<StoredEvent>> {
-    let per_group = group_visibility(core, conn, user, currently_joined, &list).await?;
+    // Each event is judged at the state after it; a history visibility change also at the
+    // state before it (the spec: the user sees the change if either setting lets them).
+    let groups: Vec<(i64, &str)> = list
+        .iter()
+        .flat_map(|e| {
+            let before = is_visibility_change(e).then_some(e.state_before).flatten();
+            e.state_after.into_iter().chain(before).map(|g| (g, e.room_id.as_str()))
+        })
+        .collect();
+    let per_group = group_visibility(core, conn, user, currently_joined, &groups).await?;
+    let allows = |group: Option<i64>, room_id: &str| {
+        let Some((hv, membership)) = group.and_then(|g| per_group.get(&g)) else {
+            return false;
+        };
+        match hv.as_str() {
+            "world_readable" => true,
+            "shared" => membership == "join" || currently_joined.contains_key(room_id),
+            "invited" => membership == "join" || membership == "invite",
+            _ => membership == "join",
+        }
+    };
     Ok(list
         .into_iter()
         .filter(|event| {
@@ -51,17 +71,14 @@ pub async fn filter_visible_many(
             if event.event_type == "m.room.member" && event.state_key.as_deref() == Some(user) {
                 return true;
             }
-            let Some((hv, membership)) = event.state_after.and_then(|g| per_group.get(&g)) else {
-                return false;
-            };
-            match hv.as_str() {
-                "world_readable" => true,
-                "shared" => membership == "join" || currently_joined.contains_key(&event.room_id),
-                "invited" => membership == "join" || membership == "invite",
-                _ => membership == "join",
-            }
+            allows(event.state_after, &event.room_id)
+                || (is_visibility_change(event) && allows(event.state_before, &event.room_id))
         })
         .collect())
+}
+
+fn is_visibility_change(event: &StoredEvent) -> bool {
+    event.event_type == "m.room.history_visibility" && event.state_key.as_deref() == Some("")
 }
 
 /// `(history_visibility, user's membership)` after each state group the events lead to: the
@@ -71,14 +88,13 @@ async fn group_visibility(
     conn: &mut AnyConnection,
     user: &str,
     currently_joined: &HashMap<String, String>,
-    list: &[StoredEvent],
+    groups: &[(i64, &str)],
 ) -> Result<HashMap<i64, (String, String)>> {
     let hv_key = ("m.room.history_visibility".to_owned(), String::new());
     let member_key = ("m.room.member".to_owned(), user.to_owned());
     let mut known: HashMap<i64, (String, String)> = HashMap::new();
     let mut ids_per_group: HashMap<i64, (Option<String>, Option<String>)> = HashMap::new();
-    for event in list {
-        let Some(group) = event.state_after else { continue };
+    for &(group, room_id) in groups {
         if known.contains_key(&group) || ids_per_group.contains_key(&group) {
             continue;
         }
@@ -86,7 +102,7 @@ async fn group_visibility(
         let member = state.get(&member_key);
         // Joined at the group by the very join that still holds: every history visibility
         // shows the event, so neither content needs reading (the common case in a sync).
-        if member.is_some() && member == currently_joined.get(&event.room_id) {
+        if member.is_some() && member == currently_joined.get(room_id) {
             known.insert(group, ("joined".to_owned(), "join".to_owned()));
             continue;
         }

@@ -139,8 +139,9 @@ pub(super) async fn rooms_with_events(conn: &mut AnyConnection, since: i64, now:
     Ok(rows.into_iter().map(|(room, member)| (room, member != 0)).collect())
 }
 
-/// The rooms' summaries (`m.heroes`, joined and invited member counts): counted in SQL rather
-/// than by loading member lists, and at most five heroes read per room.
+/// The rooms' summaries (`m.heroes` for rooms without a name or canonical alias, joined and
+/// invited member counts): counted in SQL rather than by loading member lists, and at most
+/// five heroes read per room.
 pub(super) async fn summaries(
     conn: &mut AnyConnection,
     room_ids: &[String],
@@ -148,6 +149,7 @@ pub(super) async fn summaries(
 ) -> Result<HashMap<String, Value>> {
     let mut counts: HashMap<String, (i64, i64)> = HashMap::new();
     let mut heroes: HashMap<String, Vec<String>> = HashMap::new();
+    let mut named: std::collections::HashSet<String> = std::collections::HashSet::new();
     for chunk in room_ids.chunks(IN_CHUNK) {
         let list = InList::new(conn, 1, chunk.len());
         let sql = format!(
@@ -185,16 +187,33 @@ pub(super) async fn summaries(
         for (room, user) in q.fetch_all(&mut *conn).await? {
             heroes.entry(room).or_default().push(user);
         }
+        // A room with a name or canonical alias is called by it: no heroes (as Synapse, whose
+        // clients read their presence as "name the room from its members").
+        let list = InList::new(conn, 1, chunk.len());
+        let sql = format!(
+            "SELECT DISTINCT room_id FROM current_state
+             WHERE event_type IN ('m.room.name', 'm.room.canonical_alias') AND state_key = '' AND room_id IN ({})",
+            list.sql()
+        );
+        let mut q = sqlx::query_as::<_, (String,)>(&sql);
+        for room in list.binds(chunk) {
+            q = q.bind(room);
+        }
+        for (room,) in q.fetch_all(&mut *conn).await? {
+            named.insert(room);
+        }
     }
     Ok(room_ids
         .iter()
         .map(|room| {
             let (joined, invited) = counts.get(room).copied().unwrap_or_default();
-            let summary = json!({
-                "m.heroes": heroes.remove(room).unwrap_or_default(),
+            let mut summary = json!({
                 "m.joined_member_count": joined,
                 "m.invited_member_count": invited,
             });
+            if !named.contains(room) {
+                summary["m.heroes"] = json!(heroes.remove(room).unwrap_or_default());
+            }
             (room.clone(), summary)
         })
         .collect())

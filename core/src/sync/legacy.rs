@@ -46,6 +46,17 @@ pub async fn events(
         None => SyncToken::current(core).await?,
     };
     let mut conn = core.db.conn().await?;
+    // Peeking at a room one was never in needs world-readable history; anything else would
+    // wait out the timeout for events it may never show.
+    if let Some(room_id) = room_id {
+        if crate::storage::rooms::membership(&mut conn, room_id, user_id)
+            .await?
+            .is_none()
+            && !crate::rooms::visibility::can_read_room(&mut conn, user_id, room_id).await?
+        {
+            return Err(crate::Error::Forbidden("You are not allowed to read this room".into()));
+        }
+    }
     let rooms = rooms_to_watch(&mut conn, user_id, room_id, start.events).await?;
     drop(conn);
     // Interest first: a change after this wakes the wait, one before is below `now`.
@@ -73,7 +84,7 @@ pub async fn events(
             let joined: HashMap<String, String> = rooms.into_iter().filter_map(|(r, join)| Some((r, join?))).collect();
             let shown = shown_events(core, &mut conn, user_id, &joined, batch).await?;
             if !shown.is_empty() {
-                let chunk = client_format::format(core, &mut conn, &shown, Some(viewer)).await?;
+                let chunk = with_user_id(client_format::format(core, &mut conn, &shown, Some(viewer)).await?);
                 return Ok(EventsPage {
                     chunk,
                     start: start.to_string(),
@@ -166,7 +177,12 @@ pub async fn initial_sync(core: &Core, viewer: Viewer<'_>, limit: usize, archive
         room["account_data"] = json!(room_account_data(&account_data, &m.room_id));
         rooms.push(room);
     }
-    let presence = crate::presence::changes_for(&mut conn, viewer.user_id, 0, now.presence).await?;
+    // Everyone the user shares a room with, and the user, whether or not they ever set one.
+    let mut users = crate::presence::users_sharing_rooms(&mut conn, viewer.user_id).await?;
+    if !users.iter().any(|u| u == viewer.user_id) {
+        users.push(viewer.user_id.to_owned());
+    }
+    let presence = crate::presence::states_of(&mut conn, &users).await?;
     let global: Vec<Value> = account_data
         .iter()
         .filter(|(room, _, _)| room.is_empty())
@@ -175,7 +191,7 @@ pub async fn initial_sync(core: &Core, viewer: Viewer<'_>, limit: usize, archive
     Ok(json!({
         "end": now.to_string(),
         "rooms": rooms,
-        "presence": presence.iter().map(|p| p.to_event()).collect::<Vec<_>>(),
+        "presence": presence.iter().map(|p| p.to_legacy_event()).collect::<Vec<_>>(),
         "account_data": global,
     }))
 }
@@ -232,19 +248,43 @@ async fn room_snapshot(
     let mut state_events = events::get_many(conn, &state_ids).await?;
     state_events.sort_by_key(|e| e.stream_pos);
 
-    let chunk = client_format::format(core, conn, &messages, Some(viewer)).await?;
-    let state = client_format::format(core, conn, &state_events, Some(viewer)).await?;
+    let chunk = with_user_id(client_format::format(core, conn, &messages, Some(viewer)).await?);
+    let state = with_user_id(client_format::format(core, conn, &state_events, Some(viewer)).await?);
     let public = crate::storage::rooms::is_public(conn, room_id).await?.unwrap_or(false);
+    // The presence of the members joined in the state shown.
+    let members: Vec<String> = state_events
+        .iter()
+        .filter(|e| e.event_type == "m.room.member")
+        .filter(|e| serde_json::from_str::<Value>(&e.json).is_ok_and(|j| j["content"]["membership"] == "join"))
+        .filter_map(|e| e.state_key.clone())
+        .collect();
+    let presence: Vec<Value> = crate::presence::states_of(conn, &members)
+        .await?
+        .iter()
+        .map(|p| p.to_legacy_event())
+        .collect();
     let mut room = json!({
         "room_id": room_id,
         "messages": { "chunk": chunk, "start": back_from, "end": end.to_string() },
         "state": state,
+        "presence": presence,
         "visibility": if public { "public" } else { "private" },
     });
     if let Some(m) = membership {
         room["membership"] = json!(m.membership);
     }
     Ok(room)
+}
+
+/// Events as the deprecated endpoints' clients read them: the sender also as `user_id`, the
+/// field's name before `sender` (Synapse still writes both there).
+fn with_user_id(mut events: Vec<Value>) -> Vec<Value> {
+    for event in &mut events {
+        if let Some(sender) = event.get("sender").cloned() {
+            event["user_id"] = sender;
+        }
+    }
+    events
 }
 
 fn account_data_event(kind: &str, content: &str) -> Value {

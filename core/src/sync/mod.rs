@@ -2,6 +2,7 @@
 //! that waits on the notifier rather than polling the database.
 
 mod batch;
+pub(crate) mod lazy;
 pub mod legacy;
 pub mod sliding;
 pub mod token;
@@ -150,7 +151,32 @@ pub(crate) async fn shown_events(
     if candidates.is_empty() {
         return Ok(candidates);
     }
+    // A joined room's current state shows in its timeline even where history visibility hides
+    // the moment it was sent (as Synapse does): the user sees that state anyway.
+    let hidden_state: Vec<StoredEvent> = candidates
+        .iter()
+        .filter(|e| e.state_key.is_some() && currently_joined.contains_key(&e.room_id))
+        .cloned()
+        .collect();
+    let order: HashMap<String, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.event_id.clone(), i))
+        .collect();
     let mut visible = visibility::filter_visible_many(core, conn, user_id, currently_joined, candidates).await?;
+    let shown: HashSet<String> = visible.iter().map(|e| e.event_id.clone()).collect();
+    let mut added = false;
+    for event in hidden_state.into_iter().filter(|e| !shown.contains(&e.event_id)) {
+        let key = event.state_key.as_deref().unwrap_or_default();
+        let current = crate::storage::rooms::current_state_event(conn, &event.room_id, &event.event_type, key).await?;
+        if current.as_deref() == Some(event.event_id.as_str()) {
+            visible.push(event);
+            added = true;
+        }
+    }
+    if added {
+        visible.sort_by_key(|e| order.get(&e.event_id).copied());
+    }
     let ignored = crate::account_data::ignored_users(conn, user_id).await?;
     if !ignored.is_empty() {
         visible.retain(|e| e.state_key.is_some() || !ignored.contains(&e.sender));
@@ -289,7 +315,21 @@ async fn build(core: &Core, req: &SyncRequest, now: SyncToken) -> Result<Value> 
             _ => {}
         }
     }
-    let join = joined_rooms(core, &mut conn, req, since, now, joined, &mut changes).await?;
+    let mut lazy_sent = lazy::SentMembers::for_request(core, req);
+    let join = joined_rooms(
+        core,
+        &mut conn,
+        req,
+        since,
+        now,
+        joined,
+        &mut changes,
+        lazy_sent.as_mut(),
+    )
+    .await?;
+    if let Some(sent) = lazy_sent {
+        sent.store(core, req, now);
+    }
 
     Ok(json!({
         "next_batch": now.to_string(),
@@ -379,7 +419,8 @@ async fn presence_events(
 }
 
 fn timeline_limit(filter: &RoomEventFilter) -> i64 {
-    filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(1, 500)
+    // A limit of 0 asks for no timeline events (state alone); the room still shows as limited.
+    filter.limit.map(|l| u64::from(l) as i64).unwrap_or(10).clamp(0, 500)
 }
 
 /// A room's timeline in a sync: the events the user may see, oldest first, and whether older
@@ -487,6 +528,7 @@ async fn joined_rooms(
     now: SyncToken,
     plans: Vec<JoinedPlan<'_>>,
     changes: &mut RoomChanges,
+    mut lazy_sent: Option<&mut lazy::SentMembers>,
 ) -> Result<Map<String, Value>> {
     if plans.is_empty() {
         return Ok(Map::new());
@@ -510,7 +552,8 @@ async fn joined_rooms(
     let from = if initial { 0 } else { since.events };
     let mut timelines = timelines(core, conn, req, &with_events, &joined_set, from, now.events).await?;
 
-    let mut state_ids = room_state_ids(core, conn, req, since, now, &plans, &timelines).await?;
+    let held = lazy_sent.as_deref();
+    let mut state_ids = room_state_ids(core, conn, req, since, now, &plans, &timelines, held).await?;
     let all_ids: Vec<String> = state_ids.values().flatten().cloned().collect();
     let mut state_events: HashMap<String, Vec<StoredEvent>> = HashMap::new();
     for event in events::get_many(conn, &all_ids).await? {
@@ -519,6 +562,21 @@ async fn joined_rooms(
         }
     }
     state_ids.clear();
+    if let Some(sent) = lazy_sent.as_deref_mut() {
+        for plan in &plans {
+            let room_id = &plan.m.room_id;
+            if initial || req.full_state || plan.newly_joined {
+                sent.forget_room(room_id);
+            }
+            let timeline = timelines.get(room_id).map(|t| t.events.as_slice()).unwrap_or_default();
+            let state = state_events.get(room_id).map(Vec::as_slice).unwrap_or_default();
+            for event in timeline.iter().chain(state) {
+                if let (true, Some(user)) = (event.event_type == "m.room.member", &event.state_key) {
+                    sent.record(room_id, user, &event.event_id);
+                }
+            }
+        }
+    }
 
     // Every room's timeline and state formatted in one call, then split back.
     let mut to_format = Vec::new();
@@ -582,6 +640,11 @@ async fn joined_rooms(
         if let Some(content) = receipt_content(&receipts, &req.user_id) {
             ephemeral.push(json!({ "type": "m.receipt", "content": content }));
         }
+        // An incremental sync leaves out a room whose changes the filter all left out.
+        let nothing = timeline_json.is_empty() && state_json.is_empty() && ephemeral.is_empty();
+        if nothing && plan.account_data.is_empty() && !initial && !req.full_state && !plan.newly_joined {
+            continue;
+        }
         let (room_counts, thread_counts) = counts.remove(room_id).unwrap_or_default();
         let thread_counts: Map<String, Value> = thread_counts.into_iter().map(|(t, c)| (t, c.to_json())).collect();
         join.insert(
@@ -603,7 +666,9 @@ async fn joined_rooms(
 /// The IDs of the state events each room's state section carries (not yet filtered by type):
 /// the full state at the start of the timeline on an initial, full-state or first sync of a
 /// room, what changed across a gap on a limited one, plus the members of the timeline's
-/// senders when members are lazy-loaded. Rooms that need no state read none.
+/// senders when members are lazy-loaded (less, on an incremental sync, those the device
+/// holds when `held` says). Rooms that need no state read none.
+#[allow(clippy::too_many_arguments)]
 async fn room_state_ids(
     core: &Core,
     conn: &mut AnyConnection,
@@ -612,6 +677,7 @@ async fn room_state_ids(
     now: SyncToken,
     plans: &[JoinedPlan<'_>],
     timelines: &HashMap<String, Timeline>,
+    held: Option<&lazy::SentMembers>,
 ) -> Result<HashMap<String, Vec<String>>> {
     let initial = req.since.is_none();
     let lazy = !req.filter.room.state.lazy_load_options.is_disabled();
@@ -653,7 +719,18 @@ async fn room_state_ids(
             Vec::new()
         };
         if lazy {
-            lazy_members(&mut ids, &start_state, &timeline.events, &req.user_id);
+            // The user's own membership comes with the room's full state; otherwise only when
+            // they sent something, as for anyone.
+            let own = full(plan).then_some(req.user_id.as_str());
+            lazy_members(&mut ids, &start_state, &timeline.events, own, full(plan));
+            if let (Some(held), false) = (held, full(plan)) {
+                let held_members: HashSet<&String> = start_state
+                    .iter()
+                    .filter(|((t, user), id)| t == "m.room.member" && held.holds(room_id, user, id))
+                    .map(|(_, id)| id)
+                    .collect();
+                ids.retain(|id| !held_members.contains(id));
+            }
         }
         let in_timeline: HashSet<&str> = timeline.events.iter().map(|e| e.event_id.as_str()).collect();
         ids.retain(|id| !in_timeline.contains(id.as_str()));
@@ -662,22 +739,31 @@ async fn room_state_ids(
     Ok(out)
 }
 
-/// With lazy-loaded members, the state carries only the member events of the timeline's
-/// senders and the user, whether or not they changed.
-fn lazy_members(ids: &mut Vec<String>, start_state: &StateMap, timeline: &[StoredEvent], user_id: &str) {
+/// With lazy-loaded members, the state carries the member events of the timeline's senders
+/// and of `own` user, whether or not they changed; of a room's full state, no other member
+/// events (a gap's changes keep theirs: the client holds no earlier version of them).
+fn lazy_members(
+    ids: &mut Vec<String>,
+    start_state: &StateMap,
+    timeline: &[StoredEvent],
+    own: Option<&str>,
+    full: bool,
+) {
     let mut wanted: HashSet<&str> = timeline.iter().map(|e| e.sender.as_str()).collect();
-    wanted.insert(user_id);
+    wanted.extend(own);
     let members: HashSet<String> = start_state
         .iter()
         .filter(|((t, k), _)| t == "m.room.member" && wanted.contains(k.as_str()))
         .map(|(_, v)| v.clone())
         .collect();
-    let all_members: HashSet<&String> = start_state
-        .iter()
-        .filter(|((t, _), _)| t == "m.room.member")
-        .map(|(_, v)| v)
-        .collect();
-    ids.retain(|id| !all_members.contains(id) || members.contains(id));
+    if full {
+        let all_members: HashSet<&String> = start_state
+            .iter()
+            .filter(|((t, _), _)| t == "m.room.member")
+            .map(|(_, v)| v)
+            .collect();
+        ids.retain(|id| !all_members.contains(id) || members.contains(id));
+    }
     ids.extend(members);
     ids.sort();
     ids.dedup();

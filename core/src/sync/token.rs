@@ -4,7 +4,7 @@
 
 use crate::{Core, Error, Result};
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SyncToken {
     pub events: i64,
     pub account_data: i64,

@@ -69,12 +69,14 @@ pub async fn register(State(state): State<AppState>, body: axum::body::Bytes) ->
     let user_id = accounts::user_id_for(&body.username.to_lowercase(), &state.config.server_name)?;
     let session = accounts::register(
         &state.db,
-        &user_id,
-        Some(&body.password),
-        body.admin,
-        false,
-        Some(body.displayname.as_deref().unwrap_or(&body.username)),
-        Some(SessionRequest::default()),
+        accounts::NewAccount {
+            user_id: &user_id,
+            password: Some(&body.password),
+            is_admin: body.admin,
+            displayname: Some(body.displayname.as_deref().unwrap_or(&body.username)),
+            session: Some(SessionRequest::default()),
+            ..Default::default()
+        },
     )
     .await?
     .ok_or_else(|| MatrixError::unknown("No session issued"))?;

@@ -20,7 +20,7 @@ pub fn supported_room_versions() -> Vec<RoomVersionId> {
 pub const DEFAULT_ROOM_VERSION: RoomVersionId = RoomVersionId::V11;
 
 #[allow(deprecated)] // set_displayname/set_avatar_url are what clients of the versions we advertise read
-pub async fn get_capabilities(_: AppState, req: Ruma<caps::Request>) -> ApiResult<caps::Response> {
+pub async fn get_capabilities(_: AppState, req: Ruma<caps::Request>) -> ApiResult<serde_json::Value> {
     req.sender()?;
     let available: BTreeMap<RoomVersionId, RoomVersionStability> = supported_room_versions()
         .into_iter()
@@ -32,5 +32,13 @@ pub async fn get_capabilities(_: AppState, req: Ruma<caps::Request>) -> ApiResul
     capabilities.set_displayname.enabled = true;
     capabilities.set_avatar_url.enabled = true;
     capabilities.thirdparty_id_changes.enabled = false;
-    Ok(caps::Response::new(capabilities))
+    // Ruma leaves out a capability at its default (`m.change_password` enabled); clients and
+    // sytest look for it, so every capability set here is written out.
+    let capabilities = serde_json::to_value(capabilities).map_err(weft_core::Error::internal)?;
+    let mut body = serde_json::json!({ "capabilities": capabilities });
+    body["capabilities"]["m.change_password"] = serde_json::json!({ "enabled": true });
+    body["capabilities"]["m.set_displayname"] = serde_json::json!({ "enabled": true });
+    body["capabilities"]["m.set_avatar_url"] = serde_json::json!({ "enabled": true });
+    body["capabilities"]["m.3pid_changes"] = serde_json::json!({ "enabled": false });
+    Ok(body)
 }

@@ -110,6 +110,10 @@ async fn events(
         .unwrap_or(DEFAULT_TIMEOUT)
         .min(MAX_TIMEOUT);
     let room_id = query_param(&query, "room_id").map(|r| room_id_param(&r)).transpose()?;
+    // Guests follow one room at a time, as Synapse lets them.
+    if user.is_guest && room_id.is_none() {
+        return Err(MatrixError::guest_access_forbidden("Guests must name a room_id"));
+    }
     let page = legacy::events(
         &state.core,
         viewer(&user),

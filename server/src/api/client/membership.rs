@@ -73,6 +73,7 @@ async fn join(
     room_id: &OwnedRoomId,
     mut servers: Vec<OwnedServerName>,
     reason: Option<&str>,
+    custom: &serde_json::Map<String, serde_json::Value>,
 ) -> ApiResult<()> {
     let core = &state.core;
     let in_room = {
@@ -94,8 +95,18 @@ async fn join(
         }
     }
     check_guest_access(state, user, room_id.as_str()).await?;
-    membership::join(core, room_id.as_str(), &user.user_id, reason).await?;
+    membership::join(core, room_id.as_str(), &user.user_id, reason, custom).await?;
     Ok(())
+}
+
+/// The fields of a join's body that are not the endpoint's own: custom content for the
+/// member event.
+fn custom_content(body: Option<&serde_json::Value>) -> serde_json::Map<String, serde_json::Value> {
+    let mut custom = body.and_then(|b| b.as_object()).cloned().unwrap_or_default();
+    for own in ["reason", "third_party_signed", "membership"] {
+        custom.remove(own);
+    }
+    custom
 }
 
 pub async fn join_by_id(
@@ -103,7 +114,8 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.sender()?;
-    join(&state, user, &req.room_id, Vec::new(), req.reason.as_deref()).await?;
+    let custom = custom_content(req.json_body.as_ref());
+    join(&state, user, &req.room_id, Vec::new(), req.reason.as_deref(), &custom).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id.clone()))
 }
 
@@ -114,7 +126,8 @@ pub async fn join_by_id_or_alias(
     let user = req.sender()?;
     let (room_id, mut servers) = resolve_room_with_servers(&state, &req.room_id_or_alias).await?;
     servers.splice(0..0, req.via.iter().cloned());
-    join(&state, user, &room_id, servers, req.reason.as_deref()).await?;
+    let custom = custom_content(req.json_body.as_ref());
+    join(&state, user, &room_id, servers, req.reason.as_deref(), &custom).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id))
 }
 

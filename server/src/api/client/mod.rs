@@ -77,7 +77,7 @@ pub fn router() -> Router<AppState> {
         .ruma(discovery::versions)
         .ruma_json(discovery::client_well_known)
         .ruma(discovery::server_well_known)
-        .ruma(capabilities::get_capabilities)
+        .ruma_json(capabilities::get_capabilities)
         .ruma_json(register::register)
         .ruma(register::available)
         .ruma(session::login_types)

@@ -1,6 +1,10 @@
 //! Push rules (`/pushrules/...`), pushers (`/pushers`, `/pushers/set`) and `/notifications`.
 
-use axum::{http::StatusCode, routing::any, Router};
+use axum::{
+    http::StatusCode,
+    routing::{any, get},
+    Router,
+};
 use ruma::{
     api::client::push::{
         delete_pushrule, get_notifications, get_pushers, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
@@ -14,6 +18,7 @@ use ruma::{
 use weft_core::push::{notifications, pushers, rules};
 
 use crate::{
+    api::client::legacy::Authed,
     error::{ApiResult, MatrixError},
     ruma_wrapper::{Ruma, RumaRoute},
     state::AppState,
@@ -23,6 +28,14 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/_matrix/client/r0/pushrules/{*rest}", any(malformed_path))
         .route("/_matrix/client/v3/pushrules/{*rest}", any(malformed_path))
+        .route(
+            "/_matrix/client/r0/pushrules/global/{kind}/",
+            get(get_kind).fallback(malformed_path),
+        )
+        .route(
+            "/_matrix/client/v3/pushrules/global/{kind}/",
+            get(get_kind).fallback(malformed_path),
+        )
         .ruma(get_all)
         .ruma(get_global)
         .ruma(get_rule)
@@ -64,6 +77,23 @@ async fn get_global(
     Ok(get_pushrules_global_scope::v3::Response::new(
         rules::load(&mut conn, &user.user_id).await?,
     ))
+}
+
+/// # `GET /_matrix/client/v3/pushrules/global/{kind}/`
+///
+/// The rules of one kind, as an array (older spec versions had this endpoint; Synapse and
+/// clients written for it still use it).
+async fn get_kind(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Authed(user): Authed,
+    axum::extract::Path(kind): axum::extract::Path<String>,
+) -> ApiResult<axum::Json<serde_json::Value>> {
+    if !["override", "content", "room", "sender", "underride"].contains(&kind.as_str()) {
+        return Err(malformed_path().await);
+    }
+    let mut conn = state.db.conn().await?;
+    let content = rules::account_data_content(&rules::load(&mut conn, &user.user_id).await?);
+    Ok(axum::Json(content["global"][&kind].clone()))
 }
 
 async fn get_rule(state: AppState, req: Ruma<get_pushrule::v3::Request>) -> ApiResult<get_pushrule::v3::Response> {

@@ -25,20 +25,38 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         return Err(MatrixError::forbidden("Registration has been disabled"));
     }
 
-    let localpart = match (&req.username, is_guest) {
-        (Some(name), false) => name.clone(),
+    let params = Params::of(&state, &req).await?;
+    let localpart = match (&params.username, is_guest) {
+        // Usernames are case-insensitive: Synapse, and clients, send capitals expecting them
+        // lowered.
+        (Some(name), false) => name.to_lowercase(),
         _ => format!(
             "{}{}",
             if is_guest { "guest-" } else { "" },
             random_string(12).to_lowercase()
         ),
     };
+    let session = (!params.inhibit_login).then(|| SessionRequest {
+        device_id: params.device_id.clone(),
+        display_name: params.initial_device_display_name.clone(),
+        ip: req.ip.clone(),
+        refreshable_lifetime_ms: params
+            .refresh_token
+            .then(|| state.config.access_token_lifetime.as_millis() as i64),
+    });
+    if !is_guest {
+        if let Some(user_id) = uia::registered_account(&state, req.auth.as_ref()).await? {
+            return repeated(&state, &user_id, req.password.as_deref(), session).await;
+        }
+    }
+
     let user_id = accounts::user_id_for(&localpart, &state.config.server_name)?;
     if users::get(&state.db, &user_id).await?.is_some() {
         return Err(MatrixError::user_in_use("User ID already taken"));
     }
 
     // Guests skip UIA; everyone else completes the configured flow.
+    let mut uia_session = None;
     if !is_guest {
         let flow: &[&str] = if reg.require_token {
             &[uia::REGISTRATION_TOKEN]
@@ -46,6 +64,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
             &[uia::DUMMY]
         };
         let done = uia::check(&state, &req, req.auth.as_ref(), &[flow], None).await?;
+        uia_session = done.registration_session;
         if let Some(token) = done.registration_token {
             let mut tx = state.db.write().await?;
             let consumed = registration_tokens::consume(&mut tx, &token).await?;
@@ -56,26 +75,80 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
         }
     }
 
-    let session = (!req.inhibit_login).then(|| SessionRequest {
-        device_id: req.device_id.as_ref().map(|d| d.to_string()),
-        display_name: req.initial_device_display_name.clone(),
-        ip: req.ip.clone(),
-        refreshable_lifetime_ms: req
-            .refresh_token
-            .then(|| state.config.access_token_lifetime.as_millis() as i64),
-    });
     let issued = accounts::register(
         &state.db,
-        &user_id,
-        req.password.as_deref(),
-        false,
-        is_guest,
-        Some(&localpart),
-        session,
+        accounts::NewAccount {
+            user_id: &user_id,
+            password: params.password.as_deref(),
+            is_guest,
+            displayname: Some(&localpart),
+            session,
+            uia_session: uia_session.as_deref(),
+            ..Default::default()
+        },
     )
     .await?;
 
     Ok(registered(&user_id, issued))
+}
+
+/// What a registration asks for: the request's fields, and for those it leaves out, the ones
+/// the request that started its UIA session sent (clients may send only `auth` later on).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Params {
+    username: Option<String>,
+    password: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    refresh_token: bool,
+}
+
+impl Params {
+    async fn of(state: &AppState, req: &Ruma<register::v3::Request>) -> ApiResult<Params> {
+        let mut merged = uia::registration_params(state, req.auth.as_ref())
+            .await?
+            .filter(Value::is_object)
+            .unwrap_or_else(|| json!({}));
+        if let Some(body) = req.json_body.as_ref().and_then(Value::as_object) {
+            for (key, value) in body {
+                if key != "auth" {
+                    merged[key] = value.clone();
+                }
+            }
+        }
+        serde_json::from_value(merged).map_err(|e| MatrixError::bad_json(format!("Invalid registration: {e}")))
+    }
+}
+
+/// A completed registration repeated with its UIA session (the client lost the answer): the
+/// account it created, logged in again as asked. The password, when sent, must be the
+/// account's: a request that names another password is not the one repeated. (A repeat with
+/// `auth` alone gets the account, as with Synapse: the session ID is the client's secret, and
+/// it is honoured for 48 hours.)
+async fn repeated(
+    state: &AppState,
+    user_id: &str,
+    password: Option<&str>,
+    session: Option<SessionRequest>,
+) -> ApiResult<Value> {
+    if let Some(password) = password {
+        if !accounts::check_password(&state.db, user_id, password)
+            .await
+            .unwrap_or(false)
+        {
+            return Err(MatrixError::forbidden(
+                "This registration session belongs to another request",
+            ));
+        }
+    }
+    let issued = match session {
+        Some(session) => Some(accounts::login(&state.db, user_id, session).await?),
+        None => None,
+    };
+    Ok(registered(user_id, issued))
 }
 
 /// The answer to a registration. Built here rather than with ruma's response, which sends
