@@ -157,12 +157,13 @@ impl Receiver<'_> {
                 if !missing.prev_events.is_empty() && matches!(state_at, StateAt::PrevEvents) {
                     if fill_gaps {
                         fill_gaps = false;
-                        self.fetch_missing_prevs(&pdu).await?;
-                        // A pushed event whose gap its sender would not fill is dropped, not
-                        // given state from elsewhere: the sender is the one that should know
-                        // its prev events, and the next event it sends tries again. Events
-                        // pulled into a gap get the state across it (below) instead.
-                        if pushed && !self.prevs_known(&pdu).await? {
+                        let answered = self.fetch_missing_prevs(&pdu).await?;
+                        // A pushed event whose gap its sender answered but would not fill is
+                        // dropped, not given state from elsewhere: the sender is the one that
+                        // should know its prev events, and its next event tries again. When the
+                        // sender could not be asked (unreachable, an error), and for events
+                        // pulled into a gap, the state across the gap bridges it (below).
+                        if pushed && answered && !self.prevs_known(&pdu).await? {
                             return Err(format!(
                                 "{} did not divulge the prev events of {}",
                                 self.from, pdu.event_id
@@ -286,8 +287,9 @@ impl Receiver<'_> {
     }
 
     /// Fetches the events between the room's forward extremities and `pdu`, and receives
-    /// them oldest first (each may in turn need the state across a wider gap).
-    async fn fetch_missing_prevs(&self, pdu: &Pdu) -> Result<(), String> {
+    /// them oldest first (each may in turn need the state across a wider gap). Whether `from`
+    /// answered.
+    async fn fetch_missing_prevs(&self, pdu: &Pdu) -> Result<bool, String> {
         let core = self.fed.client.core();
         let earliest: Vec<OwnedEventId> = {
             let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
@@ -307,7 +309,7 @@ impl Receiver<'_> {
             // Not fatal: the state before the event bridges the gap instead.
             Err(e) => {
                 tracing::info!(from = %self.from, error = %e, "get_missing_events failed");
-                return Ok(());
+                return Ok(false);
             }
         };
         let mut fetched: Vec<Pdu> = response
@@ -323,7 +325,7 @@ impl Receiver<'_> {
                 tracing::info!(event_id = %id, error = %e, "a missing event could not be stored");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The state before `pdu`: the state after each of its prev events, asked of `from`
