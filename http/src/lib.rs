@@ -8,6 +8,7 @@
 //!   federation branch), and `RumaRoute`, which mounts a handler on every path of an endpoint.
 //! - `error`: `MatrixError`, the Matrix error every handler answers with, and the mapping from
 //!   core's errors.
+//! - `keys`: core's device and cross-signing keys as ruma's key-query responses carry them.
 //! - `rate_limit`: per-user and per-IP token buckets.
 //! - `media`: the configured media repository and file streams, for the client and
 //!   federation media endpoints.
@@ -17,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod media;
 pub mod rate_limit;
 pub mod ruma_wrapper;

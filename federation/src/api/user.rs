@@ -11,16 +11,15 @@ use ruma::{
         device::get_devices,
         keys::{claim_keys, get_keys},
     },
-    serde::Raw,
     OwnedDeviceId, OwnedOneTimeKeyId, OwnedUserId, UInt,
 };
-use serde_json::Value;
 use weft_core::{
     e2ee::keys::{self, QueryResult},
     outbox,
 };
 use weft_http::{
     error::{ApiResult, MatrixError},
+    keys::raw,
     ruma_wrapper::{Ruma, RumaRoute},
     state::AppState,
 };
@@ -29,10 +28,6 @@ use super::origin;
 
 pub fn routes(router: Router<AppState>) -> Router<AppState> {
     router.ruma(devices).ruma(query).ruma(claim)
-}
-
-fn raw<T>(value: &Value) -> ApiResult<Raw<T>> {
-    Raw::from_json_string(value.to_string()).map_err(|e| MatrixError::unknown(e.to_string()))
 }
 
 /// # `GET /_matrix/federation/v1/user/devices/{userId}`
@@ -72,28 +67,12 @@ async fn query(state: AppState, req: Ruma<get_keys::v1::Request>) -> ApiResult<g
         .collect();
     // An empty requester: another server sees no user-signing key, and on master keys only
     // their owners' signatures.
-    let mut result = keys::query(&state.core, "", &requested).await?;
+    let result = keys::query(&state.core, "", &requested).await?;
+    let typed = weft_http::keys::typed(&result)?;
     let mut response = get_keys::v1::Response::default();
-    for (user_id, devices) in std::mem::take(&mut result.device_keys) {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
-            continue;
-        };
-        let mut out = BTreeMap::new();
-        for (device_id, keys) in devices {
-            out.insert(OwnedDeviceId::from(device_id), raw(&keys)?);
-        }
-        response.device_keys.insert(user_id, out);
-    }
-    for (target, source) in [
-        (&mut response.master_keys, result.master_keys),
-        (&mut response.self_signing_keys, result.self_signing_keys),
-    ] {
-        for (user_id, key) in source {
-            if let Ok(user_id) = OwnedUserId::try_from(user_id) {
-                target.insert(user_id, raw(&key)?);
-            }
-        }
-    }
+    response.device_keys = typed.device_keys;
+    response.master_keys = typed.master_keys;
+    response.self_signing_keys = typed.self_signing_keys;
     Ok(response)
 }
 

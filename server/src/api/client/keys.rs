@@ -38,9 +38,7 @@ pub fn object<T>(raw: &Raw<T>, what: &str) -> ApiResult<Value> {
     Ok(e2ee::parse_object(raw.json().get(), what)?)
 }
 
-pub fn raw<T>(value: &Value) -> ApiResult<Raw<T>> {
-    Raw::from_json_string(value.to_string()).map_err(|e| MatrixError::unknown(e.to_string()))
-}
+pub use weft_http::keys::raw;
 
 /// Key maps of an upload as `(key ID, object)` pairs.
 pub fn key_list<T>(map: &BTreeMap<OwnedOneTimeKeyId, Raw<T>>) -> ApiResult<Vec<(String, Value)>> {
@@ -106,29 +104,13 @@ async fn query(state: AppState, req: Ruma<get_keys::v3::Request>) -> ApiResult<g
             Err(e) => unreachable_servers(remote.keys(), &e, &mut result.failures),
         }
     }
+    let typed = weft_http::keys::typed(&result)?;
     let mut response = get_keys::v3::Response::new();
     response.failures = result.failures;
-    for (user_id, devices) in result.device_keys {
-        let Ok(user_id) = OwnedUserId::try_from(user_id) else {
-            continue;
-        };
-        let mut out = BTreeMap::new();
-        for (device_id, keys) in devices {
-            out.insert(OwnedDeviceId::from(device_id), raw(&keys)?);
-        }
-        response.device_keys.insert(user_id, out);
-    }
-    for (target, source) in [
-        (&mut response.master_keys, result.master_keys),
-        (&mut response.self_signing_keys, result.self_signing_keys),
-        (&mut response.user_signing_keys, result.user_signing_keys),
-    ] {
-        for (user_id, key) in source {
-            if let Ok(user_id) = OwnedUserId::try_from(user_id) {
-                target.insert(user_id, raw(&key)?);
-            }
-        }
-    }
+    response.device_keys = typed.device_keys;
+    response.master_keys = typed.master_keys;
+    response.self_signing_keys = typed.self_signing_keys;
+    response.user_signing_keys = typed.user_signing_keys;
     Ok(response)
 }
 
