@@ -67,16 +67,44 @@ pub async fn state_before(
 
 /// Resolves several states of one room into one.
 pub async fn resolve(conn: &mut AnyConnection, rules: &RoomVersionRules, states: &[Arc<StateMap>]) -> Result<StateMap> {
+    resolve_with(conn, rules, states, None).await
+}
+
+/// `resolve`, where the states may hold `pending`, an event being committed in the same
+/// transaction and so not yet readable from the database. Left out, it would silently drop
+/// out of the resolution (state resolution ignores events it cannot load), and the fork it
+/// starts would resolve as if it had never happened.
+pub async fn resolve_with(
+    conn: &mut AnyConnection,
+    rules: &RoomVersionRules,
+    states: &[Arc<StateMap>],
+    pending: Option<&Pdu>,
+) -> Result<StateMap> {
     // Room versions 1 uses state resolution v1, which ruma does not implement; v2 is a
     // strict improvement and is what those rooms get here.
     let v2_rules = match &rules.state_res {
         StateResolutionVersion::V2(r) => r.clone(),
         _ => StateResolutionV2Rules::V2_0,
     };
+    // The pending event's auth chain: its auth events are stored, its own auth edges not yet.
+    let pending_chain = match pending {
+        Some(pdu) => {
+            let auth: Vec<String> = pdu.auth_events.iter().map(|id| id.to_string()).collect();
+            let mut chain = auth_chain(conn, auth.iter().cloned()).await?;
+            chain.extend(auth);
+            chain
+        }
+        None => HashSet::new(),
+    };
     let mut chains = Vec::new();
     let mut needed: HashSet<String> = HashSet::new();
     for state in states {
-        let chain = auth_chain(conn, state.values().cloned()).await?;
+        let mut chain = auth_chain(conn, state.values().cloned()).await?;
+        if let Some(pdu) = pending {
+            if state.values().any(|id| id == pdu.event_id.as_str()) {
+                chain.extend(pending_chain.iter().cloned());
+            }
+        }
         needed.extend(state.values().cloned());
         needed.extend(chain.iter().cloned());
         chains.push(chain.into_iter().filter_map(|id| EventId::parse(id).ok()).collect());
@@ -87,6 +115,9 @@ pub async fn resolve(conn: &mut AnyConnection, rules: &RoomVersionRules, states:
         let mut pdu = Pdu::from_stored(&stored.event_id, &stored.json, rules)?;
         pdu.rejected = stored.rejected;
         loaded.insert(pdu.event_id.clone(), pdu);
+    }
+    if let Some(pdu) = pending {
+        loaded.insert(pdu.event_id.clone(), pdu.clone());
     }
     let maps: Vec<state_res::StateMap<OwnedEventId>> = states.iter().map(|s| to_ruma(s)).collect();
     let fetch = |id: &EventId| loaded.get(id).cloned();

@@ -221,9 +221,8 @@ both_backends!(synapse_and_weft_join_each_others_rooms, |backend| async move {
     .await;
 
     // Profiles of the other server's users, asked of each server. Each change (a new member
-    // event in both rooms) is seen on the other server before the next is made: two at once
-    // fork both rooms, and merging such forks is the concurrent-state work still open
-    // (issue 21), which made the leaves below arrive late now and then.
+    // event in both rooms) is seen on the other server before the next is made, so that each
+    // lookup below has one answer; changes made at once (forks) are `federation_forks`'s.
     set_displayname(&alice, &alice_id, "Alice of Weft").await;
     for room in [&weft_room, &synapse_room] {
         eventually("Alice's new name on Synapse", || async {

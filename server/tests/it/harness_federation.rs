@@ -145,9 +145,20 @@ impl FederatedServer {
 
     /// Stops the server and starts it again on the same ports and database.
     pub async fn restart(&mut self) {
+        self.halt().await;
+        self.resume().await;
+    }
+
+    /// Stops the server, keeping its ports and database for `resume`: meanwhile other servers
+    /// cannot reach it.
+    pub async fn halt(&mut self) {
         if let Some(running) = self.server.running.take() {
             running.shutdown().await;
         }
+    }
+
+    /// Starts a halted server again on its ports and database.
+    pub async fn resume(&mut self) {
         let running = server::start(self.server.config.clone())
             .await
             .expect("federated server restarts on its ports");

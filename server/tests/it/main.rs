@@ -14,6 +14,7 @@ mod federation_backfill;
 mod federation_compat;
 mod federation_e2ee;
 mod federation_forged;
+mod federation_forks;
 mod federation_media;
 mod federation_outage;
 mod federation_rooms;

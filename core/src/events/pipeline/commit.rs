@@ -10,7 +10,7 @@ use sqlx::AnyConnection;
 use super::{prepare::auth_against, Checked, Outcome};
 use crate::{
     db::batch::Batch,
-    events::{cache, state::resolve, Pdu, StateMap},
+    events::{cache, state::resolve_with, Pdu, StateMap},
     storage::{
         events::{self, Slot},
         rooms::{self, Head},
@@ -203,8 +203,7 @@ pub async fn commit(
 
     // Current state: the event's own state, or the resolution of every extremity's.
     let old_current = state_store::load_or_empty(db, conn, current_group).await?;
-    let new_current_group =
-        current_group_after(core, conn, rules, &room_id, event_id, &extremities, after_group).await?;
+    let new_current_group = current_group_after(core, conn, rules, &pdu, &extremities, after_group).await?;
     let new_current = state_store::load_or_empty(db, conn, new_current_group).await?;
     if new_current_group != current_group {
         rooms::apply_current_state_delta(&mut batch, &room_id, &old_current, &new_current);
@@ -281,12 +280,12 @@ async fn current_group_after(
     core: &Core,
     conn: &mut AnyConnection,
     rules: &RoomVersionRules,
-    room_id: &str,
-    event_id: &str,
+    pdu: &Pdu,
     extremities: &[String],
     after_group: Option<i64>,
 ) -> Result<Option<i64>> {
     let db = &core.db;
+    let (room_id, event_id) = (pdu.room_id.as_str(), pdu.event_id.as_str());
     if extremities == [event_id] {
         return Ok(after_group);
     }
@@ -308,7 +307,8 @@ async fn current_group_after(
     for g in &groups {
         states.push(state_store::load(db, conn, *g).await?);
     }
-    let resolved = resolve(conn, rules, &states).await?;
+    // The event is written with the rest of the batch, after this: it is not readable yet.
+    let resolved = resolve_with(conn, rules, &states, Some(pdu)).await?;
     Ok(Some(
         state_store::store(db, conn, room_id, after_group, Arc::new(resolved)).await?,
     ))

@@ -308,3 +308,50 @@ async fn backfilled_history_sits_in_topological_order_below_live_positions() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_received_event_that_forks_the_room_takes_part_in_resolving_it() {
+    on_each_backend(async |s: &Scene| {
+        let join = s.remote_event(bob(), join(), |_, _| {}).await;
+        stored(s.receive(join.clone(), StateAt::PrevEvents).await);
+        let joined_head = s.extremities().await;
+        // Alice sets the topic here while bob, on the state before it, changes his name.
+        rooms::send(
+            &s.local,
+            &s.room_id,
+            user_id!("@alice:local.test"),
+            EventTemplate::state("m.room.topic", "", json!({"topic": "here"})),
+            None,
+        )
+        .await
+        .unwrap();
+        let renamed = s
+            .remote_event(
+                bob(),
+                EventTemplate::state(
+                    "m.room.member",
+                    bob().as_str(),
+                    json!({"membership": "join", "displayname": "Bob"}),
+                ),
+                |head, state| {
+                    head.extremities = joined_head;
+                    state.remove(&("m.room.topic".into(), String::new()));
+                },
+            )
+            .await;
+        let outcome = stored(s.receive(renamed.clone(), StateAt::PrevEvents).await);
+        assert!(outcome.rejected.is_none() && !outcome.soft_failed, "{outcome:?}");
+        assert_eq!(s.extremities().await.len(), 2, "a fork");
+        // The current state is both branches resolved, the received event included: the
+        // event being committed takes part although it is written only after the resolution.
+        let mut conn = s.local.db.conn().await.unwrap();
+        let current = rooms::current_state(&s.local, &mut conn, &s.room_id).await.unwrap();
+        assert_eq!(
+            current.get(&("m.room.member".to_owned(), bob().to_string())),
+            Some(&renamed.event_id.to_string()),
+            "{current:?}"
+        );
+        assert!(current.contains_key(&("m.room.topic".to_owned(), String::new())));
+    })
+    .await;
+}
