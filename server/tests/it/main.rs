@@ -16,6 +16,7 @@ mod federation_e2ee;
 mod federation_forged;
 mod federation_media;
 mod federation_outage;
+mod federation_presence;
 mod federation_rooms;
 mod federation_synapse;
 mod federation_synapse_history;
