@@ -18,6 +18,7 @@ mod federation_media;
 mod federation_outage;
 mod federation_presence;
 mod federation_rooms;
+mod federation_spaces;
 mod federation_synapse;
 mod federation_synapse_history;
 mod foundation;
