@@ -21,6 +21,7 @@ mod federation_rooms;
 mod federation_spaces;
 mod federation_synapse;
 mod federation_synapse_history;
+mod federation_user_directory;
 mod foundation;
 mod fuzz;
 mod history_visibility;
