@@ -3,6 +3,7 @@
 //! copy once the origin is gone), media over the configured size is refused, the
 //! federation endpoints answer only signed requests, as multipart/mixed, and a server
 //! without them is asked on the legacy download, once however many ask at the same time.
+//! A thumbnail of media never downloaded is asked of its server and kept alone.
 
 use std::io::Cursor;
 
@@ -16,6 +17,7 @@ use crate::{
     harness::Client,
     harness_federation::{FederatedServer, TestCa},
     harness_forge::Forger,
+    media::count_rows,
 };
 
 async fn upload(client: &Client, bytes: Vec<u8>, content_type: &str, filename: &str) -> String {
@@ -215,6 +217,51 @@ both_backends!(remote_media_is_fetched_kept_and_thumbnailed, |backend| async mov
     assert_eq!(legacy.status, 404);
     b.stop().await;
 });
+
+both_backends!(
+    remote_thumbnails_are_asked_of_the_media_server_and_kept,
+    |backend| async move {
+        let ca = TestCa::new();
+        let Some(a) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let Some(b) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let alice = a.register("alice", "password-alice").await;
+        let bob = b.register("bob", "password-bob").await;
+        let mxc = upload(&alice, png(120, 80), "image/png", "holiday.png").await;
+        let server_and_id = mxc.strip_prefix("mxc://").unwrap().to_owned();
+        let thumbnail_path =
+            format!("/_matrix/client/v1/media/thumbnail/{server_and_id}?width=60&height=60&method=scale");
+
+        // Bob on B asks for a thumbnail of A's picture: A makes it, B keeps it, and the picture
+        // itself never travels.
+        let thumb = get(&bob, &thumbnail_path).await;
+        assert_eq!(thumb.status, 200, "{}", String::from_utf8_lossy(&thumb.body));
+        assert_eq!(thumb.header("content-type"), "image/png");
+        let image = image::load_from_memory(&thumb.body).expect("a thumbnail image");
+        assert_eq!((image.width(), image.height()), (60, 40));
+        assert_eq!(count_rows(&b, "SELECT COUNT(*) FROM remote_media").await, 0);
+        assert_eq!(
+            count_rows(&b, "SELECT COUNT(*) FROM remote_media_fetched_thumbnails").await,
+            1
+        );
+
+        // With A gone, B still has that thumbnail, and no other: it never had the picture.
+        a.stop().await;
+        let again = get(&bob, &thumbnail_path).await;
+        assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+        assert_eq!(again.body, thumb.body);
+        let other = get(
+            &bob,
+            &format!("/_matrix/client/v1/media/thumbnail/{server_and_id}?width=32&height=32&method=crop"),
+        )
+        .await;
+        assert_eq!(other.status, 502, "{}", String::from_utf8_lossy(&other.body));
+        b.stop().await;
+    }
+);
 
 both_backends!(concurrent_requests_for_remote_media_all_get_it, |backend| async move {
     let ca = TestCa::new();
