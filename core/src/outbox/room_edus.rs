@@ -24,7 +24,7 @@ pub async fn enqueue_for_room(core: &Core, room_id: &str, edu: &Value) -> Result
 }
 
 /// Queues `edu` for every other server with a member in a room `user_id` is joined to, and
-/// wakes the sender.
+/// wakes the sender when there is one.
 pub async fn enqueue_for_users_servers(core: &Core, user_id: &str, edu: &Value) -> Result<()> {
     let destinations: BTreeSet<String> = {
         let mut conn = core.db.conn().await?;
@@ -34,7 +34,11 @@ pub async fn enqueue_for_users_servers(core: &Core, user_id: &str, edu: &Value) 
     .filter_map(|u| u.split_once(':').map(|(_, server)| server.to_owned()))
     .filter(|s| s != core.server_name.as_str())
     .collect();
+    if destinations.is_empty() {
+        return Ok(());
+    }
     enqueue(core, &destinations.into_iter().collect::<Vec<_>>(), edu).await?;
+    // The sender listens to the notifier.
     core.notifier.user_changed(user_id);
     Ok(())
 }
