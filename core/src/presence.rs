@@ -42,6 +42,13 @@ impl Presence {
         }
         serde_json::json!({ "type": "m.presence", "sender": self.user_id, "content": content })
     }
+
+    /// The user's entry in an `m.presence` EDU's `push` list.
+    pub fn to_edu_entry(&self) -> serde_json::Value {
+        let mut entry = self.to_event()["content"].take();
+        entry["user_id"] = serde_json::json!(self.user_id);
+        entry
+    }
     /// The event as the deprecated `/initialSync` and `/events` carry it: with the user also
     /// in the content, where clients of those endpoints read it.
     pub fn to_legacy_event(&self) -> serde_json::Value {
@@ -111,6 +118,42 @@ pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Opt
         Some(m) => m.map(str::to_owned),
         None => current.and_then(|c| c.status_msg),
     };
+    let written = Presence {
+        user_id: user_id.to_owned(),
+        state: state.to_owned(),
+        status_msg: msg,
+        last_active_ts: now,
+    };
+    store(core, &written).await?;
+    core.memos.presence.set(user_id.to_owned(), (written.clone(), now));
+    // Other servers sharing a room with the user learn it too; they decay it from
+    // `last_active_ago` as this server does.
+    let edu = serde_json::json!({ "edu_type": "m.presence", "content": { "push": [written.to_edu_entry()] } });
+    crate::outbox::enqueue_for_users_servers(core, user_id, &edu).await
+}
+
+/// Applies the presence another server sent about one of its users (the caller checked that
+/// the user is the origin's and shares a room with a local user). `last_active_ago` is turned
+/// into a time here, so the state decays as a local user's does.
+pub async fn apply_remote(
+    core: &Core,
+    user_id: &str,
+    state: &str,
+    status_msg: Option<&str>,
+    last_active_ago: i64,
+) -> Result<()> {
+    let presence = Presence {
+        user_id: user_id.to_owned(),
+        state: state.to_owned(),
+        status_msg: status_msg.map(str::to_owned),
+        last_active_ts: now_ms() - last_active_ago.max(0),
+    };
+    store(core, &presence).await
+}
+
+/// Writes `presence` at a new position of the `presence` stream and wakes the syncs of
+/// everyone sharing a room with its user.
+async fn store(core: &Core, presence: &Presence) -> Result<()> {
     let mut tx = core.db.write().await?;
     let pos = streams::next_pos(&mut tx, "presence").await?;
     sqlx::query(
@@ -118,25 +161,18 @@ pub async fn set(core: &Core, user_id: &str, state: &str, status_msg: Option<Opt
          ON CONFLICT (user_id) DO UPDATE SET state = excluded.state, status_msg = excluded.status_msg,
            last_active_ts = excluded.last_active_ts, stream_pos = excluded.stream_pos",
     )
-    .bind(user_id)
-    .bind(state)
-    .bind(&msg)
-    .bind(now)
+    .bind(&presence.user_id)
+    .bind(&presence.state)
+    .bind(&presence.status_msg)
+    .bind(presence.last_active_ts)
     .bind(pos)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    let written = Presence {
-        user_id: user_id.to_owned(),
-        state: state.to_owned(),
-        status_msg: msg,
-        last_active_ts: now,
-    };
-    core.memos.presence.set(user_id.to_owned(), (written, now));
-    core.notifier.user_changed(user_id);
+    core.notifier.user_changed(&presence.user_id);
     // Everyone sharing a room with the user may be waiting for this.
     let mut conn = core.db.conn().await?;
-    for peer in users_sharing_rooms(&mut conn, user_id).await? {
+    for peer in users_sharing_rooms(&mut conn, &presence.user_id).await? {
         core.notifier.user_changed(&peer);
     }
     Ok(())

@@ -2,13 +2,15 @@
 //! (`m.receipt`), each about a user of the sending server in a room it is in and whose ACL lets
 //! it take part; device list and cross-signing key updates (`m.device_list_update`,
 //! `m.signing_key_update`) and to-device messages (`m.direct_to_device`) from the sending
-//! server's own users. Anything else is dropped with a log line. Presence is not handled yet.
+//! server's own users; presence (`m.presence`) of the sending server's users who share a room
+//! with a local user. Anything else is dropped with a log line.
 
 use ruma::{api::federation::transactions::edu::Edu, serde::Raw, OwnedUserId, ServerName, UserId};
 use serde_json::Value;
 use weft_core::{
     e2ee::{remote, to_device},
     ephemeral::receipts::{self, Receipt},
+    presence as presences,
     storage::{events, rooms},
     Core,
 };
@@ -31,6 +33,7 @@ pub async fn process(fed: &Federation, origin: &ServerName, edus: &[Raw<Edu>]) {
             Some("m.device_list_update") => device_list_update(fed, origin, &edu["content"]).await,
             Some("m.signing_key_update") => signing_key_update(fed, origin, &edu["content"]).await,
             Some("m.direct_to_device") => direct_to_device(fed, origin, &edu["content"]).await,
+            Some("m.presence") => presence(fed, origin, &edu["content"]).await,
             _ => Ok(()),
         };
         if let Err(why) = result {
@@ -225,5 +228,43 @@ async fn direct_to_device(fed: &Federation, origin: &ServerName, content: &Value
     )
     .await
     .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Presence of origin's users; kept only for those who share a room with a local user (no one
+/// here would see the others'). A bad entry is skipped, the others applied.
+async fn presence(fed: &Federation, origin: &ServerName, content: &Value) -> Result<(), String> {
+    let core = fed.client.core();
+    let entries = content["push"].as_array().ok_or("no push list")?;
+    for entry in entries {
+        let user_id = match origin_user(origin, entry["user_id"].as_str()) {
+            Ok(user_id) => user_id,
+            Err(why) => {
+                tracing::info!(%origin, "dropped a presence update: {why}");
+                continue;
+            }
+        };
+        let Some(state @ ("online" | "unavailable" | "offline")) = entry["presence"].as_str() else {
+            tracing::info!(%origin, %user_id, "dropped a presence update without a known state");
+            continue;
+        };
+        let mut conn = core.db.conn().await.map_err(|e| e.to_string())?;
+        let shared = remote::shares_room_with_local(core, &mut conn, user_id.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(conn);
+        if !shared {
+            continue;
+        }
+        presences::apply_remote(
+            core,
+            user_id.as_str(),
+            state,
+            entry["status_msg"].as_str(),
+            entry["last_active_ago"].as_i64().unwrap_or(0),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    }
     Ok(())
 }

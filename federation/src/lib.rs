@@ -22,6 +22,7 @@ pub mod membership;
 pub mod query;
 pub mod receive;
 pub mod sender;
+pub mod spaces;
 pub mod transaction;
 pub mod transport;
 
@@ -42,6 +43,8 @@ pub struct Federation {
     pub room_queues: transaction::RoomQueues,
     /// Remote media fetches under way (one per media at a time).
     pub media_fetches: media::Fetches,
+    /// Other servers' answers about rooms of spaces, kept briefly.
+    pub space_summaries: spaces::Summaries,
 }
 
 impl Federation {
@@ -70,6 +73,7 @@ impl Federation {
             keys,
             room_queues: transaction::RoomQueues::default(),
             media_fetches: media::Fetches::default(),
+            space_summaries: spaces::Summaries::default(),
         }))
     }
 }
@@ -103,6 +107,7 @@ pub fn router() -> Router<AppState> {
     let router = api::directory::routes(router);
     let router = api::media::routes(router);
     let router = api::rtc::routes(router);
+    let router = api::space::routes(router);
     let router = api::user::routes(router);
     api::query::routes(router)
 }

@@ -7,6 +7,10 @@
 //! read only up to the configured `max_upload_size` (plus room for the multipart framing):
 //! longer media is refused as it arrives, and nothing of it is kept. Concurrent requests for
 //! the same media wait for one fetch.
+//!
+//! A thumbnail is asked of the media's server first (`/_matrix/federation/v1/media/thumbnail`)
+//! and kept as it answers (`remote_thumbnail`), so that a picture is not fetched whole for a
+//! preview; a server that gives none leaves the caller to fetch the original and thumbnail it.
 
 use std::{
     collections::HashMap,
@@ -15,11 +19,15 @@ use std::{
 };
 
 use ruma::{
-    api::federation::authenticated_media::{get_content, FileOrLocation},
+    api::federation::authenticated_media::{get_content, get_content_thumbnail, FileOrLocation},
     http_headers::ContentDisposition,
-    ServerName,
+    ServerName, UInt,
 };
-use weft_core::media::{MediaError, MediaRecord, MediaResult, Repo};
+use weft_core::media::{
+    store::ThumbnailRecord,
+    thumbnail::{Method, Spec},
+    MediaError, MediaRecord, MediaResult, Repo,
+};
 
 use crate::{client::FederationError, Federation};
 
@@ -64,6 +72,58 @@ pub async fn remote(fed: &Federation, repo: &Repo, origin: &ServerName, media_id
     let result = fetch_and_keep(fed, repo, origin, media_id).await;
     fed.media_fetches.done(origin.as_str(), media_id);
     result
+}
+
+/// A thumbnail of another server's media, asked of that server and kept (a kept one is
+/// answered without asking); `None` when that server gives none (it lacks the endpoint,
+/// refuses, is unreachable, or answers something that is not an image), so that the caller
+/// makes one from the original.
+pub async fn remote_thumbnail(
+    fed: &Federation,
+    repo: &Repo,
+    origin: &ServerName,
+    media_id: &str,
+    spec: Spec,
+) -> MediaResult<Option<ThumbnailRecord>> {
+    if let Some(kept) = repo.fetched_thumbnail(origin.as_str(), media_id, spec).await? {
+        return Ok(Some(kept));
+    }
+    let limit = usize::try_from(repo.settings.max_upload_size).unwrap_or(usize::MAX);
+    let mut request =
+        get_content_thumbnail::v1::Request::new(media_id.to_owned(), UInt::from(spec.width), UInt::from(spec.height));
+    request.method = Some(match spec.method {
+        Method::Scale => ruma::media::Method::Scale,
+        Method::Crop => ruma::media::Method::Crop,
+    });
+    request.animated = Some(spec.animated);
+    let bytes = match fed
+        .client
+        .send_capped(origin, request, FETCH_TIMEOUT, limit.saturating_add(FRAMING))
+        .await
+    {
+        Ok(response) => match response.content {
+            FileOrLocation::File(content) => content.file,
+            FileOrLocation::Location(url) => match fed.client.get_url(origin, &url, FETCH_TIMEOUT, limit).await {
+                Ok((_, bytes)) => bytes,
+                Err(e) => {
+                    tracing::debug!(%origin, media_id, error = %e, "no thumbnail at the location given");
+                    return Ok(None);
+                }
+            },
+            _ => return Ok(None),
+        },
+        Err(e) => {
+            tracing::debug!(%origin, media_id, error = %e, "no thumbnail from the media's server");
+            return Ok(None);
+        }
+    };
+    let kept = repo
+        .keep_fetched_thumbnail(origin.as_str(), media_id, spec, &bytes)
+        .await?;
+    if kept.is_none() {
+        tracing::info!(%origin, media_id, "a fetched thumbnail is not an image; making one here");
+    }
+    Ok(kept)
 }
 
 /// What a remote server answered for a download.

@@ -402,6 +402,52 @@ pub async fn insert_thumbnail(db: &Db, key: &ThumbnailKey<'_>, blob: &Blob, cont
     tx.commit().await
 }
 
+/// A thumbnail of another server's media fetched from that server (`key.origin` is set).
+pub async fn get_fetched_thumbnail(db: &Db, key: &ThumbnailKey<'_>) -> Result<Option<ThumbnailRecord>> {
+    let row: Option<(String, String, i64)> = sqlx::query_as(
+        "SELECT sha256, content_type, size FROM remote_media_fetched_thumbnails
+         WHERE origin = $1 AND media_id = $2 AND width = $3 AND height = $4 AND method = $5 AND animated = $6",
+    )
+    .bind(key.origin.unwrap_or_default())
+    .bind(key.media_id)
+    .bind(key.width as i64)
+    .bind(key.height as i64)
+    .bind(key.method)
+    .bind(key.animated as i64)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(row.map(|(sha256, content_type, size)| ThumbnailRecord {
+        sha256,
+        content_type,
+        size,
+    }))
+}
+
+/// Records a thumbnail fetched from the media's server; a concurrent fetch that recorded
+/// first wins.
+pub async fn insert_fetched_thumbnail(db: &Db, key: &ThumbnailKey<'_>, blob: &Blob, content_type: &str) -> Result<()> {
+    let mut tx = db.write().await?;
+    sqlx::query(
+        "INSERT INTO remote_media_fetched_thumbnails
+             (origin, media_id, width, height, method, animated, sha256, content_type, size, fetched_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (origin, media_id, width, height, method, animated) DO NOTHING",
+    )
+    .bind(key.origin.unwrap_or_default())
+    .bind(key.media_id)
+    .bind(key.width as i64)
+    .bind(key.height as i64)
+    .bind(key.method)
+    .bind(key.animated as i64)
+    .bind(&blob.sha256)
+    .bind(content_type)
+    .bind(blob.size as i64)
+    .bind(util::now_ms())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
 // ----- Remote media kept here -----
 
 /// sha256, content type, filename, size, fetched_ts.

@@ -1,7 +1,10 @@
 //! Thumbnails of JPEG, PNG, WebP and GIF (first frame) images, by "scale" or "crop".
 //!
 //! Each (media, width, height, method, animated) is generated once, stored like any other
-//! content (by hash) with a `media_thumbnails` row, and served from there afterwards.
+//! content (by hash) with a `media_thumbnails` row, and served from there afterwards. A
+//! thumbnail of another server's media is first asked of that server (federation's
+//! `remote_thumbnail`) and kept as it answered (`remote_media_fetched_thumbnails`); only when it
+//! gives none is the original fetched and thumbnailed here.
 //!
 //! `animated=true` on a GIF or WebP of at most [`ANIMATED_ORIGINAL_MAX`] bytes answers with the
 //! original file, which keeps its animation (as Synapse does when it cannot make an animated
@@ -83,26 +86,77 @@ pub enum Thumbnail {
     Original,
 }
 
-impl Repo {
-    /// Finds or generates the thumbnail `spec` of uploaded media.
-    pub async fn thumbnail(&self, record: &MediaRecord, spec: Spec) -> MediaResult<Thumbnail> {
-        if spec.width == 0 || spec.height == 0 {
+impl Spec {
+    /// The spec as thumbnails are made and kept: dimensions positive, and capped.
+    fn checked(self) -> MediaResult<Spec> {
+        if self.width == 0 || self.height == 0 {
             return Err(MediaError::InvalidParam("width and height must be positive".into()));
         }
-        let spec = Spec {
-            width: spec.width.min(MAX_DIMENSION),
-            height: spec.height.min(MAX_DIMENSION),
-            ..spec
+        Ok(Spec {
+            width: self.width.min(MAX_DIMENSION),
+            height: self.height.min(MAX_DIMENSION),
+            ..self
+        })
+    }
+
+    fn key<'a>(&self, origin: Option<&'a str>, media_id: &'a str) -> ThumbnailKey<'a> {
+        ThumbnailKey {
+            origin,
+            media_id,
+            width: self.width,
+            height: self.height,
+            method: self.method.as_str(),
+            animated: self.animated,
+        }
+    }
+}
+
+impl Repo {
+    /// A thumbnail of another server's media that was fetched from that server before.
+    pub async fn fetched_thumbnail(
+        &self,
+        origin: &str,
+        media_id: &str,
+        spec: Spec,
+    ) -> MediaResult<Option<ThumbnailRecord>> {
+        let spec = spec.checked()?;
+        Ok(store::get_fetched_thumbnail(&self.db, &spec.key(Some(origin), media_id)).await?)
+    }
+
+    /// Keeps a thumbnail fetched from the media's server, as long as it is an image of a
+    /// format this server reads (another server's bytes are checked before they are served as
+    /// a picture); `None` when it is not.
+    pub async fn keep_fetched_thumbnail(
+        &self,
+        origin: &str,
+        media_id: &str,
+        spec: Spec,
+        bytes: &[u8],
+    ) -> MediaResult<Option<ThumbnailRecord>> {
+        let spec = spec.checked()?;
+        let content_type = match image::guess_format(bytes) {
+            Ok(ImageFormat::Jpeg) => "image/jpeg",
+            Ok(ImageFormat::Png) => "image/png",
+            Ok(ImageFormat::WebP) => "image/webp",
+            Ok(ImageFormat::Gif) => "image/gif",
+            _ => return Ok(None),
         };
+        let blob = self.blobs.put(bytes).await?;
+        let key = spec.key(Some(origin), media_id);
+        store::insert_fetched_thumbnail(&self.db, &key, &blob, content_type).await?;
+        let stored = store::get_fetched_thumbnail(&self.db, &key).await?;
+        Ok(Some(stored.unwrap_or(ThumbnailRecord {
+            sha256: blob.sha256,
+            content_type: content_type.to_owned(),
+            size: blob.size as i64,
+        })))
+    }
+
+    /// Finds or generates the thumbnail `spec` of uploaded media.
+    pub async fn thumbnail(&self, record: &MediaRecord, spec: Spec) -> MediaResult<Thumbnail> {
+        let spec = spec.checked()?;
         let sha256 = record.sha256.as_deref().ok_or(MediaError::NotYetUploaded)?;
-        let key = ThumbnailKey {
-            origin: record.origin.as_deref(),
-            media_id: &record.media_id,
-            width: spec.width,
-            height: spec.height,
-            method: spec.method.as_str(),
-            animated: spec.animated,
-        };
+        let key = spec.key(record.origin.as_deref(), &record.media_id);
         if let Some(found) = store::get_thumbnail(&self.db, &key).await? {
             return Ok(Thumbnail::Stored(found));
         }

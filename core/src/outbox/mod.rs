@@ -31,7 +31,7 @@ pub use destinations::{
     DestinationState, Retry,
 };
 pub use queue::{ack, discard, enqueue_edu, enqueue_pdu, next_batch, Batch, MAX_EDUS, MAX_PDUS};
-pub use room_edus::enqueue_for_room;
+pub use room_edus::{enqueue_for_room, enqueue_for_users_servers};
 pub use tail::tail;
 
 /// The lease name of the tailer.

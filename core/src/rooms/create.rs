@@ -30,6 +30,8 @@ pub struct CreateRoom {
     pub name: Option<String>,
     pub topic: Option<String>,
     pub alias: Option<String>,
+    /// Everyone to invite; only local users' invites are made here (see `create_in_tx`), but
+    /// a trusted private chat gives all of them power.
     pub invite: Vec<OwnedUserId>,
     pub is_direct: bool,
     pub initial_state: Vec<EventTemplate>,
@@ -232,7 +234,10 @@ pub(crate) async fn create_in_tx(
             json!({ "topic": topic, "m.topic": [{ "mimetype": "text/plain", "body": topic }] }),
         ));
     }
-    for (invitee, name) in req.invite.iter().zip(invitee_names) {
+    // Another server's user is invited through their server (`/invite`) once the room exists:
+    // that server must countersign the invite, and an event sent in the room would not reach a
+    // server with no one in it.
+    for (invitee, name) in req.invite.iter().zip(invitee_names).filter(|(i, _)| core.is_local(i)) {
         let mut content = json!({ "membership": "invite" });
         if req.is_direct {
             content["is_direct"] = json!(true);

@@ -1,6 +1,9 @@
 //! The user directory (`POST /user_directory/search`): users who share a room with the
-//! searcher, plus members of public (joinable or world-readable) rooms, matched by word prefixes of their user ID's
-//! localpart or display name. Deactivated users never appear.
+//! searcher, plus members of public (joinable or world-readable) rooms, this server's and
+//! other servers' alike, matched by word prefixes of their user ID's localpart or display name.
+//! Deactivated users never appear.
+
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sqlx::AnyConnection;
@@ -72,8 +75,10 @@ async fn public_rooms(conn: &mut AnyConnection) -> Result<Vec<String>> {
 }
 
 /// Candidates: joined members of rooms the searcher is joined to or that are public (or
-/// listed in the room directory), with their global profile, and whether they share a room
-/// with the searcher. The searcher is left out: nobody looks themselves up.
+/// listed in the room directory), and whether they share a room with the searcher. A local
+/// user's profile is their global one; another server's user's is the one their latest
+/// membership event here carries (each profile change is a new member event, so the
+/// directory follows it). The searcher is left out: nobody looks themselves up.
 async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(DirectoryUser, bool)>> {
     let public = public_rooms(conn).await?;
     let list = InList::new(conn, 2, public.len());
@@ -83,34 +88,56 @@ async fn candidates(conn: &mut AnyConnection, searcher: &str) -> Result<Vec<(Dir
         format!(" OR m.room_id IN ({})", list.sql())
     };
     let sql = format!(
-        "SELECT m.user_id, u.displayname, u.avatar_url,
-                CAST(MAX(CASE WHEN mine.user_id IS NULL THEN 0 ELSE 1 END) AS BIGINT)
+        "SELECT m.user_id, u.user_id, u.displayname, u.avatar_url, m.displayname, m.avatar_url, m.stream_pos,
+                CAST(CASE WHEN mine.user_id IS NULL THEN 0 ELSE 1 END AS BIGINT)
          FROM room_memberships m
          JOIN rooms r ON r.room_id = m.room_id
          LEFT JOIN users u ON u.user_id = m.user_id
          LEFT JOIN room_memberships mine ON mine.room_id = m.room_id AND mine.user_id = $1 AND mine.membership = 'join'
          WHERE m.membership = 'join' AND m.user_id <> $1 AND (u.deactivated IS NULL OR u.deactivated = 0)
-           AND (mine.user_id IS NOT NULL OR r.is_public = 1{public_cond})
-         GROUP BY m.user_id, u.displayname, u.avatar_url"
+           AND (mine.user_id IS NOT NULL OR r.is_public = 1{public_cond})"
     );
-    let mut query = sqlx::query_as::<_, (String, Option<String>, Option<String>, i64)>(&sql).bind(searcher);
+    type Row = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        i64,
+        i64,
+    );
+    let mut query = sqlx::query_as::<_, Row>(&sql).bind(searcher);
     for value in list.binds(&public) {
         query = query.bind(value);
     }
     let rows = query.fetch_all(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(user_id, display_name, avatar_url, shared)| {
+    // One entry per user: shared if any room is, with the profile of the latest membership.
+    let mut by_user: BTreeMap<String, (DirectoryUser, bool, i64)> = BTreeMap::new();
+    for (user_id, local, name, avatar, member_name, member_avatar, pos, shared) in rows {
+        let (display_name, avatar_url) = match local {
+            Some(_) => (name, avatar),
+            None => (member_name, member_avatar),
+        };
+        let entry = by_user.entry(user_id.clone()).or_insert_with(|| {
             (
                 DirectoryUser {
                     user_id,
-                    display_name,
-                    avatar_url,
+                    display_name: None,
+                    avatar_url: None,
                 },
-                shared != 0,
+                false,
+                i64::MIN,
             )
-        })
-        .collect())
+        });
+        entry.1 |= shared != 0;
+        if pos > entry.2 {
+            entry.2 = pos;
+            entry.0.display_name = display_name;
+            entry.0.avatar_url = avatar_url;
+        }
+    }
+    Ok(by_user.into_values().map(|(user, shared, _)| (user, shared)).collect())
 }
 
 /// Searches the directory; returns up to `limit` users and whether more matched. Users who

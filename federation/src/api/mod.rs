@@ -11,6 +11,7 @@ pub mod openid;
 pub mod query;
 pub mod rtc;
 pub mod send;
+pub mod space;
 pub mod state;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,9 @@
 //!
 //! Uploads are streamed to disk (never held in memory whole) and files are streamed back.
 //! Another server's media is fetched over federation the first time it is asked for and kept
-//! (`weft_federation::media`); its thumbnails are made here from that copy.
+//! (`weft_federation::media`). Its thumbnails are asked of its server and kept while its
+//! original is not here, and made here from the original once it is (or when its server gives
+//! none).
 
 // The legacy `/_matrix/media/v3/*` endpoints are deprecated since Matrix 1.11 but still served.
 #![allow(deprecated)]
@@ -422,6 +424,10 @@ async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResu
         api,
         allow_remote: q.allow_remote,
     };
+    if let Some(thumb) = remote_thumbnail(state, &repo, &q, spec, look).await? {
+        let file = repo.open_blob(&thumb.sha256).await?;
+        return Ok(file_response(file, thumb.size as u64, &thumb.content_type, None, api));
+    }
     let record = find(state, &repo, q.server_name, q.media_id, look).await?;
     match repo.thumbnail(&record, spec).await? {
         Thumbnail::Stored(thumb) => {
@@ -434,6 +440,34 @@ async fn thumbnail(state: &AppState, q: ThumbnailQuery<'_>, api: Api) -> ApiResu
             Ok(file_response(file, record.size as u64, content_type, None, api))
         }
     }
+}
+
+/// A thumbnail of another server's media whose original is not kept here: one fetched from
+/// its server before, or now. `None` for local media, media whose original is kept (its
+/// thumbnails are made here), and when the server gives none: then the original is fetched.
+async fn remote_thumbnail(
+    state: &AppState,
+    repo: &Repo,
+    q: &ThumbnailQuery<'_>,
+    spec: Spec,
+    look: Lookup,
+) -> ApiResult<Option<weft_core::media::store::ThumbnailRecord>> {
+    let origin = q.server_name.as_str();
+    // The legacy endpoints' refusal of remote media is `find`'s to answer.
+    if repo.is_local(origin) || (look.api == Api::Legacy && repo.settings.enable_authenticated_media) {
+        return Ok(None);
+    }
+    if repo.remote(origin, q.media_id).await?.is_some() {
+        return Ok(None);
+    }
+    if let Some(kept) = repo.fetched_thumbnail(origin, q.media_id, spec).await? {
+        return Ok(Some(kept));
+    }
+    if !look.allow_remote || !state.config.federation.enabled {
+        return Ok(None);
+    }
+    let fed = weft_federation::of(state)?;
+    Ok(weft_federation::media::remote_thumbnail(fed, repo, q.server_name, q.media_id, spec).await?)
 }
 
 async fn thumbnail_v1(state: AppState, req: Ruma<v1::get_content_thumbnail::v1::Request>) -> ApiResult<Response> {

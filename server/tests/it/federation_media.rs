@@ -3,6 +3,7 @@
 //! copy once the origin is gone), media over the configured size is refused, the
 //! federation endpoints answer only signed requests, as multipart/mixed, and a server
 //! without them is asked on the legacy download, once however many ask at the same time.
+//! A thumbnail of media never downloaded is asked of its server and kept alone.
 
 use std::io::Cursor;
 
@@ -16,6 +17,7 @@ use crate::{
     harness::Client,
     harness_federation::{FederatedServer, TestCa},
     harness_forge::Forger,
+    media::count_rows,
 };
 
 async fn upload(client: &Client, bytes: Vec<u8>, content_type: &str, filename: &str) -> String {
@@ -216,6 +218,51 @@ both_backends!(remote_media_is_fetched_kept_and_thumbnailed, |backend| async mov
     b.stop().await;
 });
 
+both_backends!(
+    remote_thumbnails_are_asked_of_the_media_server_and_kept,
+    |backend| async move {
+        let ca = TestCa::new();
+        let Some(a) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let Some(b) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let alice = a.register("alice", "password-alice").await;
+        let bob = b.register("bob", "password-bob").await;
+        let mxc = upload(&alice, png(120, 80), "image/png", "holiday.png").await;
+        let server_and_id = mxc.strip_prefix("mxc://").unwrap().to_owned();
+        let thumbnail_path =
+            format!("/_matrix/client/v1/media/thumbnail/{server_and_id}?width=60&height=60&method=scale");
+
+        // Bob on B asks for a thumbnail of A's picture: A makes it, B keeps it, and the picture
+        // itself never travels.
+        let thumb = get(&bob, &thumbnail_path).await;
+        assert_eq!(thumb.status, 200, "{}", String::from_utf8_lossy(&thumb.body));
+        assert_eq!(thumb.header("content-type"), "image/png");
+        let image = image::load_from_memory(&thumb.body).expect("a thumbnail image");
+        assert_eq!((image.width(), image.height()), (60, 40));
+        assert_eq!(count_rows(&b, "SELECT COUNT(*) FROM remote_media").await, 0);
+        assert_eq!(
+            count_rows(&b, "SELECT COUNT(*) FROM remote_media_fetched_thumbnails").await,
+            1
+        );
+
+        // With A gone, B still has that thumbnail, and no other: it never had the picture.
+        a.stop().await;
+        let again = get(&bob, &thumbnail_path).await;
+        assert_eq!(again.status, 200, "{}", String::from_utf8_lossy(&again.body));
+        assert_eq!(again.body, thumb.body);
+        let other = get(
+            &bob,
+            &format!("/_matrix/client/v1/media/thumbnail/{server_and_id}?width=32&height=32&method=crop"),
+        )
+        .await;
+        assert_eq!(other.status, 502, "{}", String::from_utf8_lossy(&other.body));
+        b.stop().await;
+    }
+);
+
 both_backends!(concurrent_requests_for_remote_media_all_get_it, |backend| async move {
     let ca = TestCa::new();
     let (Some(a), Some(b)) = (
@@ -244,7 +291,9 @@ both_backends!(concurrent_requests_for_remote_media_all_get_it, |backend| async 
 
 /// A stand-in for a server from before authenticated media, on loopback TLS from the test CA:
 /// it answers the federation media download as an unknown endpoint (404 `M_UNRECOGNIZED`, as
-/// Synapse did) and serves the legacy `/_matrix/media/v3/download`, counting what it is asked.
+/// Synapse did), knows no federation thumbnails, and serves the legacy
+/// `/_matrix/media/v3/download` (`file` as `old-media`, a 120x80 PNG as `old-picture`),
+/// counting what it is asked.
 struct OldServer {
     name: String,
     legacy_asks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -267,6 +316,7 @@ impl OldServer {
         let (cert, key) = ca.issue(&["127.0.0.1"], &dir);
         let legacy_asks = Arc::new(AtomicUsize::new(0));
         let counter = legacy_asks.clone();
+        let picture: &'static [u8] = Box::leak(png(120, 80).into_boxed_slice());
         let app = Router::new()
             .route(
                 "/_matrix/federation/v1/media/download/{id}",
@@ -285,6 +335,9 @@ impl OldServer {
                         async move {
                             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             // Another server asks only for this server's own media.
+                            if id == "old-picture" && query.as_deref() == Some("allow_remote=false") {
+                                return ([("content-type", "image/png")], picture).into_response();
+                            }
                             if id != "old-media" || query.as_deref() != Some("allow_remote=false") {
                                 return StatusCode::NOT_FOUND.into_response();
                             }
@@ -342,6 +395,24 @@ both_backends!(
         // What the old server does not have is not found.
         let missing = get(&bob, &format!("/_matrix/client/v1/media/download/{}/gone", old.name)).await;
         assert_eq!(missing.status, 404, "{}", String::from_utf8_lossy(&missing.body));
+
+        // It makes no thumbnails for other servers: B fetches the picture and makes one.
+        let thumb = get(
+            &bob,
+            &format!(
+                "/_matrix/client/v1/media/thumbnail/{}/old-picture?width=60&height=60&method=scale",
+                old.name
+            ),
+        )
+        .await;
+        assert_eq!(thumb.status, 200, "{}", String::from_utf8_lossy(&thumb.body));
+        let image = image::load_from_memory(&thumb.body).expect("a thumbnail image");
+        assert_eq!((image.width(), image.height()), (60, 40));
+        assert_eq!(old.legacy_asks.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(
+            count_rows(&b, "SELECT COUNT(*) FROM remote_media_fetched_thumbnails").await,
+            0
+        );
 
         old.handle.shutdown();
         b.stop().await;

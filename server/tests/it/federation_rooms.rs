@@ -269,6 +269,70 @@ both_backends!(invites_across_servers_are_accepted_and_rejected, |backend| async
     }
 });
 
+both_backends!(a_room_created_with_remote_invitees_invites_them, |backend| async move {
+    let Some((_ca, servers)) = start_federation(backend, 2).await else {
+        return;
+    };
+    let [a, b] = &servers[..] else { unreachable!() };
+    let alice = a.register("alice", "password-alice").await;
+    let bob = a.register("bob", "password-bob").await;
+    let dave = b.register("dave", "password-dave").await;
+    let (bob_id, dave_id) = (user_id("bob", a), user_id("dave", b));
+    // A direct chat made with a local and a remote invitee, as clients start one.
+    let room = create_room(
+        &alice,
+        json!({
+            "preset": "trusted_private_chat", "name": "Made for two", "is_direct": true,
+            "invite": [bob_id, dave_id],
+        }),
+    )
+    .await;
+    // Dave's server was asked (`/invite`): his sync offers the room, with its name and his
+    // membership marked direct.
+    let invite: Value = eventually("dave's invite in his sync", || async {
+        let (_, sync) = dave.get("/_matrix/client/v3/sync?timeout=0").await;
+        sync["rooms"]["invite"].get(&room).cloned()
+    })
+    .await;
+    let events = invite["invite_state"]["events"].as_array().unwrap();
+    let name = events.iter().find(|e| e["type"] == "m.room.name");
+    assert_eq!(name.unwrap()["content"]["name"], "Made for two", "{invite}");
+    let own = events
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == dave_id.as_str());
+    assert_eq!(own.unwrap()["content"]["is_direct"], true, "{invite}");
+    // Bob, local, is invited as before.
+    let (_, sync) = bob.get("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&room).is_some(), "{sync}");
+
+    // Dave accepts; the trusted private chat gave him power, as it gives local invitees.
+    let (status, body) = dave
+        .post(&format!("/_matrix/client/v3/rooms/{}/join", enc(&room)), json!({}))
+        .await;
+    assert_eq!(status, 200, "accept: {body}");
+    eventually("dave joined, on A", || async {
+        (membership(&alice, &room, &dave_id).await.as_deref() == Some("join")).then_some(())
+    })
+    .await;
+    let (status, power) = dave
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(status, 200, "{power}");
+    assert_eq!(power["users"][&dave_id], 100, "{power}");
+    send_text(&dave, &room, "hello from B").await;
+    eventually("dave's message on A", || async {
+        (bodies(&alice, &room).await == ["hello from B"]).then_some(())
+    })
+    .await;
+
+    for server in servers {
+        server.stop().await;
+    }
+});
+
 both_backends!(rooms_of_every_version_federate, |backend| async move {
     let Some((_ca, servers)) = start_federation(backend, 2).await else {
         return;

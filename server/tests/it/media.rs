@@ -172,7 +172,7 @@ fn temp_files(server: &TestServer) -> usize {
     files_under(&server.config.media.path.join("tmp")).len()
 }
 
-async fn count_rows(server: &TestServer, sql: &str) -> i64 {
+pub(crate) async fn count_rows(server: &TestServer, sql: &str) -> i64 {
     let db = weft_core::Db::connect(&server.db.url, 1)
         .await
         .expect("connect to the test database");

@@ -83,6 +83,12 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
             return Err(MatrixError::not_found(format!("Unknown user {invitee}")));
         }
     }
+    // Remote invitees need federation; without it nothing is created.
+    let remote_invitees: Vec<_> = req.invite.iter().filter(|i| !state.core.is_local(i)).collect();
+    let federation = match remote_invitees.is_empty() {
+        true => None,
+        false => Some(weft_federation::of(&state)?),
+    };
     let created = create::create_room(
         &state.core,
         &user.user_id,
@@ -102,6 +108,18 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
     )
     .await?;
     let room_id = OwnedRoomId::try_from(created.room_id).map_err(|_| MatrixError::unknown("Invalid room ID"))?;
+    // Other servers' users are invited through their servers now that the room exists. One
+    // that cannot be reached does not undo the room: its creator can invite again.
+    if let Some(fed) = federation {
+        for invitee in remote_invitees {
+            let invited =
+                weft_federation::invite::invite_remote(fed, &room_id, &user.user_id, invitee, None, req.is_direct)
+                    .await;
+            if let Err(e) = invited {
+                tracing::warn!(%room_id, %invitee, "the invite at the room's creation failed: {e:?}");
+            }
+        }
+    }
     Ok(create_room::v3::Response::new(room_id))
 }
 

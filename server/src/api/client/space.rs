@@ -1,8 +1,9 @@
-//! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, as far as this server knows them.
+//! `GET /rooms/{roomId}/hierarchy`: the rooms of a space, those this server is not in asked of
+//! the servers that are.
 
 use axum::Router;
 use ruma::api::client::space::{get_hierarchy, SpaceHierarchyRoomsChunk};
-use weft_core::rooms::hierarchy::{self, HierarchyQuery};
+use weft_core::rooms::hierarchy::{self, HierarchyQuery, RemoteSpaces};
 
 use crate::{
     error::{ApiResult, MatrixError},
@@ -34,9 +35,9 @@ pub async fn get_hierarchy(
         limit: limit as usize,
         max_depth: req.max_depth.map(|d| u64::from(d).min(usize::MAX as u64) as usize),
         suggested_only: req.suggested_only,
+        remote: weft_federation::of(&state).ok().map(|f| f as &dyn RemoteSpaces),
     };
-    let mut conn = state.db.conn().await?;
-    let page = hierarchy::hierarchy(&state.core, &mut conn, &q).await?;
+    let page = hierarchy::hierarchy(&state.core, &q).await?;
     let mut res = get_hierarchy::v1::Response::new();
     for room in page.rooms {
         let chunk: SpaceHierarchyRoomsChunk = serde_json::from_str(&room.to_string())
