@@ -36,13 +36,19 @@ type Row = (String, i64, i64, Option<i64>, Option<i64>, Option<String>);
 
 const COLUMNS: &str = "destination, retry_count, retry_after_ts, last_failure_ts, last_success_pos, last_error";
 
-fn from_row((destination, retry_count, retry_after_ts, last_failure_ts, last_success_pos, last_error): Row) -> Destination {
+fn from_row(
+    (destination, retry_count, retry_after_ts, last_failure_ts, last_success_pos, last_error): Row,
+) -> Destination {
     let failing = retry_count > 0;
     let retry_last_ts = if failing { last_failure_ts.unwrap_or(0) } else { 0 };
     Destination {
         destination,
         retry_last_ts,
-        retry_interval: if failing { (retry_after_ts - retry_last_ts).max(0) } else { 0 },
+        retry_interval: if failing {
+            (retry_after_ts - retry_last_ts).max(0)
+        } else {
+            0
+        },
         failure_ts: if failing { last_failure_ts } else { None },
         last_successful_stream_ordering: last_success_pos,
         last_error,
@@ -95,7 +101,9 @@ pub async fn list(
             Order::RetryLastTs => a.retry_last_ts.cmp(&b.retry_last_ts),
             Order::RetryInterval => a.retry_interval.cmp(&b.retry_interval),
             Order::FailureTs => a.failure_ts.cmp(&b.failure_ts),
-            Order::LastSuccessfulStreamOrdering => a.last_successful_stream_ordering.cmp(&b.last_successful_stream_ordering),
+            Order::LastSuccessfulStreamOrdering => a
+                .last_successful_stream_ordering
+                .cmp(&b.last_successful_stream_ordering),
         };
         let primary = if backwards { primary.reverse() } else { primary };
         primary.then_with(|| a.destination.cmp(&b.destination))

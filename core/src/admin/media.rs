@@ -199,7 +199,9 @@ pub async fn delete_by_age(repo: &Repo, query: AgeQuery) -> Result<Vec<String>> 
         ));
     }
     if query.size_gt < 0 {
-        return Err(Error::InvalidParam("Query parameter size_gt must be a positive integer.".into()));
+        return Err(Error::InvalidParam(
+            "Query parameter size_gt must be a positive integer.".into(),
+        ));
     }
     let candidates: Vec<String> = sqlx::query_scalar(
         "SELECT media_id FROM media WHERE created_ts < $1 AND size > $2 AND safe_from_quarantine = 0
@@ -253,7 +255,9 @@ async fn avatars(repo: &Repo) -> Result<BTreeSet<String>> {
 /// something else). Answers how many items were dropped.
 pub async fn purge_remote_cache(repo: &Repo, before_ts: i64) -> Result<u64> {
     if before_ts < 0 {
-        return Err(Error::InvalidParam("Query parameter before_ts must be a positive integer.".into()));
+        return Err(Error::InvalidParam(
+            "Query parameter before_ts must be a positive integer.".into(),
+        ));
     }
     let mut tx = repo.db.write().await?;
     let mut hashes: BTreeSet<String> =
@@ -285,7 +289,16 @@ pub async fn purge_remote_cache(repo: &Repo, before_ts: i64) -> Result<u64> {
 /// `GET /_synapse/admin/v1/media/{server}/{mediaId}`: what is stored about one item.
 pub async fn info(repo: &Repo, server: &str, media_id: &str) -> Result<Value> {
     if repo.is_local(server) {
-        type Row = (Option<String>, Option<String>, i64, String, i64, Option<String>, i64, Option<String>);
+        type Row = (
+            Option<String>,
+            Option<String>,
+            i64,
+            String,
+            i64,
+            Option<String>,
+            i64,
+            Option<String>,
+        );
         let row: Option<Row> = sqlx::query_as(
             "SELECT content_type, filename, size, uploader, created_ts, quarantined_by, safe_from_quarantine, sha256
              FROM media WHERE media_id = $1",
@@ -396,12 +409,14 @@ pub async fn usage(repo: &Repo, query: &UsageQuery) -> Result<(Vec<Usage>, usize
     }
     if let (Some(from), Some(until)) = (query.from_ts, query.until_ts) {
         if until <= from {
-            return Err(Error::InvalidParam("Query parameter until_ts must be greater than from_ts.".into()));
+            return Err(Error::InvalidParam(
+                "Query parameter until_ts must be greater than from_ts.".into(),
+            ));
         }
     }
     type Row = (String, Option<String>, i64, i64);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT m.uploader, u.displayname, COUNT(*), COALESCE(SUM(m.size), 0)
+        "SELECT m.uploader, u.displayname, COUNT(*), CAST(COALESCE(SUM(m.size), 0) AS BIGINT)
          FROM media m LEFT JOIN users u ON u.user_id = m.uploader
          WHERE m.url_preview = 0 AND m.sha256 IS NOT NULL AND m.created_ts >= $1 AND m.created_ts <= $2
          GROUP BY m.uploader, u.displayname",
@@ -423,7 +438,9 @@ pub async fn usage(repo: &Repo, query: &UsageQuery) -> Result<(Vec<Usage>, usize
         let term = term.to_lowercase();
         all.retain(|u| {
             u.user_id.to_lowercase().contains(&term)
-                || u.displayname.as_deref().is_some_and(|d| d.to_lowercase().contains(&term))
+                || u.displayname
+                    .as_deref()
+                    .is_some_and(|d| d.to_lowercase().contains(&term))
         });
     }
     all.sort_by(|a, b| {

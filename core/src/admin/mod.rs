@@ -22,10 +22,14 @@ impl Page {
         let from = from.unwrap_or(0);
         let limit = limit.map_or(default_limit as i64, |l| l);
         if from < 0 {
-            return Err(Error::InvalidParam("Query parameter from must be a string representing a positive integer.".into()));
+            return Err(Error::InvalidParam(
+                "Query parameter from must be a string representing a positive integer.".into(),
+            ));
         }
         if limit < 0 {
-            return Err(Error::InvalidParam("Query parameter limit must be a string representing a positive integer.".into()));
+            return Err(Error::InvalidParam(
+                "Query parameter limit must be a string representing a positive integer.".into(),
+            ));
         }
         Ok(Page {
             from: from as usize,

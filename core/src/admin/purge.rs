@@ -9,7 +9,7 @@ use crate::{storage::rooms as room_store, Core, Error, Result};
 
 /// What a purge removes, in an order that leaves nothing pointing at removed rows while the
 /// transaction runs: rows naming the room's events first, the events, then the room's row.
-const STATEMENTS: [&str; 19] = [
+const STATEMENTS: [&str; 18] = [
     "DELETE FROM event_edges WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
     "DELETE FROM event_auth WHERE event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
     "DELETE FROM federation_outbox WHERE kind = 'pdu' AND event_id IN (SELECT event_id FROM events WHERE room_id = $1)",
@@ -26,7 +26,6 @@ const STATEMENTS: [&str; 19] = [
     "DELETE FROM current_state WHERE room_id = $1",
     "DELETE FROM room_memberships WHERE room_id = $1",
     "DELETE FROM room_aliases WHERE room_id = $1",
-    "DELETE FROM forward_extremities WHERE room_id = $1",
     "DELETE FROM events WHERE room_id = $1",
     "DELETE FROM rooms WHERE room_id = $1",
 ];

@@ -120,7 +120,9 @@ pub async fn start(
     .fetch_optional(&mut *tx)
     .await?;
     if active.is_some() {
-        return Err(Error::InvalidParam(format!("History purge already in progress for {room_id}")));
+        return Err(Error::InvalidParam(format!(
+            "History purge already in progress for {room_id}"
+        )));
     }
     let delete_id = util::random_string(16);
     sqlx::query(
@@ -216,11 +218,16 @@ impl Job {
             all
         };
         for member in locals {
-            let Ok(user) = UserId::parse(&member.user_id) else { continue };
+            let Ok(user) = UserId::parse(&member.user_id) else {
+                continue;
+            };
             if !core.is_local(&user) {
                 continue;
             }
-            match self.move_member(&user, new_room.as_ref().map(|(id, _)| id.as_str())).await {
+            match self
+                .move_member(&user, new_room.as_ref().map(|(id, _)| id.as_str()))
+                .await
+            {
                 Ok(()) => result.kicked_users.push(user.to_string()),
                 Err(e) => {
                     tracing::warn!(room_id = %self.room_id, %user, error = %e, "cannot move a member out of a deleted room");
@@ -240,11 +247,10 @@ impl Job {
         tx.commit().await
     }
 
-    /// The member leaves (as themselves, so that no power in the room is needed), forgets the
-    /// room, and joins the notice room.
+    /// The member leaves (as themselves, so that no power in the room is needed) and joins the
+    /// notice room. The room is not forgotten for them: their next sync must show the leave.
     async fn move_member(&self, user: &UserId, new_room: Option<&str>) -> Result<()> {
         membership::leave(&self.core, &self.room_id, user, None).await?;
-        membership::forget(&self.core, &self.room_id, user).await?;
         if let Some(new_room) = new_room {
             membership::join(&self.core, new_room, user, None, &Map::new()).await?;
         }
@@ -264,7 +270,12 @@ impl Job {
                 preset: create::Preset::PublicChat,
                 creation_content: Map::new(),
                 power_level_override: Some(power),
-                name: Some(self.params.room_name.clone().unwrap_or_else(|| DEFAULT_ROOM_NAME.into())),
+                name: Some(
+                    self.params
+                        .room_name
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_ROOM_NAME.into()),
+                ),
                 topic: None,
                 alias: None,
                 invite: Vec::new(),
@@ -367,21 +378,18 @@ fn status_from(row: StatusRow) -> Status {
         room_id,
         status,
         error,
-        result: result
-            .and_then(|r| serde_json::from_str(&r).ok())
-            .unwrap_or_default(),
+        result: result.and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default(),
     }
 }
 
 /// A deletion's status.
 pub async fn status(core: &Core, delete_id: &str) -> Result<Option<Status>> {
     fail_stale(core, util::now_ms() - STALE_MS).await?;
-    let row: Option<StatusRow> = sqlx::query_as(
-        "SELECT delete_id, room_id, status, error, result FROM room_deletions WHERE delete_id = $1",
-    )
-    .bind(delete_id)
-    .fetch_optional(core.db.pool())
-    .await?;
+    let row: Option<StatusRow> =
+        sqlx::query_as("SELECT delete_id, room_id, status, error, result FROM room_deletions WHERE delete_id = $1")
+            .bind(delete_id)
+            .fetch_optional(core.db.pool())
+            .await?;
     Ok(row.map(status_from))
 }
 

@@ -109,7 +109,9 @@ pub async fn summaries(core: &Core, conn: &mut AnyConnection, room_id: Option<&s
     .fetch_all(&mut *conn)
     .await?;
     for (room, kind, json) in state {
-        let Some(summary) = by_room.get_mut(&room) else { continue };
+        let Some(summary) = by_room.get_mut(&room) else {
+            continue;
+        };
         let event: Value = serde_json::from_str(&json).unwrap_or_default();
         let content = &event["content"];
         let text = |field: &str| content[field].as_str().map(str::to_owned);
@@ -331,10 +333,12 @@ pub async fn state(core: &Core, room_id: &str) -> Result<Vec<Value>> {
 
 /// Who blocked a room, if it is blocked.
 pub async fn blocked_by(conn: &mut AnyConnection, room_id: &str) -> Result<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT user_id FROM blocked_rooms WHERE room_id = $1")
-        .bind(room_id)
-        .fetch_optional(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT user_id FROM blocked_rooms WHERE room_id = $1")
+            .bind(room_id)
+            .fetch_optional(conn)
+            .await?,
+    )
 }
 
 /// Refuses a local user's join, invite or knock into a blocked room (admins are exempt).
@@ -451,7 +455,9 @@ pub async fn make_room_admin(core: &Core, room_id: &str, target: &UserId) -> Res
         let state = current_state(core, &mut conn, room_id).await?;
         let mut best: Option<(i64, String)> = None;
         for member in room_store::members(&mut conn, room_id, "join").await? {
-            let Ok(user) = UserId::parse(&member.user_id) else { continue };
+            let Ok(user) = UserId::parse(&member.user_id) else {
+                continue;
+            };
             if !core.is_local(&user) {
                 continue;
             }
@@ -560,7 +566,14 @@ pub async fn messages(
 pub async fn event_at_timestamp(core: &Core, room_id: &str, ts: i64, dir: timeline::Dir) -> Result<(String, i64)> {
     let mut conn = core.db.conn().await?;
     room_rules(core, &mut conn, room_id).await?;
-    let cursor = (ts, if dir == timeline::Dir::Forward { i64::MIN } else { i64::MAX });
+    let cursor = (
+        ts,
+        if dir == timeline::Dir::Forward {
+            i64::MIN
+        } else {
+            i64::MAX
+        },
+    );
     let found = timeline::by_timestamp(&mut conn, room_id, cursor, dir, 1).await?;
     found
         .into_iter()

@@ -421,8 +421,8 @@ pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<
     .bind(media_id)
     .fetch_optional(db.pool())
     .await?;
-    Ok(
-        row.map(|(sha256, content_type, filename, size, fetched_ts, quarantined_by)| MediaRecord {
+    Ok(row.map(
+        |(sha256, content_type, filename, size, fetched_ts, quarantined_by)| MediaRecord {
             media_id: media_id.to_owned(),
             sha256: Some(sha256),
             content_type,
@@ -435,8 +435,8 @@ pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<
             authenticated: false,
             origin: Some(origin.to_owned()),
             quarantined_by,
-        }),
-    )
+        },
+    ))
 }
 
 /// Records fetched remote media; a concurrent fetch of the same media that recorded first wins.

@@ -52,7 +52,11 @@ pub async fn protect(State(state): State<AppState>, _: Admin, Path(media_id): Pa
 }
 
 /// # `POST /_synapse/admin/v1/media/unprotect/{mediaId}`
-pub async fn unprotect(State(state): State<AppState>, _: Admin, Path(media_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn unprotect(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(media_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     media::set_protected(&repo(&state), &media_id, false).await?;
     Ok(Json(json!({})))
 }
@@ -109,9 +113,15 @@ pub async fn purge_media_cache(State(state): State<AppState>, _: Admin, q: Param
 }
 
 /// # `GET /_synapse/admin/v1/room/{roomId}/media`
-pub async fn room_media(State(state): State<AppState>, _: Admin, Path(room_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn room_media(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(room_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let (local, remote) = media::room_media(&state.core, &room_id).await?;
-    Ok(Json(json!({ "local": local, "remote": remote, "total": local.len() + remote.len() })))
+    Ok(Json(
+        json!({ "local": local, "remote": remote, "total": local.len() + remote.len() }),
+    ))
 }
 
 /// # `GET /_synapse/admin/v1/statistics/users/media`

@@ -28,9 +28,8 @@ impl Params {
     pub fn int(&self, name: &str) -> Result<Option<i64>, MatrixError> {
         self.str(name)
             .map(|v| {
-                v.parse::<i64>().map_err(|_| {
-                    MatrixError::invalid_param(format!("Query parameter {name} must be an integer"))
-                })
+                v.parse::<i64>()
+                    .map_err(|_| MatrixError::invalid_param(format!("Query parameter {name} must be an integer")))
             })
             .transpose()
     }

@@ -64,7 +64,9 @@ pub async fn members(State(state): State<AppState>, _: Admin, Path(id): Path<Str
 
 /// # `GET /_synapse/admin/v1/rooms/{roomId}/state`
 pub async fn room_state(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "state": rooms::state(&state.core, room_id(&id)?).await? })))
+    Ok(Json(
+        json!({ "state": rooms::state(&state.core, room_id(&id)?).await? }),
+    ))
 }
 
 fn parse_dir(q: &Params, default: Dir) -> ApiResult<Dir> {
@@ -77,7 +79,12 @@ fn parse_dir(q: &Params, default: Dir) -> ApiResult<Dir> {
 }
 
 /// # `GET /_synapse/admin/v1/rooms/{roomId}/messages`
-pub async fn messages(State(state): State<AppState>, _: Admin, Path(id): Path<String>, q: Params) -> ApiResult<Json<Value>> {
+pub async fn messages(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(id): Path<String>,
+    q: Params,
+) -> ApiResult<Json<Value>> {
     let room = room_id(&id)?;
     let dir = parse_dir(&q, Dir::Forward)?;
     let limit = q.int("limit")?.unwrap_or(10);
@@ -114,7 +121,9 @@ pub async fn timestamp_to_event(
     let ts = q.int("ts")?.ok_or_else(|| MatrixError::missing_param("Missing ts"))?;
     let dir = parse_dir(&q, Dir::Forward)?;
     let (event_id, origin_server_ts) = rooms::event_at_timestamp(&state.core, room_id(&id)?, ts, dir).await?;
-    Ok(Json(json!({ "event_id": event_id, "origin_server_ts": origin_server_ts })))
+    Ok(Json(
+        json!({ "event_id": event_id, "origin_server_ts": origin_server_ts }),
+    ))
 }
 
 /// # `GET /_synapse/admin/v1/rooms/{roomId}/forward_extremities`
@@ -193,7 +202,9 @@ pub async fn make_room_admin(
         room_id(&id)?.to_owned()
     };
     let target = match body.user_id {
-        Some(user) => UserId::parse(&user).map_err(|_| MatrixError::invalid_param(format!("{user} is not a valid user ID")))?,
+        Some(user) => {
+            UserId::parse(&user).map_err(|_| MatrixError::invalid_param(format!("{user} is not a valid user ID")))?
+        }
         None => admin.user_id.clone(),
     };
     rooms::make_room_admin(&state.core, &room, &target).await?;
@@ -233,7 +244,9 @@ pub async fn delete_status_of_room(
     if list.is_empty() {
         return Err(MatrixError::not_found("No delete task for room"));
     }
-    Ok(Json(json!({ "results": list.iter().map(room_delete::Status::to_json).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "results": list.iter().map(room_delete::Status::to_json).collect::<Vec<_>>() }),
+    ))
 }
 
 /// # `GET /_synapse/admin/v2/rooms/delete_status/{deleteId}`
