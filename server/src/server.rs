@@ -57,6 +57,14 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let key = weft_core::signing_key::load_or_create(&config.signing_key_path)?;
     let server_name = ruma::ServerName::parse(&config.server_name)?;
     let core = weft_core::Core::new(db, server_name, key);
+    if core.db.backend() == Backend::Sqlite {
+        // One process per SQLite database: a room deletion still active was the previous
+        // run's, which stopped before finishing it.
+        let failed = weft_core::admin::room_delete::fail_interrupted(&core).await?;
+        if failed > 0 {
+            tracing::warn!(failed, "room deletions interrupted by the last stop are marked failed");
+        }
+    }
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();

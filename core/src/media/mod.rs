@@ -260,8 +260,12 @@ impl Repo {
     }
 
     /// The kept copy of another server's media, if it was fetched before.
+    /// Quarantined media is NotFound (and not fetched again).
     pub async fn remote(&self, origin: &str, media_id: &str) -> MediaResult<Option<MediaRecord>> {
-        Ok(store::get_remote(&self.db, origin, media_id).await?)
+        match store::get_remote(&self.db, origin, media_id).await? {
+            Some(r) if r.quarantined_by.is_some() => Err(quarantined()),
+            other => Ok(other),
+        }
     }
 
     /// Starts receiving another server's media: at most `max_upload_size` bytes, the limit
@@ -287,14 +291,15 @@ impl Repo {
             .ok_or_else(|| MediaError::Core(crate::Error::internal("remote media just recorded is gone")))
     }
 
-    /// The record of a local media ID, uploaded or not. Another server's media is not found
-    /// here (see `remote`).
+    /// The record of a local media ID, uploaded or not; quarantined media is NotFound. Another
+    /// server's media is not found here (see `remote`).
     pub async fn local(&self, server_name: &str, media_id: &str) -> MediaResult<MediaRecord> {
         if !self.is_local(server_name) {
             return Err(MediaError::NotFound("Media not found".into()));
         }
         let record = store::get(&self.db, media_id).await?;
         match record {
+            Some(r) if r.quarantined_by.is_some() => Err(quarantined()),
             Some(r) if r.sha256.is_some() || r.unused_expires_ts.is_some_and(|ts| ts > util::now_ms()) => Ok(r),
             _ => Err(MediaError::NotFound("Media not found".into())),
         }
@@ -336,6 +341,11 @@ impl Repo {
 /// The longest a download waits for a `/create` ID's upload, whatever the client asks.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Quarantined media looks absent to clients and other servers.
+fn quarantined() -> MediaError {
+    MediaError::NotFound("Media not found".into())
+}
 
 fn too_large(limit: u64) -> MediaError {
     MediaError::TooLarge(format!("Upload is larger than {limit} bytes"))

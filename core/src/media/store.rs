@@ -195,6 +195,8 @@ pub struct MediaRecord {
     pub authenticated: bool,
     /// The server of remote media kept here (`remote_media`); `None` for this server's own.
     pub origin: Option<String>,
+    /// The admin who quarantined it: then it is answered 404 (see `Repo::local`, `remote`).
+    pub quarantined_by: Option<String>,
 }
 
 type MediaRow = (
@@ -207,10 +209,11 @@ type MediaRow = (
     i64,
     Option<i64>,
     i64,
+    Option<String>,
 );
 
-const MEDIA_COLUMNS: &str =
-    "media_id, sha256, content_type, filename, size, uploader, created_ts, unused_expires_ts, authenticated";
+const MEDIA_COLUMNS: &str = "media_id, sha256, content_type, filename, size, uploader, created_ts, unused_expires_ts, \
+     authenticated, quarantined_by";
 
 fn from_row(r: MediaRow) -> MediaRecord {
     MediaRecord {
@@ -224,6 +227,7 @@ fn from_row(r: MediaRow) -> MediaRecord {
         unused_expires_ts: r.7,
         authenticated: r.8 != 0,
         origin: None,
+        quarantined_by: r.9,
     }
 }
 
@@ -450,20 +454,21 @@ pub async fn insert_fetched_thumbnail(db: &Db, key: &ThumbnailKey<'_>, blob: &Bl
 
 // ----- Remote media kept here -----
 
-/// sha256, content type, filename, size, fetched_ts.
-type RemoteRow = (String, Option<String>, Option<String>, i64, i64);
+/// sha256, content type, filename, size, fetched_ts, quarantined_by.
+type RemoteRow = (String, Option<String>, Option<String>, i64, i64, Option<String>);
 
 /// The kept copy of another server's media.
 pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<MediaRecord>> {
     let row: Option<RemoteRow> = sqlx::query_as(
-        "SELECT sha256, content_type, filename, size, fetched_ts FROM remote_media WHERE origin = $1 AND media_id = $2",
+        "SELECT sha256, content_type, filename, size, fetched_ts, quarantined_by FROM remote_media
+         WHERE origin = $1 AND media_id = $2",
     )
     .bind(origin)
     .bind(media_id)
     .fetch_optional(db.pool())
     .await?;
-    Ok(
-        row.map(|(sha256, content_type, filename, size, fetched_ts)| MediaRecord {
+    Ok(row.map(
+        |(sha256, content_type, filename, size, fetched_ts, quarantined_by)| MediaRecord {
             media_id: media_id.to_owned(),
             sha256: Some(sha256),
             content_type,
@@ -475,8 +480,9 @@ pub async fn get_remote(db: &Db, origin: &str, media_id: &str) -> Result<Option<
             // Another server's media was never refused by the legacy endpoints for that reason.
             authenticated: false,
             origin: Some(origin.to_owned()),
-        }),
-    )
+            quarantined_by,
+        },
+    ))
 }
 
 /// Records fetched remote media; a concurrent fetch of the same media that recorded first wins.

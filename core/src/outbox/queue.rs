@@ -134,8 +134,9 @@ pub async fn ack(core: &Core, destination: &str, last_pos: i64) -> Result<()> {
     let mut tx = core.db.write().await?;
     delete_up_to(&mut tx, destination, last_pos).await?;
     sqlx::query(
-        "INSERT INTO federation_destinations (destination, last_success_ts) VALUES ($1, $2)
+        "INSERT INTO federation_destinations (destination, last_success_ts, last_success_pos) VALUES ($1, $2, $3)
          ON CONFLICT (destination) DO UPDATE SET retry_count = 0, retry_after_ts = 0, last_success_ts = $2,
+           last_success_pos = $3,
            txn_last_pos = CASE WHEN federation_destinations.txn_last_pos <= $3 THEN NULL
                                ELSE federation_destinations.txn_last_pos END",
     )

@@ -299,7 +299,7 @@ pub async fn visible_window(
     // A user does not see the messages of users they ignore (their state events still count).
     let ignored = match reader {
         Reader::User(user) => crate::account_data::ignored_users(conn, user).await?,
-        Reader::Server(_) => Default::default(),
+        Reader::Server(_) | Reader::Admin => Default::default(),
     };
     let scan = SCAN_BATCH.max(limit as i64);
     while window.events.len() < limit {
@@ -601,7 +601,7 @@ pub async fn event_at_timestamp(
 
 /// Timeline events ordered by (origin_server_ts, stream_pos) strictly past `after` in `dir`
 /// (the events_room_ts index bounds the scan by timestamp).
-async fn by_timestamp(
+pub(crate) async fn by_timestamp(
     conn: &mut AnyConnection,
     room_id: &str,
     after: (i64, i64),

@@ -76,6 +76,9 @@ async fn join(
     custom: &serde_json::Map<String, serde_json::Value>,
 ) -> ApiResult<()> {
     let core = &state.core;
+    if !user.is_admin {
+        weft_core::admin::rooms::check_not_blocked(core, room_id.as_str()).await?;
+    }
     let in_room = {
         let mut conn = state.db.conn().await?;
         rooms::server_in_room(&mut conn, room_id.as_str(), core.server_name.as_str()).await?
@@ -138,6 +141,9 @@ pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> Api
             .with_status(http::StatusCode::BAD_REQUEST));
     };
     let is_direct = req.json_body.as_ref().is_some_and(|b| b["is_direct"] == true);
+    if !user.is_admin {
+        weft_core::admin::rooms::check_not_blocked(&state.core, req.room_id.as_str()).await?;
+    }
     if !state.core.is_local(&recipient.user_id) {
         weft_federation::invite::invite_remote(
             weft_federation::of(&state)?,
@@ -226,6 +232,9 @@ pub async fn forget(state: AppState, req: Ruma<forget_room::v3::Request>) -> Api
 pub async fn knock(state: AppState, req: Ruma<knock_room::v3::Request>) -> ApiResult<knock_room::v3::Response> {
     let user = req.sender()?;
     let (room_id, mut servers) = resolve_room_with_servers(&state, &req.room_id_or_alias).await?;
+    if !user.is_admin {
+        weft_core::admin::rooms::check_not_blocked(&state.core, room_id.as_str()).await?;
+    }
     if !weft_core::rooms::out_of_band::is_in_room(&state.core, room_id.as_str()).await? {
         servers.splice(0..0, req.via.iter().cloned());
         servers.extend(room_id.server_name().map(ToOwned::to_owned));
