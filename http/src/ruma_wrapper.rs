@@ -169,7 +169,12 @@ pub async fn authenticate(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         // Sessions last seen, for admins (whois); a failed write costs the request nothing.
-        if let Err(e) = state.core.seen.record(&state.db, &owner.user_id, &owner.device_id, &ip, agent).await {
+        if let Err(e) = state
+            .core
+            .seen
+            .record(&state.db, &owner.user_id, &owner.device_id, &ip, agent)
+            .await
+        {
             tracing::warn!(error = %e, "could not record where a session was seen");
         }
     }

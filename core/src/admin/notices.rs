@@ -42,17 +42,23 @@ pub struct Notice<'a> {
 /// left it); answers the event's ID.
 pub async fn send(core: &Core, sender: &Sender<'_>, user_id: &UserId, notice: Notice<'_>) -> Result<String> {
     if !core.is_local(user_id) {
-        return Err(Error::InvalidParam("Server notices can only be sent to local users".into()));
+        return Err(Error::InvalidParam(
+            "Server notices can only be sent to local users".into(),
+        ));
     }
     let user = users::get(&core.db, user_id.as_str())
         .await?
         .ok_or_else(|| Error::NotFound("User not found".into()))?;
     if user.deactivated {
-        return Err(Error::InvalidParam("Cannot send a server notice to a deactivated user".into()));
+        return Err(Error::InvalidParam(
+            "Cannot send a server notice to a deactivated user".into(),
+        ));
     }
     let system = system_user(core, sender).await?;
     if system == user_id {
-        return Err(Error::InvalidParam("Cannot send a server notice to the notices user".into()));
+        return Err(Error::InvalidParam(
+            "Cannot send a server notice to the notices user".into(),
+        ));
     }
     let room_id = match current_room(core, user_id).await? {
         Some(room_id) => room_id,
@@ -62,9 +68,7 @@ pub async fn send(core: &Core, sender: &Sender<'_>, user_id: &UserId, notice: No
         Some(key) => EventTemplate::state(notice.event_type, key, notice.content),
         None => EventTemplate::message(notice.event_type, notice.content),
     };
-    let txn = notice
-        .txn
-        .map(|(admin, txn_id)| (system.as_str(), admin, txn_id));
+    let txn = notice.txn.map(|(admin, txn_id)| (system.as_str(), admin, txn_id));
     let sent = rooms::send(core, &room_id, &system, template, txn).await?;
     Ok(sent.event_id)
 }

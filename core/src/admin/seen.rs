@@ -21,7 +21,12 @@ impl Seen {
     /// Written at once the first time, then at most once per `REFRESH_MS`.
     pub async fn record(&self, db: &Db, user_id: &str, device_id: &str, ip: &str, user_agent: &str) -> Result<()> {
         let now = now_ms();
-        let key = (user_id.to_owned(), device_id.to_owned(), ip.to_owned(), user_agent.to_owned());
+        let key = (
+            user_id.to_owned(),
+            device_id.to_owned(),
+            ip.to_owned(),
+            user_agent.to_owned(),
+        );
         {
             let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
             if written.get(&key).is_some_and(|at| now - at < REFRESH_MS) {

@@ -176,7 +176,9 @@ pub struct Changes {
 /// Creates the user with `changes` when it does not exist (answering `true`), else changes it.
 pub async fn create_or_modify(core: &Core, admin: &UserId, user_id: &UserId, changes: Changes) -> Result<bool> {
     if !core.is_local(user_id) {
-        return Err(Error::InvalidParam("This endpoint can only be used with local users".into()));
+        return Err(Error::InvalidParam(
+            "This endpoint can only be used with local users".into(),
+        ));
     }
     let existing = users::get(&core.db, user_id.as_str()).await?;
     if existing.is_none() {
@@ -213,7 +215,9 @@ pub async fn create_or_modify(core: &Core, admin: &UserId, user_id: &UserId, cha
         return Err(Error::InvalidParam("You may not demote yourself".into()));
     }
     if existing.deactivated && changes.deactivated == Some(false) && changes.password.is_none() {
-        return Err(Error::InvalidParam("Must provide a password to re-activate an account".into()));
+        return Err(Error::InvalidParam(
+            "Must provide a password to re-activate an account".into(),
+        ));
     }
     if let Some(password) = &changes.password {
         accounts::change_password(&core.db, user_id.as_str(), password, !changes.logout_devices, None).await?;
@@ -453,8 +457,14 @@ pub async fn login_as(core: &Core, admin: &UserId, user_id: &UserId, valid_until
     let token = format!("weft_{}", random_string(40));
     let device_id = random_device_id();
     let mut tx = core.db.write().await?;
-    crate::storage::tokens::insert_access(&mut tx, &hash_token(&token), user_id.as_str(), &device_id, valid_until_ms)
-        .await?;
+    crate::storage::tokens::insert_access(
+        &mut tx,
+        &hash_token(&token),
+        user_id.as_str(),
+        &device_id,
+        valid_until_ms,
+    )
+    .await?;
     tx.commit().await?;
     Ok(token)
 }

@@ -142,7 +142,9 @@ async fn format_list(
             unsigned["redacted_because"] = because;
         }
         if let Some(prev) = replaced.get(stored.event_id.as_str()).and_then(|id| extra.get(id)) {
-            let prev_json = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?.client_json(&rules, None);
+            // A redacted (or erased) previous state shows its redacted content, as the event does.
+            let pruned = prev.redacted_by.is_some().then(|| json!({}));
+            let prev_json = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?.client_json(&rules, pruned.as_ref());
             unsigned["prev_content"] = prev_json["content"].clone();
             unsigned["replaces_state"] = json!(prev.event_id);
             unsigned["prev_sender"] = json!(prev.sender);

@@ -53,7 +53,19 @@ pub async fn insert_refresh(conn: &mut AnyConnection, token_hash: &str, user_id:
 }
 
 pub async fn find_access(db: &Db, token_hash: &str) -> Result<Option<TokenOwner>> {
-    type Row = (String, String, Option<i64>, i64, i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+    type Row = (
+        String,
+        String,
+        Option<i64>,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    );
     // The account's admin flags ride along: every authenticated request needs them.
     let row: Option<Row> = sqlx::query_as(
         "SELECT t.user_id, t.device_id, t.expires_ts, u.is_admin, u.is_guest, u.deactivated,

@@ -5,6 +5,7 @@ mod harness_federation;
 mod harness_forge;
 mod harness_synapse;
 
+mod admin_users;
 mod aliases_directory;
 mod client_conformance;
 mod durability;

@@ -15,11 +15,9 @@ pub fn page(q: &Params, backwards_by_default: bool) -> ApiResult<Page> {
     let number = |name: &str, default: i64| -> ApiResult<i64> {
         match q.get(name) {
             None => Ok(default),
-            Some(v) => v
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| MatrixError::invalid_param(format!("Query parameter {name} must be a non-negative integer"))),
+            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                MatrixError::invalid_param(format!("Query parameter {name} must be a non-negative integer"))
+            }),
         }
     };
     let backwards = match q.get("dir").map(String::as_str) {

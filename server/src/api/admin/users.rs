@@ -34,14 +34,15 @@ pub async fn server_version(_: Admin) -> Json<Value> {
 
 /// # `GET /_synapse/admin/v2/users`
 ///
-/// Deactivated users are left out unless `deactivated=true` (v2's meaning).
+/// Deactivated and locked users are left out unless `deactivated=true` / `locked=true`
+/// (v2's meaning).
 pub async fn list_v2(state: State<AppState>, admin: Admin, q: Query<Params>) -> ApiResult<Json<Value>> {
     list(state, admin, q, false).await
 }
 
 /// # `GET /_synapse/admin/v3/users`
 ///
-/// `deactivated` filters both ways, and all users are listed without it.
+/// `deactivated` and `locked` filter both ways, and all users are listed without them.
 pub async fn list_v3(state: State<AppState>, admin: Admin, q: Query<Params>) -> ApiResult<Json<Value>> {
     list(state, admin, q, true).await
 }
@@ -60,7 +61,11 @@ async fn list(State(state): State<AppState>, _: Admin, Query(q): Query<Params>, 
         guests: params::flag(&q, "guests")?.filter(|g| !g),
         deactivated,
         admins: params::flag(&q, "admins")?,
-        locked: params::flag(&q, "locked")?.filter(|_| v3),
+        locked: match (params::flag(&q, "locked")?, v3) {
+            (flag, true) => flag,
+            (Some(true), false) => None,
+            (_, false) => Some(false),
+        },
         suspended: params::flag(&q, "suspended")?,
         shadow_banned: params::flag(&q, "shadow_banned")?,
     };
@@ -166,19 +171,31 @@ pub async fn whois(State(state): State<AppState>, _: Admin, Path(user_id): Path<
 }
 
 /// # `GET /_synapse/admin/v1/users/{userId}/joined_rooms`
-pub async fn joined_rooms(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn joined_rooms(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let rooms = users::joined_rooms(&state.core, &params::user_id(&user_id)?).await?;
     Ok(Json(json!({ "total": rooms.len(), "joined_rooms": rooms })))
 }
 
 /// # `GET /_synapse/admin/v1/users/{userId}/memberships`
-pub async fn memberships(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn memberships(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let memberships = users::memberships(&state.core, &params::user_id(&user_id)?).await?;
     Ok(Json(json!({ "memberships": memberships })))
 }
 
 /// # `GET /_synapse/admin/v1/users/{userId}/accountdata`
-pub async fn account_data(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn account_data(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let data = users::account_data(&state.core, &params::user_id(&user_id)?).await?;
     Ok(Json(json!({ "account_data": data })))
 }
@@ -190,13 +207,21 @@ pub async fn pushers(State(state): State<AppState>, _: Admin, Path(user_id): Pat
 }
 
 /// # `POST /_synapse/admin/v1/users/{userId}/shadow_ban`
-pub async fn shadow_ban(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn shadow_ban(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     users::set(&state.core, &params::user_id(&user_id)?, Flag::ShadowBanned, true).await?;
     Ok(Json(json!({})))
 }
 
 /// # `DELETE /_synapse/admin/v1/users/{userId}/shadow_ban`
-pub async fn unshadow_ban(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn unshadow_ban(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     users::set(&state.core, &params::user_id(&user_id)?, Flag::ShadowBanned, false).await?;
     Ok(Json(json!({})))
 }
@@ -220,7 +245,11 @@ pub async fn suspend(
 }
 
 /// # `GET /_synapse/admin/v1/users/{userId}/override_ratelimit`
-pub async fn get_ratelimit(State(state): State<AppState>, _: Admin, Path(user_id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn get_ratelimit(
+    State(state): State<AppState>,
+    _: Admin,
+    Path(user_id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let limits = users::ratelimit_override(&state.core, &params::user_id(&user_id)?).await?;
     Ok(Json(match limits {
         Some((mps, burst)) => json!({ "messages_per_second": mps, "burst_count": burst }),
@@ -273,13 +302,18 @@ pub async fn login_as(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     if !state.config.admin.allow_login_as_user {
-        return Err(MatrixError::forbidden("Logging in as another user is disabled on this server"));
+        return Err(MatrixError::forbidden(
+            "Logging in as another user is disabled on this server",
+        ));
     }
     let user_id = params::user_id(&user_id)?;
     let body = params::body(&body)?;
     let valid_until_ms = match &body["valid_until_ms"] {
         Value::Null => None,
-        v => Some(v.as_i64().ok_or_else(|| MatrixError::invalid_param("valid_until_ms must be an integer"))?),
+        v => Some(
+            v.as_i64()
+                .ok_or_else(|| MatrixError::invalid_param("valid_until_ms must be an integer"))?,
+        ),
     };
     let token = users::login_as(&state.core, &admin.user_id, &user_id, valid_until_ms).await?;
     tracing::warn!(admin = %admin.user_id, user = %user_id, "an admin logged in as a user");

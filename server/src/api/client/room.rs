@@ -96,7 +96,11 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
             topic: req.topic.clone(),
             alias,
             // A shadow-banned user's invites reach no one.
-            invite: if user.shadow_banned { Vec::new() } else { req.invite.clone() },
+            invite: if user.shadow_banned {
+                Vec::new()
+            } else {
+                req.invite.clone()
+            },
             is_direct: req.is_direct,
             initial_state,
             public: req.visibility == Visibility::Public,
