@@ -32,7 +32,8 @@ pub async fn list(db: &Db, user_id: &str, order_by: &str, page: Page) -> Result<
         "SELECT media_id, content_type, size, filename, created_ts FROM media
          WHERE uploader = $1 AND url_preview = 0 ORDER BY {order} {dir}, media_id {dir} LIMIT $2 OFFSET $3"
     );
-    let rows: Vec<(String, Option<String>, i64, Option<String>, i64)> = sqlx::query_as(&text)
+    type Row = (String, Option<String>, i64, Option<String>, i64);
+    let rows: Vec<Row> = sqlx::query_as(&text)
         .bind(user_id)
         .bind(page.limit)
         .bind(page.from)
