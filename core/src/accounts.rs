@@ -183,6 +183,9 @@ pub async fn check_password(db: &Db, user_id: &str, password: &str) -> Result<bo
     if user.deactivated {
         return Err(Error::UserDeactivated);
     }
+    if user.locked {
+        return Err(Error::UserLocked);
+    }
     Ok(match user.password_hash {
         Some(hash) => verify_password(password, &hash).await,
         None => false,
@@ -257,6 +260,9 @@ pub async fn authenticate(db: &Db, access_token: &str) -> Result<tokens::TokenOw
         .ok_or(Error::UnknownToken { soft_logout: false })?;
     if owner.deactivated {
         return Err(Error::UnknownToken { soft_logout: false });
+    }
+    if owner.locked {
+        return Err(Error::UserLocked);
     }
     if owner.expires_ts.is_some_and(|e| e <= now_ms()) {
         return Err(Error::UnknownToken { soft_logout: true });

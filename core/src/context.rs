@@ -26,6 +26,8 @@ pub struct Core {
     pub history: Arc<crate::rooms::history::History>,
     /// Wakes this process's delayed-event timer when an event is scheduled or restarted here.
     pub delayed_wake: Arc<tokio::sync::Notify>,
+    /// Where this process last recorded each session as seen (admin whois).
+    pub seen: Arc<crate::admin::seen::Seen>,
 }
 
 impl Core {
@@ -42,6 +44,7 @@ impl Core {
             room_turns: Arc::default(),
             history: Arc::default(),
             delayed_wake: Arc::default(),
+            seen: Arc::default(),
         }
     }
 

@@ -35,6 +35,10 @@ pub enum Error {
     UnknownPos,
     #[error("user is deactivated")]
     UserDeactivated,
+    #[error("this account has been locked")]
+    UserLocked,
+    #[error("this account is suspended")]
+    UserSuspended,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -41,6 +41,8 @@ pub struct Config {
     pub voip: VoipConfig,
     pub livekit: LivekitConfig,
     pub delayed_events: DelayedEventsConfig,
+    pub server_notices: ServerNoticesConfig,
+    pub admin: AdminConfig,
     pub turn: TurnConfig,
     pub log: LogConfig,
 }
@@ -217,6 +219,55 @@ pub struct DelayedEventsConfig {
     pub max_per_user: u32,
 }
 
+/// Server notices (`/_synapse/admin/v1/send_server_notice`): messages from the server to a
+/// user, in a room the notices user creates for each user and tags `m.server_notice`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerNoticesConfig {
+    /// The notices user's localpart; empty turns server notices off.
+    pub system_mxid_localpart: String,
+    /// The notices user's display name and avatar (an `mxc://` URI); empty for none.
+    pub system_mxid_display_name: String,
+    pub system_mxid_avatar_url: String,
+    /// The name of each user's notices room.
+    pub room_name: String,
+}
+
+impl ServerNoticesConfig {
+    /// Who sends notices, when they are on.
+    pub fn sender(&self) -> Option<weft_core::admin::notices::Sender<'_>> {
+        fn non_empty(s: &str) -> Option<&str> {
+            (!s.is_empty()).then_some(s)
+        }
+        (!self.system_mxid_localpart.is_empty()).then(|| weft_core::admin::notices::Sender {
+            localpart: &self.system_mxid_localpart,
+            display_name: non_empty(&self.system_mxid_display_name),
+            avatar_url: non_empty(&self.system_mxid_avatar_url),
+            room_name: &self.room_name,
+        })
+    }
+}
+
+impl Default for ServerNoticesConfig {
+    fn default() -> Self {
+        ServerNoticesConfig {
+            system_mxid_localpart: String::new(),
+            system_mxid_display_name: "Server Notices".into(),
+            system_mxid_avatar_url: String::new(),
+            room_name: "Server Notices".into(),
+        }
+    }
+}
+
+/// The admin API's riskier powers, off by default.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Lets admins obtain an access token for another user
+    /// (`/_synapse/admin/v1/users/{userId}/login`); each use is logged at warn.
+    pub allow_login_as_user: bool,
+}
+
 /// The built-in STUN/TURN relay (off by default), so that a small deployment needs no coturn.
 /// It checks the credentials `/voip/turnServer` makes from `voip.turn_shared_secret`, and its
 /// URIs are advertised there besides `voip.turn_uris`.
@@ -312,6 +363,8 @@ impl Default for Config {
             voip: VoipConfig::default(),
             livekit: LivekitConfig::default(),
             delayed_events: DelayedEventsConfig::default(),
+            server_notices: ServerNoticesConfig::default(),
+            admin: AdminConfig::default(),
             turn: TurnConfig::default(),
             log: LogConfig::default(),
         }

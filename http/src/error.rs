@@ -49,6 +49,7 @@ constructors! {
     invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
     bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
     unknown_pos => BAD_REQUEST, "M_UNKNOWN_POS";
+    user_suspended => FORBIDDEN, "M_USER_SUSPENDED";
 }
 
 impl MatrixError {
@@ -136,6 +137,14 @@ impl From<weft_core::Error> for MatrixError {
             E::RoomInUse(m) => MatrixError::room_in_use(m),
             E::UnknownPos => MatrixError::unknown_pos("Unknown position; start a new sliding sync connection"),
             E::UserDeactivated => MatrixError::user_deactivated("This account has been deactivated"),
+            // Synapse's: the client logs out softly, keeping its keys for when it is unlocked.
+            E::UserLocked => MatrixError {
+                status: StatusCode::UNAUTHORIZED,
+                errcode: "M_USER_LOCKED".into(),
+                message: "This account has been locked".into(),
+                extra: Some(json!({ "soft_logout": true })),
+            },
+            E::UserSuspended => MatrixError::user_suspended("This account is suspended"),
             other => {
                 tracing::error!(error = %other, "internal error");
                 MatrixError::unknown("Internal server error")

@@ -75,6 +75,22 @@ pub struct AuthUser {
     pub device_id: OwnedDeviceId,
     pub is_admin: bool,
     pub is_guest: bool,
+    /// Suspended by an admin: may read but not send (`M_USER_SUSPENDED`).
+    pub suspended: bool,
+    /// Shadow-banned by an admin: sends seem to succeed and reach no one.
+    pub shadow_banned: bool,
+    /// An admin's rate limit override: (actions per second, burst); 0 per second is none.
+    pub ratelimit_override: Option<(i64, i64)>,
+}
+
+impl AuthUser {
+    /// Refuses a suspended user's writes (sending events, joining, inviting, creating rooms).
+    pub fn may_write(&self) -> ApiResult<()> {
+        if self.suspended {
+            return Err(MatrixError::user_suspended("This account is suspended"));
+        }
+        Ok(())
+    }
 }
 
 /// A parsed ruma request with its caller.
@@ -146,12 +162,31 @@ pub async fn authenticate(
         };
     };
     let owner = weft_core::accounts::authenticate(&state.db, &token).await?;
+    if let Some(ip) = client_ip(parts) {
+        let agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // Sessions last seen, for admins (whois); a failed write costs the request nothing.
+        if let Err(e) = state
+            .core
+            .seen
+            .record(&state.db, &owner.user_id, &owner.device_id, &ip, agent)
+            .await
+        {
+            tracing::warn!(error = %e, "could not record where a session was seen");
+        }
+    }
     let user_id = OwnedUserId::try_from(owner.user_id).map_err(|_| MatrixError::unknown_token(false))?;
     Ok(Some(AuthUser {
         user_id,
         device_id: owner.device_id.into(),
         is_admin: owner.is_admin,
         is_guest: owner.is_guest,
+        suspended: owner.suspended,
+        shadow_banned: owner.shadow_banned,
+        ratelimit_override: owner.ratelimit_override,
     }))
 }
 
@@ -217,8 +252,9 @@ where
                 (None, Some(ip)) => ip.clone(),
                 (None, None) => String::new(),
             };
+            let limits = user.as_ref().and_then(|u| u.ratelimit_override);
             if let (Err(wait), false) = (
-                state.rate_limiter.check(&key),
+                state.rate_limiter.check_with(&key, limits),
                 user.as_ref().is_some_and(|u| u.is_admin),
             ) {
                 return Err(MatrixError::limit_exceeded(wait));

@@ -1,13 +1,22 @@
-//! Server administration (the admin API's logic): rooms, their deletion and purge, media,
-//! federation destinations.
+//! Server administration (the admin API's logic, on Synapse's model): users and their
+//! devices, sessions and media, server notices, event reports; rooms, their deletion and purge,
+//! media, federation destinations. The HTTP layer (`server/src/api/admin/`) only parses and
+//! answers.
 
 pub mod destinations;
+pub mod devices;
 pub mod media;
+pub mod notices;
 pub mod purge;
+pub mod reports;
 pub mod room_delete;
 pub mod rooms;
+pub mod seen;
+pub mod user_media;
+pub mod users;
 
 use crate::{Error, Result};
+
 
 /// Offset pagination as Synapse's admin API has it: `from` (an offset) and `limit`.
 #[derive(Clone, Copy, Debug)]
@@ -53,4 +62,43 @@ pub fn parse_dir(dir: Option<&str>) -> Result<bool> {
         Some("b") => Ok(true),
         Some(_) => Err(Error::InvalidParam("Unknown direction: use 'f' or 'b'".into())),
     }
+}
+
+/// A page of a list read with SQL (`LIMIT`/`OFFSET`) that the admin API answers: Synapse's `from`/`limit` offsets, `next_token` the
+/// offset after this page while rows remain, and `total` the count of the whole list.
+#[derive(Clone, Copy, Debug)]
+pub struct SqlPage {
+    pub from: i64,
+    pub limit: i64,
+    /// Newest (or last) first: Synapse's `dir=b`.
+    pub backwards: bool,
+}
+
+impl SqlPage {
+    pub fn next_token(&self, returned: usize, total: i64) -> Option<String> {
+        let after = self.from + returned as i64;
+        (returned > 0 && after < total).then(|| after.to_string())
+    }
+
+    pub fn dir(&self) -> &'static str {
+        if self.backwards {
+            "DESC"
+        } else {
+            "ASC"
+        }
+    }
+}
+
+/// `%`, `_` and the escape itself taken literally in a `LIKE ... ESCAPE '\'` pattern that
+/// matches `needle` anywhere, case-insensitively against a `LOWER(...)` column.
+pub fn contains_pattern(needle: &str) -> String {
+    let mut out = String::from("%");
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
 }

@@ -80,7 +80,11 @@ async fn format_list(
         return Ok(Vec::new());
     }
     // The redaction events, and the state each state event replaced, in one query.
-    let mut extra_ids: Vec<String> = list.iter().filter_map(|e| e.redacted_by.clone()).collect();
+    let mut extra_ids: Vec<String> = list
+        .iter()
+        .filter_map(|e| e.redacted_by.clone())
+        .filter(|id| id != crate::admin::users::ERASED)
+        .collect();
     let mut replaced: HashMap<&str, String> = HashMap::new();
     for e in list {
         if let (Some(key), Some(before)) = (&e.state_key, e.state_before) {
@@ -107,7 +111,17 @@ async fn format_list(
             Some(r) => Some(Pdu::from_stored(&r.event_id, &r.json, &rules)?.client_json(&rules, None)),
             None => None,
         };
-        let mut event = pdu.client_json(&rules, because.as_ref());
+        let erased = stored.redacted_by.as_deref() == Some(crate::admin::users::ERASED);
+        let mut event = if erased {
+            // An erased sender's event: pruned as a redaction would, with no redaction event.
+            let mut event = pdu.client_json(&rules, Some(&json!({})));
+            if let Some(Value::Object(unsigned)) = event.get_mut("unsigned") {
+                unsigned.remove("redacted_because");
+            }
+            event
+        } else {
+            pdu.client_json(&rules, because.as_ref())
+        };
         let mut unsigned = event.get("unsigned").cloned().unwrap_or_else(|| json!({}));
         unsigned["age"] = json!((now_ms() - stored.origin_server_ts).max(0));
         if let (Some(viewer), Some(txn_id)) = (viewer, &stored.txn_id) {
@@ -128,7 +142,9 @@ async fn format_list(
             unsigned["redacted_because"] = because;
         }
         if let Some(prev) = replaced.get(stored.event_id.as_str()).and_then(|id| extra.get(id)) {
-            let prev_json = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?.client_json(&rules, None);
+            // A redacted (or erased) previous state shows its redacted content, as the event does.
+            let pruned = prev.redacted_by.is_some().then(|| json!({}));
+            let prev_json = Pdu::from_stored(&prev.event_id, &prev.json, &rules)?.client_json(&rules, pruned.as_ref());
             unsigned["prev_content"] = prev_json["content"].clone();
             unsigned["replaces_state"] = json!(prev.event_id);
             unsigned["prev_sender"] = json!(prev.sender);

@@ -108,7 +108,8 @@ pub async fn touch(db: &Db, user_id: &str, device_id: &str, ip: Option<&str>) ->
 /// Deletes one device with its tokens.
 pub async fn delete(conn: &mut AnyConnection, user_id: &str, device_id: &str) -> Result<()> {
     // A deleted device's pushers stop too: no notifications to a phone that logged out.
-    for table in ["access_tokens", "refresh_tokens", "pushers", "devices"] {
+    // Its sightings (admin whois) go with it.
+    for table in ["access_tokens", "refresh_tokens", "pushers", "devices", "user_ips"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
             .bind(user_id)
             .bind(device_id)
@@ -121,7 +122,7 @@ pub async fn delete(conn: &mut AnyConnection, user_id: &str, device_id: &str) ->
 /// Deletes every device of the user except `keep`, with their tokens.
 pub async fn delete_all_except(conn: &mut AnyConnection, user_id: &str, keep: Option<&str>) -> Result<()> {
     let keep = keep.unwrap_or("");
-    for table in ["access_tokens", "refresh_tokens", "pushers", "devices"] {
+    for table in ["access_tokens", "refresh_tokens", "pushers", "devices", "user_ips"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id <> $2"))
             .bind(user_id)
             .bind(keep)

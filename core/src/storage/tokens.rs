@@ -13,6 +13,11 @@ pub struct TokenOwner {
     pub is_admin: bool,
     pub is_guest: bool,
     pub deactivated: bool,
+    pub locked: bool,
+    pub suspended: bool,
+    pub shadow_banned: bool,
+    /// An admin's rate limit override: (messages per second, burst); 0/0 is no limit.
+    pub ratelimit_override: Option<(i64, i64)>,
 }
 
 pub async fn insert_access(
@@ -48,9 +53,26 @@ pub async fn insert_refresh(conn: &mut AnyConnection, token_hash: &str, user_id:
 }
 
 pub async fn find_access(db: &Db, token_hash: &str) -> Result<Option<TokenOwner>> {
-    let row: Option<(String, String, Option<i64>, i64, i64, i64)> = sqlx::query_as(
-        "SELECT t.user_id, t.device_id, t.expires_ts, u.is_admin, u.is_guest, u.deactivated
-         FROM access_tokens t JOIN users u ON u.user_id = t.user_id WHERE t.token_hash = $1",
+    type Row = (
+        String,
+        String,
+        Option<i64>,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    );
+    // The account's admin flags ride along: every authenticated request needs them.
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT t.user_id, t.device_id, t.expires_ts, u.is_admin, u.is_guest, u.deactivated,
+                u.locked, u.suspended, u.shadow_banned, r.messages_per_second, r.burst_count
+         FROM access_tokens t JOIN users u ON u.user_id = t.user_id
+         LEFT JOIN ratelimit_overrides r ON r.user_id = t.user_id
+         WHERE t.token_hash = $1",
     )
     .bind(token_hash)
     .fetch_optional(db.pool())
@@ -62,6 +84,10 @@ pub async fn find_access(db: &Db, token_hash: &str) -> Result<Option<TokenOwner>
         is_admin: r.3 != 0,
         is_guest: r.4 != 0,
         deactivated: r.5 != 0,
+        locked: r.6 != 0,
+        suspended: r.7 != 0,
+        shadow_banned: r.8 != 0,
+        ratelimit_override: r.9.zip(r.10),
     }))
 }
 

@@ -13,20 +13,35 @@ pub struct User {
     pub deactivated: bool,
     pub displayname: Option<String>,
     pub avatar_url: Option<String>,
+    pub created_ts: i64,
+    pub locked: bool,
+    pub suspended: bool,
+    pub shadow_banned: bool,
+    pub erased: bool,
+    pub user_type: Option<String>,
 }
 
-type UserRow = (String, Option<String>, i64, i64, i64, Option<String>, Option<String>);
+/// The columns `from_row` reads, in order.
+pub const COLUMNS: &str = "user_id, password_hash, is_admin, is_guest, deactivated, displayname, avatar_url,
+     created_ts, locked, suspended, shadow_banned, erased, user_type";
 
-fn from_row(r: UserRow) -> User {
-    User {
-        user_id: r.0,
-        password_hash: r.1,
-        is_admin: r.2 != 0,
-        is_guest: r.3 != 0,
-        deactivated: r.4 != 0,
-        displayname: r.5,
-        avatar_url: r.6,
-    }
+pub fn from_row(r: &sqlx::any::AnyRow) -> Result<User> {
+    use sqlx::Row;
+    Ok(User {
+        user_id: r.try_get(0)?,
+        password_hash: r.try_get(1)?,
+        is_admin: r.try_get::<i64, _>(2)? != 0,
+        is_guest: r.try_get::<i64, _>(3)? != 0,
+        deactivated: r.try_get::<i64, _>(4)? != 0,
+        displayname: r.try_get(5)?,
+        avatar_url: r.try_get(6)?,
+        created_ts: r.try_get(7)?,
+        locked: r.try_get::<i64, _>(8)? != 0,
+        suspended: r.try_get::<i64, _>(9)? != 0,
+        shadow_banned: r.try_get::<i64, _>(10)? != 0,
+        erased: r.try_get::<i64, _>(11)? != 0,
+        user_type: r.try_get(12)?,
+    })
 }
 
 pub async fn insert(
@@ -53,14 +68,11 @@ pub async fn insert(
 }
 
 pub async fn get(db: &Db, user_id: &str) -> Result<Option<User>> {
-    let row: Option<UserRow> = sqlx::query_as(
-        "SELECT user_id, password_hash, is_admin, is_guest, deactivated, displayname, avatar_url
-         FROM users WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(row.map(from_row))
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM users WHERE user_id = $1"))
+        .bind(user_id)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
 }
 
 pub async fn set_password_hash(conn: &mut AnyConnection, user_id: &str, hash: Option<&str>) -> Result<()> {

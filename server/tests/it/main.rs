@@ -6,6 +6,7 @@ mod harness_forge;
 mod harness_synapse;
 
 mod admin_rooms;
+mod admin_users;
 mod aliases_directory;
 mod client_conformance;
 mod durability;

@@ -6,10 +6,16 @@ pub mod query;
 pub mod register;
 pub mod registration_tokens;
 pub mod rooms;
+pub mod devices;
+pub mod notices;
+mod params;
+pub mod reports;
+pub mod user_media;
+pub mod users;
 
 use axum::{
     extract::FromRequestParts,
-    routing::{get, post},
+    routing::{get, post, put},
     Router,
 };
 
@@ -105,6 +111,56 @@ fn rooms_media_federation(router: Router<AppState>) -> Router<AppState> {
         .route(
             "/_synapse/admin/v1/background_updates/status",
             get(destinations::background_updates),
+        )
+        .merge(user_routes())
+}
+
+/// Users, their devices, sessions and media; server notices; event reports.
+fn user_routes() -> Router<AppState> {
+    const V1: &str = "/_synapse/admin/v1";
+    const USER_V1: &str = "/_synapse/admin/v1/users/{user_id}";
+    const USER_V2: &str = "/_synapse/admin/v2/users/{user_id}";
+    Router::new()
+        .route(&format!("{V1}/server_version"), get(users::server_version))
+        .route("/_synapse/admin/v2/users", get(users::list_v2))
+        .route("/_synapse/admin/v3/users", get(users::list_v3))
+        .route(USER_V2, get(users::query).put(users::create_or_modify))
+        .route(&format!("{V1}/reset_password/{{user_id}}"), post(users::reset_password))
+        .route(&format!("{V1}/whois/{{user_id}}"), get(users::whois))
+        .route(&format!("{V1}/deactivate/{{user_id}}"), post(users::deactivate))
+        .route(&format!("{V1}/suspend/{{user_id}}"), put(users::suspend))
+        .route(&format!("{V1}/username_available"), get(users::username_available))
+        .route(&format!("{USER_V1}/joined_rooms"), get(users::joined_rooms))
+        .route(&format!("{USER_V1}/memberships"), get(users::memberships))
+        .route(&format!("{USER_V1}/accountdata"), get(users::account_data))
+        .route(&format!("{USER_V1}/pushers"), get(users::pushers))
+        .route(
+            &format!("{USER_V1}/shadow_ban"),
+            post(users::shadow_ban).delete(users::unshadow_ban),
+        )
+        .route(
+            &format!("{USER_V1}/override_ratelimit"),
+            get(users::get_ratelimit)
+                .post(users::set_ratelimit)
+                .delete(users::delete_ratelimit),
+        )
+        .route(&format!("{USER_V1}/login"), post(users::login_as))
+        .route(
+            &format!("{USER_V1}/media"),
+            get(user_media::list).delete(user_media::delete),
+        )
+        .route(&format!("{USER_V2}/devices"), get(devices::list))
+        .route(
+            &format!("{USER_V2}/devices/{{device_id}}"),
+            get(devices::get).put(devices::update).delete(devices::delete),
+        )
+        .route(&format!("{USER_V2}/delete_devices"), post(devices::delete_many))
+        .route(&format!("{V1}/send_server_notice"), post(notices::send))
+        .route(&format!("{V1}/send_server_notice/{{txn_id}}"), put(notices::send_txn))
+        .route(&format!("{V1}/event_reports"), get(reports::list))
+        .route(
+            &format!("{V1}/event_reports/{{report_id}}"),
+            get(reports::get).delete(reports::delete),
         )
 }
 

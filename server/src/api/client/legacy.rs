@@ -174,6 +174,10 @@ async fn send_without_txn(
 ) -> ApiResult<Json<Value>> {
     let Path((room_id, event_type)) = path.map_err(path_error)?;
     let room_id = room_id_param(&room_id)?;
+    user.may_write()?;
+    if user.shadow_banned {
+        return Ok(Json(json!({ "event_id": super::message::shadow_banned_event_id() })));
+    }
     if !user.is_admin {
         state
             .rate_limiter

@@ -117,6 +117,7 @@ pub async fn join_by_id(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> ApiResult<join_room_by_id::v3::Response> {
     let user = req.sender()?;
+    user.may_write()?;
     let custom = custom_content(req.json_body.as_ref());
     join(&state, user, &req.room_id, Vec::new(), req.reason.as_deref(), &custom).await?;
     Ok(join_room_by_id::v3::Response::new(req.room_id.clone()))
@@ -127,6 +128,7 @@ pub async fn join_by_id_or_alias(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> ApiResult<join_room_by_id_or_alias::v3::Response> {
     let user = req.sender()?;
+    user.may_write()?;
     let (room_id, mut servers) = resolve_room_with_servers(&state, &req.room_id_or_alias).await?;
     servers.splice(0..0, req.via.iter().cloned());
     let custom = custom_content(req.json_body.as_ref());
@@ -136,6 +138,11 @@ pub async fn join_by_id_or_alias(
 
 pub async fn invite(state: AppState, req: Ruma<invite_user::v3::Request>) -> ApiResult<invite_user::v3::Response> {
     let user = req.sender()?;
+    user.may_write()?;
+    if user.shadow_banned {
+        // As if sent: the invitee never hears of it.
+        return Ok(invite_user::v3::Response::new());
+    }
     let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.recipient else {
         return Err(MatrixError::unrecognized("Third-party invites are not supported")
             .with_status(http::StatusCode::BAD_REQUEST));

@@ -43,6 +43,10 @@ pub fn content_object(json_body: &Option<Value>) -> ApiResult<Value> {
 /// answers its `delay_id`.
 pub async fn send(state: AppState, req: Ruma<send_message_event::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
+    user.may_write()?;
+    if user.shadow_banned {
+        return Ok(json!({ "event_id": shadow_banned_event_id() }));
+    }
     let kind = req.event_type.to_string();
     let template = message_template(&kind, &req.json_body)?;
     if let Some(delay_ms) = super::delayed_events::requested_delay(&req)? {
@@ -88,12 +92,23 @@ async fn send_with_txn(
     parse_event_id(&sent.event_id)
 }
 
+/// What a shadow-banned user's send answers: an event ID like a real one, of an event that
+/// was never sent (Synapse's shadow-ban: the user sees no sign of it).
+pub fn shadow_banned_event_id() -> OwnedEventId {
+    let id = format!("${}", weft_core::util::random_string(43));
+    OwnedEventId::try_from(id).expect("a sigil and alphanumerics make an event ID")
+}
+
 pub fn parse_event_id(id: &str) -> ApiResult<OwnedEventId> {
     OwnedEventId::try_from(id).map_err(|_| MatrixError::unknown("Invalid event ID"))
 }
 
 pub async fn redact(state: AppState, req: Ruma<redact_event::v3::Request>) -> ApiResult<redact_event::v3::Response> {
     let user = req.sender()?;
+    user.may_write()?;
+    if user.shadow_banned {
+        return Ok(redact_event::v3::Response::new(shadow_banned_event_id()));
+    }
     let mut content = json!({});
     if let Some(reason) = &req.reason {
         content["reason"] = json!(reason);

@@ -47,7 +47,7 @@ fn check_own(sender: &AuthUser, target: &UserId) -> ApiResult<()> {
     if sender.user_id != target {
         return Err(MatrixError::forbidden("You cannot change another user's profile"));
     }
-    Ok(())
+    sender.may_write()
 }
 
 pub async fn get_profile(state: AppState, req: Ruma<get_profile::v3::Request>) -> ApiResult<get_profile::v3::Response> {

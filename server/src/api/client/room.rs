@@ -23,6 +23,7 @@ use crate::{
 
 pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -> ApiResult<create_room::v3::Response> {
     let user = req.sender()?;
+    user.may_write()?;
     let body = req.json_body.clone().unwrap_or_default();
     let version = req.room_version.clone().unwrap_or(DEFAULT_ROOM_VERSION);
     if !supported_room_versions().contains(&version) {
@@ -100,7 +101,12 @@ pub async fn create_room(state: AppState, req: Ruma<create_room::v3::Request>) -
             name: req.name.clone(),
             topic: req.topic.clone(),
             alias,
-            invite: req.invite.clone(),
+            // A shadow-banned user's invites reach no one.
+            invite: if user.shadow_banned {
+                Vec::new()
+            } else {
+                req.invite.clone()
+            },
             is_direct: req.is_direct,
             initial_state,
             public: req.visibility == Visibility::Public,

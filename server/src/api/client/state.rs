@@ -102,6 +102,11 @@ pub async fn get_one(
 
 pub async fn put(state: AppState, req: Ruma<send_state_event::v3::Request>) -> ApiResult<Value> {
     let user = req.sender()?;
+    user.may_write()?;
+    if user.shadow_banned {
+        let event_id = super::message::shadow_banned_event_id();
+        return Ok(serde_json::json!({ "event_id": event_id }));
+    }
     let content = content_object(&req.json_body)?;
     let kind = req.event_type.to_string();
     check_state_send(&state, user, req.room_id.as_str(), &kind, &req.state_key, &content).await?;
