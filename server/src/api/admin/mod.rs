@@ -1,5 +1,6 @@
 //! The admin API (Synapse-compatible paths where tooling expects them).
 
+pub mod log_level;
 pub mod register;
 pub mod registration_tokens;
 
@@ -25,6 +26,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/_synapse/admin/v1/registration_tokens/new",
             post(registration_tokens::create),
+        )
+        .route(
+            "/_weft/admin/v1/log_level",
+            get(log_level::get).put(log_level::set),
         )
 }
 
