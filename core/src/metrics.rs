@@ -45,8 +45,7 @@ pub fn event_persisted(core: &Core, pdu: &Pdu) {
         .peek(pdu.room_id.as_str())
         .unwrap_or_else(|| "unknown".into());
     counter!("synapse_storage_events_persisted_events_total").increment(1);
-    counter!("synapse_storage_events_persisted_events_sep_total", "type" => kind, "origin_type" => origin)
-        .increment(1);
+    counter!("synapse_storage_events_persisted_events_sep_total", "type" => kind, "origin_type" => origin).increment(1);
     counter!("weft_storage_events_persisted_total", "room_version" => version).increment(1);
 }
 
@@ -109,9 +108,24 @@ pub fn transaction_failed(destination: &str, permanent: bool) {
 pub fn record_gauges(core: &Core) {
     record_pool(&core.db);
     let caches = core.db.caches();
-    cache("state_groups", caches.state_groups.len(), caches.state_groups.hits(), caches.state_groups.misses());
-    cache("room_versions", caches.room_versions.len(), caches.room_versions.hits(), caches.room_versions.misses());
-    cache("graph_events", caches.graph_events.len(), caches.graph_events.hits(), caches.graph_events.misses());
+    cache(
+        "state_groups",
+        caches.state_groups.len(),
+        caches.state_groups.hits(),
+        caches.state_groups.misses(),
+    );
+    cache(
+        "room_versions",
+        caches.room_versions.len(),
+        caches.room_versions.hits(),
+        caches.room_versions.misses(),
+    );
+    cache(
+        "graph_events",
+        caches.graph_events.len(),
+        caches.graph_events.hits(),
+        caches.graph_events.misses(),
+    );
     for (name, stats) in core.memos.stats() {
         cache(name, stats.len, stats.hits, stats.misses);
     }

@@ -7,12 +7,7 @@ use std::sync::{
     Mutex, OnceLock,
 };
 
-use axum::{
-    extract::Request,
-    http::HeaderValue,
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, http::HeaderValue, middleware::Next, response::Response};
 use tracing_subscriber::{fmt, layer::SubscriberExt, reload, util::SubscriberInitExt, EnvFilter, Registry};
 
 use crate::config::LogConfig;
@@ -94,11 +89,7 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 /// Gives each request its ID, before the access log opens the request's span.
 pub async fn request_id(mut req: Request, next: Next) -> Response {
-    let id = format!(
-        "{}-{}",
-        req.method(),
-        NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = format!("{}-{}", req.method(), NEXT_REQUEST.fetch_add(1, Ordering::Relaxed));
     let header = HeaderValue::from_str(&id).ok();
     req.extensions_mut().insert(RequestId(id));
     let mut res = next.run(req).await;

@@ -73,7 +73,9 @@ pub fn install(mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
 
 /// The routes of a listener that serves `metrics`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape)).route("/_synapse/metrics", get(scrape))
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/_synapse/metrics", get(scrape))
 }
 
 /// # `GET /metrics` (also `/_synapse/metrics`, where Synapse serves them)
@@ -107,7 +109,8 @@ pub async fn record_request(req: Request, next: Next) -> Response {
     let started = Instant::now();
     counter!("synapse_http_server_requests_received_total", "method" => method, "servlet" => servlet.clone())
         .increment(1);
-    let in_flight = gauge!("synapse_http_server_in_flight_requests_count", "method" => method, "servlet" => servlet.clone());
+    let in_flight =
+        gauge!("synapse_http_server_in_flight_requests_count", "method" => method, "servlet" => servlet.clone());
     in_flight.increment(1.0);
     // Counted out also when the client goes away and the handler is dropped.
     let _in_flight = scopeguard(move || in_flight.decrement(1.0));

@@ -69,7 +69,11 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
-    if config.listeners.iter().any(|l| l.apis.contains(&crate::config::Api::Metrics)) {
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.apis.contains(&crate::config::Api::Metrics))
+    {
         tasks.push(crate::metrics::install(stop_rx.clone()));
     }
     {

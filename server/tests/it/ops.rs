@@ -181,9 +181,7 @@ fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => {
-                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
+            prometheus_parse::Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
             prometheus_parse::Value::Summary(_) => panic!("{metric} is a summary, not a histogram"),
         })
         .sum()
@@ -243,7 +241,10 @@ both_backends!(metrics_count_requests_and_persisted_events, |backend| async move
     let by_servlet = [("method", "PUT"), ("servlet", servlet)];
     assert_eq!(delta("synapse_http_server_requests_received_total", &by_servlet), 3.0);
     assert_eq!(
-        delta("synapse_http_server_responses_total", &[("method", "PUT"), ("code", "200")]),
+        delta(
+            "synapse_http_server_responses_total",
+            &[("method", "PUT"), ("code", "200")]
+        ),
         3.0
     );
     assert_eq!(
@@ -277,7 +278,10 @@ both_backends!(metrics_count_requests_and_persisted_events, |backend| async move
     // Caches, the federation queue (nothing to send: no other server), the process.
     assert!(value(&after, "synapse_util_caches_cache", &[("name", "room_versions")]) >= 1.0);
     assert!(has(&after, "synapse_util_caches_cache_hits"));
-    assert_eq!(value(&after, "synapse_federation_transaction_queue_pending_pdus", &[]), 0.0);
+    assert_eq!(
+        value(&after, "synapse_federation_transaction_queue_pending_pdus", &[]),
+        0.0
+    );
     assert!(value(&after, "process_resident_memory_bytes", &[]) > 1_000_000.0);
     assert!(has(&after, "process_cpu_seconds_total"));
 
@@ -299,7 +303,11 @@ both_backends!(metrics_count_requests_and_persisted_events, |backend| async move
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(waiting >= 1.0, "the long-poll is counted as waiting");
-    let woken_before = value(&weft.scrape().await, "synapse_notifier_users_woken_by_stream_total", &[]);
+    let woken_before = value(
+        &weft.scrape().await,
+        "synapse_notifier_users_woken_by_stream_total",
+        &[],
+    );
     send_text(&alice, &room, "wake", "wake up").await;
     let (status, _) = poll.await.unwrap();
     assert_eq!(status, 200);
@@ -315,7 +323,9 @@ both_backends!(metrics_count_requests_and_persisted_events, |backend| async move
 async fn json_log_lines_carry_the_request_id() {
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
     let weft = Weft::start(&db, "info").await;
-    let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base)).await.unwrap();
+    let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let id = res
         .headers()
@@ -331,7 +341,9 @@ async fn json_log_lines_carry_the_request_id() {
     assert_eq!(line["fields"]["status"], 200);
     assert_eq!(line["span"]["path"], "/_matrix/client/versions");
     // Another request, another ID.
-    let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base)).await.unwrap();
+    let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base))
+        .await
+        .unwrap();
     assert_ne!(res.headers()["x-request-id"].to_str().unwrap(), id);
     weft.stop();
     db.drop_db().await;
@@ -361,7 +373,9 @@ async fn the_log_level_changes_without_a_restart() {
     let bob = anon.register("bob", "pw").await;
 
     let request_id = || async {
-        let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base)).await.unwrap();
+        let res = reqwest::get(format!("{}/_matrix/client/versions", weft.base))
+            .await
+            .unwrap();
         res.headers()["x-request-id"].to_str().unwrap().to_owned()
     };
     let quiet = request_id().await;
@@ -371,8 +385,14 @@ async fn the_log_level_changes_without_a_restart() {
     assert_eq!((status, body["level"].as_str()), (200, Some("warn")));
     let (status, body) = bob.put("/_weft/admin/v1/log_level", json!({"level": "info"})).await;
     assert_eq!((status, body["errcode"].as_str()), (403, Some("M_FORBIDDEN")));
-    let (status, body) = admin.put("/_weft/admin/v1/log_level", json!({"level": "nonsense=["})).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("M_INVALID_PARAM")), "{body}");
+    let (status, body) = admin
+        .put("/_weft/admin/v1/log_level", json!({"level": "nonsense=["}))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     let (status, body) = admin.put("/_weft/admin/v1/log_level", json!({"level": "info"})).await;
     assert_eq!(status, 200, "{body}");
     let loud = request_id().await;
@@ -421,7 +441,9 @@ both_backends!(sigterm_under_load_loses_nothing_acknowledged, |backend| async mo
     let poller = clients[1].clone();
     let poll = tokio::spawn(async move {
         poller
-            .get(&format!("/_matrix/client/v3/sync?timeout=120000&since={since}&filter={filter}"))
+            .get(&format!(
+                "/_matrix/client/v3/sync?timeout=120000&since={since}&filter={filter}"
+            ))
             .await
     });
 
@@ -452,7 +474,10 @@ both_backends!(sigterm_under_load_loses_nothing_acknowledged, |backend| async mo
                     break;
                 }
                 let Ok(body) = res.json::<Value>().await else { break };
-                acked.lock().unwrap().push(body["event_id"].as_str().unwrap().to_owned());
+                acked
+                    .lock()
+                    .unwrap()
+                    .push(body["event_id"].as_str().unwrap().to_owned());
             }
         }));
     }

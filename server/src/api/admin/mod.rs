@@ -27,10 +27,7 @@ pub fn router() -> Router<AppState> {
             "/_synapse/admin/v1/registration_tokens/new",
             post(registration_tokens::create),
         )
-        .route(
-            "/_weft/admin/v1/log_level",
-            get(log_level::get).put(log_level::set),
-        )
+        .route("/_weft/admin/v1/log_level", get(log_level::get).put(log_level::set))
 }
 
 /// An authenticated server admin.
