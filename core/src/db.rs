@@ -114,13 +114,13 @@ impl WriteTx {
 
     /// Returns once the transaction is durable.
     pub async fn commit(mut self) -> Result<()> {
-        self.committed = true;
-        let inner = std::mem::replace(&mut self.inner, TxInner::Done);
-        match inner {
+        match std::mem::replace(&mut self.inner, TxInner::Done) {
             TxInner::Postgres(tx) => tx.commit().await?,
             TxInner::Sqlite(tx) => tx.commit().await?,
             TxInner::Done => {}
         }
+        // Only now: a failed commit counts as a rollback.
+        self.committed = true;
         Ok(())
     }
 }

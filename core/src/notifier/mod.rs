@@ -222,6 +222,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_closed_notifier_answers_waiters_at_once() {
+        let notifier = Arc::new(Notifier::new());
+        let mut interest = notifier.interest("@a:x", vec!["!r:x".into()]);
+        let waiting = notifier.clone();
+        let waiter = tokio::spawn(async move { waiting.wait(&mut interest, Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        notifier.close();
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter answers at once")
+            .unwrap();
+        assert!(!woke, "as if its timeout passed: nothing changed");
+        let mut later = notifier.interest("@a:x", vec![]);
+        assert!(
+            !notifier.wait(&mut later, Duration::from_secs(60)).await,
+            "no new wait waits"
+        );
+    }
+
+    #[tokio::test]
     async fn waking_everyone_wakes_every_waiter_and_ticks_workers() {
         let notifier = Notifier::new();
         let tick = notifier.subscribe();

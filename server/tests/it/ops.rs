@@ -522,76 +522,80 @@ both_backends!(sigterm_under_load_loses_nothing_acknowledged, |backend| async mo
     db.drop_db().await;
 });
 
-both_backends!(metrics_count_federation_transactions_per_destination, |backend| async move {
-    // In process: the exporter is the test binary's, so only what names this test's own
-    // servers (the destination, unique per run) is asserted exactly.
-    let ca = crate::harness_federation::TestCa::new();
-    let with_metrics = |config: &mut weft::config::Config| {
-        config.listeners.push(weft::config::ListenerConfig {
-            address: [127, 0, 0, 1].into(),
-            port: 0,
-            apis: vec![weft::config::Api::Metrics],
-            tls_cert: None,
-            tls_key: None,
-        });
-    };
-    let Some(a) = FederatedServer::start_with(backend, &ca, with_metrics).await else { return };
-    let Some(b) = FederatedServer::start(backend, &ca).await else { return };
-    let metrics_addr = a.server.running.as_ref().unwrap().addrs[2];
-    let scrape = || async move {
-        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let lines = text.lines().map(|l| Ok(without_braces_in_values(l)));
-        prometheus_parse::Scrape::parse(lines).unwrap()
-    };
-    let to_b = [("destination", b.server_name()), ("outcome", "sent")];
-    assert_eq!(
-        value(&scrape().await, "weft_federation_transactions_total", &to_b),
-        0.0
-    );
+both_backends!(
+    metrics_count_federation_transactions_per_destination,
+    |backend| async move {
+        // In process: the exporter is the test binary's, so only what names this test's own
+        // servers (the destination, unique per run) is asserted exactly.
+        let ca = crate::harness_federation::TestCa::new();
+        let with_metrics = |config: &mut weft::config::Config| {
+            config.listeners.push(weft::config::ListenerConfig {
+                address: [127, 0, 0, 1].into(),
+                port: 0,
+                apis: vec![weft::config::Api::Metrics],
+                tls_cert: None,
+                tls_key: None,
+            });
+        };
+        let Some(a) = FederatedServer::start_with(backend, &ca, with_metrics).await else {
+            return;
+        };
+        let Some(b) = FederatedServer::start(backend, &ca).await else {
+            return;
+        };
+        let metrics_addr = a.server.running.as_ref().unwrap().addrs[2];
+        let scrape = || async move {
+            let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let lines = text.lines().map(|l| Ok(without_braces_in_values(l)));
+            prometheus_parse::Scrape::parse(lines).unwrap()
+        };
+        let to_b = [("destination", b.server_name()), ("outcome", "sent")];
+        assert_eq!(value(&scrape().await, "weft_federation_transactions_total", &to_b), 0.0);
 
-    let alice = a.register("alice", "pw").await;
-    let bob = b.register("bob", "pw").await;
-    let room = crate::rooms::create_room(&alice, json!({"preset": "public_chat"})).await;
-    let (status, body) = bob
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?via={}",
-                urlencode(&room),
-                urlencode(a.server_name())
-            ),
-            json!({}),
-        )
+        let alice = a.register("alice", "pw").await;
+        let bob = b.register("bob", "pw").await;
+        let room = crate::rooms::create_room(&alice, json!({"preset": "public_chat"})).await;
+        let (status, body) = bob
+            .post(
+                &format!(
+                    "/_matrix/client/v3/join/{}?via={}",
+                    urlencode(&room),
+                    urlencode(a.server_name())
+                ),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        crate::federation_rooms::send_text(&alice, &room, "over federation").await;
+        crate::federation_rooms::eventually("A's message on B", || async {
+            crate::federation_rooms::bodies(&bob, &room)
+                .await
+                .contains(&"over federation".to_owned())
+                .then_some(())
+        })
         .await;
-    assert_eq!(status, 200, "{body}");
-    crate::federation_rooms::send_text(&alice, &room, "over federation").await;
-    crate::federation_rooms::eventually("A's message on B", || async {
-        crate::federation_rooms::bodies(&bob, &room)
-            .await
-            .contains(&"over federation".to_owned())
-            .then_some(())
-    })
-    .await;
-    // The message reached B in a transaction A counts as sent to B; its queue drained.
-    let sent = crate::federation_rooms::eventually("a transaction to B counted", || async {
-        let scrape = scrape().await;
-        let sent = value(&scrape, "weft_federation_transactions_total", &to_b);
-        (sent >= 1.0).then_some(scrape)
-    })
-    .await;
-    assert!(value(&sent, "synapse_federation_client_sent_transactions_total", &[]) >= 1.0);
-    assert!(
-        value(
-            &sent,
-            "synapse_storage_events_persisted_events_sep_total",
-            &[("origin_type", "remote")]
-        ) >= 1.0,
-        "B's copy of A's events counts as remote"
-    );
-    a.stop().await;
-    b.stop().await;
-});
+        // The message reached B in a transaction A counts as sent to B; its queue drained.
+        let sent = crate::federation_rooms::eventually("a transaction to B counted", || async {
+            let scrape = scrape().await;
+            let sent = value(&scrape, "weft_federation_transactions_total", &to_b);
+            (sent >= 1.0).then_some(scrape)
+        })
+        .await;
+        assert!(value(&sent, "synapse_federation_client_sent_transactions_total", &[]) >= 1.0);
+        assert!(
+            value(
+                &sent,
+                "synapse_storage_events_persisted_events_sep_total",
+                &[("origin_type", "remote")]
+            ) >= 1.0,
+            "B's copy of A's events counts as remote"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+);
