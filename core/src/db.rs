@@ -12,7 +12,7 @@ mod sqlite_writer;
 use std::{
     str::FromStr,
     sync::{atomic::AtomicU64, Arc, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sqlx::{
@@ -68,55 +68,87 @@ pub struct Caches {
 }
 
 /// A write transaction: dropped without `commit`, it is rolled back.
-pub enum WriteTx {
+pub struct WriteTx {
+    inner: TxInner,
+    /// When it began, for the transaction-time metric.
+    started: Instant,
+    committed: bool,
+}
+
+enum TxInner {
     Postgres(sqlx::Transaction<'static, sqlx::Any>),
     /// Holds SQLite's writer until committed or dropped.
     Sqlite(SqliteTx),
+    /// Taken by `commit`.
+    Done,
 }
 
 impl WriteTx {
+    fn new(inner: TxInner, asked: Instant) -> WriteTx {
+        let started = Instant::now();
+        crate::metrics::db_scheduled(started - asked);
+        WriteTx {
+            inner,
+            started,
+            committed: false,
+        }
+    }
+
     /// SQL that releases SQLite's savepoint, for the caller to end its last statement with
     /// (`Batch::close_with`), so that `commit` needs one hand-off to the writer's worker thread
     /// fewer; call `released` once that statement succeeded. `None` on PostgreSQL.
     pub fn release_sql(&self) -> Option<&'static str> {
-        match self {
-            WriteTx::Postgres(_) => None,
-            WriteTx::Sqlite(_) => Some(SqliteTx::RELEASE),
+        match &self.inner {
+            TxInner::Postgres(_) => None,
+            TxInner::Sqlite(_) => Some(SqliteTx::RELEASE),
+            TxInner::Done => None,
         }
     }
 
     /// Records that the statement ending with `release_sql` succeeded.
     pub fn released(&mut self) {
-        if let WriteTx::Sqlite(tx) = self {
+        if let TxInner::Sqlite(tx) = &mut self.inner {
             tx.released();
         }
     }
 
     /// Returns once the transaction is durable.
-    pub async fn commit(self) -> Result<()> {
-        match self {
-            WriteTx::Postgres(tx) => tx.commit().await?,
-            WriteTx::Sqlite(tx) => tx.commit().await?,
+    pub async fn commit(mut self) -> Result<()> {
+        match std::mem::replace(&mut self.inner, TxInner::Done) {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Sqlite(tx) => tx.commit().await?,
+            TxInner::Done => {}
         }
+        // Only now: a failed commit counts as a rollback.
+        self.committed = true;
         Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let outcome = if self.committed { "commit" } else { "rollback" };
+        crate::metrics::db_transaction(self.started.elapsed(), outcome);
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = AnyConnection;
     fn deref(&self) -> &Self::Target {
-        match self {
-            WriteTx::Postgres(tx) => tx,
-            WriteTx::Sqlite(tx) => tx.conn_ref(),
+        match &self.inner {
+            TxInner::Postgres(tx) => tx,
+            TxInner::Sqlite(tx) => tx.conn_ref(),
+            TxInner::Done => unreachable!("a committed transaction is consumed"),
         }
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        match self {
-            WriteTx::Postgres(tx) => tx,
-            WriteTx::Sqlite(tx) => tx.conn(),
+        match &mut self.inner {
+            TxInner::Postgres(tx) => tx,
+            TxInner::Sqlite(tx) => tx.conn(),
+            TxInner::Done => unreachable!("a committed transaction is consumed"),
         }
     }
 }
@@ -218,7 +250,10 @@ impl Db {
 
     /// A pooled connection for a sequence of reads.
     pub async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.pool.acquire().await?)
+        let asked = Instant::now();
+        let conn = self.pool.acquire().await?;
+        crate::metrics::db_scheduled(asked.elapsed());
+        Ok(conn)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -235,22 +270,26 @@ impl Db {
 
     /// Starts a transaction that will write.
     pub async fn write(&self) -> Result<WriteTx> {
-        Ok(match &self.sqlite_writer {
-            Some(writer) => WriteTx::Sqlite(writer.begin().await?),
-            None => WriteTx::Postgres(self.pool.begin().await?),
-        })
+        let asked = Instant::now();
+        let inner = match &self.sqlite_writer {
+            Some(writer) => TxInner::Sqlite(writer.begin().await?),
+            None => TxInner::Postgres(self.pool.begin().await?),
+        };
+        Ok(WriteTx::new(inner, asked))
     }
 
     /// `write`, possibly leaving SQLite's savepoint to the caller's first statement, which
     /// must then start with the returned prefix (see `SqliteWriter::begin_deferred`).
     pub async fn write_deferred(&self) -> Result<(WriteTx, &'static str)> {
-        Ok(match &self.sqlite_writer {
+        let asked = Instant::now();
+        let (inner, prefix) = match &self.sqlite_writer {
             Some(writer) => {
                 let (tx, prefix) = writer.begin_deferred().await?;
-                (WriteTx::Sqlite(tx), prefix.unwrap_or(""))
+                (TxInner::Sqlite(tx), prefix.unwrap_or(""))
             }
-            None => (WriteTx::Postgres(self.pool.begin().await?), ""),
-        })
+            None => (TxInner::Postgres(self.pool.begin().await?), ""),
+        };
+        Ok((WriteTx::new(inner, asked), prefix))
     }
 
     pub async fn close(&self) {

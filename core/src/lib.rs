@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod media;
 pub mod memo;
+pub mod metrics;
 pub mod notifier;
 pub mod openid;
 pub mod outbox;

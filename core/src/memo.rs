@@ -105,6 +105,29 @@ impl Default for Memos {
     }
 }
 
+/// A cache's size and lookups so far, for the metrics.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheStats {
+    pub len: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl Memos {
+    /// Each memo's name and counts.
+    pub fn stats(&self) -> [(&'static str, CacheStats); 7] {
+        [
+            ("memo_presence", self.presence.stats()),
+            ("memo_to_device_acked", self.to_device_acked.stats()),
+            ("memo_sync_rooms", self.sync_rooms.stats()),
+            ("memo_rooms_with_events", self.rooms_with_events.stats()),
+            ("memo_timelines", self.timelines.stats()),
+            ("memo_relations", self.relations.stats()),
+            ("memo_lazy_members", self.lazy_members.stats()),
+        ]
+    }
+}
+
 /// How long the presence memo is trusted: presence written by another process (or directly in
 /// the database) is noticed within this.
 pub const PRESENCE_MAX_AGE_MS: i64 = 10_000;
@@ -136,6 +159,14 @@ where
 
     pub fn set(&self, key: K, value: V) {
         self.0.insert(key, value);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            len: self.0.len(),
+            hits: self.0.hits(),
+            misses: self.0.misses(),
+        }
     }
 }
 

@@ -280,6 +280,10 @@ async fn send_all(shared: &Shared, destination: &str, lease_name: &str, mut stop
                 }
             }
         };
+        match &result {
+            Ok(()) => weft_core::metrics::transaction_sent(destination, batch.pdus.len(), batch.edus.len()),
+            Err(e) => weft_core::metrics::transaction_failed(destination, !e.retry),
+        }
         match result {
             Ok(()) => outbox::ack(core, destination, batch.last_pos).await?,
             Err(e) if e.retry => {

@@ -74,7 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{EXAMPLE_CONFIG}");
             Ok(())
         }
-        Command::Serve(arg) => serve(load(&arg)?).await,
+        Command::Serve(arg) => serve(load(&arg)?, arg.config).await,
         Command::Key {
             command: KeyCommand::Rotate(arg),
         } => {
@@ -132,7 +132,7 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     Config::load(arg.config.as_deref()).map_err(|e| anyhow::anyhow!(e))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
     let running = server::start(config.clone()).await?;
     if users::count(&running.state.db).await? == 0 {
@@ -150,11 +150,35 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let stop = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: no new connections; requests in flight finish");
         let _ = stop.send(true);
     });
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(config_path));
     running.wait().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// On SIGHUP, reads the configuration file again and applies its `log.level` (the one setting
+/// that changes without a restart).
+#[cfg(unix)]
+async fn reload_on_hangup(config_path: Option<PathBuf>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the log level changes only through the admin API");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match Config::load(config_path.as_deref()) {
+            Ok(config) => {
+                if let Err(e) = crate::logging::set_level(&config.log.level) {
+                    tracing::warn!("SIGHUP: log.level: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("SIGHUP: cannot read the configuration again, nothing changed: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -170,22 +194,5 @@ async fn shutdown_signal() {
 }
 
 pub fn init_logging(config: &Config) {
-    use tracing_subscriber::{fmt, EnvFilter};
-    // ruma's auth checks log every event at info; keep them quiet unless asked for by name.
-    let mut directives = config.log.level.clone();
-    if !directives.contains("ruma_state_res") {
-        directives.push_str(",ruma_state_res=warn");
-    }
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info,ruma_state_res=warn"));
-    // Colours only for a terminal: a log written to a file or a pipe stays plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    let _ = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    crate::logging::init(&config.log);
 }

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod cli;
 pub mod delayed_timer;
+pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod pusher;
 pub mod router;
 pub mod server;

@@ -30,16 +30,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
-/// Starts the pusher; it ends when `stop` turns true (or its sender goes away).
+/// How long a stopping pusher lets the sends it started finish: their batches are claimed, so
+/// one cut short would not be sent again.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Starts the pusher; it ends when `stop` turns true (or its sender goes away), once the sends
+/// in flight have finished (within `DRAIN`).
 pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(run(state, stop))
+    tokio::spawn(async move {
+        let mut sends = JoinSet::new();
+        run(state, stop, &mut sends).await;
+        if !sends.is_empty() && tokio::time::timeout(DRAIN, sends.join_all()).await.is_err() {
+            tracing::warn!("pusher: sends still in flight at shutdown were abandoned");
+        }
+    })
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+async fn run(state: AppState, mut stop: watch::Receiver<bool>, sends: &mut JoinSet<()>) {
     let builder = state.extra_roots.iter().fold(reqwest::Client::builder(), |b, root| {
         b.add_root_certificate(root.clone())
     });
@@ -51,15 +62,13 @@ async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
     };
     let mut tick = state.core.notifier.subscribe();
-    // Dropped on return, which aborts any send still in flight.
-    let mut sends = JoinSet::new();
     let mut locks: HashMap<PusherKey, Arc<Mutex<()>>> = HashMap::new();
     loop {
         while sends.try_join_next().is_some() {}
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);
         let polled = tokio::select! {
             _ = stopped(&mut stop) => return,
-            r = round(&state, &client, &mut sends, &mut locks) => r,
+            r = round(&state, &client, sends, &mut locks) => r,
         };
         match polled {
             Ok(true) => continue,

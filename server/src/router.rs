@@ -41,6 +41,12 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
     if apis.contains(&Api::Admin) {
         router = router.merge(api::admin::router());
     }
+    if apis.contains(&Api::Client) {
+        router = router.route("/health", axum::routing::get(health));
+    }
+    if apis.contains(&Api::Metrics) {
+        router = router.merge(crate::metrics::router());
+    }
     if apis.contains(&Api::Federation) {
         router = router.merge(weft_federation::router());
     } else if apis.contains(&Api::Keys) {
@@ -54,13 +60,24 @@ pub fn build(state: AppState, apis: &[Api]) -> Router {
         }))
         .layer(cors())
         .layer(middleware::from_fn(close_if_body_unread))
+        .layer(middleware::from_fn(crate::metrics::record_request))
         .layer(access_log())
+        .layer(middleware::from_fn(crate::logging::request_id))
         .with_state(state)
+}
+
+/// # `GET /health`
+///
+/// `OK` while the server runs, for load balancers and container health checks (Synapse
+/// answers the same).
+async fn health() -> &'static str {
+    "OK"
 }
 
 /// One `info` line per request once answered, as Synapse logs: method, path (without an
 /// access token), status, duration, and the user once authentication named them (on the
-/// request's span, which every line logged while handling the request carries too).
+/// request's span, which every line logged while handling the request carries too, with the
+/// request's ID).
 fn access_log() -> TraceLayer<
     SharedClassifier<ServerErrorsAsFailures>,
     impl Fn(&Request) -> Span + Clone,
@@ -69,8 +86,14 @@ fn access_log() -> TraceLayer<
 > {
     TraceLayer::new_for_http()
         .make_span_with(|req: &Request| {
+            let id = req
+                .extensions()
+                .get::<crate::logging::RequestId>()
+                .map(|id| id.0.as_str())
+                .unwrap_or_default();
             tracing::info_span!(
                 "request",
+                request_id = id,
                 method = %req.method(),
                 path = %loggable_path(req.uri()),
                 user = tracing::field::Empty,

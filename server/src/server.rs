@@ -1,12 +1,22 @@
 //! Starting and stopping a server: database, migrations, the notifier's relay (PostgreSQL),
 //! listeners, the built-in TURN relay (when enabled), the pusher.
+//!
+//! Stopping is graceful: listeners stop accepting, requests in flight get `SHUTDOWN_GRACE` to
+//! finish (long-polls answer at once: the notifier closes), background work ends at a point
+//! where nothing is lost (the federation sender's pinned batch is resent after a restart with
+//! the same transaction ID, the pusher finishes the sends it claimed), then the database
+//! closes. A client told that a write succeeded was told after its commit, so a stop loses
+//! nothing acknowledged.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch};
 use weft_core::{notifier::relay, Backend, Db};
 
 use crate::{config::Config, router, state::AppState};
+
+/// How long requests in flight may take to finish once the server stops accepting.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// A running server; dropping it does not stop it, `shutdown` does.
 pub struct Running {
@@ -22,17 +32,16 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, closes the database pool.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        self.state.db.close().await;
+        self.wait().await;
     }
 
-    /// Resolves when every listener has stopped.
+    /// Resolves when every listener and background task has stopped (after `stopper()` was
+    /// told to stop), and the database is closed.
     pub async fn wait(self) {
         for task in self.tasks {
             let _ = task.await;
         }
+        self.state.db.close().await;
     }
 
     pub fn stopper(&self) -> watch::Sender<bool> {
@@ -68,6 +77,22 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let (stop, stop_rx) = watch::channel(false);
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
+    if config
+        .listeners
+        .iter()
+        .any(|l| l.apis.contains(&crate::config::Api::Metrics))
+    {
+        tasks.push(crate::metrics::install(stop_rx.clone()));
+    }
+    {
+        // Long-polls answer at once when stopping, so that in-flight requests end quickly.
+        let notifier = core.notifier.clone();
+        let mut stop_rx = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+            notifier.close();
+        }));
+    }
     if core.db.backend() == Backend::Postgres {
         // Before serving: other processes on this database must be heard from the start.
         tasks.push(relay::start(&core, &config.database.url, stop_rx.clone()).await?);
@@ -122,17 +147,31 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(async move {
             let result = match tls {
                 None => {
+                    let mut grace_rx = stop_rx.clone();
                     let shutdown = async move {
                         let _ = stop_rx.wait_for(|stop| *stop).await;
                     };
-                    axum::serve(socket, service).with_graceful_shutdown(shutdown).await
+                    let serve = axum::serve(socket, service).with_graceful_shutdown(shutdown);
+                    // Graceful shutdown waits for every connection; past the grace, the rest
+                    // are dropped.
+                    let grace = async move {
+                        let _ = grace_rx.wait_for(|stop| *stop).await;
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    };
+                    tokio::select! {
+                        result = serve => result,
+                        _ = grace => {
+                            tracing::warn!(%addr, "requests still in flight after the shutdown grace were dropped");
+                            Ok(())
+                        }
+                    }
                 }
                 Some(tls) => {
                     let handle = axum_server::Handle::new();
                     let stopper = handle.clone();
                     tokio::spawn(async move {
                         let _ = stop_rx.wait_for(|stop| *stop).await;
-                        stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+                        stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
                     });
                     match socket.into_std() {
                         Ok(std_socket) => {

@@ -11,7 +11,10 @@ pub mod relay;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock, RwLock,
+    },
     time::Duration,
 };
 
@@ -50,6 +53,8 @@ pub struct Notifier {
     counters: RwLock<Counters>,
     /// Where changes made here go out to the other processes (PostgreSQL only).
     relay: OnceLock<Arc<relay::Outbox>>,
+    /// Set when the server shuts down: waiters answer at once, as if their timeout passed.
+    closing: AtomicBool,
 }
 
 impl Default for Notifier {
@@ -82,7 +87,19 @@ impl Notifier {
             tick: watch::channel(0).0,
             counters: RwLock::new(Counters::default()),
             relay: OnceLock::new(),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// The server is shutting down: every waiter answers now with what it has (a long-poll
+    /// its empty answer), and later waits do not wait, so in-flight requests finish quickly.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     fn bump(&self, f: impl FnOnce(&mut Counters)) {
@@ -121,6 +138,7 @@ impl Notifier {
     /// Wakes this process's waiters on these rooms and users, and nobody elsewhere: for changes
     /// that other processes relayed here or see for themselves (a typing entry's expiry).
     pub(crate) fn wake<'a>(&self, rooms: impl IntoIterator<Item = &'a str>, users: impl IntoIterator<Item = &'a str>) {
+        crate::metrics::notifier_wakeup("change");
         self.bump(|c| {
             rooms.into_iter().for_each(|r| bump(&mut c.rooms, r));
             users.into_iter().for_each(|u| bump(&mut c.users, u));
@@ -129,6 +147,7 @@ impl Notifier {
 
     /// Wakes every waiter here: changes made elsewhere may have gone unannounced.
     pub(crate) fn wake_everyone(&self) {
+        crate::metrics::notifier_wakeup("everyone");
         self.bump(|c| c.everyone += 1);
     }
 
@@ -158,8 +177,11 @@ impl Notifier {
     /// Waits until something in `interest` changes or `timeout` passes; true if it changed.
     /// The interest then records the new counters, so waiting again waits for the next change.
     pub async fn wait(&self, interest: &mut Interest, timeout: Duration) -> bool {
+        let waiting = crate::metrics::Waiting::start();
         let changed = self.wait_inner(interest, timeout).await;
+        drop(waiting);
         if changed {
+            crate::metrics::waiter_woken();
             interest.record(&self.counters.read().unwrap_or_else(|e| e.into_inner()));
         }
         changed
@@ -169,6 +191,9 @@ impl Notifier {
         let mut rx = self.tick.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if self.closing() {
+                return false;
+            }
             if self.changed(interest) {
                 return true;
             }
@@ -194,6 +219,26 @@ mod tests {
         assert!(notifier.wait(&mut interest, Duration::ZERO).await);
         // The interest recorded what it saw: the same change does not wake it twice.
         assert!(!notifier.wait(&mut interest, Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_closed_notifier_answers_waiters_at_once() {
+        let notifier = Arc::new(Notifier::new());
+        let mut interest = notifier.interest("@a:x", vec!["!r:x".into()]);
+        let waiting = notifier.clone();
+        let waiter = tokio::spawn(async move { waiting.wait(&mut interest, Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        notifier.close();
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter answers at once")
+            .unwrap();
+        assert!(!woke, "as if its timeout passed: nothing changed");
+        let mut later = notifier.interest("@a:x", vec![]);
+        assert!(
+            !notifier.wait(&mut later, Duration::from_secs(60)).await,
+            "no new wait waits"
+        );
     }
 
     #[tokio::test]

@@ -171,6 +171,32 @@ pub async fn discard(core: &Core, destination: &str, last_pos: i64, error: &str)
     Ok(())
 }
 
+/// What the outbox holds, over every destination.
+#[derive(Debug, Default)]
+pub struct Depth {
+    pub pdus: i64,
+    pub edus: i64,
+    /// Destinations with at least one row.
+    pub destinations: i64,
+}
+
+/// How much the outbox holds: a count over the queue's rows, for the metrics.
+pub async fn depth(core: &Core) -> Result<Depth> {
+    let row = sqlx::query(
+        "SELECT COALESCE(SUM(CASE WHEN kind = 'pdu' THEN 1 ELSE 0 END), 0) AS pdus,
+                COALESCE(SUM(CASE WHEN kind = 'edu' THEN 1 ELSE 0 END), 0) AS edus,
+                COUNT(DISTINCT destination) AS destinations
+         FROM federation_outbox",
+    )
+    .fetch_one(core.db.pool())
+    .await?;
+    Ok(Depth {
+        pdus: row.try_get("pdus")?,
+        edus: row.try_get("edus")?,
+        destinations: row.try_get("destinations")?,
+    })
+}
+
 /// A queued row with what it carries: the event's signed JSON for a PDU (`None` if the event
 /// is gone), the EDU's JSON for an EDU.
 struct Queued {

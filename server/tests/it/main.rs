@@ -40,6 +40,7 @@ mod media;
 mod migrations;
 mod multi_process;
 mod openid;
+mod ops;
 mod push;
 mod read_endpoints;
 mod registration;

@@ -266,6 +266,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// Wakes syncs for a committed event: the room's members, and the target of a membership
 /// change (who may not be a member yet, e.g. an invitee).
 pub fn notify_committed(core: &Core, pdu: &Pdu) {
+    crate::metrics::event_persisted(core, pdu);
     core.notifier.room_changed(pdu.room_id.as_str());
     if let (ruma::events::TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
         core.notifier.user_changed(target);

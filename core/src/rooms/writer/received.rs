@@ -101,8 +101,12 @@ async fn store(
             }
         };
         tx.commit().await?;
-        if outcome.stream_pos.is_some() && !backfilled {
-            notify_committed(core, &outcome.pdu);
+        if outcome.stream_pos.is_some() {
+            if backfilled {
+                crate::metrics::event_persisted(core, &outcome.pdu);
+            } else {
+                notify_committed(core, &outcome.pdu);
+            }
         }
         return Ok(Received::Stored(outcome));
     }

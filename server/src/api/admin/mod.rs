@@ -1,6 +1,7 @@
 //! The admin API (Synapse-compatible paths where tooling expects them).
 
 pub mod destinations;
+pub mod log_level;
 pub mod media;
 pub mod query;
 pub mod register;
@@ -162,6 +163,7 @@ fn user_routes() -> Router<AppState> {
             &format!("{V1}/event_reports/{{report_id}}"),
             get(reports::get).delete(reports::delete),
         )
+        .route("/_weft/admin/v1/log_level", get(log_level::get).put(log_level::set))
 }
 
 /// An authenticated server admin.
