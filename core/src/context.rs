@@ -26,6 +26,8 @@ pub struct Core {
     pub history: Arc<crate::rooms::history::History>,
     /// Wakes this process's delayed-event timer when an event is scheduled or restarted here.
     pub delayed_wake: Arc<tokio::sync::Notify>,
+    /// The registered application services (set at start from the configuration).
+    pub appservices: Arc<crate::appservice::Registry>,
 }
 
 impl Core {
@@ -42,6 +44,7 @@ impl Core {
             room_turns: Arc::default(),
             history: Arc::default(),
             delayed_wake: Arc::default(),
+            appservices: Arc::default(),
         }
     }
 
