@@ -35,6 +35,9 @@ pub enum Error {
     UnknownPos,
     #[error("user is deactivated")]
     UserDeactivated,
+    /// A user ID or alias an application service claims exclusively (M_EXCLUSIVE).
+    #[error("{0}")]
+    Exclusive(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -49,6 +49,7 @@ constructors! {
     invalid_room_state => BAD_REQUEST, "M_INVALID_ROOM_STATE";
     bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
     unknown_pos => BAD_REQUEST, "M_UNKNOWN_POS";
+    exclusive => BAD_REQUEST, "M_EXCLUSIVE";
 }
 
 impl MatrixError {
@@ -136,6 +137,7 @@ impl From<weft_core::Error> for MatrixError {
             E::RoomInUse(m) => MatrixError::room_in_use(m),
             E::UnknownPos => MatrixError::unknown_pos("Unknown position; start a new sliding sync connection"),
             E::UserDeactivated => MatrixError::user_deactivated("This account has been deactivated"),
+            E::Exclusive(m) => MatrixError::exclusive(m),
             other => {
                 tracing::error!(error = %other, "internal error");
                 MatrixError::unknown("Internal server error")

@@ -20,6 +20,17 @@ use std::sync::OnceLock;
 pub use registration::{AppService, Namespace, Registry, DESTINATION_PREFIX};
 pub use tail::{enqueue_typing, skip_to_now, tail};
 
+/// Refuses an alias that an appservice claims exclusively to anyone but that appservice's
+/// users (its own user, its puppets).
+pub fn check_alias_claim(core: &crate::Core, alias: &str, user_id: &str) -> crate::Result<()> {
+    match core.appservices.exclusive_alias_owner(alias) {
+        Some(owner) if !owner.is_user_in_namespace(user_id) => Err(crate::Error::Exclusive(format!(
+            "{alias} is reserved by an application service"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The HTTP client for requests to appservices (they usually run next to the server, over
 /// plain HTTP).
 pub(crate) fn http_client() -> &'static reqwest::Client {
