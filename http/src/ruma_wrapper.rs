@@ -193,7 +193,15 @@ async fn appservice_user(
     }
     let parsed = OwnedUserId::try_from(user_id.as_str())
         .map_err(|_| MatrixError::invalid_param(format!("Invalid user_id {user_id:?}")))?;
-    let user = weft_core::storage::users::get(&state.db, &user_id).await?;
+    let mut user = weft_core::storage::users::get(&state.db, &user_id).await?;
+    let mut parsed = parsed;
+    // Bridges register a puppet with `user_id` naming it already: `/register` is made by the
+    // appservice itself (as Synapse reads it).
+    if user.is_none() && parts.uri.path().ends_with("/register") {
+        parsed = OwnedUserId::try_from(service.sender.as_str())
+            .map_err(|_| MatrixError::unknown("The application service's user ID is invalid"))?;
+        user = weft_core::storage::users::get(&state.db, &service.sender).await?;
+    }
     let Some(user) = user.filter(|u| !u.deactivated) else {
         return Err(MatrixError::forbidden(format!(
             "Application service has not registered this user ({user_id})"

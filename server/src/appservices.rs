@@ -21,7 +21,13 @@ pub async fn load(core: &Core, files: &[PathBuf]) -> anyhow::Result<Registry> {
         };
         match weft_core::accounts::register(&core.db, account).await {
             Ok(_) | Err(weft_core::Error::UserInUse) => {}
-            Err(e) => return Err(anyhow::anyhow!("appservice {}: creating {}: {e}", service.id, service.sender)),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "appservice {}: creating {}: {e}",
+                    service.id,
+                    service.sender
+                ))
+            }
         }
         tracing::info!(id = %service.id, url = ?service.url, sender = %service.sender, "application service registered");
     }

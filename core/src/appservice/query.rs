@@ -23,7 +23,12 @@ pub fn encode(segment: &str) -> String {
 /// (`GET /_matrix/app/v1/users/{userId}`); `true` when one answers 200 (it has then registered
 /// the user).
 pub async fn user_exists(core: &Core, user_id: &str) -> bool {
-    for service in core.appservices.all().iter().filter(|s| s.users.iter().any(|n| n.is_match(user_id))) {
+    for service in core
+        .appservices
+        .all()
+        .iter()
+        .filter(|s| s.users.iter().any(|n| n.is_match(user_id)))
+    {
         if get(service, &format!("/_matrix/app/v1/users/{}", encode(user_id)))
             .await
             .is_ok()
@@ -39,7 +44,10 @@ pub async fn user_exists(core: &Core, user_id: &str) -> bool {
 /// the room and the alias).
 pub async fn alias_exists(core: &Core, alias: &str) -> bool {
     for service in core.appservices.all().iter().filter(|s| s.is_alias_in_namespace(alias)) {
-        if get(service, &format!("/_matrix/app/v1/rooms/{}", encode(alias))).await.is_ok() {
+        if get(service, &format!("/_matrix/app/v1/rooms/{}", encode(alias)))
+            .await
+            .is_ok()
+        {
             return true;
         }
     }

@@ -153,8 +153,8 @@ impl Registry {
     pub fn from_yaml(texts: &[(&str, &str)], server_name: &str) -> Result<Registry> {
         let mut parsed = Vec::new();
         for (name, text) in texts {
-            let service = parse(text, server_name)
-                .map_err(|e| Error::Config(format!("appservice registration {name}: {e}")))?;
+            let service =
+                parse(text, server_name).map_err(|e| Error::Config(format!("appservice registration {name}: {e}")))?;
             parsed.push((name.to_string(), service));
         }
         Self::check(parsed)
@@ -239,7 +239,10 @@ fn exclusive_overlap(a: &AppService, b: &AppService) -> Option<String> {
         return Some(format!("its sender {} (inside an exclusive users namespace)", a.sender));
     }
     if a.users.iter().any(|n| n.exclusive && n.is_match(&b.sender)) {
-        return Some(format!("its exclusive users namespace, matching the sender {}", b.sender));
+        return Some(format!(
+            "its exclusive users namespace, matching the sender {}",
+            b.sender
+        ));
     }
     None
 }
@@ -329,7 +332,10 @@ de.sorunome.msc2409.push_ephemeral: true
         assert!(wa.is_exclusive_user("@whatsapp_123:example.org"));
         assert!(!wa.is_user_in_namespace("@alice:example.org"));
         assert!(wa.is_exclusive_alias("#whatsapp_group:example.org"));
-        assert_eq!(registry.exclusive_user_owner("@whatsappbot:example.org").unwrap().id, "whatsapp");
+        assert_eq!(
+            registry.exclusive_user_owner("@whatsappbot:example.org").unwrap().id,
+            "whatsapp"
+        );
     }
 
     #[test]
@@ -338,7 +344,9 @@ de.sorunome.msc2409.push_ephemeral: true
         let err = load(&[("wa.yaml", &bad_regex)]).unwrap_err();
         assert!(err.contains("wa.yaml") && err.contains("bad regex"), "{err}");
 
-        let other = BRIDGE.replace("id: whatsapp", "id: other").replace("whatsappbot", "otherbot");
+        let other = BRIDGE
+            .replace("id: whatsapp", "id: other")
+            .replace("whatsappbot", "otherbot");
         let err = load(&[("wa.yaml", BRIDGE), ("other.yaml", &other)]).unwrap_err();
         assert!(err.contains("other.yaml") && err.contains("token"), "{err}");
 

@@ -138,7 +138,12 @@ async fn send_to(
 
 /// Sends the appservice's batches one after the other until its queue is empty, a send fails,
 /// the lease is lost or the sender stops.
-async fn send_all(shared: &Shared, service: &AppService, lease_name: &str, mut stop: watch::Receiver<bool>) -> Result<()> {
+async fn send_all(
+    shared: &Shared,
+    service: &AppService,
+    lease_name: &str,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
     let core = &shared.core;
     let destination = service.destination.as_str();
     let mut renewed = Instant::now();
@@ -227,5 +232,8 @@ async fn send_transaction(service: &AppService, txn_id: &str, body: &Value) -> s
         return Ok(());
     }
     let text = response.text().await.unwrap_or_default();
-    Err(format!("{url} answered {status}: {}", text.chars().take(300).collect::<String>()))
+    Err(format!(
+        "{url} answered {status}: {}",
+        text.chars().take(300).collect::<String>()
+    ))
 }

@@ -105,11 +105,10 @@ async fn read_positions(conn: &mut AnyConnection, lock: bool) -> Result<Position
 /// The streams' committed positions: everything at or below them is committed (see
 /// `streams`), so the ranges read have no gap a late commit could fill.
 async fn stream_positions(conn: &mut AnyConnection) -> Result<Positions> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT stream, pos FROM stream_positions WHERE stream IN ('events', 'receipts', 'to_device')",
-    )
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stream, pos FROM stream_positions WHERE stream IN ('events', 'receipts', 'to_device')")
+            .fetch_all(conn)
+            .await?;
     let get = |name: &str| rows.iter().find(|(s, _)| s == name).map_or(0, |(_, p)| *p);
     Ok(Positions {
         events: get("events"),
@@ -156,7 +155,11 @@ async fn round(core: &Core, registry: &Registry) -> Result<(usize, bool)> {
         .filter(|s| s.url.is_some() && s.receive_ephemeral)
         .collect();
     let (receipts_pos, to_device_pos, more_edus) = if ephemeral.is_empty() {
-        (upto.receipts.max(from.receipts), upto.to_device.max(from.to_device), false)
+        (
+            upto.receipts.max(from.receipts),
+            upto.to_device.max(from.to_device),
+            false,
+        )
     } else {
         // Positions, not rows, bound a round: a position is never split between two rounds.
         let receipts_upto = upto.receipts.min(from.receipts.saturating_add(POSITIONS_PER_ROUND));
@@ -181,7 +184,10 @@ async fn round(core: &Core, registry: &Registry) -> Result<(usize, bool)> {
             }
         }
         for message in read_to_device(&mut tx, from.to_device, to_device_upto).await? {
-            for service in ephemeral.iter().filter(|s| s.is_user_in_namespace(&message.recipient_user)) {
+            for service in ephemeral
+                .iter()
+                .filter(|s| s.is_user_in_namespace(&message.recipient_user))
+            {
                 let edu = json!({
                     "type": message.event_type,
                     "sender": message.sender,
@@ -315,13 +321,15 @@ async fn read_to_device(conn: &mut AnyConnection, from: i64, upto: i64) -> Resul
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(_, recipient_user, recipient_device, sender, event_type, content)| ToDevice {
-            recipient_user,
-            recipient_device,
-            sender,
-            event_type,
-            content: serde_json::from_str(&content).unwrap_or_default(),
-        })
+        .map(
+            |(_, recipient_user, recipient_device, sender, event_type, content)| ToDevice {
+                recipient_user,
+                recipient_device,
+                sender,
+                event_type,
+                content: serde_json::from_str(&content).unwrap_or_default(),
+            },
+        )
         .collect())
 }
 
@@ -335,7 +343,10 @@ async fn interested_in_event(
         return Ok(true);
     }
     if event.event_type == "m.room.member"
-        && event.state_key.as_deref().is_some_and(|k| service.is_user_in_namespace(k))
+        && event
+            .state_key
+            .as_deref()
+            .is_some_and(|k| service.is_user_in_namespace(k))
     {
         return Ok(true);
     }

@@ -6,6 +6,7 @@ mod harness_forge;
 mod harness_synapse;
 
 mod aliases_directory;
+mod appservice;
 mod client_conformance;
 mod durability;
 mod e2ee;

@@ -196,7 +196,13 @@ async fn lookup(state: &AppState, protocol: Option<&str>, path: &str, query_stri
     let mut out = Vec::new();
     let services: Vec<&Arc<AppService>> = match protocol {
         Some(p) => bridging(state, p).collect(),
-        None => state.core.appservices.all().iter().filter(|s| !s.protocols.is_empty()).collect(),
+        None => state
+            .core
+            .appservices
+            .all()
+            .iter()
+            .filter(|s| !s.protocols.is_empty())
+            .collect(),
     };
     let query_string = query_string.map(|q| format!("?{q}")).unwrap_or_default();
     for service in services {
@@ -214,7 +220,11 @@ fn forwarded_query<T>(req: &Ruma<T>) -> Option<String> {
         .filter(|(k, _)| k != "access_token")
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    Some(form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish())
+    Some(
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish(),
+    )
 }
 
 /// # `GET /_matrix/client/v3/thirdparty/location/{protocol}`
