@@ -47,7 +47,8 @@ async def query_alias(alias: str):
         alias_localpart=localpart, preset=RoomCreatePreset.PUBLIC, name=f"Portal {localpart}"
     )
     record({"kind": "portal", "alias": alias, "room_id": room_id})
-    return {}
+    # Any non-empty answer is a 200 (mautrix answers an empty one 404).
+    return {"created": room_id}
 
 
 async def query_user(user_id: str):
@@ -56,25 +57,49 @@ async def query_user(user_id: str):
         return None
     await az.intent.user(user_id).ensure_registered()
     record({"kind": "user_queried", "user_id": user_id})
-    return {}
+    return {"registered": user_id}
 
 
 az: AppService = None
 
 
+def plain(content) -> dict:
+    """An event's content as JSON, whatever mautrix made of it."""
+    try:
+        value = content.serialize()
+    except AttributeError:
+        value = content
+    return jsonable(value)
+
+
+def jsonable(value):
+    """mautrix's serialised receipts keep enum keys (ReceiptType): JSON wants strings."""
+    if isinstance(value, dict):
+        return {str(getattr(k, "value", k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    try:
+        return jsonable(value.serialize())
+    except AttributeError:
+        return str(value)
+
+
 async def on_event(event) -> None:
     kind = "ephemeral" if event.type.is_ephemeral else "event"
+    content = plain(event.content)
     entry = {"kind": kind, "type": str(event.type)}
     if kind == "event":
         entry.update(
             event_id=event.event_id,
             room_id=event.room_id,
             sender=event.sender,
-            body=getattr(event.content, "body", None),
+            body=content.get("body") if isinstance(content, dict) else None,
         )
     else:
         entry["room_id"] = getattr(event, "room_id", None)
-        entry["content"] = event.content.serialize()
+        entry["content"] = content
     record(entry)
     if kind != "event":
         return
@@ -95,7 +120,7 @@ async def on_to_device(event) -> None:
             "sender": event.sender,
             "to_user_id": event.to_user_id,
             "to_device_id": event.to_device_id,
-            "content": event.content.serialize() if hasattr(event.content, "serialize") else event.content,
+            "content": plain(event.content),
         }
     )
 
