@@ -287,6 +287,7 @@ both_backends!(bridge_end_to_end, |backend| async move {
     drop(bridge);
 
     // Its namespace is its own: others cannot register there, and it cannot act outside it.
+    let as_client = server.client().with_token(AS_TOKEN);
     let (status, res) = server
         .client()
         .post(
@@ -298,8 +299,7 @@ both_backends!(bridge_end_to_end, |backend| async move {
     let (status, res) = as_client
         .get("/_matrix/client/v3/account/whoami?user_id=@alice:weft.test")
         .await;
-    let _ = res;
-    assert_eq!(status, 403);
+    assert_eq!((status, res["errcode"].as_str()), (403, Some("M_FORBIDDEN")), "{res}");
     let (status, res) = as_client
         .get("/_matrix/client/v3/account/whoami?user_id=@bridge_alice:weft.test")
         .await;
