@@ -28,6 +28,8 @@ pub struct Core {
     pub delayed_wake: Arc<tokio::sync::Notify>,
     /// Where this process last recorded each session as seen (admin whois).
     pub seen: Arc<crate::admin::seen::Seen>,
+    /// The registered application services (set at start from the configuration).
+    pub appservices: Arc<crate::appservice::Registry>,
 }
 
 impl Core {
@@ -45,6 +47,7 @@ impl Core {
             history: Arc::default(),
             delayed_wake: Arc::default(),
             seen: Arc::default(),
+            appservices: Arc::default(),
         }
     }
 

@@ -39,6 +39,9 @@ pub enum Error {
     UserLocked,
     #[error("this account is suspended")]
     UserSuspended,
+    /// A user ID or alias an application service claims exclusively (M_EXCLUSIVE).
+    #[error("{0}")]
+    Exclusive(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod admin;
+pub mod appservice;
 pub mod context;
 pub mod db;
 pub mod delayed_events;

@@ -76,6 +76,9 @@ async fn typing(fed: &Federation, origin: &ServerName, content: &Value) -> Resul
     let typing = content["typing"].as_bool().unwrap_or(false);
     core.typing
         .set(&core.notifier, room_id, user, typing.then_some(REMOTE_TYPING_MS));
+    weft_core::appservice::enqueue_typing(core, room_id)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub struct Config {
     /// Lifetime of access tokens issued together with a refresh token.
     #[serde(with = "humantime_serde")]
     pub access_token_lifetime: Duration,
+    /// Application service registration files (YAML), checked together at start.
+    pub appservice_config_files: Vec<PathBuf>,
     pub database: DatabaseConfig,
     pub listeners: Vec<ListenerConfig>,
     pub registration: RegistrationConfig,
@@ -348,6 +350,7 @@ impl Default for Config {
             extra_ca_file: String::new(),
             max_request_size: 1024 * 1024,
             access_token_lifetime: Duration::from_secs(5 * 60),
+            appservice_config_files: Vec::new(),
             database: DatabaseConfig::default(),
             listeners: vec![ListenerConfig {
                 address: [127, 0, 0, 1].into(),

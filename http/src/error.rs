@@ -50,6 +50,7 @@ constructors! {
     bad_alias => BAD_REQUEST, "M_BAD_ALIAS";
     unknown_pos => BAD_REQUEST, "M_UNKNOWN_POS";
     user_suspended => FORBIDDEN, "M_USER_SUSPENDED";
+    exclusive => BAD_REQUEST, "M_EXCLUSIVE";
 }
 
 impl MatrixError {
@@ -145,6 +146,7 @@ impl From<weft_core::Error> for MatrixError {
                 extra: Some(json!({ "soft_logout": true })),
             },
             E::UserSuspended => MatrixError::user_suspended("This account is suspended"),
+            E::Exclusive(m) => MatrixError::exclusive(m),
             other => {
                 tracing::error!(error = %other, "internal error");
                 MatrixError::unknown("Internal server error")

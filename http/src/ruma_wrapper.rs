@@ -81,6 +81,9 @@ pub struct AuthUser {
     pub shadow_banned: bool,
     /// An admin's rate limit override: (actions per second, burst); 0 per second is none.
     pub ratelimit_override: Option<(i64, i64)>,
+    /// The application service whose `as_token` authenticated the request (as its own user or
+    /// one of its namespace's), if one did.
+    pub appservice: Option<std::sync::Arc<weft_core::appservice::AppService>>,
 }
 
 impl AuthUser {
@@ -90,6 +93,12 @@ impl AuthUser {
             return Err(MatrixError::user_suspended("This account is suspended"));
         }
         Ok(())
+    }
+
+    /// Whether rate limits apply: admins and appservices (unless their registration asks for
+    /// them) are exempt.
+    pub fn rate_limited(&self) -> bool {
+        !self.is_admin && self.appservice.as_ref().is_none_or(|s| s.rate_limited)
     }
 }
 
@@ -161,6 +170,9 @@ pub async fn authenticate(
             _ => Ok(None),
         };
     };
+    if let Some(service) = state.core.appservices.by_as_token(&token) {
+        return appservice_user(state, parts, service.clone()).await.map(Some);
+    }
     let owner = weft_core::accounts::authenticate(&state.db, &token).await?;
     if let Some(ip) = client_ip(parts) {
         let agent = parts
@@ -187,7 +199,77 @@ pub async fn authenticate(
         suspended: owner.suspended,
         shadow_banned: owner.shadow_banned,
         ratelimit_override: owner.ratelimit_override,
+        appservice: None,
     }))
+}
+
+/// The caller of a request made with an appservice's `as_token`: its own user, or the user
+/// its `user_id` parameter names (masquerading: a registered user in its namespaces), on the
+/// device its `device_id` parameter names (MSC3202's, also under its unstable name), if any.
+async fn appservice_user(
+    state: &AppState,
+    parts: &http::request::Parts,
+    service: std::sync::Arc<weft_core::appservice::AppService>,
+) -> ApiResult<AuthUser> {
+    let param = |name: &str| {
+        parts.uri.query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        })
+    };
+    let user_id = param("user_id").unwrap_or_else(|| service.sender.clone());
+    if !service.is_user_in_namespace(&user_id) {
+        return Err(MatrixError::forbidden(format!(
+            "Application service cannot masquerade as this user ({user_id})"
+        )));
+    }
+    let parsed = OwnedUserId::try_from(user_id.as_str())
+        .map_err(|_| MatrixError::invalid_param(format!("Invalid user_id {user_id:?}")))?;
+    let mut user = weft_core::storage::users::get(&state.db, &user_id).await?;
+    let mut parsed = parsed;
+    // Bridges register a puppet with `user_id` naming it already: `/register` is made by the
+    // appservice itself (as Synapse reads it).
+    if user.is_none() && parts.uri.path().ends_with("/register") {
+        parsed = OwnedUserId::try_from(service.sender.as_str())
+            .map_err(|_| MatrixError::unknown("The application service's user ID is invalid"))?;
+        user = weft_core::storage::users::get(&state.db, &service.sender).await?;
+    }
+    let Some(user) = user.filter(|u| !u.deactivated) else {
+        return Err(MatrixError::forbidden(format!(
+            "Application service has not registered this user ({user_id})"
+        )));
+    };
+    let device_id = match param("device_id").or_else(|| param("org.matrix.msc3202.device_id")) {
+        Some(device_id) => {
+            if weft_core::storage::devices::get(&state.db, &user_id, &device_id)
+                .await?
+                .is_none()
+            {
+                return Err(MatrixError::forbidden(format!(
+                    "Application service trying to use a device that doesn't exist ('{device_id}' for {user_id})"
+                ))
+                .with_status(http::StatusCode::BAD_REQUEST));
+            }
+            device_id
+        }
+        // Without one, the appservice acts on no device of its own (as with Synapse).
+        None => String::new(),
+    };
+    // It is up: if its transactions were backing off, send them now.
+    weft_core::outbox::wake_destination(&state.core, &service.destination).await?;
+    tracing::Span::current().record("user", tracing::field::display(&user_id));
+    Ok(AuthUser {
+        user_id: parsed,
+        device_id: device_id.into(),
+        is_admin: user.is_admin,
+        is_guest: false,
+        suspended: user.suspended,
+        shadow_banned: user.shadow_banned,
+        // Its registration's `rate_limited` decides (`rate_limited`), not a per-user override.
+        ratelimit_override: None,
+        appservice: Some(service),
+    })
 }
 
 pub fn client_ip(parts: &http::request::Parts) -> Option<String> {
@@ -253,9 +335,9 @@ where
                 (None, None) => String::new(),
             };
             let limits = user.as_ref().and_then(|u| u.ratelimit_override);
-            if let (Err(wait), false) = (
+            if let (Err(wait), true) = (
                 state.rate_limiter.check_with(&key, limits),
-                user.as_ref().is_some_and(|u| u.is_admin),
+                user.as_ref().is_none_or(AuthUser::rate_limited),
             ) {
                 return Err(MatrixError::limit_exceeded(wait));
             }

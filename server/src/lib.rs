@@ -2,6 +2,7 @@
 //! admin and media APIs.
 
 pub mod api;
+pub mod appservices;
 pub mod cli;
 pub mod delayed_timer;
 pub mod logging;

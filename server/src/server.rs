@@ -65,7 +65,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
     let db = open_db(&config).await?;
     let key = weft_core::signing_key::load_or_create(&config.signing_key_path)?;
     let server_name = ruma::ServerName::parse(&config.server_name)?;
-    let core = weft_core::Core::new(db, server_name, key);
+    let mut core = weft_core::Core::new(db, server_name, key);
+    core.appservices = std::sync::Arc::new(crate::appservices::load(&core, &config.appservice_config_files).await?);
     if core.db.backend() == Backend::Sqlite {
         // One process per SQLite database: a room deletion still active was the previous
         // run's, which stopped before finishing it.
@@ -194,6 +195,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<Running> {
         tracing::info!(%addr, apis = ?listener.apis, "listening");
     }
     tasks.push(crate::pusher::spawn(state.clone(), stop_rx.clone()));
+    if !state.core.appservices.is_empty() {
+        tasks.push(weft_core::appservice::sender::spawn(
+            state.core.clone(),
+            lease_holder(&config),
+            stop_rx.clone(),
+        ));
+    }
     if state.config.delayed_events.enabled {
         tasks.push(crate::delayed_timer::spawn(state.clone(), stop_rx.clone()));
     }

@@ -90,8 +90,32 @@ pub async fn record_failure_with(core: &Core, destination: &str, error: &str, ba
     })
 }
 
-/// Destinations with queued rows that may be tried at `now` (ms since the epoch), sorted.
+/// Servers with queued rows that may be tried at `now` (ms since the epoch), sorted.
 pub async fn ready_destinations(core: &Core, now: i64) -> Result<Vec<String>> {
+    Ok(ready(core, now)
+        .await?
+        .into_iter()
+        .filter(|d| !is_appservice(d))
+        .collect())
+}
+
+/// Appservice destinations (`as/<id>`, see `appservice`) with queued rows that may be tried
+/// at `now`, sorted.
+pub async fn ready_appservices(core: &Core, now: i64) -> Result<Vec<String>> {
+    Ok(ready(core, now)
+        .await?
+        .into_iter()
+        .filter(|d| is_appservice(d))
+        .collect())
+}
+
+/// Whether a destination is an appservice rather than a server: a `/` is never part of a
+/// server name.
+pub fn is_appservice(destination: &str) -> bool {
+    destination.starts_with(crate::appservice::DESTINATION_PREFIX)
+}
+
+async fn ready(core: &Core, now: i64) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT DISTINCT o.destination FROM federation_outbox o
          LEFT JOIN federation_destinations d ON d.destination = o.destination

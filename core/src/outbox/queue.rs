@@ -28,6 +28,8 @@ pub struct Batch {
     pub last_pos: i64,
     /// The PDUs as signed (`events.json`).
     pub pdus: Vec<Box<RawValue>>,
+    /// Their event IDs, in the same order.
+    pub pdu_ids: Vec<String>,
     /// The EDUs, `{"edu_type": ..., "content": ...}`.
     pub edus: Vec<Box<RawValue>>,
 }
@@ -202,6 +204,7 @@ pub async fn depth(core: &Core) -> Result<Depth> {
 struct Queued {
     pos: i64,
     is_pdu: bool,
+    event_id: Option<String>,
     json: Option<String>,
 }
 
@@ -209,7 +212,7 @@ struct Queued {
 /// the largest transaction could take.
 async fn read_rows(conn: &mut AnyConnection, destination: &str, upto: Option<i64>) -> Result<Vec<Queued>> {
     let rows = sqlx::query(
-        "SELECT o.pos, o.kind, CASE WHEN o.kind = 'pdu' THEN e.json ELSE o.edu_json END
+        "SELECT o.pos, o.kind, CASE WHEN o.kind = 'pdu' THEN e.json ELSE o.edu_json END, o.event_id
          FROM federation_outbox o LEFT JOIN events e ON e.event_id = o.event_id
          WHERE o.destination = $1 AND o.pos <= $2 ORDER BY o.pos LIMIT $3",
     )
@@ -224,6 +227,7 @@ async fn read_rows(conn: &mut AnyConnection, destination: &str, upto: Option<i64
                 pos: r.try_get(0)?,
                 is_pdu: r.try_get::<String, _>(1)? == "pdu",
                 json: r.try_get(2)?,
+                event_id: r.try_get(3)?,
             })
         })
         .collect::<std::result::Result<_, sqlx::Error>>()
@@ -251,6 +255,7 @@ fn into_batch(destination: &str, rows: Vec<Queued>) -> Batch {
         first_pos,
         last_pos,
         pdus: Vec::new(),
+        pdu_ids: Vec::new(),
         edus: Vec::new(),
     };
     for row in rows {
@@ -264,7 +269,10 @@ fn into_batch(destination: &str, rows: Vec<Queued>) -> Batch {
             continue;
         };
         match RawValue::from_string(json) {
-            Ok(raw) if row.is_pdu => batch.pdus.push(raw),
+            Ok(raw) if row.is_pdu => {
+                batch.pdus.push(raw);
+                batch.pdu_ids.push(row.event_id.unwrap_or_default());
+            }
             Ok(raw) => batch.edus.push(raw),
             Err(e) => tracing::warn!(
                 destination,

@@ -26,6 +26,7 @@ fn ensure_local(core: &Core, alias: &RoomAliasId) -> Result<()> {
 /// Maps `alias` to `room_id`. Returns false when the alias is already taken (by any room).
 pub async fn create(core: &Core, alias: &RoomAliasId, room_id: &str, actor: Actor<'_>) -> Result<bool> {
     ensure_local(core, alias)?;
+    crate::appservice::check_alias_claim(core, alias.as_str(), actor.user.as_str())?;
     let mut tx = core.db.write().await?;
     room_rules(core, &mut tx, room_id).await?;
     // Admins may name rooms they are not in; anyone else must be joined.

@@ -97,6 +97,7 @@ pub(crate) async fn create_in_tx(
         invitee_names,
     } = profiles;
     if let Some(alias) = &req.alias {
+        crate::appservice::check_alias_claim(core, alias, creator.as_str())?;
         if rooms::alias_get(tx, alias).await?.is_some() {
             return Err(Error::RoomInUse("Room alias already taken".into()));
         }

@@ -69,6 +69,21 @@ pub struct Query {
     pub search: Option<String>,
     /// Room types to keep (`None` = rooms without a type); empty keeps all.
     pub room_types: Vec<Option<String>>,
+    /// Which directory: Matrix's (the default), one appservice network's, or all of them.
+    pub network: Network,
+}
+
+/// The directories `/publicRooms` lists from (its `third_party_instance_id` and
+/// `include_all_networks`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    #[default]
+    Matrix,
+    /// Matrix's and every appservice network's.
+    All,
+    /// One appservice network's: `<appservice ID>|<network ID>`, as `/thirdparty/protocols`
+    /// names its instances.
+    Instance(String),
 }
 
 impl Query {
@@ -84,6 +99,7 @@ impl Query {
                 .iter()
                 .map(|t| t.as_str().map(str::to_owned))
                 .collect(),
+            network: Network::Matrix,
         }
     }
 }
@@ -121,7 +137,23 @@ pub async fn public_rooms(core: &Core, query: &Query) -> Result<Page> {
     let offset = query.since.as_deref().map(parse_token).transpose()?.unwrap_or(0);
     let limit = query.limit.filter(|l| *l > 0);
     let mut conn = core.db.conn().await?;
-    let listed = rooms::public_rooms(&mut conn).await?;
+    let listed = match &query.network {
+        Network::Matrix => rooms::public_rooms(&mut conn).await?,
+        Network::Instance(instance) => {
+            let network = instance.split_once('|').unwrap_or((instance.as_str(), ""));
+            rooms::appservice_public_rooms(&mut conn, Some(network)).await?
+        }
+        Network::All => {
+            let mut all = rooms::public_rooms(&mut conn).await?;
+            for room in rooms::appservice_public_rooms(&mut conn, None).await? {
+                if !all.iter().any(|(id, _)| *id == room.0) {
+                    all.push(room);
+                }
+            }
+            all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            all
+        }
+    };
     let search = query
         .search
         .as_deref()

@@ -422,6 +422,49 @@ pub async fn public_rooms(conn: &mut AnyConnection) -> Result<Vec<(String, i64)>
     Ok(rows)
 }
 
+/// The rooms appservices published in their networks' directories: one network's
+/// (`Some((appservice ID, network ID))`) or all of them, with their joined member counts.
+pub async fn appservice_public_rooms(
+    conn: &mut AnyConnection,
+    network: Option<(&str, &str)>,
+) -> Result<Vec<(String, i64)>> {
+    let (appservice, network_id) = network.unwrap_or(("", ""));
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT DISTINCT l.room_id, (SELECT COUNT(*) FROM room_memberships m WHERE m.room_id = l.room_id AND m.membership = 'join') AS n
+         FROM appservice_room_list l WHERE $1 = 0 OR (l.appservice_id = $2 AND l.network_id = $3)
+         ORDER BY n DESC, l.room_id",
+    )
+    .bind(i64::from(network.is_some()))
+    .bind(appservice)
+    .bind(network_id)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows)
+}
+
+/// Publishes (or withdraws) a room in an appservice's network directory.
+pub async fn set_appservice_published(
+    conn: &mut AnyConnection,
+    appservice: &str,
+    network_id: &str,
+    room_id: &str,
+    public: bool,
+) -> Result<()> {
+    let sql = if public {
+        "INSERT INTO appservice_room_list (appservice_id, network_id, room_id) VALUES ($1, $2, $3)
+         ON CONFLICT (appservice_id, network_id, room_id) DO NOTHING"
+    } else {
+        "DELETE FROM appservice_room_list WHERE appservice_id = $1 AND network_id = $2 AND room_id = $3"
+    };
+    sqlx::query(sql)
+        .bind(appservice)
+        .bind(network_id)
+        .bind(room_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 pub async fn alias_insert(conn: &mut AnyConnection, alias: &str, room_id: &str, creator: &str) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING",

@@ -8,6 +8,7 @@ mod harness_synapse;
 mod admin_rooms;
 mod admin_users;
 mod aliases_directory;
+mod appservice;
 mod client_conformance;
 mod durability;
 mod e2ee;

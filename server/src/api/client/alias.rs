@@ -53,7 +53,17 @@ pub async fn resolve(state: AppState, req: Ruma<get_alias::v3::Request>) -> ApiR
             weft_federation::query::room_alias(weft_federation::of(&state)?, &req.room_alias).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
-    let (room_id, servers) = weft_core::rooms::for_servers::room_alias(&state.core, &req.room_alias).await?;
+    let found = match weft_core::rooms::for_servers::room_alias(&state.core, &req.room_alias).await {
+        // An alias an appservice's namespace holds may exist once it is asked (it creates the
+        // room, a bridge's portal, as it answers).
+        Err(weft_core::Error::NotFound(_))
+            if weft_core::appservice::query::alias_exists(&state.core, req.room_alias.as_str()).await =>
+        {
+            weft_core::rooms::for_servers::room_alias(&state.core, &req.room_alias).await
+        }
+        other => other,
+    };
+    let (room_id, servers) = found?;
     let room_id = room_id
         .try_into()
         .map_err(|_| MatrixError::unknown("Stored room ID is invalid"))?;

@@ -130,12 +130,12 @@ pub async fn public_rooms_filtered(
         );
         return Ok(res);
     }
-    // No third-party networks are bridged here, so their directories are empty.
-    if matches!(req.room_network, RoomNetwork::ThirdParty(_)) {
-        res.total_room_count_estimate = Some(UInt::MIN);
-        return Ok(res);
-    }
-    let query = Query::from_request(req.limit, req.since.clone(), &req.filter);
+    let mut query = Query::from_request(req.limit, req.since.clone(), &req.filter);
+    query.network = match &req.room_network {
+        RoomNetwork::ThirdParty(instance) => core_directory::Network::Instance(instance.clone()),
+        RoomNetwork::All => core_directory::Network::All,
+        _ => core_directory::Network::Matrix,
+    };
     let page = core_directory::public_rooms(&state.core, &query).await?;
     res.total_room_count_estimate = page.total_estimate();
     (res.chunk, res.next_batch, res.prev_batch) = (page.chunk, page.next_batch, page.prev_batch);

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod appservice;
 pub mod backup;
 pub mod capabilities;
 pub mod context;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
     // Areas that mount their own routes.
     for routes in [
         alias::routes,
+        appservice::routes,
         backup::routes,
         context::routes,
         dehydrated_device::routes,

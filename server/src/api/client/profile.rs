@@ -29,7 +29,12 @@ async fn load(state: &AppState, user_id: &UserId) -> ApiResult<Profile> {
             avatar_url: field("avatar_url"),
         });
     }
-    match users::get(&state.db, user_id.as_str()).await? {
+    let mut found = users::get(&state.db, user_id.as_str()).await?;
+    // A user an appservice's namespace holds may exist once it is asked (it registers it).
+    if found.is_none() && weft_core::appservice::query::user_exists(&state.core, user_id.as_str()).await {
+        found = users::get(&state.db, user_id.as_str()).await?;
+    }
+    match found {
         Some(User {
             deactivated: false,
             displayname,

@@ -16,6 +16,20 @@ use crate::{
 };
 
 pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiResult<Value> {
+    let login_type = req.json_body.as_ref().and_then(|b| b["type"].as_str());
+    if let Some(service) = req.user.as_ref().and_then(|u| u.appservice.clone()) {
+        if login_type != Some(APPSERVICE_LOGIN) {
+            return Err(MatrixError::bad_json(format!(
+                "An application service registers users with type {APPSERVICE_LOGIN}"
+            )));
+        }
+        return register_for_appservice(&state, &req, &service).await;
+    }
+    if login_type == Some(APPSERVICE_LOGIN) {
+        return Err(MatrixError::missing_token(format!(
+            "{APPSERVICE_LOGIN} needs the application service's as_token"
+        )));
+    }
     let reg = &state.config.registration;
     let is_guest = req.kind == RegistrationKind::Guest;
     if is_guest && !reg.allow_guests {
@@ -54,6 +68,7 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
     if users::get(&state.db, &user_id).await?.is_some() {
         return Err(MatrixError::user_in_use("User ID already taken"));
     }
+    refuse_exclusive(&state, &user_id)?;
 
     // Guests skip UIA; everyone else completes the configured flow.
     let mut uia_session = None;
@@ -89,6 +104,61 @@ pub async fn register(state: AppState, req: Ruma<register::v3::Request>) -> ApiR
     )
     .await?;
 
+    Ok(registered(&user_id, issued))
+}
+
+/// The registration type of an appservice's users.
+const APPSERVICE_LOGIN: &str = "m.login.application_service";
+
+/// A user ID that an appservice claims exclusively is its alone to register.
+fn refuse_exclusive(state: &AppState, user_id: &str) -> ApiResult<()> {
+    match state.core.appservices.exclusive_user_owner(user_id) {
+        Some(_) => Err(MatrixError::exclusive(format!(
+            "{user_id} is reserved by an application service"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `m.login.application_service`: an appservice registers a user of its namespaces, with no
+/// password and no UIA, whether or not open registration is on.
+async fn register_for_appservice(
+    state: &AppState,
+    req: &Ruma<register::v3::Request>,
+    service: &weft_core::appservice::AppService,
+) -> ApiResult<Value> {
+    let params = Params::of(state, req).await?;
+    let Some(username) = params.username.as_deref() else {
+        return Err(MatrixError::missing_param("An application service must name the user"));
+    };
+    let user_id = accounts::user_id_for(&username.to_lowercase(), &state.config.server_name)?;
+    if !service.is_user_in_namespace(&user_id) {
+        return Err(MatrixError::exclusive(format!(
+            "{user_id} is not in the application service's namespace"
+        )));
+    }
+    if let Some(owner) = state.core.appservices.exclusive_user_owner(&user_id) {
+        if owner.id != service.id {
+            return Err(MatrixError::exclusive(format!(
+                "{user_id} is reserved by another application service"
+            )));
+        }
+    }
+    let session = (!params.inhibit_login).then(|| SessionRequest {
+        device_id: params.device_id.clone(),
+        display_name: params.initial_device_display_name.clone(),
+        ip: req.ip.clone(),
+        refreshable_lifetime_ms: None,
+    });
+    let issued = accounts::register(
+        &state.db,
+        accounts::NewAccount {
+            user_id: &user_id,
+            session,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok(registered(&user_id, issued))
 }
 
@@ -180,5 +250,6 @@ pub async fn available(
     if users::get(&state.db, &user_id).await?.is_some() {
         return Err(MatrixError::user_in_use("User ID already taken"));
     }
+    refuse_exclusive(&state, &user_id)?;
     Ok(get_username_availability::v3::Response::new(true))
 }

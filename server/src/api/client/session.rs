@@ -25,26 +25,40 @@ pub async fn login_types(
     _: AppState,
     _: Ruma<get_login_types::v3::Request>,
 ) -> ApiResult<get_login_types::v3::Response> {
-    use get_login_types::v3::{LoginType, PasswordLoginType};
-    Ok(get_login_types::v3::Response::new(vec![LoginType::Password(
-        PasswordLoginType::new(),
-    )]))
+    use get_login_types::v3::{ApplicationServiceLoginType, LoginType, PasswordLoginType};
+    Ok(get_login_types::v3::Response::new(vec![
+        LoginType::Password(PasswordLoginType::new()),
+        LoginType::ApplicationService(ApplicationServiceLoginType::new()),
+    ]))
 }
 
 #[allow(deprecated)]
 pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> ApiResult<login::v3::Response> {
-    let login::v3::LoginInfo::Password(info) = &req.login_info else {
-        return Err(MatrixError::unknown("Unsupported login type").with_status(http::StatusCode::BAD_REQUEST));
+    let user_id = match &req.login_info {
+        login::v3::LoginInfo::Password(info) => {
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+                (None, Some(user)) => user.clone(),
+                _ => return Err(MatrixError::forbidden("Invalid username or password")),
+            };
+            let user_id = qualify_user(&state, &user);
+            if !accounts::check_password(&state.db, &user_id, &info.password).await? {
+                return Err(MatrixError::forbidden("Invalid username or password"));
+            }
+            user_id
+        }
+        login::v3::LoginInfo::ApplicationService(info) => {
+            let user = match (&info.identifier, &info.user) {
+                (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
+                (None, Some(user)) => user.clone(),
+                _ => return Err(MatrixError::missing_param("Missing identifier")),
+            };
+            appservice_login(&state, &req, &qualify_user(&state, &user)).await?
+        }
+        _ => {
+            return Err(MatrixError::unknown("Unsupported login type").with_status(http::StatusCode::BAD_REQUEST));
+        }
     };
-    let user = match (&info.identifier, &info.user) {
-        (Some(UserIdentifier::Matrix(id)), _) => id.user.clone(),
-        (None, Some(user)) => user.clone(),
-        _ => return Err(MatrixError::forbidden("Invalid username or password")),
-    };
-    let user_id = qualify_user(&state, &user);
-    if !accounts::check_password(&state.db, &user_id, &info.password).await? {
-        return Err(MatrixError::forbidden("Invalid username or password"));
-    }
     let session = accounts::login(
         &state.db,
         &user_id,
@@ -71,6 +85,25 @@ pub async fn login(state: AppState, req: Ruma<login::v3::Request>) -> ApiResult<
         .expires_in_ms
         .map(|ms| std::time::Duration::from_millis(ms as u64));
     Ok(response)
+}
+
+/// `m.login.application_service`: an appservice (by its `as_token`) logs in one of its
+/// namespace's registered users, for a device of its own (an encrypting bridge's puppets).
+async fn appservice_login(state: &AppState, req: &Ruma<login::v3::Request>, user_id: &str) -> ApiResult<String> {
+    let Some(service) = req.user.as_ref().and_then(|u| u.appservice.as_ref()) else {
+        return Err(MatrixError::missing_token(
+            "m.login.application_service needs the appservice's as_token",
+        ));
+    };
+    if !service.is_user_in_namespace(user_id) {
+        return Err(MatrixError::forbidden(format!(
+            "{user_id} is not in the application service's namespace"
+        )));
+    }
+    match weft_core::storage::users::get(&state.db, user_id).await? {
+        Some(user) if !user.deactivated => Ok(user_id.to_owned()),
+        _ => Err(MatrixError::forbidden(format!("{user_id} is not registered"))),
+    }
 }
 
 pub async fn logout(state: AppState, req: Ruma<logout::v3::Request>) -> ApiResult<logout::v3::Response> {

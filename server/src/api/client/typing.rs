@@ -39,5 +39,6 @@ pub async fn set_typing(
         "content": { "room_id": req.room_id, "user_id": user.user_id, "typing": timeout.is_some() },
     });
     weft_core::outbox::enqueue_for_room(&state.core, req.room_id.as_str(), &edu).await?;
+    weft_core::appservice::enqueue_typing(&state.core, req.room_id.as_str()).await?;
     Ok(create_typing_event::v3::Response::new())
 }
