@@ -148,13 +148,18 @@ async fn join(a: JoinArgs) -> Result<()> {
         Ok(()) => (0, Value::Null),
         Err(e) => (1, json!(format!("{e:?}"))),
     };
-    // What the joining server then knows of the room.
+    // What the joining server then knows of the room. Synapse answers a room it joined with
+    // partial state only once the whole state has arrived: it is asked with a short timeout,
+    // and `null` means it did not know the members yet.
     let joined_members = match joined {
-        Ok(()) => srv
-            .get(&format!("/_matrix/client/v3/rooms/{}/joined_members", seg(&room)), &user.token)
-            .await
-            .ok()
-            .and_then(|v| v["joined"].as_object().map(|m| m.len())),
+        Ok(()) => tokio::time::timeout(
+            Duration::from_secs(10),
+            srv.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", seg(&room)), &user.token),
+        )
+        .await
+        .ok()
+        .and_then(|answer| answer.ok())
+        .and_then(|v| v["joined"].as_object().map(|m| m.len())),
         Err(_) => None,
     };
     let mb = |kb: Option<u64>| kb.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0);
