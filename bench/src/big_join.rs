@@ -93,7 +93,10 @@ async fn grow(a: GrowArgs) -> Result<()> {
             json!({ "room_id": room, "members": 1 })
         }
     };
-    let room = state["room_id"].as_str().ok_or_else(|| anyhow!("no room_id"))?.to_owned();
+    let room = state["room_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no room_id"))?
+        .to_owned();
     let have = state["members"].as_u64().unwrap_or(1) as usize;
     let started = Instant::now();
     let srv_ref = &srv;
@@ -136,7 +139,10 @@ fn rss_kb(pid: u32) -> (Option<u64>, Option<u64>) {
 async fn join(a: JoinArgs) -> Result<()> {
     let srv = Server::new(&a.base, &a.secret, Duration::from_secs(a.request_timeout))?;
     let state: Value = serde_json::from_str(&std::fs::read_to_string(&a.state)?)?;
-    let room = state["room_id"].as_str().ok_or_else(|| anyhow!("no room_id"))?.to_owned();
+    let room = state["room_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no room_id"))?
+        .to_owned();
     let members = state["members"].as_u64().unwrap_or(0);
     let user = srv.register("bigjoin_joiner").await?;
     let (hwm_before, _) = rss_kb(a.pid);
@@ -154,7 +160,10 @@ async fn join(a: JoinArgs) -> Result<()> {
     let joined_members = match joined {
         Ok(()) => tokio::time::timeout(
             Duration::from_secs(10),
-            srv.get(&format!("/_matrix/client/v3/rooms/{}/joined_members", seg(&room)), &user.token),
+            srv.get(
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", seg(&room)),
+                &user.token,
+            ),
         )
         .await
         .ok()

@@ -170,7 +170,8 @@ impl Client {
         R: OutgoingRequest<PathBuilder = SinglePath>,
         R::Authentication: Signing,
     {
-        self.send_capped(destination, request, timeout, self.inner.max_response).await
+        self.send_capped(destination, request, timeout, self.inner.max_response)
+            .await
     }
 
     /// `send_with_timeout`, reading at most `limit` bytes of the answer: a longer one is

@@ -184,12 +184,16 @@ pub async fn accepted_state_keys(conn: &mut AnyConnection, ids: &[String]) -> Re
              WHERE rejected_reason IS NULL AND state_key IS NOT NULL AND event_id IN ({})",
             list.sql()
         );
-        let mut q =
-            sqlx::query_as::<_, (String, String, String)>(&sql).persistent(super::keep_prepared(chunk.len()));
+        let mut q = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(super::keep_prepared(chunk.len()));
         for b in list.binds(chunk) {
             q = q.bind(b);
         }
-        out.extend(q.fetch_all(&mut *conn).await?.into_iter().map(|(t, k, id)| ((t, k), id)));
+        out.extend(
+            q.fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|(t, k, id)| ((t, k), id)),
+        );
     }
     Ok(out)
 }
@@ -259,7 +263,10 @@ pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
 
 /// `insert`, unless the event is stored already (by another writer since it was checked).
 pub fn insert_if_absent<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
-    let sql = format!("{} ON CONFLICT (event_id) DO NOTHING", INSERT_EVENT.replace("$17", slot.sql()));
+    let sql = format!(
+        "{} ON CONFLICT (event_id) DO NOTHING",
+        INSERT_EVENT.replace("$17", slot.sql())
+    );
     bind_row(batch.push(&sql, 16), e);
 }
 

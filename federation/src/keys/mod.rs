@@ -290,7 +290,11 @@ impl BatchKeys {
         let Ok(servers) = ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures) else {
             return map;
         };
-        let ts = if self.enforce_validity { pdu_ts(pdu, rules) } else { i64::MIN };
+        let ts = if self.enforce_validity {
+            pdu_ts(pdu, rules)
+        } else {
+            i64::MIN
+        };
         for server in servers {
             let key_ids = signing_key_ids(pdu, server.as_str());
             let keys: PublicKeySet = self

@@ -29,7 +29,10 @@ async fn joined_members(client: &Client, room: &str) -> Vec<String> {
 
 async fn power_levels(client: &Client, room: &str) -> Value {
     let (status, body) = client
-        .get(&format!("/_matrix/client/v3/rooms/{}/state/m.room.power_levels/", enc(room)))
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(room)
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     body
@@ -77,7 +80,11 @@ both_backends!(a_big_room_joins_with_the_hosts_state, |backend| async move {
     let mallory = servers[2].register("mallory", "password-mallory").await;
     let (status, body) = mallory
         .post(
-            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(servers[0].server_name())),
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(servers[0].server_name())
+            ),
             json!({}),
         )
         .await;
@@ -98,7 +105,11 @@ both_backends!(a_big_room_joins_with_the_hosts_state, |backend| async move {
     let bob = servers[1].register("bob", "password-bob").await;
     let (status, body) = bob
         .post(
-            &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(servers[0].server_name())),
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(&room),
+                enc(servers[0].server_name())
+            ),
             json!({}),
         )
         .await;

@@ -25,8 +25,8 @@ mod prepare;
 mod tests;
 
 pub use commit::{commit, store_outlier, Accepted, NoSteps, Steps, Write};
-pub(crate) use prepare::auth_against;
 pub use outliers::{prepare_outliers, store_outliers, KeysFor, PreparedOutliers};
+pub(crate) use prepare::auth_against;
 pub use prepare::{prepare, Checked, Missing, Prepared, StateAt, Trust};
 
 use super::Pdu;

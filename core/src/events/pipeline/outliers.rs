@@ -88,7 +88,7 @@ pub async fn prepare_outliers(
     let in_batch: HashSet<OwnedEventId> = verified.iter().map(|p| p.event_id.clone()).collect();
     let outside: Vec<String> = verified
         .iter()
-        .flat_map(|p| auth_ids_of(p))
+        .flat_map(&auth_ids_of)
         .filter(|id| !in_batch.contains(id))
         .collect::<HashSet<_>>()
         .into_iter()
@@ -206,7 +206,10 @@ fn auth_order(
     let mut waiting_on = vec![0usize; pdus.len()];
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); pdus.len()];
     for (i, pdu) in pdus.iter().enumerate() {
-        let auth: HashSet<OwnedEventId> = auth_ids_of(pdu).into_iter().filter(|id| in_batch.contains(id)).collect();
+        let auth: HashSet<OwnedEventId> = auth_ids_of(pdu)
+            .into_iter()
+            .filter(|id| in_batch.contains(id))
+            .collect();
         for id in auth {
             if let Some(&j) = index.get(&id) {
                 waiting_on[i] += 1;

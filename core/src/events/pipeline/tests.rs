@@ -355,12 +355,12 @@ async fn a_batch_of_outliers_is_stored_in_auth_order_leaving_forgeries_out() {
         .unwrap();
         assert_eq!(outcome.stored, 2, "the join and the message after it");
         assert_eq!(
-            outcome.refused.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
-            [forged.event_id.clone()]
+            outcome.refused.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            [&forged.event_id]
         );
         assert_eq!(
-            outcome.missing.iter().map(|(p, _)| p.event_id.clone()).collect::<Vec<_>>(),
-            [on_forged.event_id.clone()]
+            outcome.missing.iter().map(|(p, _)| &p.event_id).collect::<Vec<_>>(),
+            [&on_forged.event_id]
         );
         for pdu in [&join, &said] {
             let row = s.row(pdu).await.expect("stored");
