@@ -1,4 +1,5 @@
-# Shell helpers shared by bench/run.sh, bench/two_processes.sh and bench/federation.sh
+# Shell helpers shared by bench/run.sh, bench/two_processes.sh, bench/federation.sh and
+# bench/big_join.sh
 # (sourced, not run).
 
 PG_URL_BASE="postgres://postgres@127.0.0.1:5432"
@@ -67,8 +68,16 @@ install_synapse() {
     log "Synapse $SYN_VERSION"
 }
 
-# build_release: the release weft and weft-bench; sets WEFT_BIN and BENCH_BIN.
+# build_release: the release weft and weft-bench; sets WEFT_BIN and BENCH_BIN. With
+# WEFT_BENCH_BIN_DIR set, its weft and weft-bench are used as they are (a build kept aside,
+# while the shared target directory builds something else).
 build_release() {
+    if [ -n "${WEFT_BENCH_BIN_DIR:-}" ]; then
+        WEFT_BIN="$WEFT_BENCH_BIN_DIR/weft"
+        BENCH_BIN="$WEFT_BENCH_BIN_DIR/weft-bench"
+        log "using $WEFT_BIN and $BENCH_BIN as built"
+        return
+    fi
     log "building weft and weft-bench (release)"
     (cd "$ROOT" && cargo build --release -p weft -p weft-bench)
     WEFT_BIN="$CARGO_TARGET_DIR/release/weft"

@@ -6,8 +6,10 @@
 //! two servers, `weft-bench table R.jsonl` one of a single result file. With `--second-base`
 //! (a second process of the same server on the same database) the `two_process_*` scenarios
 //! spread their clients over both. `weft-bench federation` measures two federating servers,
+//! `weft-bench big-join` a federated join into a room of N members,
 //! `weft-bench turn` a TURN relay.
 
+mod big_join;
 mod client;
 mod compare;
 mod federation;
@@ -43,6 +45,8 @@ enum Cmd {
     /// Two servers of one kind federating (bench/federation.sh): delay from a send on one to
     /// its arrival in a long-poll on the other, and inbound throughput for one busy room.
     Federation(federation::FedArgs),
+    /// A federated join into a room of N members (see bench/big_join.sh).
+    BigJoin(big_join::BigJoinArgs),
     /// A TURN relay under load (bench/turn.sh): relayed packets/s, added latency and memory
     /// per allocation, for 1 allocation and for many at once.
     Turn(turn::TurnArgs),
@@ -272,6 +276,7 @@ async fn main() -> Result<()> {
         Cmd::Compare { a, b } => compare::compare(&a, &b),
         Cmd::Table { file } => compare::table(&file),
         Cmd::Federation(args) => federation::run(args).await,
+        Cmd::BigJoin(args) => big_join::run(args).await,
         Cmd::Turn(args) => turn::run(args).await,
     }
 }

@@ -21,9 +21,6 @@ use crate::discovery::Resolver;
 
 /// A request gives up after this long unless it says otherwise (`send_with_timeout`).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-/// The largest answer read; a send_join answer for a room of tens of thousands of members is
-/// tens of MiB.
-const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
@@ -103,6 +100,9 @@ struct Inner {
     http: reqwest::Client,
     resolver: Resolver,
     enabled: bool,
+    /// The largest answer read unless the caller says otherwise (`max_response_size`): a
+    /// send_join answer for a room of tens of thousands of members is tens of MiB.
+    max_response: usize,
 }
 
 /// What the client needs from the configuration.
@@ -112,6 +112,8 @@ pub struct Settings<'a> {
     pub extra_roots: &'a [reqwest::Certificate],
     /// Accept any certificate (tests only).
     pub insecure: bool,
+    /// The largest answer read (`send_capped` aside).
+    pub max_response: usize,
 }
 
 impl Client {
@@ -140,6 +142,7 @@ impl Client {
                 http,
                 resolver,
                 enabled: settings.enabled,
+                max_response: settings.max_response,
             }),
         })
     }
@@ -167,7 +170,8 @@ impl Client {
         R: OutgoingRequest<PathBuilder = SinglePath>,
         R::Authentication: Signing,
     {
-        self.send_capped(destination, request, timeout, MAX_RESPONSE).await
+        self.send_capped(destination, request, timeout, self.inner.max_response)
+            .await
     }
 
     /// `send_with_timeout`, reading at most `limit` bytes of the answer: a longer one is

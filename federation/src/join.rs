@@ -19,7 +19,7 @@ use weft_http::error::MatrixError;
 
 use crate::{
     membership::{template_membership, to_raw},
-    receive::{parse_pdu, Receiver, RoomVersion},
+    receive::{parse_pdu, parse_pdus, Receiver, RoomVersion},
     Federation,
 };
 
@@ -100,28 +100,24 @@ async fn join_through(
         from: server,
         room: room.clone(),
     };
-    let parsed = |list: &[Box<serde_json::value::RawValue>]| {
-        list.iter()
-            .filter_map(|raw| parse_pdu(raw, &room).ok())
-            .collect::<Vec<_>>()
-    };
-    let state_pdus = parsed(&answer.state);
-    let mut outliers = parsed(&answer.auth_chain);
-    outliers.extend(state_pdus.iter().cloned());
+    // The answer is held once, as raw values; each is dropped once parsed, and each parsed
+    // event once stored. Of the state, only the IDs are kept.
+    let room_state = answer;
+    let state_pdus = parse_pdus(room_state.state, &room).await;
+    let state_ids: Vec<String> = state_pdus.iter().map(|p| p.event_id.to_string()).collect();
+    let mut outliers = parse_pdus(room_state.auth_chain, &room).await;
+    outliers.extend(state_pdus);
+    let count = outliers.len();
+    let started = std::time::Instant::now();
     if let Err(e) = receiver.store_outliers(outliers).await {
         tracing::info!(%room_id, %server, error = %e, "some of the room's state could not be stored");
     }
+    tracing::info!(%room_id, %server, events = count, elapsed_ms = started.elapsed().as_millis() as u64, "stored the joined room's state and auth chain");
     // The state is what of the answer's state passed the checks.
-    let ids: Vec<String> = state_pdus.iter().map(|p| p.event_id.to_string()).collect();
     let mut conn = core.db.conn().await?;
-    let stored = events::get_many(&mut conn, &ids).await?;
+    let accepted = events::accepted_state_keys(&mut conn, &state_ids).await?;
     drop(conn);
-    let mut state = StateMap::new();
-    for event in stored.into_iter().filter(|e| !e.rejected) {
-        if let Some(key) = event.state_key {
-            state.insert((event.event_type, key), event.event_id);
-        }
-    }
+    let state: StateMap = accepted.into_iter().collect();
     if state.is_empty() {
         return Err(MatrixError::unknown(format!("{server} sent no usable room state")));
     }

@@ -55,6 +55,7 @@ impl Federation {
                 enabled: config.federation.enabled,
                 extra_roots,
                 insecure: config.federation.tls_insecure_skip_verify,
+                max_response: config.federation.max_response_size,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -20,7 +20,7 @@ use ruma::{
 use serde_json::value::RawValue;
 use weft_core::{
     events::{
-        pipeline::{Outcome, StateAt},
+        pipeline::{KeysFor, Outcome, StateAt},
         rules_for, Pdu, StateMap,
     },
     rooms::writer::{self, Received},
@@ -85,6 +85,36 @@ pub fn parse_pdu(raw: &RawValue, room: &RoomVersion) -> Result<Pdu, String> {
         return Err(format!("the PDU is of {}, not {}", pdu.room_id, room.room_id));
     }
     Ok(pdu)
+}
+
+/// Parses many PDUs of `room` (a room's state or auth chain), spread over the machine's cores,
+/// each raw value dropped once parsed; those that do not parse are left out.
+pub async fn parse_pdus(raws: Vec<Box<RawValue>>, room: &RoomVersion) -> Vec<Pdu> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let per_worker = raws.len().div_ceil(workers).max(64);
+    let mut rest = raws.into_iter();
+    let mut tasks = Vec::new();
+    loop {
+        let chunk: Vec<Box<RawValue>> = rest.by_ref().take(per_worker).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let room = room.clone();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            chunk
+                .into_iter()
+                .filter_map(|raw| parse_pdu(&raw, &room).ok())
+                .collect::<Vec<_>>()
+        }));
+    }
+    let mut pdus = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(parsed) => pdus.extend(parsed),
+            Err(e) => tracing::warn!(error = %e, "parsing PDUs failed"),
+        }
+    }
+    pdus
 }
 
 /// The room ID a PDU names, before anything else is known about it.
@@ -182,41 +212,44 @@ impl Receiver<'_> {
     }
 
     /// Stores events as outliers, each once its own auth events are stored, fetching those
-    /// that are missing from `from`.
+    /// that are missing from `from`. The events are checked and written in batches
+    /// (`writer::store_outliers_batch`): each signing server's keys fetched once, signatures
+    /// verified on every core, a write transaction per few hundred events.
     pub async fn store_outliers(&self, pdus: Vec<Pdu>) -> Result<(), String> {
         let core = self.fed.client.core();
         let mut pending = pdus;
-        pending.sort_by_key(|p| p.depth);
         for round in 0..=AUTH_ROUNDS {
-            let mut waiting = Vec::new();
-            let mut wanted: Vec<OwnedEventId> = Vec::new();
-            let mut progress = false;
-            for pdu in std::mem::take(&mut pending) {
-                let keys = self.fed.keys.keys_for_pdu(&pdu.json, &self.room.rules).await;
-                match writer::receive(core, &self.room.version, pdu.clone(), &keys, StateAt::Unknown).await {
-                    Ok(Received::Stored(_)) => progress = true,
-                    Ok(Received::Missing(missing)) => {
-                        wanted.extend(missing.auth_events);
-                        waiting.push(pdu);
-                    }
-                    // A bad event of a batch (a forged signature, say) is left out; whatever
-                    // needs it is then missing its auth events and refused in turn.
-                    Err(e) => {
-                        tracing::info!(event_id = %pdu.event_id, from = %self.from, error = %e, "refused an event")
-                    }
-                }
+            let keys = Arc::new(
+                self.fed
+                    .keys
+                    .keys_for_pdus(pending.iter().map(|p| &p.json), &self.room.rules)
+                    .await,
+            );
+            let rules = self.room.rules.clone();
+            let keys_for: KeysFor = Arc::new(move |pdu: &Pdu| keys.for_pdu(&pdu.json, &rules));
+            let outcome = writer::store_outliers_batch(core, &self.room.version, pending, keys_for)
+                .await
+                .map_err(|e| e.to_string())?;
+            // A bad event of a batch (a forged signature, say) is left out; whatever needs it
+            // is then missing its auth events and refused in turn.
+            for (event_id, error) in &outcome.refused {
+                tracing::info!(%event_id, from = %self.from, %error, "refused an event");
             }
-            if waiting.is_empty() {
+            if outcome.missing.is_empty() {
                 return Ok(());
             }
-            pending = waiting;
-            let in_batch: HashSet<&OwnedEventId> = pending.iter().map(|p| &p.event_id).collect();
-            let fetch: Vec<OwnedEventId> = wanted
-                .into_iter()
-                .filter(|id| !in_batch.contains(id))
+            let progress = outcome.stored > 0;
+            let waiting: HashSet<OwnedEventId> = outcome.missing.iter().map(|(p, _)| p.event_id.clone()).collect();
+            let fetch: Vec<OwnedEventId> = outcome
+                .missing
+                .iter()
+                .flat_map(|(_, lacking)| lacking.iter())
+                .filter(|id| !waiting.contains(*id))
+                .cloned()
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();
+            pending = outcome.missing.into_iter().map(|(pdu, _)| pdu).collect();
             if fetch.is_empty() && !progress {
                 break;
             }
@@ -224,7 +257,6 @@ impl Receiver<'_> {
                 for id in fetch {
                     pending.push(self.fetch_event(&id).await?);
                 }
-                pending.sort_by_key(|p| p.depth);
             }
         }
         Err(format!(
@@ -278,11 +310,7 @@ impl Receiver<'_> {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let pdus = response
-            .auth_chain
-            .iter()
-            .filter_map(|raw| parse_pdu(raw, &self.room).ok())
-            .collect();
+        let pdus = parse_pdus(response.auth_chain, &self.room).await;
         self.store_outliers(pdus).await
     }
 

@@ -330,6 +330,9 @@ pub struct FederationConfig {
     /// Served as `m.server` at `/.well-known/matrix/server` when set (`host[:port]`), to
     /// delegate federation to another host; empty serves nothing there.
     pub well_known_server: String,
+    /// The largest answer read from another server, in bytes: `send_join`'s state and auth
+    /// chain for a room of 10 000 members is about 10-20 MiB, and grows with the room.
+    pub max_response_size: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -431,6 +434,7 @@ impl Default for FederationConfig {
             ca_file: String::new(),
             allow_loopback: false,
             well_known_server: String::new(),
+            max_response_size: 256 * 1024 * 1024,
         }
     }
 }

@@ -172,6 +172,32 @@ pub async fn known(conn: &mut AnyConnection, ids: &[String]) -> Result<std::coll
     Ok(out)
 }
 
+/// The state keys `((type, state_key), event_id)` of those of these events that are stored,
+/// are state events and were not rejected (what of a room state received from elsewhere
+/// passed the checks), without reading their JSON.
+pub async fn accepted_state_keys(conn: &mut AnyConnection, ids: &[String]) -> Result<Vec<((String, String), String)>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let list = super::InList::new(conn, 1, chunk.len());
+        let sql = format!(
+            "SELECT event_type, state_key, event_id FROM events
+             WHERE rejected_reason IS NULL AND state_key IS NOT NULL AND event_id IN ({})",
+            list.sql()
+        );
+        let mut q = sqlx::query_as::<_, (String, String, String)>(&sql).persistent(super::keep_prepared(chunk.len()));
+        for b in list.binds(chunk) {
+            q = q.bind(b);
+        }
+        out.extend(
+            q.fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|(t, k, id)| ((t, k), id)),
+        );
+    }
+    Ok(out)
+}
+
 /// Which of these event IDs are stored as events of the graph (not outliers).
 pub async fn known_in_graph(conn: &mut AnyConnection, ids: &[String]) -> Result<std::collections::HashSet<String>> {
     let mut out = std::collections::HashSet::with_capacity(ids.len());
@@ -232,8 +258,20 @@ impl Slot {
 
 pub fn insert<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
     let sql = INSERT_EVENT.replace("$17", slot.sql());
-    batch
-        .push(&sql, 16)
+    bind_row(batch.push(&sql, 16), e);
+}
+
+/// `insert`, unless the event is stored already (by another writer since it was checked).
+pub fn insert_if_absent<'q>(batch: &mut Batch<'q>, e: &NewEventRow<'q>, slot: Slot) {
+    let sql = format!(
+        "{} ON CONFLICT (event_id) DO NOTHING",
+        INSERT_EVENT.replace("$17", slot.sql())
+    );
+    bind_row(batch.push(&sql, 16), e);
+}
+
+fn bind_row<'q>(binder: crate::db::batch::Binder<'_, 'q>, e: &NewEventRow<'q>) {
+    binder
         .bind(e.event_id)
         .bind(e.room_id)
         .bind(e.depth)

@@ -92,10 +92,7 @@ impl KeyRing {
         let Ok(servers) = ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures) else {
             return map;
         };
-        let ts = match pdu.get("origin_server_ts") {
-            Some(CanonicalJsonValue::Integer(ts)) if rules.enforce_key_validity => i64::from(*ts),
-            _ => i64::MIN,
-        };
+        let ts = pdu_ts(pdu, rules);
         for server in servers {
             let key_ids = signing_key_ids(pdu, server.as_str());
             let keys = self.keys_valid_at(&server, &key_ids, ts).await;
@@ -104,6 +101,57 @@ impl KeyRing {
             }
         }
         map
+    }
+
+    /// The keys to verify many PDUs of a room with (a room's state and auth chain): each
+    /// server's keys fetched at most once for the whole batch, then looked up per PDU in
+    /// memory, as `keys_for_pdu` would answer them.
+    pub async fn keys_for_pdus<'a>(
+        &self,
+        pdus: impl Iterator<Item = &'a CanonicalJsonObject>,
+        rules: &RoomVersionRules,
+    ) -> BatchKeys {
+        // Per server, the key IDs it signed with and the latest time it signed at.
+        let mut wanted: HashMap<OwnedServerName, (Vec<String>, i64)> = HashMap::new();
+        for pdu in pdus {
+            let Ok(servers) = ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures)
+            else {
+                continue;
+            };
+            let ts = pdu_ts(pdu, rules);
+            for server in servers {
+                let entry = wanted.entry(server.clone()).or_insert_with(|| (Vec::new(), i64::MIN));
+                for id in signing_key_ids(pdu, server.as_str()) {
+                    if !entry.0.contains(&id) {
+                        entry.0.push(id);
+                    }
+                }
+                entry.1 = entry.1.max(ts);
+            }
+        }
+        let mut by_server = HashMap::new();
+        for (server, (key_ids, ts)) in wanted {
+            // Fetches what is not stored, or not valid as late as the latest PDU needs.
+            self.keys_valid_at(&server, &key_ids, ts).await;
+            let keys = if server == self.core().server_name {
+                own_keys(self.core())
+            } else {
+                server_keys::of_server(&self.core().db, server.as_str())
+                    .await
+                    .unwrap_or_default()
+            };
+            let keys = keys
+                .into_iter()
+                .filter(|k| key_ids.contains(&k.key_id))
+                .filter_map(|k| Some((k.key_id.clone(), Base64::parse(&k.public_key).ok()?, k)))
+                .map(|(id, key, stored)| BatchKey { id, key, stored })
+                .collect();
+            by_server.insert(server.to_string(), keys);
+        }
+        BatchKeys {
+            by_server,
+            enforce_validity: rules.enforce_key_validity,
+        }
     }
 
     fn may_fetch(&self, server: &ServerName) -> bool {
@@ -210,6 +258,58 @@ impl KeyRing {
         server_keys::upsert(&self.core().db, &keys)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The time a PDU's signing keys must have been valid at: when it was sent, in rooms that
+/// enforce validity (v5 on); any time (`i64::MIN`) before.
+fn pdu_ts(pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> i64 {
+    match pdu.get("origin_server_ts") {
+        Some(CanonicalJsonValue::Integer(ts)) if rules.enforce_key_validity => i64::from(*ts),
+        _ => i64::MIN,
+    }
+}
+
+/// Servers' keys read once for a batch of PDUs (`KeyRing::keys_for_pdus`).
+pub struct BatchKeys {
+    by_server: HashMap<String, Vec<BatchKey>>,
+    enforce_validity: bool,
+}
+
+struct BatchKey {
+    id: String,
+    key: Base64,
+    stored: server_keys::StoredKey,
+}
+
+impl BatchKeys {
+    /// The keys to verify `pdu` with: those of the servers whose signatures it needs, with the
+    /// key IDs it was signed with, valid when it was sent where the room enforces validity.
+    pub fn for_pdu(&self, pdu: &CanonicalJsonObject, rules: &RoomVersionRules) -> PublicKeyMap {
+        let mut map = PublicKeyMap::new();
+        let Ok(servers) = ruma::signatures::required_server_signatures_to_verify_event(pdu, &rules.signatures) else {
+            return map;
+        };
+        let ts = if self.enforce_validity {
+            pdu_ts(pdu, rules)
+        } else {
+            i64::MIN
+        };
+        for server in servers {
+            let key_ids = signing_key_ids(pdu, server.as_str());
+            let keys: PublicKeySet = self
+                .by_server
+                .get(server.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|k| key_ids.contains(&k.id) && (ts == i64::MIN || k.stored.valid_at(ts)))
+                .map(|k| (k.id.clone(), k.key.clone()))
+                .collect();
+            if !keys.is_empty() {
+                map.insert(server.to_string(), keys);
+            }
+        }
+        map
     }
 }
 

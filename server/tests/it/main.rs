@@ -14,6 +14,7 @@ mod durability;
 mod e2ee;
 mod federation;
 mod federation_backfill;
+mod federation_big_rooms;
 mod federation_compat;
 mod federation_e2ee;
 mod federation_forged;

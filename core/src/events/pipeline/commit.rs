@@ -342,15 +342,15 @@ pub async fn store_outlier(core: &Core, conn: &mut AnyConnection, checked: Check
 
 /// The strings an event's row is written from, owned here so that the row (and the write
 /// batch) can borrow them.
-struct RowText {
-    event_id: String,
+pub(super) struct RowText {
+    pub(super) event_id: String,
     room_id: String,
     event_type: String,
     json: String,
 }
 
 impl RowText {
-    fn of(pdu: &Pdu) -> Result<RowText> {
+    pub(super) fn of(pdu: &Pdu) -> Result<RowText> {
         Ok(RowText {
             event_id: pdu.event_id.to_string(),
             room_id: pdu.room_id.to_string(),
@@ -361,7 +361,7 @@ impl RowText {
 
     /// The event's row with nothing known beyond the event: a full event, accepted, without
     /// state groups or a transaction ID.
-    fn row<'a>(&'a self, pdu: &'a Pdu) -> events::NewEventRow<'a> {
+    pub(super) fn row<'a>(&'a self, pdu: &'a Pdu) -> events::NewEventRow<'a> {
         events::NewEventRow {
             event_id: &self.event_id,
             room_id: &self.room_id,

@@ -19,11 +19,13 @@
 //! Preparing an outlier again with its state known and committing it makes it a full event.
 
 mod commit;
+mod outliers;
 mod prepare;
 #[cfg(test)]
 mod tests;
 
 pub use commit::{commit, store_outlier, Accepted, NoSteps, Steps, Write};
+pub use outliers::{prepare_outliers, store_outliers, KeysFor, PreparedOutliers};
 pub(crate) use prepare::auth_against;
 pub use prepare::{prepare, Checked, Missing, Prepared, StateAt, Trust};
 

@@ -232,7 +232,7 @@ pub async fn prepare(
 
 /// Verifies a received event's signatures and hashes; on a hash mismatch the event is kept,
 /// redacted, as the spec says.
-fn verify(keys: &PublicKeyMap, rules: &RoomVersionRules, pdu: Pdu) -> Result<Pdu> {
+pub(super) fn verify(keys: &PublicKeyMap, rules: &RoomVersionRules, pdu: Pdu) -> Result<Pdu> {
     match ruma::signatures::verify_event(keys, &pdu.json, rules) {
         Ok(Verified::All) => Ok(pdu),
         Ok(Verified::Signatures) => {

@@ -352,6 +352,67 @@ async fn a_received_event_that_forks_the_room_takes_part_in_resolving_it() {
             "{current:?}"
         );
         assert!(current.contains_key(&("m.room.topic".to_owned(), String::new())));
+
+/// A batch of outliers given out of order: each is stored after its auth events; one whose
+/// signature does not verify is left out, and what needs it is reported missing.
+#[tokio::test]
+async fn a_batch_of_outliers_is_stored_in_auth_order_leaving_forgeries_out() {
+    on_each_backend(async |s: &Scene| {
+        use ruma::canonical_json::CanonicalJsonValue;
+
+        let join = s.remote_event(bob(), join(), |_, _| {}).await;
+        let with_join = |_: &mut room_store::Head, state: &mut crate::events::StateMap| {
+            state.insert(("m.room.member".into(), bob().to_string()), join.event_id.to_string());
+        };
+        let said = s.remote_event(bob(), message("after the join"), with_join).await;
+        // Another message whose signature is altered: forged.
+        let mut forged = s.remote_event(bob(), message("forged"), with_join).await;
+        let Some(CanonicalJsonValue::Object(signatures)) = forged.json.get_mut("signatures") else {
+            panic!("signed")
+        };
+        let Some(CanonicalJsonValue::Object(by_key)) = signatures.get_mut(REMOTE) else {
+            panic!("signed by the remote")
+        };
+        for value in by_key.values_mut() {
+            let CanonicalJsonValue::String(signature) = value else {
+                panic!("a signature")
+            };
+            // A character in the middle: the last one may carry only padding bits.
+            let flipped = if signature.as_bytes()[10] == b'A' { "B" } else { "A" };
+            signature.replace_range(10..11, flipped);
+        }
+        // What builds on the forged event (it names it as an auth event) cannot be checked.
+        let on_forged = s
+            .remote_event(bob(), message("on the forged one"), |_, state| {
+                state.insert(("m.room.member".into(), bob().to_string()), forged.event_id.to_string());
+            })
+            .await;
+        let keys = rooms::own_keys(&s.remote);
+        let batch = vec![on_forged.clone(), said.clone(), forged.clone(), join.clone()];
+        let outcome = crate::rooms::writer::store_outliers_batch(
+            &s.local,
+            VERSION,
+            batch,
+            Arc::new(move |_: &crate::events::Pdu| keys.clone()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.stored, 2, "the join and the message after it");
+        assert_eq!(
+            outcome.refused.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            [&forged.event_id]
+        );
+        assert_eq!(
+            outcome.missing.iter().map(|(p, _)| &p.event_id).collect::<Vec<_>>(),
+            [&on_forged.event_id]
+        );
+        for pdu in [&join, &said] {
+            let row = s.row(pdu).await.expect("stored");
+            assert!(row.outlier && !row.rejected, "{row:?}");
+        }
+        assert!(s.row(&forged).await.is_none());
+        assert!(s.row(&on_forged).await.is_none());
+        assert_eq!(s.membership(bob()).await, None, "outliers do not change the room");
     })
     .await;
 }
