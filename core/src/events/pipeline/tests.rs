@@ -352,6 +352,9 @@ async fn a_received_event_that_forks_the_room_takes_part_in_resolving_it() {
             "{current:?}"
         );
         assert!(current.contains_key(&("m.room.topic".to_owned(), String::new())));
+    })
+    .await;
+}
 
 /// A batch of outliers given out of order: each is stored after its auth events; one whose
 /// signature does not verify is left out, and what needs it is reported missing.
