@@ -17,7 +17,6 @@ pub mod users;
 
 use crate::{Error, Result};
 
-
 /// Offset pagination as Synapse's admin API has it: `from` (an offset) and `limit`.
 #[derive(Clone, Copy, Debug)]
 pub struct Page {

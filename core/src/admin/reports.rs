@@ -16,7 +16,12 @@ const COLUMNS: &str = "id, room_id, event_id, reporter, reason, score, created_t
 
 /// A page of event reports, filtered by parts of the reporter's and the room's IDs, and how
 /// many match in all. `page.backwards` (Synapse's default) lists the newest first.
-pub async fn list(core: &Core, user_id: Option<&str>, room_id: Option<&str>, page: SqlPage) -> Result<(Vec<Value>, i64)> {
+pub async fn list(
+    core: &Core,
+    user_id: Option<&str>,
+    room_id: Option<&str>,
+    page: SqlPage,
+) -> Result<(Vec<Value>, i64)> {
     let mut clauses = vec!["event_id IS NOT NULL".to_owned()];
     let mut binds = Vec::new();
     if let Some(user_id) = user_id {

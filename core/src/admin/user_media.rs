@@ -58,7 +58,13 @@ pub async fn list(db: &Db, user_id: &str, order_by: &str, page: SqlPage) -> Resu
 }
 
 /// Deletes the page of `user_id`'s media that `list` would show; answers the deleted IDs.
-pub async fn delete_page(db: &Db, blobs: &BlobStore, user_id: &str, order_by: &str, page: SqlPage) -> Result<Vec<String>> {
+pub async fn delete_page(
+    db: &Db,
+    blobs: &BlobStore,
+    user_id: &str,
+    order_by: &str,
+    page: SqlPage,
+) -> Result<Vec<String>> {
     let (media, _) = list(db, user_id, order_by, page).await?;
     let ids: Vec<String> = media
         .iter()

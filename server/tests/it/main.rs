@@ -25,6 +25,7 @@ mod federation_presence;
 mod federation_rooms;
 mod federation_spaces;
 mod federation_synapse;
+mod federation_synapse_edus;
 mod federation_synapse_history;
 mod federation_user_directory;
 mod foundation;

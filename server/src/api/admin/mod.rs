@@ -1,16 +1,16 @@
 //! The admin API (Synapse-compatible paths where tooling expects them).
 
 pub mod destinations;
+pub mod devices;
 pub mod log_level;
 pub mod media;
+pub mod notices;
+mod params;
 pub mod query;
 pub mod register;
 pub mod registration_tokens;
-pub mod rooms;
-pub mod devices;
-pub mod notices;
-mod params;
 pub mod reports;
+pub mod rooms;
 pub mod user_media;
 pub mod users;
 
