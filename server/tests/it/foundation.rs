@@ -174,6 +174,47 @@ both_backends!(registration_disabled_and_tokens, |backend| async move {
         .post("/_matrix/client/v3/register", json!({"username": "carol", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "letmein", "session": session}}))
         .await;
     assert_eq!(status, 401);
+
+    // The admin finds it used up, gives it another use, and carol gets in; then deletes it.
+    let tokens = "/_synapse/admin/v1/registration_tokens";
+    let listed = |body: &serde_json::Value| -> Vec<String> {
+        body["registration_tokens"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["token"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (status, body) = admin.get(&format!("{tokens}?valid=false")).await;
+    assert_eq!((status, listed(&body)), (200, vec!["letmein".to_owned()]), "{body}");
+    let (_, body) = admin.get(&format!("{tokens}?valid=true")).await;
+    assert!(listed(&body).is_empty(), "{body}");
+    let (status, body) = admin.get(&format!("{tokens}/letmein")).await;
+    assert_eq!((status, &body["completed"]), (200, &json!(1)), "{body}");
+    let (status, body) = admin
+        .put(&format!("{tokens}/letmein"), json!({"uses_allowed": 2}))
+        .await;
+    assert_eq!((status, &body["uses_allowed"]), (200, &json!(2)), "{body}");
+    let (status, body) = admin
+        .put(&format!("{tokens}/letmein"), json!({"uses_allowed": -1}))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+    let (status, body) = c
+        .post("/_matrix/client/v3/register", json!({"username": "carol", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "letmein", "session": session}}))
+        .await;
+    assert_eq!(status, 200, "another use: {body}");
+    let (status, _) = c.put(&format!("{tokens}/letmein"), json!({"uses_allowed": 5})).await;
+    assert_eq!(status, 401, "not without an admin's token");
+    let (status, body) = admin.delete(&format!("{tokens}/letmein"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin.get(&format!("{tokens}/letmein")).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")), "{body}");
+    let (status, _) = admin.delete(&format!("{tokens}/letmein"), json!({})).await;
+    assert_eq!(status, 404);
     server.stop().await;
 });
 

@@ -36,6 +36,12 @@ pub fn router() -> Router<AppState> {
         .route(
             "/_synapse/admin/v1/registration_tokens/new",
             post(registration_tokens::create),
+        )
+        .route(
+            "/_synapse/admin/v1/registration_tokens/{token}",
+            get(registration_tokens::get)
+                .put(registration_tokens::update)
+                .delete(registration_tokens::delete),
         );
     rooms_media_federation(router)
 }
