@@ -24,10 +24,13 @@ use serde_json::{json, Value};
 use sqlx::{AnyConnection, Row};
 
 use super::{AppService, Registry};
-use crate::{ephemeral::receipts, Core, Error, Result};
+use crate::{
+    ephemeral::receipts,
+    outbox::tail::{read_events, Candidate, EVENTS_PER_ROUND},
+    Core, Error, Result,
+};
 
 /// Events read per round: bounds how long a round holds the tailer's row.
-const EVENTS_PER_ROUND: i64 = 200;
 /// Positions of the `receipts` and `to_device` streams read per round.
 const POSITIONS_PER_ROUND: i64 = 100;
 
@@ -259,46 +262,6 @@ pub async fn enqueue_typing(core: &Core, room_id: &str) -> Result<()> {
     // The appservice sender listens to the notifier.
     core.notifier.room_changed(room_id);
     Ok(())
-}
-
-/// An event the tailer looks at.
-struct Candidate {
-    stream_pos: i64,
-    event_id: String,
-    room_id: String,
-    sender: String,
-    event_type: String,
-    state_key: Option<String>,
-    live: bool,
-}
-
-async fn read_events(conn: &mut AnyConnection, from: i64, upto: i64) -> Result<Vec<Candidate>> {
-    let rows = sqlx::query(
-        "SELECT stream_pos, event_id, room_id, sender, event_type, state_key, outlier, rejected_reason, soft_failed
-         FROM events WHERE stream_pos > $1 AND stream_pos <= $2 ORDER BY stream_pos LIMIT $3",
-    )
-    .bind(from)
-    .bind(upto)
-    .bind(EVENTS_PER_ROUND)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let outlier: i64 = r.try_get(6)?;
-            let rejected: Option<String> = r.try_get(7)?;
-            let soft_failed: i64 = r.try_get(8)?;
-            Ok(Candidate {
-                stream_pos: r.try_get(0)?,
-                event_id: r.try_get(1)?,
-                room_id: r.try_get(2)?,
-                sender: r.try_get(3)?,
-                event_type: r.try_get(4)?,
-                state_key: r.try_get(5)?,
-                live: outlier == 0 && rejected.is_none() && soft_failed == 0,
-            })
-        })
-        .collect::<std::result::Result<_, sqlx::Error>>()
-        .map_err(Error::from)
 }
 
 /// A to-device message as stored for a local device.

@@ -21,7 +21,7 @@ use sqlx::{AnyConnection, Row};
 use crate::{Core, Error, Result};
 
 /// Events read per transaction: bounds how long a round holds the tailer's row.
-const EVENTS_PER_ROUND: i64 = 200;
+pub(crate) const EVENTS_PER_ROUND: i64 = 200;
 
 /// Outbox rows inserted per statement (three parameters each).
 const ROWS_PER_INSERT: usize = 200;
@@ -65,15 +65,16 @@ struct Round {
 }
 
 /// An event the tailer looks at.
-struct Candidate {
-    stream_pos: i64,
-    event_id: String,
-    room_id: String,
-    sender: String,
-    event_type: String,
-    state_key: Option<String>,
-    state_after: Option<i64>,
-    live: bool,
+pub(crate) struct Candidate {
+    pub(crate) stream_pos: i64,
+    pub(crate) event_id: String,
+    pub(crate) room_id: String,
+    pub(crate) sender: String,
+    pub(crate) event_type: String,
+    pub(crate) state_key: Option<String>,
+    pub(crate) state_after: Option<i64>,
+    /// Accepted into the timeline: not an outlier, rejected or soft-failed.
+    pub(crate) live: bool,
 }
 
 /// A room's currently joined members, by server: (user, position of their membership).
@@ -123,7 +124,9 @@ async fn tail_round(core: &Core) -> Result<Round> {
     Ok(Round { queued, more })
 }
 
-async fn read_events(conn: &mut AnyConnection, from: i64, upto: i64) -> Result<Vec<Candidate>> {
+/// At most `EVENTS_PER_ROUND` events of the timeline stream in `(from, upto]`, in order (also
+/// what the appservice tailer reads).
+pub(crate) async fn read_events(conn: &mut AnyConnection, from: i64, upto: i64) -> Result<Vec<Candidate>> {
     let rows = sqlx::query(
         "SELECT stream_pos, event_id, room_id, sender, event_type, state_key, outlier, rejected_reason, soft_failed,
                 state_after
