@@ -150,18 +150,22 @@ both_backends!(power_levels_changed_apart_converge, |backend| async move {
     })
     .await;
 
-    // Apart: B is down while alice demotes bob on A.
+    // What bob will send on B, read while the servers still agree.
+    let mut promoted = state_event(&bob, &room, "m.room.power_levels", "").await;
+    assert_eq!(promoted["users"][&bob_id], 50);
+    promoted["users"][&carol_id] = json!(50);
+
+    // Apart: alice demotes bob on A while B is down; then A goes down, B comes back, and bob
+    // (still 50 there) promotes carol: two power levels events on the same state, neither
+    // server able to tell the other. Then A comes back and they meet.
     servers[1].halt().await;
     let mut demoted = state_event(&alice, &room, "m.room.power_levels", "").await;
     demoted["users"][&bob_id] = json!(0);
     let alice_pl = put_state(&alice, &room, "m.room.power_levels", "", demoted).await;
-    // Back, before it hears of the demotion, B lets bob (still 50 there) promote carol: a power
-    // levels event built on the same state as alice's.
+    servers[0].halt().await;
     servers[1].resume().await;
-    let mut promoted = state_event(&bob, &room, "m.room.power_levels", "").await;
-    assert_eq!(promoted["users"][&bob_id], 50, "B has not heard of the demotion yet");
-    promoted["users"][&carol_id] = json!(50);
     let bob_pl = put_state(&bob, &room, "m.room.power_levels", "", promoted).await;
+    servers[0].resume().await;
 
     // Both resolve the fork the same way: alice's change sorts first (earlier) and demotes
     // bob, after which bob's change is not allowed.
