@@ -395,19 +395,31 @@ async fn update_memberships<'q>(
         .filter(|((kind, _), _)| kind == "m.room.member")
         .filter_map(|((_, user), id)| Some((user.clone(), id?.clone())))
         .collect();
+    // Usually the change is the event being persisted; others (from state resolution, or a
+    // whole room's members when a join supplies its state) are read back, in one query.
+    let others: Vec<String> = changed
+        .iter()
+        .filter(|(_, id)| id != pdu.event_id.as_str())
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut stored: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    if !others.is_empty() {
+        for event in events::get_many(conn, &others).await? {
+            let content = serde_json::from_str::<Value>(&event.json)
+                .ok()
+                .map(|j| j["content"].clone())
+                .unwrap_or_default();
+            stored.insert(event.event_id, content);
+        }
+    }
     for (user_id, event_id) in changed {
-        // Usually the change is the event being persisted; others (from state resolution) are
-        // read back.
         let content: Value = if event_id == pdu.event_id.as_str() {
             serde_json::from_str(pdu.content.get()).unwrap_or_default()
         } else {
-            let Some(stored) = events::get(conn, &event_id).await? else {
+            let Some(content) = stored.remove(&event_id) else {
                 continue;
             };
-            serde_json::from_str::<Value>(&stored.json)
-                .ok()
-                .map(|j| j["content"].clone())
-                .unwrap_or_default()
+            content
         };
         let text = |key: &str| content[key].as_str().map(str::to_owned);
         rooms::set_membership(
